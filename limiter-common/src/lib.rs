@@ -1,0 +1,12 @@
+//! Types shared by the kernel programs and the daemon (`#[repr(C)]` map keys
+//! and values), and the pure decision arithmetic both sides rely on: the
+//! token bucket, prefix masking and the checksums of the RST reply.
+#![no_std]
+
+pub mod bucket;
+pub mod checksum;
+pub mod maps;
+pub mod prefix;
+
+pub use bucket::Bucket;
+pub use maps::{Globals, ServicePolicy, SourceKey, Verdict};

@@ -1,0 +1,163 @@
+//! Map names, sizes, keys and values shared by the XDP program and the
+//! daemon. Layouts are `#[repr(C)]` with explicit padding and checked sizes,
+//! so both sides agree byte for byte.
+
+/// Highest service id; ids are 1-based, 0 means "not a service port".
+pub const MAX_SERVICES: u32 = 16;
+
+/// Entries of the `PORTS` array: one per TCP port, indexed in host order.
+pub const PORT_ENTRIES: u32 = 65_536;
+
+/// Default size of the `BUCKETS` LRU (token buckets of recent sources).
+pub const DEFAULT_BUCKET_ENTRIES: u32 = 65_536;
+
+/// Map names as they appear in the object file and under the pin dir.
+pub mod names {
+    pub const GLOBALS: &str = "GLOBALS";
+    pub const PORTS: &str = "PORTS";
+    pub const SERVICES: &str = "SERVICES";
+    pub const BUCKETS: &str = "BUCKETS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const XDP_PROGRAM: &str = "limiter_xdp";
+}
+
+/// Over-limit actions (`ServicePolicy::action`).
+pub mod action {
+    /// XDP_DROP: the client retransmits and times out.
+    pub const DROP: u8 = 0;
+    /// TCP RST+ACK sent back with XDP_TX: the client fails at once.
+    pub const RESET: u8 = 1;
+}
+
+/// Address families in keys.
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// Global settings (`GLOBALS[0]`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Globals {
+    /// IPv4 sources are aggregated to this many leading bits (1..=32).
+    pub ipv4_prefix: u8,
+    /// IPv6 sources are aggregated to this many leading bits (1..=128).
+    pub ipv6_prefix: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Globals>() == 8);
+
+/// Policy of one service (`SERVICES[id]`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServicePolicy {
+    /// Token bucket: nanoseconds per token, 0 = no rate limit.
+    pub rate_interval_ns: u64,
+    /// Token bucket: `rate_interval_ns * (burst - 1)`.
+    pub rate_tolerance_ns: u64,
+    /// One of [`action`].
+    pub action: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<ServicePolicy>() == 24);
+
+/// A source of one service: the client address masked to the configured
+/// prefix. IPv4 addresses sit in the first four bytes, the rest zero.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    pub service: u8,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
+
+/// What the XDP program did with a packet; one counter column each.
+/// `COUNTERS` is a per-CPU array indexed `service * Verdict::COUNT + verdict`,
+/// where row 0 counts packets that are not for any service port.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A SYN within every limit.
+    Accepted = 0,
+    RefusedDeny = 1,
+    RefusedSessions = 2,
+    RefusedReserve = 3,
+    RefusedConcurrency = 4,
+    RefusedRate = 5,
+    /// A TCP segment other than a SYN to a service port.
+    PassedNonSyn = 6,
+    /// Anything not for a service port: other ports, other protocols,
+    /// fragments, frames the parser does not understand (row 0 only).
+    PassedOther = 7,
+}
+
+impl Verdict {
+    pub const COUNT: u32 = 8;
+    pub const ALL: [Self; 8] = [
+        Self::Accepted,
+        Self::RefusedDeny,
+        Self::RefusedSessions,
+        Self::RefusedReserve,
+        Self::RefusedConcurrency,
+        Self::RefusedRate,
+        Self::PassedNonSyn,
+        Self::PassedOther,
+    ];
+
+    /// Stable name used in `status --json` and metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::RefusedDeny => "refused_deny",
+            Self::RefusedSessions => "refused_sessions",
+            Self::RefusedReserve => "refused_reserve",
+            Self::RefusedConcurrency => "refused_concurrency",
+            Self::RefusedRate => "refused_rate",
+            Self::PassedNonSyn => "passed_non_syn",
+            Self::PassedOther => "passed_other",
+        }
+    }
+
+    /// Index into `COUNTERS` for `service` (0 = no service).
+    #[inline(always)]
+    #[must_use]
+    pub const fn index(self, service: u32) -> u32 {
+        service * Self::COUNT + self as u32
+    }
+}
+
+/// Entries of `COUNTERS`.
+pub const COUNTER_ENTRIES: u32 = (MAX_SERVICES + 1) * Verdict::COUNT;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
+    unsafe impl aya::Pod for super::Globals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServicePolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_indices_are_distinct_and_in_range() {
+        let mut seen = [false; COUNTER_ENTRIES as usize];
+        for service in 0..=MAX_SERVICES {
+            for v in Verdict::ALL {
+                let i = v.index(service) as usize;
+                assert!(i < seen.len());
+                assert!(!seen[i], "index {i} used twice");
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+}

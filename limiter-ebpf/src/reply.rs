@@ -1,0 +1,89 @@
+//! The `reset` action: turns the refused SYN into a TCP RST+ACK in place and
+//! sends it back out of the interface it came from (XDP_TX). The reply keeps
+//! the Ethernet/VLAN header (MACs swapped), gets a fresh option-free IP
+//! header and a bare 20-byte TCP header, and is trimmed to that length.
+//! Per RFC 9293 a RST answering a segment without ACK has SEQ 0 and
+//! ACK = SEG.SEQ + SEG.LEN (the SYN counts one).
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use limiter_common::{checksum, maps::family};
+use network_types::{ip::{Ipv4Hdr, Ipv6Hdr}, tcp::TcpHdr};
+
+use crate::xdp::{Parsed, ptr_at};
+
+const TTL: u8 = 64;
+const TCP_RST_ACK: u8 = 0x14;
+
+#[inline(always)]
+pub(crate) fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
+    // Everything the reply needs is read before any byte is overwritten:
+    // with IPv4 options or IPv6 extension headers the new TCP header lands
+    // where the old IP header's tail was.
+    let tcp = unsafe { *ptr_at::<[u8; 20]>(ctx, p.l4)? };
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    let payload = p.l4_len.checked_sub(doff).ok_or(())?;
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    #[expect(clippy::cast_possible_truncation, reason = "TCP sequence arithmetic is modulo 2^32")]
+    let ack = seq.wrapping_add(1).wrapping_add(payload as u32);
+
+    let mut reply = [0u8; 20];
+    reply[0..2].copy_from_slice(&tcp[2..4]); // our port
+    reply[2..4].copy_from_slice(&tcp[0..2]); // their port
+    reply[8..12].copy_from_slice(&ack.to_be_bytes());
+    reply[12] = 5 << 4;
+    reply[13] = TCP_RST_ACK;
+
+    let eth = ptr_at::<[u8; 12]>(ctx, 0)?;
+    let old = unsafe { *eth };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&old[6..12]);
+    macs[6..].copy_from_slice(&old[..6]);
+    unsafe { *eth = macs };
+
+    let new_len = if p.family == family::V4 {
+        let src = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l3 + 12)? };
+        let dst = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l3 + 16)? };
+        let sum = checksum::tcp_v4(&dst, &src, &reply);
+        reply[16..18].copy_from_slice(&sum.to_be_bytes());
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[6] = 0x40; // don't fragment
+        ip[8] = TTL;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&dst);
+        ip[16..20].copy_from_slice(&src);
+        let sum = checksum::ipv4_header(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        unsafe {
+            *ptr_at::<[u8; 20]>(ctx, p.l3)? = ip;
+            *ptr_at::<[u8; 20]>(ctx, p.l3 + 20)? = reply;
+        }
+        p.l3 + Ipv4Hdr::LEN + TcpHdr::LEN
+    } else {
+        let src = unsafe { *ptr_at::<[u8; 16]>(ctx, p.l3 + 8)? };
+        let dst = unsafe { *ptr_at::<[u8; 16]>(ctx, p.l3 + 24)? };
+        let sum = checksum::tcp_v6(&dst, &src, &reply);
+        reply[16..18].copy_from_slice(&sum.to_be_bytes());
+        let mut ip = [0u8; 8];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&20u16.to_be_bytes());
+        ip[6] = 6;
+        ip[7] = TTL;
+        unsafe {
+            *ptr_at::<[u8; 8]>(ctx, p.l3)? = ip;
+            *ptr_at::<[u8; 16]>(ctx, p.l3 + 8)? = dst;
+            *ptr_at::<[u8; 16]>(ctx, p.l3 + 24)? = src;
+            *ptr_at::<[u8; 20]>(ctx, p.l3 + 40)? = reply;
+        }
+        p.l3 + Ipv6Hdr::LEN + TcpHdr::LEN
+    };
+
+    let old_len = ctx.data_end() - ctx.data();
+    #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths are < 64 KiB")]
+    let delta = new_len as i32 - old_len as i32;
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(());
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The packet path: parse -> classify -> decide -> act. Only a TCP SYN
+//! (SYN set, ACK clear) to a service port is ever refused; every other frame,
+//! and every frame the parser does not understand, passes (fail open).
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use limiter_common::{
+    Bucket, SourceKey, Verdict,
+    maps::{action, family},
+    prefix::{mask_v4, mask_v6},
+};
+
+use aya_log_ebpf::debug;
+use network_types::eth::EthHdr;
+
+use crate::{
+    maps::{BUCKETS, GLOBALS, PORTS, SERVICES, compare_swap, count, load},
+    reply,
+};
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// IPv6 extension headers skipped before giving up (and passing).
+const MAX_IPV6_EXT: usize = 6;
+/// Compare-and-swap attempts on a contended bucket before failing open.
+const CAS_TRIES: usize = 4;
+
+#[xdp]
+pub(crate) fn limiter_xdp(ctx: XdpContext) -> u32 {
+    match try_limiter(&ctx) {
+        Ok(verdict) => verdict,
+        Err(()) => {
+            count(Verdict::PassedOther.index(0));
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// A bounds-checked pointer to a `T` at `offset` in the frame.
+#[inline(always)]
+pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *mut T)
+}
+
+#[inline(always)]
+fn load_be16(ctx: &XdpContext, offset: usize) -> Result<u16, ()> {
+    let p = ptr_at::<[u8; 2]>(ctx, offset)?;
+    Ok(u16::from_be_bytes(unsafe { *p }))
+}
+
+/// Where the parser found the TCP header of a frame.
+pub(crate) struct Parsed {
+    /// Offset of the IP header (after Ethernet and up to two VLAN tags).
+    pub(crate) l3: usize,
+    /// Offset of the TCP header.
+    pub(crate) l4: usize,
+    /// IP payload bytes after the TCP header's start (for the RST's ACK number).
+    pub(crate) l4_len: usize,
+    pub(crate) family: u8,
+}
+
+/// Ethernet, up to two VLAN tags, IPv4 (any IHL, not a fragment) or IPv6
+/// (a bounded number of extension headers), and a TCP protocol number.
+/// `Err` for anything else: the caller passes it.
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+    let mut l3 = EthHdr::LEN;
+    let mut ether_type = load_be16(ctx, 12)?;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        ether_type = load_be16(ctx, l3 + 2)?;
+        l3 += 4;
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            ether_type = load_be16(ctx, l3 + 2)?;
+            l3 += 4;
+        }
+    }
+    match ether_type {
+        ETH_P_IPV4 => parse_ipv4(ctx, l3),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3),
+        _ => Err(()),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
+    let h = ptr_at::<[u8; 20]>(ctx, l3)?;
+    let h = unsafe { &*h };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 || h[9] != IPPROTO_TCP {
+        return Err(());
+    }
+    // More-fragments set or a non-zero offset: a fragment, which passes.
+    if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+        return Err(());
+    }
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    let l4_len = total.checked_sub(ihl).ok_or(())?;
+    Ok(Parsed { l3, l4: l3 + ihl, l4_len, family: family::V4 })
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
+    let h = ptr_at::<[u8; 40]>(ctx, l3)?;
+    let h = unsafe { &*h };
+    if h[0] >> 4 != 6 {
+        return Err(());
+    }
+    let mut next = h[6];
+    let mut payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    let mut off = l3 + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        let len = match next {
+            IPPROTO_TCP => {
+                return Ok(Parsed { l3, l4: off, l4_len: payload, family: family::V6 });
+            }
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let e = ptr_at::<[u8; 2]>(ctx, off)?;
+                let e = unsafe { &*e };
+                next = e[0];
+                (usize::from(e[1]) + 1) * 8
+            }
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => {
+                let e = ptr_at::<[u8; 2]>(ctx, off)?;
+                let e = unsafe { &*e };
+                next = e[0];
+                (usize::from(e[1]) + 2) * 4
+            }
+            // Fragment (44), ESP, no-next-header and unknown headers pass.
+            _ => return Err(()),
+        };
+        off += len;
+        payload = payload.checked_sub(len).ok_or(())?;
+    }
+    Err(())
+}
+
+#[inline(always)]
+fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
+    let p = parse(ctx)?;
+    let tcp = ptr_at::<[u8; 20]>(ctx, p.l4)?;
+    let tcp = unsafe { &*tcp };
+
+    // classify: which service, if any, and is it a new connection attempt?
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let service = PORTS.get(u32::from(dport)).copied().unwrap_or(0);
+    if service == 0 {
+        count(Verdict::PassedOther.index(0));
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if tcp[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        count(Verdict::PassedNonSyn.index(service));
+        return Ok(xdp_action::XDP_PASS);
+    }
+
+    let policy = SERVICES.get(service).ok_or(())?;
+    let verdict = decide(ctx, &p, service, policy.rate_interval_ns, policy.rate_tolerance_ns)?;
+    count(verdict.index(service));
+    if verdict == Verdict::Accepted {
+        return Ok(xdp_action::XDP_PASS);
+    }
+
+    // act
+    if policy.action == action::RESET && reply::rst(ctx, &p).is_ok() {
+        return Ok(xdp_action::XDP_TX);
+    }
+    Ok(xdp_action::XDP_DROP)
+}
+
+/// The source key of a parsed frame: the client address masked to the
+/// configured prefix, and the service.
+#[inline(always)]
+fn source_key(ctx: &XdpContext, p: &Parsed, service: u32) -> Result<SourceKey, ()> {
+    let g = GLOBALS.get(0).ok_or(())?;
+    #[expect(clippy::cast_possible_truncation, reason = "service ids are < MAX_SERVICES")]
+    let mut key = SourceKey { addr: [0; 16], service: service as u8, family: p.family, _pad: [0; 2] };
+    if p.family == family::V4 {
+        let src = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l3 + 12)? };
+        key.addr[..4].copy_from_slice(&mask_v4(src, g.ipv4_prefix));
+    } else {
+        let src = unsafe { *ptr_at::<[u8; 16]>(ctx, p.l3 + 8)? };
+        key.addr = mask_v6(src, g.ipv6_prefix);
+    }
+    Ok(key)
+}
+
+/// decide: the rate limit (token bucket) of the source for this service.
+#[inline(always)]
+fn decide(ctx: &XdpContext, p: &Parsed, service: u32, interval_ns: u64, tolerance_ns: u64) -> Result<Verdict, ()> {
+    let bucket = Bucket { interval_ns, tolerance_ns };
+    if bucket.is_unlimited() {
+        return Ok(Verdict::Accepted);
+    }
+    let key = source_key(ctx, p, service)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let Some(tat) = BUCKETS.get_ptr_mut(&key) else {
+        // A new source starts with a full bucket, so its first attempt is
+        // admitted. BPF_NOEXIST: if another CPU created it meanwhile, fall
+        // back to the shared path below.
+        let first = bucket.admit(0, now).ok_or(())?;
+        if BUCKETS.insert(&key, &first, u64::from(aya_ebpf::bindings::BPF_NOEXIST)).is_ok() {
+            return Ok(Verdict::Accepted);
+        }
+        let tat = BUCKETS.get_ptr_mut(&key).ok_or(())?;
+        return Ok(take_token(ctx, &bucket, tat, now));
+    };
+    Ok(take_token(ctx, &bucket, tat, now))
+}
+
+/// Takes one token from a bucket shared by all CPUs with compare-and-swap,
+/// so two CPUs cannot both spend the last token.
+#[inline(always)]
+fn take_token(ctx: &XdpContext, bucket: &Bucket, tat: *mut u64, now: u64) -> Verdict {
+    for _ in 0..CAS_TRIES {
+        let old = unsafe { load(tat) };
+        let Some(new) = bucket.admit(old, now) else {
+            return Verdict::RefusedRate;
+        };
+        if unsafe { compare_swap(tat, old, new) } {
+            return Verdict::Accepted;
+        }
+    }
+    // Persistently contended: fail open rather than refuse on a race.
+    debug!(ctx, "bucket contended {} times, admitting", CAS_TRIES);
+    Verdict::Accepted
+}

@@ -1,0 +1,108 @@
+//! Developer commands for limiter: `setup`, `build`, `run`, `test`, `bench`.
+//! Every command installs what it needs first, so a fresh machine needs
+//! nothing but this repository and rustup.
+
+mod bench;
+mod setup;
+mod util;
+
+use std::{env, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{setup::BpfToolchain, util::run};
+
+#[derive(Parser)]
+#[command(about = "limiter developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the BPF toolchain and the Debian packages the tests use (idempotent).
+    Setup,
+    /// Build everything in release mode; the binary lands in target/release/limiter.
+    Build,
+    /// Set up, build, then run `limiter run ARGS` (as root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then run every test: unit, property, BPF_PROG_TEST_RUN and namespace tests.
+    Test {
+        /// Extra arguments passed to the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Time the XDP program with BPF_PROG_TEST_RUN against empty-program floors.
+    Bench(bench::BenchArgs),
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `cargo` with the environment the kernel object build (limiter-user's
+/// build.rs through aya-build) needs.
+pub(crate) fn cargo(tc: &BpfToolchain) -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd.env("LIMITER_BPF_TOOLCHAIN", &tc.name);
+    if tc.bootstrap {
+        cmd.env("RUSTC_BOOTSTRAP", "1");
+    }
+    // bpf-linker lives in cargo's bin dir, which a fresh root shell may lack.
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![setup::cargo_bin_dir()];
+    paths.extend(env::split_paths(&path));
+    if let Ok(joined) = env::join_paths(paths) {
+        cmd.env("PATH", joined);
+    }
+    cmd
+}
+
+pub(crate) fn build(tc: &BpfToolchain) -> Result<PathBuf> {
+    run(cargo(tc).args(["build", "--release", "--package", "limiter-user", "--bin", "limiter"]))?;
+    let bin = workspace_root().join("target/release/limiter");
+    bin.canonicalize().with_context(|| format!("{} was not built", bin.display()))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => {
+            setup::setup(true)?;
+        }
+        Cmd::Build => {
+            let tc = setup::setup(false)?;
+            let bin = build(&tc)?;
+            eprintln!("xtask: built {}", bin.display());
+        }
+        Cmd::Run { args } => {
+            let tc = setup::setup(false)?;
+            let bin = build(&tc)?;
+            let status = Command::new(bin).arg("run").args(args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            let tc = setup::setup(true)?;
+            let bin = build(&tc)?;
+            // Privileged tests share kernel state (namespaces, bpffs), so
+            // every test binary runs its tests one at a time.
+            run(cargo(&tc)
+                .args(["test", "--release", "--workspace", "--no-fail-fast", "--"])
+                .arg("--test-threads=1")
+                .args(&args)
+                .env("LIMITER_BIN", &bin))?;
+        }
+        Cmd::Bench(args) => {
+            let tc = setup::setup(true)?;
+            build(&tc)?;
+            bench::bench(&tc, &args)?;
+        }
+    }
+    Ok(())
+}
