@@ -41,10 +41,18 @@ pub(crate) fn limiter_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// A bounds-checked pointer to a `T` at `offset` in the frame.
+///
+/// `data` and `data_end` are read with volatile loads so that the compiler
+/// cannot drop a check it thinks an earlier one implies: the verifier tracks
+/// each pointer's checked range separately and would reject the access.
 #[inline(always)]
 pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize,
+        )
+    };
     if start + offset + core::mem::size_of::<T>() > end {
         return Err(());
     }

@@ -1,5 +1,14 @@
 //! The limiter daemon and its client commands, as a library so the
 //! integration tests can load the same kernel object the binary embeds.
 
+// The binary's logger; the library only uses the `log` facade.
+use env_logger as _;
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod loader;
+
 /// The compiled kernel object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));

@@ -1,0 +1,104 @@
+//! The control socket: one JSON request per line from a client, one JSON
+//! response per line from the daemon. Requests are bounded in size and
+//! time, so a broken or hostile client can neither crash nor block it.
+
+use std::{path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+/// Default socket path (`LIMITER_SOCKET` overrides it for clients).
+pub const DEFAULT_SOCKET: &str = "/run/limiter/limiter.sock";
+/// Largest request the daemon reads.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Ok { ok: serde_json::Value },
+    Err { error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the limiter daemon at {path}: {source} (is `limiter run` running? set LIMITER_SOCKET or --socket)")]
+    Connect { path: String, source: std::io::Error },
+    #[error("talking to the daemon at {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("the daemon sent a malformed response: {0}")]
+    Malformed(String),
+    #[error("the daemon refused the request: {0}")]
+    Refused(String),
+    #[error("the daemon did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Sends one request and returns the daemon's `ok` payload.
+pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
+    let p = path.display().to_string();
+    let io = |source| ClientError::Io { path: p.clone(), source };
+    let fut = async {
+        let mut s = UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: p.clone(), source })?;
+        let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        line.push(b'\n');
+        s.write_all(&line).await.map_err(io)?;
+        let mut buf = String::new();
+        BufReader::new(s).read_line(&mut buf).await.map_err(io)?;
+        match serde_json::from_str::<Response>(&buf) {
+            Ok(Response::Ok { ok }) => Ok(ok),
+            Ok(Response::Err { error }) => Err(ClientError::Refused(error)),
+            Err(e) => Err(ClientError::Malformed(format!("{e}: {}", buf.trim()))),
+        }
+    };
+    tokio::time::timeout(IO_TIMEOUT, fut).await.map_err(|_| ClientError::Timeout(IO_TIMEOUT))?
+}
+
+/// Reads one request from a client, bounded in size and time.
+async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+    let mut buf = Vec::new();
+    let mut limited = BufReader::new(stream).take(MAX_REQUEST + 1);
+    let n = tokio::time::timeout(IO_TIMEOUT, limited.read_until(b'\n', &mut buf))
+        .await
+        .map_err(|_| "request timed out".to_owned())?
+        .map_err(|e| format!("reading request: {e}"))?;
+    if n as u64 > MAX_REQUEST {
+        return Err(format!("request larger than {MAX_REQUEST} bytes"));
+    }
+    serde_json::from_slice(&buf).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Serves clients until the task is dropped; `handle` answers each request.
+pub async fn serve<F>(listener: UnixListener, handle: F)
+where
+    F: Fn(Request) -> Result<serde_json::Value, String> + Clone + 'static,
+{
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::task::spawn_local(async move {
+            let resp = match read_request(&mut stream).await {
+                Ok(req) => match handle(req) {
+                    Ok(ok) => Response::Ok { ok },
+                    Err(error) => Response::Err { error },
+                },
+                Err(error) => Response::Err { error },
+            };
+            if let Ok(mut line) = serde_json::to_vec(&resp) {
+                line.push(b'\n');
+                let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(&line)).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,164 @@
+//! `limiter run`: validate the policy, load and attach the XDP program,
+//! serve the control socket, and detach cleanly on SIGINT/SIGTERM.
+
+use std::{
+    cell::RefCell,
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    rc::Rc,
+};
+
+use anyhow::{Context as _, bail};
+use limiter_common::{Verdict, maps::names};
+use log::{info, warn};
+use serde_json::{Value, json};
+use tokio::{net::UnixListener, signal::unix::SignalKind};
+
+use crate::{
+    config::Policy,
+    control::{self, Request},
+    loader::{self, Loaded},
+};
+
+/// Paths the daemon owns.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run_async(policy, paths))
+}
+
+async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
+    fs::create_dir_all(&paths.state_dir)
+        .with_context(|| format!("cannot create state dir {}", paths.state_dir.display()))?;
+    let listener = bind_socket(&paths.socket)?;
+    let mut loaded = loader::load_and_attach(&policy)?;
+    let pins = pin_maps(&mut loaded, &paths.pin_dir)?;
+    for a in &loaded.attachments {
+        info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
+    }
+    for s in &policy.services {
+        let rate = s.rate.map_or_else(|| "unlimited".to_owned(), |r| r.to_string());
+        info!("service {} ports {:?}: rate {rate} burst {} action {}", s.name, s.ports, s.burst, s.action.as_str());
+    }
+    info!("control socket {}", paths.socket.display());
+
+    let state = Rc::new(RefCell::new(loaded));
+    let policy = Rc::new(policy);
+    let handler = {
+        let state = Rc::clone(&state);
+        let policy = Rc::clone(&policy);
+        move |req: Request| match req {
+            Request::Status => status(&state.borrow(), &policy),
+        }
+    };
+    let server = tokio::task::spawn_local(control::serve(listener, handler));
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    server.abort();
+    state.borrow_mut().detach();
+    for p in pins {
+        let _ = fs::remove_file(p);
+    }
+    let _ = fs::remove_dir(&paths.pin_dir);
+    let _ = fs::remove_file(&paths.socket);
+    info!("detached; enforcement stopped");
+    Ok(())
+}
+
+/// Binds the control socket (mode 0660), refusing to steal it from a live daemon.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create socket dir {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another limiter daemon is already listening on {}", path.display());
+        }
+        fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Pins the maps under `pin_dir` while the daemon runs, so `bpftool map
+/// dump pinned DIR/COUNTERS` can inspect them. Needs bpffs there.
+fn pin_maps(loaded: &mut Loaded, pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    fs::create_dir_all(pin_dir).with_context(|| format!("cannot create pin dir {}", pin_dir.display()))?;
+    let mut pinned = Vec::new();
+    for name in [names::GLOBALS, names::PORTS, names::SERVICES, names::BUCKETS, names::COUNTERS] {
+        let path = pin_dir.join(name);
+        if path.exists() {
+            // Left by a daemon that was killed: it pins nothing we reuse yet.
+            warn!("removing stale pin {}", path.display());
+            fs::remove_file(&path)?;
+        }
+        let map = loaded.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))?;
+        map.pin(&path).with_context(|| {
+            format!("cannot pin {name} at {} (is bpffs mounted there? mount -t bpf bpf /sys/fs/bpf)", path.display())
+        })?;
+        pinned.push(path);
+    }
+    Ok(pinned)
+}
+
+fn counters_json(row: &[u64]) -> Value {
+    let mut m = serde_json::Map::new();
+    for v in Verdict::ALL {
+        if v != Verdict::PassedOther {
+            m.insert(v.name().to_owned(), json!(row[v as usize]));
+        }
+    }
+    Value::Object(m)
+}
+
+/// The `status` response (documented in docs/status.md).
+fn status(loaded: &Loaded, policy: &Policy) -> Result<Value, String> {
+    let rows = loader::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let mut totals = [0u64; Verdict::COUNT as usize];
+    let services: Vec<Value> = policy
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let row = &rows[loader::service_id(i) as usize];
+            for (t, c) in totals.iter_mut().zip(row) {
+                *t += c;
+            }
+            json!({
+                "name": s.name,
+                "ports": s.ports,
+                "rate": s.rate.map(|r| r.to_string()),
+                "burst": s.burst,
+                "action": s.action.as_str(),
+                "counters": counters_json(row),
+            })
+        })
+        .collect();
+    let mut total = counters_json(&totals);
+    if let Value::Object(m) = &mut total {
+        m.insert("passed_other".into(), json!(rows[0][Verdict::PassedOther as usize]));
+    }
+    Ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "interfaces": loaded.attachments,
+        "ipv4_prefix": policy.ipv4_prefix,
+        "ipv6_prefix": policy.ipv6_prefix,
+        "services": services,
+        "totals": total,
+    }))
+}

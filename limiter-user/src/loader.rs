@@ -1,0 +1,219 @@
+//! Loads the embedded kernel object, writes the policy into its maps,
+//! attaches the XDP program to the interfaces and reads the counters back.
+
+use std::ffi::CString;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{ProgramError, Xdp, xdp::XdpLinkId},
+};
+use limiter_common::{
+    Globals, ServicePolicy, Verdict,
+    maps::{MAX_SERVICES, action, names},
+};
+use log::warn;
+use serde::Serialize;
+
+use crate::config::{Action, Policy, XdpMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("this limiter binary was built without its kernel object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    NoObject,
+    #[error("loading the kernel object failed")]
+    Ebpf(#[from] aya::EbpfError),
+    #[error("map {name}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("program {name}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("unknown interface '{0}'")]
+    UnknownInterface(String),
+    #[error("attaching XDP to {iface} in {mode} mode failed")]
+    Attach { iface: String, mode: &'static str, source: ProgramError },
+}
+
+impl LoadError {
+    /// Whether the error comes from the admin's input (exit code 2) rather
+    /// than from the kernel.
+    #[must_use]
+    pub const fn is_bad_input(&self) -> bool {
+        matches!(self, Self::UnknownInterface(_))
+    }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
+    move |source| LoadError::Map { name, source }
+}
+
+/// The interface index of `name` in the current network namespace.
+pub fn ifindex(name: &str) -> Result<u32, LoadError> {
+    let c = CString::new(name).map_err(|_| LoadError::UnknownInterface(name.to_owned()))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(LoadError::UnknownInterface(name.to_owned())),
+        i => Ok(i),
+    }
+}
+
+/// Where the program is attached.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attachment {
+    pub name: String,
+    pub ifindex: u32,
+    /// `native` or `skb`.
+    pub xdp_mode: &'static str,
+}
+
+/// The loaded object and its attachments; dropping it detaches everything.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// Forwards the kernel's debug log lines; holds the log map open.
+    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub attachments: Vec<Attachment>,
+    links: Vec<XdpLinkId>,
+}
+
+/// Loads the object (maps and program, nothing attached yet) with the
+/// policy written into its maps.
+pub fn load(policy: &Policy) -> Result<Ebpf, LoadError> {
+    if crate::EBPF_OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT)?;
+    write_policy(&mut ebpf, policy)?;
+    let prog: &mut Xdp = program(&mut ebpf)?;
+    prog.load().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })?;
+    Ok(ebpf)
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
+    let p = ebpf
+        .program_mut(names::XDP_PROGRAM)
+        .ok_or(LoadError::Program { name: names::XDP_PROGRAM, source: ProgramError::NotLoaded })?;
+    p.try_into().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })
+}
+
+/// Writes globals, services and the port table. Ports are written after the
+/// services they point to, so no port ever names a missing policy.
+pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
+    let mut globals: Array<_, Globals> =
+        Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
+    globals
+        .set(0, Globals { ipv4_prefix: policy.ipv4_prefix, ipv6_prefix: policy.ipv6_prefix, _pad: [0; 6] }, 0)
+        .map_err(map_err(names::GLOBALS))?;
+
+    let mut services: Array<_, ServicePolicy> =
+        Array::try_from(ebpf.map_mut(names::SERVICES).ok_or(LoadError::NoObject)?).map_err(map_err(names::SERVICES))?;
+    for (i, s) in policy.services.iter().enumerate() {
+        let b = s.bucket();
+        let sp = ServicePolicy {
+            rate_interval_ns: b.interval_ns,
+            rate_tolerance_ns: b.tolerance_ns,
+            action: match s.action {
+                Action::Drop => action::DROP,
+                Action::Reset => action::RESET,
+            },
+            _pad: [0; 7],
+        };
+        services.set(service_id(i), sp, 0).map_err(map_err(names::SERVICES))?;
+    }
+
+    let mut ports: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
+    for (i, s) in policy.services.iter().enumerate() {
+        for &p in &s.ports {
+            ports.set(u32::from(p), service_id(i), 0).map_err(map_err(names::PORTS))?;
+        }
+    }
+    Ok(())
+}
+
+/// Kernel service id of the `i`th configured service (ids are 1-based).
+#[must_use]
+pub fn service_id(i: usize) -> u32 {
+    debug_assert!(i < MAX_SERVICES as usize);
+    u32::try_from(i).map_or(0, |i| i + 1)
+}
+
+/// Loads and attaches to every interface of the policy.
+pub fn load_and_attach(policy: &Policy) -> Result<Loaded, LoadError> {
+    // Resolve every interface before loading anything: a typo is bad input.
+    let ifaces = policy
+        .interfaces
+        .iter()
+        .map(|name| ifindex(name).map(|i| (name.clone(), i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ebpf = load(policy)?;
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            // The kernel side logs only at debug level; nothing is lost.
+            log::debug!("kernel logger not initialised: {e}");
+            None
+        }
+    };
+    let prog = program(&mut ebpf)?;
+    let mut attachments = Vec::new();
+    let mut links = Vec::new();
+    for (name, index) in ifaces {
+        let (link, mode) = attach(prog, &name, index, policy.xdp_mode)?;
+        links.push(link);
+        attachments.push(Attachment { name, ifindex: index, xdp_mode: mode });
+    }
+    Ok(Loaded { ebpf, _logger: logger, attachments, links })
+}
+
+fn attach(prog: &mut Xdp, name: &str, index: u32, mode: XdpMode) -> Result<(XdpLinkId, &'static str), LoadError> {
+    match mode {
+        XdpMode::Native => prog_attach(prog, name, index, aya::programs::XdpMode::Driver, "native"),
+        XdpMode::Skb => prog_attach(prog, name, index, aya::programs::XdpMode::Skb, "skb"),
+        XdpMode::Auto => match prog_attach(prog, name, index, aya::programs::XdpMode::Driver, "native") {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                warn!("{e}; falling back to skb (generic) mode, which is slower");
+                prog_attach(prog, name, index, aya::programs::XdpMode::Skb, "skb")
+            }
+        },
+    }
+}
+
+fn prog_attach(
+    prog: &mut Xdp,
+    name: &str,
+    index: u32,
+    mode: aya::programs::XdpMode,
+    label: &'static str,
+) -> Result<(XdpLinkId, &'static str), LoadError> {
+    prog.attach_to_if_index(index, mode)
+        .map(|l| (l, label))
+        .map_err(|source| LoadError::Attach { iface: name.to_owned(), mode: label, source })
+}
+
+impl Loaded {
+    /// Detaches from every interface.
+    pub fn detach(&mut self) {
+        if let Ok(prog) = program(&mut self.ebpf) {
+            for link in self.links.drain(..) {
+                if let Err(e) = prog.detach(link) {
+                    warn!("detaching XDP: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Per-service verdict counters summed over CPUs; row 0 is "no service".
+pub fn read_counters(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>, LoadError> {
+    let map = ebpf.map(names::COUNTERS).ok_or(LoadError::NoObject)?;
+    let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err(names::COUNTERS))?;
+    let mut rows = vec![[0u64; Verdict::COUNT as usize]; MAX_SERVICES as usize + 1];
+    for (service, row) in rows.iter_mut().enumerate() {
+        for v in Verdict::ALL {
+            let idx = v.index(u32::try_from(service).unwrap_or(0));
+            let per_cpu = counters.get(&idx, 0).map_err(map_err(names::COUNTERS))?;
+            row[v as usize] = per_cpu.iter().sum();
+        }
+    }
+    Ok(rows)
+}
