@@ -19,6 +19,9 @@ pub mod names {
     pub const BUCKETS: &str = "BUCKETS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
+    /// Empty programs used as benchmark floors.
+    pub const FLOOR_PASS: &str = "floor_pass";
+    pub const FLOOR_DROP: &str = "floor_drop";
 }
 
 /// Over-limit actions (`ServicePolicy::action`).

@@ -5,6 +5,7 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core::intrinsics atomics: see maps::fetch_add")]
 
+mod floors;
 mod maps;
 mod reply;
 mod xdp;

@@ -1,1 +1,33 @@
+//! Helpers for limiter's privileged tests: crafted frames, the skip policy,
+//! and guards that own namespaces, veths and daemons and clean them up.
 
+pub mod frames;
+pub mod netns;
+
+/// Whether the environment demands that privileged tests run (CI sets it).
+#[must_use]
+pub fn privileged_required() -> bool {
+    std::env::var("LIMITER_REQUIRE_PRIVILEGED_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// Returns true if the test may run. Otherwise prints why it is skipped,
+/// and panics instead when `LIMITER_REQUIRE_PRIVILEGED_TESTS=1`.
+#[must_use]
+pub fn can_run_privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("not root")
+    } else if limiter_user::EBPF_OBJECT.is_empty() {
+        Some("built without the kernel object (AYA_BUILD_SKIP)")
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) if privileged_required() => panic!("{test}: cannot run ({r}) and LIMITER_REQUIRE_PRIVILEGED_TESTS=1"),
+        Some(r) => {
+            eprintln!("SKIPPED {test}: {r}");
+            false
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Network namespaces, veth pairs and daemons for integration tests. Every
+//! resource is owned by a guard that removes it in `Drop`, also on panic,
+//! and names are unique per process so a crashed run cannot break the next.
+
+use std::{
+    fs::File,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: `{prefix}{pid}x{n}`.
+#[must_use]
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs a command inside the namespace (network namespace only, so
+    /// bpffs and cgroup2 stay visible).
+    pub fn exec(&self, args: &[&str]) -> String {
+        let net = format!("--net={}", self.path().display());
+        let mut full = vec!["nsenter", net.as_str()];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it
+    /// creates belong to the namespace for their whole life.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter(path: &Path) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
+}
+
+/// Two namespaces joined by a veth pair: `server` (where the limiter runs,
+/// on `server_if`) and `client`. IPv4 198.18.N.0/24 and IPv6 2001:db8:N::/48.
+pub struct Pair {
+    /// Holds the pass-through XDP program on the client veth (see `new`).
+    _peer_xdp: aya::Ebpf,
+    pub server: Netns,
+    pub client: Netns,
+    pub server_if: String,
+    pub client_if: String,
+    pub net: u8,
+}
+
+impl Pair {
+    #[must_use]
+    pub fn new() -> Self {
+        let server = Netns::new("lts");
+        let client = Netns::new("ltc");
+        let net = u8::try_from(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1).unwrap_or(1);
+        let server_if = unique("vs");
+        let client_if = unique("vc");
+        sh(&["ip", "link", "add", &server_if, "netns", &server.name, "type", "veth", "peer", "name", &client_if, "netns", &client.name]);
+        // A veth hands XDP_TX frames to its peer only if the peer runs XDP
+        // itself (its NAPI path); a real NIC needs nothing. So the client
+        // side gets the object's empty pass program.
+        let peer_if = client_if.clone();
+        let peer_xdp = client.run(move || {
+            let mut ebpf = aya::Ebpf::load(limiter_user::EBPF_OBJECT).expect("load object");
+            let prog: &mut aya::programs::Xdp = ebpf
+                .program_mut(limiter_common::maps::names::FLOOR_PASS)
+                .expect("floor_pass program")
+                .try_into()
+                .expect("xdp program");
+            prog.load().expect("load floor_pass");
+            prog.attach(&peer_if, aya::programs::XdpMode::Driver).expect("attach floor_pass to the client veth");
+            ebpf
+        });
+        let p = Self { _peer_xdp: peer_xdp, server, client, server_if, client_if, net };
+        p.server.exec(&["ip", "addr", "add", &format!("198.18.{net}.1/24"), "dev", &p.server_if]);
+        p.server.exec(&["ip", "addr", "add", &format!("2001:db8:{net:x}::1/48"), "dev", &p.server_if, "nodad"]);
+        p.server.exec(&["ip", "link", "set", &p.server_if, "up"]);
+        p.client.exec(&["ip", "link", "set", &p.client_if, "up"]);
+        p
+    }
+
+    /// Adds a client address (IPv4 host number or an IPv6 address string).
+    pub fn add_client_v4(&self, host: u8) -> IpAddr {
+        self.client.exec(&["ip", "addr", "add", &format!("198.18.{}.{host}/24", self.net), "dev", &self.client_if]);
+        format!("198.18.{}.{host}", self.net).parse().expect("valid v4")
+    }
+
+    /// Adds `2001:db8:N:SUBNET::HOST` on the client side.
+    pub fn add_client_v6(&self, subnet: u16, host: u16) -> IpAddr {
+        let a = format!("2001:db8:{:x}:{subnet:x}::{host:x}", self.net);
+        self.client.exec(&["ip", "addr", "add", &format!("{a}/48"), "dev", &self.client_if, "nodad"]);
+        a.parse().expect("valid v6")
+    }
+
+    #[must_use]
+    pub fn server_v4(&self) -> IpAddr {
+        format!("198.18.{}.1", self.net).parse().expect("valid v4")
+    }
+
+    #[must_use]
+    pub fn server_v6(&self) -> IpAddr {
+        format!("2001:db8:{:x}::1", self.net).parse().expect("valid v6")
+    }
+
+    /// A dual-stack listener on `[::]:port` in the server namespace that
+    /// accepts forever and keeps every connection open.
+    pub fn listen(&self, port: u16) -> Listener {
+        let l = self.server.run(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).expect("socket");
+            s.set_only_v6(false).expect("dual stack");
+            s.set_reuse_address(true).expect("reuseaddr");
+            s.bind(&SocketAddr::from(([0u16; 8], port)).into()).expect("bind");
+            s.listen(1024).expect("listen");
+            TcpListener::from(s)
+        });
+        let accepter = l.try_clone().expect("clone listener");
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = accepter.accept() {
+                held.push(s);
+            }
+        });
+        Listener { _listener: l }
+    }
+
+    /// Connection attempts from `src` to the server on `port`, made from
+    /// the client namespace; each result is kept open until dropped.
+    #[must_use]
+    pub fn connect_many(&self, src: IpAddr, port: u16, n: usize, timeout: Duration) -> Vec<Attempt> {
+        let dst = if src.is_ipv4() { self.server_v4() } else { self.server_v6() };
+        self.client.run(move || (0..n).map(|_| connect(src, SocketAddr::new(dst, port), timeout)).collect())
+    }
+}
+
+impl Default for Pair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Keeps a listener open.
+pub struct Listener {
+    _listener: TcpListener,
+}
+
+/// The outcome of one connection attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    Connected(TcpStream),
+    /// Refused (an RST came back), with how long it took.
+    Refused(Duration),
+    TimedOut,
+    Other(std::io::Error),
+}
+
+impl Attempt {
+    #[must_use]
+    pub const fn is_connected(&self) -> bool {
+        matches!(self, Self::Connected(_))
+    }
+}
+
+/// One connection attempt from a bound source address.
+#[must_use]
+pub fn connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Attempt {
+    let domain = if src.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::new(src, 0).into()).expect("bind source");
+    let start = Instant::now();
+    match s.connect_timeout(&dst.into(), timeout) {
+        Ok(()) => Attempt::Connected(s.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Attempt::Refused(start.elapsed()),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock => Attempt::TimedOut,
+        Err(e) => Attempt::Other(e),
+    }
+}
+
+/// Counts of attempt outcomes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub connected: usize,
+    pub refused: usize,
+    pub timed_out: usize,
+    pub other: usize,
+}
+
+#[must_use]
+pub fn tally(attempts: &[Attempt]) -> Tally {
+    let mut t = Tally::default();
+    for a in attempts {
+        match a {
+            Attempt::Connected(_) => t.connected += 1,
+            Attempt::Refused(_) => t.refused += 1,
+            Attempt::TimedOut => t.timed_out += 1,
+            Attempt::Other(_) => t.other += 1,
+        }
+    }
+    t
+}
+
+/// A `limiter run` process in a namespace, stopped with SIGTERM on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// The binary under test (set by `cargo xtask test`).
+#[must_use]
+pub fn limiter_bin() -> PathBuf {
+    std::env::var_os("LIMITER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/limiter"),
+        PathBuf::from,
+    )
+}
+
+impl Daemon {
+    /// Starts `limiter run ARGS` in `ns` with private socket, pin and state
+    /// paths, and waits until its control socket answers.
+    #[must_use]
+    pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(unique("limiter-test-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let socket = dir.join("limiter.sock");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("limiter-test-"));
+        let log = dir.join("daemon.log");
+        let logf = File::create(&log).expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(limiter_bin())
+            .arg("run")
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn limiter");
+        let mut d = Self { child: Some(child), socket, pin_dir, dir, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = d.child.as_mut().map(Child::try_wait) {
+                panic!("limiter run exited early ({status}): {}", d.log_text());
+            }
+            if d.status_json().is_some() {
+                return d;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("limiter run did not answer on {} within 10 s: {}", d.socket.display(), d.log_text());
+    }
+
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `limiter status --json` through the real client command.
+    #[must_use]
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let out = Command::new(limiter_bin()).args(["status", "--json"]).env("LIMITER_SOCKET", &self.socket).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = libc::pid_t::try_from(child.id()).ok()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
