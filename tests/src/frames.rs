@@ -135,7 +135,9 @@ pub fn frame(t: &Tcp, shape: &Shape) -> Vec<u8> {
                 let next = shape.ipv6_ext.get(i + 1).map_or(6, |e| e.0);
                 let mut e = vec![0u8; *len];
                 e[0] = next;
-                e[1] = u8::try_from(len / 8 - 1).expect("ext len");
+                // AH counts 4-byte units minus 2; the others 8-byte units minus 1.
+                let units = if shape.ipv6_ext[i].0 == 51 { len / 4 - 2 } else { len / 8 - 1 };
+                e[1] = u8::try_from(units).expect("ext len");
                 f.extend_from_slice(&e);
             }
         }

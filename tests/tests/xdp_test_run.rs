@@ -1,0 +1,381 @@
+//! The loaded XDP program on crafted frames through `BPF_PROG_TEST_RUN`:
+//! every header variant the parser handles, truncated and malformed frames,
+//! and the exact RST reply. Each test loads a fresh object, so buckets and
+//! counters start empty.
+
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use limiter_common::{Verdict, maps::names};
+use limiter_tests::{
+    can_run_privileged,
+    frames::{self, ACK, CLIENT_MAC, RST, SERVER_MAC, SYN, Shape, Tcp, checksums_ok, v4, v6},
+};
+use limiter_user::{
+    config::{Action, Policy, Rate, Service, XdpMode},
+    loader,
+};
+
+const PASS: u32 = 2;
+const DROP: u32 = 1;
+const TX: u32 = 3;
+const PORT: u16 = 2525;
+
+struct Harness {
+    ebpf: Ebpf,
+}
+
+fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
+    Policy {
+        interfaces: vec![],
+        xdp_mode: XdpMode::Auto,
+        ipv4_prefix: v4_prefix,
+        ipv6_prefix: v6_prefix,
+        services: vec![Service {
+            name: "smtp".into(),
+            ports: vec![PORT, 465],
+            // One per minute: nothing refills while a test runs.
+            rate: Some(Rate { count: 1, per_secs: 60 }),
+            burst,
+            action,
+        }],
+    }
+}
+
+impl Harness {
+    fn new(p: &Policy) -> Self {
+        Self { ebpf: loader::load(p).expect("load the kernel object") }
+    }
+
+    fn reset(burst: u64) -> Self {
+        Self::new(&policy(Action::Reset, burst, 32, 64))
+    }
+
+    /// Runs one frame; returns the XDP action and the frame afterwards.
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut Xdp = self.ebpf.program_mut(names::XDP_PROGRAM).expect("program").try_into().expect("xdp");
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn action(&mut self, frame: &[u8]) -> u32 {
+        self.run(frame).0
+    }
+
+    /// Spends the source's burst: `burst` SYNs must pass.
+    fn exhaust(&mut self, frame: &[u8], burst: u64) {
+        for i in 0..burst {
+            assert_eq!(self.action(frame), PASS, "SYN {i} within the burst must pass");
+        }
+    }
+
+    fn counter(&self, service: u32, v: Verdict) -> u64 {
+        loader::read_counters(&self.ebpf).expect("counters")[service as usize][v as usize]
+    }
+}
+
+fn server4() -> IpAddr {
+    v4(1)
+}
+
+fn server6() -> IpAddr {
+    v6(0, 1)
+}
+
+/// Offset of the IP header for a shape.
+fn l3(shape: &Shape) -> usize {
+    14 + 4 * shape.vlans.len()
+}
+
+/// The RST+ACK the program must send for `syn` (checksum fields zero; the
+/// caller checks them separately with an independent implementation).
+fn expected_rst(syn: &Tcp, shape: &Shape) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&SERVER_MAC);
+    for (tpid, id) in &shape.vlans {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+    }
+    match (syn.dst, syn.src) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 20, 6, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => unreachable!(),
+    }
+    f.extend_from_slice(&syn.dport.to_be_bytes());
+    f.extend_from_slice(&syn.sport.to_be_bytes());
+    f.extend_from_slice(&0u32.to_be_bytes());
+    let payload = u32::try_from(syn.payload.len()).expect("small");
+    f.extend_from_slice(&syn.seq.wrapping_add(1).wrapping_add(payload).to_be_bytes());
+    f.extend_from_slice(&[0x50, RST | ACK, 0, 0, 0, 0, 0, 0]);
+    f
+}
+
+/// Asserts `out` is exactly the RST for `syn`, with valid checksums.
+fn assert_rst(out: &[u8], syn: &Tcp, shape: &Shape) {
+    let want = expected_rst(syn, shape);
+    assert_eq!(out.len(), want.len(), "reply length: got {out:02x?}");
+    let l3 = l3(shape);
+    let mut masked = out.to_vec();
+    let (ipc, tcpc) = if syn.src.is_ipv4() { (Some(l3 + 10), l3 + 20 + 16) } else { (None, l3 + 40 + 16) };
+    if let Some(i) = ipc {
+        masked[i..i + 2].fill(0);
+    }
+    masked[tcpc..tcpc + 2].fill(0);
+    assert_eq!(masked, want, "reply frame");
+    assert!(checksums_ok(out, l3), "reply checksums must verify: {out:02x?}");
+}
+
+#[test]
+fn ipv4_burst_then_exact_rst() {
+    if !can_run_privileged("ipv4_burst_then_exact_rst") {
+        return;
+    }
+    let mut h = Harness::reset(3);
+    let syn = Tcp::syn(v4(10), server4(), PORT);
+    let f = frames::frame(&syn, &Shape::default());
+    h.exhaust(&f, 3);
+    let (action, out) = h.run(&f);
+    assert_eq!(action, TX, "4th SYN refused with XDP_TX");
+    assert_rst(&out, &syn, &Shape::default());
+    assert_eq!(h.counter(1, Verdict::Accepted), 3);
+    assert_eq!(h.counter(1, Verdict::RefusedRate), 1);
+    // Another source is untouched.
+    assert_eq!(h.action(&frames::syn(v4(11), server4(), PORT)), PASS);
+}
+
+#[test]
+fn ipv6_burst_then_exact_rst() {
+    if !can_run_privileged("ipv6_burst_then_exact_rst") {
+        return;
+    }
+    let mut h = Harness::reset(2);
+    let syn = Tcp::syn(v6(5, 7), server6(), 465);
+    let f = frames::frame(&syn, &Shape::default());
+    h.exhaust(&f, 2);
+    let (action, out) = h.run(&f);
+    assert_eq!(action, TX);
+    assert_rst(&out, &syn, &Shape::default());
+}
+
+#[test]
+fn drop_action_drops() {
+    if !can_run_privileged("drop_action_drops") {
+        return;
+    }
+    let mut h = Harness::new(&policy(Action::Drop, 1, 32, 64));
+    let f = frames::syn(v4(10), server4(), PORT);
+    h.exhaust(&f, 1);
+    assert_eq!(h.action(&f), DROP);
+    assert_eq!(h.counter(1, Verdict::RefusedRate), 1);
+}
+
+#[test]
+fn vlan_tags_are_parsed_and_kept_in_the_reply() {
+    if !can_run_privileged("vlan_tags_are_parsed_and_kept_in_the_reply") {
+        return;
+    }
+    for vlans in [vec![(0x8100, 10)], vec![(0x88a8, 100), (0x8100, 20)], vec![(0x8100, 5), (0x8100, 6)]] {
+        let mut h = Harness::reset(1);
+        let shape = Shape { vlans, ..Shape::default() };
+        for syn in [Tcp::syn(v4(20), server4(), PORT), Tcp::syn(v6(1, 2), server6(), PORT)] {
+            let f = frames::frame(&syn, &shape);
+            h.exhaust(&f, 1);
+            let (action, out) = h.run(&f);
+            assert_eq!(action, TX, "{shape:?}");
+            assert_rst(&out, &syn, &shape);
+        }
+    }
+    // Three tags are more than the parser reads: the frame passes.
+    let mut h = Harness::reset(1);
+    let shape = Shape { vlans: vec![(0x8100, 1), (0x8100, 2), (0x8100, 3)], ..Shape::default() };
+    let f = frames::frame(&Tcp::syn(v4(21), server4(), PORT), &shape);
+    for _ in 0..3 {
+        assert_eq!(h.action(&f), PASS);
+    }
+}
+
+#[test]
+fn ipv4_options_any_ihl() {
+    if !can_run_privileged("ipv4_options_any_ihl") {
+        return;
+    }
+    let mut h = Harness::reset(1);
+    for (i, words) in (1u8..=10).enumerate() {
+        // NOPs then end-of-list: 4 * words bytes of options, IHL 5 + words.
+        let mut opts = vec![1u8; usize::from(words) * 4 - 1];
+        opts.push(0);
+        let shape = Shape { ip_options: opts, ..Shape::default() };
+        let syn = Tcp::syn(v4(30 + u8::try_from(i).expect("small")), server4(), PORT);
+        let f = frames::frame(&syn, &shape);
+        h.exhaust(&f, 1);
+        let (action, out) = h.run(&f);
+        assert_eq!(action, TX, "IHL {}", 5 + words);
+        // The reply has no IP options: IHL 5.
+        assert_rst(&out, &syn, &Shape::default());
+    }
+}
+
+#[test]
+fn syn_with_data_is_acked_past_the_data() {
+    if !can_run_privileged("syn_with_data_is_acked_past_the_data") {
+        return;
+    }
+    let mut h = Harness::reset(1);
+    let mut syn = Tcp::syn(v4(40), server4(), PORT);
+    syn.payload = b"EHLO fast.open".to_vec();
+    syn.seq = u32::MAX - 3; // the ACK number wraps
+    let f = frames::frame(&syn, &Shape::default());
+    h.exhaust(&f, 1);
+    let (action, out) = h.run(&f);
+    assert_eq!(action, TX);
+    assert_rst(&out, &syn, &Shape::default());
+}
+
+#[test]
+fn ipv6_extension_headers() {
+    if !can_run_privileged("ipv6_extension_headers") {
+        return;
+    }
+    // Hop-by-hop, routing, destination options and AH are skipped.
+    let mut h = Harness::reset(1);
+    let shapes = [
+        vec![(0u8, 8usize)],
+        vec![(0, 8), (43, 24), (51, 16), (60, 16)],
+        vec![(60, 8), (60, 8), (60, 8), (60, 8), (60, 8)],
+    ];
+    for (i, ext) in shapes.into_iter().enumerate() {
+        let shape = Shape { ipv6_ext: ext, ..Shape::default() };
+        let syn = Tcp::syn(v6(100 + u16::try_from(i).expect("small"), 1), server6(), PORT);
+        let f = frames::frame(&syn, &shape);
+        h.exhaust(&f, 1);
+        let (action, out) = h.run(&f);
+        assert_eq!(action, TX, "{shape:?}");
+        assert_rst(&out, &syn, &Shape::default());
+    }
+    // A fragment header, more headers than the parser skips, and an unknown
+    // header all pass, however often they are sent.
+    for (i, ext) in [vec![(44u8, 8usize)], vec![(60, 8); 7], vec![(0, 8), (59, 8)]].into_iter().enumerate() {
+        let shape = Shape { ipv6_ext: ext, ..Shape::default() };
+        let f = frames::frame(&Tcp::syn(v6(200 + u16::try_from(i).expect("small"), 1), server6(), PORT), &shape);
+        for _ in 0..3 {
+            assert_eq!(h.action(&f), PASS, "{shape:?}");
+        }
+    }
+}
+
+#[test]
+fn everything_but_a_syn_to_a_service_port_passes() {
+    if !can_run_privileged("everything_but_a_syn_to_a_service_port_passes") {
+        return;
+    }
+    let mut h = Harness::reset(1);
+    let src = v4(50);
+    let base = Tcp::syn(src, server4(), PORT);
+    // Empty the bucket so that anything mistaken for a SYN would be refused.
+    h.exhaust(&frames::frame(&base, &Shape::default()), 1);
+
+    let with_flags = |flags: u8| frames::frame(&Tcp { flags, ..base.clone() }, &Shape::default());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ACK", with_flags(ACK)),
+        ("SYN+ACK", with_flags(SYN | ACK)),
+        ("RST", with_flags(RST)),
+        ("FIN+ACK", with_flags(0x11)),
+        ("other port", frames::frame(&Tcp { dport: 2526, ..base.clone() }, &Shape::default())),
+        ("fragment MF", frames::frame(&base, &Shape { frag: 0x2000, ..Shape::default() })),
+        ("fragment offset", frames::frame(&base, &Shape { frag: 0x0010, ..Shape::default() })),
+    ];
+    for (name, f) in &cases {
+        for _ in 0..3 {
+            assert_eq!(h.action(f), PASS, "{name}");
+        }
+    }
+    assert_eq!(h.counter(1, Verdict::PassedNonSyn), 12, "ACK, SYN+ACK, RST, FIN+ACK to the port are non-SYN");
+    assert_eq!(h.counter(1, Verdict::RefusedRate), 0);
+
+    // Not IP, UDP to the port, ICMP.
+    let mut arp = frames::syn(src, server4(), PORT);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let mut udp = frames::syn(src, server4(), PORT);
+    udp[14 + 9] = 17;
+    let mut icmp6 = frames::syn(v6(9, 9), server6(), PORT);
+    icmp6[14 + 6] = 58;
+    for (name, f) in [("ARP", arp), ("UDP", udp), ("ICMPv6", icmp6)] {
+        assert_eq!(h.action(&f), PASS, "{name}");
+    }
+}
+
+#[test]
+fn truncated_and_malformed_frames_pass() {
+    if !can_run_privileged("truncated_and_malformed_frames_pass") {
+        return;
+    }
+    let mut h = Harness::reset(1);
+    let shapes = [Shape::default(), Shape { vlans: vec![(0x8100, 7)], ip_options: vec![1, 1, 1, 0], ..Shape::default() }];
+    for (i, shape) in shapes.iter().enumerate() {
+        for syn in [Tcp::syn(v4(60 + u8::try_from(i).expect("small")), server4(), PORT), Tcp::syn(v6(60 + u16::try_from(i).expect("small"), 1), server6(), PORT)] {
+            let f = frames::frame(&syn, shape);
+            h.exhaust(&f, 1);
+            // The full frame is now refused; every truncation of it passes.
+            assert_eq!(h.action(&f), TX);
+            let tcp_end = f.len() - syn.options.len();
+            for len in 14..tcp_end {
+                assert_eq!(h.action(&f[..len]), PASS, "frame cut to {len} bytes ({shape:?})");
+            }
+        }
+    }
+
+    let f = frames::syn(v4(70), server4(), PORT);
+    let mutate = |at: usize, value: u8| {
+        let mut m = f.clone();
+        m[at] = value;
+        m
+    };
+    let cases = [
+        ("IHL 4", mutate(14, 0x44)),
+        ("IP version 6 in an IPv4 frame", mutate(14, 0x65)),
+        ("total length shorter than the header", {
+            let mut m = f.clone();
+            m[16..18].copy_from_slice(&10u16.to_be_bytes());
+            m
+        }),
+        ("IHL past the frame", mutate(14, 0x4f)),
+    ];
+    h.exhaust(&f, 1);
+    for (name, m) in cases {
+        assert_eq!(h.action(&m), PASS, "{name}");
+    }
+}
+
+#[test]
+fn prefix_aggregation_shares_a_bucket() {
+    if !can_run_privileged("prefix_aggregation_shares_a_bucket") {
+        return;
+    }
+    let mut h = Harness::new(&policy(Action::Drop, 2, 24, 48));
+    // 198.18.0.10 and .11 share a /24.
+    assert_eq!(h.action(&frames::syn(v4(10), server4(), PORT)), PASS);
+    assert_eq!(h.action(&frames::syn(v4(11), server4(), PORT)), PASS);
+    assert_eq!(h.action(&frames::syn(v4(12), server4(), PORT)), DROP);
+    // 2001:db8:0:1:: and 2001:db8:0:2:: share a /48; 2001:db8:1:: does not.
+    assert_eq!(h.action(&frames::syn(v6(1, 1), server6(), PORT)), PASS);
+    assert_eq!(h.action(&frames::syn(v6(2, 1), server6(), PORT)), PASS);
+    assert_eq!(h.action(&frames::syn(v6(3, 1), server6(), PORT)), DROP);
+    let other: IpAddr = "2001:db8:1::1".parse().expect("v6");
+    assert_eq!(h.action(&frames::syn(other, server6(), PORT)), PASS);
+}
