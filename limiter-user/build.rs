@@ -1,10 +1,10 @@
 //! Builds the kernel crate for the BPF target and leaves the object in
-//! OUT_DIR for `include_bytes_aligned!`.
+//! `OUT_DIR` for `include_bytes_aligned!`.
 //!
 //! This is aya-build's `build_ebpf` with one difference: the kernel crate
 //! needs `-C target-cpu=v3` (it uses the old value of atomic fetch-add and
-//! compare-and-swap, which CPU v1 cannot encode; see shared KERNEL_NOTES),
-//! and aya-build replaces RUSTFLAGS wholesale.
+//! compare-and-swap, which CPU v1 cannot encode; see shared `KERNEL_NOTES`),
+//! and aya-build replaces `RUSTFLAGS` wholesale.
 //!
 //! `AYA_BUILD_SKIP=1` skips the build (clippy/check without bpf-linker); the
 //! binary then embeds an empty object and says so when asked to run.
@@ -28,7 +28,10 @@ fn main() -> anyhow::Result<()> {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
     let ebpf_dir = manifest.join("../limiter-ebpf");
     println!("cargo:rerun-if-changed={}", ebpf_dir.display());
-    println!("cargo:rerun-if-changed={}", manifest.join("../limiter-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest.join("../limiter-common/src").display()
+    );
 
     let toolchain = env::var("LIMITER_BPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
     let target_dir = out.join("ebpf-target");
@@ -40,15 +43,24 @@ fn main() -> anyhow::Result<()> {
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", &toolchain, "cargo", "build", "--package", "limiter-ebpf", "--bins", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(manifest.join(".."))
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTFLAGS");
+    cmd.args([
+        "run",
+        &toolchain,
+        "cargo",
+        "build",
+        "--package",
+        "limiter-ebpf",
+        "--bins",
+        "--release",
+    ])
+    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(manifest.join(".."))
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .env_remove("RUSTFLAGS");
     let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
     if !status.success() {
         bail!("building the kernel crate failed ({status}); run `cargo xtask setup` for bpf-linker and rust-src");

@@ -26,9 +26,9 @@ pub mod names {
 
 /// Over-limit actions (`ServicePolicy::action`).
 pub mod action {
-    /// XDP_DROP: the client retransmits and times out.
+    /// `XDP_DROP`: the client retransmits and times out.
     pub const DROP: u8 = 0;
-    /// TCP RST+ACK sent back with XDP_TX: the client fails at once.
+    /// TCP RST+ACK sent back with `XDP_TX`: the client fails at once.
     pub const RESET: u8 = 1;
 }
 
@@ -46,7 +46,7 @@ pub struct Globals {
     pub ipv4_prefix: u8,
     /// IPv6 sources are aggregated to this many leading bits (1..=128).
     pub ipv6_prefix: u8,
-    pub _pad: [u8; 6],
+    pub pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<Globals>() == 8);
 
@@ -60,7 +60,7 @@ pub struct ServicePolicy {
     pub rate_tolerance_ns: u64,
     /// One of [`action`].
     pub action: u8,
-    pub _pad: [u8; 7],
+    pub pad: [u8; 7],
 }
 const _: () = assert!(core::mem::size_of::<ServicePolicy>() == 24);
 
@@ -73,7 +73,7 @@ pub struct SourceKey {
     pub service: u8,
     /// [`family::V4`] or [`family::V6`].
     pub family: u8,
-    pub _pad: [u8; 2],
+    pub pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 

@@ -1,5 +1,5 @@
 //! The `reset` action: turns the refused SYN into a TCP RST+ACK in place and
-//! sends it back out of the interface it came from (XDP_TX). The reply keeps
+//! sends it back out of the interface it came from (`XDP_TX`). The reply keeps
 //! the Ethernet/VLAN header (MACs swapped), gets a fresh option-free IP
 //! header and a bare 20-byte TCP header, and is trimmed to that length.
 //! Per RFC 9293 a RST answering a segment without ACK has SEQ 0 and
@@ -7,7 +7,10 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use limiter_common::{checksum, maps::family};
-use network_types::{ip::{Ipv4Hdr, Ipv6Hdr}, tcp::TcpHdr};
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
 
 use crate::xdp::{Parsed, ptr_at};
 
@@ -80,7 +83,11 @@ pub(crate) fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
     };
 
     let old_len = ctx.data_end() - ctx.data();
-    #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths are < 64 KiB")]
+    #[expect(
+        clippy::cast_possible_wrap,
+        clippy::cast_possible_truncation,
+        reason = "frame lengths are < 64 KiB"
+    )]
     let delta = new_len as i32 - old_len as i32;
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
         return Err(());

@@ -3,13 +3,12 @@
 //! and every frame the parser does not understand, passes (fail open).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_log_ebpf::debug;
 use limiter_common::{
     Bucket, SourceKey, Verdict,
     maps::{action, family},
     prefix::{mask_v4, mask_v6},
 };
-
-use aya_log_ebpf::debug;
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -30,13 +29,16 @@ const MAX_IPV6_EXT: usize = 6;
 const CAS_TRIES: usize = 4;
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro hands the context over by value"
+)]
 pub(crate) fn limiter_xdp(ctx: XdpContext) -> u32 {
-    match try_limiter(&ctx) {
-        Ok(verdict) => verdict,
-        Err(()) => {
-            count(Verdict::PassedOther.index(0));
-            xdp_action::XDP_PASS
-        }
+    if let Ok(verdict) = try_limiter(&ctx) {
+        verdict
+    } else {
+        count(Verdict::PassedOther.index(0));
+        xdp_action::XDP_PASS
     }
 }
 
@@ -112,7 +114,12 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
     }
     let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
     let l4_len = total.checked_sub(ihl).ok_or(())?;
-    Ok(Parsed { l3, l4: l3 + ihl, l4_len, family: family::V4 })
+    Ok(Parsed {
+        l3,
+        l4: l3 + ihl,
+        l4_len,
+        family: family::V4,
+    })
 }
 
 #[inline(always)]
@@ -128,7 +135,12 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
     for _ in 0..MAX_IPV6_EXT {
         let len = match next {
             IPPROTO_TCP => {
-                return Ok(Parsed { l3, l4: off, l4_len: payload, family: family::V6 });
+                return Ok(Parsed {
+                    l3,
+                    l4: off,
+                    l4_len: payload,
+                    family: family::V6,
+                });
             }
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
@@ -191,7 +203,12 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
 fn source_key(ctx: &XdpContext, p: &Parsed, service: u32) -> Result<SourceKey, ()> {
     let g = GLOBALS.get(0).ok_or(())?;
     #[expect(clippy::cast_possible_truncation, reason = "service ids are < MAX_SERVICES")]
-    let mut key = SourceKey { addr: [0; 16], service: service as u8, family: p.family, _pad: [0; 2] };
+    let mut key = SourceKey {
+        addr: [0; 16],
+        service: service as u8,
+        family: p.family,
+        pad: [0; 2],
+    };
     if p.family == family::V4 {
         let src = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l3 + 12)? };
         key.addr[..4].copy_from_slice(&mask_v4(src, g.ipv4_prefix));
@@ -205,22 +222,28 @@ fn source_key(ctx: &XdpContext, p: &Parsed, service: u32) -> Result<SourceKey, (
 /// decide: the rate limit (token bucket) of the source for this service.
 #[inline(always)]
 fn decide(ctx: &XdpContext, p: &Parsed, service: u32, interval_ns: u64, tolerance_ns: u64) -> Result<Verdict, ()> {
-    let bucket = Bucket { interval_ns, tolerance_ns };
+    let bucket = Bucket {
+        interval_ns,
+        tolerance_ns,
+    };
     if bucket.is_unlimited() {
         return Ok(Verdict::Accepted);
     }
     let key = source_key(ctx, p, service)?;
     let now = unsafe { bpf_ktime_get_ns() };
 
-    let Some(tat) = BUCKETS.get_ptr_mut(&key) else {
+    let Some(tat) = BUCKETS.get_ptr_mut(key) else {
         // A new source starts with a full bucket, so its first attempt is
         // admitted. BPF_NOEXIST: if another CPU created it meanwhile, fall
         // back to the shared path below.
         let first = bucket.admit(0, now).ok_or(())?;
-        if BUCKETS.insert(&key, &first, u64::from(aya_ebpf::bindings::BPF_NOEXIST)).is_ok() {
+        if BUCKETS
+            .insert(key, first, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
+            .is_ok()
+        {
             return Ok(Verdict::Accepted);
         }
-        let tat = BUCKETS.get_ptr_mut(&key).ok_or(())?;
+        let tat = BUCKETS.get_ptr_mut(key).ok_or(())?;
         return Ok(take_token(ctx, &bucket, tat, now));
     };
     Ok(take_token(ctx, &bucket, tat, now))

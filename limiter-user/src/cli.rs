@@ -15,7 +15,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "limiter", version, about = "Per-source connection limits for mail hosts, enforced in XDP")]
+#[command(
+    name = "limiter",
+    version,
+    about = "Per-source connection limits for mail hosts, enforced in XDP"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -85,10 +89,16 @@ pub struct Failure {
 
 impl Failure {
     fn bad_input(e: impl std::fmt::Display) -> Self {
-        Self { message: e.to_string(), code: 2 }
+        Self {
+            message: e.to_string(),
+            code: 2,
+        }
     }
     fn system(e: impl std::fmt::Display) -> Self {
-        Self { message: e.to_string(), code: 1 }
+        Self {
+            message: e.to_string(),
+            code: 1,
+        }
     }
 }
 
@@ -139,16 +149,27 @@ fn run(a: RunArgs) -> Result<(), Failure> {
     for i in &policy.interfaces {
         crate::loader::ifindex(i).map_err(Failure::bad_input)?;
     }
-    let paths = Paths { socket: a.socket, pin_dir: a.pin_dir, state_dir: a.state_dir };
+    let paths = Paths {
+        socket: a.socket,
+        pin_dir: a.pin_dir,
+        state_dir: a.state_dir,
+    };
     daemon::run(policy, &paths).map_err(|e| {
         let bad = e.downcast_ref::<LoadError>().is_some_and(LoadError::is_bad_input);
         let msg = format!("{e:#}");
-        if bad { Failure::bad_input(msg) } else { Failure::system(msg) }
+        if bad {
+            Failure::bad_input(msg)
+        } else {
+            Failure::system(msg)
+        }
     })
 }
 
 fn client(socket: &Path, req: &Request) -> Result<Value, Failure> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Failure::system)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::system)?;
     rt.block_on(control::request(socket, req)).map_err(|e| match e {
         control::ClientError::Connect { .. } => Failure::bad_input(e),
         _ => Failure::system(e),
@@ -167,9 +188,17 @@ fn print_status(v: &Value) {
         );
     }
     println!("sources: IPv4 /{}, IPv6 /{}", v["ipv4_prefix"], v["ipv6_prefix"]);
-    println!("{:<10} {:<16} {:>8} {:>6} {:>6} {:>10} {:>12} {:>10}", "SERVICE", "PORTS", "RATE", "BURST", "ACTION", "ACCEPTED", "REFUSED_RATE", "NON_SYN");
+    println!(
+        "{:<10} {:<16} {:>8} {:>6} {:>6} {:>10} {:>12} {:>10}",
+        "SERVICE", "PORTS", "RATE", "BURST", "ACTION", "ACCEPTED", "REFUSED_RATE", "NON_SYN"
+    );
     for s in v["services"].as_array().into_iter().flatten() {
-        let ports: Vec<String> = s["ports"].as_array().into_iter().flatten().map(ToString::to_string).collect();
+        let ports: Vec<String> = s["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
         let c = &s["counters"];
         println!(
             "{:<10} {:<16} {:>8} {:>6} {:>6} {:>10} {:>12} {:>10}",

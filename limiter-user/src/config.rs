@@ -2,7 +2,12 @@
 //! the validated [`Policy`] the loader applies. Everything is checked here,
 //! before anything touches the kernel.
 
-use std::{collections::BTreeMap, fmt, path::Path, str::FromStr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    path::Path,
+    str::FromStr,
+};
 
 use limiter_common::{Bucket, maps::MAX_SERVICES};
 use serde::{Deserialize, Serialize};
@@ -132,7 +137,10 @@ impl ConfigFile {
 
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
         Self::parse(&text, &p)
     }
 }
@@ -165,7 +173,9 @@ impl Service {
     /// The kernel form of the rate limit.
     #[must_use]
     pub fn bucket(&self) -> Bucket {
-        self.rate.map_or(Bucket::UNLIMITED, |r| Bucket::new(r.count, r.per_secs * 1_000_000_000, self.burst))
+        self.rate.map_or(Bucket::UNLIMITED, |r| {
+            Bucket::new(r.count, r.per_secs * 1_000_000_000, self.burst)
+        })
     }
 }
 
@@ -180,7 +190,10 @@ pub struct Policy {
 }
 
 /// Default rate of the built-in policy and of `--port` services without `--rate`.
-pub const DEFAULT_RATE: Rate = Rate { count: 30, per_secs: 60 };
+pub const DEFAULT_RATE: Rate = Rate {
+    count: 30,
+    per_secs: 60,
+};
 /// Default burst when none is given: the rate's count, at most this.
 pub const DEFAULT_BURST: u64 = 10;
 
@@ -210,16 +223,22 @@ impl Policy {
     /// result. `--port` flags replace the file's services with one service
     /// named `default`; with neither, the built-in mail services apply.
     pub fn build(file: ConfigFile, o: &Overrides) -> Result<Self, ConfigError> {
-        let interfaces = if o.interfaces.is_empty() { file.interfaces } else { o.interfaces.clone() };
+        let interfaces = if o.interfaces.is_empty() {
+            file.interfaces
+        } else {
+            o.interfaces.clone()
+        };
         if interfaces.is_empty() {
-            return Err(invalid("no interface to protect: give --iface IF or interfaces = [\"IF\"] in the config"));
+            return Err(invalid(
+                "no interface to protect: give --iface IF or interfaces = [\"IF\"] in the config",
+            ));
         }
-        let mut seen = BTreeMap::new();
+        let mut seen = BTreeSet::new();
         for i in &interfaces {
             if i.is_empty() || i.len() >= libc::IFNAMSIZ {
                 return Err(invalid(format!("bad interface name '{i}'")));
             }
-            if seen.insert(i.clone(), ()).is_some() {
+            if !seen.insert(i.clone()) {
                 return Err(invalid(format!("interface '{i}' given twice")));
             }
         }
@@ -233,7 +252,13 @@ impl Policy {
         }
 
         let services_file = if !o.ports.is_empty() {
-            vec![ServiceFile { name: "default".into(), ports: o.ports.clone(), rate: None, burst: None, action: None }]
+            vec![ServiceFile {
+                name: "default".into(),
+                ports: o.ports.clone(),
+                rate: None,
+                burst: None,
+                action: None,
+            }]
         } else if file.services.is_empty() {
             builtin_services()
         } else {
@@ -244,27 +269,53 @@ impl Policy {
             .into_iter()
             .map(|s| {
                 let rate = o.rate.or(s.rate).or(Some(DEFAULT_RATE));
-                let burst = o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
-                Service { name: s.name, ports: s.ports, rate, burst, action: o.action.or(s.action).unwrap_or_default() }
+                let burst = o
+                    .burst
+                    .or(s.burst)
+                    .unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
+                Service {
+                    name: s.name,
+                    ports: s.ports,
+                    rate,
+                    burst,
+                    action: o.action.or(s.action).unwrap_or_default(),
+                }
             })
             .collect::<Vec<_>>();
 
-        let policy = Self { interfaces, xdp_mode: o.xdp_mode.or(file.xdp_mode).unwrap_or_default(), ipv4_prefix, ipv6_prefix, services };
+        let policy = Self {
+            interfaces,
+            xdp_mode: o.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            ipv4_prefix,
+            ipv6_prefix,
+            services,
+        };
         policy.validate()?;
         Ok(policy)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.services.len() > MAX_SERVICES as usize {
-            return Err(invalid(format!("{} services configured; at most {MAX_SERVICES} are supported", self.services.len())));
+            return Err(invalid(format!(
+                "{} services configured; at most {MAX_SERVICES} are supported",
+                self.services.len()
+            )));
         }
         let mut port_owner: BTreeMap<u16, &str> = BTreeMap::new();
-        let mut names = BTreeMap::new();
+        let mut names = BTreeSet::new();
         for s in &self.services {
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(format!("bad service name '{}': use letters, digits, '-' and '_'", s.name)));
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(format!(
+                    "bad service name '{}': use letters, digits, '-' and '_'",
+                    s.name
+                )));
             }
-            if names.insert(s.name.as_str(), ()).is_some() {
+            if !names.insert(s.name.as_str()) {
                 return Err(invalid(format!("service '{}' defined twice", s.name)));
             }
             if s.ports.is_empty() {
@@ -282,7 +333,10 @@ impl Policy {
                 return Err(invalid(format!("service '{}': burst must be at least 1", s.name)));
             }
             if s.burst > 1_000_000 {
-                return Err(invalid(format!("service '{}': burst {} is above 1000000", s.name, s.burst)));
+                return Err(invalid(format!(
+                    "service '{}': burst {} is above 1000000",
+                    s.name, s.burst
+                )));
             }
         }
         Ok(())
@@ -312,13 +366,22 @@ mod tests {
     use super::*;
 
     fn ov(ifaces: &[&str]) -> Overrides {
-        Overrides { interfaces: ifaces.iter().map(|s| (*s).to_owned()).collect(), ..Overrides::default() }
+        Overrides {
+            interfaces: ifaces.iter().map(|s| (*s).to_owned()).collect(),
+            ..Overrides::default()
+        }
     }
 
     #[test]
     fn rates() {
         assert_eq!("5/s".parse::<Rate>(), Ok(Rate { count: 5, per_secs: 1 }));
-        assert_eq!("30/m".parse::<Rate>(), Ok(Rate { count: 30, per_secs: 60 }));
+        assert_eq!(
+            "30/m".parse::<Rate>(),
+            Ok(Rate {
+                count: 30,
+                per_secs: 60
+            })
+        );
         for bad in ["", "5", "0/s", "5/h", "x/s", "-1/s", "5/"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad} accepted");
         }
@@ -347,7 +410,10 @@ mod tests {
         let p = Policy::build(ConfigFile::default(), &o).expect("valid");
         assert_eq!(p.services.len(), 1);
         let s = &p.services[0];
-        assert_eq!((s.name.as_str(), s.ports.as_slice(), s.burst, s.action), ("default", &[2525][..], 5, Action::Drop));
+        assert_eq!(
+            (s.name.as_str(), s.ports.as_slice(), s.burst, s.action),
+            ("default", &[2525][..], 5, Action::Drop)
+        );
         assert_eq!(s.bucket(), Bucket::new(5, 1_000_000_000, 5));
     }
 
@@ -365,7 +431,14 @@ mod tests {
             action = "drop"
         "#;
         let f = ConfigFile::parse(text, "t.toml").expect("parses");
-        let p = Policy::build(f, &Overrides { ipv4_prefix: Some(24), ..ov(&[]) }).expect("valid");
+        let p = Policy::build(
+            f,
+            &Overrides {
+                ipv4_prefix: Some(24),
+                ..ov(&[])
+            },
+        )
+        .expect("valid");
         assert_eq!(p.interfaces, ["eth0"]);
         assert_eq!((p.xdp_mode, p.ipv4_prefix, p.ipv6_prefix), (XdpMode::Skb, 24, 56));
         assert_eq!(p.services[0].action, Action::Drop);
@@ -374,16 +447,30 @@ mod tests {
     #[test]
     fn bad_input_is_refused_with_a_reason() {
         let cases: &[(&str, &str)] = &[
-            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [0]\n", "port 0"),
-            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\n[[service]]\nname = \"b\"\nports = [25]\n", "port 25 belongs to both"),
-            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nrate = \"0/s\"\n", "bad rate"),
-            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nburst = 0\n", "burst"),
+            (
+                "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [0]\n",
+                "port 0",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\n[[service]]\nname = \"b\"\nports = [25]\n",
+                "port 25 belongs to both",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nrate = \"0/s\"\n",
+                "bad rate",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nburst = 0\n",
+                "burst",
+            ),
             ("interfaces = [\"eth0\"]\nipv4_prefix = 33\n", "ipv4 prefix 33"),
             ("interfaces = [\"eth0\"]\nbogus = 1\n", "unknown field"),
             ("ipv4_prefix = 24\n", "no interface"),
         ];
         for (text, want) in cases {
-            let err = ConfigFile::parse(text, "t.toml").and_then(|f| Policy::build(f, &ov(&[]))).expect_err(text);
+            let err = ConfigFile::parse(text, "t.toml")
+                .and_then(|f| Policy::build(f, &ov(&[])))
+                .expect_err(text);
             let msg = err.to_string();
             assert!(msg.contains(want), "{text:?}: error {msg:?} does not mention {want:?}");
             assert!(!msg.contains('\n'), "error is not one line: {msg:?}");

@@ -47,7 +47,13 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
     }
     for s in &policy.services {
         let rate = s.rate.map_or_else(|| "unlimited".to_owned(), |r| r.to_string());
-        info!("service {} ports {:?}: rate {rate} burst {} action {}", s.name, s.ports, s.burst, s.action.as_str());
+        info!(
+            "service {} ports {:?}: rate {rate} burst {} action {}",
+            s.name,
+            s.ports,
+            s.burst,
+            s.action.as_str()
+        );
     }
     info!("control socket {}", paths.socket.display());
 
@@ -90,7 +96,8 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         }
         fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }
@@ -100,16 +107,28 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 fn pin_maps(loaded: &mut Loaded, pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     fs::create_dir_all(pin_dir).with_context(|| format!("cannot create pin dir {}", pin_dir.display()))?;
     let mut pinned = Vec::new();
-    for name in [names::GLOBALS, names::PORTS, names::SERVICES, names::BUCKETS, names::COUNTERS] {
+    for name in [
+        names::GLOBALS,
+        names::PORTS,
+        names::SERVICES,
+        names::BUCKETS,
+        names::COUNTERS,
+    ] {
         let path = pin_dir.join(name);
         if path.exists() {
             // Left by a daemon that was killed: it pins nothing we reuse yet.
             warn!("removing stale pin {}", path.display());
             fs::remove_file(&path)?;
         }
-        let map = loaded.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))?;
+        let map = loaded
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))?;
         map.pin(&path).with_context(|| {
-            format!("cannot pin {name} at {} (is bpffs mounted there? mount -t bpf bpf /sys/fs/bpf)", path.display())
+            format!(
+                "cannot pin {name} at {} (is bpffs mounted there? mount -t bpf bpf /sys/fs/bpf)",
+                path.display()
+            )
         })?;
         pinned.push(path);
     }

@@ -19,18 +19,27 @@ use crate::config::{Action, Policy, XdpMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("this limiter binary was built without its kernel object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    #[error(
+        "this limiter binary was built without its kernel object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
+    )]
     NoObject,
     #[error("loading the kernel object failed")]
     Ebpf(#[from] aya::EbpfError),
     #[error("map {name}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("program {name}")]
     Program { name: &'static str, source: ProgramError },
     #[error("unknown interface '{0}'")]
     UnknownInterface(String),
     #[error("attaching XDP to {iface} in {mode} mode failed")]
-    Attach { iface: String, mode: &'static str, source: ProgramError },
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: ProgramError,
+    },
 }
 
 impl LoadError {
@@ -83,15 +92,22 @@ pub fn load(policy: &Policy) -> Result<Ebpf, LoadError> {
     let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT)?;
     write_policy(&mut ebpf, policy)?;
     let prog: &mut Xdp = program(&mut ebpf)?;
-    prog.load().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })?;
+    prog.load().map_err(|source| LoadError::Program {
+        name: names::XDP_PROGRAM,
+        source,
+    })?;
     Ok(ebpf)
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
-    let p = ebpf
-        .program_mut(names::XDP_PROGRAM)
-        .ok_or(LoadError::Program { name: names::XDP_PROGRAM, source: ProgramError::NotLoaded })?;
-    p.try_into().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })
+    let p = ebpf.program_mut(names::XDP_PROGRAM).ok_or(LoadError::Program {
+        name: names::XDP_PROGRAM,
+        source: ProgramError::NotLoaded,
+    })?;
+    p.try_into().map_err(|source| LoadError::Program {
+        name: names::XDP_PROGRAM,
+        source,
+    })
 }
 
 /// Writes globals, services and the port table. Ports are written after the
@@ -100,7 +116,15 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
     let mut globals: Array<_, Globals> =
         Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
     globals
-        .set(0, Globals { ipv4_prefix: policy.ipv4_prefix, ipv6_prefix: policy.ipv6_prefix, _pad: [0; 6] }, 0)
+        .set(
+            0,
+            Globals {
+                ipv4_prefix: policy.ipv4_prefix,
+                ipv6_prefix: policy.ipv6_prefix,
+                pad: [0; 6],
+            },
+            0,
+        )
         .map_err(map_err(names::GLOBALS))?;
 
     let mut services: Array<_, ServicePolicy> =
@@ -114,7 +138,7 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
                 Action::Drop => action::DROP,
                 Action::Reset => action::RESET,
             },
-            _pad: [0; 7],
+            pad: [0; 7],
         };
         services.set(service_id(i), sp, 0).map_err(map_err(names::SERVICES))?;
     }
@@ -123,7 +147,9 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
         Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
     for (i, s) in policy.services.iter().enumerate() {
         for &p in &s.ports {
-            ports.set(u32::from(p), service_id(i), 0).map_err(map_err(names::PORTS))?;
+            ports
+                .set(u32::from(p), service_id(i), 0)
+                .map_err(map_err(names::PORTS))?;
         }
     }
     Ok(())
@@ -159,9 +185,18 @@ pub fn load_and_attach(policy: &Policy) -> Result<Loaded, LoadError> {
     for (name, index) in ifaces {
         let (link, mode) = attach(prog, &name, index, policy.xdp_mode)?;
         links.push(link);
-        attachments.push(Attachment { name, ifindex: index, xdp_mode: mode });
+        attachments.push(Attachment {
+            name,
+            ifindex: index,
+            xdp_mode: mode,
+        });
     }
-    Ok(Loaded { ebpf, _logger: logger, attachments, links })
+    Ok(Loaded {
+        ebpf,
+        _logger: logger,
+        attachments,
+        links,
+    })
 }
 
 fn attach(prog: &mut Xdp, name: &str, index: u32, mode: XdpMode) -> Result<(XdpLinkId, &'static str), LoadError> {
@@ -187,7 +222,11 @@ fn prog_attach(
 ) -> Result<(XdpLinkId, &'static str), LoadError> {
     prog.attach_to_if_index(index, mode)
         .map(|l| (l, label))
-        .map_err(|source| LoadError::Attach { iface: name.to_owned(), mode: label, source })
+        .map_err(|source| LoadError::Attach {
+            iface: name.to_owned(),
+            mode: label,
+            source,
+        })
 }
 
 impl Loaded {

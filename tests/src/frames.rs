@@ -1,6 +1,6 @@
 //! Builds test frames byte by byte: Ethernet with optional VLAN tags, IPv4
 //! with options or IPv6 with extension headers, and TCP, with correct
-//! checksums. Used by the BPF_PROG_TEST_RUN tests and the benchmark.
+//! checksums. Used by the `BPF_PROG_TEST_RUN` tests and the benchmark.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -29,7 +29,17 @@ impl Tcp {
     /// A SYN from `src` to `dst:dport` with an MSS option, like a real client's.
     #[must_use]
     pub fn syn(src: IpAddr, dst: IpAddr, dport: u16) -> Self {
-        Self { src, dst, sport: 40_000, dport, seq: 0x1234_5678, ack: 0, flags: SYN, options: vec![2, 4, 5, 0xb4], payload: vec![] }
+        Self {
+            src,
+            dst,
+            sport: 40_000,
+            dport,
+            seq: 0x1234_5678,
+            ack: 0,
+            flags: SYN,
+            options: vec![2, 4, 5, 0xb4],
+            payload: vec![],
+        }
     }
 }
 
@@ -48,7 +58,9 @@ pub struct Shape {
 }
 
 fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
 }
 
 fn fold(mut s: u32) -> u16 {
@@ -59,7 +71,7 @@ fn fold(mut s: u32) -> u16 {
 }
 
 fn pad4(mut v: Vec<u8>) -> Vec<u8> {
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
@@ -84,8 +96,12 @@ fn tcp_bytes(t: &Tcp) -> Vec<u8> {
     h.extend_from_slice(&opts);
     h.extend_from_slice(&t.payload);
     let pseudo = match (t.src, t.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => sum16(&s.octets()) + sum16(&d.octets()) + 6 + u32::try_from(h.len()).unwrap_or(0),
-        (IpAddr::V6(s), IpAddr::V6(d)) => sum16(&s.octets()) + sum16(&d.octets()) + 6 + u32::try_from(h.len()).unwrap_or(0),
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            sum16(&s.octets()) + sum16(&d.octets()) + 6 + u32::try_from(h.len()).unwrap_or(0)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            sum16(&s.octets()) + sum16(&d.octets()) + 6 + u32::try_from(h.len()).unwrap_or(0)
+        }
         _ => panic!("mixed address families"),
     };
     let c = fold(pseudo + sum16(&h));
@@ -95,6 +111,7 @@ fn tcp_bytes(t: &Tcp) -> Vec<u8> {
 
 /// A complete Ethernet frame carrying `t`.
 #[must_use]
+#[expect(clippy::many_single_char_names, reason = "header fields named as in the RFCs")]
 pub fn frame(t: &Tcp, shape: &Shape) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&SERVER_MAC);
@@ -136,7 +153,11 @@ pub fn frame(t: &Tcp, shape: &Shape) -> Vec<u8> {
                 let mut e = vec![0u8; *len];
                 e[0] = next;
                 // AH counts 4-byte units minus 2; the others 8-byte units minus 1.
-                let units = if shape.ipv6_ext[i].0 == 51 { len / 4 - 2 } else { len / 8 - 1 };
+                let units = if shape.ipv6_ext[i].0 == 51 {
+                    len / 4 - 2
+                } else {
+                    len / 8 - 1
+                };
                 e[1] = u8::try_from(units).expect("ext len");
                 f.extend_from_slice(&e);
             }

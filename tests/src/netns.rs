@@ -18,13 +18,25 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A short name unique to this process and call: `{prefix}{pid}x{n}`.
 #[must_use]
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command and panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -85,7 +97,7 @@ pub fn enter(path: &Path) {
 }
 
 /// Two namespaces joined by a veth pair: `server` (where the limiter runs,
-/// on `server_if`) and `client`. IPv4 198.18.N.0/24 and IPv6 2001:db8:N::/48.
+/// on `server_if`) and `client`. IPv4 198.18.N.0/24 and IPv6 `2001:db8:N::/48`.
 pub struct Pair {
     /// Holds the pass-through XDP program on the client veth (see `new`).
     _peer_xdp: aya::Ebpf,
@@ -104,7 +116,21 @@ impl Pair {
         let net = u8::try_from(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1).unwrap_or(1);
         let server_if = unique("vs");
         let client_if = unique("vc");
-        sh(&["ip", "link", "add", &server_if, "netns", &server.name, "type", "veth", "peer", "name", &client_if, "netns", &client.name]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &server_if,
+            "netns",
+            &server.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_if,
+            "netns",
+            &client.name,
+        ]);
         // A veth hands XDP_TX frames to its peer only if the peer runs XDP
         // itself (its NAPI path); a real NIC needs nothing. So the client
         // side gets the object's empty pass program.
@@ -117,12 +143,29 @@ impl Pair {
                 .try_into()
                 .expect("xdp program");
             prog.load().expect("load floor_pass");
-            prog.attach(&peer_if, aya::programs::XdpMode::Driver).expect("attach floor_pass to the client veth");
+            prog.attach(&peer_if, aya::programs::XdpMode::Driver)
+                .expect("attach floor_pass to the client veth");
             ebpf
         });
-        let p = Self { _peer_xdp: peer_xdp, server, client, server_if, client_if, net };
-        p.server.exec(&["ip", "addr", "add", &format!("198.18.{net}.1/24"), "dev", &p.server_if]);
-        p.server.exec(&["ip", "addr", "add", &format!("2001:db8:{net:x}::1/48"), "dev", &p.server_if, "nodad"]);
+        let p = Self {
+            _peer_xdp: peer_xdp,
+            server,
+            client,
+            server_if,
+            client_if,
+            net,
+        };
+        p.server
+            .exec(&["ip", "addr", "add", &format!("198.18.{net}.1/24"), "dev", &p.server_if]);
+        p.server.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("2001:db8:{net:x}::1/48"),
+            "dev",
+            &p.server_if,
+            "nodad",
+        ]);
         p.server.exec(&["ip", "link", "set", &p.server_if, "up"]);
         p.client.exec(&["ip", "link", "set", &p.client_if, "up"]);
         p
@@ -130,14 +173,22 @@ impl Pair {
 
     /// Adds a client address (IPv4 host number or an IPv6 address string).
     pub fn add_client_v4(&self, host: u8) -> IpAddr {
-        self.client.exec(&["ip", "addr", "add", &format!("198.18.{}.{host}/24", self.net), "dev", &self.client_if]);
+        self.client.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.18.{}.{host}/24", self.net),
+            "dev",
+            &self.client_if,
+        ]);
         format!("198.18.{}.{host}", self.net).parse().expect("valid v4")
     }
 
     /// Adds `2001:db8:N:SUBNET::HOST` on the client side.
     pub fn add_client_v6(&self, subnet: u16, host: u16) -> IpAddr {
         let a = format!("2001:db8:{:x}:{subnet:x}::{host:x}", self.net);
-        self.client.exec(&["ip", "addr", "add", &format!("{a}/48"), "dev", &self.client_if, "nodad"]);
+        self.client
+            .exec(&["ip", "addr", "add", &format!("{a}/48"), "dev", &self.client_if, "nodad"]);
         a.parse().expect("valid v6")
     }
 
@@ -176,8 +227,16 @@ impl Pair {
     /// the client namespace; each result is kept open until dropped.
     #[must_use]
     pub fn connect_many(&self, src: IpAddr, port: u16, n: usize, timeout: Duration) -> Vec<Attempt> {
-        let dst = if src.is_ipv4() { self.server_v4() } else { self.server_v6() };
-        self.client.run(move || (0..n).map(|_| connect(src, SocketAddr::new(dst, port), timeout)).collect())
+        let dst = if src.is_ipv4() {
+            self.server_v4()
+        } else {
+            self.server_v6()
+        };
+        self.client.run(move || {
+            (0..n)
+                .map(|_| connect(src, SocketAddr::new(dst, port), timeout))
+                .collect()
+        })
     }
 }
 
@@ -212,14 +271,20 @@ impl Attempt {
 /// One connection attempt from a bound source address.
 #[must_use]
 pub fn connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Attempt {
-    let domain = if src.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if src.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
     s.bind(&SocketAddr::new(src, 0).into()).expect("bind source");
     let start = Instant::now();
     match s.connect_timeout(&dst.into(), timeout) {
         Ok(()) => Attempt::Connected(s.into()),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Attempt::Refused(start.elapsed()),
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock => Attempt::TimedOut,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock => {
+            Attempt::TimedOut
+        }
         Err(e) => Attempt::Other(e),
     }
 }
@@ -291,7 +356,13 @@ impl Daemon {
             .stderr(logf)
             .spawn()
             .expect("spawn limiter");
-        let mut d = Self { child: Some(child), socket, pin_dir, dir, log };
+        let mut d = Self {
+            child: Some(child),
+            socket,
+            pin_dir,
+            dir,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(Ok(Some(status))) = d.child.as_mut().map(Child::try_wait) {
@@ -302,7 +373,11 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        panic!("limiter run did not answer on {} within 10 s: {}", d.socket.display(), d.log_text());
+        panic!(
+            "limiter run did not answer on {} within 10 s: {}",
+            d.socket.display(),
+            d.log_text()
+        );
     }
 
     #[must_use]
@@ -313,7 +388,11 @@ impl Daemon {
     /// `limiter status --json` through the real client command.
     #[must_use]
     pub fn status_json(&self) -> Option<serde_json::Value> {
-        let out = Command::new(limiter_bin()).args(["status", "--json"]).env("LIMITER_SOCKET", &self.socket).output().ok()?;
+        let out = Command::new(limiter_bin())
+            .args(["status", "--json"])
+            .env("LIMITER_SOCKET", &self.socket)
+            .output()
+            .ok()?;
         if !out.status.success() {
             return None;
         }

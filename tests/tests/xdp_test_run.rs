@@ -2,6 +2,10 @@
 //! every header variant the parser handles, truncated and malformed frames,
 //! and the exact RST reply. Each test loads a fresh object, so buckets and
 //! counters start empty.
+#![expect(
+    unused_crate_dependencies,
+    reason = "integration tests see all of the crate's dependencies"
+)]
 
 use std::net::IpAddr;
 
@@ -47,7 +51,9 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
 
 impl Harness {
     fn new(p: &Policy) -> Self {
-        Self { ebpf: loader::load(p).expect("load the kernel object") }
+        Self {
+            ebpf: loader::load(p).expect("load the kernel object"),
+        }
     }
 
     fn reset(burst: u64) -> Self {
@@ -56,10 +62,20 @@ impl Harness {
 
     /// Runs one frame; returns the XDP action and the frame afterwards.
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self.ebpf.program_mut(names::XDP_PROGRAM).expect("program").try_into().expect("xdp");
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(names::XDP_PROGRAM)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -132,7 +148,11 @@ fn assert_rst(out: &[u8], syn: &Tcp, shape: &Shape) {
     assert_eq!(out.len(), want.len(), "reply length: got {out:02x?}");
     let l3 = l3(shape);
     let mut masked = out.to_vec();
-    let (ipc, tcpc) = if syn.src.is_ipv4() { (Some(l3 + 10), l3 + 20 + 16) } else { (None, l3 + 40 + 16) };
+    let (ipc, tcpc) = if syn.src.is_ipv4() {
+        (Some(l3 + 10), l3 + 20 + 16)
+    } else {
+        (None, l3 + 40 + 16)
+    };
     if let Some(i) = ipc {
         masked[i..i + 2].fill(0);
     }
@@ -190,9 +210,16 @@ fn vlan_tags_are_parsed_and_kept_in_the_reply() {
     if !can_run_privileged("vlan_tags_are_parsed_and_kept_in_the_reply") {
         return;
     }
-    for vlans in [vec![(0x8100, 10)], vec![(0x88a8, 100), (0x8100, 20)], vec![(0x8100, 5), (0x8100, 6)]] {
+    for vlans in [
+        vec![(0x8100, 10)],
+        vec![(0x88a8, 100), (0x8100, 20)],
+        vec![(0x8100, 5), (0x8100, 6)],
+    ] {
         let mut h = Harness::reset(1);
-        let shape = Shape { vlans, ..Shape::default() };
+        let shape = Shape {
+            vlans,
+            ..Shape::default()
+        };
         for syn in [Tcp::syn(v4(20), server4(), PORT), Tcp::syn(v6(1, 2), server6(), PORT)] {
             let f = frames::frame(&syn, &shape);
             h.exhaust(&f, 1);
@@ -203,7 +230,10 @@ fn vlan_tags_are_parsed_and_kept_in_the_reply() {
     }
     // Three tags are more than the parser reads: the frame passes.
     let mut h = Harness::reset(1);
-    let shape = Shape { vlans: vec![(0x8100, 1), (0x8100, 2), (0x8100, 3)], ..Shape::default() };
+    let shape = Shape {
+        vlans: vec![(0x8100, 1), (0x8100, 2), (0x8100, 3)],
+        ..Shape::default()
+    };
     let f = frames::frame(&Tcp::syn(v4(21), server4(), PORT), &shape);
     for _ in 0..3 {
         assert_eq!(h.action(&f), PASS);
@@ -220,7 +250,10 @@ fn ipv4_options_any_ihl() {
         // NOPs then end-of-list: 4 * words bytes of options, IHL 5 + words.
         let mut opts = vec![1u8; usize::from(words) * 4 - 1];
         opts.push(0);
-        let shape = Shape { ip_options: opts, ..Shape::default() };
+        let shape = Shape {
+            ip_options: opts,
+            ..Shape::default()
+        };
         let syn = Tcp::syn(v4(30 + u8::try_from(i).expect("small")), server4(), PORT);
         let f = frames::frame(&syn, &shape);
         h.exhaust(&f, 1);
@@ -260,7 +293,10 @@ fn ipv6_extension_headers() {
         vec![(60, 8), (60, 8), (60, 8), (60, 8), (60, 8)],
     ];
     for (i, ext) in shapes.into_iter().enumerate() {
-        let shape = Shape { ipv6_ext: ext, ..Shape::default() };
+        let shape = Shape {
+            ipv6_ext: ext,
+            ..Shape::default()
+        };
         let syn = Tcp::syn(v6(100 + u16::try_from(i).expect("small"), 1), server6(), PORT);
         let f = frames::frame(&syn, &shape);
         h.exhaust(&f, 1);
@@ -270,9 +306,18 @@ fn ipv6_extension_headers() {
     }
     // A fragment header, more headers than the parser skips, and an unknown
     // header all pass, however often they are sent.
-    for (i, ext) in [vec![(44u8, 8usize)], vec![(60, 8); 7], vec![(0, 8), (59, 8)]].into_iter().enumerate() {
-        let shape = Shape { ipv6_ext: ext, ..Shape::default() };
-        let f = frames::frame(&Tcp::syn(v6(200 + u16::try_from(i).expect("small"), 1), server6(), PORT), &shape);
+    for (i, ext) in [vec![(44u8, 8usize)], vec![(60, 8); 7], vec![(0, 8), (59, 8)]]
+        .into_iter()
+        .enumerate()
+    {
+        let shape = Shape {
+            ipv6_ext: ext,
+            ..Shape::default()
+        };
+        let f = frames::frame(
+            &Tcp::syn(v6(200 + u16::try_from(i).expect("small"), 1), server6(), PORT),
+            &shape,
+        );
         for _ in 0..3 {
             assert_eq!(h.action(&f), PASS, "{shape:?}");
         }
@@ -296,16 +341,47 @@ fn everything_but_a_syn_to_a_service_port_passes() {
         ("SYN+ACK", with_flags(SYN | ACK)),
         ("RST", with_flags(RST)),
         ("FIN+ACK", with_flags(0x11)),
-        ("other port", frames::frame(&Tcp { dport: 2526, ..base.clone() }, &Shape::default())),
-        ("fragment MF", frames::frame(&base, &Shape { frag: 0x2000, ..Shape::default() })),
-        ("fragment offset", frames::frame(&base, &Shape { frag: 0x0010, ..Shape::default() })),
+        (
+            "other port",
+            frames::frame(
+                &Tcp {
+                    dport: 2526,
+                    ..base.clone()
+                },
+                &Shape::default(),
+            ),
+        ),
+        (
+            "fragment MF",
+            frames::frame(
+                &base,
+                &Shape {
+                    frag: 0x2000,
+                    ..Shape::default()
+                },
+            ),
+        ),
+        (
+            "fragment offset",
+            frames::frame(
+                &base,
+                &Shape {
+                    frag: 0x0010,
+                    ..Shape::default()
+                },
+            ),
+        ),
     ];
     for (name, f) in &cases {
         for _ in 0..3 {
             assert_eq!(h.action(f), PASS, "{name}");
         }
     }
-    assert_eq!(h.counter(1, Verdict::PassedNonSyn), 12, "ACK, SYN+ACK, RST, FIN+ACK to the port are non-SYN");
+    assert_eq!(
+        h.counter(1, Verdict::PassedNonSyn),
+        12,
+        "ACK, SYN+ACK, RST, FIN+ACK to the port are non-SYN"
+    );
     assert_eq!(h.counter(1, Verdict::RefusedRate), 0);
 
     // Not IP, UDP to the port, ICMP.
@@ -326,9 +402,19 @@ fn truncated_and_malformed_frames_pass() {
         return;
     }
     let mut h = Harness::reset(1);
-    let shapes = [Shape::default(), Shape { vlans: vec![(0x8100, 7)], ip_options: vec![1, 1, 1, 0], ..Shape::default() }];
+    let shapes = [
+        Shape::default(),
+        Shape {
+            vlans: vec![(0x8100, 7)],
+            ip_options: vec![1, 1, 1, 0],
+            ..Shape::default()
+        },
+    ];
     for (i, shape) in shapes.iter().enumerate() {
-        for syn in [Tcp::syn(v4(60 + u8::try_from(i).expect("small")), server4(), PORT), Tcp::syn(v6(60 + u16::try_from(i).expect("small"), 1), server6(), PORT)] {
+        for syn in [
+            Tcp::syn(v4(60 + u8::try_from(i).expect("small")), server4(), PORT),
+            Tcp::syn(v6(60 + u16::try_from(i).expect("small"), 1), server6(), PORT),
+        ] {
             let f = frames::frame(&syn, shape);
             h.exhaust(&f, 1);
             // The full frame is now refused; every truncation of it passes.

@@ -26,7 +26,16 @@ pub(crate) struct BenchArgs {
 
 pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs) -> Result<()> {
     let mut cmd = crate::cargo(tc);
-    cmd.args(["run", "--release", "--quiet", "-p", "limiter-tests", "--bin", "limiter-bench", "--"]);
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "limiter-tests",
+        "--bin",
+        "limiter-bench",
+        "--",
+    ]);
     if args.quick {
         cmd.arg("--quick");
     }

@@ -31,13 +31,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, then run every test: unit, property, BPF_PROG_TEST_RUN and namespace tests.
+    /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests.
     Test {
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Time the XDP program with BPF_PROG_TEST_RUN against empty-program floors.
+    /// Time the XDP program with `BPF_PROG_TEST_RUN` against empty-program floors.
     Bench(bench::BenchArgs),
 }
 
@@ -67,7 +67,8 @@ pub(crate) fn cargo(tc: &BpfToolchain) -> Command {
 pub(crate) fn build(tc: &BpfToolchain) -> Result<PathBuf> {
     run(cargo(tc).args(["build", "--release", "--package", "limiter-user", "--bin", "limiter"]))?;
     let bin = workspace_root().join("target/release/limiter");
-    bin.canonicalize().with_context(|| format!("{} was not built", bin.display()))
+    bin.canonicalize()
+        .with_context(|| format!("{} was not built", bin.display()))
 }
 
 fn main() -> Result<()> {
@@ -93,7 +94,7 @@ fn main() -> Result<()> {
             // Privileged tests share kernel state (namespaces, bpffs), so
             // every test binary runs its tests one at a time.
             run(cargo(&tc)
-                .args(["test", "--release", "--workspace", "--no-fail-fast", "--"])
+                .args(["test", "--release", "--no-fail-fast", "--"])
                 .arg("--test-threads=1")
                 .args(&args)
                 .env("LIMITER_BIN", &bin))?;
