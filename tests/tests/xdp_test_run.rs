@@ -465,3 +465,64 @@ fn prefix_aggregation_shares_a_bucket() {
     let other: IpAddr = "2001:db8:1::1".parse().expect("v6");
     assert_eq!(h.action(&frames::syn(other, server6(), PORT)), PASS);
 }
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; pointers are valid for the sizes given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
+            0,
+            "pin to CPU {cpu}"
+        );
+    }
+}
+
+#[test]
+fn bucket_is_exact_across_cpus() {
+    if !can_run_privileged("bucket_is_exact_across_cpus") {
+        return;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1);
+    assert!(
+        cpus >= 2 || !limiter_tests::privileged_required(),
+        "needs two CPUs to race"
+    );
+    const BURST: u64 = 500;
+    let mut h = Harness::new(&policy(Action::Drop, BURST, 32, 64));
+    let frame = frames::syn(v4(90), server4(), PORT);
+    let prog: &Xdp = h
+        .ebpf
+        .program(names::XDP_PROGRAM)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    // Each CPU sends 20000 SYNs of one source at once: together they may
+    // spend exactly BURST tokens, never one more.
+    std::thread::scope(|s| {
+        for cpu in 0..cpus.min(4) {
+            let frame = &frame;
+            s.spawn(move || {
+                pin_to_cpu(cpu);
+                for _ in 0..20 {
+                    prog.test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        repeat: 1000,
+                        ..Default::default()
+                    })
+                    .expect("test run");
+                }
+            });
+        }
+    });
+    assert_eq!(
+        h.counter(1, Verdict::Accepted),
+        BURST,
+        "admitted exactly the burst across CPUs"
+    );
+    let sent = u64::try_from(cpus.min(4)).expect("small") * 20_000;
+    assert_eq!(h.counter(1, Verdict::RefusedRate), sent - BURST);
+}

@@ -24,6 +24,20 @@ pub(crate) struct BenchArgs {
     json: Option<PathBuf>,
 }
 
+/// The `--quick` run `cargo xtask test` makes so the harness cannot rot; it
+/// checks every case's verdicts and counters, never its timings.
+pub(crate) fn smoke(tc: &BpfToolchain) -> Result<()> {
+    bench(
+        tc,
+        &BenchArgs {
+            quick: true,
+            repeat: None,
+            runs: None,
+            json: None,
+        },
+    )
+}
+
 pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs) -> Result<()> {
     let mut cmd = crate::cargo(tc);
     cmd.args([

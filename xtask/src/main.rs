@@ -98,6 +98,8 @@ fn main() -> Result<()> {
                 .arg("--test-threads=1")
                 .args(&args)
                 .env("LIMITER_BIN", &bin))?;
+            eprintln!("xtask: benchmark smoke run (--quick)");
+            bench::smoke(&tc)?;
         }
         Cmd::Bench(args) => {
             let tc = setup::setup(true)?;
