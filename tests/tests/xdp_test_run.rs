@@ -482,6 +482,7 @@ fn pin_to_cpu(cpu: usize) {
 
 #[test]
 fn bucket_is_exact_across_cpus() {
+    const BURST: u64 = 500;
     if !can_run_privileged("bucket_is_exact_across_cpus") {
         return;
     }
@@ -491,8 +492,7 @@ fn bucket_is_exact_across_cpus() {
         cpus >= 2 || !limiter_tests::privileged_required(),
         "needs two CPUs to race"
     );
-    const BURST: u64 = 500;
-    let mut h = Harness::new(&policy(Action::Drop, BURST, 32, 64));
+    let h = Harness::new(&policy(Action::Drop, BURST, 32, 64));
     let frame = frames::syn(v4(90), server4(), PORT);
     let prog: &Xdp = h
         .ebpf
