@@ -317,11 +317,8 @@ fn bad_input_exits_2_with_one_line() {
     for (args, want) in cases {
         let (code, err) = limiter(&args);
         assert_eq!(code, 2, "{args:?}: exit {code}, stderr {err}");
-        let first = err.lines().next().unwrap_or("");
-        assert!(
-            first.contains(want),
-            "{args:?}: first line {first:?} does not name {want:?}"
-        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line on stderr, got {err:?}");
+        assert!(err.contains(want), "{args:?}: {err:?} does not name {want:?}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
