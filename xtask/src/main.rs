@@ -93,13 +93,17 @@ fn main() -> Result<()> {
             let bin = build(&tc)?;
             // Privileged tests share kernel state (namespaces, bpffs), so
             // every test binary runs its tests one at a time.
-            run(cargo(&tc)
-                .args(["test", "--release", "--no-fail-fast", "--"])
-                .arg("--test-threads=1")
-                .args(&args)
-                .env("LIMITER_BIN", &bin))?;
+            let (passed, failed) = util::run_counting_tests(
+                cargo(&tc)
+                    .args(["test", "--release", "--no-fail-fast", "--"])
+                    .arg("--test-threads=1")
+                    .args(&args)
+                    .env("LIMITER_BIN", &bin),
+            )?;
             eprintln!("xtask: benchmark smoke run (--quick)");
             bench::smoke(&tc)?;
+            // One closing line for CI and people: the totals of every test binary.
+            println!("{passed} passed, {failed} failed");
         }
         Cmd::Bench(args) => {
             let tc = setup::setup(true)?;
