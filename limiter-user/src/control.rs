@@ -93,8 +93,14 @@ where
     F: Fn(Request) -> Result<serde_json::Value, String> + Clone + 'static,
 {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let handle = handle.clone();
         tokio::task::spawn_local(async move {

@@ -40,8 +40,18 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
     fs::create_dir_all(&paths.state_dir)
         .with_context(|| format!("cannot create state dir {}", paths.state_dir.display()))?;
     let listener = bind_socket(&paths.socket)?;
-    let mut loaded = loader::load_and_attach(&policy)?;
-    let pins = pin_maps(&mut loaded, &paths.pin_dir)?;
+    // A failed start leaves nothing behind: dropping `loaded` detaches, and
+    // the socket we just bound is removed.
+    let started = loader::load_and_attach(&policy)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut loaded| pin_maps(&mut loaded, &paths.pin_dir).map(|pins| (loaded, pins)));
+    let (loaded, pins) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(&paths.socket);
+            return Err(e);
+        }
+    };
     for a in &loaded.attachments {
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
@@ -107,6 +117,16 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 fn pin_maps(loaded: &mut Loaded, pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     fs::create_dir_all(pin_dir).with_context(|| format!("cannot create pin dir {}", pin_dir.display()))?;
     let mut pinned = Vec::new();
+    let result = pin_each(loaded, pin_dir, &mut pinned);
+    if result.is_err() {
+        for p in &pinned {
+            let _ = fs::remove_file(p);
+        }
+    }
+    result.map(|()| pinned)
+}
+
+fn pin_each(loaded: &mut Loaded, pin_dir: &Path, pinned: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     for name in [
         names::GLOBALS,
         names::PORTS,
@@ -132,7 +152,7 @@ fn pin_maps(loaded: &mut Loaded, pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>>
         })?;
         pinned.push(path);
     }
-    Ok(pinned)
+    Ok(())
 }
 
 fn counters_json(row: &[u64]) -> Value {

@@ -347,3 +347,33 @@ fn status_honours_limiter_socket_and_prints_a_table() {
     );
     let _: IpAddr = pair.server_v4();
 }
+
+#[test]
+fn failed_start_leaves_nothing_behind() {
+    if !can_run_privileged("failed_start_leaves_nothing_behind") {
+        return;
+    }
+    let pair = Pair::new();
+    let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-fail-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sock = dir.join("limiter.sock");
+    // A pin dir that is not on bpffs: pinning fails after the program was attached.
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", pair.server.path().display()))
+        .arg(limiter_bin())
+        .args(["run", "--iface", &pair.server_if, "--port", "2525", "--pin-dir"])
+        .arg(dir.join("not-bpffs"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .expect("run limiter");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a system failure exits 1: {err}");
+    assert!(err.contains("cannot pin") && err.contains("bpffs"), "{err}");
+    assert!(!sock.exists(), "no stale control socket");
+    let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
+    assert!(!link.contains("xdp"), "nothing left attached: {link}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
