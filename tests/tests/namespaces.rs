@@ -377,3 +377,44 @@ fn failed_start_leaves_nothing_behind() {
     assert!(!link.contains("xdp"), "nothing left attached: {link}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn control_socket_survives_garbage() {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        os::unix::net::UnixStream,
+    };
+    if !can_run_privileged("control_socket_survives_garbage") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
+    let ask = |bytes: &[u8]| -> String {
+        let mut s = UnixStream::connect(&d.socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        // The daemon may answer and close before reading everything.
+        let _ = s.write_all(bytes);
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        line
+    };
+    for (name, req) in [
+        ("not JSON", b"hello\n".to_vec()),
+        ("unknown command", b"{\"cmd\":\"format_disk\"}\n".to_vec()),
+        ("binary", vec![0xff, 0x00, 0xfe, b'\n']),
+        ("oversized", vec![b'x'; 200 * 1024]),
+    ] {
+        let reply = ask(&req);
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{name}: {e}: {reply:?}"));
+        assert!(v["error"].is_string(), "{name}: expected an error reply, got {v}");
+    }
+    // A client that connects and says nothing does not block others.
+    let _silent = UnixStream::connect(&d.socket).expect("connect");
+    let start = Instant::now();
+    let v = d.status_json().expect("daemon still answers");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "status blocked by a silent client"
+    );
+    assert_eq!(v["services"][0]["name"], "default");
+}
