@@ -28,39 +28,22 @@ fn main() -> anyhow::Result<()> {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
     let ebpf_dir = manifest.join("../limiter-ebpf");
     println!("cargo:rerun-if-changed={}", ebpf_dir.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest.join("../limiter-common/src").display()
-    );
+    println!("cargo:rerun-if-changed={}", manifest.join("../limiter-common/src").display());
 
     let toolchain = env::var("LIMITER_BPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
     let target_dir = out.join("ebpf-target");
-    let rustflags = [
-        "--cfg=bpf_target_arch=\"x86_64\"",
-        "-Cdebuginfo=2",
-        "-Clink-arg=--btf",
-        "-Ctarget-cpu=v3",
-    ]
-    .join("\x1f");
+    let rustflags =
+        ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf", "-Ctarget-cpu=v3"].join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        &toolchain,
-        "cargo",
-        "build",
-        "--package",
-        "limiter-ebpf",
-        "--bins",
-        "--release",
-    ])
-    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-    .arg("--target-dir")
-    .arg(&target_dir)
-    .current_dir(manifest.join(".."))
-    .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-    .env_remove("RUSTC")
-    .env_remove("RUSTC_WORKSPACE_WRAPPER")
-    .env_remove("RUSTFLAGS");
+    cmd.args(["run", &toolchain, "cargo", "build", "--package", "limiter-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(manifest.join(".."))
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS");
     let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
     if !status.success() {
         bail!("building the kernel crate failed ({status}); run `cargo xtask setup` for bpf-linker and rust-src");

@@ -22,23 +22,13 @@ impl Bucket {
             Some(i) => i,
             None => 0,
         };
-        let interval_ns = if interval_ns == 0 && per_period != 0 {
-            1
-        } else {
-            interval_ns
-        };
+        let interval_ns = if interval_ns == 0 && per_period != 0 { 1 } else { interval_ns };
         let burst = if burst == 0 { 1 } else { burst };
-        Self {
-            interval_ns,
-            tolerance_ns: interval_ns.saturating_mul(burst - 1),
-        }
+        Self { interval_ns, tolerance_ns: interval_ns.saturating_mul(burst - 1) }
     }
 
     /// The bucket that never refuses.
-    pub const UNLIMITED: Self = Self {
-        interval_ns: 0,
-        tolerance_ns: 0,
-    };
+    pub const UNLIMITED: Self = Self { interval_ns: 0, tolerance_ns: 0 };
 
     #[must_use]
     pub const fn is_unlimited(&self) -> bool {
@@ -56,11 +46,7 @@ impl Bucket {
         }
         // An idle bucket is full: its TAT lies in the past.
         let tat = if tat > now_ns { tat } else { now_ns };
-        if tat - now_ns > self.tolerance_ns {
-            None
-        } else {
-            Some(tat.saturating_add(self.interval_ns))
-        }
+        if tat - now_ns > self.tolerance_ns { None } else { Some(tat.saturating_add(self.interval_ns)) }
     }
 
     /// Tokens left at `now_ns` for the stored TAT (for reporting only).
@@ -92,11 +78,7 @@ mod tests {
         for i in 0..5 {
             tat = b.admit(tat, now).unwrap_or_else(|| panic!("attempt {i} refused"));
         }
-        assert_eq!(
-            b.admit(tat, now),
-            None,
-            "6th attempt in the same instant must be refused"
-        );
+        assert_eq!(b.admit(tat, now), None, "6th attempt in the same instant must be refused");
         assert_eq!(b.tokens(tat, now), 0);
     }
 
@@ -111,11 +93,7 @@ mod tests {
         assert_eq!(b.admit(tat, now + SEC / 5 - 1), None, "no token before one interval");
         let tat2 = b.admit(tat, now + SEC / 5).expect("one token after one interval");
         assert_eq!(b.admit(tat2, now + SEC / 5), None);
-        assert_eq!(
-            b.tokens(tat, now + 10 * SEC),
-            5,
-            "an idle bucket refills to the burst, not beyond"
-        );
+        assert_eq!(b.tokens(tat, now + 10 * SEC), 5, "an idle bucket refills to the burst, not beyond");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod bucket;
 pub mod checksum;
 pub mod maps;
+pub mod pending;
 pub mod prefix;
 
 pub use bucket::Bucket;

@@ -11,6 +11,9 @@ pub const PORT_ENTRIES: u32 = 65_536;
 /// Default size of the `BUCKETS` LRU (token buckets of recent sources).
 pub const DEFAULT_BUCKET_ENTRIES: u32 = 65_536;
 
+/// Default size of `CONNS`: sources with established connections.
+pub const DEFAULT_CONN_ENTRIES: u32 = 65_536;
+
 /// Map names as they appear in the object file and under the pin dir.
 pub mod names {
     pub const GLOBALS: &str = "GLOBALS";
@@ -18,6 +21,9 @@ pub mod names {
     pub const SERVICES: &str = "SERVICES";
     pub const BUCKETS: &str = "BUCKETS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const CONNS: &str = "CONNS";
+    pub const PENDING: &str = "PENDING";
+    pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
     /// Empty programs used as benchmark floors.
     pub const FLOOR_PASS: &str = "floor_pass";
@@ -42,13 +48,17 @@ pub mod family {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Globals {
+    /// Network namespace whose sockets are counted (`SO_NETNS_COOKIE`).
+    pub netns_cookie: u64,
+    /// `PENDING` slots - 1 (the slot count is a power of two).
+    pub pending_mask: u32,
     /// IPv4 sources are aggregated to this many leading bits (1..=32).
     pub ipv4_prefix: u8,
     /// IPv6 sources are aggregated to this many leading bits (1..=128).
     pub ipv6_prefix: u8,
-    pub pad: [u8; 6],
+    pub pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<Globals>() == 8);
+const _: () = assert!(core::mem::size_of::<Globals>() == 16);
 
 /// Policy of one service (`SERVICES[id]`).
 #[repr(C)]
@@ -58,9 +68,11 @@ pub struct ServicePolicy {
     pub rate_interval_ns: u64,
     /// Token bucket: `rate_interval_ns * (burst - 1)`.
     pub rate_tolerance_ns: u64,
+    /// Connections a source may hold at once; 0 = no limit.
+    pub max_conn_per_source: u32,
     /// One of [`action`].
     pub action: u8,
-    pub pad: [u8; 7],
+    pub pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<ServicePolicy>() == 24);
 
@@ -76,6 +88,22 @@ pub struct SourceKey {
     pub pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
+
+impl SourceKey {
+    /// The key as the five native-endian words the pending-slot hash mixes.
+    #[inline(always)]
+    #[must_use]
+    pub const fn words(&self) -> [u32; 5] {
+        let a = &self.addr;
+        [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            u32::from_ne_bytes([self.service, self.family, self.pad[0], self.pad[1]]),
+        ]
+    }
+}
 
 /// What the XDP program did with a packet; one counter column each.
 /// `COUNTERS` is a per-CPU array indexed `service * Verdict::COUNT + verdict`,

@@ -8,6 +8,7 @@
 mod floors;
 mod maps;
 mod reply;
+mod sockops;
 mod xdp;
 
 #[cfg(not(test))]

@@ -1,16 +1,19 @@
-//! The maps of the XDP program. The daemon writes `GLOBALS`, `PORTS` and
-//! `SERVICES` (policy); the program owns `BUCKETS` (short-lived, evictable
-//! per-source token buckets) and `COUNTERS` (per-CPU verdict counters).
+//! The maps of the kernel programs. The daemon writes `GLOBALS`, `PORTS` and
+//! `SERVICES` (policy). XDP owns `BUCKETS` (short-lived, evictable token
+//! buckets), `PENDING` (handshakes in flight) and `COUNTERS`; `sock_ops` owns
+//! `CONNS` (established connections per source, created only by completed
+//! handshakes, so a SYN flood cannot create, inflate or evict them).
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
-    maps::{COUNTER_ENTRIES, DEFAULT_BUCKET_ENTRIES, MAX_SERVICES, PORT_ENTRIES},
+    maps::{COUNTER_ENTRIES, DEFAULT_BUCKET_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, PORT_ENTRIES},
+    pending,
 };
 
 #[map(name = "GLOBALS")]
@@ -27,6 +30,16 @@ pub(crate) static SERVICES: Array<ServicePolicy> = Array::with_max_entries(MAX_S
 /// An LRU: eviction only forgets a bucket, which then starts full again.
 #[map(name = "BUCKETS")]
 pub(crate) static BUCKETS: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(DEFAULT_BUCKET_ENTRIES, 0);
+
+/// Established connections per source and service (`sock_ops` writes them).
+/// Sized from config by the loader; entries at zero stay until user space
+/// reclaims them (deleting in BPF races with a concurrent increment).
+#[map(name = "CONNS")]
+pub(crate) static CONNS: HashMap<SourceKey, u64> = HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
+
+/// Handshakes in flight: direct-mapped packed slots (see `limiter_common::pending`).
+#[map(name = "PENDING")]
+pub(crate) static PENDING: Array<u64> = Array::with_max_entries(pending::DEFAULT_SLOTS, 0);
 
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
@@ -54,4 +67,45 @@ pub(crate) unsafe fn load(ptr: *const u64) -> u64 {
 pub(crate) unsafe fn compare_swap(ptr: *mut u64, old: u64, new: u64) -> bool {
     let (_, ok) = unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(ptr, old, new) };
     ok
+}
+
+/// Atomic fetch-add returning the old value (`SeqCst`: see `compare_swap`).
+#[inline(always)]
+pub(crate) unsafe fn fetch_add(ptr: *mut u64, v: u64) -> u64 {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, v) }
+}
+
+/// Milliseconds of the monotonic clock, wrapping (pending-slot epochs).
+#[inline(always)]
+pub(crate) fn now_ms(now_ns: u64) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "wrapping millisecond clock")]
+    let ms = (now_ns / 1_000_000) as u32;
+    ms
+}
+
+/// The pending slot of a source, and its tag.
+#[inline(always)]
+pub(crate) fn pending_slot(key: &SourceKey, g: &Globals) -> Option<(*mut u64, u16)> {
+    let (index, tag) = pending::slot_of(pending::hash(key.words()), g.pending_mask.wrapping_add(1));
+    PENDING.get_ptr_mut(index).map(|p| (p, tag))
+}
+
+/// Gives one reservation back; a slot another source took over is left alone.
+#[inline(always)]
+pub(crate) fn release_pending(slot: *mut u64, tag: u16, now_ms: u32) {
+    for _ in 0..4 {
+        let old = unsafe { load(slot) };
+        let Some(new) = pending::release(old, tag, now_ms) else {
+            return;
+        };
+        if unsafe { compare_swap(slot, old, new) } {
+            return;
+        }
+    }
+}
+
+/// Established connections of a source (0 when it has none).
+#[inline(always)]
+pub(crate) fn established(key: &SourceKey) -> u64 {
+    CONNS.get_ptr(key).map_or(0, |p| unsafe { load(p) })
 }

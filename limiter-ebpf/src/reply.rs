@@ -83,11 +83,7 @@ pub(crate) fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
     };
 
     let old_len = ctx.data_end() - ctx.data();
-    #[expect(
-        clippy::cast_possible_wrap,
-        clippy::cast_possible_truncation,
-        reason = "frame lengths are < 64 KiB"
-    )]
+    #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths are < 64 KiB")]
     let delta = new_len as i32 - old_len as i32;
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
         return Err(());

@@ -5,14 +5,18 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
 use limiter_common::{
-    Bucket, SourceKey, Verdict,
+    Bucket, Globals, ServicePolicy, SourceKey, Verdict,
     maps::{action, family},
+    pending,
     prefix::{mask_v4, mask_v6},
 };
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{BUCKETS, GLOBALS, PORTS, SERVICES, compare_swap, count, load},
+    maps::{
+        BUCKETS, GLOBALS, PORTS, SERVICES, compare_swap, count, established, load, now_ms, pending_slot,
+        release_pending,
+    },
     reply,
 };
 
@@ -29,10 +33,7 @@ const MAX_IPV6_EXT: usize = 6;
 const CAS_TRIES: usize = 4;
 
 #[xdp]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the #[xdp] macro hands the context over by value"
-)]
+#[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro hands the context over by value")]
 pub(crate) fn limiter_xdp(ctx: XdpContext) -> u32 {
     if let Ok(verdict) = try_limiter(&ctx) {
         verdict
@@ -114,12 +115,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
     }
     let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
     let l4_len = total.checked_sub(ihl).ok_or(())?;
-    Ok(Parsed {
-        l3,
-        l4: l3 + ihl,
-        l4_len,
-        family: family::V4,
-    })
+    Ok(Parsed { l3, l4: l3 + ihl, l4_len, family: family::V4 })
 }
 
 #[inline(always)]
@@ -135,12 +131,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
     for _ in 0..MAX_IPV6_EXT {
         let len = match next {
             IPPROTO_TCP => {
-                return Ok(Parsed {
-                    l3,
-                    l4: off,
-                    l4_len: payload,
-                    family: family::V6,
-                });
+                return Ok(Parsed { l3, l4: off, l4_len: payload, family: family::V6 });
             }
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
@@ -184,7 +175,7 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
     }
 
     let policy = SERVICES.get(service).ok_or(())?;
-    let verdict = decide(ctx, &p, service, policy.rate_interval_ns, policy.rate_tolerance_ns)?;
+    let verdict = decide(ctx, &p, service, policy)?;
     count(verdict.index(service));
     if verdict == Verdict::Accepted {
         return Ok(xdp_action::XDP_PASS);
@@ -200,15 +191,9 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
 /// The source key of a parsed frame: the client address masked to the
 /// configured prefix, and the service.
 #[inline(always)]
-fn source_key(ctx: &XdpContext, p: &Parsed, service: u32) -> Result<SourceKey, ()> {
-    let g = GLOBALS.get(0).ok_or(())?;
+fn source_key(ctx: &XdpContext, p: &Parsed, service: u32, g: &Globals) -> Result<SourceKey, ()> {
     #[expect(clippy::cast_possible_truncation, reason = "service ids are < MAX_SERVICES")]
-    let mut key = SourceKey {
-        addr: [0; 16],
-        service: service as u8,
-        family: p.family,
-        pad: [0; 2],
-    };
+    let mut key = SourceKey { addr: [0; 16], service: service as u8, family: p.family, pad: [0; 2] };
     if p.family == family::V4 {
         let src = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l3 + 12)? };
         key.addr[..4].copy_from_slice(&mask_v4(src, g.ipv4_prefix));
@@ -219,40 +204,84 @@ fn source_key(ctx: &XdpContext, p: &Parsed, service: u32) -> Result<SourceKey, (
     Ok(key)
 }
 
-/// decide: the rate limit (token bucket) of the source for this service.
+/// decide, for a SYN to a service port: the source's connections (rule 4),
+/// then its token bucket (rule 5).
 #[inline(always)]
-fn decide(ctx: &XdpContext, p: &Parsed, service: u32, interval_ns: u64, tolerance_ns: u64) -> Result<Verdict, ()> {
-    let bucket = Bucket {
-        interval_ns,
-        tolerance_ns,
-    };
-    if bucket.is_unlimited() {
+fn decide(ctx: &XdpContext, p: &Parsed, service: u32, policy: &ServicePolicy) -> Result<Verdict, ()> {
+    let bucket = Bucket { interval_ns: policy.rate_interval_ns, tolerance_ns: policy.rate_tolerance_ns };
+    let limit = u64::from(policy.max_conn_per_source);
+    if limit == 0 && bucket.is_unlimited() {
         return Ok(Verdict::Accepted);
     }
-    let key = source_key(ctx, p, service)?;
+    let g = GLOBALS.get(0).ok_or(())?;
+    let key = source_key(ctx, p, service, g)?;
     let now = unsafe { bpf_ktime_get_ns() };
+    let now_ms = now_ms(now);
 
+    // Reserve a slot for this handshake before anything else can see it:
+    // the reservation itself is the atomic step, never check-then-increment.
+    let mut reserved = None;
+    if limit != 0 {
+        let (slot, tag) = pending_slot(&key, g).ok_or(())?;
+        if !reserve(&key, slot, tag, now_ms, limit) {
+            return Ok(Verdict::RefusedConcurrency);
+        }
+        reserved = Some((slot, tag));
+    }
+    if !bucket.is_unlimited() && take_token(ctx, &bucket, &key, now) == Verdict::RefusedRate {
+        if let Some((slot, tag)) = reserved {
+            release_pending(slot, tag, now_ms);
+        }
+        return Ok(Verdict::RefusedRate);
+    }
+    Ok(Verdict::Accepted)
+}
+
+/// Takes one pending reservation if established + pending < limit.
+#[inline(always)]
+fn reserve(key: &SourceKey, slot: *mut u64, tag: u16, now_ms: u32, limit: u64) -> bool {
+    for _ in 0..CAS_TRIES {
+        // Re-read both on every try: a completing handshake moves one from
+        // pending to established (established first, so never undercounted).
+        let established = established(key);
+        let old = unsafe { load(slot) };
+        let Some(new) = pending::reserve(old, tag, now_ms, established, limit) else {
+            return false;
+        };
+        if unsafe { compare_swap(slot, old, new) } {
+            return true;
+        }
+    }
+    // Persistently contended: refuse (a reservation we cannot take is not
+    // ours to assume).
+    false
+}
+
+/// Takes one token from the source's bucket.
+#[inline(always)]
+fn take_token(ctx: &XdpContext, bucket: &Bucket, key: &SourceKey, now: u64) -> Verdict {
     let Some(tat) = BUCKETS.get_ptr_mut(key) else {
         // A new source starts with a full bucket, so its first attempt is
         // admitted. BPF_NOEXIST: if another CPU created it meanwhile, fall
         // back to the shared path below.
-        let first = bucket.admit(0, now).ok_or(())?;
-        if BUCKETS
-            .insert(key, first, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
-            .is_ok()
-        {
-            return Ok(Verdict::Accepted);
+        let Some(first) = bucket.admit(0, now) else {
+            return Verdict::RefusedRate;
+        };
+        if BUCKETS.insert(key, first, u64::from(aya_ebpf::bindings::BPF_NOEXIST)).is_ok() {
+            return Verdict::Accepted;
         }
-        let tat = BUCKETS.get_ptr_mut(key).ok_or(())?;
-        return Ok(take_token(ctx, &bucket, tat, now));
+        let Some(tat) = BUCKETS.get_ptr_mut(key) else {
+            return Verdict::Accepted;
+        };
+        return spend(ctx, bucket, tat, now);
     };
-    Ok(take_token(ctx, &bucket, tat, now))
+    spend(ctx, bucket, tat, now)
 }
 
-/// Takes one token from a bucket shared by all CPUs with compare-and-swap,
+/// Spends one token of a bucket shared by all CPUs with compare-and-swap,
 /// so two CPUs cannot both spend the last token.
 #[inline(always)]
-fn take_token(ctx: &XdpContext, bucket: &Bucket, tat: *mut u64, now: u64) -> Verdict {
+fn spend(ctx: &XdpContext, bucket: &Bucket, tat: *mut u64, now: u64) -> Verdict {
     for _ in 0..CAS_TRIES {
         let old = unsafe { load(tat) };
         let Some(new) = bucket.admit(old, now) else {

@@ -15,11 +15,7 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "limiter",
-    version,
-    about = "Per-source connection limits for mail hosts, enforced in XDP"
-)]
+#[command(name = "limiter", version, about = "Per-source connection limits for mail hosts, enforced in XDP")]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -57,6 +53,12 @@ pub struct RunArgs {
     /// Attempts a source may make at once before the rate applies.
     #[arg(long, value_parser = config::parse_burst)]
     pub burst: Option<u64>,
+    /// Connections a source may hold at once (no limit when omitted).
+    #[arg(long, value_name = "N", value_parser = config::parse_max_conn)]
+    pub max_conn_per_source: Option<u32>,
+    /// cgroup v2 directory whose sockets are counted (default: the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
     /// What happens to a refused attempt.
     #[arg(long, value_enum)]
     pub action: Option<Action>,
@@ -89,16 +91,10 @@ pub struct Failure {
 
 impl Failure {
     fn bad_input(e: impl std::fmt::Display) -> Self {
-        Self {
-            message: e.to_string(),
-            code: 2,
-        }
+        Self { message: e.to_string(), code: 2 }
     }
     fn system(e: impl std::fmt::Display) -> Self {
-        Self {
-            message: e.to_string(),
-            code: 1,
-        }
+        Self { message: e.to_string(), code: 1 }
     }
 }
 
@@ -140,6 +136,7 @@ fn run(a: RunArgs) -> Result<(), Failure> {
         rate: a.rate,
         burst: a.burst,
         action: a.action,
+        max_conn_per_source: a.max_conn_per_source,
         ipv4_prefix: a.ipv4_prefix,
         ipv6_prefix: a.ipv6_prefix,
         xdp_mode: a.xdp_mode,
@@ -149,27 +146,20 @@ fn run(a: RunArgs) -> Result<(), Failure> {
     for i in &policy.interfaces {
         crate::loader::ifindex(i).map_err(Failure::bad_input)?;
     }
-    let paths = Paths {
-        socket: a.socket,
-        pin_dir: a.pin_dir,
-        state_dir: a.state_dir,
+    let cgroup = match a.cgroup {
+        Some(c) => c,
+        None => crate::loader::cgroup2_mount().map_err(Failure::bad_input)?,
     };
+    let paths = Paths { socket: a.socket, pin_dir: a.pin_dir, state_dir: a.state_dir, cgroup };
     daemon::run(policy, &paths).map_err(|e| {
         let bad = e.downcast_ref::<LoadError>().is_some_and(LoadError::is_bad_input);
         let msg = format!("{e:#}");
-        if bad {
-            Failure::bad_input(msg)
-        } else {
-            Failure::system(msg)
-        }
+        if bad { Failure::bad_input(msg) } else { Failure::system(msg) }
     })
 }
 
 fn client(socket: &Path, req: &Request) -> Result<Value, Failure> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Failure::system)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Failure::system)?;
     rt.block_on(control::request(socket, req)).map_err(|e| match e {
         control::ClientError::Connect { .. } => Failure::bad_input(e),
         _ => Failure::system(e),
@@ -193,12 +183,7 @@ fn print_status(v: &Value) {
         "SERVICE", "PORTS", "RATE", "BURST", "ACTION", "ACCEPTED", "REFUSED_RATE", "NON_SYN"
     );
     for s in v["services"].as_array().into_iter().flatten() {
-        let ports: Vec<String> = s["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(ToString::to_string)
-            .collect();
+        let ports: Vec<String> = s["ports"].as_array().into_iter().flatten().map(ToString::to_string).collect();
         let c = &s["counters"];
         println!(
             "{:<10} {:<16} {:>8} {:>6} {:>6} {:>10} {:>12} {:>10}",

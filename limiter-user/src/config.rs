@@ -125,6 +125,7 @@ pub struct ServiceFile {
     pub rate: Option<Rate>,
     pub burst: Option<u64>,
     pub action: Option<Action>,
+    pub max_conn_per_source: Option<u32>,
 }
 
 impl ConfigFile {
@@ -137,10 +138,7 @@ impl ConfigFile {
 
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: p.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
         Self::parse(&text, &p)
     }
 }
@@ -153,6 +151,7 @@ pub struct Overrides {
     pub rate: Option<Rate>,
     pub burst: Option<u64>,
     pub action: Option<Action>,
+    pub max_conn_per_source: Option<u32>,
     pub ipv4_prefix: Option<u8>,
     pub ipv6_prefix: Option<u8>,
     pub xdp_mode: Option<XdpMode>,
@@ -167,15 +166,15 @@ pub struct Service {
     pub rate: Option<Rate>,
     pub burst: u64,
     pub action: Action,
+    /// Connections a source may hold at once; `None`: no limit.
+    pub max_conn_per_source: Option<u32>,
 }
 
 impl Service {
     /// The kernel form of the rate limit.
     #[must_use]
     pub fn bucket(&self) -> Bucket {
-        self.rate.map_or(Bucket::UNLIMITED, |r| {
-            Bucket::new(r.count, r.per_secs * 1_000_000_000, self.burst)
-        })
+        self.rate.map_or(Bucket::UNLIMITED, |r| Bucket::new(r.count, r.per_secs * 1_000_000_000, self.burst))
     }
 }
 
@@ -190,32 +189,28 @@ pub struct Policy {
 }
 
 /// Default rate of the built-in policy and of `--port` services without `--rate`.
-pub const DEFAULT_RATE: Rate = Rate {
-    count: 30,
-    per_secs: 60,
-};
+pub const DEFAULT_RATE: Rate = Rate { count: 30, per_secs: 60 };
 /// Default burst when none is given: the rate's count, at most this.
 pub const DEFAULT_BURST: u64 = 10;
+/// Concurrent connections per source in the built-in policy (Dovecot's
+/// `mail_max_userip_connections` default).
+pub const DEFAULT_MAX_CONN: u32 = 10;
 
-/// The built-in policy: the standard mail ports, 30 attempts a minute per
-/// source with bursts of 10, refused with a reset.
+/// The built-in policy: the standard mail ports, at most 10 connections per
+/// source, 30 attempts a minute with bursts of 10, refused with a reset.
 #[must_use]
 pub fn builtin_services() -> Vec<ServiceFile> {
-    [
-        ("smtp", vec![25, 465, 587]),
-        ("imap", vec![143, 993]),
-        ("pop3", vec![110, 995]),
-        ("ftp", vec![21]),
-    ]
-    .into_iter()
-    .map(|(name, ports)| ServiceFile {
-        name: name.to_owned(),
-        ports,
-        rate: Some(DEFAULT_RATE),
-        burst: Some(DEFAULT_BURST),
-        action: Some(Action::Reset),
-    })
-    .collect()
+    [("smtp", vec![25, 465, 587]), ("imap", vec![143, 993]), ("pop3", vec![110, 995]), ("ftp", vec![21])]
+        .into_iter()
+        .map(|(name, ports)| ServiceFile {
+            name: name.to_owned(),
+            ports,
+            rate: Some(DEFAULT_RATE),
+            burst: Some(DEFAULT_BURST),
+            action: Some(Action::Reset),
+            max_conn_per_source: Some(DEFAULT_MAX_CONN),
+        })
+        .collect()
 }
 
 impl Policy {
@@ -223,15 +218,9 @@ impl Policy {
     /// result. `--port` flags replace the file's services with one service
     /// named `default`; with neither, the built-in mail services apply.
     pub fn build(file: ConfigFile, o: &Overrides) -> Result<Self, ConfigError> {
-        let interfaces = if o.interfaces.is_empty() {
-            file.interfaces
-        } else {
-            o.interfaces.clone()
-        };
+        let interfaces = if o.interfaces.is_empty() { file.interfaces } else { o.interfaces.clone() };
         if interfaces.is_empty() {
-            return Err(invalid(
-                "no interface to protect: give --iface IF or interfaces = [\"IF\"] in the config",
-            ));
+            return Err(invalid("no interface to protect: give --iface IF or interfaces = [\"IF\"] in the config"));
         }
         let mut seen = BTreeSet::new();
         for i in &interfaces {
@@ -258,6 +247,7 @@ impl Policy {
                 rate: None,
                 burst: None,
                 action: None,
+                max_conn_per_source: None,
             }]
         } else if file.services.is_empty() {
             builtin_services()
@@ -268,17 +258,18 @@ impl Policy {
         let services = services_file
             .into_iter()
             .map(|s| {
-                let rate = o.rate.or(s.rate).or(Some(DEFAULT_RATE));
-                let burst = o
-                    .burst
-                    .or(s.burst)
-                    .unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
+                let max_conn_per_source = o.max_conn_per_source.or(s.max_conn_per_source);
+                // A service with no limit at all gets the default rate.
+                let rate = o.rate.or(s.rate).or(if max_conn_per_source.is_none() { Some(DEFAULT_RATE) } else { None });
+                let burst =
+                    o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
                 Service {
                     name: s.name,
                     ports: s.ports,
                     rate,
                     burst,
                     action: o.action.or(s.action).unwrap_or_default(),
+                    max_conn_per_source,
                 }
             })
             .collect::<Vec<_>>();
@@ -304,16 +295,8 @@ impl Policy {
         let mut port_owner: BTreeMap<u16, &str> = BTreeMap::new();
         let mut names = BTreeSet::new();
         for s in &self.services {
-            if s.name.is_empty()
-                || !s
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(invalid(format!(
-                    "bad service name '{}': use letters, digits, '-' and '_'",
-                    s.name
-                )));
+            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(format!("bad service name '{}': use letters, digits, '-' and '_'", s.name)));
             }
             if !names.insert(s.name.as_str()) {
                 return Err(invalid(format!("service '{}' defined twice", s.name)));
@@ -332,11 +315,14 @@ impl Policy {
             if s.burst == 0 {
                 return Err(invalid(format!("service '{}': burst must be at least 1", s.name)));
             }
-            if s.burst > 1_000_000 {
+            if s.max_conn_per_source == Some(0) {
                 return Err(invalid(format!(
-                    "service '{}': burst {} is above 1000000",
-                    s.name, s.burst
+                    "service '{}': max_conn_per_source 0 would refuse everyone; omit it for no limit",
+                    s.name
                 )));
+            }
+            if s.burst > 1_000_000 {
+                return Err(invalid(format!("service '{}': burst {} is above 1000000", s.name, s.burst)));
             }
         }
         Ok(())
@@ -349,6 +335,15 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
         Ok(0) => Err("port 0 is not a valid port".into()),
         Ok(p) => Ok(p),
         Err(_) => Err(format!("bad port '{s}': expected 1..65535")),
+    }
+}
+
+/// Parses a `--max-conn-per-source` value: >= 1.
+pub fn parse_max_conn(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("max-conn-per-source must be at least 1 (omit it for no limit)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("bad max-conn-per-source '{s}': expected a whole number >= 1")),
     }
 }
 
@@ -366,22 +361,13 @@ mod tests {
     use super::*;
 
     fn ov(ifaces: &[&str]) -> Overrides {
-        Overrides {
-            interfaces: ifaces.iter().map(|s| (*s).to_owned()).collect(),
-            ..Overrides::default()
-        }
+        Overrides { interfaces: ifaces.iter().map(|s| (*s).to_owned()).collect(), ..Overrides::default() }
     }
 
     #[test]
     fn rates() {
         assert_eq!("5/s".parse::<Rate>(), Ok(Rate { count: 5, per_secs: 1 }));
-        assert_eq!(
-            "30/m".parse::<Rate>(),
-            Ok(Rate {
-                count: 30,
-                per_secs: 60
-            })
-        );
+        assert_eq!("30/m".parse::<Rate>(), Ok(Rate { count: 30, per_secs: 60 }));
         for bad in ["", "5", "0/s", "5/h", "x/s", "-1/s", "5/"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad} accepted");
         }
@@ -410,10 +396,7 @@ mod tests {
         let p = Policy::build(ConfigFile::default(), &o).expect("valid");
         assert_eq!(p.services.len(), 1);
         let s = &p.services[0];
-        assert_eq!(
-            (s.name.as_str(), s.ports.as_slice(), s.burst, s.action),
-            ("default", &[2525][..], 5, Action::Drop)
-        );
+        assert_eq!((s.name.as_str(), s.ports.as_slice(), s.burst, s.action), ("default", &[2525][..], 5, Action::Drop));
         assert_eq!(s.bucket(), Bucket::new(5, 1_000_000_000, 5));
     }
 
@@ -431,14 +414,7 @@ mod tests {
             action = "drop"
         "#;
         let f = ConfigFile::parse(text, "t.toml").expect("parses");
-        let p = Policy::build(
-            f,
-            &Overrides {
-                ipv4_prefix: Some(24),
-                ..ov(&[])
-            },
-        )
-        .expect("valid");
+        let p = Policy::build(f, &Overrides { ipv4_prefix: Some(24), ..ov(&[]) }).expect("valid");
         assert_eq!(p.interfaces, ["eth0"]);
         assert_eq!((p.xdp_mode, p.ipv4_prefix, p.ipv6_prefix), (XdpMode::Skb, 24, 56));
         assert_eq!(p.services[0].action, Action::Drop);
@@ -447,30 +423,19 @@ mod tests {
     #[test]
     fn bad_input_is_refused_with_a_reason() {
         let cases: &[(&str, &str)] = &[
-            (
-                "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [0]\n",
-                "port 0",
-            ),
+            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [0]\n", "port 0"),
             (
                 "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\n[[service]]\nname = \"b\"\nports = [25]\n",
                 "port 25 belongs to both",
             ),
-            (
-                "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nrate = \"0/s\"\n",
-                "bad rate",
-            ),
-            (
-                "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nburst = 0\n",
-                "burst",
-            ),
+            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nrate = \"0/s\"\n", "bad rate"),
+            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nburst = 0\n", "burst"),
             ("interfaces = [\"eth0\"]\nipv4_prefix = 33\n", "ipv4 prefix 33"),
             ("interfaces = [\"eth0\"]\nbogus = 1\n", "unknown field"),
             ("ipv4_prefix = 24\n", "no interface"),
         ];
         for (text, want) in cases {
-            let err = ConfigFile::parse(text, "t.toml")
-                .and_then(|f| Policy::build(f, &ov(&[])))
-                .expect_err(text);
+            let err = ConfigFile::parse(text, "t.toml").and_then(|f| Policy::build(f, &ov(&[]))).expect_err(text);
             let msg = err.to_string();
             assert!(msg.contains(want), "{text:?}: error {msg:?} does not mention {want:?}");
             assert!(!msg.contains('\n'), "error is not one line: {msg:?}");

@@ -48,15 +48,10 @@ pub enum ClientError {
 /// Sends one request and returns the daemon's `ok` payload.
 pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
     let p = path.display().to_string();
-    let io = |source| ClientError::Io {
-        path: p.clone(),
-        source,
-    };
+    let io = |source| ClientError::Io { path: p.clone(), source };
     let fut = async {
-        let mut s = UnixStream::connect(path).await.map_err(|source| ClientError::Connect {
-            path: p.clone(),
-            source,
-        })?;
+        let mut s =
+            UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: p.clone(), source })?;
         let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Malformed(e.to_string()))?;
         line.push(b'\n');
         s.write_all(&line).await.map_err(io)?;
@@ -68,9 +63,7 @@ pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, Cl
             Err(e) => Err(ClientError::Malformed(format!("{e}: {}", buf.trim()))),
         }
     };
-    tokio::time::timeout(IO_TIMEOUT, fut)
-        .await
-        .map_err(|_| ClientError::Timeout(IO_TIMEOUT))?
+    tokio::time::timeout(IO_TIMEOUT, fut).await.map_err(|_| ClientError::Timeout(IO_TIMEOUT))?
 }
 
 /// Reads one request from a client, bounded in size and time.

@@ -27,6 +27,8 @@ pub struct Paths {
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// cgroup v2 directory the `sock_ops` program is attached to.
+    pub cgroup: PathBuf,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -42,7 +44,7 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
     let listener = bind_socket(&paths.socket)?;
     // A failed start leaves nothing behind: dropping `loaded` detaches, and
     // the socket we just bound is removed.
-    let started = loader::load_and_attach(&policy)
+    let started = loader::load_and_attach(&policy, &paths.cgroup)
         .map_err(anyhow::Error::from)
         .and_then(|mut loaded| pin_maps(&mut loaded, &paths.pin_dir).map(|pins| (loaded, pins)));
     let (loaded, pins) = match started {
@@ -57,13 +59,7 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
     }
     for s in &policy.services {
         let rate = s.rate.map_or_else(|| "unlimited".to_owned(), |r| r.to_string());
-        info!(
-            "service {} ports {:?}: rate {rate} burst {} action {}",
-            s.name,
-            s.ports,
-            s.burst,
-            s.action.as_str()
-        );
+        info!("service {} ports {:?}: rate {rate} burst {} action {}", s.name, s.ports, s.burst, s.action.as_str());
     }
     info!("control socket {}", paths.socket.display());
 
@@ -127,28 +123,18 @@ fn pin_maps(loaded: &mut Loaded, pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>>
 }
 
 fn pin_each(loaded: &mut Loaded, pin_dir: &Path, pinned: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for name in [
-        names::GLOBALS,
-        names::PORTS,
-        names::SERVICES,
-        names::BUCKETS,
-        names::COUNTERS,
-    ] {
+    for name in
+        [names::GLOBALS, names::PORTS, names::SERVICES, names::BUCKETS, names::COUNTERS, names::CONNS, names::PENDING]
+    {
         let path = pin_dir.join(name);
         if path.exists() {
             // Left by a daemon that was killed: it pins nothing we reuse yet.
             warn!("removing stale pin {}", path.display());
             fs::remove_file(&path)?;
         }
-        let map = loaded
-            .ebpf
-            .map_mut(name)
-            .with_context(|| format!("map {name} missing from the object"))?;
+        let map = loaded.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))?;
         map.pin(&path).with_context(|| {
-            format!(
-                "cannot pin {name} at {} (is bpffs mounted there? mount -t bpf bpf /sys/fs/bpf)",
-                path.display()
-            )
+            format!("cannot pin {name} at {} (is bpffs mounted there? mount -t bpf bpf /sys/fs/bpf)", path.display())
         })?;
         pinned.push(path);
     }
@@ -168,6 +154,7 @@ fn counters_json(row: &[u64]) -> Value {
 /// The `status` response (documented in docs/status.md).
 fn status(loaded: &Loaded, policy: &Policy) -> Result<Value, String> {
     let rows = loader::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let conns = loader::connections_by_service(&loaded.ebpf).map_err(|e| e.to_string())?;
     let mut totals = [0u64; Verdict::COUNT as usize];
     let services: Vec<Value> = policy
         .services
@@ -184,6 +171,8 @@ fn status(loaded: &Loaded, policy: &Policy) -> Result<Value, String> {
                 "rate": s.rate.map(|r| r.to_string()),
                 "burst": s.burst,
                 "action": s.action.as_str(),
+                "max_conn_per_source": s.max_conn_per_source,
+                "connections": conns[loader::service_id(i) as usize],
                 "counters": counters_json(row),
             })
         })

@@ -1,16 +1,17 @@
 //! Loads the embedded kernel object, writes the policy into its maps,
 //! attaches the XDP program to the interfaces and reads the counters back.
 
-use std::ffi::CString;
+use std::{ffi::CString, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
-    programs::{ProgramError, Xdp, xdp::XdpLinkId},
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, ProgramError, SockOps, Xdp, xdp::XdpLinkId},
 };
 use limiter_common::{
-    Globals, ServicePolicy, Verdict,
+    Globals, ServicePolicy, SourceKey, Verdict,
     maps::{MAX_SERVICES, action, names},
+    pending,
 };
 use log::warn;
 use serde::Serialize;
@@ -26,20 +27,23 @@ pub enum LoadError {
     #[error("loading the kernel object failed")]
     Ebpf(#[from] aya::EbpfError),
     #[error("map {name}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { name: &'static str, source: aya::maps::MapError },
     #[error("program {name}")]
     Program { name: &'static str, source: ProgramError },
     #[error("unknown interface '{0}'")]
     UnknownInterface(String),
+    #[error("cannot read the network namespace cookie")]
+    NetnsCookie(#[source] std::io::Error),
+    #[error("cannot open cgroup {path}")]
+    Cgroup { path: String, source: std::io::Error },
+    #[error(
+        "no cgroup2 mount found in /proc/mounts: mount one (mount -t cgroup2 none /sys/fs/cgroup) or give --cgroup"
+    )]
+    NoCgroup2,
+    #[error("attaching sock_ops to cgroup {path} failed")]
+    SockOps { path: String, source: ProgramError },
     #[error("attaching XDP to {iface} in {mode} mode failed")]
-    Attach {
-        iface: String,
-        mode: &'static str,
-        source: ProgramError,
-    },
+    Attach { iface: String, mode: &'static str, source: ProgramError },
 }
 
 impl LoadError {
@@ -47,7 +51,7 @@ impl LoadError {
     /// than from the kernel.
     #[must_use]
     pub const fn is_bad_input(&self) -> bool {
-        matches!(self, Self::UnknownInterface(_))
+        matches!(self, Self::UnknownInterface(_) | Self::NoCgroup2 | Self::Cgroup { .. })
     }
 }
 
@@ -92,22 +96,23 @@ pub fn load(policy: &Policy) -> Result<Ebpf, LoadError> {
     let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT)?;
     write_policy(&mut ebpf, policy)?;
     let prog: &mut Xdp = program(&mut ebpf)?;
-    prog.load().map_err(|source| LoadError::Program {
-        name: names::XDP_PROGRAM,
-        source,
-    })?;
+    prog.load().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })?;
+    sock_ops_program(&mut ebpf)?
+        .load()
+        .map_err(|source| LoadError::Program { name: names::SOCK_OPS_PROGRAM, source })?;
     Ok(ebpf)
 }
 
+fn sock_ops_program(ebpf: &mut Ebpf) -> Result<&mut SockOps, LoadError> {
+    let p = ebpf.program_mut(names::SOCK_OPS_PROGRAM).ok_or(LoadError::NoObject)?;
+    p.try_into().map_err(|source| LoadError::Program { name: names::SOCK_OPS_PROGRAM, source })
+}
+
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
-    let p = ebpf.program_mut(names::XDP_PROGRAM).ok_or(LoadError::Program {
-        name: names::XDP_PROGRAM,
-        source: ProgramError::NotLoaded,
-    })?;
-    p.try_into().map_err(|source| LoadError::Program {
-        name: names::XDP_PROGRAM,
-        source,
-    })
+    let p = ebpf
+        .program_mut(names::XDP_PROGRAM)
+        .ok_or(LoadError::Program { name: names::XDP_PROGRAM, source: ProgramError::NotLoaded })?;
+    p.try_into().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })
 }
 
 /// Writes globals, services and the port table. Ports are written after the
@@ -119,9 +124,11 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
         .set(
             0,
             Globals {
+                netns_cookie: netns_cookie()?,
+                pending_mask: pending::DEFAULT_SLOTS - 1,
                 ipv4_prefix: policy.ipv4_prefix,
                 ipv6_prefix: policy.ipv6_prefix,
-                pad: [0; 6],
+                pad: [0; 2],
             },
             0,
         )
@@ -138,7 +145,8 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
                 Action::Drop => action::DROP,
                 Action::Reset => action::RESET,
             },
-            pad: [0; 7],
+            max_conn_per_source: s.max_conn_per_source.unwrap_or(0),
+            pad: [0; 3],
         };
         services.set(service_id(i), sp, 0).map_err(map_err(names::SERVICES))?;
     }
@@ -147,9 +155,7 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
         Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
     for (i, s) in policy.services.iter().enumerate() {
         for &p in &s.ports {
-            ports
-                .set(u32::from(p), service_id(i), 0)
-                .map_err(map_err(names::PORTS))?;
+            ports.set(u32::from(p), service_id(i), 0).map_err(map_err(names::PORTS))?;
         }
     }
     Ok(())
@@ -163,13 +169,10 @@ pub fn service_id(i: usize) -> u32 {
 }
 
 /// Loads and attaches to every interface of the policy.
-pub fn load_and_attach(policy: &Policy) -> Result<Loaded, LoadError> {
+pub fn load_and_attach(policy: &Policy, cgroup: &Path) -> Result<Loaded, LoadError> {
     // Resolve every interface before loading anything: a typo is bad input.
-    let ifaces = policy
-        .interfaces
-        .iter()
-        .map(|name| ifindex(name).map(|i| (name.clone(), i)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ifaces =
+        policy.interfaces.iter().map(|name| ifindex(name).map(|i| (name.clone(), i))).collect::<Result<Vec<_>, _>>()?;
     let mut ebpf = load(policy)?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
@@ -179,24 +182,22 @@ pub fn load_and_attach(policy: &Policy) -> Result<Loaded, LoadError> {
             None
         }
     };
+    // Count connections first, then enforce: a SYN admitted from now on
+    // completes into a counted connection.
+    let cg_path = cgroup.display().to_string();
+    let cg = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cg_path.clone(), source })?;
+    sock_ops_program(&mut ebpf)?
+        .attach(cg, CgroupAttachMode::Single)
+        .map_err(|source| LoadError::SockOps { path: cg_path, source })?;
     let prog = program(&mut ebpf)?;
     let mut attachments = Vec::new();
     let mut links = Vec::new();
     for (name, index) in ifaces {
         let (link, mode) = attach(prog, &name, index, policy.xdp_mode)?;
         links.push(link);
-        attachments.push(Attachment {
-            name,
-            ifindex: index,
-            xdp_mode: mode,
-        });
+        attachments.push(Attachment { name, ifindex: index, xdp_mode: mode });
     }
-    Ok(Loaded {
-        ebpf,
-        _logger: logger,
-        attachments,
-        links,
-    })
+    Ok(Loaded { ebpf, _logger: logger, attachments, links })
 }
 
 fn attach(prog: &mut Xdp, name: &str, index: u32, mode: XdpMode) -> Result<(XdpLinkId, &'static str), LoadError> {
@@ -220,13 +221,11 @@ fn prog_attach(
     mode: aya::programs::XdpMode,
     label: &'static str,
 ) -> Result<(XdpLinkId, &'static str), LoadError> {
-    prog.attach_to_if_index(index, mode)
-        .map(|l| (l, label))
-        .map_err(|source| LoadError::Attach {
-            iface: name.to_owned(),
-            mode: label,
-            source,
-        })
+    prog.attach_to_if_index(index, mode).map(|l| (l, label)).map_err(|source| LoadError::Attach {
+        iface: name.to_owned(),
+        mode: label,
+        source,
+    })
 }
 
 impl Loaded {
@@ -255,4 +254,54 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>,
         }
     }
     Ok(rows)
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`),
+/// which `sock_ops` compares to count only this namespace's sockets.
+pub fn netns_cookie() -> Result<u64, LoadError> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket calls on a descriptor we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(LoadError::NetnsCookie(std::io::Error::last_os_error()));
+        }
+        let mut cookie = 0u64;
+        let mut len = libc::socklen_t::try_from(size_of::<u64>()).unwrap_or(8);
+        let rc = libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &raw mut len);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(LoadError::NetnsCookie(err));
+        }
+        Ok(cookie)
+    }
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup` on a pure v2 host,
+/// `/sys/fs/cgroup/unified` on a hybrid one).
+pub fn cgroup2_mount() -> Result<std::path::PathBuf, LoadError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|_| LoadError::NoCgroup2)?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "cgroup2").then(|| std::path::PathBuf::from(dir))
+        })
+        .ok_or(LoadError::NoCgroup2)
+}
+
+/// Established connections per service id, summed over sources.
+pub fn connections_by_service(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
+    let map = ebpf.map(names::CONNS).ok_or(LoadError::NoObject)?;
+    let conns: HashMap<&MapData, SourceKey, u64> = HashMap::try_from(map).map_err(map_err(names::CONNS))?;
+    let mut per_service = vec![0u64; MAX_SERVICES as usize + 1];
+    for entry in &conns {
+        let (key, count) = entry.map_err(map_err(names::CONNS))?;
+        if let Some(slot) = per_service.get_mut(usize::from(key.service)) {
+            *slot += count;
+        }
+    }
+    Ok(per_service)
 }

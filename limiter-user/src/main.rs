@@ -9,9 +9,7 @@ use clap::{Parser as _, error::ErrorKind};
 use limiter_user::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_target(false).init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
@@ -19,11 +17,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line naming the problem, not clap's usage tip.
             let text = e.render().to_string();
-            let line = text
-                .lines()
-                .next()
-                .unwrap_or("bad arguments")
-                .trim_start_matches("error: ");
+            let line = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
             eprintln!("limiter: {line}");
             return ExitCode::from(2);
         }

@@ -58,9 +58,7 @@ pub struct Shape {
 }
 
 fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
+    data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
 }
 
 fn fold(mut s: u32) -> u16 {
@@ -153,11 +151,7 @@ pub fn frame(t: &Tcp, shape: &Shape) -> Vec<u8> {
                 let mut e = vec![0u8; *len];
                 e[0] = next;
                 // AH counts 4-byte units minus 2; the others 8-byte units minus 1.
-                let units = if shape.ipv6_ext[i].0 == 51 {
-                    len / 4 - 2
-                } else {
-                    len / 8 - 1
-                };
+                let units = if shape.ipv6_ext[i].0 == 51 { len / 4 - 2 } else { len / 8 - 1 };
                 e[1] = u8::try_from(units).expect("ext len");
                 f.extend_from_slice(&e);
             }

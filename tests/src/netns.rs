@@ -18,19 +18,12 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A short name unique to this process and call: `{prefix}{pid}x{n}`.
 #[must_use]
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Runs a command and panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -143,29 +136,12 @@ impl Pair {
                 .try_into()
                 .expect("xdp program");
             prog.load().expect("load floor_pass");
-            prog.attach(&peer_if, aya::programs::XdpMode::Driver)
-                .expect("attach floor_pass to the client veth");
+            prog.attach(&peer_if, aya::programs::XdpMode::Driver).expect("attach floor_pass to the client veth");
             ebpf
         });
-        let p = Self {
-            _peer_xdp: peer_xdp,
-            server,
-            client,
-            server_if,
-            client_if,
-            net,
-        };
-        p.server
-            .exec(&["ip", "addr", "add", &format!("198.18.{net}.1/24"), "dev", &p.server_if]);
-        p.server.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("2001:db8:{net:x}::1/48"),
-            "dev",
-            &p.server_if,
-            "nodad",
-        ]);
+        let p = Self { _peer_xdp: peer_xdp, server, client, server_if, client_if, net };
+        p.server.exec(&["ip", "addr", "add", &format!("198.18.{net}.1/24"), "dev", &p.server_if]);
+        p.server.exec(&["ip", "addr", "add", &format!("2001:db8:{net:x}::1/48"), "dev", &p.server_if, "nodad"]);
         p.server.exec(&["ip", "link", "set", &p.server_if, "up"]);
         p.client.exec(&["ip", "link", "set", &p.client_if, "up"]);
         p
@@ -173,22 +149,14 @@ impl Pair {
 
     /// Adds a client address (IPv4 host number or an IPv6 address string).
     pub fn add_client_v4(&self, host: u8) -> IpAddr {
-        self.client.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("198.18.{}.{host}/24", self.net),
-            "dev",
-            &self.client_if,
-        ]);
+        self.client.exec(&["ip", "addr", "add", &format!("198.18.{}.{host}/24", self.net), "dev", &self.client_if]);
         format!("198.18.{}.{host}", self.net).parse().expect("valid v4")
     }
 
     /// Adds `2001:db8:N:SUBNET::HOST` on the client side.
     pub fn add_client_v6(&self, subnet: u16, host: u16) -> IpAddr {
         let a = format!("2001:db8:{:x}:{subnet:x}::{host:x}", self.net);
-        self.client
-            .exec(&["ip", "addr", "add", &format!("{a}/48"), "dev", &self.client_if, "nodad"]);
+        self.client.exec(&["ip", "addr", "add", &format!("{a}/48"), "dev", &self.client_if, "nodad"]);
         a.parse().expect("valid v6")
     }
 
@@ -215,28 +183,46 @@ impl Pair {
         });
         let accepter = l.try_clone().expect("clone listener");
         thread::spawn(move || {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = accepter.accept() {
-                held.push(s);
+            // Like a mail server: hold each connection until the client
+            // closes it, then close our side (a server left in CLOSE-WAIT
+            // really holds its slot).
+            while let Ok((mut s, _)) = accepter.accept() {
+                thread::spawn(move || {
+                    let mut buf = [0u8; 512];
+                    while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+                });
             }
         });
         Listener { _listener: l }
+    }
+
+    /// `n` connection attempts from `src` started at the same instant, one
+    /// thread each, from the client namespace.
+    #[must_use]
+    pub fn connect_parallel(&self, src: IpAddr, port: u16, n: usize, timeout: Duration) -> Vec<Attempt> {
+        let dst = if src.is_ipv4() { self.server_v4() } else { self.server_v6() };
+        self.client.run(move || {
+            // Threads inherit the network namespace of the thread that makes them.
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let barrier = std::sync::Arc::clone(&barrier);
+                    thread::spawn(move || {
+                        barrier.wait();
+                        connect(src, SocketAddr::new(dst, port), timeout)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().expect("connect thread")).collect()
+        })
     }
 
     /// Connection attempts from `src` to the server on `port`, made from
     /// the client namespace; each result is kept open until dropped.
     #[must_use]
     pub fn connect_many(&self, src: IpAddr, port: u16, n: usize, timeout: Duration) -> Vec<Attempt> {
-        let dst = if src.is_ipv4() {
-            self.server_v4()
-        } else {
-            self.server_v6()
-        };
-        self.client.run(move || {
-            (0..n)
-                .map(|_| connect(src, SocketAddr::new(dst, port), timeout))
-                .collect()
-        })
+        let dst = if src.is_ipv4() { self.server_v4() } else { self.server_v6() };
+        self.client.run(move || (0..n).map(|_| connect(src, SocketAddr::new(dst, port), timeout)).collect())
     }
 }
 
@@ -271,11 +257,7 @@ impl Attempt {
 /// One connection attempt from a bound source address.
 #[must_use]
 pub fn connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Attempt {
-    let domain = if src.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
+    let domain = if src.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
     s.bind(&SocketAddr::new(src, 0).into()).expect("bind source");
     let start = Instant::now();
@@ -324,10 +306,8 @@ pub struct Daemon {
 /// The binary under test (set by `cargo xtask test`).
 #[must_use]
 pub fn limiter_bin() -> PathBuf {
-    std::env::var_os("LIMITER_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/limiter"),
-        PathBuf::from,
-    )
+    std::env::var_os("LIMITER_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/limiter"), PathBuf::from)
 }
 
 impl Daemon {
@@ -356,13 +336,7 @@ impl Daemon {
             .stderr(logf)
             .spawn()
             .expect("spawn limiter");
-        let mut d = Self {
-            child: Some(child),
-            socket,
-            pin_dir,
-            dir,
-            log,
-        };
+        let mut d = Self { child: Some(child), socket, pin_dir, dir, log };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(Ok(Some(status))) = d.child.as_mut().map(Child::try_wait) {
@@ -373,11 +347,7 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "limiter run did not answer on {} within 10 s: {}",
-            d.socket.display(),
-            d.log_text()
-        );
+        panic!("limiter run did not answer on {} within 10 s: {}", d.socket.display(), d.log_text());
     }
 
     #[must_use]
@@ -388,11 +358,8 @@ impl Daemon {
     /// `limiter status --json` through the real client command.
     #[must_use]
     pub fn status_json(&self) -> Option<serde_json::Value> {
-        let out = Command::new(limiter_bin())
-            .args(["status", "--json"])
-            .env("LIMITER_SOCKET", &self.socket)
-            .output()
-            .ok()?;
+        let out =
+            Command::new(limiter_bin()).args(["status", "--json"]).env("LIMITER_SOCKET", &self.socket).output().ok()?;
         if !out.status.success() {
             return None;
         }

@@ -2,10 +2,7 @@
 //! would, a real listener in the server namespace, real TCP clients in the
 //! client namespace. Each test asserts what a client sees and what
 //! `limiter status --json` counts.
-#![expect(
-    unused_crate_dependencies,
-    reason = "integration tests see all of the crate's dependencies"
-)]
+#![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
     net::IpAddr,
@@ -24,9 +21,7 @@ const OTHER_PORT: u16 = 2626;
 const QUICK: Duration = Duration::from_millis(800);
 
 fn counter(status: &serde_json::Value, name: &str) -> u64 {
-    status["services"][0]["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {status}"))
+    status["services"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {status}"))
 }
 
 /// Every refused attempt was answered by an RST well before the client's
@@ -40,10 +35,7 @@ fn assert_refused_at_once(attempts: &[Attempt]) {
 }
 
 #[test]
-#[expect(
-    clippy::many_single_char_names,
-    reason = "a, b: the two sources; d, s, t: daemon, status, tally"
-)]
+#[expect(clippy::many_single_char_names, reason = "a, b: the two sources; d, s, t: daemon, status, tally")]
 fn rate_limit_per_source_with_reset_v4() {
     if !can_run_privileged("rate_limit_per_source_with_reset_v4") {
         return;
@@ -56,31 +48,13 @@ fn rate_limit_per_source_with_reset_v4() {
     // 5 per minute: no token refills during the test, so counts are exact.
     let d = Daemon::start(
         &pair.server,
-        &[
-            "--iface",
-            &pair.server_if,
-            "--port",
-            "2525",
-            "--rate",
-            "5/m",
-            "--burst",
-            "5",
-            "--action",
-            "reset",
-        ],
+        &["--iface", &pair.server_if, "--port", "2525", "--rate", "5/m", "--burst", "5", "--action", "reset"],
     );
 
     let first = pair.connect_many(a, PORT, 9, QUICK);
     let t = tally(&first);
-    assert_eq!(
-        (t.connected, t.refused, t.timed_out, t.other),
-        (5, 4, 0, 0),
-        "source a: {first:?}"
-    );
-    assert!(
-        first[..5].iter().all(Attempt::is_connected),
-        "the first five must be the ones let in: {first:?}"
-    );
+    assert_eq!((t.connected, t.refused, t.timed_out, t.other), (5, 4, 0, 0), "source a: {first:?}");
+    assert!(first[..5].iter().all(Attempt::is_connected), "the first five must be the ones let in: {first:?}");
     assert_refused_at_once(&first);
 
     // Another source has its own bucket.
@@ -94,14 +68,8 @@ fn rate_limit_per_source_with_reset_v4() {
     let s = d.status_json().expect("status");
     assert_eq!(counter(&s, "accepted"), 10);
     assert_eq!(counter(&s, "refused_rate"), 6);
-    assert!(
-        counter(&s, "passed_non_syn") > 0,
-        "handshake ACKs pass and are counted: {s}"
-    );
-    assert!(
-        s["totals"]["passed_other"].as_u64().unwrap_or(0) >= 10,
-        "other-port SYNs counted as passed: {s}"
-    );
+    assert!(counter(&s, "passed_non_syn") > 0, "handshake ACKs pass and are counted: {s}");
+    assert!(s["totals"]["passed_other"].as_u64().unwrap_or(0) >= 10, "other-port SYNs counted as passed: {s}");
     assert_eq!(s["interfaces"][0]["name"], pair.server_if.as_str());
     assert_eq!(s["services"][0]["ports"][0], 2525);
     assert_eq!(s["services"][0]["action"], "reset");
@@ -119,18 +87,7 @@ fn rate_limit_v6_aggregates_a_64() {
     let other = pair.add_client_v6(2, 0x10); // another /64
     let d = Daemon::start(
         &pair.server,
-        &[
-            "--iface",
-            &pair.server_if,
-            "--port",
-            "2525",
-            "--rate",
-            "4/m",
-            "--burst",
-            "4",
-            "--action",
-            "reset",
-        ],
+        &["--iface", &pair.server_if, "--port", "2525", "--rate", "4/m", "--burst", "4", "--action", "reset"],
     );
 
     let t = tally(&pair.connect_many(h1, PORT, 3, QUICK));
@@ -157,18 +114,7 @@ fn acceptance_5_per_second_refills() {
     let a6 = pair.add_client_v6(3, 1);
     let d = Daemon::start(
         &pair.server,
-        &[
-            "--iface",
-            &pair.server_if,
-            "--port",
-            "2525",
-            "--rate",
-            "5/s",
-            "--burst",
-            "5",
-            "--action",
-            "reset",
-        ],
+        &["--iface", &pair.server_if, "--port", "2525", "--rate", "5/s", "--burst", "5", "--action", "reset"],
     );
 
     for src in [a, a6] {
@@ -178,15 +124,8 @@ fn acceptance_5_per_second_refills() {
         let t = tally(&r);
         // 5 at once, plus one per 200 ms that passed while attempting.
         let refill = usize::try_from(elapsed.as_millis() / 200).unwrap_or(usize::MAX);
-        assert!(
-            t.connected >= 5 && t.connected <= 5 + refill + 1,
-            "{src}: {t:?} in {elapsed:?}"
-        );
-        assert_eq!(
-            t.connected + t.refused,
-            12,
-            "{src}: every attempt connected or was refused: {r:?}"
-        );
+        assert!(t.connected >= 5 && t.connected <= 5 + refill + 1, "{src}: {t:?} in {elapsed:?}");
+        assert_eq!(t.connected + t.refused, 12, "{src}: every attempt connected or was refused: {r:?}");
         assert!(t.refused >= 5, "{src}: {t:?}");
         assert_refused_at_once(&r);
 
@@ -200,10 +139,7 @@ fn acceptance_5_per_second_refills() {
 }
 
 #[test]
-#[expect(
-    clippy::many_single_char_names,
-    reason = "a: the source; d, r, s, t: daemon, results, status, tally"
-)]
+#[expect(clippy::many_single_char_names, reason = "a: the source; d, r, s, t: daemon, results, status, tally")]
 fn drop_action_makes_clients_time_out() {
     if !can_run_privileged("drop_action_makes_clients_time_out") {
         return;
@@ -213,18 +149,7 @@ fn drop_action_makes_clients_time_out() {
     let a = pair.add_client_v4(2);
     let d = Daemon::start(
         &pair.server,
-        &[
-            "--iface",
-            &pair.server_if,
-            "--port",
-            "2525",
-            "--rate",
-            "2/m",
-            "--burst",
-            "2",
-            "--action",
-            "drop",
-        ],
+        &["--iface", &pair.server_if, "--port", "2525", "--rate", "2/m", "--burst", "2", "--action", "drop"],
     );
     let r = pair.connect_many(a, PORT, 4, Duration::from_millis(400));
     let t = tally(&r);
@@ -241,19 +166,8 @@ fn sigterm_detaches_and_cleans_up() {
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
-    let mut d = Daemon::start(
-        &pair.server,
-        &[
-            "--iface",
-            &pair.server_if,
-            "--port",
-            "2525",
-            "--rate",
-            "1/m",
-            "--burst",
-            "1",
-        ],
-    );
+    let mut d =
+        Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--rate", "1/m", "--burst", "1"]);
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
     assert!(link.contains("xdp"), "XDP attached while running: {link}");
     assert!(d.pin_dir.join("COUNTERS").exists(), "maps pinned while running");
@@ -265,21 +179,14 @@ fn sigterm_detaches_and_cleans_up() {
     assert!(!link.contains("xdp"), "XDP detached after SIGTERM: {link}");
     assert!(!d.pin_dir.exists(), "pins removed");
     assert!(!d.socket.exists(), "socket removed");
-    assert_eq!(
-        tally(&pair.connect_many(a, PORT, 3, QUICK)).connected,
-        3,
-        "no enforcement after stop"
-    );
+    assert_eq!(tally(&pair.connect_many(a, PORT, 3, QUICK)).connected, 3, "no enforcement after stop");
     assert!(d.log_text().contains("SIGTERM"), "{}", d.log_text());
 }
 
 /// Runs `limiter ARGS` and returns (exit code, stderr).
 fn limiter(args: &[&str]) -> (i32, String) {
     let out = Command::new(limiter_bin()).args(args).output().expect("run limiter");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -290,17 +197,10 @@ fn bad_input_exits_2_with_one_line() {
     let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-bad-"));
     std::fs::create_dir_all(&dir).expect("dir");
     let broken = dir.join("broken.toml");
-    std::fs::write(
-        &broken,
-        "interfaces = [\"lo\"]\n[[service]]\nname = \"smtp\"\nports = [25, 0]\n",
-    )
-    .expect("write");
+    std::fs::write(&broken, "interfaces = [\"lo\"]\n[[service]]\nname = \"smtp\"\nports = [25, 0]\n").expect("write");
     let sock = dir.join("none.sock");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec!["run", "--iface", "nosuchif0", "--port", "2525"],
-            "unknown interface 'nosuchif0'",
-        ),
+        (vec!["run", "--iface", "nosuchif0", "--port", "2525"], "unknown interface 'nosuchif0'"),
         (vec!["run", "--iface", "lo", "--rate", "5/hour"], "bad rate"),
         (vec!["run", "--iface", "lo", "--port", "0"], "port 0"),
         (vec!["run", "--iface", "lo", "--burst", "0"], "burst"),
@@ -309,10 +209,7 @@ fn bad_input_exits_2_with_one_line() {
             "cannot read config /nonexistent/limiter.toml",
         ),
         (vec!["run", "--config", broken.to_str().expect("utf8")], "port 0"),
-        (
-            vec!["status", "--socket", sock.to_str().expect("utf8")],
-            "cannot reach the limiter daemon",
-        ),
+        (vec!["status", "--socket", sock.to_str().expect("utf8")], "cannot reach the limiter daemon"),
     ];
     for (args, want) in cases {
         let (code, err) = limiter(&args);
@@ -330,21 +227,11 @@ fn status_honours_limiter_socket_and_prints_a_table() {
         return;
     }
     let pair = Pair::new();
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--port", "2526"],
-    );
-    let out = Command::new(limiter_bin())
-        .arg("status")
-        .env("LIMITER_SOCKET", &d.socket)
-        .output()
-        .expect("status");
+    let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--port", "2526"]);
+    let out = Command::new(limiter_bin()).arg("status").env("LIMITER_SOCKET", &d.socket).output().expect("status");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&pair.server_if) && text.contains("2525,2526") && text.contains("30/m"),
-        "{text}"
-    );
+    assert!(text.contains(&pair.server_if) && text.contains("2525,2526") && text.contains("30/m"), "{text}");
     let _: IpAddr = pair.server_v4();
 }
 
@@ -412,9 +299,6 @@ fn control_socket_survives_garbage() {
     let _silent = UnixStream::connect(&d.socket).expect("connect");
     let start = Instant::now();
     let v = d.status_json().expect("daemon still answers");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "status blocked by a silent client"
-    );
+    assert!(start.elapsed() < Duration::from_secs(2), "status blocked by a silent client");
     assert_eq!(v["services"][0]["name"], "default");
 }

@@ -2,10 +2,7 @@
 //! every header variant the parser handles, truncated and malformed frames,
 //! and the exact RST reply. Each test loads a fresh object, so buckets and
 //! counters start empty.
-#![expect(
-    unused_crate_dependencies,
-    reason = "integration tests see all of the crate's dependencies"
-)]
+#![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::net::IpAddr;
 
@@ -45,15 +42,14 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             rate: Some(Rate { count: 1, per_secs: 60 }),
             burst,
             action,
+            max_conn_per_source: None,
         }],
     }
 }
 
 impl Harness {
     fn new(p: &Policy) -> Self {
-        Self {
-            ebpf: loader::load(p).expect("load the kernel object"),
-        }
+        Self { ebpf: loader::load(p).expect("load the kernel object") }
     }
 
     fn reset(burst: u64) -> Self {
@@ -62,12 +58,7 @@ impl Harness {
 
     /// Runs one frame; returns the XDP action and the frame afterwards.
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(names::XDP_PROGRAM)
-            .expect("program")
-            .try_into()
-            .expect("xdp");
+        let prog: &mut Xdp = self.ebpf.program_mut(names::XDP_PROGRAM).expect("program").try_into().expect("xdp");
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
             .test_run(TestRunOptions {
@@ -148,11 +139,7 @@ fn assert_rst(out: &[u8], syn: &Tcp, shape: &Shape) {
     assert_eq!(out.len(), want.len(), "reply length: got {out:02x?}");
     let l3 = l3(shape);
     let mut masked = out.to_vec();
-    let (ipc, tcpc) = if syn.src.is_ipv4() {
-        (Some(l3 + 10), l3 + 20 + 16)
-    } else {
-        (None, l3 + 40 + 16)
-    };
+    let (ipc, tcpc) = if syn.src.is_ipv4() { (Some(l3 + 10), l3 + 20 + 16) } else { (None, l3 + 40 + 16) };
     if let Some(i) = ipc {
         masked[i..i + 2].fill(0);
     }
@@ -210,16 +197,9 @@ fn vlan_tags_are_parsed_and_kept_in_the_reply() {
     if !can_run_privileged("vlan_tags_are_parsed_and_kept_in_the_reply") {
         return;
     }
-    for vlans in [
-        vec![(0x8100, 10)],
-        vec![(0x88a8, 100), (0x8100, 20)],
-        vec![(0x8100, 5), (0x8100, 6)],
-    ] {
+    for vlans in [vec![(0x8100, 10)], vec![(0x88a8, 100), (0x8100, 20)], vec![(0x8100, 5), (0x8100, 6)]] {
         let mut h = Harness::reset(1);
-        let shape = Shape {
-            vlans,
-            ..Shape::default()
-        };
+        let shape = Shape { vlans, ..Shape::default() };
         for syn in [Tcp::syn(v4(20), server4(), PORT), Tcp::syn(v6(1, 2), server6(), PORT)] {
             let f = frames::frame(&syn, &shape);
             h.exhaust(&f, 1);
@@ -230,10 +210,7 @@ fn vlan_tags_are_parsed_and_kept_in_the_reply() {
     }
     // Three tags are more than the parser reads: the frame passes.
     let mut h = Harness::reset(1);
-    let shape = Shape {
-        vlans: vec![(0x8100, 1), (0x8100, 2), (0x8100, 3)],
-        ..Shape::default()
-    };
+    let shape = Shape { vlans: vec![(0x8100, 1), (0x8100, 2), (0x8100, 3)], ..Shape::default() };
     let f = frames::frame(&Tcp::syn(v4(21), server4(), PORT), &shape);
     for _ in 0..3 {
         assert_eq!(h.action(&f), PASS);
@@ -250,10 +227,7 @@ fn ipv4_options_any_ihl() {
         // NOPs then end-of-list: 4 * words bytes of options, IHL 5 + words.
         let mut opts = vec![1u8; usize::from(words) * 4 - 1];
         opts.push(0);
-        let shape = Shape {
-            ip_options: opts,
-            ..Shape::default()
-        };
+        let shape = Shape { ip_options: opts, ..Shape::default() };
         let syn = Tcp::syn(v4(30 + u8::try_from(i).expect("small")), server4(), PORT);
         let f = frames::frame(&syn, &shape);
         h.exhaust(&f, 1);
@@ -293,10 +267,7 @@ fn ipv6_extension_headers() {
         vec![(60, 8), (60, 8), (60, 8), (60, 8), (60, 8)],
     ];
     for (i, ext) in shapes.into_iter().enumerate() {
-        let shape = Shape {
-            ipv6_ext: ext,
-            ..Shape::default()
-        };
+        let shape = Shape { ipv6_ext: ext, ..Shape::default() };
         let syn = Tcp::syn(v6(100 + u16::try_from(i).expect("small"), 1), server6(), PORT);
         let f = frames::frame(&syn, &shape);
         h.exhaust(&f, 1);
@@ -306,18 +277,9 @@ fn ipv6_extension_headers() {
     }
     // A fragment header, more headers than the parser skips, and an unknown
     // header all pass, however often they are sent.
-    for (i, ext) in [vec![(44u8, 8usize)], vec![(60, 8); 7], vec![(0, 8), (59, 8)]]
-        .into_iter()
-        .enumerate()
-    {
-        let shape = Shape {
-            ipv6_ext: ext,
-            ..Shape::default()
-        };
-        let f = frames::frame(
-            &Tcp::syn(v6(200 + u16::try_from(i).expect("small"), 1), server6(), PORT),
-            &shape,
-        );
+    for (i, ext) in [vec![(44u8, 8usize)], vec![(60, 8); 7], vec![(0, 8), (59, 8)]].into_iter().enumerate() {
+        let shape = Shape { ipv6_ext: ext, ..Shape::default() };
+        let f = frames::frame(&Tcp::syn(v6(200 + u16::try_from(i).expect("small"), 1), server6(), PORT), &shape);
         for _ in 0..3 {
             assert_eq!(h.action(&f), PASS, "{shape:?}");
         }
@@ -341,47 +303,16 @@ fn everything_but_a_syn_to_a_service_port_passes() {
         ("SYN+ACK", with_flags(SYN | ACK)),
         ("RST", with_flags(RST)),
         ("FIN+ACK", with_flags(0x11)),
-        (
-            "other port",
-            frames::frame(
-                &Tcp {
-                    dport: 2526,
-                    ..base.clone()
-                },
-                &Shape::default(),
-            ),
-        ),
-        (
-            "fragment MF",
-            frames::frame(
-                &base,
-                &Shape {
-                    frag: 0x2000,
-                    ..Shape::default()
-                },
-            ),
-        ),
-        (
-            "fragment offset",
-            frames::frame(
-                &base,
-                &Shape {
-                    frag: 0x0010,
-                    ..Shape::default()
-                },
-            ),
-        ),
+        ("other port", frames::frame(&Tcp { dport: 2526, ..base.clone() }, &Shape::default())),
+        ("fragment MF", frames::frame(&base, &Shape { frag: 0x2000, ..Shape::default() })),
+        ("fragment offset", frames::frame(&base, &Shape { frag: 0x0010, ..Shape::default() })),
     ];
     for (name, f) in &cases {
         for _ in 0..3 {
             assert_eq!(h.action(f), PASS, "{name}");
         }
     }
-    assert_eq!(
-        h.counter(1, Verdict::PassedNonSyn),
-        12,
-        "ACK, SYN+ACK, RST, FIN+ACK to the port are non-SYN"
-    );
+    assert_eq!(h.counter(1, Verdict::PassedNonSyn), 12, "ACK, SYN+ACK, RST, FIN+ACK to the port are non-SYN");
     assert_eq!(h.counter(1, Verdict::RefusedRate), 0);
 
     // Not IP, UDP to the port, ICMP.
@@ -402,14 +333,8 @@ fn truncated_and_malformed_frames_pass() {
         return;
     }
     let mut h = Harness::reset(1);
-    let shapes = [
-        Shape::default(),
-        Shape {
-            vlans: vec![(0x8100, 7)],
-            ip_options: vec![1, 1, 1, 0],
-            ..Shape::default()
-        },
-    ];
+    let shapes =
+        [Shape::default(), Shape { vlans: vec![(0x8100, 7)], ip_options: vec![1, 1, 1, 0], ..Shape::default() }];
     for (i, shape) in shapes.iter().enumerate() {
         for syn in [
             Tcp::syn(v4(60 + u8::try_from(i).expect("small")), server4(), PORT),
@@ -472,11 +397,7 @@ fn pin_to_cpu(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
-            0,
-            "pin to CPU {cpu}"
-        );
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set), 0, "pin to CPU {cpu}");
     }
 }
 
@@ -488,18 +409,10 @@ fn bucket_is_exact_across_cpus() {
     }
     // SAFETY: sysconf has no preconditions.
     let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1);
-    assert!(
-        cpus >= 2 || !limiter_tests::privileged_required(),
-        "needs two CPUs to race"
-    );
+    assert!(cpus >= 2 || !limiter_tests::privileged_required(), "needs two CPUs to race");
     let h = Harness::new(&policy(Action::Drop, BURST, 32, 64));
     let frame = frames::syn(v4(90), server4(), PORT);
-    let prog: &Xdp = h
-        .ebpf
-        .program(names::XDP_PROGRAM)
-        .expect("program")
-        .try_into()
-        .expect("xdp");
+    let prog: &Xdp = h.ebpf.program(names::XDP_PROGRAM).expect("program").try_into().expect("xdp");
     // Each CPU sends 20000 SYNs of one source at once: together they may
     // spend exactly BURST tokens, never one more.
     std::thread::scope(|s| {
@@ -508,21 +421,73 @@ fn bucket_is_exact_across_cpus() {
             s.spawn(move || {
                 pin_to_cpu(cpu);
                 for _ in 0..20 {
-                    prog.test_run(TestRunOptions {
-                        data_in: Some(frame),
-                        repeat: 1000,
-                        ..Default::default()
-                    })
-                    .expect("test run");
+                    prog.test_run(TestRunOptions { data_in: Some(frame), repeat: 1000, ..Default::default() })
+                        .expect("test run");
                 }
             });
         }
     });
-    assert_eq!(
-        h.counter(1, Verdict::Accepted),
-        BURST,
-        "admitted exactly the burst across CPUs"
-    );
+    assert_eq!(h.counter(1, Verdict::Accepted), BURST, "admitted exactly the burst across CPUs");
     let sent = u64::try_from(cpus.min(4)).expect("small") * 20_000;
     assert_eq!(h.counter(1, Verdict::RefusedRate), sent - BURST);
+}
+
+/// Writes an established count for `src` as `sock_ops` would.
+fn set_established(h: &mut Harness, src: [u8; 4], service: u8, n: u64) {
+    let mut conns: aya::maps::HashMap<_, limiter_common::SourceKey, u64> =
+        aya::maps::HashMap::try_from(h.ebpf.map_mut(names::CONNS).expect("CONNS")).expect("hash map");
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&src);
+    let key = limiter_common::SourceKey { addr, service, family: limiter_common::maps::family::V4, pad: [0; 2] };
+    conns.insert(key, n, 0).expect("insert");
+}
+
+#[test]
+fn concurrency_counts_established_and_pending() {
+    if !can_run_privileged("concurrency_counts_established_and_pending") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(3);
+    let mut h = Harness::new(&p);
+    let f = frames::syn(v4(100), server4(), PORT);
+    // No established connections: three handshakes may be in flight.
+    h.exhaust(&f, 3);
+    let (action, out) = h.run(&f);
+    assert_eq!(action, TX, "4th concurrent attempt refused");
+    assert_rst(&out, &Tcp::syn(v4(100), server4(), PORT), &Shape::default());
+    assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 1);
+    assert_eq!(h.counter(1, Verdict::RefusedRate), 0);
+
+    // Another source with two established connections gets one more.
+    set_established(&mut h, [198, 18, 0, 101], 1, 2);
+    let g = frames::syn(v4(101), server4(), PORT);
+    assert_eq!(h.action(&g), PASS);
+    assert_eq!(h.action(&g), TX);
+    // A close (count back to 1) lets one more in.
+    set_established(&mut h, [198, 18, 0, 101], 1, 1);
+    assert_eq!(h.action(&g), PASS);
+    assert_eq!(h.action(&g), TX);
+    assert_eq!(h.counter(1, Verdict::Accepted), 5);
+    assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 3);
+}
+
+#[test]
+fn rate_refusal_gives_the_reservation_back() {
+    if !can_run_privileged("rate_refusal_gives_the_reservation_back") {
+        return;
+    }
+    // Limit 2 connections, burst 1: the second SYN is refused by the rate,
+    // and must not keep a reservation that would refuse a third by concurrency.
+    let mut p = policy(Action::Drop, 1, 32, 64);
+    p.services[0].max_conn_per_source = Some(2);
+    let mut h = Harness::new(&p);
+    let f = frames::syn(v4(110), server4(), PORT);
+    assert_eq!(h.action(&f), PASS);
+    for _ in 0..5 {
+        assert_eq!(h.action(&f), DROP);
+    }
+    assert_eq!(h.counter(1, Verdict::RefusedRate), 5, "rate refuses while one slot stays free");
+    assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 0);
 }

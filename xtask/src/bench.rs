@@ -27,29 +27,12 @@ pub(crate) struct BenchArgs {
 /// The `--quick` run `cargo xtask test` makes so the harness cannot rot; it
 /// checks every case's verdicts and counters, never its timings.
 pub(crate) fn smoke(tc: &BpfToolchain) -> Result<()> {
-    bench(
-        tc,
-        &BenchArgs {
-            quick: true,
-            repeat: None,
-            runs: None,
-            json: None,
-        },
-    )
+    bench(tc, &BenchArgs { quick: true, repeat: None, runs: None, json: None })
 }
 
 pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs) -> Result<()> {
     let mut cmd = crate::cargo(tc);
-    cmd.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "limiter-tests",
-        "--bin",
-        "limiter-bench",
-        "--",
-    ]);
+    cmd.args(["run", "--release", "--quiet", "-p", "limiter-tests", "--bin", "limiter-bench", "--"]);
     if args.quick {
         cmd.arg("--quick");
     }

@@ -67,8 +67,7 @@ pub(crate) fn cargo(tc: &BpfToolchain) -> Command {
 pub(crate) fn build(tc: &BpfToolchain) -> Result<PathBuf> {
     run(cargo(tc).args(["build", "--release", "--package", "limiter-user", "--bin", "limiter"]))?;
     let bin = workspace_root().join("target/release/limiter");
-    bin.canonicalize()
-        .with_context(|| format!("{} was not built", bin.display()))
+    bin.canonicalize().with_context(|| format!("{} was not built", bin.display()))
 }
 
 fn main() -> Result<()> {

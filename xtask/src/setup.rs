@@ -44,25 +44,15 @@ impl BpfToolchain {
     pub(crate) fn detect() -> Result<Self> {
         let list = output(Command::new("rustup").args(["toolchain", "list"]))?;
         if list.lines().any(|l| l.starts_with("nightly")) {
-            Ok(Self {
-                name: "nightly".into(),
-                bootstrap: false,
-            })
+            Ok(Self { name: "nightly".into(), bootstrap: false })
         } else {
             eprintln!("xtask: no nightly toolchain; building the kernel crate with stable + RUSTC_BOOTSTRAP=1");
-            Ok(Self {
-                name: "stable".into(),
-                bootstrap: true,
-            })
+            Ok(Self { name: "stable".into(), bootstrap: true })
         }
     }
 
     fn sysroot(&self) -> Result<PathBuf> {
-        let out = output(
-            Command::new("rustc")
-                .arg(format!("+{}", self.name))
-                .args(["--print", "sysroot"]),
-        )?;
+        let out = output(Command::new("rustc").arg(format!("+{}", self.name)).args(["--print", "sysroot"]))?;
         Ok(PathBuf::from(out.trim()))
     }
 }
@@ -127,10 +117,7 @@ fn ensure_bpf_linker(tc: &BpfToolchain) -> Result<()> {
     if linker.exists()
         && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == stamp_value)
         && Path::new(&shim.join("lib").join(&lib)).exists()
-        && Command::new(&linker)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
+        && Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success())
     {
         return Ok(());
     }
@@ -147,14 +134,7 @@ fn ensure_bpf_linker(tc: &BpfToolchain) -> Result<()> {
         symlink(lib_dir.join(&lib), &link).with_context(|| format!("linking {}", link.display()))?;
     }
     run(Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--force",
-            "--locked",
-            "--version",
-            BPF_LINKER_VERSION,
-        ])
+        .args(["install", "bpf-linker", "--force", "--locked", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", &format!("llvm-{major}")])
         .env("LLVM_PREFIX", &shim)
         .env_remove("RUSTUP_TOOLCHAIN"))?;
@@ -184,9 +164,7 @@ fn ensure_debian_packages() -> Result<()> {
     if !nix_is_root() {
         bail!("installing {} needs root", missing.join(" "));
     }
-    run(Command::new("apt-get")
-        .args(["update", "-q"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
@@ -204,11 +182,7 @@ fn nix_is_root() -> bool {
 
 fn ensure_bpffs() -> Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-        || !nix_is_root()
-    {
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) || !nix_is_root() {
         return Ok(());
     }
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))

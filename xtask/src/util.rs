@@ -20,11 +20,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
 pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("failed to start {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -32,10 +28,7 @@ pub(crate) fn output(cmd: &mut Command) -> Result<String> {
 /// Runs `cargo test`, echoing its output, and sums the `test result:` lines.
 /// Fails if cargo fails; returns (passed, failed) otherwise.
 pub(crate) fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("failed to start {cmd:?}"))?;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("failed to start {cmd:?}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let (mut passed, mut failed) = (0, 0);
     for line in BufReader::new(stdout).lines() {

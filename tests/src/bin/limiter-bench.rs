@@ -89,23 +89,11 @@ struct Case {
 
 impl Case {
     fn floor(name: &'static str, program: &'static str, frame: Vec<u8>, expect: u32) -> Self {
-        Self {
-            name,
-            program,
-            frame,
-            expect,
-            verdict: None,
-            first: None,
-            sent: 0,
-            runs: Vec::new(),
-        }
+        Self { name, program, frame, expect, verdict: None, first: None, sent: 0, runs: Vec::new() }
     }
 
     fn limiter(name: &'static str, frame: Vec<u8>, expect: u32, service: u32, verdict: Verdict) -> Self {
-        Self {
-            verdict: Some((service, verdict)),
-            ..Self::floor(name, names::XDP_PROGRAM, frame, expect)
-        }
+        Self { verdict: Some((service, verdict)), ..Self::floor(name, names::XDP_PROGRAM, frame, expect) }
     }
 
     fn floor_name(&self) -> &'static str {
@@ -116,11 +104,7 @@ impl Case {
         let mut v = self.runs.clone();
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            f64::midpoint(v[n / 2 - 1], v[n / 2])
-        }
+        if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
     }
 }
 
@@ -131,6 +115,7 @@ fn policy() -> Policy {
         rate: Some(Rate { count, per_secs }),
         burst,
         action: Action::Drop,
+        max_conn_per_source: None,
     };
     Policy {
         interfaces: vec![],
@@ -173,68 +158,32 @@ fn cases() -> Vec<Case> {
     let (client, server) = (IpAddr::V4(CLIENT), IpAddr::V4(SERVER));
     let (open, strict) = (service_id(0), service_id(1));
     let syn = |port| frames::syn(client, server, port);
-    let ack = Tcp {
-        flags: ACK,
-        seq: 0x1234_5679,
-        ack: 0x0bad_cafe,
-        ..Tcp::syn(client, server, OPEN_PORT)
-    };
+    let ack = Tcp { flags: ACK, seq: 0x1234_5679, ack: 0x0bad_cafe, ..Tcp::syn(client, server, OPEN_PORT) };
     vec![
         Case::floor("xdp_drop_floor", names::FLOOR_DROP, syn(OPEN_PORT), XDP_DROP),
         Case::floor("xdp_pass_floor", names::FLOOR_PASS, syn(OPEN_PORT), XDP_PASS),
-        Case::limiter(
-            "limiter_non_tcp",
-            udp(CLIENT, SERVER, OPEN_PORT),
-            XDP_PASS,
-            0,
-            Verdict::PassedOther,
-        ),
-        Case::limiter(
-            "limiter_non_syn",
-            frames::frame(&ack, &Shape::default()),
-            XDP_PASS,
-            open,
-            Verdict::PassedNonSyn,
-        ),
-        Case::limiter(
-            "limiter_unprotected_port",
-            syn(UNPROTECTED_PORT),
-            XDP_PASS,
-            0,
-            Verdict::PassedOther,
-        ),
+        Case::limiter("limiter_non_tcp", udp(CLIENT, SERVER, OPEN_PORT), XDP_PASS, 0, Verdict::PassedOther),
+        Case::limiter("limiter_non_syn", frames::frame(&ack, &Shape::default()), XDP_PASS, open, Verdict::PassedNonSyn),
+        Case::limiter("limiter_unprotected_port", syn(UNPROTECTED_PORT), XDP_PASS, 0, Verdict::PassedOther),
         Case::limiter("limiter_accept", syn(OPEN_PORT), XDP_PASS, open, Verdict::Accepted),
         Case {
             first: Some((XDP_PASS, Verdict::Accepted)),
-            ..Case::limiter(
-                "limiter_refuse",
-                syn(STRICT_PORT),
-                XDP_DROP,
-                strict,
-                Verdict::RefusedRate,
-            )
+            ..Case::limiter("limiter_refuse", syn(STRICT_PORT), XDP_DROP, strict, Verdict::RefusedRate)
         },
     ]
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("program {name} is not in the kernel object"))?;
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} is not in the kernel object"))?;
     Ok(prog.try_into()?)
 }
 
 /// Runs `case` `repeat` times in the kernel; returns the last return value and the mean ns per packet (the kernel
 /// reports whole nanoseconds).
 fn run(ebpf: &mut Ebpf, case: &Case, repeat: u32) -> Result<(u32, f64)> {
-    let opts = TestRunOptions {
-        data_in: Some(&case.frame),
-        repeat,
-        ..TestRunOptions::default()
-    };
-    let r = xdp(ebpf, case.program)?
-        .test_run(opts)
-        .map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
+    let opts = TestRunOptions { data_in: Some(&case.frame), repeat, ..TestRunOptions::default() };
+    let r =
+        xdp(ebpf, case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
     #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet are small")]
     Ok((r.return_value, r.duration.as_nanos() as f64))
 }
@@ -296,10 +245,7 @@ fn pin_cpu() -> Result<usize> {
             return Err(io::Error::last_os_error().into());
         }
         let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
-        let cpu = (0..max)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))
-            .ok_or("empty CPU affinity mask")?;
+        let cpu = (0..max).rev().find(|&c| libc::CPU_ISSET(c, &set)).ok_or("empty CPU affinity mask")?;
         libc::CPU_ZERO(&mut set);
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
@@ -313,11 +259,7 @@ fn machine_facts() -> Vec<(&'static str, String)> {
     let read = |path: &str| std::fs::read_to_string(path).map_or_else(|e| format!("? ({e})"), |s| s.trim().to_owned());
     let cpu = read("/proc/cpuinfo")
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
         .unwrap_or_else(|| "?".into());
     // SAFETY: sysconf has no preconditions.
     let nproc = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
@@ -348,17 +290,12 @@ fn bench() -> Result<()> {
         println!("{k:<15} {v}");
     }
     let cpu = pin_cpu()?;
-    println!(
-        "{:<15} CPU {cpu}, repeat {}, median of {} runs (BPF_PROG_TEST_RUN)\n",
-        "pinned", args.repeat, args.runs
-    );
+    println!("{:<15} CPU {cpu}, repeat {}, median of {} runs (BPF_PROG_TEST_RUN)\n", "pinned", args.repeat, args.runs);
 
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
     write_policy(&mut ebpf, &policy())?;
     for name in [names::FLOOR_DROP, names::FLOOR_PASS, names::XDP_PROGRAM] {
-        xdp(&mut ebpf, name)?
-            .load()
-            .map_err(|e| format!("loading {name}: {e}"))?;
+        xdp(&mut ebpf, name)?.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
 
     let mut cases = cases();
@@ -383,35 +320,15 @@ fn bench() -> Result<()> {
 
     check_counters(&ebpf, &cases)?;
 
-    let floor = |name| {
-        cases
-            .iter()
-            .find(|c| c.name == name)
-            .map(Case::median)
-            .expect("floor case")
-    };
+    let floor = |name| cases.iter().find(|c| c.name == name).map(Case::median).expect("floor case");
     let (drop_floor, pass_floor) = (floor("xdp_drop_floor"), floor("xdp_pass_floor"));
     println!("{:<26} {:>8} {:>10}{:7}runs (ns)", "case", "ns/pkt", "vs floor", "");
     let mut json = Vec::new();
     for case in &cases {
         let ns = case.median();
-        let ratio = ns
-            / if case.floor_name() == "drop" {
-                drop_floor
-            } else {
-                pass_floor
-            };
-        let runs = case
-            .runs
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        println!(
-            "{:<26} {ns:>8.1} {ratio:>9.2}x {:<4}  {runs}",
-            case.name,
-            case.floor_name()
-        );
+        let ratio = ns / if case.floor_name() == "drop" { drop_floor } else { pass_floor };
+        let runs = case.runs.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
+        println!("{:<26} {ns:>8.1} {ratio:>9.2}x {:<4}  {runs}", case.name, case.floor_name());
         json.push(serde_json::json!({
             "case": case.name, "ns_per_packet": ns, "runs": case.runs, "floor": case.floor_name(), "vs_floor": ratio,
         }));

@@ -1,0 +1,138 @@
+//! Connection life cycle: counts established connections per source in
+//! `CONNS`. A passive handshake completing on a service port of the
+//! daemon's network namespace adds one (and gives back the handshake's
+//! pending reservation); that socket reaching CLOSE, by either side, RST or
+//! timeout, takes one away. Only completed handshakes create entries.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, bpf_sock_ops,
+    },
+    helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use limiter_common::{
+    Globals, SourceKey,
+    maps::family,
+    prefix::{mask_v4, mask_v6},
+};
+
+use crate::maps::{CONNS, GLOBALS, PORTS, compare_swap, fetch_add, load, now_ms, pending_slot, release_pending};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+#[sock_ops]
+#[expect(clippy::needless_pass_by_value, reason = "the #[sock_ops] macro hands the context over by value")]
+pub(crate) fn limiter_sock_ops(ctx: SockOpsContext) -> u32 {
+    let _ = try_sock_ops(&ctx);
+    1
+}
+
+/// Volatile read of a context field: adjacent u32 fields must not be merged
+/// into one 8-byte load, which the verifier rejects (`KERNEL_NOTES`).
+macro_rules! field {
+    ($ctx:expr, $($f:tt)+) => {
+        unsafe { core::ptr::read_volatile(&raw const (*$ctx.ops).$($f)+) }
+    };
+}
+
+fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
+    let op = field!(ctx, op);
+    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        let (key, g) = service_key(ctx)?;
+        opened(&key, g);
+        // Ask for state callbacks so the close is seen. The flag outlives
+        // this program and is shared by all sock_ops programs on the path.
+        let flags = field!(ctx, bpf_sock_ops_cb_flags);
+        #[expect(clippy::cast_possible_wrap, reason = "small flag bits")]
+        let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    } else if op == BPF_SOCK_OPS_STATE_CB {
+        let new_state = field!(ctx, __bindgen_anon_1.args[1]);
+        if new_state == BPF_TCP_CLOSE {
+            // Re-check namespace and port: the flag may have been set by an
+            // earlier program instance or another program.
+            let (key, _) = service_key(ctx)?;
+            closed(&key);
+        }
+    }
+    Ok(())
+}
+
+/// The counted source of this socket, if it is a service socket of our
+/// network namespace. IPv4 clients of a dual-stack listener (`::ffff:a.b.c.d`)
+/// count as IPv4.
+fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, &'static Globals), ()> {
+    let g = GLOBALS.get(0).ok_or(())?;
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    if cookie != g.netns_cookie {
+        return Err(());
+    }
+    let port = field!(ctx, local_port);
+    let service = PORTS.get(port).copied().unwrap_or(0);
+    if service == 0 {
+        return Err(());
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "service ids are < MAX_SERVICES")]
+    let mut key = SourceKey { addr: [0; 16], service: service as u8, family: family::V4, pad: [0; 2] };
+    match field!(ctx, family) {
+        AF_INET => key.addr[..4].copy_from_slice(&mask_v4(field!(ctx, remote_ip4).to_ne_bytes(), g.ipv4_prefix)),
+        AF_INET6 => {
+            let ops: *const bpf_sock_ops = ctx.ops;
+            let w = unsafe {
+                [
+                    core::ptr::read_volatile(&raw const (*ops).remote_ip6[0]),
+                    core::ptr::read_volatile(&raw const (*ops).remote_ip6[1]),
+                    core::ptr::read_volatile(&raw const (*ops).remote_ip6[2]),
+                    core::ptr::read_volatile(&raw const (*ops).remote_ip6[3]),
+                ]
+            };
+            if w[0] == 0 && w[1] == 0 && w[2].to_ne_bytes() == [0, 0, 0xff, 0xff] {
+                key.addr[..4].copy_from_slice(&mask_v4(w[3].to_ne_bytes(), g.ipv4_prefix));
+            } else {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&w[0].to_ne_bytes());
+                a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+                a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+                a[12..].copy_from_slice(&w[3].to_ne_bytes());
+                key.addr = mask_v6(a, g.ipv6_prefix);
+                key.family = family::V6;
+            }
+        }
+        _ => return Err(()),
+    }
+    Ok((key, g))
+}
+
+/// A handshake completed: one more established connection, then one less
+/// reservation (in that order, so a concurrent SYN never sees too few).
+fn opened(key: &SourceKey, g: &Globals) {
+    if let Some(c) = CONNS.get_ptr_mut(key) {
+        unsafe { fetch_add(c, 1) };
+    } else if CONNS.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
+        // Another CPU created it first (or the map is full: then this
+        // connection goes uncounted, failing open).
+        if let Some(c) = CONNS.get_ptr_mut(key) {
+            unsafe { fetch_add(c, 1) };
+        }
+    }
+    if let Some((slot, tag)) = pending_slot(key, g) {
+        release_pending(slot, tag, now_ms(unsafe { bpf_ktime_get_ns() }));
+    }
+}
+
+/// A counted connection closed: one less, never below zero. The entry stays
+/// at zero (deleting it here would race with a concurrent increment).
+fn closed(key: &SourceKey) {
+    let Some(c) = CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    for _ in 0..8 {
+        let old = unsafe { load(c) };
+        if old == 0 || unsafe { compare_swap(c, old, old - 1) } {
+            return;
+        }
+    }
+}
