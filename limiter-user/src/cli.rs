@@ -34,6 +34,21 @@ pub enum Cmd {
         #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Sources by current connections, with their limit.
+    Top {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// How many sources to show.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        /// Machine-readable output (schema in docs/status.md).
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the daemon.
+        #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +140,29 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Top { service, n, json, socket } => {
+            let v = client(&socket, &Request::Top { service, limit: n })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
+            } else {
+                print_top(&v);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_top(v: &Value) {
+    println!("{:<42} {:<12} {:>11} {:>6}", "SOURCE", "SERVICE", "CONNECTIONS", "LIMIT");
+    for s in v["sources"].as_array().into_iter().flatten() {
+        let limit = s["limit"].as_u64().map_or_else(|| "-".to_owned(), |l| l.to_string());
+        println!(
+            "{:<42} {:<12} {:>11} {:>6}",
+            s["source"].as_str().unwrap_or("?"),
+            s["service"].as_str().unwrap_or("?"),
+            s["connections"].to_string(),
+            limit
+        );
     }
 }
 
@@ -161,7 +199,7 @@ fn run(a: RunArgs) -> Result<(), Failure> {
 fn client(socket: &Path, req: &Request) -> Result<Value, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Failure::system)?;
     rt.block_on(control::request(socket, req)).map_err(|e| match e {
-        control::ClientError::Connect { .. } => Failure::bad_input(e),
+        control::ClientError::Connect { .. } | control::ClientError::Refused(_) => Failure::bad_input(e),
         _ => Failure::system(e),
     })
 }

@@ -20,6 +20,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Sources by current connections.
+    Top {
+        service: Option<String>,
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -70,6 +70,7 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
         let policy = Rc::clone(&policy);
         move |req: Request| match req {
             Request::Status => status(&state.borrow(), &policy),
+            Request::Top { service, limit } => top(&state.borrow(), &policy, service.as_deref(), limit),
         }
     };
     let server = tokio::task::spawn_local(control::serve(listener, handler));
@@ -149,6 +150,38 @@ fn counters_json(row: &[u64]) -> Value {
         }
     }
     Value::Object(m)
+}
+
+/// The `top` response: sources with connections, most first (docs/status.md).
+fn top(loaded: &Loaded, policy: &Policy, service: Option<&str>, limit: usize) -> Result<Value, String> {
+    let wanted = match service {
+        Some(name) => Some(
+            policy
+                .services
+                .iter()
+                .position(|s| s.name == name)
+                .map(loader::service_id)
+                .ok_or_else(|| format!("unknown service '{name}'"))?,
+        ),
+        None => None,
+    };
+    let mut rows = loader::sources(&loaded.ebpf).map_err(|e| e.to_string())?;
+    rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
+    let sources: Vec<Value> = rows
+        .iter()
+        .take(limit)
+        .filter_map(|(key, count)| {
+            let s = policy.services.get(usize::from(key.service).checked_sub(1)?)?;
+            Some(json!({
+                "source": loader::source_string(key, policy),
+                "service": s.name,
+                "connections": count,
+                "limit": s.max_conn_per_source,
+            }))
+        })
+        .collect();
+    Ok(json!({ "sources": sources }))
 }
 
 /// The `status` response (documented in docs/status.md).

@@ -294,14 +294,29 @@ pub fn cgroup2_mount() -> Result<std::path::PathBuf, LoadError> {
 
 /// Established connections per service id, summed over sources.
 pub fn connections_by_service(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
-    let map = ebpf.map(names::CONNS).ok_or(LoadError::NoObject)?;
-    let conns: HashMap<&MapData, SourceKey, u64> = HashMap::try_from(map).map_err(map_err(names::CONNS))?;
     let mut per_service = vec![0u64; MAX_SERVICES as usize + 1];
-    for entry in &conns {
-        let (key, count) = entry.map_err(map_err(names::CONNS))?;
+    for (key, count) in sources(ebpf)? {
         if let Some(slot) = per_service.get_mut(usize::from(key.service)) {
             *slot += count;
         }
     }
     Ok(per_service)
+}
+
+/// Every source with a `CONNS` entry and its established connections.
+pub fn sources(ebpf: &Ebpf) -> Result<Vec<(SourceKey, u64)>, LoadError> {
+    let map = ebpf.map(names::CONNS).ok_or(LoadError::NoObject)?;
+    let conns: HashMap<&MapData, SourceKey, u64> = HashMap::try_from(map).map_err(map_err(names::CONNS))?;
+    conns.iter().map(|e| e.map_err(map_err(names::CONNS))).collect()
+}
+
+/// A source as an admin reads it: `198.51.100.7`, `2001:db8:1:2::/64`.
+pub fn source_string(key: &SourceKey, policy: &Policy) -> String {
+    if key.family == limiter_common::maps::family::V4 {
+        let a = std::net::Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]);
+        if policy.ipv4_prefix >= 32 { a.to_string() } else { format!("{a}/{}", policy.ipv4_prefix) }
+    } else {
+        let a = std::net::Ipv6Addr::from(key.addr);
+        if policy.ipv6_prefix >= 128 { a.to_string() } else { format!("{a}/{}", policy.ipv6_prefix) }
+    }
 }

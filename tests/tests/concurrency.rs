@@ -4,17 +4,25 @@
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
     can_run_privileged,
-    netns::{Attempt, Daemon, Pair, tally},
+    netns::{Attempt, Daemon, Pair, limiter_bin, tally},
 };
 
 const PORT: u16 = 2525;
 const WAIT: Duration = Duration::from_secs(2);
+
+/// Runs a client command against the daemon and parses its JSON.
+fn limiter(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(limiter_bin()).args(args).env("LIMITER_SOCKET", &d.socket).output().expect("limiter");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
 
 fn connections(d: &Daemon) -> u64 {
     let s = d.status_json().expect("status");
@@ -63,6 +71,21 @@ fn fifty_simultaneous_attempts_give_exactly_eight() {
     let mut held = streams(first);
     wait_connections(&d, 8, WAIT);
 
+    // `limiter top` shows the source with its 8 and its limit.
+    let top = limiter(&d, &["top", "--json"]);
+    let rows = top["sources"].as_array().expect("sources");
+    assert_eq!(rows.len(), 1, "{top}");
+    assert_eq!(rows[0]["source"], src.to_string());
+    assert_eq!((rows[0]["connections"].as_u64(), rows[0]["limit"].as_u64()), (Some(8), Some(8)), "{top}");
+    assert_eq!(rows[0]["service"], "default");
+    let out = Command::new(limiter_bin())
+        .args(["top", "--service", "nope"])
+        .env("LIMITER_SOCKET", &d.socket)
+        .output()
+        .expect("top");
+    assert_eq!(out.status.code(), Some(2), "unknown service is bad input");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service 'nope'"));
+
     // Close 3: their slots come back within a second, and exactly 3 get in.
     held.truncate(5);
     let took = wait_connections(&d, 5, Duration::from_secs(1));
@@ -105,4 +128,18 @@ fn ipv6_hosts_of_one_64_share_the_limit() {
     let c = pair.connect_parallel(other, PORT, 10, WAIT);
     assert_eq!(tally(&c).connected, 8, "another /64 has its own 8");
     wait_connections(&d, 16, WAIT);
+    let top = limiter(&d, &["top", "--json", "-n", "1"]);
+    let rows = top["sources"].as_array().expect("sources");
+    assert_eq!(rows.len(), 1, "-n 1: {top}");
+    assert_eq!(rows[0]["connections"], 8);
+    let full = limiter(&d, &["top", "--json"]);
+    let mut seen: Vec<String> = full["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|r| r["source"].as_str().unwrap_or("").to_owned())
+        .collect();
+    seen.sort();
+    let net = pair.net;
+    assert_eq!(seen, [format!("2001:db8:{net:x}:1::/64"), format!("2001:db8:{net:x}:2::/64")], "{full}");
 }
