@@ -34,6 +34,16 @@ pub enum Cmd {
         #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Remove the pinned programs and maps: stops enforcement and counting
+    /// (counts start over from the kernel's sockets at the next `run`).
+    Unload {
+        /// Where `run` pinned them.
+        #[arg(long, default_value = "/sys/fs/bpf/limiter")]
+        pin_dir: PathBuf,
+        /// Control socket of the daemon, which must not be running.
+        #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Sources by current connections, with their limit.
     Top {
         /// Only this service.
@@ -137,6 +147,22 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
             } else {
                 print_status(&v);
+            }
+            Ok(())
+        }
+        Cmd::Unload { pin_dir, socket } => {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Err(Failure::bad_input(format!(
+                    "a limiter daemon is running on {}: stop it first (systemctl stop limiter)",
+                    socket.display()
+                )));
+            }
+            let removed = crate::pins::unload(&pin_dir)
+                .map_err(|e| Failure::system(format!("removing {}: {e}", pin_dir.display())))?;
+            if removed.is_empty() {
+                println!("nothing pinned under {}", pin_dir.display());
+            } else {
+                println!("removed {} pins under {}; enforcement stopped", removed.len(), pin_dir.display());
             }
             Ok(())
         }

@@ -10,8 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use limiter_common::{Verdict, maps::names};
-use log::{info, warn};
+use limiter_common::Verdict;
+use log::info;
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, signal::unix::SignalKind};
 
@@ -19,6 +19,7 @@ use crate::{
     config::Policy,
     control::{self, Request},
     loader::{self, Loaded},
+    pins,
 };
 
 /// Paths the daemon owns.
@@ -42,16 +43,17 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
     fs::create_dir_all(&paths.state_dir)
         .with_context(|| format!("cannot create state dir {}", paths.state_dir.display()))?;
     let listener = bind_socket(&paths.socket)?;
-    // A failed start leaves nothing behind: dropping `loaded` detaches, and
-    // the socket we just bound is removed.
-    let started = loader::load_and_attach(&policy, &paths.cgroup)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut loaded| pin_maps(&mut loaded, &paths.pin_dir).map(|pins| (loaded, pins)));
-    let (loaded, pins) = match started {
-        Ok(s) => s,
+    // A failed first start leaves nothing behind; a failed restart leaves
+    // the running enforcement of the previous start alone.
+    let fresh = fs::read_dir(&paths.pin_dir).map_or(true, |mut d| d.next().is_none());
+    let loaded = match loader::load_and_attach(&policy, &paths.cgroup, &paths.pin_dir, &paths.state_dir) {
+        Ok(l) => l,
         Err(e) => {
+            if fresh && pins::on_bpffs(&paths.pin_dir) {
+                let _ = pins::unload(&paths.pin_dir);
+            }
             let _ = fs::remove_file(&paths.socket);
-            return Err(e);
+            return Err(e.into());
         }
     };
     for a in &loaded.attachments {
@@ -82,13 +84,11 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
     server.abort();
-    state.borrow_mut().detach();
-    for p in pins {
-        let _ = fs::remove_file(p);
-    }
-    let _ = fs::remove_dir(&paths.pin_dir);
     let _ = fs::remove_file(&paths.socket);
-    info!("detached; enforcement stopped");
+    info!(
+        "daemon stopped; counting and enforcement continue from {} (`limiter unload` removes them)",
+        paths.pin_dir.display()
+    );
     Ok(())
 }
 
@@ -107,39 +107,6 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
     Ok(listener)
-}
-
-/// Pins the maps under `pin_dir` while the daemon runs, so `bpftool map
-/// dump pinned DIR/COUNTERS` can inspect them. Needs bpffs there.
-fn pin_maps(loaded: &mut Loaded, pin_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    fs::create_dir_all(pin_dir).with_context(|| format!("cannot create pin dir {}", pin_dir.display()))?;
-    let mut pinned = Vec::new();
-    let result = pin_each(loaded, pin_dir, &mut pinned);
-    if result.is_err() {
-        for p in &pinned {
-            let _ = fs::remove_file(p);
-        }
-    }
-    result.map(|()| pinned)
-}
-
-fn pin_each(loaded: &mut Loaded, pin_dir: &Path, pinned: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for name in
-        [names::GLOBALS, names::PORTS, names::SERVICES, names::BUCKETS, names::COUNTERS, names::CONNS, names::PENDING]
-    {
-        let path = pin_dir.join(name);
-        if path.exists() {
-            // Left by a daemon that was killed: it pins nothing we reuse yet.
-            warn!("removing stale pin {}", path.display());
-            fs::remove_file(&path)?;
-        }
-        let map = loaded.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))?;
-        map.pin(&path).with_context(|| {
-            format!("cannot pin {name} at {} (is bpffs mounted there? mount -t bpf bpf /sys/fs/bpf)", path.display())
-        })?;
-        pinned.push(path);
-    }
-    Ok(())
 }
 
 fn counters_json(row: &[u64]) -> Value {

@@ -6,17 +6,24 @@ use std::{ffi::CString, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, ProgramError, SockOps, Xdp, xdp::XdpLinkId},
+    programs::{
+        CgroupAttachMode, ProgramError, SockOps, Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey, Verdict,
-    maps::{MAX_SERVICES, action, names},
+    maps::{MAX_SERVICES, PORT_ENTRIES, action, names},
     pending,
 };
 use log::warn;
 use serde::Serialize;
 
-use crate::config::{Action, Policy, XdpMode};
+use crate::{
+    config::{Action, Policy, XdpMode},
+    pins,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -32,6 +39,12 @@ pub enum LoadError {
     Program { name: &'static str, source: ProgramError },
     #[error("unknown interface '{0}'")]
     UnknownInterface(String),
+    #[error("cannot create pin dir {path}")]
+    PinDir { path: String, source: std::io::Error },
+    #[error("cannot pin under {0}: it is not on bpffs (mount -t bpf bpf /sys/fs/bpf)")]
+    NotBpffs(String),
+    #[error("cannot reuse or pin the link {path}")]
+    Relink { path: String, source: std::io::Error },
     #[error("cannot read the network namespace cookie")]
     NetnsCookie(#[source] std::io::Error),
     #[error("cannot open cgroup {path}")]
@@ -51,7 +64,7 @@ impl LoadError {
     /// than from the kernel.
     #[must_use]
     pub const fn is_bad_input(&self) -> bool {
-        matches!(self, Self::UnknownInterface(_) | Self::NoCgroup2 | Self::Cgroup { .. })
+        matches!(self, Self::UnknownInterface(_) | Self::NoCgroup2 | Self::Cgroup { .. } | Self::NotBpffs(_))
     }
 }
 
@@ -78,22 +91,34 @@ pub struct Attachment {
     pub xdp_mode: &'static str,
 }
 
-/// The loaded object and its attachments; dropping it detaches everything.
+/// The loaded object and where it is attached. The links are pinned:
+/// dropping this leaves counting and enforcement running.
 pub struct Loaded {
     pub ebpf: Ebpf,
     /// Forwards the kernel's debug log lines; holds the log map open.
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub attachments: Vec<Attachment>,
-    links: Vec<XdpLinkId>,
 }
 
 /// Loads the object (maps and program, nothing attached yet) with the
 /// policy written into its maps.
 pub fn load(policy: &Policy) -> Result<Ebpf, LoadError> {
+    load_pinned(policy, None)
+}
+
+/// As [`load`], with every map pinned by name under `pin_dir` (an existing
+/// pin is reused as it is).
+fn load_pinned(policy: &Policy, pin_dir: Option<&Path>) -> Result<Ebpf, LoadError> {
     if crate::EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT)?;
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, std::path::PathBuf)> =
+        pin_dir.map(|d| pins::MAPS.iter().map(|m| (*m, d.join(m))).collect()).unwrap_or_default();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
     write_policy(&mut ebpf, policy)?;
     let prog: &mut Xdp = program(&mut ebpf)?;
     prog.load().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })?;
@@ -153,9 +178,18 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
 
     let mut ports: Array<_, u32> =
         Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
+    let mut table = vec![0u32; PORT_ENTRIES as usize];
     for (i, s) in policy.services.iter().enumerate() {
         for &p in &s.ports {
-            ports.set(u32::from(p), service_id(i), 0).map_err(map_err(names::PORTS))?;
+            table[usize::from(p)] = service_id(i);
+        }
+    }
+    // The map may be a pin from an earlier run: every entry is written, so a
+    // port dropped from the policy is unprotected again. Unchanged entries
+    // are skipped.
+    for (port, id) in (0u32..).zip(table) {
+        if ports.get(&port, 0).map_err(map_err(names::PORTS))? != id {
+            ports.set(port, id, 0).map_err(map_err(names::PORTS))?;
         }
     }
     Ok(())
@@ -168,12 +202,21 @@ pub fn service_id(i: usize) -> u32 {
     u32::try_from(i).map_or(0, |i| i + 1)
 }
 
-/// Loads and attaches to every interface of the policy.
-pub fn load_and_attach(policy: &Policy, cgroup: &Path) -> Result<Loaded, LoadError> {
+/// Loads the programs with their maps pinned under `pin_dir` (reusing
+/// pins a previous run left: counts survive), then makes sure counting and
+/// enforcement run from this binary's programs through pinned links:
+/// an existing link gets the new program atomically, a missing one is
+/// created and pinned. Links of interfaces no longer configured are removed.
+pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir: &Path) -> Result<Loaded, LoadError> {
     // Resolve every interface before loading anything: a typo is bad input.
     let ifaces =
         policy.interfaces.iter().map(|name| ifindex(name).map(|i| (name.clone(), i))).collect::<Result<Vec<_>, _>>()?;
-    let mut ebpf = load(policy)?;
+    let dir_str = pin_dir.display().to_string();
+    std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: dir_str.clone(), source })?;
+    if !pins::on_bpffs(pin_dir) {
+        return Err(LoadError::NotBpffs(dir_str));
+    }
+    let mut ebpf = load_pinned(policy, Some(pin_dir))?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -182,22 +225,72 @@ pub fn load_and_attach(policy: &Policy, cgroup: &Path) -> Result<Loaded, LoadErr
             None
         }
     };
+
     // Count connections first, then enforce: a SYN admitted from now on
     // completes into a counted connection.
+    let sock_pin = pins::sock_ops_link(pin_dir);
+    let sock_ops = sock_ops_program(&mut ebpf)?;
     let cg_path = cgroup.display().to_string();
-    let cg = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cg_path.clone(), source })?;
-    sock_ops_program(&mut ebpf)?
-        .attach(cg, CgroupAttachMode::Single)
-        .map_err(|source| LoadError::SockOps { path: cg_path, source })?;
+    if sock_pin.exists() {
+        let fd = sock_ops.fd().map_err(|source| LoadError::Program { name: names::SOCK_OPS_PROGRAM, source })?;
+        pins::update_pinned_link(&sock_pin, fd)
+            .map_err(|source| LoadError::Relink { path: sock_pin.display().to_string(), source })?;
+    } else {
+        let cg = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cg_path.clone(), source })?;
+        let id = sock_ops
+            .attach(cg, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::SockOps { path: cg_path.clone(), source })?;
+        let link = sock_ops.take_link(id).map_err(|source| LoadError::SockOps { path: cg_path.clone(), source })?;
+        pin_link(FdLink::try_from(link), &sock_pin)?;
+    }
+
     let prog = program(&mut ebpf)?;
     let mut attachments = Vec::new();
-    let mut links = Vec::new();
     for (name, index) in ifaces {
-        let (link, mode) = attach(prog, &name, index, policy.xdp_mode)?;
-        links.push(link);
+        let pin = pins::xdp_link(pin_dir, &name);
+        let mode_file = state_dir.join(format!("xdp-mode.{name}"));
+        let mode = if pin.exists() {
+            let relink = |e: &dyn std::fmt::Display| LoadError::Relink {
+                path: pin.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            };
+            let link = PinnedLink::from_pin(&pin).map_err(|e| relink(&e))?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| relink(&e))?;
+            let id = prog.attach_to_link(link).map_err(|e| relink(&e))?;
+            // Dropping our handle only closes an fd: the pin keeps the link.
+            drop(prog.take_link(id));
+            mode_label(&std::fs::read_to_string(&mode_file).unwrap_or_default())
+        } else {
+            let (id, mode) = attach(prog, &name, index, policy.xdp_mode)?;
+            let link = prog.take_link(id).map_err(|source| LoadError::Attach { iface: name.clone(), mode, source })?;
+            pin_link(FdLink::try_from(link), &pin)?;
+            let _ = std::fs::write(&mode_file, mode);
+            mode
+        };
         attachments.push(Attachment { name, ifindex: index, xdp_mode: mode });
     }
-    Ok(Loaded { ebpf, _logger: logger, attachments, links })
+    for old in pins::xdp_link_ifaces(pin_dir) {
+        if !policy.interfaces.contains(&old) {
+            log::info!("detaching from {old}: no longer configured");
+            let _ = std::fs::remove_file(pins::xdp_link(pin_dir, &old));
+        }
+    }
+    Ok(Loaded { ebpf, _logger: logger, attachments })
+}
+
+fn mode_label(s: &str) -> &'static str {
+    match s.trim() {
+        "native" => "native",
+        "skb" => "skb",
+        _ => "unknown",
+    }
+}
+
+fn pin_link(link: Result<FdLink, aya::programs::links::LinkError>, path: &Path) -> Result<(), LoadError> {
+    let p = path.display().to_string();
+    let link = link.map_err(|e| LoadError::Relink { path: p.clone(), source: std::io::Error::other(e.to_string()) })?;
+    // Dropping the returned handle closes our fd; the pin keeps the link.
+    link.pin(path).map(drop).map_err(|e| LoadError::Relink { path: p, source: std::io::Error::other(e.to_string()) })
 }
 
 fn attach(prog: &mut Xdp, name: &str, index: u32, mode: XdpMode) -> Result<(XdpLinkId, &'static str), LoadError> {
@@ -226,19 +319,6 @@ fn prog_attach(
         mode: label,
         source,
     })
-}
-
-impl Loaded {
-    /// Detaches from every interface.
-    pub fn detach(&mut self) {
-        if let Ok(prog) = program(&mut self.ebpf) {
-            for link in self.links.drain(..) {
-                if let Err(e) = prog.detach(link) {
-                    warn!("detaching XDP: {e}");
-                }
-            }
-        }
-    }
 }
 
 /// Per-service verdict counters summed over CPUs; row 0 is "no service".

@@ -387,7 +387,8 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // The programs stay attached after the daemon stops; remove them.
+        let _ = limiter_user::pins::unload(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

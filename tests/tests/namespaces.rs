@@ -159,8 +159,8 @@ fn drop_action_makes_clients_time_out() {
 }
 
 #[test]
-fn sigterm_detaches_and_cleans_up() {
-    if !can_run_privileged("sigterm_detaches_and_cleans_up") {
+fn stop_keeps_enforcement_and_unload_removes_it() {
+    if !can_run_privileged("stop_keeps_enforcement_and_unload_removes_it") {
         return;
     }
     let pair = Pair::new();
@@ -170,17 +170,31 @@ fn sigterm_detaches_and_cleans_up() {
         Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--rate", "1/m", "--burst", "1"]);
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
     assert!(link.contains("xdp"), "XDP attached while running: {link}");
-    assert!(d.pin_dir.join("COUNTERS").exists(), "maps pinned while running");
+    for pin in ["COUNTERS", "CONNS", "link_sock_ops", &format!("link_xdp_{}", pair.server_if)] {
+        assert!(d.pin_dir.join(pin).exists(), "{pin} pinned");
+    }
     assert_eq!(tally(&pair.connect_many(a, PORT, 3, QUICK)).connected, 1);
 
     let status = d.stop().expect("daemon was running");
     assert!(status.success(), "clean exit on SIGTERM: {status}: {}", d.log_text());
-    let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
-    assert!(!link.contains("xdp"), "XDP detached after SIGTERM: {link}");
-    assert!(!d.pin_dir.exists(), "pins removed");
+    assert!(d.log_text().contains("continue"), "{}", d.log_text());
     assert!(!d.socket.exists(), "socket removed");
-    assert_eq!(tally(&pair.connect_many(a, PORT, 3, QUICK)).connected, 3, "no enforcement after stop");
-    assert!(d.log_text().contains("SIGTERM"), "{}", d.log_text());
+    let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
+    assert!(link.contains("xdp"), "XDP stays attached after the daemon stops: {link}");
+    assert_eq!(tally(&pair.connect_many(a, PORT, 3, QUICK)).connected, 0, "the limit still holds");
+
+    // unload removes everything: no program, no pins, no enforcement.
+    let out = Command::new(limiter_bin())
+        .args(["unload", "--pin-dir"])
+        .arg(&d.pin_dir)
+        .env("LIMITER_SOCKET", &d.socket)
+        .output()
+        .expect("unload");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!d.pin_dir.exists(), "pins removed");
+    let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
+    assert!(!link.contains("xdp"), "XDP detached by unload: {link}");
+    assert_eq!(tally(&pair.connect_many(a, PORT, 3, QUICK)).connected, 3, "no enforcement after unload");
 }
 
 /// Runs `limiter ARGS` and returns (exit code, stderr).
@@ -242,26 +256,37 @@ fn failed_start_leaves_nothing_behind() {
     }
     let pair = Pair::new();
     let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-fail-"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::create_dir_all(dir.join("not-a-cgroup")).expect("dir");
     let sock = dir.join("limiter.sock");
-    // A pin dir that is not on bpffs: pinning fails after the program was attached.
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", pair.server.path().display()))
-        .arg(limiter_bin())
-        .args(["run", "--iface", &pair.server_if, "--port", "2525", "--pin-dir"])
-        .arg(dir.join("not-bpffs"))
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .output()
-        .expect("run limiter");
+    let pin_dir = std::path::PathBuf::from("/sys/fs/bpf").join(limiter_tests::netns::unique("limiter-fail-"));
+    let run = |extra: &[&std::ffi::OsStr]| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", pair.server.path().display()))
+            .arg(limiter_bin())
+            .args(["run", "--iface", &pair.server_if, "--port", "2525", "--socket"])
+            .arg(&sock)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(extra)
+            .output()
+            .expect("run limiter")
+    };
+    // Attaching sock_ops fails after the maps were created and pinned.
+    let out =
+        run(&["--pin-dir".as_ref(), pin_dir.as_os_str(), "--cgroup".as_ref(), dir.join("not-a-cgroup").as_os_str()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "a system failure exits 1: {err}");
-    assert!(err.contains("cannot pin") && err.contains("bpffs"), "{err}");
+    assert!(err.contains("attaching sock_ops"), "{err}");
     assert!(!sock.exists(), "no stale control socket");
+    assert!(!pin_dir.exists(), "the pins of a failed first start are removed");
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
     assert!(!link.contains("xdp"), "nothing left attached: {link}");
+
+    // A pin dir off bpffs is refused before anything is loaded.
+    let out = run(&["--pin-dir".as_ref(), dir.join("not-bpffs").as_os_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not on bpffs"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

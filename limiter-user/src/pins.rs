@@ -1,0 +1,119 @@
+//! What lives under `--pin-dir` on bpffs, so that enforcement and counting
+//! outlive the daemon: every map by name, one XDP link per interface
+//! (`link_xdp_IF`) and the `sock_ops` link (`link_sock_ops`). A restart reuses
+//! them; `limiter unload` removes them, which detaches everything.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use limiter_common::maps::names;
+
+/// Maps pinned by name: the policy, the counters and the connection state.
+pub const MAPS: [&str; 7] =
+    [names::GLOBALS, names::PORTS, names::SERVICES, names::BUCKETS, names::COUNTERS, names::CONNS, names::PENDING];
+
+const SOCK_OPS_LINK: &str = "link_sock_ops";
+const XDP_LINK_PREFIX: &str = "link_xdp_";
+
+#[must_use]
+pub fn sock_ops_link(dir: &Path) -> PathBuf {
+    dir.join(SOCK_OPS_LINK)
+}
+
+#[must_use]
+pub fn xdp_link(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{XDP_LINK_PREFIX}{iface}"))
+}
+
+/// Interfaces with a pinned XDP link in `dir`.
+#[must_use]
+pub fn xdp_link_ifaces(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix(XDP_LINK_PREFIX).map(str::to_owned))
+        .collect()
+}
+
+/// Whether `dir` is on bpffs (pins elsewhere fail, or vanish with a mount
+/// namespace).
+#[must_use]
+pub fn on_bpffs(dir: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &raw mut st) == 0 && st.f_type == BPF_FS_MAGIC
+    }
+}
+
+/// Removes every pin in `dir` (detaching the programs their links hold) and
+/// the directory itself. Returns what was removed.
+pub fn unload(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    // Links first, so no program runs against half-removed maps.
+    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
+    for p in paths {
+        std::fs::remove_file(&p)?;
+        removed.push(p);
+    }
+    std::fs::remove_dir(dir)?;
+    Ok(removed)
+}
+
+/// `bpf(2)` attribute block, large enough for the commands used here.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a valid, zero-padded bpf_attr of the given size.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, (&raw mut attr.0).cast::<u8>(), size_of::<Attr>()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// `BPF_OBJ_GET`: opens a pinned object.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = Attr([0; 128]);
+    attr.0[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bad fd"))?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_LINK_UPDATE`: atomically replaces the program a link runs, so an
+/// upgrade never leaves a gap in counting or enforcement.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    let mut attr = Attr([0; 128]);
+    let (l, p) = (link.as_raw_fd(), prog.as_raw_fd());
+    attr.0[..4].copy_from_slice(&u32::try_from(l).map_err(|_| io::Error::other("bad fd"))?.to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&u32::try_from(p).map_err(|_| io::Error::other("bad fd"))?.to_ne_bytes());
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Replaces the program of the link pinned at `path` with `prog`.
+pub fn update_pinned_link(path: &Path, prog: impl AsFd) -> io::Result<()> {
+    let link = obj_get(path)?;
+    link_update(link.as_fd(), prog.as_fd())
+}
