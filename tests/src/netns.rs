@@ -317,37 +317,60 @@ impl Daemon {
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(unique("limiter-test-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let socket = dir.join("limiter.sock");
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("limiter-test-"));
-        let log = dir.join("daemon.log");
-        let logf = File::create(&log).expect("log file");
+        let mut d = Self {
+            child: None,
+            socket: dir.join("limiter.sock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(unique("limiter-test-")),
+            log: dir.join("daemon.log"),
+            dir,
+        };
+        d.spawn(ns, args);
+        d
+    }
+
+    /// Starts the daemon again with the same paths (after `stop` or `kill`).
+    pub fn restart(&mut self, ns: &Netns, args: &[&str]) {
+        assert!(self.child.is_none(), "restart of a running daemon");
+        self.spawn(ns, args);
+    }
+
+    fn spawn(&mut self, ns: &Netns, args: &[&str]) {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path().display()))
             .arg(limiter_bin())
             .arg("run")
             .args(args)
             .arg("--socket")
-            .arg(&socket)
+            .arg(&self.socket)
             .arg("--pin-dir")
-            .arg(&pin_dir)
+            .arg(&self.pin_dir)
             .arg("--state-dir")
-            .arg(dir.join("state"))
+            .arg(self.dir.join("state"))
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
             .expect("spawn limiter");
-        let mut d = Self { child: Some(child), socket, pin_dir, dir, log };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = d.child.as_mut().map(Child::try_wait) {
-                panic!("limiter run exited early ({status}): {}", d.log_text());
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("limiter run exited early ({status}): {}", self.log_text());
             }
-            if d.status_json().is_some() {
-                return d;
+            if self.status_json().is_some() {
+                return;
             }
             thread::sleep(Duration::from_millis(50));
         }
-        panic!("limiter run did not answer on {} within 10 s: {}", d.socket.display(), d.log_text());
+        panic!("limiter run did not answer on {} within 10 s: {}", self.socket.display(), self.log_text());
+    }
+
+    /// `kill -9`: the daemon gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     #[must_use]

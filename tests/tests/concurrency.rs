@@ -143,3 +143,43 @@ fn ipv6_hosts_of_one_64_share_the_limit() {
     let net = pair.net;
     assert_eq!(seen, [format!("2001:db8:{net:x}:1::/64"), format!("2001:db8:{net:x}:2::/64")], "{full}");
 }
+
+#[test]
+fn kill_9_and_restart_keep_counts_and_connections() {
+    use std::io::{ErrorKind, Read as _, Write as _};
+    if !can_run_privileged("kill_9_and_restart_keep_counts_and_connections") {
+        return;
+    }
+    let pair = Pair::new();
+    let _l = pair.listen(PORT);
+    let src = pair.add_client_v4(2);
+    let args =
+        ["--iface", pair.server_if.as_str(), "--port", "2525", "--max-conn-per-source", "8", "--action", "reset"];
+    let mut d = Daemon::start(&pair.server, &args);
+    let mut held = streams(pair.connect_parallel(src, PORT, 12, WAIT));
+    assert_eq!(held.len(), 8);
+    wait_connections(&d, 8, WAIT);
+
+    d.kill();
+    // Nobody is watching, yet the limit holds and closes are counted.
+    assert_eq!(tally(&pair.connect_parallel(src, PORT, 5, WAIT)).connected, 0, "limit holds while the daemon is dead");
+    held.truncate(6);
+    thread::sleep(Duration::from_millis(300));
+
+    d.restart(&pair.server, &args);
+    wait_connections(&d, 6, Duration::from_secs(1));
+    // The held connections survived both the crash and the restart.
+    for s in &mut held {
+        s.write_all(b"NOOP\r\n").expect("held connection still writable");
+        s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            other => panic!("held connection was closed or reset: {other:?}"),
+        }
+    }
+    let t = tally(&pair.connect_parallel(src, PORT, 10, WAIT));
+    assert_eq!(t.connected, 2, "exactly the 2 freed slots: {t:?}");
+    let s = d.status_json().expect("status");
+    assert_eq!(s["services"][0]["counters"]["accepted"], 10, "counters survived the restart: {s}");
+}
