@@ -226,6 +226,85 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// The MAC address of `iface` in `ns`.
+    fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
+        let out = ns.exec(&["ip", "-o", "link", "show", "dev", iface]);
+        let hex = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).expect("link/ether");
+        let mut mac = [0u8; 6];
+        for (m, h) in mac.iter_mut().zip(hex.split(':')) {
+            *m = u8::from_str_radix(h, 16).expect("mac hex");
+        }
+        mac
+    }
+
+    /// Sends `n` TCP SYNs to the server's `port`, each from a new spoofed
+    /// source (alternating 198.18.0.0/15 and 2001:db8::/32, never the
+    /// pair's own addresses), with valid checksums, through an `AF_PACKET`
+    /// socket on the client veth. Bounded: returns when all are sent.
+    pub fn flood_spoofed(&self, port: u16, n: u32) {
+        let (dst_mac, src_mac) = (Self::mac(&self.server, &self.server_if), Self::mac(&self.client, &self.client_if));
+        let (v4, v6) = (self.server_v4(), self.server_v6());
+        let (ifname, net) = (self.client_if.clone(), self.net);
+        self.client.run(move || {
+            let ifindex = limiter_user::loader::ifindex(&ifname).expect("client veth");
+            // SAFETY: a raw packet socket we own; every call checks its result.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = u16::try_from(libc::AF_PACKET).expect("family");
+            addr.sll_ifindex = i32::try_from(ifindex).expect("ifindex");
+            addr.sll_halen = 6;
+            let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+            for i in 0..n {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let b = rng.to_be_bytes();
+                let src: IpAddr = if i % 2 == 0 {
+                    // 198.18.0.0/15 minus the pair's own /24.
+                    let third = if b[1] == net { b[1].wrapping_add(1) } else { b[1] };
+                    std::net::Ipv4Addr::new(198, 18 | (b[0] & 1), third, b[2]).into()
+                } else {
+                    // 2001:db8:8000::/33, away from the pair's 2001:db8:N::/48.
+                    let a = u16::from_be_bytes([b[0], b[1]]) | 0x8000;
+                    let w = |k: usize| u16::from_be_bytes([b[k], b[k + 1]]);
+                    std::net::Ipv6Addr::new(0x2001, 0xdb8, a, w(2), w(4), w(6), w(1), w(3)).into()
+                };
+                let dst = if src.is_ipv4() { v4 } else { v6 };
+                let mut tcp = crate::frames::Tcp::syn(src, dst, port);
+                tcp.sport = u16::from_be_bytes([b[5], b[6]]) | 1024;
+                tcp.seq = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                let mut f = crate::frames::frame(&tcp, &crate::frames::Shape::default());
+                f[..6].copy_from_slice(&dst_mac);
+                f[6..12].copy_from_slice(&src_mac);
+                loop {
+                    // SAFETY: f and addr outlive the call; sizes are theirs.
+                    let sent = unsafe {
+                        libc::sendto(
+                            fd,
+                            f.as_ptr().cast(),
+                            f.len(),
+                            0,
+                            (&raw const addr).cast(),
+                            u32::try_from(size_of::<libc::sockaddr_ll>()).expect("size"),
+                        )
+                    };
+                    if usize::try_from(sent).ok() == Some(f.len()) {
+                        break;
+                    }
+                    let e = std::io::Error::last_os_error();
+                    // The veth queue is full: let the receiver catch up.
+                    assert_eq!(e.raw_os_error(), Some(libc::ENOBUFS), "sendto: {e}");
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+            // SAFETY: closing the descriptor we opened.
+            unsafe { libc::close(fd) };
+        });
+    }
+}
+
 impl Default for Pair {
     fn default() -> Self {
         Self::new()

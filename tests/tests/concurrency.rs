@@ -183,3 +183,48 @@ fn kill_9_and_restart_keep_counts_and_connections() {
     let s = d.status_json().expect("status");
     assert_eq!(s["services"][0]["counters"]["accepted"], 10, "counters survived the restart: {s}");
 }
+
+#[test]
+fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
+    if !can_run_privileged("spoofed_flood_cannot_inflate_or_evict_real_counts") {
+        return;
+    }
+    let pair = Pair::new();
+    let _l = pair.listen(PORT);
+    let real = pair.add_client_v4(2);
+    let real6 = pair.add_client_v6(1, 1);
+    let fresh = pair.add_client_v4(3);
+    let d = Daemon::start(
+        &pair.server,
+        &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "8", "--action", "reset"],
+    );
+    let mut held = streams(pair.connect_parallel(real, PORT, 12, WAIT));
+    held.extend(streams(pair.connect_parallel(real6, PORT, 12, WAIT)));
+    assert_eq!(held.len(), 16);
+    wait_connections(&d, 16, WAIT);
+
+    let start = Instant::now();
+    pair.flood_spoofed(PORT, 300_000);
+    eprintln!("300000 spoofed SYNs sent in {:?}", start.elapsed());
+    let s = d.status_json().expect("status");
+    let accepted = s["services"][0]["counters"]["accepted"].as_u64().unwrap_or(0);
+    assert!(accepted >= 290_000, "the flood reached the program: {s}");
+
+    // The real sources' counts are exactly what they were, and they are still capped.
+    wait_connections(&d, 16, WAIT);
+    let top = limiter(&d, &["top", "--json"]);
+    let rows = top["sources"].as_array().expect("sources");
+    assert_eq!(rows.len(), 2, "spoofed sources created no connection state: {top}");
+    assert!(rows.iter().all(|r| r["connections"] == 8), "{top}");
+    assert_eq!(tally(&pair.connect_parallel(real, PORT, 5, WAIT)).connected, 0, "real IPv4 source still at 8");
+    assert_eq!(tally(&pair.connect_parallel(real6, PORT, 5, WAIT)).connected, 0, "real IPv6 source still at 8");
+    // A fresh source still gets exactly 8; closing 3 of the real ones frees exactly 3.
+    let attempts = pair.connect_parallel(fresh, PORT, 20, WAIT);
+    let t = tally(&attempts);
+    assert_eq!(t.connected, 8, "fresh source after the flood: {t:?}");
+    let _fresh = streams(attempts);
+    // `held` is the 8 IPv4 connections, then the 8 IPv6 ones: close 3 IPv4.
+    held.drain(..3);
+    wait_connections(&d, 5 + 8 + 8, Duration::from_secs(1));
+    assert_eq!(tally(&pair.connect_parallel(real, PORT, 10, WAIT)).connected, 3);
+}
