@@ -239,7 +239,7 @@ impl Pair {
     }
 
     /// Sends `n` TCP SYNs to the server's `port`, each from a new spoofed
-    /// source (alternating 198.18.0.0/15 and 2001:db8::/32, never the
+    /// source (alternating 198.18.0.0/15 and `2001:db8::/32`, never the
     /// pair's own addresses), with valid checksums, through an `AF_PACKET`
     /// socket on the client veth. Bounded: returns when all are sent.
     pub fn flood_spoofed(&self, port: u16, n: u32) {
