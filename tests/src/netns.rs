@@ -460,12 +460,27 @@ impl Daemon {
     /// `limiter status --json` through the real client command.
     #[must_use]
     pub fn status_json(&self) -> Option<serde_json::Value> {
-        let out =
-            Command::new(limiter_bin()).args(["status", "--json"]).env("LIMITER_SOCKET", &self.socket).output().ok()?;
+        self.try_client_json(&["status", "--json"]).ok()
+    }
+
+    /// Runs a client command (`limiter ARGS`, ARGS ending in `--json`)
+    /// against this daemon through `LIMITER_SOCKET` and parses its output.
+    /// Panics with the command's stderr if it fails.
+    #[must_use]
+    pub fn client_json(&self, args: &[&str]) -> serde_json::Value {
+        self.try_client_json(args).unwrap_or_else(|e| panic!("limiter {args:?}: {e}"))
+    }
+
+    fn try_client_json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let out = Command::new(limiter_bin())
+            .args(args)
+            .env("LIMITER_SOCKET", &self.socket)
+            .output()
+            .map_err(|e| e.to_string())?;
         if !out.status.success() {
-            return None;
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
-        serde_json::from_slice(&out.stdout).ok()
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON: {e}"))
     }
 
     /// Sends SIGTERM and waits; returns the exit status.

@@ -17,13 +17,6 @@ use limiter_tests::{
 const PORT: u16 = 2525;
 const WAIT: Duration = Duration::from_secs(2);
 
-/// Runs a client command against the daemon and parses its JSON.
-fn limiter(d: &Daemon, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(limiter_bin()).args(args).env("LIMITER_SOCKET", &d.socket).output().expect("limiter");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON")
-}
-
 fn connections(d: &Daemon) -> u64 {
     let s = d.status_json().expect("status");
     s["services"][0]["connections"].as_u64().unwrap_or_else(|| panic!("no connections in {s}"))
@@ -72,7 +65,7 @@ fn fifty_simultaneous_attempts_give_exactly_eight() {
     wait_connections(&d, 8, WAIT);
 
     // `limiter top` shows the source with its 8 and its limit.
-    let top = limiter(&d, &["top", "--json"]);
+    let top = d.client_json(&["top", "--json"]);
     let rows = top["sources"].as_array().expect("sources");
     assert_eq!(rows.len(), 1, "{top}");
     assert_eq!(rows[0]["source"], src.to_string());
@@ -128,11 +121,11 @@ fn ipv6_hosts_of_one_64_share_the_limit() {
     let c = pair.connect_parallel(other, PORT, 10, WAIT);
     assert_eq!(tally(&c).connected, 8, "another /64 has its own 8");
     wait_connections(&d, 16, WAIT);
-    let top = limiter(&d, &["top", "--json", "-n", "1"]);
+    let top = d.client_json(&["top", "--json", "-n", "1"]);
     let rows = top["sources"].as_array().expect("sources");
     assert_eq!(rows.len(), 1, "-n 1: {top}");
     assert_eq!(rows[0]["connections"], 8);
-    let full = limiter(&d, &["top", "--json"]);
+    let full = d.client_json(&["top", "--json"]);
     let mut seen: Vec<String> = full["sources"]
         .as_array()
         .expect("sources")
@@ -212,7 +205,7 @@ fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
 
     // The real sources' counts are exactly what they were, and they are still capped.
     wait_connections(&d, 16, WAIT);
-    let top = limiter(&d, &["top", "--json"]);
+    let top = d.client_json(&["top", "--json"]);
     let rows = top["sources"].as_array().expect("sources");
     assert_eq!(rows.len(), 2, "spoofed sources created no connection state: {top}");
     assert!(rows.iter().all(|r| r["connections"] == 8), "{top}");
