@@ -264,7 +264,7 @@ impl Pair {
                 let src: IpAddr = if i % 2 == 0 {
                     // 198.18.0.0/15 minus the pair's own /24.
                     let third = if b[1] == net { b[1].wrapping_add(1) } else { b[1] };
-                    std::net::Ipv4Addr::new(198, 18 | (b[0] & 1), third, b[2]).into()
+                    std::net::Ipv4Addr::new(198, 18 + (b[0] & 1), third, b[2]).into()
                 } else {
                     // 2001:db8:8000::/33, away from the pair's 2001:db8:N::/48.
                     let a = u16::from_be_bytes([b[0], b[1]]) | 0x8000;
