@@ -14,6 +14,10 @@ pub const DEFAULT_BUCKET_ENTRIES: u32 = 65_536;
 /// Default size of `CONNS`: sources with established connections.
 pub const DEFAULT_CONN_ENTRIES: u32 = 65_536;
 
+/// Size of `SEED_SKIP`: sockets `sock_ops` counted while the daemon was
+/// seeding (a window of milliseconds at the first start).
+pub const SEED_SKIP_ENTRIES: u32 = 8_192;
+
 /// Map names as they appear in the object file and under the pin dir.
 pub mod names {
     pub const GLOBALS: &str = "GLOBALS";
@@ -23,6 +27,8 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONNS: &str = "CONNS";
     pub const PENDING: &str = "PENDING";
+    pub const SEEDED: &str = "SEEDED";
+    pub const SEED_SKIP: &str = "SEED_SKIP";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
     /// Empty programs used as benchmark floors.
@@ -36,6 +42,18 @@ pub mod action {
     pub const DROP: u8 = 0;
     /// TCP RST+ACK sent back with `XDP_TX`: the client fails at once.
     pub const RESET: u8 = 1;
+}
+
+/// Bits of [`Globals::flags`].
+pub mod flags {
+    /// The daemon is seeding counts from the socket table: `sock_ops` notes
+    /// the cookie of every socket it counts in `SEED_SKIP`, so the seeding
+    /// does not count it a second time.
+    pub const SEEDING: u8 = 1;
+    /// `SEEDED` holds counts of sockets that predate the programs: XDP adds
+    /// them to `CONNS`. Cleared when the last one has closed, so the lookup
+    /// costs nothing afterwards.
+    pub const SEEDED: u8 = 2;
 }
 
 /// Address families in keys.
@@ -56,7 +74,9 @@ pub struct Globals {
     pub ipv4_prefix: u8,
     /// IPv6 sources are aggregated to this many leading bits (1..=128).
     pub ipv6_prefix: u8,
-    pub pad: [u8; 2],
+    /// [`flags`] bits.
+    pub flags: u8,
+    pub pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<Globals>() == 16);
 

@@ -12,7 +12,10 @@ use aya_ebpf::{
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
-    maps::{COUNTER_ENTRIES, DEFAULT_BUCKET_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, PORT_ENTRIES},
+    maps::{
+        COUNTER_ENTRIES, DEFAULT_BUCKET_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, PORT_ENTRIES, SEED_SKIP_ENTRIES,
+        flags,
+    },
     pending,
 };
 
@@ -36,6 +39,19 @@ pub(crate) static BUCKETS: LruHashMap<SourceKey, u64> = LruHashMap::with_max_ent
 /// reclaims them (deleting in BPF races with a concurrent increment).
 #[map(name = "CONNS")]
 pub(crate) static CONNS: HashMap<SourceKey, u64> = HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
+
+/// Connections that existed before the programs were attached, per source
+/// and service. Only the daemon writes it: it seeds it from the socket table
+/// and takes one away when such a socket is gone (no close callback comes
+/// for them). Read by XDP while `flags::SEEDED` is set.
+#[map(name = "SEEDED")]
+pub(crate) static SEEDED: HashMap<SourceKey, u64> = HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
+
+/// Socket cookies `sock_ops` counted while `flags::SEEDING` was set, so the
+/// daemon's seeding skips them. The daemon clears it when seeding ends.
+#[map(name = "SEED_SKIP")]
+pub(crate) static SEED_SKIP: HashMap<u64, u8> =
+    HashMap::with_max_entries(SEED_SKIP_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Handshakes in flight: direct-mapped packed slots (see `limiter_common::pending`).
 #[map(name = "PENDING")]
@@ -104,8 +120,13 @@ pub(crate) fn release_pending(slot: *mut u64, tag: u16, now_ms: u32) {
     }
 }
 
-/// Established connections of a source (0 when it has none).
+/// Established connections of a source (0 when it has none), including
+/// those seeded from before the programs ran.
 #[inline(always)]
-pub(crate) fn established(key: &SourceKey) -> u64 {
-    CONNS.get_ptr(key).map_or(0, |p| unsafe { load(p) })
+pub(crate) fn established(key: &SourceKey, g: &Globals) -> u64 {
+    let counted = CONNS.get_ptr(key).map_or(0, |p| unsafe { load(p) });
+    if g.flags & flags::SEEDED == 0 {
+        return counted;
+    }
+    counted + SEEDED.get_ptr(key).map_or(0, |p| unsafe { load(p) })
 }

@@ -9,17 +9,19 @@ use aya_ebpf::{
         BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_TCP_CLOSE, bpf_sock_ops,
     },
-    helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use limiter_common::{
     Globals, SourceKey,
-    maps::family,
+    maps::{family, flags},
     prefix::{mask_v4, mask_v6},
 };
 
-use crate::maps::{CONNS, GLOBALS, PORTS, compare_swap, fetch_add, load, now_ms, pending_slot, release_pending};
+use crate::maps::{
+    CONNS, GLOBALS, PORTS, SEED_SKIP, compare_swap, fetch_add, load, now_ms, pending_slot, release_pending,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -44,6 +46,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         let (key, g) = service_key(ctx)?;
         opened(&key, g);
+        if g.flags & flags::SEEDING != 0 {
+            // The daemon is reading the socket table right now and may see
+            // this socket there too: tell it this one is already counted.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+            let _ = SEED_SKIP.insert(cookie, 1u8, 0);
+        }
         // Ask for state callbacks so the close is seen. The flag outlives
         // this program and is shared by all sock_ops programs on the path.
         let flags = field!(ctx, bpf_sock_ops_cb_flags);

@@ -223,7 +223,7 @@ fn decide(ctx: &XdpContext, p: &Parsed, service: u32, policy: &ServicePolicy) ->
     let mut reserved = None;
     if limit != 0 {
         let (slot, tag) = pending_slot(&key, g).ok_or(())?;
-        if !reserve(&key, slot, tag, now_ms, limit) {
+        if !reserve(&key, g, slot, tag, now_ms, limit) {
             return Ok(Verdict::RefusedConcurrency);
         }
         reserved = Some((slot, tag));
@@ -239,11 +239,11 @@ fn decide(ctx: &XdpContext, p: &Parsed, service: u32, policy: &ServicePolicy) ->
 
 /// Takes one pending reservation if established + pending < limit.
 #[inline(always)]
-fn reserve(key: &SourceKey, slot: *mut u64, tag: u16, now_ms: u32, limit: u64) -> bool {
+fn reserve(key: &SourceKey, g: &Globals, slot: *mut u64, tag: u16, now_ms: u32, limit: u64) -> bool {
     for _ in 0..CAS_TRIES {
         // Re-read both on every try: a completing handshake moves one from
         // pending to established (established first, so never undercounted).
-        let established = established(key);
+        let established = established(key, g);
         let old = unsafe { load(slot) };
         let Some(new) = pending::reserve(old, tag, now_ms, established, limit) else {
             return false;

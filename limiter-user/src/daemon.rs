@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use limiter_common::Verdict;
-use log::info;
+use log::{info, warn};
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, signal::unix::SignalKind};
 
@@ -21,6 +21,10 @@ use crate::{
     loader::{self, Loaded},
     pins,
 };
+
+/// How often the seeded connections are looked up in the socket table
+/// (a release is seen within this, well inside the one-second promise).
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Paths the daemon owns.
 #[derive(Debug, Clone)]
@@ -79,9 +83,23 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    // Connections that predate the programs have no close callback: look
+    // for them in the socket table until they are all gone.
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break }
+            _ = reconcile.tick(), if !state.borrow().seeded.is_empty() => {
+                let loaded = &mut *state.borrow_mut();
+                match loaded.seeded.reconcile(&mut loaded.ebpf) {
+                    Ok(0) => {}
+                    Ok(n) => info!("{n} connections open before start have closed; {} remain", loaded.seeded.len()),
+                    Err(e) => warn!("{:#}", anyhow::Error::from(e)),
+                }
+            }
+        }
     }
     server.abort();
     let _ = fs::remove_file(&paths.socket);

@@ -10,6 +10,8 @@ pub mod control;
 pub mod daemon;
 pub mod loader;
 pub mod pins;
+pub mod seed;
+pub mod sockdiag;
 
 /// The compiled kernel object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));

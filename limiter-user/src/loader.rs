@@ -14,7 +14,7 @@ use aya::{
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey, Verdict,
-    maps::{MAX_SERVICES, PORT_ENTRIES, action, names},
+    maps::{MAX_SERVICES, PORT_ENTRIES, action, flags, names},
     pending,
 };
 use log::warn;
@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::{
     config::{Action, Policy, XdpMode},
     pins,
+    seed::{self, Seeded},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub enum LoadError {
     NoCgroup2,
     #[error("attaching sock_ops to cgroup {path} failed")]
     SockOps { path: String, source: ProgramError },
+    #[error("cannot {what}")]
+    Seed { what: String, source: std::io::Error },
     #[error("attaching XDP to {iface} in {mode} mode failed")]
     Attach { iface: String, mode: &'static str, source: ProgramError },
 }
@@ -98,6 +101,8 @@ pub struct Loaded {
     /// Forwards the kernel's debug log lines; holds the log map open.
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub attachments: Vec<Attachment>,
+    /// Connections that predate the programs, still counted.
+    pub seeded: Seeded,
 }
 
 /// Loads the object (maps and program, nothing attached yet) with the
@@ -145,6 +150,8 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
 pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
     let mut globals: Array<_, Globals> =
         Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
+    // The flags belong to the seeding (which may outlive a restart): keep them.
+    let flags = globals.get(&0, 0).map_err(map_err(names::GLOBALS))?.flags;
     globals
         .set(
             0,
@@ -153,7 +160,8 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
                 pending_mask: pending::DEFAULT_SLOTS - 1,
                 ipv4_prefix: policy.ipv4_prefix,
                 ipv6_prefix: policy.ipv6_prefix,
-                pad: [0; 2],
+                flags,
+                pad: 0,
             },
             0,
         )
@@ -231,18 +239,25 @@ pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir
     let sock_pin = pins::sock_ops_link(pin_dir);
     let sock_ops = sock_ops_program(&mut ebpf)?;
     let cg_path = cgroup.display().to_string();
-    if sock_pin.exists() {
+    let seeded = if sock_pin.exists() {
         let fd = sock_ops.fd().map_err(|source| LoadError::Program { name: names::SOCK_OPS_PROGRAM, source })?;
         pins::update_pinned_link(&sock_pin, fd)
             .map_err(|source| LoadError::Relink { path: sock_pin.display().to_string(), source })?;
+        // Counting never stopped; the previous run's seeded sockets remain.
+        Seeded::load(state_dir)?
     } else {
         let cg = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cg_path.clone(), source })?;
+        // From the attach on, sock_ops notes what it counts so that the
+        // seeding below cannot count a connection twice (see `seed`).
+        seed::set_flags(&mut ebpf, flags::SEEDING | flags::SEEDED, 0)?;
+        let sock_ops = sock_ops_program(&mut ebpf)?;
         let id = sock_ops
             .attach(cg, CgroupAttachMode::Single)
             .map_err(|source| LoadError::SockOps { path: cg_path.clone(), source })?;
         let link = sock_ops.take_link(id).map_err(|source| LoadError::SockOps { path: cg_path.clone(), source })?;
         pin_link(FdLink::try_from(link), &sock_pin)?;
-    }
+        Seeded::seed(&mut ebpf, policy, state_dir)?
+    };
 
     let prog = program(&mut ebpf)?;
     let mut attachments = Vec::new();
@@ -275,7 +290,7 @@ pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir
             let _ = std::fs::remove_file(pins::xdp_link(pin_dir, &old));
         }
     }
-    Ok(Loaded { ebpf, _logger: logger, attachments })
+    Ok(Loaded { ebpf, _logger: logger, attachments, seeded })
 }
 
 fn mode_label(s: &str) -> &'static str {
@@ -383,11 +398,19 @@ pub fn connections_by_service(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
     Ok(per_service)
 }
 
-/// Every source with a `CONNS` entry and its established connections.
+/// Every source with established connections (counted by `sock_ops` in
+/// `CONNS`, or seeded in `SEEDED`), with their number.
 pub fn sources(ebpf: &Ebpf) -> Result<Vec<(SourceKey, u64)>, LoadError> {
-    let map = ebpf.map(names::CONNS).ok_or(LoadError::NoObject)?;
-    let conns: HashMap<&MapData, SourceKey, u64> = HashMap::try_from(map).map_err(map_err(names::CONNS))?;
-    conns.iter().map(|e| e.map_err(map_err(names::CONNS))).collect()
+    let mut all: std::collections::HashMap<SourceKey, u64> = std::collections::HashMap::new();
+    for name in [names::CONNS, names::SEEDED] {
+        let map = ebpf.map(name).ok_or(LoadError::NoObject)?;
+        let m: HashMap<&MapData, SourceKey, u64> = HashMap::try_from(map).map_err(map_err(name))?;
+        for e in &m {
+            let (key, n) = e.map_err(map_err(name))?;
+            *all.entry(key).or_default() += n;
+        }
+    }
+    Ok(all.into_iter().collect())
 }
 
 /// A source as an admin reads it: `198.51.100.7`, `2001:db8:1:2::/64`.

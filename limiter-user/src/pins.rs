@@ -16,8 +16,17 @@ use std::{
 use limiter_common::maps::names;
 
 /// Maps pinned by name: the policy, the counters and the connection state.
-pub const MAPS: [&str; 7] =
-    [names::GLOBALS, names::PORTS, names::SERVICES, names::BUCKETS, names::COUNTERS, names::CONNS, names::PENDING];
+pub const MAPS: [&str; 9] = [
+    names::GLOBALS,
+    names::PORTS,
+    names::SERVICES,
+    names::BUCKETS,
+    names::COUNTERS,
+    names::CONNS,
+    names::PENDING,
+    names::SEEDED,
+    names::SEED_SKIP,
+];
 
 const SOCK_OPS_LINK: &str = "link_sock_ops";
 const XDP_LINK_PREFIX: &str = "link_xdp_";

@@ -221,3 +221,71 @@ fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
     wait_connections(&d, 5 + 8 + 8, Duration::from_secs(1));
     assert_eq!(tally(&pair.connect_parallel(real, PORT, 10, WAIT)).connected, 3);
 }
+
+#[test]
+fn connections_made_before_start_count_and_release() {
+    if !can_run_privileged("connections_made_before_start_count_and_release") {
+        return;
+    }
+    let pair = Pair::new();
+    let _l = pair.listen(PORT);
+    let src = pair.add_client_v4(2);
+    let (h1, h2) = (pair.add_client_v6(1, 0x10), pair.add_client_v6(1, 0x20));
+    // Made before the limiter exists: 5 from one IPv4 host (they reach the
+    // dual-stack listener as ::ffff:198.18.N.2) and 3 from two hosts of one /64.
+    let mut before = streams(pair.connect_many(src, PORT, 5, WAIT));
+    let mut before6 = streams(pair.connect_many(h1, PORT, 2, WAIT));
+    before6.extend(streams(pair.connect_many(h2, PORT, 1, WAIT)));
+    assert_eq!((before.len(), before6.len()), (5, 3));
+
+    let args =
+        ["--iface", pair.server_if.as_str(), "--port", "2525", "--max-conn-per-source", "8", "--action", "reset"];
+    let mut d = Daemon::start(&pair.server, &args);
+    wait_connections(&d, 8, WAIT);
+    let a = pair.connect_parallel(src, PORT, 20, WAIT);
+    let t = tally(&a);
+    assert_eq!((t.connected, t.refused), (3, 17), "5 made before start count against 8: {t:?}");
+    let b = pair.connect_parallel(h2, PORT, 20, WAIT);
+    let t6 = tally(&b);
+    assert_eq!((t6.connected, t6.refused), (5, 15), "3 made before start count against the /64's 8: {t6:?}");
+    let mut held = streams(a);
+    held.extend(streams(b));
+    wait_connections(&d, 16, WAIT);
+    let top = d.client_json(&["top", "--json"]);
+    let rows = top["sources"].as_array().expect("sources");
+    assert!(rows.iter().all(|r| r["connections"] == 8), "{top}");
+
+    // There is no close callback for these sockets; the daemon still
+    // releases them within a second.
+    before.truncate(3);
+    let took = wait_connections(&d, 14, Duration::from_secs(1));
+    eprintln!("2 pre-existing closes released in {took:?}");
+    let a = pair.connect_parallel(src, PORT, 10, WAIT);
+    let t = tally(&a);
+    assert_eq!(t.connected, 2, "exactly the 2 freed slots: {t:?}");
+    held.extend(streams(a));
+    wait_connections(&d, 16, WAIT);
+
+    // A crash does not lose track of them: one closes while the daemon is
+    // dead, and the restarted daemon releases it.
+    d.kill();
+    before.truncate(2);
+    before6.truncate(2);
+    thread::sleep(Duration::from_millis(300));
+    d.restart(&pair.server, &args);
+    let took = wait_connections(&d, 14, Duration::from_secs(1));
+    eprintln!("closes made while the daemon was down released {took:?} after restart");
+    let (a, b) = (pair.connect_parallel(src, PORT, 10, WAIT), pair.connect_parallel(h1, PORT, 10, WAIT));
+    assert_eq!((tally(&a).connected, tally(&b).connected), (1, 1), "one freed slot each after the restart");
+    held.extend(streams(a));
+    held.extend(streams(b));
+    wait_connections(&d, 16, WAIT);
+
+    // The pre-existing ones close: only the 12 counted by the kernel remain;
+    // then those close too.
+    drop((before, before6));
+    wait_connections(&d, 12, Duration::from_secs(1));
+    assert_eq!(held.len(), 12);
+    drop(held);
+    wait_connections(&d, 0, Duration::from_secs(1));
+}

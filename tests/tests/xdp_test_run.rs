@@ -434,8 +434,13 @@ fn bucket_is_exact_across_cpus() {
 
 /// Writes an established count for `src` as `sock_ops` would.
 fn set_established(h: &mut Harness, src: [u8; 4], service: u8, n: u64) {
+    set_count(h, names::CONNS, src, service, n);
+}
+
+/// Writes `n` for `src` into the `CONNS`-shaped map `map`.
+fn set_count(h: &mut Harness, map: &str, src: [u8; 4], service: u8, n: u64) {
     let mut conns: aya::maps::HashMap<_, limiter_common::SourceKey, u64> =
-        aya::maps::HashMap::try_from(h.ebpf.map_mut(names::CONNS).expect("CONNS")).expect("hash map");
+        aya::maps::HashMap::try_from(h.ebpf.map_mut(map).expect("map")).expect("hash map");
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&src);
     let key = limiter_common::SourceKey { addr, service, family: limiter_common::maps::family::V4, pad: [0; 2] };
@@ -490,4 +495,28 @@ fn rate_refusal_gives_the_reservation_back() {
     }
     assert_eq!(h.counter(1, Verdict::RefusedRate), 5, "rate refuses while one slot stays free");
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 0);
+}
+
+#[test]
+fn seeded_connections_count_while_the_flag_is_set() {
+    if !can_run_privileged("seeded_connections_count_while_the_flag_is_set") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(4);
+    let mut h = Harness::new(&p);
+    // 2 counted by sock_ops, 1 seeded from before the start: one more fits.
+    let src = [198, 18, 0, 120];
+    set_established(&mut h, src, 1, 2);
+    set_count(&mut h, names::SEEDED, src, 1, 1);
+    limiter_user::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
+    let f = frames::syn(v4(120), server4(), PORT);
+    assert_eq!(h.action(&f), PASS);
+    assert_eq!(h.action(&f), TX, "2 counted + 1 seeded + 1 pending = 4");
+    // Without the flag XDP does not look at SEEDED (the daemon clears it
+    // when the last seeded socket is gone): the seeded one no longer counts.
+    limiter_user::seed::set_flags(&mut h.ebpf, 0, limiter_common::maps::flags::SEEDED).expect("flags");
+    assert_eq!(h.action(&f), PASS);
+    assert_eq!(h.action(&f), TX);
 }
