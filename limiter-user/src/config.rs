@@ -9,7 +9,11 @@ use std::{
     str::FromStr,
 };
 
-use limiter_common::{Bucket, maps::MAX_SERVICES};
+use limiter_common::{
+    Bucket,
+    maps::{DEFAULT_BUCKET_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES},
+    pending,
+};
 use serde::{Deserialize, Serialize};
 
 /// Where `run` looks for a config when `--config` is not given.
@@ -115,6 +119,64 @@ pub struct ConfigFile {
     pub ipv6_prefix: Option<u8>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceFile>,
+    #[serde(default)]
+    pub maps: MapSizes,
+}
+
+/// Sizes of the kernel maps (`[maps]` in the config). They are fixed when
+/// the maps are created, at the first start; changing them takes effect
+/// after `limiter unload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapSizes {
+    /// Sources that may hold connections at once (`CONNS`, `SEEDED`);
+    /// when full, a new source's connections go uncounted (fail open).
+    pub connections: u32,
+    /// Sources with a rate bucket (`BUCKETS`, an LRU: eviction forgets).
+    pub rate_buckets: u32,
+    /// Handshake slots (`PENDING`), a power of two.
+    pub pending_slots: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            connections: DEFAULT_CONN_ENTRIES,
+            rate_buckets: DEFAULT_BUCKET_ENTRIES,
+            pending_slots: pending::DEFAULT_SLOTS,
+        }
+    }
+}
+
+impl MapSizes {
+    /// Most entries a map may be given (16 Mi).
+    pub const MAX: u32 = 1 << 24;
+    /// Fewest.
+    pub const MIN: u32 = 1024;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("connections", self.connections),
+            ("rate_buckets", self.rate_buckets),
+            ("pending_slots", self.pending_slots),
+        ] {
+            if !(Self::MIN..=Self::MAX).contains(&v) {
+                return Err(invalid(format!("maps.{name} = {v} out of range {}..={}", Self::MIN, Self::MAX)));
+            }
+        }
+        if !self.pending_slots.is_power_of_two() {
+            return Err(invalid(format!("maps.pending_slots = {} must be a power of two", self.pending_slots)));
+        }
+        Ok(())
+    }
+
+    /// Approximate kernel memory, in bytes, of the maps these sizes govern
+    /// (hash entries: key, value and about 50 bytes of element overhead).
+    #[must_use]
+    pub fn memory_bytes(&self) -> u64 {
+        let hash = |n: u32| u64::from(n) * (20 + 8 + 50);
+        2 * hash(self.connections) + hash(self.rate_buckets) + u64::from(self.pending_slots) * 8
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +248,7 @@ pub struct Policy {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
     pub services: Vec<Service>,
+    pub maps: MapSizes,
 }
 
 /// Default rate of the built-in policy and of `--port` services without `--rate`.
@@ -280,12 +343,14 @@ impl Policy {
             ipv4_prefix,
             ipv6_prefix,
             services,
+            maps: file.maps,
         };
         policy.validate()?;
         Ok(policy)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.maps.validate()?;
         if self.services.len() > MAX_SERVICES as usize {
             return Err(invalid(format!(
                 "{} services configured; at most {MAX_SERVICES} are supported",
@@ -421,6 +486,18 @@ mod tests {
     }
 
     #[test]
+    fn map_sizes_default_and_from_config() {
+        let p = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        assert_eq!(p.maps, MapSizes::default());
+        assert_eq!((p.maps.connections, p.maps.rate_buckets, p.maps.pending_slots), (65_536, 65_536, 262_144));
+        // 2 x 65536 x 78 + 65536 x 78 + 2 MiB: about 17 MiB.
+        assert_eq!(p.maps.memory_bytes(), 3 * 65_536 * 78 + 262_144 * 8);
+        let f = ConfigFile::parse("interfaces = [\"eth0\"]\n[maps]\nconnections = 2048\n", "t.toml").expect("parse");
+        let p = Policy::build(f, &ov(&[])).expect("valid");
+        assert_eq!(p.maps, MapSizes { connections: 2048, ..MapSizes::default() }, "unnamed sizes keep their defaults");
+    }
+
+    #[test]
     fn bad_input_is_refused_with_a_reason() {
         let cases: &[(&str, &str)] = &[
             ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [0]\n", "port 0"),
@@ -433,6 +510,10 @@ mod tests {
             ("interfaces = [\"eth0\"]\nipv4_prefix = 33\n", "ipv4 prefix 33"),
             ("interfaces = [\"eth0\"]\nbogus = 1\n", "unknown field"),
             ("ipv4_prefix = 24\n", "no interface"),
+            ("interfaces = [\"eth0\"]\n[maps]\npending_slots = 3000\n", "power of two"),
+            ("interfaces = [\"eth0\"]\n[maps]\nconnections = 10\n", "maps.connections = 10 out of range"),
+            ("interfaces = [\"eth0\"]\n[maps]\nrate_buckets = 99999999\n", "maps.rate_buckets"),
+            ("interfaces = [\"eth0\"]\n[maps]\nconns = 5000\n", "unknown field"),
         ];
         for (text, want) in cases {
             let err = ConfigFile::parse(text, "t.toml").and_then(|f| Policy::build(f, &ov(&[]))).expect_err(text);

@@ -15,7 +15,6 @@ use aya::{
 use limiter_common::{
     Globals, ServicePolicy, SourceKey, Verdict,
     maps::{MAX_SERVICES, PORT_ENTRIES, action, flags, names},
-    pending,
 };
 use log::warn;
 use serde::Serialize;
@@ -56,6 +55,8 @@ pub enum LoadError {
     NoCgroup2,
     #[error("attaching sock_ops to cgroup {path} failed")]
     SockOps { path: String, source: ProgramError },
+    #[error("pinned maps are incompatible with this version ({0}); run `limiter unload` first")]
+    Incompatible(String),
     #[error("cannot {what}")]
     Seed { what: String, source: std::io::Error },
     #[error("attaching XDP to {iface} in {mode} mode failed")]
@@ -118,6 +119,11 @@ fn load_pinned(policy: &Policy, pin_dir: Option<&Path>) -> Result<Ebpf, LoadErro
         return Err(LoadError::NoObject);
     }
     let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::CONNS, policy.maps.connections)
+        .map_max_entries(names::SEEDED, policy.maps.connections)
+        .map_max_entries(names::BUCKETS, policy.maps.rate_buckets)
+        .map_max_entries(names::PENDING, policy.maps.pending_slots);
     let paths: Vec<(&str, std::path::PathBuf)> =
         pin_dir.map(|d| pins::MAPS.iter().map(|m| (*m, d.join(m))).collect()).unwrap_or_default();
     for (name, path) in &paths {
@@ -148,6 +154,24 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
 /// Writes globals, services and the port table. Ports are written after the
 /// services they point to, so no port ever names a missing policy.
 pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
+    // A pinned map keeps the size it was created with: the hash of a
+    // handshake must use the real slot count.
+    let pending_slots = map_size(ebpf, names::PENDING)?;
+    if !pending_slots.is_power_of_two() {
+        return Err(LoadError::Incompatible(format!("{} has {pending_slots} slots", names::PENDING)));
+    }
+    for (name, want) in [
+        (names::CONNS, policy.maps.connections),
+        (names::BUCKETS, policy.maps.rate_buckets),
+        (names::PENDING, policy.maps.pending_slots),
+    ] {
+        let have = map_size(ebpf, name)?;
+        if have != want {
+            warn!(
+                "map {name} is pinned with {have} entries; the configured {want} takes effect after `limiter unload`"
+            );
+        }
+    }
     let mut globals: Array<_, Globals> =
         Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
     // The flags belong to the seeding (which may outlive a restart): keep them.
@@ -157,7 +181,7 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
             0,
             Globals {
                 netns_cookie: netns_cookie()?,
-                pending_mask: pending::DEFAULT_SLOTS - 1,
+                pending_mask: pending_slots - 1,
                 ipv4_prefix: policy.ipv4_prefix,
                 ipv6_prefix: policy.ipv6_prefix,
                 flags,
@@ -201,6 +225,15 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
         }
     }
     Ok(())
+}
+
+/// The `max_entries` a map was created with (a pinned one keeps its own).
+fn map_size(ebpf: &Ebpf, name: &'static str) -> Result<u32, LoadError> {
+    let map = ebpf.map(name).ok_or(LoadError::NoObject)?;
+    let (aya::maps::Map::Array(data) | aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data)) = map else {
+        return Err(LoadError::Incompatible(format!("{name} has an unexpected map type")));
+    };
+    data.info().map(|i| i.max_entries()).map_err(map_err(name))
 }
 
 /// Kernel service id of the `i`th configured service (ids are 1-based).

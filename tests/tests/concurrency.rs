@@ -289,3 +289,54 @@ fn connections_made_before_start_count_and_release() {
     drop(held);
     wait_connections(&d, 0, Duration::from_secs(1));
 }
+
+#[test]
+fn map_sizes_come_from_the_config() {
+    if !can_run_privileged("map_sizes_come_from_the_config") {
+        return;
+    }
+    let pair = Pair::new();
+    let _l = pair.listen(PORT);
+    let src = pair.add_client_v4(2);
+    let config = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-maps-")).with_extension("toml");
+    let write = |text: &str| std::fs::write(&config, text).expect("write config");
+    write("[maps]\nconnections = 2048\nrate_buckets = 4096\npending_slots = 1024\n");
+    let args = [
+        "--iface",
+        pair.server_if.as_str(),
+        "--port",
+        "2525",
+        "--max-conn-per-source",
+        "8",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ];
+    let mut d = Daemon::start(&pair.server, &args);
+    let pins = d.pin_dir.clone();
+    let size = |map: &str| {
+        let out =
+            limiter_tests::netns::sh(&["bpftool", "-j", "map", "show", "pinned", &format!("{}/{map}", pins.display())]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool json");
+        v["max_entries"].as_u64().expect("max_entries")
+    };
+    assert_eq!((size("CONNS"), size("SEEDED"), size("BUCKETS"), size("PENDING")), (2048, 2048, 4096, 1024));
+    // The handshake hash uses the real slot count: still exactly 8.
+    let held = pair.connect_parallel(src, PORT, 30, WAIT);
+    assert_eq!(tally(&held).connected, 8);
+
+    // Pinned maps keep their size across a restart with other sizes; the
+    // daemon says so, and the limit still holds.
+    d.stop();
+    write("[maps]\nconnections = 4096\n");
+    d.restart(&pair.server, &args);
+    assert_eq!(size("CONNS"), 2048);
+    assert!(
+        d.log_text()
+            .contains("map CONNS is pinned with 2048 entries; the configured 4096 takes effect after `limiter unload`"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(tally(&pair.connect_parallel(src, PORT, 5, WAIT)).connected, 0);
+    drop(held);
+    let _ = std::fs::remove_file(&config);
+}

@@ -44,6 +44,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             action,
             max_conn_per_source: None,
         }],
+        maps: limiter_user::config::MapSizes::default(),
     }
 }
 

@@ -126,6 +126,7 @@ fn policy() -> Policy {
             service("open", OPEN_PORT, 1_000_000_000, 1, 1_000_000),
             service("strict", STRICT_PORT, 1, 60, 1),
         ],
+        maps: limiter_user::config::MapSizes::default(),
     }
 }
 
