@@ -34,6 +34,9 @@ pub mod names {
     /// Empty programs used as benchmark floors.
     pub const FLOOR_PASS: &str = "floor_pass";
     pub const FLOOR_DROP: &str = "floor_drop";
+    /// Bench only: a new source on every packet, then the real program / a drop.
+    pub const BENCH_FLOOD: &str = "bench_flood";
+    pub const FLOOR_FLOOD_DROP: &str = "floor_flood_drop";
 }
 
 /// Over-limit actions (`ServicePolicy::action`).

@@ -35,7 +35,12 @@ const CAS_TRIES: usize = 4;
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro hands the context over by value")]
 pub(crate) fn limiter_xdp(ctx: XdpContext) -> u32 {
-    if let Ok(verdict) = try_limiter(&ctx) {
+    limiter_xdp_inner(&ctx)
+}
+
+#[inline(always)]
+pub(crate) fn limiter_xdp_inner(ctx: &XdpContext) -> u32 {
+    if let Ok(verdict) = try_limiter(ctx) {
         verdict
     } else {
         count(Verdict::PassedOther.index(0));

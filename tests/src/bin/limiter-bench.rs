@@ -5,18 +5,20 @@
 use std::{
     error::Error,
     io,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::ExitCode,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, HashMap},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use limiter_common::{
-    Verdict,
-    maps::{MAX_SERVICES, names},
+    SourceKey, Verdict,
+    maps::{MAX_SERVICES, family, names},
+    pending,
 };
 use limiter_tests::frames::{self, ACK, Shape, Tcp};
 use limiter_user::{
@@ -36,6 +38,15 @@ const OPEN_PORT: u16 = 25;
 /// Service "strict": one SYN a minute, refused with a drop.
 const STRICT_PORT: u16 = 587;
 const UNPROTECTED_PORT: u16 = 8080;
+/// Service "conc": at most 8 connections per source, no rate; `CLIENT` holds 8.
+const CONC_PORT: u16 = 2525;
+/// Service `conc_open`: a connection limit no bench reaches, no rate.
+const CONC_OPEN_PORT: u16 = 2526;
+/// Service "builtin": the built-in mail policy (10 connections, 30/m, burst 10).
+const BUILTIN_PORT: u16 = 465;
+/// Reservations taken per chunk on `conc_open` before its slot is cleared
+/// (a slot counts at most 65535 handshakes in flight).
+const CHUNK: u32 = 50_000;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
@@ -85,19 +96,35 @@ struct Case {
     /// Packets sent after the first.
     sent: u64,
     runs: Vec<f64>,
+    /// The floor case this one is compared with.
+    floor: &'static str,
+    /// `PENDING` slot cleared before every chunk of `CHUNK` packets: accepted SYNs keep their reservation (no
+    /// handshake completes here), so a steady accept path needs it given back.
+    reset_slot: Option<u32>,
+    /// Flood cases: the frame's source /64 starts at `run << 24` in each run, so runs never repeat a source.
+    flood: bool,
 }
 
 impl Case {
     fn floor(name: &'static str, program: &'static str, frame: Vec<u8>, expect: u32) -> Self {
-        Self { name, program, frame, expect, verdict: None, first: None, sent: 0, runs: Vec::new() }
+        let floor = if expect == XDP_DROP { "xdp_drop_floor" } else { "xdp_pass_floor" };
+        Self {
+            name,
+            program,
+            frame,
+            expect,
+            verdict: None,
+            first: None,
+            sent: 0,
+            runs: Vec::new(),
+            floor,
+            reset_slot: None,
+            flood: false,
+        }
     }
 
     fn limiter(name: &'static str, frame: Vec<u8>, expect: u32, service: u32, verdict: Verdict) -> Self {
         Self { verdict: Some((service, verdict)), ..Self::floor(name, names::XDP_PROGRAM, frame, expect) }
-    }
-
-    fn floor_name(&self) -> &'static str {
-        if self.expect == XDP_DROP { "drop" } else { "pass" }
     }
 
     fn median(&self) -> f64 {
@@ -117,6 +144,8 @@ fn policy() -> Policy {
         action: Action::Drop,
         max_conn_per_source: None,
     };
+    let conc =
+        |name: &str, port, max| Service { rate: None, max_conn_per_source: Some(max), ..service(name, port, 1, 1, 1) };
     Policy {
         interfaces: vec![],
         xdp_mode: XdpMode::default(),
@@ -125,6 +154,13 @@ fn policy() -> Policy {
         services: vec![
             service("open", OPEN_PORT, 1_000_000_000, 1, 1_000_000),
             service("strict", STRICT_PORT, 1, 60, 1),
+            conc("conc", CONC_PORT, 8),
+            conc("conc_open", CONC_OPEN_PORT, 65_535),
+            Service {
+                max_conn_per_source: Some(10),
+                action: Action::Reset,
+                ..service("builtin", BUILTIN_PORT, 30, 60, 10)
+            },
         ],
         maps: limiter_user::config::MapSizes::default(),
     }
@@ -155,11 +191,31 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     f
 }
 
+/// The `CLIENT` key of service `service`.
+fn client_key(service: u32) -> SourceKey {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&CLIENT.octets());
+    SourceKey { addr, service: u8::try_from(service).expect("small id"), family: family::V4, pad: [0; 2] }
+}
+
 fn cases() -> Vec<Case> {
     let (client, server) = (IpAddr::V4(CLIENT), IpAddr::V4(SERVER));
-    let (open, strict) = (service_id(0), service_id(1));
+    let (open, strict, conc, conc_open, builtin) =
+        (service_id(0), service_id(1), service_id(2), service_id(3), service_id(4));
     let syn = |port| frames::syn(client, server, port);
     let ack = Tcp { flags: ACK, seq: 0x1234_5679, ack: 0x0bad_cafe, ..Tcp::syn(client, server, OPEN_PORT) };
+    let (flood_src, flood_dst) = (
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1)),
+    );
+    // Every packet from a /64 never seen before; all admitted (a spoofed SYN within the limits passes).
+    let flood = |name, port, service| Case {
+        floor: "xdp_flood_drop_floor",
+        flood: true,
+        program: names::BENCH_FLOOD,
+        ..Case::limiter(name, frames::syn(flood_src, flood_dst, port), XDP_PASS, service, Verdict::Accepted)
+    };
+    let (open_slot, _) = pending::slot_of(pending::hash(client_key(conc_open).words()), pending::DEFAULT_SLOTS);
     vec![
         Case::floor("xdp_drop_floor", names::FLOOR_DROP, syn(OPEN_PORT), XDP_DROP),
         Case::floor("xdp_pass_floor", names::FLOOR_PASS, syn(OPEN_PORT), XDP_PASS),
@@ -171,6 +227,22 @@ fn cases() -> Vec<Case> {
             first: Some((XDP_PASS, Verdict::Accepted)),
             ..Case::limiter("limiter_refuse", syn(STRICT_PORT), XDP_DROP, strict, Verdict::RefusedRate)
         },
+        Case {
+            reset_slot: Some(open_slot),
+            ..Case::limiter("limiter_conc_accept", syn(CONC_OPEN_PORT), XDP_PASS, conc_open, Verdict::Accepted)
+        },
+        Case::limiter("limiter_conc_refuse", syn(CONC_PORT), XDP_DROP, conc, Verdict::RefusedConcurrency),
+        Case {
+            flood: true,
+            ..Case::floor(
+                "xdp_flood_drop_floor",
+                names::FLOOR_FLOOD_DROP,
+                frames::syn(flood_src, flood_dst, CONC_PORT),
+                XDP_DROP,
+            )
+        },
+        flood("limiter_flood_conc", CONC_PORT, conc),
+        flood("limiter_flood_builtin", BUILTIN_PORT, builtin),
     ]
 }
 
@@ -179,14 +251,32 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(prog.try_into()?)
 }
 
-/// Runs `case` `repeat` times in the kernel; returns the last return value and the mean ns per packet (the kernel
-/// reports whole nanoseconds).
-fn run(ebpf: &mut Ebpf, case: &Case, repeat: u32) -> Result<(u32, f64)> {
-    let opts = TestRunOptions { data_in: Some(&case.frame), repeat, ..TestRunOptions::default() };
-    let r =
-        xdp(ebpf, case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
-    #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet are small")]
-    Ok((r.return_value, r.duration.as_nanos() as f64))
+/// Runs `case` `repeat` times in the kernel as run number `round`; returns the last return value and the mean ns
+/// per packet (the kernel reports whole nanoseconds per run).
+fn run(ebpf: &mut Ebpf, case: &Case, repeat: u32, round: u32) -> Result<(u32, f64)> {
+    let mut frame = case.frame.clone();
+    if case.flood {
+        // Bytes 4..8 of the IPv6 source: the program adds one per packet.
+        frame[26..30].copy_from_slice(&(round << 24).to_be_bytes());
+    }
+    let (mut left, mut total, mut ret) = (repeat, 0f64, 0);
+    while left > 0 {
+        let n = if case.reset_slot.is_some() { left.min(CHUNK) } else { left };
+        if let Some(slot) = case.reset_slot {
+            let mut pending: Array<_, u64> = Array::try_from(ebpf.map_mut(names::PENDING).ok_or("no PENDING map")?)?;
+            pending.set(slot, 0, 0)?;
+        }
+        let opts = TestRunOptions { data_in: Some(&frame), repeat: n, ..TestRunOptions::default() };
+        let r = xdp(ebpf, case.program)?
+            .test_run(opts)
+            .map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
+        #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet are small")]
+        let ns = r.duration.as_nanos() as f64;
+        total += ns * f64::from(n);
+        ret = r.return_value;
+        left -= n;
+    }
+    Ok((ret, total / f64::from(repeat)))
 }
 
 fn check(case: &Case, got: u32, want: u32) -> Result<()> {
@@ -295,22 +385,26 @@ fn bench() -> Result<()> {
 
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
     write_policy(&mut ebpf, &policy())?;
-    for name in [names::FLOOR_DROP, names::FLOOR_PASS, names::XDP_PROGRAM] {
+    for name in [names::FLOOR_DROP, names::FLOOR_PASS, names::XDP_PROGRAM, names::BENCH_FLOOD, names::FLOOR_FLOOD_DROP]
+    {
         xdp(&mut ebpf, name)?.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
+    // `CLIENT` holds its 8 connections of "conc", as sock_ops would have counted them.
+    let mut conns: HashMap<_, SourceKey, u64> = HashMap::try_from(ebpf.map_mut(names::CONNS).ok_or("no CONNS map")?)?;
+    conns.insert(client_key(service_id(2)), 8, 0)?;
 
     let mut cases = cases();
     for case in &mut cases {
         if let Some((first, _)) = case.first {
-            check(case, run(&mut ebpf, case, 1)?.0, first)?;
+            check(case, run(&mut ebpf, case, 1, 255)?.0, first)?;
         }
-        check(case, run(&mut ebpf, case, 1)?.0, case.expect)?;
+        check(case, run(&mut ebpf, case, 1, 255)?.0, case.expect)?;
         case.sent += 1;
     }
     // One untimed round warms caches and CPU clocks; then the timed rounds, round-robin.
     for round in 0..=args.runs {
         for case in &mut cases {
-            let (ret, ns) = run(&mut ebpf, case, args.repeat)?;
+            let (ret, ns) = run(&mut ebpf, case, args.repeat, u32::try_from(round % 255)?)?;
             check(case, ret, case.expect)?;
             case.sent += u64::from(args.repeat);
             if round > 0 {
@@ -321,17 +415,19 @@ fn bench() -> Result<()> {
 
     check_counters(&ebpf, &cases)?;
 
-    let floor = |name| cases.iter().find(|c| c.name == name).map(Case::median).expect("floor case");
-    let (drop_floor, pass_floor) = (floor("xdp_drop_floor"), floor("xdp_pass_floor"));
-    println!("{:<26} {:>8} {:>10}{:7}runs (ns)", "case", "ns/pkt", "vs floor", "");
+    let floor = |name| cases.iter().find(|c| c.name == name).map(Case::median).ok_or(format!("no floor {name}"));
+    let drop_floor = floor("xdp_drop_floor")?;
+    println!("{:<26} {:>8} {:>10} {:<20} {:>8}   runs (ns)", "case", "ns/pkt", "vs floor", "(floor)", "vs drop");
     let mut json = Vec::new();
     for case in &cases {
         let ns = case.median();
-        let ratio = ns / if case.floor_name() == "drop" { drop_floor } else { pass_floor };
+        let ratio = ns / floor(case.floor)?;
+        let vs_drop = ns / drop_floor;
         let runs = case.runs.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
-        println!("{:<26} {ns:>8.1} {ratio:>9.2}x {:<4}  {runs}", case.name, case.floor_name());
+        println!("{:<26} {ns:>8.1} {ratio:>9.2}x {:<20} {vs_drop:>7.2}x   {runs}", case.name, case.floor);
         json.push(serde_json::json!({
-            "case": case.name, "ns_per_packet": ns, "runs": case.runs, "floor": case.floor_name(), "vs_floor": ratio,
+            "case": case.name, "ns_per_packet": ns, "runs": case.runs, "floor": case.floor, "vs_floor": ratio,
+            "vs_drop_floor": vs_drop,
         }));
     }
     if let Some(path) = &args.json {
