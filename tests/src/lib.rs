@@ -3,6 +3,7 @@
 
 pub mod frames;
 pub mod netns;
+pub mod nft;
 
 /// Whether the environment demands that privileged tests run (CI sets it).
 #[must_use]
