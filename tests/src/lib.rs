@@ -1,8 +1,10 @@
 //! Helpers for limiter's privileged tests: crafted frames, the skip policy,
-//! and guards that own namespaces, veths and daemons and clean them up.
+//! guards that own namespaces, veths and daemons and clean them up, and a
+//! private Postfix to put behind the limiter.
 
 pub mod frames;
 pub mod netns;
+pub mod postfix;
 
 /// Whether the environment demands that privileged tests run (CI sets it).
 #[must_use]
