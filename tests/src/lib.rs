@@ -1,9 +1,12 @@
 //! Helpers for limiter's privileged tests: crafted frames, the skip policy,
-//! and guards that own namespaces, veths and daemons and clean them up.
+//! guards that own namespaces, veths and daemons and clean them up, a
+//! private Postfix to put behind the limiter, and nftables `ct count` as the
+//! reference the limiter is compared with.
 
 pub mod frames;
 pub mod netns;
 pub mod nft;
+pub mod postfix;
 
 /// Whether the environment demands that privileged tests run (CI sets it).
 #[must_use]
