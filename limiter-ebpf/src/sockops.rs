@@ -117,22 +117,36 @@ fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, &'static Globals), ()
 /// A handshake completed: one more established connection, then one less
 /// reservation (in that order, so a concurrent SYN never sees too few).
 fn opened(key: &SourceKey, g: &Globals) {
-    if let Some(c) = CONNS.get_ptr_mut(key) {
-        unsafe { fetch_add(c, 1) };
-    } else if CONNS.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
-        // Another CPU created it first (or the map is full: then this
-        // connection goes uncounted, failing open).
-        if let Some(c) = CONNS.get_ptr_mut(key) {
-            unsafe { fetch_add(c, 1) };
-        }
-    }
+    count_open(key);
     if let Some((slot, tag)) = pending_slot(key, g) {
         release_pending(slot, tag, now_ms(unsafe { bpf_ktime_get_ns() }));
     }
 }
 
+/// `CONNS[key] += 1`. The daemon deletes entries that have stayed at zero
+/// for a while; if it deleted this one between our lookup and our add, the
+/// add went to a dead element, which a second lookup shows: then count
+/// again in the live entry.
+#[inline(always)]
+fn count_open(key: &SourceKey) {
+    for _ in 0..3 {
+        if let Some(c) = CONNS.get_ptr_mut(key) {
+            unsafe { fetch_add(c, 1) };
+            if CONNS.get_ptr_mut(key) == Some(c) {
+                return;
+            }
+        } else if CONNS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
+            return;
+        }
+        // Another CPU created it first, or ours was deleted: look again.
+        // (A full map fails every try: the connection goes uncounted,
+        // failing open.)
+    }
+}
+
 /// A counted connection closed: one less, never below zero. The entry stays
-/// at zero (deleting it here would race with a concurrent increment).
+/// at zero (deleting it here would race with a concurrent increment); the
+/// daemon reclaims entries that stay at zero.
 fn closed(key: &SourceKey) {
     let Some(c) = CONNS.get_ptr_mut(key) else {
         return;

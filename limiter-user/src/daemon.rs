@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use limiter_common::Verdict;
-use log::{info, warn};
+use log::{debug, info, warn};
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, signal::unix::SignalKind};
 
@@ -25,6 +25,14 @@ use crate::{
 /// How often the seeded connections are looked up in the socket table
 /// (a release is seen within this, well inside the one-second promise).
 const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How often idle `CONNS` entries are looked for; an entry is deleted when
+/// it was at zero in two passes in a row. `LIMITER_RECLAIM_MS` overrides it
+/// (the tests use it).
+fn reclaim_every() -> std::time::Duration {
+    let ms = std::env::var("LIMITER_RECLAIM_MS").ok().and_then(|v| v.parse().ok()).filter(|&ms: &u64| ms >= 10);
+    std::time::Duration::from_millis(ms.unwrap_or(30_000))
+}
 
 /// Paths the daemon owns.
 #[derive(Debug, Clone)]
@@ -87,8 +95,29 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
     // for them in the socket table until they are all gone.
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Entries of sources that no longer hold connections are reclaimed.
+    let mut reclaim = tokio::time::interval(reclaim_every());
+    reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reclaimer = loader::Reclaimer::default();
     loop {
         tokio::select! {
+            _ = reclaim.tick() => {
+                match reclaimer.pass(&mut state.borrow_mut().ebpf) {
+                    Ok(p) => {
+                        if p.deleted > 0 {
+                            debug!("reclaimed {} idle source entries; {} in use of {}", p.deleted, p.entries, p.capacity);
+                        }
+                        if p.entries * 10 > p.capacity as usize * 9 {
+                            warn!(
+                                "the connection table holds {} sources of {}: when it is full, new sources go \
+                                 uncounted; raise [maps] connections",
+                                p.entries, p.capacity
+                            );
+                        }
+                    }
+                    Err(e) => warn!("{:#}", anyhow::Error::from(e)),
+                }
+            }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { info!("SIGINT: shutting down"); break }
             _ = reconcile.tick(), if !state.borrow().seeded.is_empty() => {

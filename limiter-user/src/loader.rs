@@ -456,3 +456,48 @@ pub fn source_string(key: &SourceKey, policy: &Policy) -> String {
         if policy.ipv6_prefix >= 128 { a.to_string() } else { format!("{a}/{}", policy.ipv6_prefix) }
     }
 }
+
+/// Reclaims `CONNS` entries that have stayed at zero for a whole pass
+/// interval, so a busy host's table does not fill with sources that once
+/// held a connection (a full table means new sources go uncounted).
+/// `sock_ops` never deletes (that would race with its own increments); it
+/// re-checks its entry after each increment, so a deletion that lands
+/// between its lookup and its add is seen and the add redone.
+#[derive(Debug, Default)]
+pub struct Reclaimer {
+    /// Entries at zero in the previous pass.
+    idle: std::collections::HashSet<SourceKey>,
+}
+
+/// What one reclaim pass did and saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReclaimPass {
+    pub deleted: usize,
+    /// Entries left, and the table's size.
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+impl Reclaimer {
+    pub fn pass(&mut self, ebpf: &mut Ebpf) -> Result<ReclaimPass, LoadError> {
+        let capacity = map_size(ebpf, names::CONNS)?;
+        let mut conns: HashMap<_, SourceKey, u64> =
+            HashMap::try_from(ebpf.map_mut(names::CONNS).ok_or(LoadError::NoObject)?).map_err(map_err(names::CONNS))?;
+        let all: Vec<(SourceKey, u64)> = conns.iter().filter_map(Result::ok).collect();
+        let mut idle = std::collections::HashSet::new();
+        let mut deleted = 0;
+        for (key, n) in &all {
+            if *n != 0 {
+                continue;
+            }
+            // Zero now and a pass ago; read once more right before deleting.
+            if self.idle.contains(key) && conns.get(key, 0).is_ok_and(|n| n == 0) && conns.remove(key).is_ok() {
+                deleted += 1;
+            } else {
+                idle.insert(*key);
+            }
+        }
+        self.idle = idle;
+        Ok(ReclaimPass { deleted, entries: all.len() - deleted, capacity })
+    }
+}

@@ -426,6 +426,9 @@ impl Daemon {
             .arg(&self.pin_dir)
             .arg("--state-dir")
             .arg(self.dir.join("state"))
+            // Idle connection-table entries are reclaimed every 200 ms
+            // instead of 30 s, so every test runs alongside reclamation.
+            .env("LIMITER_RECLAIM_MS", "200")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

@@ -340,3 +340,55 @@ fn map_sizes_come_from_the_config() {
     drop(held);
     let _ = std::fs::remove_file(&config);
 }
+
+#[test]
+fn idle_sources_are_reclaimed_and_counting_stays_exact() {
+    if !can_run_privileged("idle_sources_are_reclaimed_and_counting_stays_exact") {
+        return;
+    }
+    let pair = Pair::new();
+    let _l = pair.listen(PORT);
+    let (a, b) = (pair.add_client_v4(2), pair.add_client_v4(3));
+    let d = Daemon::start(
+        &pair.server,
+        &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "8", "--action", "reset"],
+    );
+    let entries = || {
+        let out = limiter_tests::netns::sh(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &format!("{}/CONNS", d.pin_dir.display()),
+        ]);
+        serde_json::from_str::<serde_json::Value>(&out).expect("bpftool json").as_array().map_or(0, Vec::len)
+    };
+    let held_a = streams(pair.connect_parallel(a, PORT, 3, WAIT));
+    let held_b = streams(pair.connect_parallel(b, PORT, 2, WAIT));
+    assert_eq!((held_a.len(), held_b.len()), (3, 2));
+    wait_connections(&d, 5, WAIT);
+    assert_eq!(entries(), 2);
+    // `a` closes everything: its entry, at zero for two passes (200 ms each
+    // in tests), is deleted; `b`'s, in use, stays.
+    drop(held_a);
+    wait_connections(&d, 2, Duration::from_secs(1));
+    let start = Instant::now();
+    while entries() != 1 {
+        assert!(start.elapsed() < Duration::from_secs(3), "idle entry not reclaimed");
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("idle entry reclaimed {:?} after its last close", start.elapsed());
+    // A reclaimed source starts again from nothing and is still held to 8,
+    // also while reclamation keeps running.
+    for round in 0..3 {
+        let burst = pair.connect_parallel(a, PORT, 20, WAIT);
+        assert_eq!(tally(&burst).connected, 8, "round {round}");
+        wait_connections(&d, 10, WAIT);
+        drop(burst);
+        wait_connections(&d, 2, Duration::from_secs(1));
+        thread::sleep(Duration::from_millis(450));
+    }
+    drop(held_b);
+    wait_connections(&d, 0, Duration::from_secs(1));
+}
