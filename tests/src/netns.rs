@@ -447,6 +447,26 @@ impl Daemon {
         panic!("limiter run did not answer on {} within 10 s: {}", self.socket.display(), self.log_text());
     }
 
+    /// Established connections of the first service, as `status` reports them.
+    #[must_use]
+    pub fn connections(&self) -> u64 {
+        let s = self.status_json().expect("status");
+        s["services"][0]["connections"].as_u64().unwrap_or_else(|| panic!("no connections in {s}"))
+    }
+
+    /// Waits up to `limit` for [`Self::connections`] to reach `want`; returns how long it took.
+    pub fn wait_connections(&self, want: u64, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let got = self.connections();
+            if got == want {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "connections stayed at {got}, want {want}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `kill -9`: the daemon gets no chance to clean up.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

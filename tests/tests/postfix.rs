@@ -21,22 +21,8 @@ const WAIT: Duration = Duration::from_secs(2);
 /// How long Postfix's log may lag behind what smtpd did.
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
-fn connections(d: &Daemon) -> u64 {
-    let s = d.status_json().expect("status");
-    s["services"][0]["connections"].as_u64().unwrap_or_else(|| panic!("no connections in {s}"))
-}
-
-/// Waits up to `limit` for the daemon's count to reach `want`.
 fn wait_connections(d: &Daemon, want: u64, limit: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let got = connections(d);
-        if got == want {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "connections stayed at {got}, want {want}");
-        thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_connections(want, limit)
 }
 
 /// smtpd's "connect from unknown[SRC]" lines (not "disconnect from").
