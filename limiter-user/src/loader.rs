@@ -277,7 +277,7 @@ pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir
         pins::update_pinned_link(&sock_pin, fd)
             .map_err(|source| LoadError::Relink { path: sock_pin.display().to_string(), source })?;
         // Counting never stopped; the previous run's seeded sockets remain.
-        Seeded::load(state_dir)?
+        Seeded::resume(&mut ebpf, state_dir)?
     } else {
         let cg = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cg_path.clone(), source })?;
         // From the attach on, sock_ops notes what it counts so that the

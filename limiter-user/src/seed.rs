@@ -115,6 +115,9 @@ impl Seeded {
                 *counts.entry(key).or_default() += 1;
             }
         }
+        // File first: a crash between the two leaves sockets listed but not
+        // counted (their release finds nothing to take), never the reverse.
+        seeded.save()?;
         {
             let mut m: HashMap<_, SourceKey, u64> =
                 HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::NoObject)?)
@@ -123,7 +126,6 @@ impl Seeded {
                 m.insert(key, n, 0).map_err(map_err(names::SEEDED))?;
             }
         }
-        seeded.save()?;
         // SEEDED stays on while seeded sockets remain.
         let clear = if seeded.sockets.is_empty() { flags::SEEDING | flags::SEEDED } else { flags::SEEDING };
         set_flags(ebpf, 0, clear)?;
@@ -143,8 +145,23 @@ impl Seeded {
         Ok(seeded)
     }
 
-    /// A restart: the seeded sockets the previous run left.
-    pub fn load(state_dir: &Path) -> Result<Self, LoadError> {
+    /// A restart: the seeded sockets the previous run left. A run killed
+    /// while seeding leaves `SEEDING` set; it is cleared here.
+    pub fn resume(ebpf: &mut Ebpf, state_dir: &Path) -> Result<Self, LoadError> {
+        let seeded = Self::load(state_dir)?;
+        let clear = if seeded.is_empty() { flags::SEEDING | flags::SEEDED } else { flags::SEEDING };
+        set_flags(ebpf, 0, clear)?;
+        let mut skip: HashMap<_, u64, u8> =
+            HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
+                .map_err(map_err(names::SEED_SKIP))?;
+        let stale: Vec<u64> = skip.keys().filter_map(Result::ok).collect();
+        for c in stale {
+            let _ = skip.remove(&c);
+        }
+        Ok(seeded)
+    }
+
+    fn load(state_dir: &Path) -> Result<Self, LoadError> {
         let path = state_dir.join(FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
