@@ -72,7 +72,7 @@ impl LoadError {
     }
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
     move |source| LoadError::Map { name, source }
 }
 
@@ -210,12 +210,7 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
 
     let mut ports: Array<_, u32> =
         Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
-    let mut table = vec![0u32; PORT_ENTRIES as usize];
-    for (i, s) in policy.services.iter().enumerate() {
-        for &p in &s.ports {
-            table[usize::from(p)] = service_id(i);
-        }
-    }
+    let table = port_table(policy);
     // The map may be a pin from an earlier run: every entry is written, so a
     // port dropped from the policy is unprotected again. Unchanged entries
     // are skipped.
@@ -234,6 +229,18 @@ fn map_size(ebpf: &Ebpf, name: &'static str) -> Result<u32, LoadError> {
         return Err(LoadError::Incompatible(format!("{name} has an unexpected map type")));
     };
     data.info().map(|i| i.max_entries()).map_err(map_err(name))
+}
+
+/// The service id of every TCP port (0: not protected), as `PORTS` holds it.
+#[must_use]
+pub fn port_table(policy: &Policy) -> Vec<u32> {
+    let mut table = vec![0u32; PORT_ENTRIES as usize];
+    for (i, s) in policy.services.iter().enumerate() {
+        for &p in &s.ports {
+            table[usize::from(p)] = service_id(i);
+        }
+    }
+    table
 }
 
 /// Kernel service id of the `i`th configured service (ids are 1-based).

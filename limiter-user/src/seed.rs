@@ -21,7 +21,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapError},
+    maps::{Array, HashMap},
 };
 use limiter_common::{
     Globals, SourceKey,
@@ -31,7 +31,7 @@ use limiter_common::{
 
 use crate::{
     config::Policy,
-    loader::{LoadError, service_id},
+    loader::{self, LoadError, map_err},
     sockdiag::{self, TcpSocket},
 };
 
@@ -42,10 +42,6 @@ const FILE: &str = "seeded";
 pub struct Seeded {
     sockets: StdHashMap<u64, SourceKey>,
     path: PathBuf,
-}
-
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> LoadError {
-    move |source| LoadError::Map { name, source }
 }
 
 fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
@@ -63,8 +59,8 @@ pub fn set_flags(ebpf: &mut Ebpf, set: u8, clear: u8) -> Result<(), LoadError> {
 
 /// The counted source of a socket, if it is a service connection.
 #[must_use]
-fn key_of(s: &TcpSocket, ports: &StdHashMap<u16, u8>, policy: &Policy) -> Option<SourceKey> {
-    let service = *ports.get(&s.local_port)?;
+fn key_of(s: &TcpSocket, ports: &[u32], policy: &Policy) -> Option<SourceKey> {
+    let service = u8::try_from(*ports.get(usize::from(s.local_port))?).ok().filter(|&id| id != 0)?;
     let mut key = SourceKey { addr: [0; 16], service, family: family::V4, pad: [0; 2] };
     let v4 = match s.remote {
         IpAddr::V4(a) => Some(a),
@@ -79,25 +75,13 @@ fn key_of(s: &TcpSocket, ports: &StdHashMap<u16, u8>, policy: &Policy) -> Option
     Some(key)
 }
 
-/// Service id of every protected port.
-fn port_table(policy: &Policy) -> StdHashMap<u16, u8> {
-    let mut t = StdHashMap::new();
-    for (i, s) in policy.services.iter().enumerate() {
-        let id = u8::try_from(service_id(i)).unwrap_or(0);
-        for &p in &s.ports {
-            t.insert(p, id);
-        }
-    }
-    t
-}
-
 impl Seeded {
     /// First start: `sock_ops` has just been attached with `flags::SEEDING`
     /// set. Counts every service connection it cannot have seen, then ends
     /// the seeding window.
     pub fn seed(ebpf: &mut Ebpf, policy: &Policy, state_dir: &Path) -> Result<Self, LoadError> {
         let table = sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(io_err("read the socket table"))?;
-        let ports = port_table(policy);
+        let ports = loader::port_table(policy);
         let skip: HashSet<u64> = {
             let m: HashMap<_, u64, u8> = HashMap::try_from(ebpf.map(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
                 .map_err(map_err(names::SEED_SKIP))?;
