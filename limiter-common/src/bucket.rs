@@ -62,6 +62,56 @@ impl Bucket {
     }
 }
 
+/// A bucket in `RATES`, an array of two-slot sets indexed by the source hash:
+/// `tag:16 | tat:48`, the TAT in [`UNIT_NS`] units. A source uses the slot of
+/// its set that holds its tag; a new source starts with a full bucket and
+/// takes the slot whose TAT is lower (an idle bucket, TAT in the past, holds
+/// nothing worth keeping). So a flood of one-SYN spoofed sources keeps
+/// replacing its own short-lived buckets and not the far-ahead TAT of a
+/// source that has spent its burst; and every SYN costs one array access,
+/// never an insert or an eviction.
+pub mod slot {
+    use super::Bucket;
+
+    /// The TAT's unit: 1024 ns. 48 bits of it cover 9 years of uptime.
+    pub const UNIT_NS: u64 = 1 << 10;
+    const TAT: u64 = (1 << 48) - 1;
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn pack(tag: u16, tat_ns: u64) -> u64 {
+        (tag as u64) << 48 | ((tat_ns / UNIT_NS) & TAT)
+    }
+
+    /// The TAT `slot` holds for `tag` (0, a full bucket, if another source's).
+    #[inline(always)]
+    #[must_use]
+    pub const fn tat(slot: u64, tag: u16) -> u64 {
+        if (slot >> 48) as u16 == tag { (slot & TAT) * UNIT_NS } else { 0 }
+    }
+
+    /// Which of a set's two slots (`a`, `b`) the source with `tag` uses:
+    /// the one with its tag, else the one whose bucket is worth less.
+    #[inline(always)]
+    #[must_use]
+    pub const fn choose(a: u64, b: u64, tag: u16) -> usize {
+        let b_is_ours = (b >> 48) as u16 == tag;
+        let a_is_ours = (a >> 48) as u16 == tag;
+        if !a_is_ours && (b_is_ours || (b & TAT) < (a & TAT)) { 1 } else { 0 }
+    }
+
+    /// Decides one attempt of `tag`'s source at `now_ns`: the slot value to
+    /// swap in if admitted, `None` if refused.
+    #[inline(always)]
+    #[must_use]
+    pub const fn take(bucket: &Bucket, slot: u64, tag: u16, now_ns: u64) -> Option<u64> {
+        match bucket.admit(tat(slot, tag), now_ns) {
+            Some(tat) => Some(pack(tag, tat)),
+            None => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -69,6 +119,31 @@ mod tests {
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_new_source_replaces_the_bucket_worth_less() {
+        let b = Bucket::new(1, 60 * SEC, 1);
+        let now = 3_600 * SEC;
+        // Source 1 spent its burst: TAT a minute ahead. Source 2 is idle.
+        let spent = slot::take(&b, 0, 1, now).expect("first");
+        let idle = slot::pack(2, now - SEC);
+        assert_eq!(slot::choose(spent, idle, 3), 1, "the idle bucket goes");
+        assert_eq!(slot::choose(idle, spent, 3), 0);
+        assert_eq!(slot::choose(spent, idle, 1), 0, "own tag first");
+        assert_eq!(slot::choose(idle, spent, 1), 1);
+    }
+
+    #[test]
+    fn slot_keeps_a_bucket_per_tag() {
+        let b = Bucket::new(1, 60 * SEC, 2);
+        let now = 3_600 * SEC;
+        let s = slot::take(&b, 0, 7, now).expect("first");
+        let s = slot::take(&b, s, 7, now).expect("second (burst 2)");
+        assert_eq!(slot::take(&b, s, 7, now), None, "third refused");
+        let other = slot::take(&b, s, 8, now).expect("another tag starts full");
+        assert!(slot::take(&b, other, 7, now).is_some(), "the first source's bucket was forgotten");
+        assert!(slot::take(&b, s, 7, now + 60 * SEC).is_some(), "one token after one interval");
+    }
 
     #[test]
     fn burst_then_refuse() {
@@ -109,6 +184,21 @@ mod tests {
     }
 
     proptest! {
+        /// The packed slot admits what the plain TAT admits, give or take its
+        /// 1024 ns rounding: at most one attempt apart over a whole sequence.
+        #[test]
+        fn slot_matches_plain_tat(per in 1u64..100, burst in 1u64..20, gaps in proptest::collection::vec(0u64..2 * SEC, 1..200)) {
+            let b = Bucket::new(per, 60 * SEC, burst);
+            let (mut plain, mut packed, mut now) = (0u64, 0u64, 1_000 * SEC);
+            let (mut a, mut c) = (0u64, 0u64);
+            for gap in gaps {
+                now += gap;
+                if let Some(t) = b.admit(plain, now) { plain = t; a += 1; }
+                if let Some(s) = slot::take(&b, packed, 3, now) { packed = s; c += 1; }
+            }
+            prop_assert!(c.abs_diff(a) <= 1, "plain {a}, packed {c}");
+        }
+
         /// Whatever the arrival pattern, admitted attempts never exceed
         /// burst + elapsed / interval (the token-bucket bound), and a burst
         /// at one instant on a full bucket admits exactly `burst`.

@@ -8,7 +8,7 @@ pub const MAX_SERVICES: u32 = 16;
 /// Entries of the `PORTS` array: one per TCP port, indexed in host order.
 pub const PORT_ENTRIES: u32 = 65_536;
 
-/// Default size of the `BUCKETS` LRU (token buckets of recent sources).
+/// Default size of `RATES` (direct-mapped token buckets; a power of two).
 pub const DEFAULT_BUCKET_ENTRIES: u32 = 65_536;
 
 /// Default size of `CONNS`: sources with established connections.
@@ -23,7 +23,7 @@ pub mod names {
     pub const GLOBALS: &str = "GLOBALS";
     pub const PORTS: &str = "PORTS";
     pub const SERVICES: &str = "SERVICES";
-    pub const BUCKETS: &str = "BUCKETS";
+    pub const RATES: &str = "RATES";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONNS: &str = "CONNS";
     pub const PENDING: &str = "PENDING";
@@ -73,6 +73,8 @@ pub struct Globals {
     pub netns_cookie: u64,
     /// `PENDING` slots - 1 (the slot count is a power of two).
     pub pending_mask: u32,
+    /// `RATES` slots - 1 (a power of two too).
+    pub rate_mask: u32,
     /// IPv4 sources are aggregated to this many leading bits (1..=32).
     pub ipv4_prefix: u8,
     /// IPv6 sources are aggregated to this many leading bits (1..=128).
@@ -80,8 +82,12 @@ pub struct Globals {
     /// [`flags`] bits.
     pub flags: u8,
     pub pad: u8,
+    /// Bumped by every policy write: invalidates the "at its limit" hints
+    /// (`pending::hint`), which a raised limit would make stale.
+    pub generation: u16,
+    pub pad2: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<Globals>() == 16);
+const _: () = assert!(core::mem::size_of::<Globals>() == 32);
 
 /// Policy of one service (`SERVICES[id]`).
 #[repr(C)]
@@ -195,6 +201,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServicePolicy {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SourceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::pending::Slot {}
 }
 
 #[cfg(test)]

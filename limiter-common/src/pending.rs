@@ -5,15 +5,87 @@
 //! whatever the flood; a slot taken over by another source only forgets
 //! reservations, like an LRU eviction, and never touches established counts.
 //!
-//! Slot layout: `tag:16 | count:16 | epoch_ms:32`. `tag` comes from the
-//! source hash bits not used for the index; `epoch_ms` is the time of the
-//! newest reservation, in milliseconds (wrapping).
+//! A slot is a [`Slot`]: the reservation word and the source's [`hint`].
+//! Reservation word: `tag:16 | count:16 | epoch:32`. `tag` comes from the
+//! source hash bits not used for the index; `epoch` is the time of the newest
+//! reservation in [`TICK_NS`] units (wrapping).
 
-/// Reservations older than this are dropped: the handshake did not complete.
-pub const HANDSHAKE_TIMEOUT_MS: u32 = 3_000;
+/// The clock unit of epochs: 2^20 ns (1.05 ms), a shift of the kernel's
+/// nanosecond clock instead of a division on every SYN.
+pub const TICK_NS: u64 = 1 << 20;
 
-/// Default number of slots (a power of two); 8 bytes each.
-pub const DEFAULT_SLOTS: u32 = 1 << 18;
+/// Reservations older than this many ticks (3.1 s) are dropped: the
+/// handshake did not complete.
+pub const HANDSHAKE_TIMEOUT: u32 = 3_000;
+
+/// Default number of slots (a power of two); 16 bytes each.
+pub const DEFAULT_SLOTS: u32 = 1 << 16;
+
+/// The epoch of a nanosecond clock reading, in ticks (wrapping).
+#[inline(always)]
+#[must_use]
+#[expect(clippy::cast_possible_truncation, reason = "a wrapping clock")]
+pub const fn ticks(now_ns: u64) -> u32 {
+    (now_ns / TICK_NS) as u32
+}
+
+/// One `PENDING` slot: a source's handshakes in flight and its hint, side by
+/// side so one array access finds both.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Slot {
+    pub reserved: u64,
+    pub hint: u64,
+}
+const _: () = assert!(core::mem::size_of::<Slot>() == 16);
+
+/// "This source is at its connection limit": a cache that lets XDP refuse
+/// without looking the source up in `CONNS`, exact because of how it is
+/// set and cleared.
+///
+/// Word layout: `fingerprint:32 | generation:16 | version:15 | full:1`.
+///
+/// - XDP reads the word before it reads `CONNS`; when `CONNS` alone puts the
+///   source at its limit it sets `full` with a compare-and-swap against the
+///   word it read first.
+/// - Every close (`sock_ops`) bumps `version` with a compare-and-swap and
+///   clears `full` if the fingerprint is the closing source's. A close that
+///   lands between XDP's read and its swap therefore makes the swap fail, and
+///   one that lands after it clears the bit: a set bit always means "no
+///   connection of this source has closed since `CONNS` said full".
+/// - `generation` is the policy generation: a new policy (a limit may have
+///   been raised) invalidates every hint at once.
+pub mod hint {
+    const FULL: u64 = 1;
+    const VERSION: u64 = 0x7fff << 1;
+
+    /// True if `word` says the source (`fingerprint`) is at its limit under
+    /// policy `generation`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_full(word: u64, fingerprint: u32, generation: u16) -> bool {
+        #[expect(clippy::cast_possible_truncation, reason = "fields of the word")]
+        let ok = word & FULL != 0 && (word >> 32) as u32 == fingerprint && (word >> 16) as u16 == generation;
+        ok
+    }
+
+    /// The word to swap in to mark the source full (version kept).
+    #[inline(always)]
+    #[must_use]
+    pub const fn mark_full(word: u64, fingerprint: u32, generation: u16) -> u64 {
+        (fingerprint as u64) << 32 | (generation as u64) << 16 | (word & VERSION) | FULL
+    }
+
+    /// The word after a connection of `fingerprint` closed: version + 1, and
+    /// `full` cleared if the word is that source's. Never equal to `word`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn closed(word: u64, fingerprint: u32) -> u64 {
+        let version = (word + 2) & VERSION;
+        let full = if (word >> 32) as u32 == fingerprint { 0 } else { word & FULL };
+        (word & !(VERSION | FULL)) | version | full
+    }
+}
 
 #[inline(always)]
 #[must_use]
@@ -33,7 +105,7 @@ pub const fn unpack(slot: u64) -> (u16, u16, u32) {
 #[must_use]
 pub const fn live(slot: u64, tag: u16, now_ms: u32) -> u16 {
     let (t, count, epoch) = unpack(slot);
-    if t != tag || now_ms.wrapping_sub(epoch) > HANDSHAKE_TIMEOUT_MS { 0 } else { count }
+    if t != tag || now_ms.wrapping_sub(epoch) > HANDSHAKE_TIMEOUT { 0 } else { count }
 }
 
 /// Takes one reservation if `established + live reservations < limit`.
@@ -62,20 +134,30 @@ pub const fn release(slot: u64, tag: u16, now_ms: u32) -> Option<u64> {
 }
 
 /// Hash of a source key's bytes (the five little-endian words of a
-/// `SourceKey`): a multiply-xorshift mix, cheap in BPF, good enough to spread
-/// sources over slots. Index = low bits, tag = top 16 bits.
+/// `SourceKey`): three multiply-xorshift rounds, cheap in BPF, good enough to
+/// spread sources over slots. Index = low bits, tag = top 16 bits,
+/// [`fingerprint`] = bits 24..56 (above any index: tables have at most 2^24
+/// slots).
 #[inline(always)]
 #[must_use]
 pub const fn hash(words: [u32; 5]) -> u64 {
-    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut i = 0;
-    while i < 5 {
-        h ^= words[i] as u64;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 29;
-        i += 1;
-    }
+    const M1: u64 = 0xff51_afd7_ed55_8ccd;
+    const M2: u64 = 0xc4ce_b9fe_1a85_ec53;
+    let a = words[0] as u64 | (words[1] as u64) << 32;
+    let b = words[2] as u64 | (words[3] as u64) << 32;
+    let mut h = (a ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(M1);
+    h = (h ^ (h >> 32) ^ b).wrapping_mul(M2);
+    h = (h ^ (h >> 29) ^ words[4] as u64).wrapping_mul(M1);
     h ^ (h >> 32)
+}
+
+/// The 32 hash bits a [`hint`] word identifies its source by; with the slot
+/// index that is at least 42 bits of the key.
+#[inline(always)]
+#[must_use]
+#[expect(clippy::cast_possible_truncation, reason = "bits 24..56")]
+pub const fn fingerprint(hash: u64) -> u32 {
+    (hash >> 24) as u32
 }
 
 /// Slot index and tag of a hash for `slots` slots (a power of two).
@@ -111,9 +193,9 @@ mod tests {
     #[test]
     fn reservations_expire() {
         let slot = reserve(0, 1, 10, 0, 1).expect("first");
-        assert_eq!(reserve(slot, 1, 10 + HANDSHAKE_TIMEOUT_MS, 0, 1), None, "still live at the timeout");
-        assert!(reserve(slot, 1, 11 + HANDSHAKE_TIMEOUT_MS, 0, 1).is_some(), "expired after it");
-        assert_eq!(release(slot, 1, 11 + HANDSHAKE_TIMEOUT_MS), None);
+        assert_eq!(reserve(slot, 1, 10 + HANDSHAKE_TIMEOUT, 0, 1), None, "still live at the timeout");
+        assert!(reserve(slot, 1, 11 + HANDSHAKE_TIMEOUT, 0, 1).is_some(), "expired after it");
+        assert_eq!(release(slot, 1, 11 + HANDSHAKE_TIMEOUT), None);
     }
 
     #[test]
@@ -128,6 +210,30 @@ mod tests {
         assert_eq!(live(slot, 2, 100), 0);
         let slot = reserve(slot, 2, 100, 0, 1).expect("other source");
         assert_eq!(release(slot, 1, 100), None, "the old owner has nothing left to release");
+    }
+
+    /// The set/close protocol in the order the kernel runs it: XDP reads the
+    /// word, a close lands, XDP's swap of the stale word must fail.
+    #[test]
+    fn a_close_between_read_and_swap_defeats_the_mark() {
+        let (fp, generation) = (0xdead_beef, 7);
+        let word = hint::closed(0, 1);
+        let seen = word; // XDP's read, before CONNS said "full"
+        let word = hint::closed(word, fp); // the close
+        let swap = |cur: u64, old: u64, new: u64| if cur == old { new } else { cur };
+        let word = swap(word, seen, hint::mark_full(seen, fp, generation));
+        assert!(!hint::is_full(word, fp, generation));
+        // Without the close the mark lands.
+        assert!(hint::is_full(swap(seen, seen, hint::mark_full(seen, fp, generation)), fp, generation));
+    }
+
+    #[test]
+    fn fingerprint_is_above_the_index_bits() {
+        // Two hashes differing only in index bits share a fingerprint, and the
+        // other way round: the fingerprint adds bits the index does not have.
+        let h = hash([0xc612_0001, 0, 0, 0, 0x0403]);
+        assert_eq!(fingerprint(h), fingerprint(h ^ 0x00ff_ffff));
+        assert_ne!(fingerprint(h), fingerprint(h ^ (1 << 24)));
     }
 
     #[test]
@@ -157,6 +263,32 @@ mod tests {
         #[test]
         fn pack_roundtrip(tag: u16, count: u16, epoch: u32) {
             prop_assert_eq!(unpack(pack(tag, count, epoch)), (tag, count, epoch));
+        }
+
+        /// Whatever the word, a close changes it (so a set racing with it
+        /// fails) and leaves the closing source not full.
+        #[test]
+        fn a_close_always_changes_the_word(word: u64, fp: u32, generation: u16) {
+            let after = hint::closed(word, fp);
+            prop_assert_ne!(after, word);
+            prop_assert!(!hint::is_full(after, fp, generation));
+        }
+
+        /// A hint is only read back by its own source, under its own policy generation.
+        #[test]
+        fn full_only_for_the_marked_source(word: u64, fp: u32, other: u32, generation: u16) {
+            let marked = hint::mark_full(word, fp, generation);
+            prop_assert!(hint::is_full(marked, fp, generation));
+            prop_assert_eq!(hint::is_full(marked, other, generation), other == fp);
+            prop_assert!(!hint::is_full(marked, fp, generation.wrapping_add(1)));
+        }
+
+        /// Another source's close bumps the version without clearing this source's bit.
+        #[test]
+        fn other_closes_keep_the_bit(word: u64, fp: u32, other: u32, generation: u16) {
+            prop_assume!(fp != other);
+            let marked = hint::mark_full(word, fp, generation);
+            prop_assert!(hint::is_full(hint::closed(marked, other), fp, generation));
         }
 
         #[test]

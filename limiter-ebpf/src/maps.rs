@@ -1,14 +1,16 @@
 //! The maps of the kernel programs. The daemon writes `GLOBALS`, `PORTS` and
-//! `SERVICES` (policy). XDP owns `BUCKETS` (short-lived, evictable token
-//! buckets), `PENDING` (handshakes in flight) and `COUNTERS`; `sock_ops` owns
+//! `SERVICES` (policy). XDP owns `RATES` (direct-mapped, evictable token
+//! buckets), `PENDING` (handshakes in flight, and the "at its limit" hints
+//! `sock_ops` clears) and `COUNTERS`; `sock_ops` owns
 //! `CONNS` (established connections per source, created only by completed
 //! handshakes, so a SYN flood cannot create, inflate or evict them).
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
@@ -16,7 +18,7 @@ use limiter_common::{
         COUNTER_ENTRIES, DEFAULT_BUCKET_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, PORT_ENTRIES, SEED_SKIP_ENTRIES,
         flags,
     },
-    pending,
+    pending::{self, Slot},
 };
 
 #[map(name = "GLOBALS")]
@@ -29,10 +31,11 @@ pub(crate) static PORTS: Array<u32> = Array::with_max_entries(PORT_ENTRIES, 0);
 #[map(name = "SERVICES")]
 pub(crate) static SERVICES: Array<ServicePolicy> = Array::with_max_entries(MAX_SERVICES + 1, 0);
 
-/// Token bucket state (GCRA theoretical arrival time) per source and service.
-/// An LRU: eviction only forgets a bucket, which then starts full again.
-#[map(name = "BUCKETS")]
-pub(crate) static BUCKETS: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(DEFAULT_BUCKET_ENTRIES, 0);
+/// Token buckets (GCRA theoretical arrival time) per source and service,
+/// direct-mapped by the source hash (`limiter_common::bucket::slot`): a new
+/// source costs one array access, never an insert or an eviction.
+#[map(name = "RATES")]
+pub(crate) static RATES: Array<u64> = Array::with_max_entries(DEFAULT_BUCKET_ENTRIES, 0);
 
 /// Established connections per source and service (`sock_ops` writes them).
 /// Sized from config by the loader; entries at zero stay until user space
@@ -53,9 +56,10 @@ pub(crate) static SEEDED: HashMap<SourceKey, u64> = HashMap::with_max_entries(DE
 pub(crate) static SEED_SKIP: HashMap<u64, u8> =
     HashMap::with_max_entries(SEED_SKIP_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-/// Handshakes in flight: direct-mapped packed slots (see `limiter_common::pending`).
+/// Handshakes in flight and "at its limit" hints: direct-mapped slots (see
+/// `limiter_common::pending`).
 #[map(name = "PENDING")]
-pub(crate) static PENDING: Array<u64> = Array::with_max_entries(pending::DEFAULT_SLOTS, 0);
+pub(crate) static PENDING: Array<Slot> = Array::with_max_entries(pending::DEFAULT_SLOTS, 0);
 
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
@@ -91,19 +95,57 @@ pub(crate) unsafe fn fetch_add(ptr: *mut u64, v: u64) -> u64 {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, v) }
 }
 
-/// Milliseconds of the monotonic clock, wrapping (pending-slot epochs).
+/// The kernel's clock, coarse (updated every tick): enough for 3 s handshake
+/// timeouts and per-minute rates, and far cheaper than a clocksource read.
+/// XDP and `sock_ops` must read the same clock (epochs are compared).
 #[inline(always)]
-pub(crate) fn now_ms(now_ns: u64) -> u32 {
-    #[expect(clippy::cast_possible_truncation, reason = "wrapping millisecond clock")]
-    let ms = (now_ns / 1_000_000) as u32;
-    ms
+pub(crate) fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The pending slot of a source, and its tag.
+/// Where a source's state lives: its hash, split into slot indices, tag and fingerprint.
+#[derive(Clone, Copy)]
+pub(crate) struct Place {
+    pub(crate) hash: u64,
+    pub(crate) tag: u16,
+    pub(crate) fingerprint: u32,
+}
+
+impl Place {
+    #[inline(always)]
+    pub(crate) fn of(key: &SourceKey) -> Self {
+        let hash = pending::hash(key.words());
+        let (_, tag) = pending::slot_of(hash, 1);
+        Self { hash, tag, fingerprint: pending::fingerprint(hash) }
+    }
+
+    /// The source's `PENDING` slot.
+    #[inline(always)]
+    pub(crate) fn pending(&self, g: &Globals) -> Option<*mut Slot> {
+        #[expect(clippy::cast_possible_truncation, reason = "masked to the slot count")]
+        let index = (self.hash & u64::from(g.pending_mask)) as u32;
+        PENDING.get_ptr_mut(index)
+    }
+
+    /// The source's `RATES` set: two adjacent slots (one cache line).
+    #[inline(always)]
+    pub(crate) fn rate_set(&self, g: &Globals) -> Option<(*mut u64, *mut u64)> {
+        #[expect(clippy::cast_possible_truncation, reason = "masked to the slot count")]
+        let index = (self.hash & u64::from(g.rate_mask)) as u32 & !1;
+        Some((RATES.get_ptr_mut(index)?, RATES.get_ptr_mut(index | 1)?))
+    }
+}
+
+/// The reservation word of a slot.
 #[inline(always)]
-pub(crate) fn pending_slot(key: &SourceKey, g: &Globals) -> Option<(*mut u64, u16)> {
-    let (index, tag) = pending::slot_of(pending::hash(key.words()), g.pending_mask.wrapping_add(1));
-    PENDING.get_ptr_mut(index).map(|p| (p, tag))
+pub(crate) fn reserved(slot: *mut Slot) -> *mut u64 {
+    unsafe { &raw mut (*slot).reserved }
+}
+
+/// The hint word of a slot.
+#[inline(always)]
+pub(crate) fn hint(slot: *mut Slot) -> *mut u64 {
+    unsafe { &raw mut (*slot).hint }
 }
 
 /// Gives one reservation back; a slot another source took over is left alone.

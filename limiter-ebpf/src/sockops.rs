@@ -9,18 +9,19 @@ use aya_ebpf::{
         BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_TCP_CLOSE, bpf_sock_ops,
     },
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use limiter_common::{
     Globals, SourceKey,
     maps::{family, flags},
+    pending::{self, hint},
     prefix::{mask_v4, mask_v6},
 };
 
 use crate::maps::{
-    CONNS, GLOBALS, PORTS, SEED_SKIP, compare_swap, fetch_add, load, now_ms, pending_slot, release_pending,
+    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, compare_swap, fetch_add, load, now_ns, release_pending, reserved,
 };
 
 const AF_INET: u32 = 2;
@@ -62,8 +63,8 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         if new_state == BPF_TCP_CLOSE {
             // Re-check namespace and port: the flag may have been set by an
             // earlier program instance or another program.
-            let (key, _) = service_key(ctx)?;
-            closed(&key);
+            let (key, g) = service_key(ctx)?;
+            closed(&key, g);
         }
     }
     Ok(())
@@ -118,8 +119,9 @@ fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, &'static Globals), ()
 /// reservation (in that order, so a concurrent SYN never sees too few).
 fn opened(key: &SourceKey, g: &Globals) {
     count_open(key);
-    if let Some((slot, tag)) = pending_slot(key, g) {
-        release_pending(slot, tag, now_ms(unsafe { bpf_ktime_get_ns() }));
+    let place = Place::of(key);
+    if let Some(slot) = place.pending(g) {
+        release_pending(reserved(slot), place.tag, pending::ticks(now_ns()));
     }
 }
 
@@ -144,16 +146,31 @@ fn count_open(key: &SourceKey) {
     }
 }
 
-/// A counted connection closed: one less, never below zero. The entry stays
-/// at zero (deleting it here would race with a concurrent increment); the
-/// daemon reclaims entries that stay at zero.
-fn closed(key: &SourceKey) {
+/// A counted connection closed: one less, never below zero, then the
+/// source's "at its limit" hint is cleared (after the decrement: see
+/// `limiter_common::pending::hint`). The entry stays at zero (deleting it
+/// here would race with a concurrent increment); the daemon reclaims entries
+/// that stay at zero.
+fn closed(key: &SourceKey, g: &Globals) {
     let Some(c) = CONNS.get_ptr_mut(key) else {
         return;
     };
     for _ in 0..8 {
         let old = unsafe { load(c) };
         if old == 0 || unsafe { compare_swap(c, old, old - 1) } {
+            break;
+        }
+    }
+    let place = Place::of(key);
+    let Some(slot) = place.pending(g) else {
+        return;
+    };
+    let word = crate::maps::hint(slot);
+    // A failed swap means another CPU's change to the word landed first;
+    // 16 tries outlast any contention one slot sees.
+    for _ in 0..16 {
+        let old = unsafe { load(word) };
+        if unsafe { compare_swap(word, old, hint::closed(old, place.fingerprint)) } {
             return;
         }
     }

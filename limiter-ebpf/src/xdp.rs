@@ -2,20 +2,21 @@
 //! (SYN set, ACK clear) to a service port is ever refused; every other frame,
 //! and every frame the parser does not understand, passes (fail open).
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
 use limiter_common::{
     Bucket, Globals, ServicePolicy, SourceKey, Verdict,
-    maps::{action, family},
-    pending,
+    bucket::slot,
+    maps::{action, family, flags},
+    pending::{self, Slot, hint},
     prefix::{mask_v4, mask_v6},
 };
 use network_types::eth::EthHdr;
 
 use crate::{
     maps::{
-        BUCKETS, GLOBALS, PORTS, SERVICES, compare_swap, count, established, load, now_ms, pending_slot,
-        release_pending,
+        GLOBALS, PORTS, Place, SERVICES, compare_swap, count, established, hint as hint_word, load, now_ns,
+        release_pending, reserved,
     },
     reply,
 };
@@ -220,79 +221,102 @@ fn decide(ctx: &XdpContext, p: &Parsed, service: u32, policy: &ServicePolicy) ->
     }
     let g = GLOBALS.get(0).ok_or(())?;
     let key = source_key(ctx, p, service, g)?;
-    let now = unsafe { bpf_ktime_get_ns() };
-    let now_ms = now_ms(now);
+    let place = Place::of(&key);
+
+    // A source known to be at its connection limit is refused on its hint
+    // alone: one array read, no clock, no `CONNS` lookup. Exact (see
+    // `limiter_common::pending::hint`), and never trusted while seeded
+    // counts are in play (the daemon releases those without touching hints).
+    let hints = g.flags & flags::SEEDED == 0;
+    let mut reserved_in = None;
+    let mut seen = 0;
+    if limit != 0 {
+        let slot = place.pending(g).ok_or(())?;
+        // Read before `CONNS`: a close after this read makes a later mark fail.
+        seen = unsafe { load(hint_word(slot)) };
+        if hints && hint::is_full(seen, place.fingerprint, g.generation) {
+            return Ok(Verdict::RefusedConcurrency);
+        }
+        reserved_in = Some(slot);
+    }
+    let now = now_ns();
 
     // Reserve a slot for this handshake before anything else can see it:
     // the reservation itself is the atomic step, never check-then-increment.
-    let mut reserved = None;
-    if limit != 0 {
-        let (slot, tag) = pending_slot(&key, g).ok_or(())?;
-        if !reserve(&key, g, slot, tag, now_ms, limit) {
-            return Ok(Verdict::RefusedConcurrency);
+    if let Some(slot) = reserved_in {
+        match reserve(&key, g, &place, slot, pending::ticks(now), limit) {
+            Reserve::Taken => {}
+            Reserve::Busy => return Ok(Verdict::RefusedConcurrency),
+            Reserve::Full => {
+                // `CONNS` alone is at the limit: remember it, unless a close
+                // landed since `seen` was read (then the swap fails).
+                if hints {
+                    let new = hint::mark_full(seen, place.fingerprint, g.generation);
+                    let _ = unsafe { compare_swap(hint_word(slot), seen, new) };
+                }
+                return Ok(Verdict::RefusedConcurrency);
+            }
         }
-        reserved = Some((slot, tag));
     }
-    if !bucket.is_unlimited() && take_token(ctx, &bucket, &key, now) == Verdict::RefusedRate {
-        if let Some((slot, tag)) = reserved {
-            release_pending(slot, tag, now_ms);
+    if !bucket.is_unlimited() && take_token(ctx, &bucket, &place, g, now) == Verdict::RefusedRate {
+        if let Some(slot) = reserved_in {
+            release_pending(reserved(slot), place.tag, pending::ticks(now));
         }
         return Ok(Verdict::RefusedRate);
     }
     Ok(Verdict::Accepted)
 }
 
+/// What [`reserve`] did.
+enum Reserve {
+    Taken,
+    /// Refused with established + pending at the limit, or contended.
+    Busy,
+    /// Refused with established alone at the limit.
+    Full,
+}
+
 /// Takes one pending reservation if established + pending < limit.
 #[inline(always)]
-fn reserve(key: &SourceKey, g: &Globals, slot: *mut u64, tag: u16, now_ms: u32, limit: u64) -> bool {
+fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u32, limit: u64) -> Reserve {
+    let cell = reserved(slot);
     for _ in 0..CAS_TRIES {
         // Re-read both on every try: a completing handshake moves one from
         // pending to established (established first, so never undercounted).
         let established = established(key, g);
-        let old = unsafe { load(slot) };
-        let Some(new) = pending::reserve(old, tag, now_ms, established, limit) else {
-            return false;
+        let old = unsafe { load(cell) };
+        let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
+            return if established >= limit { Reserve::Full } else { Reserve::Busy };
         };
-        if unsafe { compare_swap(slot, old, new) } {
-            return true;
+        if unsafe { compare_swap(cell, old, new) } {
+            return Reserve::Taken;
         }
     }
     // Persistently contended: refuse (a reservation we cannot take is not
     // ours to assume).
-    false
+    Reserve::Busy
 }
 
-/// Takes one token from the source's bucket.
+/// Takes one token from the source's bucket in `RATES`.
 #[inline(always)]
-fn take_token(ctx: &XdpContext, bucket: &Bucket, key: &SourceKey, now: u64) -> Verdict {
-    let Some(tat) = BUCKETS.get_ptr_mut(key) else {
-        // A new source starts with a full bucket, so its first attempt is
-        // admitted. BPF_NOEXIST: if another CPU created it meanwhile, fall
-        // back to the shared path below.
-        let Some(first) = bucket.admit(0, now) else {
-            return Verdict::RefusedRate;
-        };
-        if BUCKETS.insert(key, first, u64::from(aya_ebpf::bindings::BPF_NOEXIST)).is_ok() {
-            return Verdict::Accepted;
-        }
-        let Some(tat) = BUCKETS.get_ptr_mut(key) else {
-            return Verdict::Accepted;
-        };
-        return spend(ctx, bucket, tat, now);
+fn take_token(ctx: &XdpContext, bucket: &Bucket, place: &Place, g: &Globals, now: u64) -> Verdict {
+    let Some((a, b)) = place.rate_set(g) else {
+        return Verdict::Accepted;
     };
-    spend(ctx, bucket, tat, now)
+    let cell = if slot::choose(unsafe { load(a) }, unsafe { load(b) }, place.tag) == 0 { a } else { b };
+    spend(ctx, bucket, cell, place.tag, now)
 }
 
 /// Spends one token of a bucket shared by all CPUs with compare-and-swap,
 /// so two CPUs cannot both spend the last token.
 #[inline(always)]
-fn spend(ctx: &XdpContext, bucket: &Bucket, tat: *mut u64, now: u64) -> Verdict {
+fn spend(ctx: &XdpContext, bucket: &Bucket, cell: *mut u64, tag: u16, now: u64) -> Verdict {
     for _ in 0..CAS_TRIES {
-        let old = unsafe { load(tat) };
-        let Some(new) = bucket.admit(old, now) else {
+        let old = unsafe { load(cell) };
+        let Some(new) = slot::take(bucket, old, tag, now) else {
             return Verdict::RefusedRate;
         };
-        if unsafe { compare_swap(tat, old, new) } {
+        if unsafe { compare_swap(cell, old, new) } {
             return Verdict::Accepted;
         }
     }

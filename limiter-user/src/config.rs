@@ -132,7 +132,8 @@ pub struct MapSizes {
     /// Sources that may hold connections at once (`CONNS`, `SEEDED`);
     /// when full, a new source's connections go uncounted (fail open).
     pub connections: u32,
-    /// Sources with a rate bucket (`BUCKETS`, an LRU: eviction forgets).
+    /// Rate bucket slots (`RATES`), a power of two; direct-mapped, so two
+    /// sources on one slot take turns and forget each other's bucket.
     pub rate_buckets: u32,
     /// Handshake slots (`PENDING`), a power of two.
     pub pending_slots: u32,
@@ -164,18 +165,21 @@ impl MapSizes {
                 return Err(invalid(format!("maps.{name} = {v} out of range {}..={}", Self::MIN, Self::MAX)));
             }
         }
-        if !self.pending_slots.is_power_of_two() {
-            return Err(invalid(format!("maps.pending_slots = {} must be a power of two", self.pending_slots)));
+        for (name, v) in [("rate_buckets", self.rate_buckets), ("pending_slots", self.pending_slots)] {
+            if !v.is_power_of_two() {
+                return Err(invalid(format!("maps.{name} = {v} must be a power of two")));
+            }
         }
         Ok(())
     }
 
     /// Approximate kernel memory, in bytes, of the maps these sizes govern
-    /// (hash entries: key, value and about 50 bytes of element overhead).
+    /// (hash entries: key, value and about 50 bytes of element overhead;
+    /// array slots: 8 bytes per rate bucket, 16 per pending slot).
     #[must_use]
     pub fn memory_bytes(&self) -> u64 {
         let hash = |n: u32| u64::from(n) * (20 + 8 + 50);
-        2 * hash(self.connections) + hash(self.rate_buckets) + u64::from(self.pending_slots) * 8
+        2 * hash(self.connections) + u64::from(self.rate_buckets) * 8 + u64::from(self.pending_slots) * 16
     }
 }
 
@@ -489,9 +493,9 @@ mod tests {
     fn map_sizes_default_and_from_config() {
         let p = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
         assert_eq!(p.maps, MapSizes::default());
-        assert_eq!((p.maps.connections, p.maps.rate_buckets, p.maps.pending_slots), (65_536, 65_536, 262_144));
-        // 2 x 65536 x 78 + 65536 x 78 + 2 MiB: about 17 MiB.
-        assert_eq!(p.maps.memory_bytes(), 3 * 65_536 * 78 + 262_144 * 8);
+        assert_eq!((p.maps.connections, p.maps.rate_buckets, p.maps.pending_slots), (65_536, 65_536, 65_536));
+        // 2 x 65536 x 78 + 65536 x 8 + 65536 x 16: about 11 MiB.
+        assert_eq!(p.maps.memory_bytes(), 2 * 65_536 * 78 + 65_536 * (8 + 16));
         let f = ConfigFile::parse("interfaces = [\"eth0\"]\n[maps]\nconnections = 2048\n", "t.toml").expect("parse");
         let p = Policy::build(f, &ov(&[])).expect("valid");
         assert_eq!(p.maps, MapSizes { connections: 2048, ..MapSizes::default() }, "unnamed sizes keep their defaults");
@@ -511,6 +515,10 @@ mod tests {
             ("interfaces = [\"eth0\"]\nbogus = 1\n", "unknown field"),
             ("ipv4_prefix = 24\n", "no interface"),
             ("interfaces = [\"eth0\"]\n[maps]\npending_slots = 3000\n", "power of two"),
+            (
+                "interfaces = [\"eth0\"]\n[maps]\nrate_buckets = 5000\n",
+                "maps.rate_buckets = 5000 must be a power of two",
+            ),
             ("interfaces = [\"eth0\"]\n[maps]\nconnections = 10\n", "maps.connections = 10 out of range"),
             ("interfaces = [\"eth0\"]\n[maps]\nrate_buckets = 99999999\n", "maps.rate_buckets"),
             ("interfaces = [\"eth0\"]\n[maps]\nconns = 5000\n", "unknown field"),

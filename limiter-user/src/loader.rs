@@ -118,11 +118,14 @@ fn load_pinned(policy: &Policy, pin_dir: Option<&Path>) -> Result<Ebpf, LoadErro
     if crate::EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
+    if let Some(dir) = pin_dir {
+        pins::check_layouts(dir).map_err(LoadError::Incompatible)?;
+    }
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::CONNS, policy.maps.connections)
         .map_max_entries(names::SEEDED, policy.maps.connections)
-        .map_max_entries(names::BUCKETS, policy.maps.rate_buckets)
+        .map_max_entries(names::RATES, policy.maps.rate_buckets)
         .map_max_entries(names::PENDING, policy.maps.pending_slots);
     let paths: Vec<(&str, std::path::PathBuf)> =
         pin_dir.map(|d| pins::MAPS.iter().map(|m| (*m, d.join(m))).collect()).unwrap_or_default();
@@ -154,15 +157,18 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
 /// Writes globals, services and the port table. Ports are written after the
 /// services they point to, so no port ever names a missing policy.
 pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
-    // A pinned map keeps the size it was created with: the hash of a
-    // handshake must use the real slot count.
+    // A pinned map keeps the size it was created with: the slot hashes must
+    // use the real slot counts.
     let pending_slots = map_size(ebpf, names::PENDING)?;
-    if !pending_slots.is_power_of_two() {
-        return Err(LoadError::Incompatible(format!("{} has {pending_slots} slots", names::PENDING)));
+    let rate_slots = map_size(ebpf, names::RATES)?;
+    for (name, n) in [(names::PENDING, pending_slots), (names::RATES, rate_slots)] {
+        if !n.is_power_of_two() {
+            return Err(LoadError::Incompatible(format!("{name} has {n} slots, not a power of two")));
+        }
     }
     for (name, want) in [
         (names::CONNS, policy.maps.connections),
-        (names::BUCKETS, policy.maps.rate_buckets),
+        (names::RATES, policy.maps.rate_buckets),
         (names::PENDING, policy.maps.pending_slots),
     ] {
         let have = map_size(ebpf, name)?;
@@ -174,18 +180,22 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
     }
     let mut globals: Array<_, Globals> =
         Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
-    // The flags belong to the seeding (which may outlive a restart): keep them.
-    let flags = globals.get(&0, 0).map_err(map_err(names::GLOBALS))?.flags;
+    // The flags belong to the seeding (which may outlive a restart): keep
+    // them. A new generation invalidates every "at its limit" hint.
+    let old = globals.get(&0, 0).map_err(map_err(names::GLOBALS))?;
     globals
         .set(
             0,
             Globals {
                 netns_cookie: netns_cookie()?,
                 pending_mask: pending_slots - 1,
+                rate_mask: rate_slots - 1,
                 ipv4_prefix: policy.ipv4_prefix,
                 ipv6_prefix: policy.ipv6_prefix,
-                flags,
+                flags: old.flags,
                 pad: 0,
+                generation: old.generation.wrapping_add(1),
+                pad2: [0; 6],
             },
             0,
         )

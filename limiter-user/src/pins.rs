@@ -13,20 +13,68 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use limiter_common::maps::names;
+use aya::maps::{MapData, MapType};
+use limiter_common::{Globals, ServicePolicy, SourceKey, maps::names, pending::Slot};
 
 /// Maps pinned by name: the policy, the counters and the connection state.
 pub const MAPS: [&str; 9] = [
     names::GLOBALS,
     names::PORTS,
     names::SERVICES,
-    names::BUCKETS,
+    names::RATES,
     names::COUNTERS,
     names::CONNS,
     names::PENDING,
     names::SEEDED,
     names::SEED_SKIP,
 ];
+
+/// The type, key size and value size this version's programs expect of each
+/// pinned map. A pin left by a version with another layout would be reused
+/// as it is and misread; [`check_layouts`] refuses it instead.
+#[expect(clippy::cast_possible_truncation, reason = "small types")]
+const LAYOUTS: [(&str, MapType, u32, u32); 9] = {
+    const fn size<T>() -> u32 {
+        size_of::<T>() as u32
+    }
+    [
+        (names::GLOBALS, MapType::Array, 4, size::<Globals>()),
+        (names::PORTS, MapType::Array, 4, 4),
+        (names::SERVICES, MapType::Array, 4, size::<ServicePolicy>()),
+        (names::RATES, MapType::Array, 4, 8),
+        (names::COUNTERS, MapType::PerCpuArray, 4, 8),
+        (names::CONNS, MapType::Hash, size::<SourceKey>(), 8),
+        (names::PENDING, MapType::Array, 4, size::<Slot>()),
+        (names::SEEDED, MapType::Hash, size::<SourceKey>(), 8),
+        (names::SEED_SKIP, MapType::Hash, 8, 1),
+    ]
+};
+
+/// Checks every map pinned in `dir` against the layout this version uses.
+/// `Err` names the first that differs.
+pub fn check_layouts(dir: &Path) -> Result<(), String> {
+    for (name, kind, key, value) in LAYOUTS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(|e| format!("cannot read pinned map {}: {e}", path.display()))?;
+        let have = (info.map_type().ok(), info.key_size(), info.value_size());
+        if have != (Some(kind), key, value) {
+            return Err(format!(
+                "pinned map {} is {:?} with {}-byte keys and {}-byte values, this version needs {kind:?} with {key} and \
+                 {value}",
+                path.display(),
+                have.0,
+                have.1,
+                have.2
+            ));
+        }
+    }
+    Ok(())
+}
 
 const SOCK_OPS_LINK: &str = "link_sock_ops";
 const XDP_LINK_PREFIX: &str = "link_xdp_";

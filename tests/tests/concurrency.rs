@@ -305,7 +305,7 @@ fn map_sizes_come_from_the_config() {
         let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool json");
         v["max_entries"].as_u64().expect("max_entries")
     };
-    assert_eq!((size("CONNS"), size("SEEDED"), size("BUCKETS"), size("PENDING")), (2048, 2048, 4096, 1024));
+    assert_eq!((size("CONNS"), size("SEEDED"), size("RATES"), size("PENDING")), (2048, 2048, 4096, 1024));
     // The handshake hash uses the real slot count: still exactly 8.
     let held = pair.connect_parallel(src, PORT, 30, WAIT);
     assert_eq!(tally(&held).connected, 8);

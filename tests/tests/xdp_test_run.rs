@@ -521,3 +521,70 @@ fn seeded_connections_count_while_the_flag_is_set() {
     assert_eq!(h.action(&f), PASS);
     assert_eq!(h.action(&f), TX);
 }
+
+/// Whether the `PENDING` hint of `src` (service 1) says "at its limit" under the current policy.
+fn hinted_full(h: &mut Harness, src: [u8; 4]) -> bool {
+    use limiter_common::{Globals, SourceKey, pending};
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&src);
+    let key = SourceKey { addr, service: 1, family: limiter_common::maps::family::V4, pad: [0; 2] };
+    let globals: aya::maps::Array<_, Globals> =
+        aya::maps::Array::try_from(h.ebpf.map(names::GLOBALS).expect("map")).expect("array");
+    let g = globals.get(&0, 0).expect("globals");
+    let hash = pending::hash(key.words());
+    #[expect(clippy::cast_possible_truncation, reason = "masked")]
+    let index = (hash & u64::from(g.pending_mask)) as u32;
+    let slots: aya::maps::Array<_, pending::Slot> =
+        aya::maps::Array::try_from(h.ebpf.map(names::PENDING).expect("map")).expect("array");
+    let word = slots.get(&index, 0).expect("slot").hint;
+    pending::hint::is_full(word, pending::fingerprint(hash), g.generation)
+}
+
+#[test]
+fn a_source_at_its_limit_is_hinted_until_a_new_policy() {
+    if !can_run_privileged("a_source_at_its_limit_is_hinted_until_a_new_policy") {
+        return;
+    }
+    let mut p = policy(Action::Drop, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(2);
+    let mut h = Harness::new(&p);
+    let src = [198, 18, 0, 130];
+    let f = frames::syn(v4(130), server4(), PORT);
+    set_established(&mut h, src, 1, 2);
+    assert!(!hinted_full(&mut h, src));
+    assert_eq!(h.action(&f), DROP, "2 established, limit 2");
+    assert!(hinted_full(&mut h, src), "the refusal by CONNS alone marks the source");
+    assert_eq!(h.action(&f), DROP, "refused on the hint");
+    // A neighbour is not refused by someone else's hint.
+    assert_eq!(h.action(&frames::syn(v4(131), server4(), PORT)), PASS);
+    // Raising the limit writes a new policy generation: the hint is void.
+    p.services[0].max_conn_per_source = Some(3);
+    loader::write_policy(&mut h.ebpf, &p).expect("policy");
+    assert!(!hinted_full(&mut h, src));
+    assert_eq!(h.action(&f), PASS, "the raised limit applies at once");
+    assert_eq!(h.action(&f), DROP, "2 established + 1 pending = 3");
+    assert!(!hinted_full(&mut h, src), "full with a handshake in flight is not a hint: it expires");
+    assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 3);
+}
+
+#[test]
+fn hints_are_not_used_while_seeded_counts_are_in_play() {
+    if !can_run_privileged("hints_are_not_used_while_seeded_counts_are_in_play") {
+        return;
+    }
+    let mut p = policy(Action::Drop, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(2);
+    let mut h = Harness::new(&p);
+    let src = [198, 18, 0, 140];
+    let f = frames::syn(v4(140), server4(), PORT);
+    set_established(&mut h, src, 1, 1);
+    set_count(&mut h, names::SEEDED, src, 1, 1);
+    limiter_user::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
+    assert_eq!(h.action(&f), DROP, "1 counted + 1 seeded");
+    assert!(!hinted_full(&mut h, src), "the daemon releases seeded counts without touching hints");
+    // The seeded socket closes: the daemon takes it away.
+    set_count(&mut h, names::SEEDED, src, 1, 0);
+    assert_eq!(h.action(&f), PASS);
+}
