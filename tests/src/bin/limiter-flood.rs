@@ -1021,3 +1021,67 @@ fn flood() -> Result<()> {
     }
     check(&rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_rank_sessions_that_never_got_there_last() {
+        let ms = |n| Some(Duration::from_millis(n));
+        let times = [ms(3), None, ms(1), ms(2)];
+        assert_eq!(percentile(&times, 50.0), Some(2.0));
+        assert_eq!(percentile(&times, 75.0), Some(3.0));
+        // The slowest 25% never connected: p99 is a failure, not the slowest success.
+        assert_eq!(percentile(&times, 99.0), None);
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn spoofed_sources_stay_in_their_ranges() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        for yes in ["198.19.0.0", "198.19.255.255", "2001:db8:8000::", "2001:db8:ffff:ffff::1"] {
+            assert!(is_spoofed(ip(yes)), "{yes}");
+        }
+        for no in ["198.18.3.10", "198.20.0.1", "2001:db8:7fff::1", "2001:db8:3:1::a", "2001:db9:8000::1"] {
+            assert!(!is_spoofed(ip(no)), "{no}");
+        }
+    }
+
+    fn row(config: Config, phase: Phase, ok: u64, packets: u64, refused: Option<u64>) -> Value {
+        json!({
+            "config": config.name(), "phase": phase.name(), "sessions": 10, "ok": ok,
+            "failures": { "refused": 0 },
+            "flood": (phase != Phase::Baseline).then(|| json!({ "packets": packets })),
+            "abuser": (phase == Phase::Abuser).then(|| json!({ "connected": 3 })),
+            "refused": refused,
+        })
+    }
+
+    #[test]
+    fn check_fails_a_run_that_measured_nothing_but_not_a_bad_flood_result() {
+        let good = [
+            row(Config::Limiter, Phase::Baseline, 10, 0, Some(0)),
+            row(Config::Limiter, Phase::Abuser, 0, 5, Some(7)),
+            row(Config::Limiter, Phase::Spoofed, 0, 5, Some(0)),
+            row(Config::None, Phase::Abuser, 0, 5, None),
+        ];
+        assert!(check(&good).is_ok(), "no success under a flood is a result, not a failure");
+        for (bad, why) in [
+            (row(Config::None, Phase::Baseline, 0, 0, None), "no legitimate session"),
+            (row(Config::Nft, Phase::Spoofed, 10, 0, Some(0)), "trafgen sent nothing"),
+            (row(Config::Nft, Phase::Abuser, 10, 5, Some(0)), "refused nothing"),
+        ] {
+            let err = check(&[bad]).expect_err(why).to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn configs_and_phases_parse_by_key() {
+        let picked = pick("limiter,none", &Config::ALL, Config::key, "config").expect("valid list");
+        assert!(picked == [Config::Limiter, Config::None]);
+        assert!(pick("iptables", &Config::ALL, Config::key, "config").is_err());
+        assert!(pick("spoofed", &Phase::ALL, Phase::key, "phase").is_ok_and(|p| p == [Phase::Spoofed]));
+    }
+}
