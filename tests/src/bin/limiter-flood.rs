@@ -465,9 +465,10 @@ fn trafgen_args(cfg: &Path) -> Vec<String> {
 /// The client veth's queue. A veth whose peer runs XDP in native mode hands it frames through a 256-slot ring;
 /// with the veth's default `noqueue` a full ring drops the frame, so a flood sent from the same CPU that drains
 /// the ring loses legitimate frames too, an effect of the test rig that a NIC does not have (without XDP the peer
-/// takes frames into the 1000-frame backlog instead). With a queue on the sending side the kernel (6.16 and
-/// later) holds the frames back while the ring is full, and trafgen sends through it (`--qdisc-path`): every
-/// configuration then gets every frame, with the same depth of queue.
+/// takes frames into the 1000-frame backlog instead). With a queue on the sending side, recent kernels (6.18 here)
+/// hold the frames back while the ring is full instead of dropping them, and trafgen sends through that queue
+/// (`--qdisc-path`): every configuration then gets every frame, behind the same depth of queue. On a kernel that
+/// still drops, the "lost frames" column shows it.
 const CLIENT_QDISC: [&str; 3] = ["pfifo", "limit", "1000"];
 
 /// Runs trafgen on `cfg` into a pcap file (no network) and checks every frame it made: a TCP SYN to the server's
