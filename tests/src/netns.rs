@@ -89,6 +89,26 @@ pub fn enter(path: &Path) {
     assert_eq!(rc, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
 }
 
+/// Attaches the object's empty XDP program (`floor_pass`: every frame
+/// passes) to `iface` in `ns`, in native mode; it stays attached until the
+/// returned handle is dropped.
+#[must_use]
+pub fn attach_pass(ns: &Netns, iface: &str) -> aya::Ebpf {
+    let iface = iface.to_owned();
+    ns.run(move || {
+        let mut ebpf = aya::Ebpf::load(limiter_user::EBPF_OBJECT).expect("load object");
+        let prog: &mut aya::programs::Xdp = ebpf
+            .program_mut(limiter_common::maps::names::FLOOR_PASS)
+            .expect("floor_pass program")
+            .try_into()
+            .expect("xdp program");
+        prog.load().expect("load floor_pass");
+        prog.attach(&iface, aya::programs::XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attach floor_pass to {iface}: {e}"));
+        ebpf
+    })
+}
+
 /// Two namespaces joined by a veth pair: `server` (where the limiter runs,
 /// on `server_if`) and `client`. IPv4 198.18.N.0/24 and IPv6 `2001:db8:N::/48`.
 pub struct Pair {
@@ -127,18 +147,7 @@ impl Pair {
         // A veth hands XDP_TX frames to its peer only if the peer runs XDP
         // itself (its NAPI path); a real NIC needs nothing. So the client
         // side gets the object's empty pass program.
-        let peer_if = client_if.clone();
-        let peer_xdp = client.run(move || {
-            let mut ebpf = aya::Ebpf::load(limiter_user::EBPF_OBJECT).expect("load object");
-            let prog: &mut aya::programs::Xdp = ebpf
-                .program_mut(limiter_common::maps::names::FLOOR_PASS)
-                .expect("floor_pass program")
-                .try_into()
-                .expect("xdp program");
-            prog.load().expect("load floor_pass");
-            prog.attach(&peer_if, aya::programs::XdpMode::Driver).expect("attach floor_pass to the client veth");
-            ebpf
-        });
+        let peer_xdp = attach_pass(&client, &client_if);
         let p = Self { _peer_xdp: peer_xdp, server, client, server_if, client_if, net };
         p.server.exec(&["ip", "addr", "add", &format!("198.18.{net}.1/24"), "dev", &p.server_if]);
         p.server.exec(&["ip", "addr", "add", &format!("2001:db8:{net:x}::1/48"), "dev", &p.server_if, "nodad"]);
@@ -228,7 +237,8 @@ impl Pair {
 
 impl Pair {
     /// The MAC address of `iface` in `ns`.
-    fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
+    #[must_use]
+    pub fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
         let out = ns.exec(&["ip", "-o", "link", "show", "dev", iface]);
         let hex = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).expect("link/ether");
         let mut mac = [0u8; 6];

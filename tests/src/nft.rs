@@ -69,6 +69,15 @@ pub fn install(ns: &Netns, ruleset: &str) {
     assert!(out.status.success(), "nft -f failed: {}\n{ruleset}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Deletes [`TABLE`] from `ns` again; for `Drop` guards, so it never panics
+/// (conntrack entries stay until they time out, but nothing counts them).
+pub fn uninstall(ns: &Netns) {
+    let _ = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args([nft_bin().as_str(), "delete", "table", "inet", TABLE])
+        .output();
+}
+
 /// Packets rejected by the ruleset's reject rules so far (sum of the
 /// counters in [`TABLE`]).
 #[must_use]

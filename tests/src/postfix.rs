@@ -5,7 +5,7 @@
 
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
     process::Command,
@@ -250,63 +250,99 @@ fn postconf(args: &[&str]) -> Result<String, String> {
 }
 
 /// One SMTP session over a connected stream, every read and write bounded.
+/// The `try_` methods return errors (for the flood benchmark, where failures
+/// are data); the others panic with the same message (for tests).
 pub struct Smtp {
     stream: TcpStream,
     reader: BufReader<TcpStream>,
+}
+
+/// A reply other than the one expected, as an `io::Error` like the
+/// transport's own failures (a timeout shows as `WouldBlock`).
+fn smtp_error(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
 impl Smtp {
     /// Takes a connected stream and reads the 220 greeting.
     #[must_use]
     pub fn greet(stream: TcpStream) -> Self {
-        let t = Some(Duration::from_secs(5));
-        stream.set_read_timeout(t).expect("read timeout");
-        stream.set_write_timeout(t).expect("write timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone stream"));
+        Self::try_greet(stream, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Takes a connected stream and reads the 220 greeting; `timeout` bounds
+    /// every later read and write.
+    pub fn try_greet(stream: TcpStream, timeout: Duration) -> io::Result<Self> {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let reader = BufReader::new(stream.try_clone()?);
         let mut s = Self { stream, reader };
-        s.expect(220);
-        s
+        s.expect(220)?;
+        Ok(s)
     }
 
     /// Reads one (possibly multi-line) reply and returns its last line.
-    fn reply(&mut self) -> String {
+    fn reply(&mut self) -> io::Result<String> {
         loop {
             let mut line = String::new();
-            let n = self.reader.read_line(&mut line).unwrap_or_else(|e| panic!("SMTP read: {e}"));
-            assert!(n > 0, "SMTP server closed the connection");
+            let n =
+                self.reader.read_line(&mut line).map_err(|e| io::Error::new(e.kind(), format!("SMTP read: {e}")))?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "SMTP server closed the connection"));
+            }
             // "250-..." continues, "250 ..." ends the reply.
             if line.as_bytes().get(3) != Some(&b'-') {
-                return line.trim_end().to_owned();
+                return Ok(line.trim_end().to_owned());
             }
         }
     }
 
-    fn expect(&mut self, code: u16) -> String {
-        let line = self.reply();
-        assert!(line.starts_with(&format!("{code} ")), "want {code}, got {line:?}");
-        line
+    fn expect(&mut self, code: u16) -> io::Result<String> {
+        let line = self.reply()?;
+        if line.starts_with(&format!("{code} ")) {
+            Ok(line)
+        } else {
+            Err(smtp_error(format!("want {code}, got {line:?}")))
+        }
     }
 
     /// Sends one command line and expects the reply `code`.
     pub fn cmd(&mut self, line: &str, code: u16) -> String {
-        self.stream.write_all(format!("{line}\r\n").as_bytes()).unwrap_or_else(|e| panic!("SMTP {line}: {e}"));
+        self.try_cmd(line, code).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sends one command line and expects the reply `code`.
+    pub fn try_cmd(&mut self, line: &str, code: u16) -> io::Result<String> {
+        self.stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .map_err(|e| io::Error::new(e.kind(), format!("SMTP {line}: {e}")))?;
         self.expect(code)
     }
 
     /// EHLO, MAIL, RCPT, DATA; returns the queue id from the 250 reply.
     pub fn send_mail(&mut self, tag: &str) -> String {
-        self.cmd("EHLO client.limiter-test.example", 250);
-        self.cmd("MAIL FROM:<sender@limiter-test.example>", 250);
-        self.cmd(&format!("RCPT TO:<{tag}@example.net>"), 250);
-        self.cmd("DATA", 354);
+        self.try_send_mail(tag).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// EHLO, MAIL, RCPT, DATA; returns the queue id from the 250 reply.
+    pub fn try_send_mail(&mut self, tag: &str) -> io::Result<String> {
+        self.try_cmd("EHLO client.limiter-test.example", 250)?;
+        self.try_cmd("MAIL FROM:<sender@limiter-test.example>", 250)?;
+        self.try_cmd(&format!("RCPT TO:<{tag}@example.net>"), 250)?;
+        self.try_cmd("DATA", 354)?;
         let body = format!("Subject: limiter test {tag}\r\n\r\nSession {tag}.\r\n.");
-        let done = self.cmd(&body, 250);
-        let (_, id) = done.rsplit_once("queued as ").unwrap_or_else(|| panic!("no queue id in {done:?}"));
-        id.trim().to_owned()
+        let done = self.try_cmd(&body, 250)?;
+        let (_, id) = done.rsplit_once("queued as ").ok_or_else(|| smtp_error(format!("no queue id in {done:?}")))?;
+        Ok(id.trim().to_owned())
     }
 
     /// QUIT, 221, then close.
-    pub fn quit(mut self) {
-        self.cmd("QUIT", 221);
+    pub fn quit(self) {
+        self.try_quit().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// QUIT, 221, then close.
+    pub fn try_quit(mut self) -> io::Result<()> {
+        self.try_cmd("QUIT", 221).map(drop)
     }
 }

@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: runs `limiter-bench` (tests/src/bin), which times the XDP program's paths with
-//! `BPF_PROG_TEST_RUN` on one pinned CPU and reports ns/packet and the ratio to empty-program floors.
+//! `BPF_PROG_TEST_RUN` on one pinned CPU and reports ns/packet and the ratio to empty-program floors; with
+//! `--flood`, runs `limiter-flood` instead: a real Postfix, a legitimate SMTP client and bounded SYN floods, with no
+//! protection, with nftables `ct count` and with the limiter daemon, reported as the client's success rate and
+//! latency.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -10,29 +13,48 @@ use crate::{setup::BpfToolchain, util::run};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// Smoke test: 100000 repetitions per run and 3 runs.
+    /// The service-level figure (`limiter-flood`, about 4 minutes): a legitimate SMTP client's success rate and
+    /// latency under floods, with no protection, nftables `ct count` and limiter.
+    #[arg(long)]
+    flood: bool,
+    /// Smoke test: 100000 repetitions per run and 3 runs; with --flood, 2-second phases (under a minute).
     #[arg(long)]
     quick: bool,
     /// Repetitions of each case per run (default 1000000).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "flood")]
     repeat: Option<u32>,
     /// Runs per case; the median is reported (default 5).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "flood")]
     runs: Option<usize>,
+    /// With --flood: seconds each phase measures the legitimate client (default 15).
+    #[arg(long, value_name = "S", requires = "flood")]
+    seconds: Option<u32>,
+    /// With --flood: SYNs per second trafgen sends in the flood phases (default 50000).
+    #[arg(long, value_name = "N", requires = "flood")]
+    pps: Option<u32>,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
 
-/// The `--quick` run `cargo xtask test` makes so the harness cannot rot; it
-/// checks every case's verdicts and counters, never its timings.
-pub(crate) fn smoke(tc: &BpfToolchain) -> Result<()> {
-    bench(tc, &BenchArgs { quick: true, repeat: None, runs: None, json: None })
+/// The `--quick` runs `cargo xtask test` makes so the harnesses cannot rot: the program bench checks every case's
+/// verdicts and counters, the flood bench that each configuration served legitimate sessions without a flood, that
+/// every flood sent packets and that the enforcers refused the abuser; neither checks timings or success rates under
+/// a flood.
+pub(crate) fn smoke(tc: &BpfToolchain, limiter: &Path) -> Result<()> {
+    let quick =
+        |flood| BenchArgs { flood, quick: true, repeat: None, runs: None, seconds: None, pps: None, json: None };
+    bench(tc, &quick(false), limiter)?;
+    eprintln!("xtask: flood benchmark smoke run (--flood --quick)");
+    bench(tc, &quick(true), limiter)
 }
 
-pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs) -> Result<()> {
+pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs, limiter: &Path) -> Result<()> {
     let mut cmd = crate::cargo(tc);
-    cmd.args(["run", "--release", "--quiet", "-p", "limiter-tests", "--bin", "limiter-bench", "--"]);
+    let bin = if args.flood { "limiter-flood" } else { "limiter-bench" };
+    cmd.args(["run", "--release", "--quiet", "-p", "limiter-tests", "--bin", bin, "--"]);
+    // limiter-flood starts this daemon binary.
+    cmd.env("LIMITER_BIN", limiter);
     if args.quick {
         cmd.arg("--quick");
     }
@@ -41,6 +63,12 @@ pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs) -> Result<()> {
     }
     if let Some(n) = args.runs {
         cmd.args(["--runs", &n.to_string()]);
+    }
+    if let Some(n) = args.seconds {
+        cmd.args(["--seconds", &n.to_string()]);
+    }
+    if let Some(n) = args.pps {
+        cmd.args(["--pps", &n.to_string()]);
     }
     if let Some(path) = &args.json {
         // cargo runs in the workspace root: resolve the path against the caller's directory.

@@ -1,4 +1,4 @@
-//! Developer commands for limiter: `setup`, `build`, `run`, `test`, `bench`.
+//! Developer commands for limiter: `setup`, `build`, `run`, `test`, `bench` (and `bench --flood`).
 //! Every command installs what it needs first, so a fresh machine needs
 //! nothing but this repository and rustup.
 
@@ -37,7 +37,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Time the XDP program with `BPF_PROG_TEST_RUN` against empty-program floors.
+    /// Time the XDP program with `BPF_PROG_TEST_RUN` against empty-program floors; with `--flood`, measure a
+    /// legitimate SMTP client under floods with no protection, nftables and limiter.
     Bench(bench::BenchArgs),
 }
 
@@ -100,14 +101,14 @@ fn main() -> Result<()> {
                     .env("LIMITER_BIN", &bin),
             )?;
             eprintln!("xtask: benchmark smoke run (--quick)");
-            bench::smoke(&tc)?;
+            bench::smoke(&tc, &bin)?;
             // One closing line for CI and people: the totals of every test binary.
             println!("{passed} passed, {failed} failed");
         }
         Cmd::Bench(args) => {
             let tc = setup::setup(true)?;
-            build(&tc)?;
-            bench::bench(&tc, &args)?;
+            let bin = build(&tc)?;
+            bench::bench(&tc, &args, &bin)?;
         }
     }
     Ok(())

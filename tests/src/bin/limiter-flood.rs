@@ -1,0 +1,1088 @@
+//! `limiter-flood` (run by `cargo xtask bench --flood`): what floods do to a legitimate mail client, and what
+//! nftables `ct count` and `limiter` change about it, end to end and in one run. A real Postfix listens in a server
+//! namespace; from a client namespace a legitimate client does complete SMTP sessions in a loop, first alone, then
+//! while one abusive source holds connections and floods SYNs, then while `trafgen` sends SYNs from spoofed
+//! sources. Every flood is bounded by a rate and a duration and never leaves the two namespaces.
+
+use std::{
+    error::Error,
+    io::Read as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+// Dependencies of the library's helpers, unused here.
+use limiter_common as _;
+use limiter_tests::{
+    netns::{self, Attempt, Daemon, Netns, Pair, unique},
+    nft,
+    postfix::{Postfix, Smtp},
+};
+use limiter_user::EBPF_OBJECT;
+use serde_json::{Value, json};
+use socket2 as _;
+
+type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+
+/// The SMTP port Postfix listens on in the server namespace.
+const PORT: u16 = 2525;
+/// Connections per source, for nftables (`ct count over 8`) and limiter (`--max-conn-per-source 8`) alike.
+const LIMIT: u32 = 8;
+/// Host numbers in the pair's 198.18.N.0/24: the legitimate client, the abusive source, and the client-side next
+/// hop the server routes the spoofed ranges to (the client namespace does not forward, so replies die there).
+const LEGIT_HOST: u8 = 10;
+const ABUSER_HOST: u8 = 66;
+const GATEWAY_HOST: u8 = 254;
+/// Spoofed sources: 198.19.0.0/16 and `2001:db8:8000::/33`, both outside the pair's own 198.18.N.0/24 and
+/// `2001:db8:N::/48`.
+const SPOOFED_V4: &str = "198.19.0.0/16";
+const SPOOFED_V6: &str = "2001:db8:8000::/33";
+/// Workers per legitimate source (one IPv4 address, one IPv6 address): each does one session at a time, so a
+/// source never holds more than this many connections, well under `LIMIT`.
+const WORKERS_PER_SOURCE: usize = 2;
+/// A worker starts at most one session per this interval (about 40 sessions a second in all).
+const SESSION_GAP: Duration = Duration::from_millis(100);
+/// A session fails if its TCP handshake takes longer (this allows one SYN retransmission, at 1 s) ...
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// ... or if any SMTP reply, the 220 greeting included, takes longer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections the abusive source tries to hold at once: more than Postfix's default 100 smtpd processes plus its
+/// listen backlog of 100.
+const ABUSER_SLOTS: usize = 250;
+/// How long the abuser waits after a refusal before it tries again, per slot.
+const ABUSER_RETRY: Duration = Duration::from_millis(100);
+/// The flood and the abuser start this long before the legitimate client is measured.
+const WARMUP: Duration = Duration::from_secs(1);
+/// Seed of trafgen's random numbers: every configuration sees the same spoofed sources in the same order.
+const SEED: u32 = 4242;
+
+const USAGE: &str = "usage: limiter-flood [--quick] [--seconds S] [--pps N] [--json FILE]
+                     [--configs none,nft,xdp-pass,limiter] [--phases baseline,abuser,spoofed]";
+
+struct Args {
+    quick: bool,
+    /// Seconds the legitimate client is measured in each phase.
+    seconds: u32,
+    /// SYNs per second trafgen sends in the flood phases.
+    pps: u32,
+    json: Option<PathBuf>,
+    configs: Vec<Config>,
+    phases: Vec<Phase>,
+}
+
+/// A comma-separated subset of `all`, by key, in the order given.
+fn pick<T: Copy>(list: &str, all: &[T], key: fn(T) -> &'static str, what: &str) -> Result<Vec<T>> {
+    list.split(',')
+        .map(|k| {
+            all.iter().copied().find(|&x| key(x) == k).ok_or_else(|| {
+                let keys: Vec<_> = all.iter().map(|&x| key(x)).collect();
+                format!("unknown {what} '{k}' (one of {})", keys.join(", ")).into()
+            })
+        })
+        .collect()
+}
+
+fn parse_args() -> Result<Args> {
+    let (mut quick, mut seconds, mut pps, mut json) = (false, None, None, None);
+    let (mut configs, mut phases) = (Config::ALL.to_vec(), Phase::ALL.to_vec());
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--seconds" => seconds = Some(value()?.parse::<u32>().map_err(|e| format!("--seconds: {e}"))?),
+            "--pps" => pps = Some(value()?.parse::<u32>().map_err(|e| format!("--pps: {e}"))?),
+            "--json" => json = Some(PathBuf::from(value()?)),
+            "--configs" => configs = pick(&value()?, &Config::ALL, Config::key, "config")?,
+            "--phases" => phases = pick(&value()?, &Phase::ALL, Phase::key, "phase")?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown argument '{arg}'\n{USAGE}").into()),
+        }
+    }
+    let seconds = seconds.unwrap_or(if quick { 2 } else { 15 });
+    let pps = pps.unwrap_or(50_000);
+    // Floods are bounded: at most a minute a phase, at most a million packets a second.
+    if !(1..=60).contains(&seconds) {
+        return Err("--seconds must be between 1 and 60".into());
+    }
+    if !(1..=1_000_000).contains(&pps) {
+        return Err("--pps must be between 1 and 1000000".into());
+    }
+    Ok(Args { quick, seconds, pps, json, configs, phases })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Config {
+    None,
+    Nft,
+    /// The object's empty XDP program on the server veth: what XDP itself costs on this path, without the limiter.
+    XdpPass,
+    Limiter,
+}
+
+impl Config {
+    const ALL: [Self; 4] = [Self::None, Self::Nft, Self::XdpPass, Self::Limiter];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Nft => "nft ct count",
+            Self::XdpPass => "xdp pass",
+            Self::Limiter => "limiter",
+        }
+    }
+
+    /// The empty-program control shows what XDP costs on the packet path; against the abuser it would only repeat
+    /// `none` (nothing limits it).
+    fn runs(self, phase: Phase) -> bool {
+        self != Self::XdpPass || phase != Phase::Abuser
+    }
+
+    const fn key(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Nft => "nft",
+            Self::XdpPass => "xdp-pass",
+            Self::Limiter => "limiter",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The legitimate client alone: the sanity check.
+    Baseline,
+    /// One abusive source holds as many connections as it can and floods SYNs from its own address.
+    Abuser,
+    /// SYNs from spoofed sources, a new one on almost every packet.
+    Spoofed,
+}
+
+impl Phase {
+    const ALL: [Self; 3] = [Self::Baseline, Self::Abuser, Self::Spoofed];
+
+    const fn key(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Abuser => "abuser",
+            Self::Spoofed => "spoofed",
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "no flood",
+            Self::Abuser => "one abuser",
+            Self::Spoofed => "spoofed SYNs",
+        }
+    }
+}
+
+/// What enforces the limit in a configuration; removes itself on drop.
+enum Enforcer<'a> {
+    None,
+    Nft(NftTable<'a>),
+    /// Holds the program attached.
+    XdpPass {
+        _program: aya::Ebpf,
+    },
+    Limiter(Daemon),
+}
+
+/// The nftables `ct count` table in the server namespace, deleted on drop.
+struct NftTable<'a>(&'a Netns);
+
+impl Drop for NftTable<'_> {
+    fn drop(&mut self) {
+        nft::uninstall(self.0);
+    }
+}
+
+impl<'a> Enforcer<'a> {
+    fn start(config: Config, pair: &'a Pair) -> Self {
+        match config {
+            Config::None => Self::None,
+            Config::XdpPass => Self::XdpPass { _program: netns::attach_pass(&pair.server, &pair.server_if) },
+            Config::Nft => {
+                nft::install(&pair.server, &nft::ct_count_ruleset(PORT, LIMIT));
+                Self::Nft(NftTable(&pair.server))
+            }
+            Config::Limiter => {
+                let (port, limit) = (PORT.to_string(), LIMIT.to_string());
+                let args = ["--iface", &pair.server_if, "--port", &port, "--max-conn-per-source", &limit];
+                Self::Limiter(Daemon::start(&pair.server, &[&args[..], &["--action", "reset"]].concat()))
+            }
+        }
+    }
+
+    /// SYNs refused so far: nftables' reject counters, or limiter's refusal counters; fails if the daemon died.
+    fn refused(&mut self) -> Result<Option<u64>> {
+        match self {
+            Self::None | Self::XdpPass { .. } => Ok(None),
+            Self::Nft(table) => Ok(Some(nft::rejected(table.0))),
+            Self::Limiter(d) => {
+                if let Some(Ok(Some(status))) = d.child.as_mut().map(Child::try_wait) {
+                    return Err(format!("limiter run exited ({status}): {}", d.log_text()).into());
+                }
+                let s = d.status_json().ok_or_else(|| format!("limiter status failed: {}", d.log_text()))?;
+                let c = &s["services"][0]["counters"];
+                let n = |k: &str| c[k].as_u64().ok_or_else(|| format!("no counter {k} in {s}"));
+                Ok(Some(n("refused_concurrency")? + n("refused_rate")?))
+            }
+        }
+    }
+}
+
+/// How one legitimate session ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    /// An RST in answer to the SYN: the client was refused.
+    Refused,
+    ConnectTimeout,
+    ConnectError,
+    /// Connected, but no 220 greeting in time (or the server closed first).
+    NoBanner,
+    /// Greeted, but a later reply was missing or wrong.
+    SmtpError,
+}
+
+struct Session {
+    connect: Option<Duration>,
+    banner: Option<Duration>,
+    outcome: Outcome,
+}
+
+/// One complete SMTP session from `src`: connect, 220, EHLO, MAIL, RCPT, DATA, QUIT.
+fn session(src: IpAddr, dst: SocketAddr, tag: &str) -> Session {
+    let start = Instant::now();
+    let failed = |connect, outcome| Session { connect, banner: None, outcome };
+    let stream = match netns::connect(src, dst, CONNECT_TIMEOUT) {
+        Attempt::Connected(s) => s,
+        Attempt::Refused(_) => return failed(None, Outcome::Refused),
+        Attempt::TimedOut => return failed(None, Outcome::ConnectTimeout),
+        Attempt::Other(_) => return failed(None, Outcome::ConnectError),
+    };
+    let connect = Some(start.elapsed());
+    let Ok(mut smtp) = Smtp::try_greet(stream, REPLY_TIMEOUT) else { return failed(connect, Outcome::NoBanner) };
+    let banner = Some(start.elapsed());
+    let done = smtp.try_send_mail(tag).and_then(|_| smtp.try_quit());
+    Session { connect, banner, outcome: if done.is_ok() { Outcome::Ok } else { Outcome::SmtpError } }
+}
+
+/// The legitimate client: `WORKERS_PER_SOURCE` workers per source doing sessions back to back (at most one start
+/// per `SESSION_GAP` each) until `deadline`; each returns its sessions when its last one has ended.
+fn start_legit(pair: &Pair, sources: &[IpAddr], deadline: Instant) -> Vec<thread::JoinHandle<Vec<Session>>> {
+    sources
+        .iter()
+        .flat_map(|&src| (0..WORKERS_PER_SOURCE).map(move |w| (src, w)))
+        .map(|(src, w)| {
+            let path = pair.client.path();
+            let dst = SocketAddr::new(if src.is_ipv4() { pair.server_v4() } else { pair.server_v6() }, PORT);
+            thread::spawn(move || {
+                netns::enter(&path);
+                let mut done = Vec::new();
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    done.push(session(src, dst, &format!("legit-{w}-{}", done.len())));
+                    let pause = SESSION_GAP.saturating_sub(started.elapsed());
+                    thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                }
+                done
+            })
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct AbuserStats {
+    attempts: AtomicU64,
+    connected: AtomicU64,
+    refused: AtomicU64,
+    timed_out: AtomicU64,
+    held: AtomicU64,
+    max_held: AtomicU64,
+}
+
+/// One abusive source: `ABUSER_SLOTS` threads, each connecting and holding the connection without a word (the way
+/// a spam bot or a broken client ties up the server's processes) until the server closes it or the phase ends, then
+/// connecting again.
+struct Abuser {
+    stop: Arc<AtomicBool>,
+    stats: Arc<AbuserStats>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Abuser {
+    fn start(pair: &Pair, src: IpAddr) -> Self {
+        let (stop, stats) = (Arc::new(AtomicBool::new(false)), Arc::new(AbuserStats::default()));
+        let dst = SocketAddr::new(pair.server_v4(), PORT);
+        let threads = (0..ABUSER_SLOTS)
+            .map(|_| {
+                let (stop, stats, path) = (Arc::clone(&stop), Arc::clone(&stats), pair.client.path());
+                thread::spawn(move || {
+                    netns::enter(&path);
+                    while !stop.load(Ordering::Relaxed) {
+                        stats.attempts.fetch_add(1, Ordering::Relaxed);
+                        match netns::connect(src, dst, Duration::from_secs(1)) {
+                            Attempt::Connected(mut s) => {
+                                stats.connected.fetch_add(1, Ordering::Relaxed);
+                                let held = stats.held.fetch_add(1, Ordering::Relaxed) + 1;
+                                stats.max_held.fetch_max(held, Ordering::Relaxed);
+                                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                                let mut buf = [0u8; 512];
+                                while !stop.load(Ordering::Relaxed) {
+                                    match s.read(&mut buf) {
+                                        Ok(0) => break,
+                                        Ok(_) => {}
+                                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {}
+                                        Err(_) => break,
+                                    }
+                                }
+                                stats.held.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            // Refused, or failed in another way (counted alike): wait a little, like a client that
+                            // got "connection refused".
+                            Attempt::Refused(_) | Attempt::Other(_) => {
+                                stats.refused.fetch_add(1, Ordering::Relaxed);
+                                thread::sleep(ABUSER_RETRY);
+                            }
+                            Attempt::TimedOut => {
+                                stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, stats, threads }
+    }
+
+    /// Closes every connection and returns the totals.
+    fn stop(self) -> Value {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("abuser thread");
+        }
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        json!({
+            "attempts": n(&s.attempts), "connected": n(&s.connected), "refused": n(&s.refused),
+            "timed_out": n(&s.timed_out), "max_held": n(&s.max_held),
+        })
+    }
+}
+
+/// A temp dir for trafgen's configs and output, removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The frames of a flood, as trafgen configuration: every byte is fixed except the ones `drnd`/`dinc` vary at run
+/// time (source address bits below the allowed prefix, source port, IP id, sequence number), and trafgen
+/// recomputes the checksums of every packet.
+struct FloodFrames {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    server_v4: Ipv4Addr,
+    server_v6: Ipv6Addr,
+}
+
+impl FloodFrames {
+    fn bytes(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:#04x}")).collect::<Vec<_>>().join(", ")
+    }
+
+    fn eth(&self, ethertype: u16) -> String {
+        format!("{}, {}, c16({ethertype:#06x})", Self::bytes(&self.dst_mac), Self::bytes(&self.src_mac))
+    }
+
+    /// A TCP SYN with an MSS option (as real clients send), after an IP header starting at `ip`.
+    fn syn(csum: &str) -> String {
+        format!(
+            "drnd(2), c16({PORT}), drnd(4), c32(0), c16((6 << 12) | 0x02), c16(64240), {csum}, c16(0), 2, 4, c16(1400)"
+        )
+    }
+
+    /// IPv4 SYNs; `src` is four trafgen byte expressions.
+    fn v4(&self, src: &str) -> String {
+        format!(
+            "{{\n  {},\n  0x45, 0, c16(44), drnd(2), 0x40, 0, 64, 6, csumip(14, 33),\n  {src},\n  {},\n  {}\n}}\n",
+            self.eth(0x0800),
+            Self::bytes(&self.server_v4.octets()),
+            Self::syn("csumtcp(14, 34)")
+        )
+    }
+
+    /// IPv6 SYNs; `src` is sixteen trafgen byte expressions.
+    fn v6(&self, src: &str) -> String {
+        format!(
+            "{{\n  {},\n  0x60, 0, 0, 0, c16(24), 6, 64,\n  {src},\n  {},\n  {}\n}}\n",
+            self.eth(0x86dd),
+            Self::bytes(&self.server_v6.octets()),
+            Self::syn("csumtcp6(14, 54)")
+        )
+    }
+
+    /// SYNs from the abusive source's own address.
+    fn abuser(&self, src: Ipv4Addr) -> String {
+        format!("# SYNs from one abusive source\n{}", self.v4(&Self::bytes(&src.octets())))
+    }
+
+    /// SYNs from 198.19.0.0/16 and `2001:db8:8000::/33`, alternating: the first 16 (33) bits are constants.
+    fn spoofed(&self) -> String {
+        format!(
+            "# SYNs from {SPOOFED_V4}\n{}# SYNs from {SPOOFED_V6}\n{}",
+            self.v4("198, 19, drnd(2)"),
+            self.v6("0x20, 0x01, 0x0d, 0xb8, dinc(0x80, 0xff), drnd(11)")
+        )
+    }
+}
+
+/// Common trafgen arguments: one process (the other CPU stays for the server), no changes to the host's socket
+/// memory sysctls or IRQ affinities, a fixed seed.
+fn trafgen_args(cfg: &Path) -> Vec<String> {
+    ["--in", &cfg.display().to_string(), "--cpus", "1", "--no-sock-mem", "--notouch-irq", "--seed", &SEED.to_string()]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The client veth's queue. A veth whose peer runs XDP in native mode hands it frames through a 256-slot ring;
+/// with the veth's default `noqueue` a full ring drops the frame, so a flood sent from the same CPU that drains
+/// the ring loses legitimate frames too, an effect of the test rig that a NIC does not have (without XDP the peer
+/// takes frames into the 1000-frame backlog instead). With a queue on the sending side, recent kernels (6.18 here)
+/// hold the frames back while the ring is full instead of dropping them, and trafgen sends through that queue
+/// (`--qdisc-path`): every configuration then gets every frame, behind the same depth of queue. On a kernel that
+/// still drops, the "lost frames" column shows it.
+const CLIENT_QDISC: [&str; 3] = ["pfifo", "limit", "1000"];
+
+/// Runs trafgen on `cfg` into a pcap file (no network) and checks every frame it made: a TCP SYN to the server's
+/// `PORT` from an allowed source. This is the proof that the flood only uses the test ranges.
+fn check_frames(dir: &Path, name: &str, cfg: &Path, server: &[IpAddr], allowed: &dyn Fn(IpAddr) -> bool) -> Result<()> {
+    const FRAMES: usize = 4096;
+    let pcap = dir.join(format!("{name}.pcap"));
+    let out = Command::new("trafgen")
+        .args(trafgen_args(cfg))
+        .arg("--out")
+        .arg(&pcap)
+        .args(["--num", &FRAMES.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run trafgen: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("trafgen rejected the {name} flood: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let data = std::fs::read(&pcap).map_err(|e| format!("{}: {e}", pcap.display()))?;
+    let mut at = 24; // the pcap file header
+    let mut seen = 0;
+    while at + 16 <= data.len() {
+        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into()?) as usize;
+        let f = data.get(at + 16..at + 16 + len).ok_or("truncated pcap record")?;
+        at += 16 + len;
+        let (src, dst, ip_end) = match u16::from_be_bytes([f[12], f[13]]) {
+            0x0800 if f[23] == 6 => {
+                (IpAddr::from(<[u8; 4]>::try_from(&f[26..30])?), IpAddr::from(<[u8; 4]>::try_from(&f[30..34])?), 34)
+            }
+            0x86dd if f[20] == 6 => {
+                (IpAddr::from(<[u8; 16]>::try_from(&f[22..38])?), IpAddr::from(<[u8; 16]>::try_from(&f[38..54])?), 54)
+            }
+            t => return Err(format!("{name} flood: frame {seen} is not TCP over IP (ethertype {t:#06x})").into()),
+        };
+        let dport = u16::from_be_bytes([f[ip_end + 2], f[ip_end + 3]]);
+        let flags = f[ip_end + 13];
+        if !allowed(src) || !server.contains(&dst) || dport != PORT || flags != 0x02 {
+            return Err(format!("{name} flood: frame {seen} is {src} -> {dst}:{dport} flags {flags:#04x}").into());
+        }
+        seen += 1;
+    }
+    if seen != FRAMES {
+        return Err(format!("{name} flood: trafgen wrote {seen} frames, expected {FRAMES}").into());
+    }
+    Ok(())
+}
+
+/// A running trafgen in the client namespace, in a process group of its own, stopped on drop.
+struct Trafgen {
+    child: Option<Child>,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Trafgen {
+    /// Sends the frames of `cfg` on `iface` in `ns` at about `pps`, at most `count` packets.
+    fn start(ns: &Netns, iface: &str, cfg: &Path, log: PathBuf, pps: u32, count: u64) -> Result<Self> {
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg("trafgen")
+            .args(trafgen_args(cfg))
+            .args(["--out", iface, "--qdisc-path", "--rate", &format!("{pps}pps"), "--num", &count.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            // trafgen sends from a forked worker that ignores a SIGINT to its parent: signal the group.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start trafgen: {e}"))?;
+        Ok(Self { child: Some(child), log, started: Instant::now() })
+    }
+
+    /// Stops it; returns the packets it sent and for how long it sent them, as trafgen reports them
+    /// ("  1 sec, 496340 usec on CPU0 (100000 packets)"; the wall time since its start if it does not).
+    fn finish(mut self) -> Result<(u64, Duration)> {
+        let elapsed = self.started.elapsed();
+        self.stop();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let sent = log
+            .lines()
+            .find_map(|l| l.trim().strip_suffix(" packets outgoing").and_then(|n| n.trim().parse::<u64>().ok()))
+            .ok_or_else(|| format!("trafgen reported no packet count: {log}"))?;
+        let took = log
+            .lines()
+            .filter_map(|l| {
+                let (secs, rest) = l.trim().split_once(" sec, ")?;
+                let (usecs, _) = rest.split_once(" usec on CPU")?;
+                Some(Duration::from_secs(secs.parse().ok()?) + Duration::from_micros(usecs.parse().ok()?))
+            })
+            .max()
+            .unwrap_or(elapsed);
+        Ok((sent, took))
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let group = libc::pid_t::try_from(child.id()).ok();
+        // SAFETY: signalling the process group of our own child (nsenter execs trafgen, which forks its worker into
+        // the same group); SIGINT makes trafgen stop and print its totals.
+        let signal = |sig| group.map(|g| unsafe { libc::kill(-g, sig) });
+        signal(libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                // The worker prints after the parent may have gone; give it a moment.
+                thread::sleep(Duration::from_millis(100));
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        signal(libc::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Trafgen {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Counters the kernel keeps, read around each phase: frames lost on the client side (the veth's or its queue's
+/// drops), SYN cookies the server sent, and SYNs or handshakes its listener dropped.
+fn kernel_counters(pair: &Pair) -> [u64; 3] {
+    // " Sent 3400000 bytes 50000 pkt (dropped 0, overlimits 0 requeues 12)"
+    let qdisc = pair.client.exec(&["tc", "-s", "qdisc", "show", "dev", &pair.client_if]);
+    let qdisc_drops: u64 =
+        qdisc.split("(dropped ").skip(1).filter_map(|r| r.split(',').next()?.trim().parse::<u64>().ok()).sum();
+    let dev = pair.client.exec(&["cat", "/proc/net/dev"]);
+    // "  vc1x2: rx_bytes rx_packets rx_errs rx_drop rx_fifo rx_frame rx_compressed rx_multicast tx_bytes tx_packets
+    // tx_errs tx_drop ..."
+    let tx_drop = dev
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{}:", pair.client_if)))
+        .and_then(|l| l.split_whitespace().nth(11)?.parse().ok())
+        .unwrap_or(0);
+    let netstat = pair.server.exec(&["cat", "/proc/net/netstat"]);
+    let tcp_ext: Vec<Vec<&str>> =
+        netstat.lines().filter_map(|l| l.strip_prefix("TcpExt:")).map(|l| l.split_whitespace().collect()).collect();
+    let ext = |name: &str| {
+        let [names, values] = &tcp_ext[..] else { return 0 };
+        names.iter().position(|n| *n == name).and_then(|i| values.get(i)?.parse().ok()).unwrap_or(0)
+    };
+    [tx_drop + qdisc_drops, ext("SyncookiesSent"), ext("ListenDrops")]
+}
+
+/// Established connections to `PORT` in the server namespace.
+fn established(ns: &Netns) -> usize {
+    let sport = format!(":{PORT}");
+    ns.exec(&["ss", "-Htn", "state", "established", "sport", "=", &sport]).lines().filter(|l| !l.is_empty()).count()
+}
+
+/// Waits (up to 10 s) until the server holds no connection, then drops the handshakes a flood left half-open: the
+/// kernel would resend their SYN-ACKs for a minute, and while they fill the listener's SYN queue every new SYN is
+/// answered with a cookie. So every phase starts from the same state.
+fn settle(ns: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while established(ns) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let sport = format!(":{PORT}");
+    ns.exec(&["ss", "-K", "-Htn", "state", "syn-recv", "sport", "=", &sport]);
+    thread::sleep(Duration::from_millis(300));
+}
+
+/// Everything a phase needs.
+struct Bench {
+    pair: Pair,
+    legit: Vec<IpAddr>,
+    abuser: IpAddr,
+    abuser_cfg: PathBuf,
+    spoofed_cfg: PathBuf,
+    dir: TempDir,
+    seconds: u32,
+    pps: u32,
+}
+
+/// The `p`-th percentile (nearest rank) in ms; `None` (a session that never got there) ranks above every time.
+fn percentile(times: &[Option<Duration>], p: f64) -> Option<f64> {
+    let mut v: Vec<Duration> = times.iter().flatten().copied().collect();
+    v.sort();
+    #[expect(clippy::cast_precision_loss, reason = "counts of sessions are small")]
+    let rank = (p / 100.0 * times.len() as f64).ceil();
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a rank within the slice")]
+    let rank = (rank as usize).max(1);
+    v.get(rank - 1).map(|d| d.as_secs_f64() * 1000.0)
+}
+
+impl Bench {
+    fn run_phase(&self, config: Config, phase: Phase, enforcer: &mut Enforcer<'_>) -> Result<Value> {
+        let refused_before = enforcer.refused()?;
+        let kernel_before = kernel_counters(&self.pair);
+        let flood_secs = WARMUP.as_secs() + u64::from(self.seconds);
+        // A bound in case the phase never stops it; trafgen's rate may overshoot, hence twice the nominal count.
+        let count = 2 * u64::from(self.pps) * flood_secs;
+        let trafgen = match phase {
+            Phase::Baseline => None,
+            Phase::Abuser | Phase::Spoofed => {
+                let cfg = if phase == Phase::Abuser { &self.abuser_cfg } else { &self.spoofed_cfg };
+                let log = self.dir.0.join(unique("trafgen-"));
+                Some(Trafgen::start(&self.pair.client, &self.pair.client_if, cfg, log, self.pps, count)?)
+            }
+        };
+        let abuser = (phase == Phase::Abuser).then(|| Abuser::start(&self.pair, self.abuser));
+        if phase != Phase::Baseline {
+            thread::sleep(WARMUP);
+        }
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(u64::from(self.seconds));
+        let workers = start_legit(&self.pair, &self.legit, deadline);
+        thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        // The SYN flood lasts exactly the warm-up and the measured window, in every configuration alike.
+        let flood = trafgen.map(Trafgen::finish).transpose()?;
+        // Sessions started in the window run to their end or their timeout; the abuser holds its connections until
+        // then, or a session queued behind them would be served the moment it let go.
+        let sessions: Vec<Session> =
+            workers.into_iter().flat_map(|w| w.join().expect("legitimate client worker")).collect();
+        let measured = started.elapsed();
+        let abuser = abuser.map(Abuser::stop);
+        let refused_after = enforcer.refused()?;
+        let kernel: Vec<u64> = kernel_counters(&self.pair).iter().zip(kernel_before).map(|(a, b)| a - b).collect();
+        settle(&self.pair.server);
+
+        let n = |o| sessions.iter().filter(|s| s.outcome == o).count();
+        let connect: Vec<_> = sessions.iter().map(|s| s.connect).collect();
+        let banner: Vec<_> = sessions.iter().map(|s| s.banner).collect();
+        #[expect(clippy::cast_precision_loss, reason = "packet counts are far below 2^52")]
+        let flood = flood.map(|(sent, took)| {
+            json!({ "packets": sent, "seconds": took.as_secs_f64(), "pps": sent as f64 / took.as_secs_f64(),
+                    "target_pps": self.pps })
+        });
+        Ok(json!({
+            "config": config.name(),
+            "phase": phase.name(),
+            "seconds": measured.as_secs_f64(),
+            "sessions": sessions.len(),
+            "ok": n(Outcome::Ok),
+            "failures": {
+                "refused": n(Outcome::Refused), "connect_timeout": n(Outcome::ConnectTimeout),
+                "connect_error": n(Outcome::ConnectError), "no_banner": n(Outcome::NoBanner),
+                "smtp_error": n(Outcome::SmtpError),
+            },
+            "connect_ms": { "p50": percentile(&connect, 50.0), "p99": percentile(&connect, 99.0) },
+            "banner_ms": { "p50": percentile(&banner, 50.0), "p99": percentile(&banner, 99.0) },
+            "abuser": abuser,
+            "flood": flood,
+            "refused": refused_before.zip(refused_after).map(|(b, a)| a - b),
+            "kernel": { "client_drops": kernel[0], "syncookies_sent": kernel[1], "listen_drops": kernel[2] },
+        }))
+    }
+}
+
+fn ms(v: &Value) -> String {
+    match v.as_f64() {
+        None => "fail".into(),
+        Some(x) if x < 10.0 => format!("{x:.2}"),
+        Some(x) if x < 100.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.0}"),
+    }
+}
+
+fn header() -> String {
+    format!(
+        "{:<13} {:<13} {:>8} {:>6} {:>17} {:>17} {:>7} {:>18} {:>8}",
+        "config",
+        "phase",
+        "sessions",
+        "ok %",
+        "connect p50/p99",
+        "banner p50/p99",
+        "abuser",
+        "flood SYNs (pps)",
+        "refused"
+    )
+}
+
+fn line(r: &Value) -> String {
+    let sessions = r["sessions"].as_u64().unwrap_or(0);
+    #[expect(clippy::cast_precision_loss, reason = "counts of sessions are small")]
+    let ok = if sessions == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}", r["ok"].as_f64().unwrap_or(0.0) * 100.0 / sessions as f64)
+    };
+    let pair = |k: &str| format!("{}/{}", ms(&r[k]["p50"]), ms(&r[k]["p99"]));
+    let abuser = r["abuser"]["max_held"].as_u64().map_or_else(|| "-".into(), |n| n.to_string());
+    let flood = r["flood"]["packets"]
+        .as_u64()
+        .map_or_else(|| "-".into(), |p| format!("{p} ({:.0}k)", r["flood"]["pps"].as_f64().unwrap_or(0.0) / 1000.0));
+    let refused = r["refused"].as_u64().map_or_else(|| "-".into(), |n| n.to_string());
+    format!(
+        "{:<13} {:<13} {sessions:>8} {ok:>6} {:>17} {:>17} {abuser:>7} {flood:>18} {refused:>8}",
+        r["config"].as_str().unwrap_or("?"),
+        r["phase"].as_str().unwrap_or("?"),
+        pair("connect_ms"),
+        pair("banner_ms"),
+    )
+}
+
+/// The second table: why sessions failed, and what the kernel counted meanwhile.
+fn detail_header() -> String {
+    format!(
+        "{:<13} {:<13} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>12}",
+        "config", "phase", "refused", "no conn", "no banner", "smtp err", "lost frames", "syncookies", "listen drops"
+    )
+}
+
+fn detail_line(r: &Value) -> String {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let (f, k) = (&r["failures"], &r["kernel"]);
+    format!(
+        "{:<13} {:<13} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>12}",
+        r["config"].as_str().unwrap_or("?"),
+        r["phase"].as_str().unwrap_or("?"),
+        n(&f["refused"]),
+        n(&f["connect_timeout"]) + n(&f["connect_error"]),
+        n(&f["no_banner"]),
+        n(&f["smtp_error"]),
+        n(&k["client_drops"]),
+        n(&k["syncookies_sent"]),
+        n(&k["listen_drops"]),
+    )
+}
+
+/// What must hold in every run, whatever the timings: otherwise the harness measured nothing.
+fn check(rows: &[Value]) -> Result<()> {
+    let mut problems = Vec::new();
+    for r in rows {
+        let what = format!("{} / {}", r["config"].as_str().unwrap_or("?"), r["phase"].as_str().unwrap_or("?"));
+        let phase = r["phase"].as_str().unwrap_or("");
+        if phase == Phase::Baseline.name() {
+            if r["ok"].as_u64() == Some(0) {
+                problems.push(format!("{what}: no legitimate session succeeded without any flood"));
+            }
+            if r["failures"]["refused"].as_u64() != Some(0) {
+                problems.push(format!("{what}: the legitimate client was refused though under the limit"));
+            }
+        } else if r["flood"]["packets"].as_u64().unwrap_or(0) == 0 {
+            problems.push(format!("{what}: trafgen sent nothing"));
+        }
+        if phase == Phase::Abuser.name() {
+            if r["abuser"]["connected"].as_u64().unwrap_or(0) == 0 {
+                problems.push(format!("{what}: the abuser never connected"));
+            }
+            if r["refused"].as_u64() == Some(0) {
+                problems.push(format!("{what}: the enforcer refused nothing of {ABUSER_SLOTS} parallel attempts"));
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n").into()) }
+}
+
+fn preflight() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (network namespaces, XDP, nftables)".into());
+    }
+    if EBPF_OBJECT.is_empty() {
+        return Err("built without the kernel object (AYA_BUILD_SKIP): run it with `cargo xtask bench --flood`".into());
+    }
+    for (bin, arg, package) in
+        [("trafgen", "-v", "netsniff-ng"), (nft::nft_bin().as_str(), "--version", "nftables"), ("ss", "-V", "iproute2")]
+    {
+        // `trafgen -v` prints its version and exits 1: that it runs is enough.
+        let ok = Command::new(bin).arg(arg).output().is_ok_and(|o| o.status.success() || !o.stdout.is_empty());
+        if !ok {
+            return Err(
+                format!("cannot run `{bin}` (Debian package {package}; `cargo xtask setup` installs it)").into()
+            );
+        }
+    }
+    if !Path::new("/usr/sbin/postfix").exists() {
+        return Err("Postfix is not installed (`cargo xtask setup` installs it)".into());
+    }
+    if !netns::limiter_bin().exists() {
+        return Err(format!(
+            "{} does not exist: set LIMITER_BIN or run `cargo xtask bench --flood`",
+            netns::limiter_bin().display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn machine_facts() -> Vec<(&'static str, String)> {
+    let read = |path: &str| std::fs::read_to_string(path).map_or_else(|e| format!("? ({e})"), |s| s.trim().to_owned());
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "?".into());
+    // SAFETY: sysconf has no preconditions.
+    let nproc = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    vec![
+        ("cpu", cpu),
+        ("nproc", nproc.to_string()),
+        ("kernel", read("/proc/sys/kernel/osrelease")),
+        ("loadavg", read("/proc/loadavg")),
+    ]
+}
+
+fn main() -> ExitCode {
+    match flood() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("limiter-flood: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Source checks for the flood frames (see [`check_frames`]).
+fn is_spoofed(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.octets()[..2] == [198, 19],
+        IpAddr::V6(a) => a.segments()[..2] == [0x2001, 0xdb8] && a.segments()[2] & 0x8000 != 0,
+    }
+}
+
+impl Bench {
+    /// The namespaces, addresses, routes and client queue, and the two flood configurations, checked offline.
+    fn new(args: &Args) -> Result<Self> {
+        let pair = Pair::new();
+        let legit = vec![pair.add_client_v4(LEGIT_HOST), pair.add_client_v6(1, u16::from(LEGIT_HOST))];
+        let abuser = pair.add_client_v4(ABUSER_HOST);
+        // The server answers spoofed SYNs through the client namespace, which has these next hops and does not
+        // forward: the replies end there. Neither namespace has another interface or a default route.
+        let gw4 = pair.add_client_v4(GATEWAY_HOST);
+        let gw6 = pair.add_client_v6(0, u16::from(GATEWAY_HOST));
+        pair.server.exec(&["ip", "route", "add", SPOOFED_V4, "via", &gw4.to_string(), "dev", &pair.server_if]);
+        pair.server.exec(&["ip", "-6", "route", "add", SPOOFED_V6, "via", &gw6.to_string(), "dev", &pair.server_if]);
+        pair.client.exec(&[&["tc", "qdisc", "replace", "dev", &pair.client_if, "root"][..], &CLIENT_QDISC].concat());
+
+        let dir = TempDir(std::env::temp_dir().join(unique("limiter-flood-")));
+        std::fs::create_dir_all(&dir.0)?;
+        let (IpAddr::V4(server_v4), IpAddr::V6(server_v6), IpAddr::V4(abuser_v4)) =
+            (pair.server_v4(), pair.server_v6(), abuser)
+        else {
+            return Err("the pair's addresses are not of the families expected".into());
+        };
+        let frames = FloodFrames {
+            dst_mac: Pair::mac(&pair.server, &pair.server_if),
+            src_mac: Pair::mac(&pair.client, &pair.client_if),
+            server_v4,
+            server_v6,
+        };
+        let (abuser_cfg, spoofed_cfg) = (dir.0.join("abuser.cfg"), dir.0.join("spoofed.cfg"));
+        std::fs::write(&abuser_cfg, frames.abuser(abuser_v4))?;
+        std::fs::write(&spoofed_cfg, frames.spoofed())?;
+        let servers = [pair.server_v4(), pair.server_v6()];
+        check_frames(&dir.0, "abuser", &abuser_cfg, &servers, &|ip| ip == abuser)?;
+        check_frames(&dir.0, "spoofed", &spoofed_cfg, &servers, &is_spoofed)?;
+        Ok(Self { pair, legit, abuser, abuser_cfg, spoofed_cfg, dir, seconds: args.seconds, pps: args.pps })
+    }
+
+    fn print_settings(&self) {
+        let postfix_version = Command::new("/usr/sbin/postconf")
+            .args(["-h", "mail_version"])
+            .output()
+            .map_or_else(|_| "?".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        println!(
+            "server    Postfix {postfix_version} on port {PORT}, discarding all mail (default 100 smtpd processes, its \
+             own per-client limits off)"
+        );
+        println!(
+            "client    {} and {}, {WORKERS_PER_SOURCE} workers each doing complete sessions back to back (at most \
+             one start per {} ms a worker); a session fails after {} s without a TCP connection or {} s without a \
+             reply",
+            self.legit[0],
+            self.legit[1],
+            SESSION_GAP.as_millis(),
+            CONNECT_TIMEOUT.as_secs(),
+            REPLY_TIMEOUT.as_secs(),
+        );
+        println!(
+            "phases    {} s each, floods start {} s earlier; \"one abuser\": {} holds up to {ABUSER_SLOTS} silent \
+             connections while trafgen sends {} SYNs/s from it; \"spoofed SYNs\": trafgen sends {} SYNs/s from \
+             {SPOOFED_V4} and {SPOOFED_V6}, one CPU, through a {} queue on the client veth",
+            self.seconds,
+            WARMUP.as_secs(),
+            self.abuser,
+            self.pps,
+            self.pps,
+            CLIENT_QDISC.join(" "),
+        );
+        println!(
+            "configs   none; nftables `ct count over {LIMIT}` per IPv4 address and IPv6 /64, reject with tcp reset; \
+             xdp pass: an empty XDP program on the server veth (the control for what XDP itself costs here); \
+             limiter: `limiter run --max-conn-per-source {LIMIT} --action reset` (no rate), XDP native on the \
+             server veth\n"
+        );
+    }
+
+    fn json(&self, args: &Args, rows: &[Value], took: Duration) -> Value {
+        let machine: serde_json::Map<_, _> =
+            machine_facts().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+        json!({
+            "machine": machine,
+            "settings": {
+                "port": PORT, "limit": LIMIT, "seconds": self.seconds, "warmup_seconds": WARMUP.as_secs(),
+                "pps": self.pps, "abuser_slots": ABUSER_SLOTS, "legit_workers": WORKERS_PER_SOURCE * self.legit.len(),
+                "connect_timeout_s": CONNECT_TIMEOUT.as_secs(), "reply_timeout_s": REPLY_TIMEOUT.as_secs(),
+                "client_qdisc": CLIENT_QDISC.join(" "), "quick": args.quick,
+            },
+            "rows": rows,
+            "seconds": took.as_secs_f64(),
+        })
+    }
+}
+
+fn flood() -> Result<()> {
+    let args = parse_args()?;
+    preflight()?;
+    let run_started = Instant::now();
+    for (k, v) in machine_facts() {
+        println!("{k:<9} {v}");
+    }
+    let bench = Bench::new(&args)?;
+    // Declared after `bench`, so it stops before the namespaces go.
+    let postfix = Postfix::start(&bench.pair.server, PORT);
+    bench.print_settings();
+
+    println!("{}", header());
+    let mut rows = Vec::new();
+    for &config in &args.configs {
+        let mut enforcer = Enforcer::start(config, &bench.pair);
+        for &phase in args.phases.iter().filter(|&&p| config.runs(p)) {
+            let row = bench.run_phase(config, phase, &mut enforcer)?;
+            println!("{}", line(&row));
+            rows.push(row);
+        }
+    }
+    drop(postfix);
+    println!("\nlegitimate sessions that failed, by why; kernel counters over the phase");
+    println!("{}", detail_header());
+    for r in &rows {
+        println!("{}", detail_line(r));
+    }
+    let took = run_started.elapsed();
+    println!("\nran {:.0} s{}", took.as_secs_f64(), if args.quick { " (--quick)" } else { "" });
+    println!(
+        "connect: until the TCP handshake completed; banner: until the 220 greeting; \"fail\": more than 50% (p50) \
+         or 1% (p99) of the sessions never got there. abuser: most connections it held at once. flood: packets trafgen \
+         sent (the rate it reached). refused: SYNs the enforcer refused. lost frames: dropped on the client side \
+         before the server saw them."
+    );
+    if let Some(path) = &args.json {
+        let doc = bench.json(&args, &rows, took);
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    check(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_rank_sessions_that_never_got_there_last() {
+        let ms = |n| Some(Duration::from_millis(n));
+        let times = [ms(3), None, ms(1), ms(2)];
+        assert_eq!(percentile(&times, 50.0), Some(2.0));
+        assert_eq!(percentile(&times, 75.0), Some(3.0));
+        // The slowest 25% never connected: p99 is a failure, not the slowest success.
+        assert_eq!(percentile(&times, 99.0), None);
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn spoofed_sources_stay_in_their_ranges() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        for yes in ["198.19.0.0", "198.19.255.255", "2001:db8:8000::", "2001:db8:ffff:ffff::1"] {
+            assert!(is_spoofed(ip(yes)), "{yes}");
+        }
+        for no in ["198.18.3.10", "198.20.0.1", "2001:db8:7fff::1", "2001:db8:3:1::a", "2001:db9:8000::1"] {
+            assert!(!is_spoofed(ip(no)), "{no}");
+        }
+    }
+
+    fn row(config: Config, phase: Phase, ok: u64, packets: u64, refused: Option<u64>) -> Value {
+        json!({
+            "config": config.name(), "phase": phase.name(), "sessions": 10, "ok": ok,
+            "failures": { "refused": 0 },
+            "flood": (phase != Phase::Baseline).then(|| json!({ "packets": packets })),
+            "abuser": (phase == Phase::Abuser).then(|| json!({ "connected": 3 })),
+            "refused": refused,
+        })
+    }
+
+    #[test]
+    fn check_fails_a_run_that_measured_nothing_but_not_a_bad_flood_result() {
+        let good = [
+            row(Config::Limiter, Phase::Baseline, 10, 0, Some(0)),
+            row(Config::Limiter, Phase::Abuser, 0, 5, Some(7)),
+            row(Config::Limiter, Phase::Spoofed, 0, 5, Some(0)),
+            row(Config::None, Phase::Abuser, 0, 5, None),
+        ];
+        assert!(check(&good).is_ok(), "no success under a flood is a result, not a failure");
+        for (bad, why) in [
+            (row(Config::None, Phase::Baseline, 0, 0, None), "no legitimate session"),
+            (row(Config::Nft, Phase::Spoofed, 10, 0, Some(0)), "trafgen sent nothing"),
+            (row(Config::Nft, Phase::Abuser, 10, 5, Some(0)), "refused nothing"),
+        ] {
+            let err = check(&[bad]).expect_err(why).to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn configs_and_phases_parse_by_key() {
+        let picked = pick("limiter,none", &Config::ALL, Config::key, "config").expect("valid list");
+        assert!(picked == [Config::Limiter, Config::None]);
+        assert!(pick("iptables", &Config::ALL, Config::key, "config").is_err());
+        assert!(pick("spoofed", &Phase::ALL, Phase::key, "phase").is_ok_and(|p| p == [Phase::Spoofed]));
+    }
+}
