@@ -36,6 +36,8 @@ pub(crate) struct Testbed {
     client_mac: [u8; 6],
     /// Source port of the client's next connection (see `reconnect`).
     next_sport: u16,
+    /// Resets the client sent closing its connections (`disconnect`).
+    resets_sent: u64,
 }
 
 impl Testbed {
@@ -87,6 +89,7 @@ impl Testbed {
             server_mac,
             client_mac,
             next_sport: FIRST_CLIENT_PORT,
+            resets_sent: 0,
         }
     }
 
@@ -111,6 +114,7 @@ impl Testbed {
     pub(crate) fn disconnect(&mut self, port: u16) -> Result<()> {
         for s in self.conns.drain(..) {
             socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+            self.resets_sent += 1;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while nft::server_sockets(&self.server, port) != 0 {
@@ -123,6 +127,11 @@ impl Testbed {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// Resets the client sent closing its own connections so far: the only ones it should send.
+    pub(crate) const fn resets_sent(&self) -> u64 {
+        self.resets_sent
     }
 
     /// Opens `n` connections from `CLIENT` to the server's `port` (closing the client's earlier ones first).
