@@ -1,5 +1,7 @@
-//! `cargo xtask bench`: runs `limiter-bench` (tests/src/bin), which times the XDP program's paths with
-//! `BPF_PROG_TEST_RUN` on one pinned CPU and reports ns/packet and the ratio to empty-program floors.
+//! `cargo xtask bench`: runs `limiter-bench` (tests/src/bin/limiter-bench), which times the XDP program's paths,
+//! empty-program floors and the netfilter and SYN-cookie peers with `BPF_PROG_TEST_RUN` in live-frames mode (what
+//! a program passes goes through a private server namespace's real stack) on one pinned CPU, and reports
+//! ns/packet, ratios and the target ratios.
 
 use std::path::PathBuf;
 
@@ -10,10 +12,10 @@ use crate::{setup::BpfToolchain, util::run};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// Smoke test: 100000 repetitions per run and 3 runs.
+    /// Smoke test: 100000 packets per run and 3 runs.
     #[arg(long)]
     quick: bool,
-    /// Repetitions of each case per run (default 1000000).
+    /// Packets of each case per run (default 1000000).
     #[arg(long, value_name = "N")]
     repeat: Option<u32>,
     /// Runs per case; the median is reported (default 5).
@@ -25,7 +27,8 @@ pub(crate) struct BenchArgs {
 }
 
 /// The `--quick` run `cargo xtask test` makes so the harness cannot rot; it
-/// checks every case's verdicts and counters, never its timings.
+/// fails if a case took another path (verdict, rule and stack counters) or
+/// a checksum broke, never on a timing.
 pub(crate) fn smoke(tc: &BpfToolchain) -> Result<()> {
     bench(tc, &BenchArgs { quick: true, repeat: None, runs: None, json: None })
 }

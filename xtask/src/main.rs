@@ -37,7 +37,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Time the XDP program with `BPF_PROG_TEST_RUN` against empty-program floors.
+    /// Time the XDP program on live frames against empty-program floors and netfilter/listener peers.
     Bench(bench::BenchArgs),
 }
 
