@@ -142,7 +142,7 @@ impl Testbed {
     pub(crate) fn reconnect(&mut self, port: u16, n: usize) -> Result<()> {
         self.disconnect(port)?;
         let first = self.next_sport;
-        self.next_sport += u16::try_from(n)?;
+        self.next_sport = u16::try_from(n).ok().and_then(|n| first.checked_add(n)).ok_or("out of client ports")?;
         self.conns = self.connect(port, first, n)?;
         Ok(())
     }
@@ -168,7 +168,7 @@ impl Testbed {
     /// established connection and answers nothing, however often it comes.
     pub(crate) fn established_ack(&mut self, port: u16) -> Result<Vec<u8>> {
         let sport = self.next_sport;
-        self.next_sport += 1;
+        self.next_sport = sport.checked_add(1).ok_or("out of client ports")?;
         let s = self.connect(port, sport, 1)?.pop().ok_or("no connection")?;
         let (seq, ack) = next_seqs(&s)?;
         let local = s.local_addr()?;
