@@ -37,6 +37,10 @@ pub mod names {
     /// Bench only: a new source on every packet, then the real program / a drop.
     pub const BENCH_FLOOD: &str = "bench_flood";
     pub const FLOOR_FLOOD_DROP: &str = "floor_flood_drop";
+    /// Bench only: the spoofed-source counter of the flood pair (per-CPU, one entry).
+    pub const BENCH_SEQ: &str = "BENCH_SEQ";
+    /// Bench only: on the bench client's veth, drops what the server sends to the injected SYNs' ports.
+    pub const BENCH_SINK: &str = "bench_sink";
 }
 
 /// Over-limit actions (`ServicePolicy::action`).

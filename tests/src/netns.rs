@@ -62,6 +62,32 @@ impl Netns {
         sh(&full)
     }
 
+    /// A plain listener on `addr` in this namespace that accepts forever and
+    /// keeps every connection open (see [`Pair::listen`] for a dual-stack one).
+    pub fn listen(&self, addr: SocketAddr) -> Listener {
+        serve(self.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))))
+    }
+
+    /// Sets a sysctl of this namespace (`net.*` keys are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// The namespace's network statistics as `nstat` names them
+    /// (`TcpInSegs`, `TcpExtSyncookiesSent`, `IpExtInCsumErrors`, ...):
+    /// absolute values, zeros included, nstat's history left alone.
+    #[must_use]
+    pub fn nstat(&self) -> std::collections::HashMap<String, u64> {
+        self.exec(&["nstat", "-asz"])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.to_owned(), w.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Runs `f` on a thread that has entered this namespace; sockets it
     /// creates belong to the namespace for their whole life.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -190,19 +216,7 @@ impl Pair {
             s.listen(1024).expect("listen");
             TcpListener::from(s)
         });
-        let accepter = l.try_clone().expect("clone listener");
-        thread::spawn(move || {
-            // Like a mail server: hold each connection until the client
-            // closes it, then close our side (a server left in CLOSE-WAIT
-            // really holds its slot).
-            while let Ok((mut s, _)) = accepter.accept() {
-                thread::spawn(move || {
-                    let mut buf = [0u8; 512];
-                    while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
-                });
-            }
-        });
-        Listener { _listener: l }
+        serve(l)
     }
 
     /// `n` connection attempts from `src` started at the same instant, one
@@ -236,16 +250,10 @@ impl Pair {
 }
 
 impl Pair {
-    /// The MAC address of `iface` in `ns`.
+    /// The MAC address of `iface` in `ns` (see [`mac`]).
     #[must_use]
     pub fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
-        let out = ns.exec(&["ip", "-o", "link", "show", "dev", iface]);
-        let hex = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).expect("link/ether");
-        let mut mac = [0u8; 6];
-        for (m, h) in mac.iter_mut().zip(hex.split(':')) {
-            *m = u8::from_str_radix(h, 16).expect("mac hex");
-        }
-        mac
+        mac(ns, iface)
     }
 
     /// Sends `n` TCP SYNs to the server's `port`, each from a new spoofed
@@ -253,7 +261,7 @@ impl Pair {
     /// pair's own addresses), with valid checksums, through an `AF_PACKET`
     /// socket on the client veth. Bounded: returns when all are sent.
     pub fn flood_spoofed(&self, port: u16, n: u32) {
-        let (dst_mac, src_mac) = (Self::mac(&self.server, &self.server_if), Self::mac(&self.client, &self.client_if));
+        let (dst_mac, src_mac) = (mac(&self.server, &self.server_if), mac(&self.client, &self.client_if));
         let (v4, v6) = (self.server_v4(), self.server_v6());
         let (ifname, net) = (self.client_if.clone(), self.net);
         self.client.run(move || {
@@ -324,6 +332,34 @@ impl Default for Pair {
 /// Keeps a listener open.
 pub struct Listener {
     _listener: TcpListener,
+}
+
+/// Accepts on `l` forever and keeps every connection open, like a mail
+/// server: each is held until the client closes it, then our side closes
+/// too (a server left in CLOSE-WAIT really holds its slot).
+fn serve(l: TcpListener) -> Listener {
+    let accepter = l.try_clone().expect("clone listener");
+    thread::spawn(move || {
+        while let Ok((mut s, _)) = accepter.accept() {
+            thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    Listener { _listener: l }
+}
+
+/// The MAC address of `iface` in `ns`.
+#[must_use]
+pub fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
+    let out = ns.exec(&["ip", "-o", "link", "show", "dev", iface]);
+    let hex = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).expect("link/ether");
+    let mut mac = [0u8; 6];
+    for (m, h) in mac.iter_mut().zip(hex.split(':')) {
+        *m = u8::from_str_radix(h, 16).expect("mac hex");
+    }
+    mac
 }
 
 /// The outcome of one connection attempt.

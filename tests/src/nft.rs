@@ -39,15 +39,22 @@ pub fn can_run_nft(test: &str) -> bool {
 /// dynamic sets. Each reject rule has a counter (see [`rejected`]).
 #[must_use]
 pub fn ct_count_ruleset(port: u16, limit: u32) -> String {
+    ct_count_ruleset_with(port, limit, "reject with tcp reset")
+}
+
+/// [`ct_count_ruleset`] with another verdict for the refused attempts
+/// (`"drop"`, `"reject with tcp reset"`).
+#[must_use]
+pub fn ct_count_ruleset_with(port: u16, limit: u32, verdict: &str) -> String {
     format!(
         "table inet {TABLE} {{
     set per_v4 {{ type ipv4_addr; size 65535; flags dynamic; }}
     set per_v6_64 {{ type ipv6_addr; size 65535; flags dynamic; }}
     chain input {{
         type filter hook input priority filter; policy accept;
-        tcp dport {port} ct state new add @per_v4 {{ ip saddr ct count over {limit} }} counter reject with tcp reset
+        tcp dport {port} ct state new add @per_v4 {{ ip saddr ct count over {limit} }} counter {verdict}
         tcp dport {port} ct state new add @per_v6_64 {{ ip6 saddr and ffff:ffff:ffff:ffff:: ct count over {limit} }} \
-         counter reject with tcp reset
+         counter {verdict}
     }}
 }}
 "
@@ -78,8 +85,8 @@ pub fn uninstall(ns: &Netns) {
         .output();
 }
 
-/// Packets rejected by the ruleset's reject rules so far (sum of the
-/// counters in [`TABLE`]).
+/// Packets refused by the ruleset's rules so far (sum of the counters in
+/// [`TABLE`]).
 #[must_use]
 pub fn rejected(ns: &Netns) -> u64 {
     let out = ns.exec(&[nft_bin().as_str(), "-j", "list", "table", "inet", TABLE]);

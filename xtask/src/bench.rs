@@ -1,8 +1,9 @@
-//! `cargo xtask bench`: runs `limiter-bench` (tests/src/bin), which times the XDP program's paths with
-//! `BPF_PROG_TEST_RUN` on one pinned CPU and reports ns/packet and the ratio to empty-program floors; with
-//! `--flood`, runs `limiter-flood` instead: a real Postfix, a legitimate SMTP client and bounded SYN floods, with no
-//! protection, with nftables `ct count` and with the limiter daemon, reported as the client's success rate and
-//! latency.
+//! `cargo xtask bench`: runs `limiter-bench` (tests/src/bin/limiter-bench), which times the XDP program's paths,
+//! empty-program floors and the netfilter and SYN-cookie peers with `BPF_PROG_TEST_RUN` in live-frames mode (what
+//! a program passes goes through a private server namespace's real stack) on one pinned CPU, and reports
+//! ns/packet, ratios and the target ratios; with `--flood`, runs `limiter-flood` instead: a real Postfix,
+//! a legitimate SMTP client and bounded SYN floods, with no protection, with nftables `ct count` and with the
+//! limiter daemon, reported as the client's success rate and latency.
 
 use std::path::{Path, PathBuf};
 
@@ -17,10 +18,10 @@ pub(crate) struct BenchArgs {
     /// latency under floods, with no protection, nftables `ct count` and limiter.
     #[arg(long)]
     flood: bool,
-    /// Smoke test: 100000 repetitions per run and 3 runs; with --flood, 2-second phases (under a minute).
+    /// Smoke test: 100000 packets per run and 3 runs; with --flood, 2-second phases (under a minute).
     #[arg(long)]
     quick: bool,
-    /// Repetitions of each case per run (default 1000000).
+    /// Packets of each case per run (default 1000000).
     #[arg(long, value_name = "N", conflicts_with = "flood")]
     repeat: Option<u32>,
     /// Runs per case; the median is reported (default 5).
@@ -37,10 +38,10 @@ pub(crate) struct BenchArgs {
     json: Option<PathBuf>,
 }
 
-/// The `--quick` runs `cargo xtask test` makes so the harnesses cannot rot: the program bench checks every case's
-/// verdicts and counters, the flood bench that each configuration served legitimate sessions without a flood, that
-/// every flood sent packets and that the enforcers refused the abuser; neither checks timings or success rates under
-/// a flood.
+/// The `--quick` runs `cargo xtask test` makes so the harnesses cannot rot: the program bench fails if a case took
+/// another path (verdict, rule and stack counters) or a checksum broke, the flood bench checks that each
+/// configuration served legitimate sessions without a flood, that every flood sent packets and that the enforcers
+/// refused the abuser; neither checks timings or success rates under a flood.
 pub(crate) fn smoke(tc: &BpfToolchain, limiter: &Path) -> Result<()> {
     let quick =
         |flood| BenchArgs { flood, quick: true, repeat: None, runs: None, seconds: None, pps: None, json: None };

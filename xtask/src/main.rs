@@ -37,8 +37,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Time the XDP program with `BPF_PROG_TEST_RUN` against empty-program floors; with `--flood`, measure a
-    /// legitimate SMTP client under floods with no protection, nftables and limiter.
+    /// Time the XDP program on live frames against empty-program floors and netfilter/listener peers; with
+    /// `--flood`, measure a legitimate SMTP client under floods with no protection, nftables and limiter.
     Bench(bench::BenchArgs),
 }
 

@@ -1,0 +1,747 @@
+//! `limiter-bench` (run by `cargo xtask bench`): ns/packet of `limiter_xdp` on each of its paths, of empty XDP
+//! programs (the floors), and of the netfilter rules and the SYN-cookie listener it is meant to beat (the peers),
+//! all timed by one harness in one run.
+//!
+//! Every case is `BPF_PROG_TEST_RUN` in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`) with the ingress
+//! interface set to the server's veth in a private namespace: what the program passes goes through that
+//! namespace's real stack (conntrack, nftables, iptables, TCP), synchronously, inside the timed region; what it
+//! drops costs only the XDP path. The timing thread has entered the server namespace (the kernel resolves the
+//! ingress interface there) and is pinned to one CPU; cases run round-robin, so drift hits them all alike, and
+//! each reports the median of its runs, in the kernel's own figure (duration / packets, whole nanoseconds).
+//!
+//! Traffic: the client (198.18.0.1) holds 8 real connections to the server's (198.18.0.2) port 2525; the
+//! injected SYN comes from 198.18.0.1 too, from a port its sockets never use, to that same port, with valid
+//! checksums and the server veth's MAC, so the stack takes it as a real client's ninth attempt. Each case checks
+//! that every packet took the path it times (the limiter's verdict counters, the peers' rule counters, the
+//! server's SNMP counters) and the run fails if one did not, or if any checksum error showed up. Timings never
+//! fail the run.
+
+mod peers;
+mod testbed;
+
+use std::{
+    collections::HashMap as StdHashMap,
+    error::Error,
+    io,
+    net::{IpAddr, Ipv6Addr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
+};
+use limiter_common::{
+    SourceKey, Verdict,
+    maps::{MAX_SERVICES, family, names},
+    pending,
+};
+use limiter_tests::{frames, netns};
+use limiter_user::{
+    EBPF_OBJECT,
+    config::{Action, MapSizes, Policy, Rate, Service, XdpMode},
+    loader::{read_counters, service_id, write_policy},
+};
+
+use crate::{
+    peers::{LIMIT, Peer},
+    testbed::{CLIENT, Testbed},
+};
+
+/// Send: errors cross from the timing thread.
+type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+/// Frames per batch in live-frames mode: NAPI's poll weight, what a driver hands the stack at once.
+const BATCH: u32 = 64;
+/// Service "conc": at most `LIMIT` connections per source, refused with a drop. The client holds `LIMIT` real
+/// connections here, and every peer polices this port.
+const REFUSE_PORT: u16 = 2525;
+/// Service `conc_open`: a connection limit no bench reaches, no rate.
+const ACCEPT_PORT: u16 = 2526;
+/// Service "open": a rate no bench reaches, so every SYN goes through the bucket and is admitted.
+const RATE_OPEN_PORT: u16 = 25;
+/// Service "strict": one SYN a day, refused with a drop (the run is far shorter than a day).
+const RATE_STRICT_PORT: u16 = 587;
+/// Service "builtin": the built-in mail policy (10 connections, 30/m, burst 10, reset).
+const BUILTIN_PORT: u16 = 465;
+/// Source port of the injected SYNs: below 1024, where the client's sockets never are, so `bench_sink` on the
+/// client's veth drops whatever the server answers to them.
+const INJECT_SPORT: u16 = 999;
+/// Reservations taken per chunk on `conc_open` before its slot is cleared (a slot counts at most 65535
+/// handshakes in flight).
+const CHUNK: u32 = 50_000;
+
+/// Server counters that must never grow: the stack saw a frame with a bad IP or TCP checksum.
+const CHECKSUM_ERRORS: [&str; 2] = ["IpExtInCsumErrors", "TcpInCsumErrors"];
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+const USAGE: &str = "usage: limiter-bench [--quick] [--repeat N] [--runs N] [--json FILE]";
+
+struct Args {
+    repeat: u32,
+    runs: usize,
+    json: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let (mut quick, mut repeat, mut runs, mut json) = (false, None, None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--repeat" => repeat = Some(value()?.parse::<u32>().map_err(|e| format!("--repeat: {e}"))?),
+            "--runs" => runs = Some(value()?.parse::<usize>().map_err(|e| format!("--runs: {e}"))?),
+            "--json" => json = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown argument '{arg}'\n{USAGE}").into()),
+        }
+    }
+    let repeat = repeat.unwrap_or(if quick { 100_000 } else { 1_000_000 });
+    let runs = runs.unwrap_or(if quick { 3 } else { 5 });
+    if repeat == 0 || runs == 0 {
+        return Err("--repeat and --runs must be at least 1".into());
+    }
+    Ok(Args { repeat, runs, json })
+}
+
+/// One timed path: a program, the frame it is fed, and how to tell that every packet took the path.
+struct Case {
+    name: &'static str,
+    program: &'static str,
+    frame: Vec<u8>,
+    /// XDP action of one plain (not live) test run of the frame, checked before timing.
+    expect: u32,
+    /// For `limiter_xdp`: the counter (service id, verdict) each packet must land in.
+    verdict: Option<(u32, Verdict)>,
+    /// Verdict of the very first packet, when it differs (it creates the source's bucket).
+    first: Option<Verdict>,
+    /// Netfilter rules installed for this case only.
+    peer: Option<Peer>,
+    /// Server counters (`nstat` names) that must grow by about one per packet, and ones that must stay flat.
+    per_packet: &'static [&'static str],
+    flat: &'static [&'static str],
+    /// What the server does with the packet after XDP (for the JSON report).
+    path: &'static str,
+    /// The case this one is compared with in the "vs" column.
+    reference: &'static str,
+    /// `PENDING` slot cleared before every chunk of `CHUNK` packets: accepted SYNs keep their reservation (no
+    /// handshake completes here), so a steady accept path needs it given back.
+    reset_slot: Option<u32>,
+    /// Flood cases: the program takes a new source from `BENCH_SEQ` for every packet.
+    flood: bool,
+    /// Packets run through the program after `first`, timed or not.
+    sent: u64,
+    runs: Vec<f64>,
+}
+
+impl Case {
+    fn new(name: &'static str, program: &'static str, frame: Vec<u8>, expect: u32, reference: &'static str) -> Self {
+        Self {
+            name,
+            program,
+            frame,
+            expect,
+            verdict: None,
+            first: None,
+            peer: None,
+            per_packet: &[],
+            flat: &[],
+            path: "",
+            reference,
+            reset_slot: None,
+            flood: false,
+            sent: 0,
+            runs: Vec::new(),
+        }
+    }
+
+    fn median(&self) -> f64 {
+        let mut v = self.runs.clone();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
+    }
+}
+
+fn policy() -> Policy {
+    let service = |name: &str, port, count, per_secs, burst| Service {
+        name: name.into(),
+        ports: vec![port],
+        rate: Some(Rate { count, per_secs }),
+        burst,
+        action: Action::Drop,
+        max_conn_per_source: None,
+    };
+    let conc =
+        |name: &str, port, max| Service { rate: None, max_conn_per_source: Some(max), ..service(name, port, 1, 1, 1) };
+    Policy {
+        interfaces: vec![],
+        xdp_mode: XdpMode::default(),
+        ipv4_prefix: 32,
+        ipv6_prefix: 64,
+        services: vec![
+            service("open", RATE_OPEN_PORT, 1_000_000_000, 1, 1_000_000),
+            service("strict", RATE_STRICT_PORT, 1, 86_400, 1),
+            conc("conc", REFUSE_PORT, LIMIT),
+            conc("conc_open", ACCEPT_PORT, 65_535),
+            Service {
+                max_conn_per_source: Some(10),
+                action: Action::Reset,
+                ..service("builtin", BUILTIN_PORT, 30, 60, 10)
+            },
+        ],
+        maps: MapSizes::default(),
+    }
+}
+
+/// The `CLIENT` key of service `service`.
+fn client_key(service: u32) -> SourceKey {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&CLIENT.octets());
+    SourceKey { addr, service: u8::try_from(service).expect("small id"), family: family::V4, pad: [0; 2] }
+}
+
+/// The cases, in the order they run in every round.
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
+fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
+    let (open, strict, conc, conc_open, builtin) =
+        (service_id(0), service_id(1), service_id(2), service_id(3), service_id(4));
+    let refuse = bed.syn(INJECT_SPORT, REFUSE_PORT);
+    // Spoofed sources: the program writes a new /64 of 2001:db8:8000::/33 into every packet (see floors.rs); the
+    // template's own is the last one it would write.
+    let flood_frame = |port| {
+        let src = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0xffff, 0, 0, 0, 1));
+        let dst = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
+        bed.frame(&frames::Tcp { sport: INJECT_SPORT, ..frames::Tcp::syn(src, dst, port) })
+    };
+    let limiter = |name, frame, expect, service, verdict, reference| Case {
+        verdict: Some((service, verdict)),
+        ..Case::new(name, names::XDP_PROGRAM, frame, expect, reference)
+    };
+    let to_stack = &["TcpInSegs"][..];
+    let dropped = &["IpInReceives"][..];
+    let cookie = &["TcpExtSyncookiesSent"][..];
+    let flood = |name, port, service| Case {
+        program: names::BENCH_FLOOD,
+        flood: true,
+        flat: &["IpInReceives", "Ip6InDiscards"],
+        path: "dropped by XDP: the limiter's own cost per spoofed SYN (what it passes is dropped, not sent up)",
+        ..limiter(name, flood_frame(port), XDP_DROP, service, Verdict::Accepted, "xdp_flood_drop_floor")
+    };
+    let peer = |name, peer, path| Case {
+        peer: Some(peer),
+        per_packet: &[],
+        flat: cookie,
+        path,
+        ..Case::new(name, names::FLOOR_PASS, refuse.clone(), XDP_PASS, "limiter_refuse")
+    };
+    let (open_slot, _) = pending::slot_of(pending::hash(client_key(conc_open).words()), pending::DEFAULT_SLOTS);
+    vec![
+        Case {
+            flat: dropped,
+            path: "dropped by XDP",
+            ..Case::new("xdp_drop_floor", names::FLOOR_DROP, refuse.clone(), XDP_DROP, "xdp_drop_floor")
+        },
+        Case {
+            per_packet: to_stack,
+            flat: &["TcpOutRsts"],
+            path: "TCP: duplicate ACK of an established connection, no answer",
+            ..Case::new("xdp_pass_floor", names::FLOOR_PASS, ack.to_vec(), XDP_PASS, "xdp_pass_floor")
+        },
+        Case {
+            per_packet: to_stack,
+            flat: &["TcpOutRsts"],
+            path: "TCP: duplicate ACK of an established connection, no answer",
+            ..limiter("limiter_non_syn", ack.to_vec(), XDP_PASS, conc_open, Verdict::PassedNonSyn, "xdp_pass_floor")
+        },
+        Case {
+            reset_slot: Some(open_slot),
+            per_packet: cookie,
+            path: "TCP: listener answers with a SYN cookie",
+            ..limiter(
+                "limiter_accept",
+                bed.syn(INJECT_SPORT, ACCEPT_PORT),
+                XDP_PASS,
+                conc_open,
+                Verdict::Accepted,
+                "listener_syncookies",
+            )
+        },
+        Case {
+            flat: dropped,
+            path: "dropped by XDP (over the connection limit)",
+            ..limiter("limiter_refuse", refuse.clone(), XDP_DROP, conc, Verdict::RefusedConcurrency, "xdp_drop_floor")
+        },
+        Case {
+            per_packet: cookie,
+            path: "TCP: listener answers with a SYN cookie",
+            ..limiter(
+                "limiter_rate_accept",
+                bed.syn(INJECT_SPORT, RATE_OPEN_PORT),
+                XDP_PASS,
+                open,
+                Verdict::Accepted,
+                "listener_syncookies",
+            )
+        },
+        Case {
+            first: Some(Verdict::Accepted),
+            flat: dropped,
+            path: "dropped by XDP (over the rate)",
+            ..limiter(
+                "limiter_rate_refuse",
+                bed.syn(INJECT_SPORT, RATE_STRICT_PORT),
+                XDP_DROP,
+                strict,
+                Verdict::RefusedRate,
+                "xdp_drop_floor",
+            )
+        },
+        Case {
+            flood: true,
+            flat: &["IpInReceives", "Ip6InDiscards"],
+            path: "new source written, then dropped by XDP",
+            ..Case::new(
+                "xdp_flood_drop_floor",
+                names::FLOOR_FLOOD_DROP,
+                flood_frame(BUILTIN_PORT),
+                XDP_DROP,
+                "xdp_flood_drop_floor",
+            )
+        },
+        flood("limiter_spoofed_flood", BUILTIN_PORT, builtin),
+        flood("limiter_spoofed_flood_conc", REFUSE_PORT, conc),
+        peer("nft_ct_count", Peer::NftCtCount, "nftables: conntrack, ct count over 8, drop"),
+        peer(
+            "iptables_connlimit_reset",
+            Peer::ConnlimitReset,
+            "iptables: conntrack, connlimit above 8, REJECT with a TCP reset",
+        ),
+        peer("iptables_connlimit_drop", Peer::ConnlimitDrop, "iptables: conntrack, connlimit above 8, DROP"),
+        peer("iptables_hashlimit", Peer::Hashlimit, "iptables: hashlimit by source above 1/min, DROP"),
+        Case {
+            per_packet: cookie,
+            path: "TCP: listener answers with a SYN cookie (tcp_syncookies=2)",
+            ..Case::new("listener_syncookies", names::FLOOR_PASS, refuse, XDP_PASS, "limiter_refuse")
+        },
+    ]
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} is not in the kernel object"))?;
+    Ok(prog.try_into()?)
+}
+
+/// Runs a flood program twice, the second time on the first run's output (as a recycled live-frames page would
+/// hold it), and checks that each run wrote a new source in `2001:db8:8000::/33` and left the checksum valid.
+fn check_rewrite(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
+    let mut frame = case.frame.clone();
+    for _ in 0..2 {
+        let mut out = vec![0u8; frame.len()];
+        let opts =
+            TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), repeat: 1, ..TestRunOptions::default() };
+        xdp(ebpf, case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
+        // Untagged IPv6: the source address is bytes 22..38.
+        let (old, new) = (&frame[22..38], &out[22..38]);
+        if new == old || new[..4] != [0x20, 0x01, 0x0d, 0xb8] || new[4] & 0x80 == 0 || !frames::checksums_ok(&out, 14) {
+            return Err(format!(
+                "{}: the rewritten frame is wrong (source {:02x?}, checksums ok: {}): {out:02x?}",
+                case.name,
+                new,
+                frames::checksums_ok(&out, 14)
+            )
+            .into());
+        }
+        frame = out;
+    }
+    Ok(())
+}
+
+/// `struct xdp_md` for `BPF_PROG_TEST_RUN`: the whole frame is packet data, received on `ifindex` queue 0.
+fn xdp_md(frame_len: usize, ifindex: u32) -> Result<[u8; 24]> {
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&u32::try_from(frame_len)?.to_ne_bytes()); // data_end
+    md[12..16].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
+    Ok(md)
+}
+
+/// One plain test run of the case's frame; returns the program's XDP action.
+fn run_once(ebpf: &mut Ebpf, case: &Case) -> Result<u32> {
+    let opts = TestRunOptions { data_in: Some(&case.frame), repeat: 1, ..TestRunOptions::default() };
+    let r =
+        xdp(ebpf, case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
+    Ok(r.return_value)
+}
+
+/// Runs `case` on `repeat` live frames received on `ifindex`; returns the mean ns per packet.
+fn run_live(ebpf: &mut Ebpf, case: &Case, ifindex: u32, repeat: u32) -> Result<f64> {
+    let md = xdp_md(case.frame.len(), ifindex)?;
+    let (mut left, mut total) = (repeat, 0f64);
+    while left > 0 {
+        if STOP.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        let n = if case.reset_slot.is_some() { left.min(CHUNK) } else { left };
+        if let Some(slot) = case.reset_slot {
+            let mut pending: Array<_, pending::Slot> =
+                Array::try_from(ebpf.map_mut(names::PENDING).ok_or("no PENDING map")?)?;
+            pending.set(slot, pending::Slot::default(), 0)?;
+        }
+        let opts = TestRunOptions {
+            data_in: Some(&case.frame),
+            ctx_in: Some(&md),
+            repeat: n,
+            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+            ..TestRunOptions::default()
+        };
+        let r = xdp(ebpf, case.program)?
+            .test_run(opts)
+            .map_err(|e| format!("{}: BPF_PROG_TEST_RUN (live frames) failed: {e}", case.name))?;
+        #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet are small")]
+        let ns = r.duration.as_nanos() as f64;
+        total += ns * f64::from(n);
+        left -= n;
+    }
+    Ok(total / f64::from(repeat))
+}
+
+fn action_name(a: u32) -> String {
+    match a {
+        XDP_DROP => "XDP_DROP".to_owned(),
+        XDP_PASS => "XDP_PASS".to_owned(),
+        3 => "XDP_TX".to_owned(),
+        a => format!("action {a}"),
+    }
+}
+
+/// `n` packets grew `counter` by about `n` (`per_packet`) or left it about flat; "about" allows for the odd packet
+/// a rule lets through (hashlimit admits its first) and background traffic, never for a path not taken.
+fn check_delta(counter: &str, delta: u64, n: u64, per_packet: bool) -> Result<()> {
+    let slack = n / 100 + 100;
+    let ok = if per_packet { delta + slack >= n && delta <= n + slack } else { delta <= slack };
+    if ok {
+        return Ok(());
+    }
+    let want = if per_packet { format!("about {n}") } else { "about 0".to_owned() };
+    Err(format!("{counter} grew by {delta} over {n} packets, expected {want}: the packets took another path").into())
+}
+
+fn delta(before: &StdHashMap<String, u64>, after: &StdHashMap<String, u64>, name: &str) -> Result<u64> {
+    let get = |m: &StdHashMap<String, u64>| m.get(name).copied().ok_or_else(|| format!("nstat has no {name}"));
+    Ok(get(after)?.saturating_sub(get(before)?))
+}
+
+/// Times `case` once on `repeat` packets, with its rules in place, and checks that every packet took its path.
+fn timed_run(ebpf: &mut Ebpf, bed: &mut Testbed, case: &Case, ifindex: u32, repeat: u32) -> Result<f64> {
+    // `ct count` and `connlimit` count only the connections whose SYN went through their rule: the client's are
+    // closed before the rule is in place and opened again under it.
+    let counts_connections = case.peer.is_some_and(Peer::counts_connections);
+    if counts_connections {
+        bed.disconnect(REFUSE_PORT)?;
+    }
+    let rules = case.peer.map(|p| p.install(&bed.server, REFUSE_PORT));
+    if counts_connections {
+        bed.reconnect(REFUSE_PORT, LIMIT as usize)?;
+    }
+    let hits = rules.as_ref().map(|r| r.hits(&bed.server)).transpose()?.unwrap_or(0);
+    if hits != 0 {
+        return Err(format!("the rule refused {hits} of the client's own {LIMIT} connections").into());
+    }
+    let before = bed.server.nstat();
+    let ns = run_live(ebpf, case, ifindex, repeat)?;
+    let after = bed.server.nstat();
+    check_stack(case, &before, &after, repeat)?;
+    if let Some(rules) = &rules {
+        check_delta("the rule counter", rules.hits(&bed.server)? - hits, u64::from(repeat), true)?;
+    }
+    Ok(ns)
+}
+
+fn check_stack(case: &Case, before: &StdHashMap<String, u64>, after: &StdHashMap<String, u64>, n: u32) -> Result<()> {
+    for c in CHECKSUM_ERRORS {
+        let d = delta(before, after, c)?;
+        if d != 0 {
+            return Err(format!("{c} grew by {d}: the frames it sent up had bad checksums").into());
+        }
+    }
+    for &c in case.per_packet {
+        check_delta(c, delta(before, after, c)?, u64::from(n), true)?;
+    }
+    for &c in case.flat {
+        check_delta(c, delta(before, after, c)?, u64::from(n), false)?;
+    }
+    Ok(())
+}
+
+/// Checks `limiter_xdp`'s own counters: every packet of every case, not only the last, took the path it times.
+fn check_counters(ebpf: &Ebpf, cases: &[Case]) -> Result<()> {
+    let mut want = vec![[0u64; Verdict::COUNT as usize]; MAX_SERVICES as usize + 1];
+    for case in cases {
+        if let Some((service, verdict)) = case.verdict {
+            let row = &mut want[service as usize];
+            row[verdict as usize] += case.sent;
+            if let Some(first) = case.first {
+                row[first as usize] += 1;
+            }
+        }
+    }
+    let got = read_counters(ebpf)?;
+    for (service, (got, want)) in got.iter().zip(&want).enumerate() {
+        for v in Verdict::ALL {
+            let (g, w) = (got[v as usize], want[v as usize]);
+            if g != w {
+                return Err(format!(
+                    "counter {} of service {service} is {g}, expected {w}: some packets took another path",
+                    v.name()
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the flood programs gave every packet its own source: `BENCH_SEQ` counts the sources handed out.
+fn check_flood_sources(ebpf: &Ebpf, cases: &[Case]) -> Result<()> {
+    let seq: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(names::BENCH_SEQ).ok_or("no BENCH_SEQ map")?)?;
+    let got: u64 = seq.get(&0, 0)?.iter().sum();
+    let want: u64 = cases.iter().filter(|c| c.flood).map(|c| c.sent).sum();
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("the flood programs wrote {got} new sources for {want} packets: some frames were not rewritten")
+            .into())
+    }
+}
+
+/// Pins this thread to the highest CPU it may run on and returns that CPU.
+fn pin_cpu() -> Result<usize> {
+    // SAFETY: cpu_set_t is plain data; the pointers are valid for the sizes given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
+        let cpu = (0..max).rev().find(|&c| libc::CPU_ISSET(c, &set)).ok_or("empty CPU affinity mask")?;
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
+            return Err(format!("sched_setaffinity to CPU {cpu}: {}", io::Error::last_os_error()).into());
+        }
+        Ok(cpu)
+    }
+}
+
+fn machine_facts() -> serde_json::Value {
+    let read = |path: &str| std::fs::read_to_string(path).map_or_else(|e| format!("? ({e})"), |s| s.trim().to_owned());
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "?".into());
+    // SAFETY: sysconf has no preconditions.
+    let vcpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let jit = read("/proc/sys/net/core/bpf_jit_enable");
+    serde_json::json!({
+        "cpu": cpu,
+        "vcpus": vcpus,
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "jit_enabled": jit != "0" && !jit.starts_with('?'),
+        "bpf_jit_enable": jit,
+        "iptables": peers::iptables_version(),
+    })
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn main() -> ExitCode {
+    // Ctrl-C or SIGTERM ends the run between packets (the test run returns EINTR), so the namespaces and rules are
+    // still removed by their guards.
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("limiter-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench() -> Result<()> {
+    let args = parse_args()?;
+    if EBPF_OBJECT.is_empty() {
+        return Err("built without the kernel object (AYA_BUILD_SKIP): build with `cargo xtask bench`".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (BPF programs, network namespaces, netfilter rules)".into());
+    }
+    let machine = machine_facts();
+    for k in ["cpu", "vcpus", "kernel", "bpf_jit_enable", "iptables"] {
+        let v = &machine[k];
+        println!("{k:<15} {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+    }
+
+    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+    write_policy(&mut ebpf, &policy())?;
+    for name in [
+        names::FLOOR_DROP,
+        names::FLOOR_PASS,
+        names::XDP_PROGRAM,
+        names::BENCH_FLOOD,
+        names::FLOOR_FLOOD_DROP,
+        names::BENCH_SINK,
+    ] {
+        xdp(&mut ebpf, name)?.load().map_err(|e| format!("loading {name}: {e}"))?;
+    }
+    // `CLIENT` holds its connections of "conc", as sock_ops would have counted them (nothing counts them here).
+    let mut conns: HashMap<_, SourceKey, u64> = HashMap::try_from(ebpf.map_mut(names::CONNS).ok_or("no CONNS map")?)?;
+    conns.insert(client_key(service_id(2)), u64::from(LIMIT), 0)?;
+
+    let mut bed = Testbed::new(&[REFUSE_PORT, ACCEPT_PORT, RATE_OPEN_PORT]);
+    bed.attach_client(xdp(&mut ebpf, names::BENCH_SINK)?)?;
+    bed.reconnect(REFUSE_PORT, LIMIT as usize)?;
+    let ack = bed.established_ack(ACCEPT_PORT)?;
+    let mut cases = cases(&bed, &ack);
+
+    let ebpf = &mut ebpf;
+    let bed = &mut bed;
+    let cases_ref = &mut cases;
+    let cpu = std::thread::scope(|s| {
+        s.spawn(|| measure(ebpf, bed, cases_ref, &args)).join().map_err(|_| "the timing thread panicked")?
+    })?;
+
+    check_counters(ebpf, &cases)?;
+    check_flood_sources(ebpf, &cases)?;
+    report(&cases, &args, cpu, &machine)
+}
+
+/// The timing thread: enters the server namespace, pins itself, and runs every case round-robin.
+fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) -> Result<usize> {
+    netns::enter(&bed.server.path());
+    let ifindex = limiter_user::loader::ifindex(&bed.server_if)?;
+    let cpu = pin_cpu()?;
+    println!(
+        "{:<15} CPU {cpu}; {} packets per run, median of {} runs; live frames on {} (ifindex {ifindex}), batch {BATCH}\n",
+        "pinned", args.repeat, args.runs, bed.server_if
+    );
+
+    // One plain run per case checks the program's action before any timing (the live mode reports none).
+    for case in cases.iter_mut() {
+        if let Some(first) = case.first {
+            let got = run_once(ebpf, case)?;
+            if got != XDP_PASS {
+                return Err(
+                    format!("{}: the first packet ({}) got {}", case.name, first.name(), action_name(got)).into()
+                );
+            }
+        }
+        if case.flood {
+            check_rewrite(ebpf, case)?;
+            case.sent += 2;
+        }
+        let got = run_once(ebpf, case)?;
+        if got != case.expect {
+            return Err(format!(
+                "{}: expected {}, the program returned {}: the bench would time the wrong path",
+                case.name,
+                action_name(case.expect),
+                action_name(got)
+            )
+            .into());
+        }
+        case.sent += 1;
+    }
+
+    let (server_before, client_before, resets_before) = (bed.server.nstat(), bed.client.nstat(), bed.resets_sent());
+    // One untimed round warms caches and CPU clocks; then the timed rounds, round-robin.
+    for round in 0..=args.runs {
+        for case in cases.iter_mut() {
+            let ns = timed_run(ebpf, bed, case, ifindex, args.repeat)
+                .map_err(|e| format!("{} (round {round}): {e}", case.name))?;
+            case.sent += u64::from(args.repeat);
+            if round > 0 {
+                case.runs.push(ns);
+            }
+        }
+    }
+    let (server_after, client_after) = (bed.server.nstat(), bed.client.nstat());
+    for c in CHECKSUM_ERRORS {
+        let d = delta(&server_before, &server_after, c)?;
+        if d != 0 {
+            return Err(
+                format!("{c} grew by {d} in the server namespace: some injected frames had bad checksums").into()
+            );
+        }
+    }
+    // The client's kernel answers nothing: what the server sends to the injected SYNs dies in `bench_sink`. It
+    // resets only its own connections, when the ct count peers need them opened again.
+    let rsts = delta(&client_before, &client_after, "TcpOutRsts")?.saturating_sub(bed.resets_sent() - resets_before);
+    if rsts > 100 {
+        return Err(format!("the client sent {rsts} resets: bench_sink let the server's answers through").into());
+    }
+    Ok(cpu)
+}
+
+fn report(cases: &[Case], args: &Args, cpu: usize, machine: &serde_json::Value) -> Result<()> {
+    let median = |name| cases.iter().find(|c| c.name == name).map(Case::median).ok_or(format!("no case {name}"));
+    let drop_floor = median("xdp_drop_floor")?;
+    println!("{:<27} {:>8} {:>8} {:<22} {:>8}   runs (ns)", "case", "ns/pkt", "vs ref", "ref", "vs drop");
+    let mut json = Vec::new();
+    for case in cases {
+        let ns = case.median();
+        let ratio = ns / median(case.reference)?;
+        let vs_drop = ns / drop_floor;
+        let runs = case.runs.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
+        println!("{:<27} {ns:>8.1} {ratio:>7.2}x {:<22} {vs_drop:>7.2}x   {runs}", case.name, case.reference);
+        json.push(serde_json::json!({
+            "case": case.name, "ns_per_packet": ns, "runs": case.runs, "program": case.program,
+            "reference": case.reference, "vs_reference": ratio, "vs_drop_floor": vs_drop, "path": case.path,
+            "packets_per_run": args.repeat, "mode": "live_frames", "batch": BATCH, "cpu_pinned": cpu,
+            "machine": machine,
+        }));
+    }
+
+    println!("\ntargets (issue 4; timings never fail the run):");
+    let targets: [(&str, &str, f64, bool); 6] = [
+        ("limiter_refuse", "xdp_drop_floor", 1.5, true),
+        ("limiter_spoofed_flood", "xdp_drop_floor", 4.0, true),
+        ("limiter_non_syn", "xdp_pass_floor", 1.3, true),
+        ("nft_ct_count", "limiter_refuse", 10.0, false),
+        ("iptables_connlimit_reset", "limiter_refuse", 10.0, false),
+        ("iptables_connlimit_drop", "limiter_refuse", 10.0, false),
+    ];
+    for (a, b, target, at_most) in targets {
+        let r = median(a)? / median(b)?;
+        let met = if at_most { r <= target } else { r >= target };
+        let op = if at_most { "<=" } else { ">=" };
+        println!(
+            "  {:<48} {r:>7.2}   target {op} {target:<4}  {}",
+            format!("{a} / {b}"),
+            if met { "met" } else { "MISSED" }
+        );
+    }
+
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
