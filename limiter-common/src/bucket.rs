@@ -62,7 +62,8 @@ impl Bucket {
     }
 }
 
-/// A bucket in `RATES`, an array of two-slot sets indexed by the source hash:
+/// A bucket in a `PENDING` slot's rate word; an aligned pair of slots is one
+/// two-way set, indexed by the source hash:
 /// `tag:16 | tat:48`, the TAT in [`UNIT_NS`] units. A source uses the slot of
 /// its set that holds its tag; a new source starts with a full bucket and
 /// takes the slot whose TAT is lower (an idle bucket, TAT in the past, holds

@@ -8,9 +8,6 @@ pub const MAX_SERVICES: u32 = 16;
 /// Entries of the `PORTS` array: one per TCP port, indexed in host order.
 pub const PORT_ENTRIES: u32 = 65_536;
 
-/// Default size of `RATES` (direct-mapped token buckets; a power of two).
-pub const DEFAULT_BUCKET_ENTRIES: u32 = 65_536;
-
 /// Default size of `CONNS`: sources with established connections.
 pub const DEFAULT_CONN_ENTRIES: u32 = 65_536;
 
@@ -23,7 +20,6 @@ pub mod names {
     pub const GLOBALS: &str = "GLOBALS";
     pub const PORTS: &str = "PORTS";
     pub const SERVICES: &str = "SERVICES";
-    pub const RATES: &str = "RATES";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONNS: &str = "CONNS";
     pub const PENDING: &str = "PENDING";
@@ -77,8 +73,6 @@ pub struct Globals {
     pub netns_cookie: u64,
     /// `PENDING` slots - 1 (the slot count is a power of two).
     pub pending_mask: u32,
-    /// `RATES` slots - 1 (a power of two too).
-    pub rate_mask: u32,
     /// IPv4 sources are aggregated to this many leading bits (1..=32).
     pub ipv4_prefix: u8,
     /// IPv6 sources are aggregated to this many leading bits (1..=128).
@@ -89,9 +83,9 @@ pub struct Globals {
     /// Bumped by every policy write: invalidates the "at its limit" hints
     /// (`pending::hint`), which a raised limit would make stale.
     pub generation: u16,
-    pub pad2: [u8; 6],
+    pub pad2: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<Globals>() == 32);
+const _: () = assert!(core::mem::size_of::<Globals>() == 24);
 
 /// Policy of one service (`SERVICES[id]`).
 #[repr(C)]

@@ -1,7 +1,7 @@
 //! The maps of the kernel programs. The daemon writes `GLOBALS`, `PORTS` and
-//! `SERVICES` (policy). XDP owns `RATES` (direct-mapped, evictable token
-//! buckets), `PENDING` (handshakes in flight, and the "at its limit" hints
-//! `sock_ops` clears) and `COUNTERS`; `sock_ops` owns
+//! `SERVICES` (policy). XDP owns `PENDING` (per-slot handshakes in flight,
+//! "at its limit" hints, token buckets; `sock_ops` releases handshakes,
+//! clears hints and keeps the slot's connection sum) and `COUNTERS`; `sock_ops` owns
 //! `CONNS` (established connections per source, created only by completed
 //! handshakes, so a SYN flood cannot create, inflate or evict them).
 
@@ -14,10 +14,7 @@ use aya_ebpf::{
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
-    maps::{
-        COUNTER_ENTRIES, DEFAULT_BUCKET_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, PORT_ENTRIES, SEED_SKIP_ENTRIES,
-        flags,
-    },
+    maps::{COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, PORT_ENTRIES, SEED_SKIP_ENTRIES, flags},
     pending::{self, Slot},
 };
 
@@ -30,12 +27,6 @@ pub(crate) static PORTS: Array<u32> = Array::with_max_entries(PORT_ENTRIES, 0);
 
 #[map(name = "SERVICES")]
 pub(crate) static SERVICES: Array<ServicePolicy> = Array::with_max_entries(MAX_SERVICES + 1, 0);
-
-/// Token buckets (GCRA theoretical arrival time) per source and service,
-/// direct-mapped by the source hash (`limiter_common::bucket::slot`): a new
-/// source costs one array access, never an insert or an eviction.
-#[map(name = "RATES")]
-pub(crate) static RATES: Array<u64> = Array::with_max_entries(DEFAULT_BUCKET_ENTRIES, 0);
 
 /// Established connections per source and service (`sock_ops` writes them).
 /// Sized from config by the loader; entries at zero stay until user space
@@ -56,8 +47,9 @@ pub(crate) static SEEDED: HashMap<SourceKey, u64> = HashMap::with_max_entries(DE
 pub(crate) static SEED_SKIP: HashMap<u64, u8> =
     HashMap::with_max_entries(SEED_SKIP_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-/// Handshakes in flight and "at its limit" hints: direct-mapped slots (see
-/// `limiter_common::pending`).
+/// Per-source state XDP reads on every SYN, direct-mapped by the source
+/// hash: handshakes in flight, "at its limit" hint, connection sum, token
+/// bucket (see `limiter_common::pending::Slot`).
 #[map(name = "PENDING")]
 pub(crate) static PENDING: Array<Slot> = Array::with_max_entries(pending::DEFAULT_SLOTS, 0);
 
@@ -127,12 +119,14 @@ impl Place {
         PENDING.get_ptr_mut(index)
     }
 
-    /// The source's `RATES` set: two adjacent slots (one cache line).
+    /// The source's rate set: the rate words of its slot's aligned pair
+    /// (one cache line).
     #[inline(always)]
     pub(crate) fn rate_set(&self, g: &Globals) -> Option<(*mut u64, *mut u64)> {
         #[expect(clippy::cast_possible_truncation, reason = "masked to the slot count")]
-        let index = (self.hash & u64::from(g.rate_mask)) as u32 & !1;
-        Some((RATES.get_ptr_mut(index)?, RATES.get_ptr_mut(index | 1)?))
+        let index = (self.hash & u64::from(g.pending_mask)) as u32 & !1;
+        let (a, b) = (PENDING.get_ptr_mut(index)?, PENDING.get_ptr_mut(index | 1)?);
+        Some((unsafe { &raw mut (*a).rate }, unsafe { &raw mut (*b).rate }))
     }
 }
 
@@ -146,6 +140,12 @@ pub(crate) fn reserved(slot: *mut Slot) -> *mut u64 {
 #[inline(always)]
 pub(crate) fn hint(slot: *mut Slot) -> *mut u64 {
     unsafe { &raw mut (*slot).hint }
+}
+
+/// The connection sum of a slot.
+#[inline(always)]
+pub(crate) fn slot_conns(slot: *mut Slot) -> *mut u64 {
+    unsafe { &raw mut (*slot).conns }
 }
 
 /// Gives one reservation back; a slot another source took over is left alone.
@@ -163,10 +163,12 @@ pub(crate) fn release_pending(slot: *mut u64, tag: u16, now_ms: u32) {
 }
 
 /// Established connections of a source (0 when it has none), including
-/// those seeded from before the programs ran.
+/// those seeded from before the programs ran. The `CONNS` lookup is skipped
+/// when no source of the slot holds a connection (most of a spoofed flood).
 #[inline(always)]
-pub(crate) fn established(key: &SourceKey, g: &Globals) -> u64 {
-    let counted = CONNS.get_ptr(key).map_or(0, |p| unsafe { load(p) });
+pub(crate) fn established(key: &SourceKey, g: &Globals, slot: *mut Slot) -> u64 {
+    let counted =
+        if unsafe { load(slot_conns(slot)) } == 0 { 0 } else { CONNS.get_ptr(key).map_or(0, |p| unsafe { load(p) }) };
     if g.flags & flags::SEEDED == 0 {
         return counted;
     }

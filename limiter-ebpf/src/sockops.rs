@@ -22,6 +22,7 @@ use limiter_common::{
 
 use crate::maps::{
     CONNS, GLOBALS, PORTS, Place, SEED_SKIP, compare_swap, fetch_add, load, now_ns, release_pending, reserved,
+    slot_conns,
 };
 
 const AF_INET: u32 = 2;
@@ -115,12 +116,16 @@ fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, &'static Globals), ()
     Ok((key, g))
 }
 
-/// A handshake completed: one more established connection, then one less
-/// reservation (in that order, so a concurrent SYN never sees too few).
+/// A handshake completed: one more established connection (`CONNS`, then
+/// the slot's sum), then one less reservation (in that order, so a
+/// concurrent SYN never sees too few).
 fn opened(key: &SourceKey, g: &Globals) {
-    count_open(key);
+    let counted = count_open(key);
     let place = Place::of(key);
     if let Some(slot) = place.pending(g) {
+        if counted {
+            unsafe { fetch_add(slot_conns(slot), 1) };
+        }
         release_pending(reserved(slot), place.tag, pending::ticks(now_ns()));
     }
 }
@@ -129,25 +134,27 @@ fn opened(key: &SourceKey, g: &Globals) {
 /// for a while; if it deleted this one between our lookup and our add, the
 /// add went to a dead element, which a second lookup shows: then count
 /// again in the live entry.
+/// False if the connection could not be counted.
 #[inline(always)]
-fn count_open(key: &SourceKey) {
+fn count_open(key: &SourceKey) -> bool {
     for _ in 0..3 {
         if let Some(c) = CONNS.get_ptr_mut(key) {
             unsafe { fetch_add(c, 1) };
             if CONNS.get_ptr_mut(key) == Some(c) {
-                return;
+                return true;
             }
         } else if CONNS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
-            return;
+            return true;
         }
         // Another CPU created it first, or ours was deleted: look again.
         // (A full map fails every try: the connection goes uncounted,
         // failing open.)
     }
+    false
 }
 
-/// A counted connection closed: one less, never below zero, then the
-/// source's "at its limit" hint is cleared (after the decrement: see
+/// A counted connection closed: one less in `CONNS` and in the slot's sum,
+/// never below zero, then the source's "at its limit" hint is cleared (after the decrement: see
 /// `limiter_common::pending::hint`). The entry stays at zero (deleting it
 /// here would race with a concurrent increment); the daemon reclaims entries
 /// that stay at zero.
@@ -155,9 +162,14 @@ fn closed(key: &SourceKey, g: &Globals) {
     let Some(c) = CONNS.get_ptr_mut(key) else {
         return;
     };
+    let mut counted = false;
     for _ in 0..8 {
         let old = unsafe { load(c) };
-        if old == 0 || unsafe { compare_swap(c, old, old - 1) } {
+        if old == 0 {
+            break;
+        }
+        if unsafe { compare_swap(c, old, old - 1) } {
+            counted = true;
             break;
         }
     }
@@ -165,6 +177,17 @@ fn closed(key: &SourceKey, g: &Globals) {
     let Some(slot) = place.pending(g) else {
         return;
     };
+    // The slot's sum follows `CONNS` down, never below zero, and only for a
+    // connection `CONNS` had counted: so it never drops under any source's count.
+    if counted {
+        let sum = slot_conns(slot);
+        for _ in 0..8 {
+            let old = unsafe { load(sum) };
+            if old == 0 || unsafe { compare_swap(sum, old, old - 1) } {
+                break;
+            }
+        }
+    }
     let word = crate::maps::hint(slot);
     // A failed swap means another CPU's change to the word landed first;
     // 16 tries outlast any contention one slot sees.

@@ -283,7 +283,7 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
     for _ in 0..CAS_TRIES {
         // Re-read both on every try: a completing handshake moves one from
         // pending to established (established first, so never undercounted).
-        let established = established(key, g);
+        let established = established(key, g, slot);
         let old = unsafe { load(cell) };
         let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
             return if established >= limit { Reserve::Full } else { Reserve::Busy };
@@ -297,7 +297,7 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
     Reserve::Busy
 }
 
-/// Takes one token from the source's bucket in `RATES`.
+/// Takes one token from the source's bucket (its slot pair's rate words).
 #[inline(always)]
 fn take_token(ctx: &XdpContext, bucket: &Bucket, place: &Place, g: &Globals, now: u64) -> Verdict {
     let Some((a, b)) = place.rate_set(g) else {

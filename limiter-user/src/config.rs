@@ -11,7 +11,7 @@ use std::{
 
 use limiter_common::{
     Bucket,
-    maps::{DEFAULT_BUCKET_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES},
+    maps::{DEFAULT_CONN_ENTRIES, MAX_SERVICES},
     pending,
 };
 use serde::{Deserialize, Serialize};
@@ -132,20 +132,15 @@ pub struct MapSizes {
     /// Sources that may hold connections at once (`CONNS`, `SEEDED`);
     /// when full, a new source's connections go uncounted (fail open).
     pub connections: u32,
-    /// Rate bucket slots (`RATES`), a power of two; direct-mapped, so two
-    /// sources on one slot take turns and forget each other's bucket.
-    pub rate_buckets: u32,
-    /// Handshake slots (`PENDING`), a power of two.
+    /// Source slots (`PENDING`: handshakes in flight, hints and rate
+    /// buckets of recent sources), a power of two; direct-mapped, so a new
+    /// source may take over an idle slot.
     pub pending_slots: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
-        Self {
-            connections: DEFAULT_CONN_ENTRIES,
-            rate_buckets: DEFAULT_BUCKET_ENTRIES,
-            pending_slots: pending::DEFAULT_SLOTS,
-        }
+        Self { connections: DEFAULT_CONN_ENTRIES, pending_slots: pending::DEFAULT_SLOTS }
     }
 }
 
@@ -156,30 +151,24 @@ impl MapSizes {
     pub const MIN: u32 = 1024;
 
     fn validate(&self) -> Result<(), ConfigError> {
-        for (name, v) in [
-            ("connections", self.connections),
-            ("rate_buckets", self.rate_buckets),
-            ("pending_slots", self.pending_slots),
-        ] {
+        for (name, v) in [("connections", self.connections), ("pending_slots", self.pending_slots)] {
             if !(Self::MIN..=Self::MAX).contains(&v) {
                 return Err(invalid(format!("maps.{name} = {v} out of range {}..={}", Self::MIN, Self::MAX)));
             }
         }
-        for (name, v) in [("rate_buckets", self.rate_buckets), ("pending_slots", self.pending_slots)] {
-            if !v.is_power_of_two() {
-                return Err(invalid(format!("maps.{name} = {v} must be a power of two")));
-            }
+        if !self.pending_slots.is_power_of_two() {
+            return Err(invalid(format!("maps.pending_slots = {} must be a power of two", self.pending_slots)));
         }
         Ok(())
     }
 
     /// Approximate kernel memory, in bytes, of the maps these sizes govern
     /// (hash entries: key, value and about 50 bytes of element overhead;
-    /// array slots: 8 bytes per rate bucket, 16 per pending slot).
+    /// 32 bytes per source slot).
     #[must_use]
     pub fn memory_bytes(&self) -> u64 {
         let hash = |n: u32| u64::from(n) * (20 + 8 + 50);
-        2 * hash(self.connections) + u64::from(self.rate_buckets) * 8 + u64::from(self.pending_slots) * 16
+        2 * hash(self.connections) + u64::from(self.pending_slots) * 32
     }
 }
 
@@ -493,9 +482,9 @@ mod tests {
     fn map_sizes_default_and_from_config() {
         let p = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
         assert_eq!(p.maps, MapSizes::default());
-        assert_eq!((p.maps.connections, p.maps.rate_buckets, p.maps.pending_slots), (65_536, 65_536, 65_536));
-        // 2 x 65536 x 78 + 65536 x 8 + 65536 x 16: about 11 MiB.
-        assert_eq!(p.maps.memory_bytes(), 2 * 65_536 * 78 + 65_536 * (8 + 16));
+        assert_eq!((p.maps.connections, p.maps.pending_slots), (65_536, 65_536));
+        // 2 x 65536 x 78 + 65536 x 32: about 12 MiB.
+        assert_eq!(p.maps.memory_bytes(), 2 * 65_536 * 78 + 65_536 * 32);
         let f = ConfigFile::parse("interfaces = [\"eth0\"]\n[maps]\nconnections = 2048\n", "t.toml").expect("parse");
         let p = Policy::build(f, &ov(&[])).expect("valid");
         assert_eq!(p.maps, MapSizes { connections: 2048, ..MapSizes::default() }, "unnamed sizes keep their defaults");
@@ -515,12 +504,8 @@ mod tests {
             ("interfaces = [\"eth0\"]\nbogus = 1\n", "unknown field"),
             ("ipv4_prefix = 24\n", "no interface"),
             ("interfaces = [\"eth0\"]\n[maps]\npending_slots = 3000\n", "power of two"),
-            (
-                "interfaces = [\"eth0\"]\n[maps]\nrate_buckets = 5000\n",
-                "maps.rate_buckets = 5000 must be a power of two",
-            ),
             ("interfaces = [\"eth0\"]\n[maps]\nconnections = 10\n", "maps.connections = 10 out of range"),
-            ("interfaces = [\"eth0\"]\n[maps]\nrate_buckets = 99999999\n", "maps.rate_buckets"),
+            ("interfaces = [\"eth0\"]\n[maps]\npending_slots = 33554432\n", "maps.pending_slots"),
             ("interfaces = [\"eth0\"]\n[maps]\nconns = 5000\n", "unknown field"),
         ];
         for (text, want) in cases {

@@ -125,7 +125,6 @@ fn load_pinned(policy: &Policy, pin_dir: Option<&Path>) -> Result<Ebpf, LoadErro
     loader
         .map_max_entries(names::CONNS, policy.maps.connections)
         .map_max_entries(names::SEEDED, policy.maps.connections)
-        .map_max_entries(names::RATES, policy.maps.rate_buckets)
         .map_max_entries(names::PENDING, policy.maps.pending_slots);
     let paths: Vec<(&str, std::path::PathBuf)> =
         pin_dir.map(|d| pins::MAPS.iter().map(|m| (*m, d.join(m))).collect()).unwrap_or_default();
@@ -157,20 +156,13 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
 /// Writes globals, services and the port table. Ports are written after the
 /// services they point to, so no port ever names a missing policy.
 pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
-    // A pinned map keeps the size it was created with: the slot hashes must
-    // use the real slot counts.
+    // A pinned map keeps the size it was created with: the slot hash must
+    // use the real slot count.
     let pending_slots = map_size(ebpf, names::PENDING)?;
-    let rate_slots = map_size(ebpf, names::RATES)?;
-    for (name, n) in [(names::PENDING, pending_slots), (names::RATES, rate_slots)] {
-        if !n.is_power_of_two() {
-            return Err(LoadError::Incompatible(format!("{name} has {n} slots, not a power of two")));
-        }
+    if !pending_slots.is_power_of_two() || pending_slots < 2 {
+        return Err(LoadError::Incompatible(format!("{} has {pending_slots} slots", names::PENDING)));
     }
-    for (name, want) in [
-        (names::CONNS, policy.maps.connections),
-        (names::RATES, policy.maps.rate_buckets),
-        (names::PENDING, policy.maps.pending_slots),
-    ] {
+    for (name, want) in [(names::CONNS, policy.maps.connections), (names::PENDING, policy.maps.pending_slots)] {
         let have = map_size(ebpf, name)?;
         if have != want {
             warn!(
@@ -189,13 +181,12 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
             Globals {
                 netns_cookie: netns_cookie()?,
                 pending_mask: pending_slots - 1,
-                rate_mask: rate_slots - 1,
                 ipv4_prefix: policy.ipv4_prefix,
                 ipv6_prefix: policy.ipv6_prefix,
                 flags: old.flags,
                 pad: 0,
                 generation: old.generation.wrapping_add(1),
-                pad2: [0; 6],
+                pad2: [0; 2],
             },
             0,
         )

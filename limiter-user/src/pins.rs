@@ -17,11 +17,10 @@ use aya::maps::{MapData, MapType};
 use limiter_common::{Globals, ServicePolicy, SourceKey, maps::names, pending::Slot};
 
 /// Maps pinned by name: the policy, the counters and the connection state.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 8] = [
     names::GLOBALS,
     names::PORTS,
     names::SERVICES,
-    names::RATES,
     names::COUNTERS,
     names::CONNS,
     names::PENDING,
@@ -33,7 +32,7 @@ pub const MAPS: [&str; 9] = [
 /// pinned map. A pin left by a version with another layout would be reused
 /// as it is and misread; [`check_layouts`] refuses it instead.
 #[expect(clippy::cast_possible_truncation, reason = "small types")]
-const LAYOUTS: [(&str, MapType, u32, u32); 9] = {
+const LAYOUTS: [(&str, MapType, u32, u32); 8] = {
     const fn size<T>() -> u32 {
         size_of::<T>() as u32
     }
@@ -41,7 +40,6 @@ const LAYOUTS: [(&str, MapType, u32, u32); 9] = {
         (names::GLOBALS, MapType::Array, 4, size::<Globals>()),
         (names::PORTS, MapType::Array, 4, 4),
         (names::SERVICES, MapType::Array, 4, size::<ServicePolicy>()),
-        (names::RATES, MapType::Array, 4, 8),
         (names::COUNTERS, MapType::PerCpuArray, 4, 8),
         (names::CONNS, MapType::Hash, size::<SourceKey>(), 8),
         (names::PENDING, MapType::Array, 4, size::<Slot>()),

@@ -4,6 +4,7 @@
 //! reference the limiter is compared with.
 
 pub mod frames;
+pub mod kernel;
 pub mod netns;
 pub mod nft;
 pub mod postfix;

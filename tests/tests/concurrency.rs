@@ -286,7 +286,7 @@ fn map_sizes_come_from_the_config() {
     let src = pair.add_client_v4(2);
     let config = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-maps-")).with_extension("toml");
     let write = |text: &str| std::fs::write(&config, text).expect("write config");
-    write("[maps]\nconnections = 2048\nrate_buckets = 4096\npending_slots = 1024\n");
+    write("[maps]\nconnections = 2048\npending_slots = 1024\n");
     let args = [
         "--iface",
         pair.server_if.as_str(),
@@ -305,7 +305,7 @@ fn map_sizes_come_from_the_config() {
         let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool json");
         v["max_entries"].as_u64().expect("max_entries")
     };
-    assert_eq!((size("CONNS"), size("SEEDED"), size("RATES"), size("PENDING")), (2048, 2048, 4096, 1024));
+    assert_eq!((size("CONNS"), size("SEEDED"), size("PENDING")), (2048, 2048, 1024));
     // The handshake hash uses the real slot count: still exactly 8.
     let held = pair.connect_parallel(src, PORT, 30, WAIT);
     assert_eq!(tally(&held).connected, 8);

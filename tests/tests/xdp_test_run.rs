@@ -435,7 +435,10 @@ fn bucket_is_exact_across_cpus() {
 
 /// Writes an established count for `src` as `sock_ops` would.
 fn set_established(h: &mut Harness, src: [u8; 4], service: u8, n: u64) {
-    set_count(h, names::CONNS, src, service, n);
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&src);
+    let key = limiter_common::SourceKey { addr, service, family: limiter_common::maps::family::V4, pad: [0; 2] };
+    limiter_tests::kernel::set_established(&mut h.ebpf, key, n).expect("established");
 }
 
 /// Writes `n` for `src` into the `CONNS`-shaped map `map`.
@@ -524,20 +527,13 @@ fn seeded_connections_count_while_the_flag_is_set() {
 
 /// Whether the `PENDING` hint of `src` (service 1) says "at its limit" under the current policy.
 fn hinted_full(h: &mut Harness, src: [u8; 4]) -> bool {
-    use limiter_common::{Globals, SourceKey, pending};
+    use limiter_common::{SourceKey, pending};
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&src);
     let key = SourceKey { addr, service: 1, family: limiter_common::maps::family::V4, pad: [0; 2] };
-    let globals: aya::maps::Array<_, Globals> =
-        aya::maps::Array::try_from(h.ebpf.map(names::GLOBALS).expect("map")).expect("array");
-    let g = globals.get(&0, 0).expect("globals");
-    let hash = pending::hash(key.words());
-    #[expect(clippy::cast_possible_truncation, reason = "masked")]
-    let index = (hash & u64::from(g.pending_mask)) as u32;
-    let slots: aya::maps::Array<_, pending::Slot> =
-        aya::maps::Array::try_from(h.ebpf.map(names::PENDING).expect("map")).expect("array");
-    let word = slots.get(&index, 0).expect("slot").hint;
-    pending::hint::is_full(word, pending::fingerprint(hash), g.generation)
+    let (_, g) = limiter_tests::kernel::slot_index(&h.ebpf, &key).expect("globals");
+    let word = limiter_tests::kernel::slot(&h.ebpf, &key).expect("slot").hint;
+    pending::hint::is_full(word, pending::fingerprint(pending::hash(key.words())), g.generation)
 }
 
 #[test]

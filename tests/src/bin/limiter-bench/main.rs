@@ -31,7 +31,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
 use limiter_common::{
@@ -611,8 +611,7 @@ fn bench() -> Result<()> {
         xdp(&mut ebpf, name)?.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
     // `CLIENT` holds its connections of "conc", as sock_ops would have counted them (nothing counts them here).
-    let mut conns: HashMap<_, SourceKey, u64> = HashMap::try_from(ebpf.map_mut(names::CONNS).ok_or("no CONNS map")?)?;
-    conns.insert(client_key(service_id(2)), u64::from(LIMIT), 0)?;
+    limiter_tests::kernel::set_established(&mut ebpf, client_key(service_id(2)), u64::from(LIMIT))?;
 
     let mut bed = Testbed::new(&[REFUSE_PORT, ACCEPT_PORT, RATE_OPEN_PORT]);
     bed.attach_client(xdp(&mut ebpf, names::BENCH_SINK)?)?;
