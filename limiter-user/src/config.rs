@@ -150,7 +150,7 @@ impl MapSizes {
     /// Fewest.
     pub const MIN: u32 = 1024;
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(self) -> Result<(), ConfigError> {
         for (name, v) in [("connections", self.connections), ("pending_slots", self.pending_slots)] {
             if !(Self::MIN..=Self::MAX).contains(&v) {
                 return Err(invalid(format!("maps.{name} = {v} out of range {}..={}", Self::MIN, Self::MAX)));
@@ -166,7 +166,7 @@ impl MapSizes {
     /// (hash entries: key, value and about 50 bytes of element overhead;
     /// 32 bytes per source slot).
     #[must_use]
-    pub fn memory_bytes(&self) -> u64 {
+    pub fn memory_bytes(self) -> u64 {
         let hash = |n: u32| u64::from(n) * (20 + 8 + 50);
         2 * hash(self.connections) + u64::from(self.pending_slots) * 32
     }
