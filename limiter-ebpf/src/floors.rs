@@ -41,20 +41,6 @@ pub(crate) fn floor_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// RFC 1624 incremental update of a ones-complement checksum when a 32-bit
-/// word it covers changes from `old` to `new`: HC' = ~(~HC + ~m + m').
-#[inline(always)]
-fn checksum_replace4(check: u16, old: u32, new: u32) -> u16 {
-    let mut sum = u32::from(!check);
-    sum += (!old >> 16) + (!old & 0xffff);
-    sum += (new >> 16) + (new & 0xffff);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits above")]
-    let folded = sum as u16;
-    !folded
-}
-
 /// Writes the next spoofed source into an untagged IPv6 TCP frame: the
 /// counter goes into source bytes 4..8, so every packet comes from a /64 never
 /// seen before (`2001:db8:8000::/33` holds 2^31 of them), and the TCP checksum
@@ -83,7 +69,7 @@ fn next_source(ctx: &XdpContext) -> Result<(), ()> {
     unsafe {
         let old = u32::from_be_bytes(*src);
         *src = new.to_be_bytes();
-        *check = checksum_replace4(u16::from_be_bytes(*check), old, new).to_be_bytes();
+        *check = limiter_common::checksum::replace32(u16::from_be_bytes(*check), old, new).to_be_bytes();
     }
     Ok(())
 }

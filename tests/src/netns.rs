@@ -153,23 +153,7 @@ impl Pair {
         let server = Netns::new("lts");
         let client = Netns::new("ltc");
         let net = u8::try_from(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1).unwrap_or(1);
-        let server_if = unique("vs");
-        let client_if = unique("vc");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &server_if,
-            "netns",
-            &server.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_if,
-            "netns",
-            &client.name,
-        ]);
+        let (server_if, client_if) = veth(&server, &client, "v");
         // A veth hands XDP_TX frames to its peer only if the peer runs XDP
         // itself (its NAPI path); a real NIC needs nothing. So the client
         // side gets the object's empty pass program.
@@ -348,6 +332,31 @@ fn serve(l: TcpListener) -> Listener {
         }
     });
     Listener { _listener: l }
+}
+
+/// A veth pair with one end in each namespace, named uniquely from
+/// `prefix` (`{prefix}s…` in `server`, `{prefix}c…` in `client`); returns
+/// the two names. Deleting either namespace removes the pair.
+#[must_use]
+pub fn veth(server: &Netns, client: &Netns, prefix: &str) -> (String, String) {
+    let server_if = unique(&format!("{prefix}s"));
+    let client_if = unique(&format!("{prefix}c"));
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &server_if,
+        "netns",
+        &server.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &client_if,
+        "netns",
+        &client.name,
+    ]);
+    (server_if, client_if)
 }
 
 /// The MAC address of `iface` in `ns`.

@@ -55,23 +55,7 @@ impl Testbed {
         }
         server.sysctl("net.ipv4.tcp_syncookies", "2");
         client.sysctl("net.ipv4.tcp_timestamps", "0");
-        let server_if = netns::unique("vbs");
-        let client_if = netns::unique("vbc");
-        netns::sh(&[
-            "ip",
-            "link",
-            "add",
-            &server_if,
-            "netns",
-            &server.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_if,
-            "netns",
-            &client.name,
-        ]);
+        let (server_if, client_if) = netns::veth(&server, &client, "vb");
         server.exec(&["ip", "addr", "add", &format!("{SERVER}/24"), "dev", &server_if]);
         client.exec(&["ip", "addr", "add", &format!("{CLIENT}/24"), "dev", &client_if]);
         server.exec(&["ip", "link", "set", &server_if, "up"]);
