@@ -107,17 +107,25 @@ fn tcp_bytes(t: &Tcp) -> Vec<u8> {
     h
 }
 
-/// A complete Ethernet frame carrying `t`.
+/// Destination and source MAC and the VLAN tags of `shape`, ready for the
+/// `EtherType`.
 #[must_use]
-#[expect(clippy::many_single_char_names, reason = "header fields named as in the RFCs")]
-pub fn frame(t: &Tcp, shape: &Shape) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&SERVER_MAC);
-    f.extend_from_slice(&CLIENT_MAC);
+pub fn ethernet(dst: [u8; 6], src: [u8; 6], shape: &Shape) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
     for (tpid, id) in &shape.vlans {
         f.extend_from_slice(&tpid.to_be_bytes());
         f.extend_from_slice(&id.to_be_bytes());
     }
+    f
+}
+
+/// A complete Ethernet frame carrying `t`.
+#[must_use]
+#[expect(clippy::many_single_char_names, reason = "header fields named as in the RFCs")]
+pub fn frame(t: &Tcp, shape: &Shape) -> Vec<u8> {
+    let mut f = ethernet(SERVER_MAC, CLIENT_MAC, shape);
     let tcp = tcp_bytes(t);
     match (t.src, t.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {

@@ -105,13 +105,7 @@ fn l3(shape: &Shape) -> usize {
 /// The RST+ACK the program must send for `syn` (checksum fields zero; the
 /// caller checks them separately with an independent implementation).
 fn expected_rst(syn: &Tcp, shape: &Shape) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&SERVER_MAC);
-    for (tpid, id) in &shape.vlans {
-        f.extend_from_slice(&tpid.to_be_bytes());
-        f.extend_from_slice(&id.to_be_bytes());
-    }
+    let mut f = frames::ethernet(CLIENT_MAC, SERVER_MAC, shape);
     match (syn.dst, syn.src) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
