@@ -5,8 +5,10 @@
 
 pub mod bucket;
 pub mod checksum;
+pub mod lists;
 pub mod maps;
 pub mod pending;
+pub mod pool;
 pub mod prefix;
 
 pub use bucket::Bucket;

@@ -25,6 +25,15 @@ pub mod names {
     pub const PENDING: &str = "PENDING";
     pub const SEEDED: &str = "SEEDED";
     pub const SEED_SKIP: &str = "SEED_SKIP";
+    /// The merged allow/deny/reserve trie, double-buffered: XDP reads the one
+    /// `flags::LISTS_B` selects, the daemon rewrites the other and flips.
+    pub const LISTS_A: &str = "LISTS_A";
+    pub const LISTS_B: &str = "LISTS_B";
+    /// Sessions policy per service (daemon) and live session counts (programs).
+    pub const POOLS: &str = "POOLS";
+    pub const SESSIONS: &str = "SESSIONS";
+    /// What `sock_ops` counted for each open connection, by socket cookie.
+    pub const SOCKS: &str = "SOCKS";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
     /// Empty programs used as benchmark floors.
@@ -57,7 +66,30 @@ pub mod flags {
     /// them to `CONNS`. Cleared when the last one has closed, so the lookup
     /// costs nothing afterwards.
     pub const SEEDED: u8 = 2;
+    /// The lists hold entries: XDP and `sock_ops` look sources up.
+    pub const LISTS: u8 = 4;
+    /// The lists in force are `LISTS_B` (else `LISTS_A`).
+    pub const LISTS_B: u8 = 8;
 }
+
+/// Entries of `SOCKS`: connections whose accounting `sock_ops` remembers
+/// (more are counted, and released by recomputing their source).
+pub const SOCK_ENTRIES: u32 = 1 << 18;
+
+/// What `sock_ops` counted when a connection was established
+/// (`SOCKS[cookie]`), so its close takes away exactly that, whatever the
+/// policy or lists say by then.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SockRecord {
+    pub key: SourceKey,
+    /// 1 if counted in `CONNS`.
+    pub counted: u8,
+    /// 1 if counted in the service's `SESSIONS` (not exempt).
+    pub pooled: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 24);
 
 /// Address families in keys.
 pub mod family {
@@ -201,6 +233,14 @@ mod pod {
     unsafe impl aya::Pod for super::SourceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::pending::Slot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::lists::ListEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::pool::PoolPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::pool::Sessions {}
 }
 
 #[cfg(test)]

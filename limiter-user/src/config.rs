@@ -121,6 +121,12 @@ pub struct ConfigFile {
     pub services: Vec<ServiceFile>,
     #[serde(default)]
     pub maps: MapSizes,
+    #[serde(default)]
+    pub allow: Vec<crate::lists::AllowEntry>,
+    #[serde(default)]
+    pub deny: Vec<crate::lists::DenyEntry>,
+    #[serde(default)]
+    pub reserve: Vec<crate::lists::ReserveEntry>,
 }
 
 /// Sizes of the kernel maps (`[maps]` in the config). They are fixed when
@@ -181,6 +187,8 @@ pub struct ServiceFile {
     pub burst: Option<u64>,
     pub action: Option<Action>,
     pub max_conn_per_source: Option<u32>,
+    pub max_sessions: Option<u32>,
+    pub reserved_sessions: Option<u32>,
 }
 
 impl ConfigFile {
@@ -215,6 +223,8 @@ pub struct Overrides {
 /// One validated service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
+    /// Kernel id (1-based, `SourceKey::service`).
+    pub id: u32,
     pub name: String,
     pub ports: Vec<u16>,
     /// `None`: no rate limit.
@@ -223,6 +233,10 @@ pub struct Service {
     pub action: Action,
     /// Connections a source may hold at once; `None`: no limit.
     pub max_conn_per_source: Option<u32>,
+    /// Connections the service may hold at once; `None`: no cap.
+    pub max_sessions: Option<u32>,
+    /// Of `max_sessions`, how many only reserve-list sources may use.
+    pub reserved_sessions: u32,
 }
 
 impl Service {
@@ -242,6 +256,8 @@ pub struct Policy {
     pub ipv6_prefix: u8,
     pub services: Vec<Service>,
     pub maps: MapSizes,
+    /// The config file's lists (run-time entries are layered on by the daemon).
+    pub lists: crate::lists::Lists,
 }
 
 /// Default rate of the built-in policy and of `--port` services without `--rate`.
@@ -265,6 +281,8 @@ pub fn builtin_services() -> Vec<ServiceFile> {
             burst: Some(DEFAULT_BURST),
             action: Some(Action::Reset),
             max_conn_per_source: Some(DEFAULT_MAX_CONN),
+            max_sessions: None,
+            reserved_sessions: None,
         })
         .collect()
 }
@@ -304,6 +322,8 @@ impl Policy {
                 burst: None,
                 action: None,
                 max_conn_per_source: None,
+                max_sessions: None,
+                reserved_sessions: None,
             }]
         } else if file.services.is_empty() {
             builtin_services()
@@ -313,19 +333,23 @@ impl Policy {
         // Flags apply to every service: with --port there is only one.
         let services = services_file
             .into_iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let max_conn_per_source = o.max_conn_per_source.or(s.max_conn_per_source);
                 // A service with no limit at all gets the default rate.
                 let rate = o.rate.or(s.rate).or(if max_conn_per_source.is_none() { Some(DEFAULT_RATE) } else { None });
                 let burst =
                     o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
                 Service {
+                    id: crate::loader::service_id(i),
                     name: s.name,
                     ports: s.ports,
                     rate,
                     burst,
                     action: o.action.or(s.action).unwrap_or_default(),
                     max_conn_per_source,
+                    max_sessions: s.max_sessions,
+                    reserved_sessions: s.reserved_sessions.unwrap_or(0),
                 }
             })
             .collect::<Vec<_>>();
@@ -337,6 +361,7 @@ impl Policy {
             ipv6_prefix,
             services,
             maps: file.maps,
+            lists: crate::lists::Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
         };
         policy.validate()?;
         Ok(policy)
