@@ -11,16 +11,18 @@
 //! covering prefixes are all prefixes of the address, so each covers the
 //! longest stored one).
 //!
-//! Key: `prefix_len = 8 + bits`, data = family byte then the address
-//! (IPv4 in the first four address bytes), so the families never match
-//! each other's entries.
+//! Key: `prefix_len = 16 + bits`, data = the bank byte, the family byte,
+//! then the address (IPv4 in the first four address bytes): the families
+//! never match each other's entries, and both banks of the policy (see
+//! `maps::flags::BANK_B`) live in the one trie, so the program sees one map
+//! whichever bank is in force.
 
 use crate::{Bucket, ServicePolicy, Verdict};
 
-/// Bytes of key data: the family and 16 address bytes.
-pub const KEY_BYTES: usize = 17;
+/// Bytes of key data: the bank, the family and 16 address bytes.
+pub const KEY_BYTES: usize = 18;
 
-/// Most entries the merged trie holds (`LISTS_A`/`LISTS_B`).
+/// Most entries one bank of the merged trie holds (`LISTS` holds two banks).
 pub const LIST_ENTRIES: u32 = 65_536;
 
 /// Bits of [`ListEntry::flags`].
@@ -52,15 +54,16 @@ pub struct ListEntry {
 }
 const _: () = assert!(core::mem::size_of::<ListEntry>() == 32);
 
-/// The trie key data of an address (`family` byte, then the address).
+/// The trie key data of an address in `bank` (0 or 1).
 #[inline(always)]
 #[must_use]
-pub const fn key_data(family: u8, addr: &[u8; 16]) -> [u8; KEY_BYTES] {
+pub const fn key_data(bank: u8, family: u8, addr: &[u8; 16]) -> [u8; KEY_BYTES] {
     let mut d = [0u8; KEY_BYTES];
-    d[0] = family;
+    d[0] = bank;
+    d[1] = family;
     let mut i = 0;
     while i < 16 {
-        d[i + 1] = addr[i];
+        d[i + 2] = addr[i];
         i += 1;
     }
     d
@@ -70,7 +73,7 @@ pub const fn key_data(family: u8, addr: &[u8; 16]) -> [u8; KEY_BYTES] {
 #[inline(always)]
 #[must_use]
 pub const fn key_len(bits: u8) -> u32 {
-    8 + bits as u32
+    16 + bits as u32
 }
 
 /// The per-source limits that apply to a SYN, after rules 1 and 2.
@@ -129,7 +132,15 @@ mod tests {
     use super::*;
 
     fn service() -> ServicePolicy {
-        ServicePolicy { rate_interval_ns: 100, rate_tolerance_ns: 900, max_conn_per_source: 2, action: 0, pad: [0; 3] }
+        ServicePolicy {
+            rate_interval_ns: 100,
+            rate_tolerance_ns: 900,
+            max_conn_per_source: 2,
+            action: 0,
+            pad: [0; 3],
+            max_sessions: 0,
+            open_sessions: 0,
+        }
     }
 
     #[test]
@@ -155,10 +166,10 @@ mod tests {
     fn key_layout() {
         let mut a = [0u8; 16];
         a[..4].copy_from_slice(&[198, 18, 0, 1]);
-        let d = key_data(4, &a);
-        assert_eq!(&d[..5], &[4, 198, 18, 0, 1]);
-        assert_eq!(key_len(24), 32);
-        assert_eq!(key_len(128), 136);
+        let d = key_data(1, 4, &a);
+        assert_eq!(&d[..6], &[1, 4, 198, 18, 0, 1]);
+        assert_eq!(key_len(24), 40);
+        assert_eq!(key_len(128), 144);
     }
 
     proptest! {

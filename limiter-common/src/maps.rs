@@ -19,18 +19,16 @@ pub const SEED_SKIP_ENTRIES: u32 = 8_192;
 pub mod names {
     pub const GLOBALS: &str = "GLOBALS";
     pub const PORTS: &str = "PORTS";
-    pub const SERVICES: &str = "SERVICES";
+    /// Service policies, both banks (`policy_index`).
+    pub const POLICY: &str = "POLICY";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONNS: &str = "CONNS";
     pub const PENDING: &str = "PENDING";
     pub const SEEDED: &str = "SEEDED";
     pub const SEED_SKIP: &str = "SEED_SKIP";
-    /// The merged allow/deny/reserve trie, double-buffered: XDP reads the one
-    /// `flags::LISTS_B` selects, the daemon rewrites the other and flips.
-    pub const LISTS_A: &str = "LISTS_A";
-    pub const LISTS_B: &str = "LISTS_B";
-    /// Sessions policy per service (daemon) and live session counts (programs).
-    pub const POOLS: &str = "POOLS";
+    /// The merged allow/deny/reserve trie, both banks (`lists::key_data`).
+    pub const LISTS: &str = "LISTS";
+    /// Session counts per service (`pool::index`).
     pub const SESSIONS: &str = "SESSIONS";
     /// What `sock_ops` counted for each open connection, by socket cookie.
     pub const SOCKS: &str = "SOCKS";
@@ -66,10 +64,29 @@ pub mod flags {
     /// them to `CONNS`. Cleared when the last one has closed, so the lookup
     /// costs nothing afterwards.
     pub const SEEDED: u8 = 2;
-    /// The lists hold entries: XDP and `sock_ops` look sources up.
+    /// The lists in force hold entries: XDP and `sock_ops` look sources up.
     pub const LISTS: u8 = 4;
-    /// The lists in force are `LISTS_B` (else `LISTS_A`).
-    pub const LISTS_B: u8 = 8;
+    /// The policy and lists in force are bank 1, else bank 0. The daemon
+    /// writes the other bank whole, then flips this bit: a SYN sees the old
+    /// policy or the new one, never a mix.
+    pub const BANK_B: u8 = 8;
+}
+
+/// Entries of `POLICY`: a bank of `MAX_SERVICES + 1` per bank.
+pub const POLICY_ENTRIES: u32 = 2 * (MAX_SERVICES + 1);
+
+/// The `POLICY` index of service `id` in `bank` (0 or 1).
+#[inline(always)]
+#[must_use]
+pub const fn policy_index(bank: u8, id: u32) -> u32 {
+    bank as u32 * (MAX_SERVICES + 1) + id
+}
+
+/// The bank in force under `flags`.
+#[inline(always)]
+#[must_use]
+pub const fn bank(flags: u8) -> u8 {
+    if flags & flags::BANK_B == 0 { 0 } else { 1 }
 }
 
 /// Entries of `SOCKS`: connections whose accounting `sock_ops` remembers
@@ -119,7 +136,7 @@ pub struct Globals {
 }
 const _: () = assert!(core::mem::size_of::<Globals>() == 24);
 
-/// Policy of one service (`SERVICES[id]`).
+/// Policy of one service (`POLICY[policy_index(bank, id)]`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ServicePolicy {
@@ -132,8 +149,13 @@ pub struct ServicePolicy {
     /// One of [`action`].
     pub action: u8,
     pub pad: [u8; 3],
+    /// Connections the service may hold at once; 0 = no cap.
+    pub max_sessions: u32,
+    /// `max_sessions - reserved_sessions`: sessions in use from which only
+    /// reserve-list sources get in.
+    pub open_sessions: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServicePolicy>() == 24);
+const _: () = assert!(core::mem::size_of::<ServicePolicy>() == 32);
 
 /// A source of one service: the client address masked to the configured
 /// prefix. IPv4 addresses sit in the first four bytes, the rest zero.
@@ -237,10 +259,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::lists::ListEntry {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for crate::pool::PoolPolicy {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for crate::pool::Sessions {}
 }
 
 #[cfg(test)]

@@ -146,8 +146,7 @@ impl Prefix {
         let mut octets = [0u8; 4];
         let mut fixed = 0u8;
         let mut wild = false;
-        let mut parts = 0;
-        for part in s.split('.') {
+        for (parts, part) in s.split('.').enumerate() {
             if parts == 4 {
                 return Err(PrefixError::Malformed);
             }
@@ -162,7 +161,6 @@ impl Prefix {
                 octets[parts] = part.parse().map_err(|_| PrefixError::Malformed)?;
                 fixed += 1;
             }
-            parts += 1;
         }
         // `192.168.1.*` and `192.168.*.*` and `192.168.*` all mean the fixed octets.
         Ok(Self::v4(octets, fixed * 8))

@@ -1,5 +1,5 @@
-//! The maps of the kernel programs. The daemon writes `GLOBALS`, `PORTS` and
-//! `SERVICES` (policy). XDP owns `PENDING` (per-slot handshakes in flight,
+//! The maps of the kernel programs. The daemon writes `GLOBALS`, `PORTS`,
+//! `POLICY` and `LISTS` (policy, in two banks). XDP owns `PENDING` (per-slot handshakes in flight,
 //! "at its limit" hints, token buckets; `sock_ops` releases handshakes,
 //! clears hints and keeps the slot's connection sum) and `COUNTERS`; `sock_ops` owns
 //! `CONNS` (established connections per source, created only by completed
@@ -10,12 +10,17 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
-    maps::{COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, PORT_ENTRIES, SEED_SKIP_ENTRIES, flags},
+    lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
+    maps::{
+        COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, POLICY_ENTRIES, PORT_ENTRIES, SEED_SKIP_ENTRIES, SOCK_ENTRIES,
+        SockRecord, bank, family, flags, policy_index,
+    },
     pending::{self, Slot},
+    pool,
 };
 
 #[map(name = "GLOBALS")]
@@ -25,8 +30,10 @@ pub(crate) static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
 #[map(name = "PORTS")]
 pub(crate) static PORTS: Array<u32> = Array::with_max_entries(PORT_ENTRIES, 0);
 
-#[map(name = "SERVICES")]
-pub(crate) static SERVICES: Array<ServicePolicy> = Array::with_max_entries(MAX_SERVICES + 1, 0);
+/// Service policies, in two banks like the lists (`flags::BANK_B`). One map
+/// for both, so the verifier sees one pointer type whichever is in force.
+#[map(name = "POLICY")]
+pub(crate) static POLICY: Array<ServicePolicy> = Array::with_max_entries(POLICY_ENTRIES, 0);
 
 /// Established connections per source and service (`sock_ops` writes them).
 /// Sized from config by the loader; entries at zero stay until user space
@@ -52,6 +59,23 @@ pub(crate) static SEED_SKIP: HashMap<u64, u8> =
 /// bucket (see `limiter_common::pending::Slot`).
 #[map(name = "PENDING")]
 pub(crate) static PENDING: Array<Slot> = Array::with_max_entries(pending::DEFAULT_SLOTS, 0);
+
+/// The merged allow/deny/reserve trie, both banks (the bank is the key's
+/// first byte): `flags::BANK_B` selects the one in force, the daemon
+/// rewrites the other and flips, so no SYN ever sees a half-written list.
+#[map(name = "LISTS")]
+pub(crate) static LISTS: LpmTrie<[u8; KEY_BYTES], ListEntry> = LpmTrie::with_max_entries(2 * LIST_ENTRIES, 0);
+
+/// Sessions in use per service (`pool::index`): established (`sock_ops`),
+/// handshakes in flight (XDP reserves, `sock_ops` releases), seeded (daemon).
+#[map(name = "SESSIONS")]
+pub(crate) static SESSIONS: Array<u64> = Array::with_max_entries(pool::ENTRIES, 0);
+
+/// What `sock_ops` counted for each open service connection, by socket
+/// cookie: its close takes away exactly that.
+#[map(name = "SOCKS")]
+pub(crate) static SOCKS: HashMap<u64, SockRecord> =
+    HashMap::with_max_entries(SOCK_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
@@ -173,4 +197,49 @@ pub(crate) fn established(key: &SourceKey, g: &Globals, slot: *mut Slot) -> u64 
         return counted;
     }
     counted + SEEDED.get_ptr(key).map_or(0, |p| unsafe { load(p) })
+}
+
+/// The entry of the lists in force that covers `addr`, if the lists hold any.
+#[inline(always)]
+pub(crate) fn list_entry(g: &Globals, fam: u8, addr: &[u8; 16]) -> Option<&'static ListEntry> {
+    if g.flags & flags::LISTS == 0 {
+        return None;
+    }
+    let key = Key::new(key_len(if fam == family::V4 { 32 } else { 128 }), key_data(bank(g.flags), fam, addr));
+    LISTS.get(&key)
+}
+
+/// The policy in force of a service.
+#[inline(always)]
+pub(crate) fn policy(g: &Globals, service: u32) -> Option<&'static ServicePolicy> {
+    POLICY.get(policy_index(bank(g.flags), service))
+}
+
+/// A service's handshakes-in-flight word and established count.
+#[inline(always)]
+pub(crate) fn sessions(service: u32) -> Option<(*mut u64, *mut u64)> {
+    Some((
+        SESSIONS.get_ptr_mut(pool::index(service, pool::PENDING))?,
+        SESSIONS.get_ptr_mut(pool::index(service, pool::ESTABLISHED))?,
+    ))
+}
+
+/// A service's connections that predate the programs.
+#[inline(always)]
+pub(crate) fn seeded_sessions(service: u32) -> u64 {
+    SESSIONS.get(pool::index(service, pool::SEEDED)).copied().unwrap_or(0)
+}
+
+/// Gives one session reservation back.
+#[inline(always)]
+pub(crate) fn release_session(word: *mut u64, now_bucket: u32) {
+    for _ in 0..4 {
+        let old = unsafe { load(word) };
+        let Some(new) = pool::release(old, now_bucket) else {
+            return;
+        };
+        if unsafe { compare_swap(word, old, new) } {
+            return;
+        }
+    }
 }

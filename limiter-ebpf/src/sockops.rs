@@ -15,14 +15,16 @@ use aya_ebpf::{
 };
 use limiter_common::{
     Globals, SourceKey,
-    maps::{family, flags},
+    lists::entry,
+    maps::{SockRecord, family, flags},
     pending::{self, hint},
+    pool,
     prefix::{mask_v4, mask_v6},
 };
 
 use crate::maps::{
-    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, compare_swap, fetch_add, load, now_ns, release_pending, reserved,
-    slot_conns,
+    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, SOCKS, compare_swap, fetch_add, list_entry, load, now_ns, release_pending,
+    release_session, reserved, sessions, slot_conns,
 };
 
 const AF_INET: u32 = 2;
@@ -46,12 +48,12 @@ macro_rules! field {
 fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     let op = field!(ctx, op);
     if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-        let (key, g) = service_key(ctx)?;
-        opened(&key, g);
+        let (key, addr, g) = service_key(ctx)?;
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        opened(&key, &addr, g, cookie);
         if g.flags & flags::SEEDING != 0 {
             // The daemon is reading the socket table right now and may see
             // this socket there too: tell it this one is already counted.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
             let _ = SEED_SKIP.insert(cookie, 1u8, 0);
         }
         // Ask for state callbacks so the close is seen. The flag outlives
@@ -62,19 +64,35 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     } else if op == BPF_SOCK_OPS_STATE_CB {
         let new_state = field!(ctx, __bindgen_anon_1.args[1]);
         if new_state == BPF_TCP_CLOSE {
-            // Re-check namespace and port: the flag may have been set by an
-            // earlier program instance or another program.
-            let (key, g) = service_key(ctx)?;
+            let g = GLOBALS.get(0).ok_or(())?;
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+            // What was counted at the open is taken away, whatever the
+            // policy says now.
+            if let Some(rec) = SOCKS.get_ptr(cookie) {
+                let rec = unsafe { *rec };
+                let _ = SOCKS.remove(cookie);
+                if rec.counted != 0 {
+                    closed(&rec.key, g);
+                }
+                if rec.pooled != 0 {
+                    session_closed(u32::from(rec.key.service));
+                }
+                return Ok(());
+            }
+            // Not recorded (opened by an older version, or the record table
+            // was full): re-check namespace and port, since the flag may have
+            // been set by an earlier program instance or another program.
+            let (key, _, g) = service_key(ctx)?;
             closed(&key, g);
         }
     }
     Ok(())
 }
 
-/// The counted source of this socket, if it is a service socket of our
-/// network namespace. IPv4 clients of a dual-stack listener (`::ffff:a.b.c.d`)
-/// count as IPv4.
-fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, &'static Globals), ()> {
+/// The counted source of this socket and its unmasked address, if it is a
+/// service socket of our network namespace. IPv4 clients of a dual-stack
+/// listener (`::ffff:a.b.c.d`) count as IPv4.
+fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, [u8; 16], &'static Globals), ()> {
     let g = GLOBALS.get(0).ok_or(())?;
     let cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
     if cookie != g.netns_cookie {
@@ -87,8 +105,12 @@ fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, &'static Globals), ()
     }
     #[expect(clippy::cast_possible_truncation, reason = "service ids are < MAX_SERVICES")]
     let mut key = SourceKey { addr: [0; 16], service: service as u8, family: family::V4, pad: [0; 2] };
+    let mut addr = [0u8; 16];
     match field!(ctx, family) {
-        AF_INET => key.addr[..4].copy_from_slice(&mask_v4(field!(ctx, remote_ip4).to_ne_bytes(), g.ipv4_prefix)),
+        AF_INET => {
+            addr[..4].copy_from_slice(&field!(ctx, remote_ip4).to_ne_bytes());
+            key.addr[..4].copy_from_slice(&mask_v4(field!(ctx, remote_ip4).to_ne_bytes(), g.ipv4_prefix));
+        }
         AF_INET6 => {
             let ops: *const bpf_sock_ops = ctx.ops;
             let w = unsafe {
@@ -100,33 +122,62 @@ fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, &'static Globals), ()
                 ]
             };
             if w[0] == 0 && w[1] == 0 && w[2].to_ne_bytes() == [0, 0, 0xff, 0xff] {
+                addr[..4].copy_from_slice(&w[3].to_ne_bytes());
                 key.addr[..4].copy_from_slice(&mask_v4(w[3].to_ne_bytes(), g.ipv4_prefix));
             } else {
-                let mut a = [0u8; 16];
-                a[..4].copy_from_slice(&w[0].to_ne_bytes());
-                a[4..8].copy_from_slice(&w[1].to_ne_bytes());
-                a[8..12].copy_from_slice(&w[2].to_ne_bytes());
-                a[12..].copy_from_slice(&w[3].to_ne_bytes());
-                key.addr = mask_v6(a, g.ipv6_prefix);
+                addr[..4].copy_from_slice(&w[0].to_ne_bytes());
+                addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
+                addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
+                addr[12..].copy_from_slice(&w[3].to_ne_bytes());
+                key.addr = mask_v6(addr, g.ipv6_prefix);
                 key.family = family::V6;
             }
         }
         _ => return Err(()),
     }
-    Ok((key, g))
+    Ok((key, addr, g))
 }
 
 /// A handshake completed: one more established connection (`CONNS`, then
 /// the slot's sum), then one less reservation (in that order, so a
-/// concurrent SYN never sees too few).
-fn opened(key: &SourceKey, g: &Globals) {
+/// concurrent SYN never sees too few); the same for the service's sessions
+/// unless the source is exempt. What was counted is recorded under the
+/// socket's cookie for the close.
+fn opened(key: &SourceKey, addr: &[u8; 16], g: &Globals, cookie: u64) {
     let counted = count_open(key);
     let place = Place::of(key);
+    let now = pending::ticks(now_ns());
     if let Some(slot) = place.pending(g) {
         if counted {
             unsafe { fetch_add(slot_conns(slot), 1) };
         }
-        release_pending(reserved(slot), place.tag, pending::ticks(now_ns()));
+        release_pending(reserved(slot), place.tag, now);
+    }
+    let exempt =
+        list_entry(g, key.family, addr).is_some_and(|e| e.flags & entry::DENY == 0 && e.flags & entry::EXEMPT != 0);
+    let mut pooled = false;
+    if !exempt && let Some((word, established)) = sessions(u32::from(key.service)) {
+        unsafe { fetch_add(established, 1) };
+        release_session(word, pool::bucket(now));
+        pooled = true;
+    }
+    let rec = SockRecord { key: *key, counted: u8::from(counted), pooled: u8::from(pooled), pad: [0; 2] };
+    if SOCKS.insert(cookie, rec, 0).is_err() && pooled {
+        // Without a record the close cannot know it was pooled: do not count it.
+        session_closed(u32::from(key.service));
+    }
+}
+
+/// A pooled connection closed: one less session in use, never below zero.
+fn session_closed(service: u32) {
+    let Some((_, established)) = sessions(service) else {
+        return;
+    };
+    for _ in 0..8 {
+        let old = unsafe { load(established) };
+        if old == 0 || unsafe { compare_swap(established, old, old - 1) } {
+            return;
+        }
     }
 }
 

@@ -3,20 +3,21 @@
 //! and every frame the parser does not understand, passes (fail open).
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use aya_log_ebpf::debug;
 use limiter_common::{
     Bucket, Globals, ServicePolicy, SourceKey, Verdict,
     bucket::slot,
+    lists::{Admission, admission},
     maps::{action, family, flags},
     pending::{self, Slot, hint},
+    pool,
     prefix::{mask_v4, mask_v6},
 };
 use network_types::eth::EthHdr;
 
 use crate::{
     maps::{
-        GLOBALS, PORTS, Place, SERVICES, compare_swap, count, established, hint as hint_word, load, now_ns,
-        release_pending, reserved,
+        GLOBALS, PORTS, Place, compare_swap, count, established, hint as hint_word, list_entry, load, now_ns, policy,
+        release_pending, reserved, seeded_sessions, sessions,
     },
     reply,
 };
@@ -180,8 +181,9 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(xdp_action::XDP_PASS);
     }
 
-    let policy = SERVICES.get(service).ok_or(())?;
-    let verdict = decide(ctx, &p, service, policy)?;
+    let g = GLOBALS.get(0).ok_or(())?;
+    let policy = policy(g, service).ok_or(())?;
+    let verdict = decide(ctx, &p, service, g, policy)?;
     count(verdict.index(service));
     if verdict == Verdict::Accepted {
         return Ok(xdp_action::XDP_PASS);
@@ -194,33 +196,107 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(xdp_action::XDP_DROP)
 }
 
-/// The source key of a parsed frame: the client address masked to the
-/// configured prefix, and the service.
+/// The client address of a parsed frame (IPv4 in the first four bytes).
 #[inline(always)]
-fn source_key(ctx: &XdpContext, p: &Parsed, service: u32, g: &Globals) -> Result<SourceKey, ()> {
-    #[expect(clippy::cast_possible_truncation, reason = "service ids are < MAX_SERVICES")]
-    let mut key = SourceKey { addr: [0; 16], service: service as u8, family: p.family, pad: [0; 2] };
+fn source_addr(ctx: &XdpContext, p: &Parsed) -> Result<[u8; 16], ()> {
+    let mut addr = [0u8; 16];
     if p.family == family::V4 {
-        let src = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l3 + 12)? };
-        key.addr[..4].copy_from_slice(&mask_v4(src, g.ipv4_prefix));
+        addr[..4].copy_from_slice(&unsafe { *ptr_at::<[u8; 4]>(ctx, p.l3 + 12)? });
     } else {
-        let src = unsafe { *ptr_at::<[u8; 16]>(ctx, p.l3 + 8)? };
-        key.addr = mask_v6(src, g.ipv6_prefix);
+        addr = unsafe { *ptr_at::<[u8; 16]>(ctx, p.l3 + 8)? };
     }
-    Ok(key)
+    Ok(addr)
 }
 
-/// decide, for a SYN to a service port: the source's connections (rule 4),
-/// then its token bucket (rule 5).
+/// The source key of a client address: masked to the configured prefix,
+/// and the service.
 #[inline(always)]
-fn decide(ctx: &XdpContext, p: &Parsed, service: u32, policy: &ServicePolicy) -> Result<Verdict, ()> {
-    let bucket = Bucket { interval_ns: policy.rate_interval_ns, tolerance_ns: policy.rate_tolerance_ns };
-    let limit = u64::from(policy.max_conn_per_source);
-    if limit == 0 && bucket.is_unlimited() {
-        return Ok(Verdict::Accepted);
+fn source_key(addr: &[u8; 16], fam: u8, service: u32, g: &Globals) -> SourceKey {
+    #[expect(clippy::cast_possible_truncation, reason = "service ids are < MAX_SERVICES")]
+    let mut key = SourceKey { addr: [0; 16], service: service as u8, family: fam, pad: [0; 2] };
+    if fam == family::V4 {
+        key.addr[..4].copy_from_slice(&mask_v4([addr[0], addr[1], addr[2], addr[3]], g.ipv4_prefix));
+    } else {
+        key.addr = mask_v6(*addr, g.ipv6_prefix);
     }
-    let g = GLOBALS.get(0).ok_or(())?;
-    let key = source_key(ctx, p, service, g)?;
+    key
+}
+
+/// decide, for a SYN to a service port, in the order of the spec: deny and
+/// allow lists (rules 1-2), the service's sessions (3), the source's
+/// connections (4), its token bucket (5). Each rule that reserves something
+/// gives it back when a later rule refuses.
+#[inline(always)]
+fn decide(ctx: &XdpContext, p: &Parsed, service: u32, g: &Globals, policy: &ServicePolicy) -> Result<Verdict, ()> {
+    let addr = source_addr(ctx, p)?;
+    let (limit, bucket, on_reserve) = match admission(list_entry(g, p.family, &addr), service, policy) {
+        Admission::Decided(v) => return Ok(v),
+        Admission::Limits { max_conn, bucket, reserved } => (u64::from(max_conn), bucket, reserved),
+    };
+
+    // Rule 3 is decided after rules 4 and 5 (the verifier walks the
+    // per-source paths once, not once per way the sessions check can go),
+    // with the verdicts the spec's order gives: a SYN both would refuse is
+    // counted as refused by sessions.
+    let now = now_ns();
+    let pooled = policy.max_sessions != 0;
+    let args = SourceArgs { family: p.family, service, g, addr, limit, bucket, now };
+    let verdict = per_source(&args);
+    if !pooled {
+        return Ok(verdict);
+    }
+    let bucket_now = pool::bucket(pending::ticks(now));
+    if verdict != Verdict::Accepted {
+        return Ok(sessions_full(service, policy, on_reserve, bucket_now).unwrap_or(verdict));
+    }
+    let verdict = reserve_session(service, policy, on_reserve, bucket_now);
+    if verdict != Verdict::Accepted && limit != 0 {
+        // No session left: give the source's reservation back (its token,
+        // if it took one, stays spent).
+        let place = Place::of(&source_key(&addr, p.family, service, g));
+        if let Some(slot) = place.pending(g) {
+            release_pending(reserved(slot), place.tag, pending::ticks(now));
+        }
+    }
+    Ok(verdict)
+}
+
+/// Rule 3 without reserving: the refusal if the service's sessions leave
+/// no room for this source now.
+#[inline(always)]
+fn sessions_full(service: u32, policy: &ServicePolicy, on_reserve: bool, now: u32) -> Option<Verdict> {
+    let (word, established) = sessions(service)?;
+    let in_use = unsafe { load(word) };
+    let in_use = pool::pending(in_use, now) + unsafe { load(established) } + seeded_sessions(service);
+    pool::check(in_use, policy, on_reserve)
+}
+
+/// What rules 4 and 5 need, passed by reference: a BPF call takes at most
+/// five arguments.
+struct SourceArgs<'a> {
+    family: u8,
+    service: u32,
+    g: &'a Globals,
+    addr: [u8; 16],
+    limit: u64,
+    bucket: Bucket,
+    now: u64,
+}
+
+/// Rules 4 and 5 with the limits rules 1-2 chose.
+///
+/// Not inlined, on purpose: a BPF-to-BPF call. The verifier walks this
+/// function's many paths once per way of reaching it, and its exit states
+/// collapse to the returned verdict when its frame is dropped; inlined, the
+/// session reservation that follows would be walked once per exit path of
+/// this function (over a million instructions).
+#[inline(never)]
+fn per_source(a: &SourceArgs<'_>) -> Verdict {
+    let (g, limit, bucket, now) = (a.g, a.limit, &a.bucket, a.now);
+    if limit == 0 && bucket.is_unlimited() {
+        return Verdict::Accepted;
+    }
+    let key = source_key(&a.addr, a.family, a.service, g);
     let place = Place::of(&key);
 
     // A source known to be at its connection limit is refused on its hint
@@ -231,22 +307,23 @@ fn decide(ctx: &XdpContext, p: &Parsed, service: u32, policy: &ServicePolicy) ->
     let mut reserved_in = None;
     let mut seen = 0;
     if limit != 0 {
-        let slot = place.pending(g).ok_or(())?;
+        let Some(slot) = place.pending(g) else {
+            return Verdict::Accepted;
+        };
         // Read before `CONNS`: a close after this read makes a later mark fail.
         seen = unsafe { load(hint_word(slot)) };
         if hints && hint::is_full(seen, place.fingerprint, g.generation) {
-            return Ok(Verdict::RefusedConcurrency);
+            return Verdict::RefusedConcurrency;
         }
         reserved_in = Some(slot);
     }
-    let now = now_ns();
 
     // Reserve a slot for this handshake before anything else can see it:
     // the reservation itself is the atomic step, never check-then-increment.
     if let Some(slot) = reserved_in {
         match reserve(&key, g, &place, slot, pending::ticks(now), limit) {
             Reserve::Taken => {}
-            Reserve::Busy => return Ok(Verdict::RefusedConcurrency),
+            Reserve::Busy => return Verdict::RefusedConcurrency,
             Reserve::Full => {
                 // `CONNS` alone is at the limit: remember it, unless a close
                 // landed since `seen` was read (then the swap fails).
@@ -254,17 +331,45 @@ fn decide(ctx: &XdpContext, p: &Parsed, service: u32, policy: &ServicePolicy) ->
                     let new = hint::mark_full(seen, place.fingerprint, g.generation);
                     let _ = unsafe { compare_swap(hint_word(slot), seen, new) };
                 }
-                return Ok(Verdict::RefusedConcurrency);
+                return Verdict::RefusedConcurrency;
             }
         }
     }
-    if !bucket.is_unlimited() && take_token(ctx, &bucket, &place, g, now) == Verdict::RefusedRate {
+    if !bucket.is_unlimited() && take_token(bucket, &place, g, now) == Verdict::RefusedRate {
         if let Some(slot) = reserved_in {
             release_pending(reserved(slot), place.tag, pending::ticks(now));
         }
-        return Ok(Verdict::RefusedRate);
+        return Verdict::RefusedRate;
     }
-    Ok(Verdict::Accepted)
+    Verdict::Accepted
+}
+
+/// Takes one of the service's sessions for this handshake, if rule 3 leaves
+/// room: `Accepted`, or the refusal.
+#[inline(always)]
+fn reserve_session(service: u32, pool: &ServicePolicy, on_reserve: bool, now: u32) -> Verdict {
+    let Some((word, established)) = sessions(service) else {
+        // No session counts (cannot happen with our maps): fail open.
+        return Verdict::Accepted;
+    };
+    let seeded = seeded_sessions(service);
+    for _ in 0..CAS_TRIES {
+        // The word first, then the established count: a handshake completing
+        // in between (established + 1, then word - 1) makes the swap fail,
+        // so the sum is never read low.
+        let old = unsafe { load(word) };
+        let in_use = unsafe { load(established) } + seeded;
+        match pool::reserve(old, now, in_use, pool, on_reserve) {
+            Ok(new) => {
+                if unsafe { compare_swap(word, old, new) } {
+                    return Verdict::Accepted;
+                }
+            }
+            Err(v) => return v,
+        }
+    }
+    // Persistently contended: refuse (a session we cannot take is not ours).
+    Verdict::RefusedSessions
 }
 
 /// What [`reserve`] did.
@@ -281,10 +386,11 @@ enum Reserve {
 fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u32, limit: u64) -> Reserve {
     let cell = reserved(slot);
     for _ in 0..CAS_TRIES {
-        // Re-read both on every try: a completing handshake moves one from
-        // pending to established (established first, so never undercounted).
-        let established = established(key, g, slot);
+        // Re-read both on every try, the word first: a handshake completing
+        // in between moves one from pending to established (established
+        // first), which makes the swap fail, so the sum is never read low.
         let old = unsafe { load(cell) };
+        let established = established(key, g, slot);
         let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
             return if established >= limit { Reserve::Full } else { Reserve::Busy };
         };
@@ -299,18 +405,18 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
 
 /// Takes one token from the source's bucket (its slot pair's rate words).
 #[inline(always)]
-fn take_token(ctx: &XdpContext, bucket: &Bucket, place: &Place, g: &Globals, now: u64) -> Verdict {
+fn take_token(bucket: &Bucket, place: &Place, g: &Globals, now: u64) -> Verdict {
     let Some((a, b)) = place.rate_set(g) else {
         return Verdict::Accepted;
     };
     let cell = if slot::choose(unsafe { load(a) }, unsafe { load(b) }, place.tag) == 0 { a } else { b };
-    spend(ctx, bucket, cell, place.tag, now)
+    spend(bucket, cell, place.tag, now)
 }
 
 /// Spends one token of a bucket shared by all CPUs with compare-and-swap,
 /// so two CPUs cannot both spend the last token.
 #[inline(always)]
-fn spend(ctx: &XdpContext, bucket: &Bucket, cell: *mut u64, tag: u16, now: u64) -> Verdict {
+fn spend(bucket: &Bucket, cell: *mut u64, tag: u16, now: u64) -> Verdict {
     for _ in 0..CAS_TRIES {
         let old = unsafe { load(cell) };
         let Some(new) = slot::take(bucket, old, tag, now) else {
@@ -320,7 +426,8 @@ fn spend(ctx: &XdpContext, bucket: &Bucket, cell: *mut u64, tag: u16, now: u64) 
             return Verdict::Accepted;
         }
     }
-    // Persistently contended: fail open rather than refuse on a race.
-    debug!(ctx, "bucket contended {} times, admitting", CAS_TRIES);
+    // Persistently contended: fail open rather than refuse on a race. (No
+    // log line here: its code, walked on every path that reaches it, cost
+    // the verifier more than the rest of the program.)
     Verdict::Accepted
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::{
     config::{self, Action, ConfigError, ConfigFile, Overrides, Policy, Rate, XdpMode},
-    control::{self, Request},
+    control::{self, ListName, Request},
+    lists::Cidr,
     daemon::{self, Paths},
     loader::LoadError,
 };
@@ -59,6 +60,140 @@ pub enum Cmd {
         #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// The allow list: sources exempt from the limits, or with their own
+    /// per-source limits.
+    Allow {
+        #[command(subcommand)]
+        op: AllowOp,
+    },
+    /// The deny list: sources refused at once.
+    Deny {
+        #[command(subcommand)]
+        op: DenyOp,
+    },
+    /// Reserve lists: sources that may use a service's reserved sessions.
+    Reserve {
+        #[command(subcommand)]
+        op: ReserveOp,
+    },
+    /// Re-read the config file and apply it atomically (also SIGHUP); a
+    /// broken config is refused and the running policy stays.
+    Reload {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+/// The daemon's control socket.
+#[derive(Args, Debug)]
+pub struct SocketArg {
+    /// Control socket of the daemon.
+    #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AllowOp {
+    /// Add (or replace) an entry. With no limit the source is exempt: accepted
+    /// and not counted against max_sessions. Limits given replace the
+    /// service's per-source limits (a limit not given is no limit).
+    Add {
+        /// Address, CIDR or wildcard (192.168.1.*).
+        #[arg(value_parser = parse_cidr)]
+        prefix: Cidr,
+        #[arg(long, value_name = "N", value_parser = config::parse_max_conn)]
+        max_conn_per_source: Option<u32>,
+        /// New connection attempts: N/s or N/m.
+        #[arg(long, value_name = "N/s|N/m")]
+        rate: Option<Rate>,
+        #[arg(long, value_parser = config::parse_burst)]
+        burst: Option<u64>,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Remove a run-time entry.
+    Del {
+        #[arg(value_parser = parse_cidr)]
+        prefix: Cidr,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Entries from the config and from run time.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DenyOp {
+    /// Add an entry.
+    Add {
+        /// Address, CIDR or wildcard (203.0.113.*).
+        #[arg(value_parser = parse_cidr)]
+        prefix: Cidr,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Remove a run-time entry.
+    Del {
+        #[arg(value_parser = parse_cidr)]
+        prefix: Cidr,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Entries from the config and from run time.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReserveOp {
+    /// Add an entry for a service.
+    Add {
+        /// Address, CIDR or wildcard (192.168.1.*).
+        #[arg(value_parser = parse_cidr)]
+        prefix: Cidr,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Remove a run-time entry.
+    Del {
+        #[arg(value_parser = parse_cidr)]
+        prefix: Cidr,
+        #[arg(long)]
+        service: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Entries from the config and from run time.
+    List {
+        /// Only this service's entries.
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
 }
 
 #[derive(Args, Debug)]
@@ -129,6 +264,16 @@ impl From<ConfigError> for Failure {
     }
 }
 
+/// The config file `run` reads (and `reload` re-reads): `--config`, or the
+/// default one if present.
+fn config_path(path: Option<&Path>) -> Option<PathBuf> {
+    match path {
+        Some(p) => Some(p.to_path_buf()),
+        None if Path::new(config::DEFAULT_CONFIG).exists() => Some(PathBuf::from(config::DEFAULT_CONFIG)),
+        None => None,
+    }
+}
+
 /// Reads the config named by `--config`, or the default one if present.
 fn read_config(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
     match path {
@@ -166,6 +311,59 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Allow { op } => match op {
+            AllowOp::Add { prefix, max_conn_per_source, rate, burst, comment, socket } => change(
+                &socket.socket,
+                &Request::ListAdd {
+                    list: ListName::Allow,
+                    prefix: prefix.to_string(),
+                    service: None,
+                    max_conn_per_source,
+                    rate: rate.map(|r| r.to_string()),
+                    burst,
+                    comment,
+                },
+            ),
+            AllowOp::Del { prefix, socket } => del(&socket.socket, ListName::Allow, prefix, None),
+            AllowOp::List { json, socket } => show(&socket.socket, ListName::Allow, None, json),
+        },
+        Cmd::Deny { op } => match op {
+            DenyOp::Add { prefix, comment, socket } => change(
+                &socket.socket,
+                &Request::ListAdd {
+                    list: ListName::Deny,
+                    prefix: prefix.to_string(),
+                    service: None,
+                    max_conn_per_source: None,
+                    rate: None,
+                    burst: None,
+                    comment,
+                },
+            ),
+            DenyOp::Del { prefix, socket } => del(&socket.socket, ListName::Deny, prefix, None),
+            DenyOp::List { json, socket } => show(&socket.socket, ListName::Deny, None, json),
+        },
+        Cmd::Reserve { op } => match op {
+            ReserveOp::Add { prefix, service, comment, socket } => change(
+                &socket.socket,
+                &Request::ListAdd {
+                    list: ListName::Reserve,
+                    prefix: prefix.to_string(),
+                    service: Some(service),
+                    max_conn_per_source: None,
+                    rate: None,
+                    burst: None,
+                    comment,
+                },
+            ),
+            ReserveOp::Del { prefix, service, socket } => del(&socket.socket, ListName::Reserve, prefix, Some(service)),
+            ReserveOp::List { service, json, socket } => show(&socket.socket, ListName::Reserve, service, json),
+        },
+        Cmd::Reload { socket } => {
+            let v = client(&socket.socket, &Request::Reload)?;
+            println!("reloaded {} ({} services)", v["reloaded"].as_str().unwrap_or("?"), v["services"]);
+            Ok(())
+        }
         Cmd::Top { service, n, json, socket } => {
             let v = client(&socket, &Request::Top { service, limit: n })?;
             if json {
@@ -176,6 +374,71 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Sends a list change and reports it in one line.
+fn change(socket: &Path, req: &Request) -> Result<(), Failure> {
+    let v = client(socket, req)?;
+    let e = &v["added"];
+    let mut line = format!("{} {} added", v["list"].as_str().unwrap_or("?"), e["prefix"].as_str().unwrap_or("?"));
+    if let Some(s) = e["service"].as_str() {
+        line.push_str(&format!(" for service {s}"));
+    }
+    let limits = describe_limits(e);
+    if !limits.is_empty() {
+        line.push_str(&format!(" ({limits})"));
+    }
+    println!("{line}");
+    Ok(())
+}
+
+fn describe_limits(e: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = e["max_conn_per_source"].as_u64() {
+        parts.push(format!("max {n} connections per source"));
+    }
+    if let Some(r) = e["rate"].as_str() {
+        parts.push(format!("rate {r}"));
+    }
+    if let Some(b) = e["burst"].as_u64() {
+        parts.push(format!("burst {b}"));
+    }
+    parts.join(", ")
+}
+
+fn del(socket: &Path, list: ListName, prefix: Cidr, service: Option<String>) -> Result<(), Failure> {
+    let v = client(socket, &Request::ListDel { list, prefix: prefix.to_string(), service })?;
+    println!("{} {} removed", list.as_str(), v["removed"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> Result<(), Failure> {
+    let v = client(socket, &Request::ListShow { list, service })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
+        return Ok(());
+    }
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        println!("the {} list is empty", list.as_str());
+        return Ok(());
+    }
+    println!("{:<44} {:<10} {:<8} {:<40} COMMENT", "PREFIX", "SERVICE", "ORIGIN", "LIMITS");
+    for e in entries {
+        let limits = match (list, describe_limits(&e)) {
+            (ListName::Allow, l) if l.is_empty() => "exempt".to_owned(),
+            (_, l) => l,
+        };
+        println!(
+            "{:<44} {:<10} {:<8} {:<40} {}",
+            e["prefix"].as_str().unwrap_or("?"),
+            e["service"].as_str().unwrap_or("-"),
+            e["origin"].as_str().unwrap_or("?"),
+            if limits.is_empty() { "-" } else { &limits },
+            e["comment"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 fn print_top(v: &Value) {
@@ -193,6 +456,7 @@ fn print_top(v: &Value) {
 }
 
 fn run(a: RunArgs) -> Result<(), Failure> {
+    let config_path = config_path(a.config.as_deref());
     let file = read_config(a.config.as_deref())?;
     let o = Overrides {
         interfaces: a.ifaces,
@@ -215,7 +479,7 @@ fn run(a: RunArgs) -> Result<(), Failure> {
         None => crate::loader::cgroup2_mount().map_err(Failure::bad_input)?,
     };
     let paths = Paths { socket: a.socket, pin_dir: a.pin_dir, state_dir: a.state_dir, cgroup };
-    daemon::run(policy, &paths).map_err(|e| {
+    daemon::run(policy, daemon::Source { config: config_path, overrides: o }, &paths).map_err(|e| {
         let bad = e.downcast_ref::<LoadError>().is_some_and(LoadError::is_bad_input);
         let msg = format!("{e:#}");
         if bad { Failure::bad_input(msg) } else { Failure::system(msg) }

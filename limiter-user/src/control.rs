@@ -25,6 +25,57 @@ pub enum Request {
         service: Option<String>,
         limit: usize,
     },
+    /// Adds a run-time entry to a list (replacing an allow entry for the
+    /// same prefix).
+    ListAdd {
+        list: ListName,
+        prefix: String,
+        #[serde(default)]
+        service: Option<String>,
+        #[serde(default)]
+        max_conn_per_source: Option<u32>,
+        #[serde(default)]
+        rate: Option<String>,
+        #[serde(default)]
+        burst: Option<u64>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// Removes a run-time entry.
+    ListDel {
+        list: ListName,
+        prefix: String,
+        #[serde(default)]
+        service: Option<String>,
+    },
+    /// The entries of a list, from the config and from run time.
+    ListShow {
+        list: ListName,
+        #[serde(default)]
+        service: Option<String>,
+    },
+    /// Re-reads the config file and applies it.
+    Reload,
+}
+
+/// The three prefix lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ListName {
+    Allow,
+    Deny,
+    Reserve,
+}
+
+impl ListName {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Reserve => "reserve",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

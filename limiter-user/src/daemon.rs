@@ -10,16 +10,18 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use limiter_common::Verdict;
+use limiter_common::{Verdict, lists::LIST_ENTRIES, maps::MAX_SERVICES, pool};
 use log::{debug, info, warn};
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, signal::unix::SignalKind};
 
 use crate::{
-    config::Policy,
-    control::{self, Request},
+    config::{ConfigFile, Overrides, Policy, Rate},
+    control::{self, ListName, Request},
+    lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
     loader::{self, Loaded},
     pins,
+    state::RuntimeLists,
 };
 
 /// How often the seeded connections are looked up in the socket table
@@ -44,21 +46,50 @@ pub struct Paths {
     pub cgroup: PathBuf,
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub fn run(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run_async(policy, paths))
+/// Where the policy comes from, so `reload` can read it again.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The config file, if one was read at the start.
+    pub config: Option<PathBuf>,
+    /// The `run` flags, which override the file at every reload too.
+    pub overrides: Overrides,
 }
 
-async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(policy: Policy, source: Source, paths: &Paths) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run_async(policy, source, paths))
+}
+
+/// The running daemon's state, shared by the control handlers and the loop.
+pub struct Daemon {
+    pub loaded: Loaded,
+    /// The config layer (its `lists` are the config file's).
+    pub policy: Policy,
+    /// Entries added at run time.
+    pub runtime: RuntimeLists,
+    pub source: Source,
+}
+
+async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Result<()> {
     fs::create_dir_all(&paths.state_dir)
         .with_context(|| format!("cannot create state dir {}", paths.state_dir.display()))?;
+    let runtime = RuntimeLists::load(&paths.state_dir).map_err(anyhow::Error::msg)?;
+    for r in &runtime.lists.reserve {
+        if !policy.services.iter().any(|s| s.name == r.service) {
+            warn!(
+                "run-time reserve entry {} names service '{}', which the config does not define: ignored",
+                r.prefix, r.service
+            );
+        }
+    }
     let listener = bind_socket(&paths.socket)?;
     // A failed first start leaves nothing behind; a failed restart leaves
     // the running enforcement of the previous start alone.
     let fresh = fs::read_dir(&paths.pin_dir).map_or(true, |mut d| d.next().is_none());
-    let loaded = match loader::load_and_attach(&policy, &paths.cgroup, &paths.pin_dir, &paths.state_dir) {
+    let effective = in_force(&policy, &runtime.lists);
+    let loaded = match loader::load_and_attach(&effective, &paths.cgroup, &paths.pin_dir, &paths.state_dir) {
         Ok(l) => l,
         Err(e) => {
             if fresh && pins::on_bpffs(&paths.pin_dir) {
@@ -71,26 +102,31 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
     for a in &loaded.attachments {
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
-    for s in &policy.services {
-        let rate = s.rate.map_or_else(|| "unlimited".to_owned(), |r| r.to_string());
-        info!("service {} ports {:?}: rate {rate} burst {} action {}", s.name, s.ports, s.burst, s.action.as_str());
-    }
+    log_policy(&effective);
     info!("control socket {}", paths.socket.display());
 
-    let state = Rc::new(RefCell::new(loaded));
-    let policy = Rc::new(policy);
+    let state = Rc::new(RefCell::new(Daemon { loaded, policy, runtime, source }));
     let handler = {
         let state = Rc::clone(&state);
-        let policy = Rc::clone(&policy);
-        move |req: Request| match req {
-            Request::Status => status(&state.borrow(), &policy),
-            Request::Top { service, limit } => top(&state.borrow(), &policy, service.as_deref(), limit),
+        move |req: Request| {
+            let d = &mut *state.borrow_mut();
+            match req {
+                Request::Status => status(d),
+                Request::Top { service, limit } => top(d, service.as_deref(), limit),
+                Request::ListShow { list, service } => Ok(d.list_show(list, service.as_deref())),
+                Request::ListAdd { list, prefix, service, max_conn_per_source, rate, burst, comment } => {
+                    d.list_add(list, &prefix, service, max_conn_per_source, rate.as_deref(), burst, comment)
+                }
+                Request::ListDel { list, prefix, service } => d.list_del(list, &prefix, service.as_deref()),
+                Request::Reload => d.reload(),
+            }
         }
     };
     let server = tokio::task::spawn_local(control::serve(listener, handler));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     // Connections that predate the programs have no close callback: look
     // for them in the socket table until they are all gone.
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
@@ -102,7 +138,7 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = reclaim.tick() => {
-                match reclaimer.pass(&mut state.borrow_mut().ebpf) {
+                match reclaimer.pass(&mut state.borrow_mut().loaded.ebpf) {
                     Ok(p) => {
                         if p.deleted > 0 {
                             debug!("reclaimed {} idle source entries; {} in use of {}", p.deleted, p.entries, p.capacity);
@@ -120,8 +156,14 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
             }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { info!("SIGINT: shutting down"); break }
-            _ = reconcile.tick(), if !state.borrow().seeded.is_empty() => {
-                let loaded = &mut *state.borrow_mut();
+            _ = hup.recv() => {
+                match state.borrow_mut().reload() {
+                    Ok(_) => info!("SIGHUP: config reloaded"),
+                    Err(e) => warn!("SIGHUP: {e}"),
+                }
+            }
+            _ = reconcile.tick(), if !state.borrow().loaded.seeded.is_empty() => {
+                let loaded = &mut state.borrow_mut().loaded;
                 match loaded.seeded.reconcile(&mut loaded.ebpf) {
                     Ok(0) => {}
                     Ok(n) => info!("{n} connections open before start have closed; {} remain", loaded.seeded.len()),
@@ -137,6 +179,253 @@ async fn run_async(policy: Policy, paths: &Paths) -> anyhow::Result<()> {
         paths.pin_dir.display()
     );
     Ok(())
+}
+
+fn log_policy(policy: &Policy) {
+    for s in &policy.services {
+        let rate = s.rate.map_or_else(|| "unlimited".to_owned(), |r| r.to_string());
+        let sessions = s.max_sessions.map_or_else(
+            || "unlimited".to_owned(),
+            |m| format!("{m} ({} reserved)", s.reserved_sessions),
+        );
+        info!(
+            "service {} ports {:?}: rate {rate} burst {} action {} sessions {sessions}",
+            s.name,
+            s.ports,
+            s.burst,
+            s.action.as_str()
+        );
+    }
+    let l = &policy.lists;
+    if !l.is_empty() {
+        info!("lists: {} allow, {} deny, {} reserve entries", l.allow.len(), l.deny.len(), l.reserve.len());
+    }
+}
+
+/// The policy in force: the config's, with the run-time entries layered on
+/// (run-time reserve entries of services the config lacks are left out).
+fn in_force(policy: &Policy, runtime: &Lists) -> Policy {
+    let mut runtime = runtime.clone();
+    runtime.reserve.retain(|r| policy.services.iter().any(|s| s.name == r.service));
+    let mut p = policy.clone();
+    p.lists = policy.lists.layered(&runtime);
+    p
+}
+
+/// Gives `new`'s services the ids `old` gave services of the same name, and
+/// the others free ids, so a reload never moves counts between services.
+fn keep_ids(new: &mut Policy, old: &Policy) {
+    let mut used = std::collections::BTreeSet::new();
+    for s in &mut new.services {
+        if let Some(o) = old.services.iter().find(|o| o.name == s.name) {
+            s.id = o.id;
+            used.insert(o.id);
+        } else {
+            s.id = 0;
+        }
+    }
+    let mut free = (1..=MAX_SERVICES).filter(|id| !used.contains(id));
+    for s in &mut new.services {
+        if s.id == 0 {
+            s.id = free.next().unwrap_or(0);
+        }
+    }
+}
+
+impl Daemon {
+    /// Writes `policy` with `runtime` layered on into the kernel.
+    fn apply(&mut self, policy: &Policy, runtime: &Lists) -> Result<(), String> {
+        let effective = in_force(policy, runtime);
+        let entries = effective.lists.merge(&effective.services).len();
+        if entries > LIST_ENTRIES as usize {
+            return Err(format!("the lists would need {entries} entries; at most {LIST_ENTRIES} are supported"));
+        }
+        loader::write_policy(&mut self.loaded.ebpf, &effective).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
+
+    /// Makes `new` the run-time entries: persisted first, then applied; a
+    /// failure to apply puts the old file back.
+    fn commit(&mut self, new: Lists) -> Result<(), String> {
+        let old = self.runtime.lists.clone();
+        self.runtime.store(new.clone())?;
+        let policy = self.policy.clone();
+        if let Err(e) = self.apply(&policy, &new) {
+            // The flip is the last step of a policy write: the old bank is
+            // still in force. Put the old entries back on disk.
+            let _ = self.runtime.store(old);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn service_exists(&self, service: Option<&str>) -> Result<String, String> {
+        let name = service.ok_or("reserve entries need --service S")?;
+        if self.policy.services.iter().any(|s| s.name == name) {
+            Ok(name.to_owned())
+        } else {
+            let names: Vec<&str> = self.policy.services.iter().map(|s| s.name.as_str()).collect();
+            Err(format!("unknown service '{name}' (services: {})", names.join(", ")))
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the fields of one request")]
+    fn list_add(
+        &mut self,
+        list: ListName,
+        prefix: &str,
+        service: Option<String>,
+        max_conn_per_source: Option<u32>,
+        rate: Option<&str>,
+        burst: Option<u64>,
+        comment: Option<String>,
+    ) -> Result<Value, String> {
+        let prefix: Cidr = prefix.parse()?;
+        if comment.as_ref().is_some_and(|c| c.len() > 200 || c.contains('\n')) {
+            return Err("a comment is one line of at most 200 bytes".into());
+        }
+        if list != ListName::Allow && (max_conn_per_source.is_some() || rate.is_some() || burst.is_some()) {
+            return Err(format!("limits belong to allow entries, not {} entries", list.as_str()));
+        }
+        if list != ListName::Reserve && service.is_some() {
+            return Err("--service belongs to reserve entries".into());
+        }
+        let mut new = self.runtime.lists.clone();
+        let entry = match list {
+            ListName::Allow => {
+                if max_conn_per_source == Some(0) {
+                    return Err("max-conn-per-source must be at least 1 (omit every limit to exempt)".into());
+                }
+                let rate = rate.map(str::parse::<Rate>).transpose()?;
+                if burst.is_some() && rate.is_none() {
+                    return Err("--burst needs --rate".into());
+                }
+                if burst.is_some_and(|b| b == 0 || b > 1_000_000) {
+                    return Err("burst must be within 1..=1000000".into());
+                }
+                let e = AllowEntry { prefix, max_conn_per_source, rate, burst, comment };
+                new.allow.retain(|a| a.prefix != prefix);
+                new.allow.push(e.clone());
+                serde_json::to_value(e)
+            }
+            ListName::Deny => {
+                let e = DenyEntry { prefix, comment };
+                new.deny.retain(|d| d.prefix != prefix);
+                new.deny.push(e.clone());
+                serde_json::to_value(e)
+            }
+            ListName::Reserve => {
+                let service = self.service_exists(service.as_deref())?;
+                let e = ReserveEntry { service, prefix, comment };
+                new.reserve.retain(|r| r.prefix != prefix || r.service != e.service);
+                new.reserve.push(e.clone());
+                serde_json::to_value(e)
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        self.commit(new)?;
+        info!("{} add {prefix}", list.as_str());
+        Ok(json!({ "list": list.as_str(), "added": entry }))
+    }
+
+    fn list_del(&mut self, list: ListName, prefix: &str, service: Option<&str>) -> Result<Value, String> {
+        let prefix: Cidr = prefix.parse()?;
+        let service = if list == ListName::Reserve { Some(self.service_exists(service)?) } else { None };
+        let mut new = self.runtime.lists.clone();
+        let (before, in_config) = match list {
+            ListName::Allow => {
+                let n = new.allow.len();
+                new.allow.retain(|a| a.prefix != prefix);
+                (n - new.allow.len(), self.policy.lists.allow.iter().any(|a| a.prefix == prefix))
+            }
+            ListName::Deny => {
+                let n = new.deny.len();
+                new.deny.retain(|d| d.prefix != prefix);
+                (n - new.deny.len(), self.policy.lists.deny.iter().any(|d| d.prefix == prefix))
+            }
+            ListName::Reserve => {
+                let n = new.reserve.len();
+                new.reserve.retain(|r| r.prefix != prefix || Some(&r.service) != service.as_ref());
+                (
+                    n - new.reserve.len(),
+                    self.policy.lists.reserve.iter().any(|r| r.prefix == prefix && Some(&r.service) == service.as_ref()),
+                )
+            }
+        };
+        if before == 0 {
+            let what = service.map_or_else(String::new, |s| format!(" of service '{s}'"));
+            return Err(if in_config {
+                format!(
+                    "{prefix} is in the config file's {} list{what}: remove it there and run `limiter reload`",
+                    list.as_str()
+                )
+            } else {
+                format!("{prefix} is not in the {} list{what}", list.as_str())
+            });
+        }
+        self.commit(new)?;
+        info!("{} del {prefix}", list.as_str());
+        Ok(json!({ "list": list.as_str(), "removed": prefix.to_string(), "still_in_config": in_config }))
+    }
+
+    fn list_show(&self, list: ListName, service: Option<&str>) -> Value {
+        fn tagged<T: serde::Serialize>(e: &T, origin: &str) -> Value {
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("origin".into(), json!(origin));
+            }
+            v
+        }
+        let mut entries = Vec::new();
+        for (lists, origin) in [(&self.policy.lists, "config"), (&self.runtime.lists, "runtime")] {
+            match list {
+                ListName::Allow => entries.extend(lists.allow.iter().map(|e| tagged(e, origin))),
+                ListName::Deny => entries.extend(lists.deny.iter().map(|e| tagged(e, origin))),
+                ListName::Reserve => entries.extend(
+                    lists.reserve.iter().filter(|e| service.is_none_or(|s| s == e.service)).map(|e| tagged(e, origin)),
+                ),
+            }
+        }
+        json!({ "list": list.as_str(), "entries": entries })
+    }
+
+    /// Re-reads the config and applies it whole, or changes nothing.
+    pub fn reload(&mut self) -> Result<Value, String> {
+        let file = match &self.source.config {
+            Some(p) => ConfigFile::read(p).map_err(|e| e.to_string())?,
+            None => ConfigFile::default(),
+        };
+        let mut new = Policy::build(file, &self.source.overrides).map_err(|e| e.to_string())?;
+        let fixed = [
+            ("interfaces", new.interfaces != self.policy.interfaces),
+            ("xdp_mode", new.xdp_mode != self.policy.xdp_mode),
+            ("ipv4_prefix", new.ipv4_prefix != self.policy.ipv4_prefix),
+            ("ipv6_prefix", new.ipv6_prefix != self.policy.ipv6_prefix),
+            ("[maps]", new.maps != self.policy.maps),
+        ];
+        if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            return Err(format!(
+                "{what} cannot change on reload (counts are keyed and sized by it): restart the daemon to apply it; \
+                 nothing changed"
+            ));
+        }
+        for r in &self.runtime.lists.reserve {
+            if !new.services.iter().any(|s| s.name == r.service) {
+                return Err(format!(
+                    "the run-time reserve entry {} names service '{}', which the new config does not define: \
+                     `limiter reserve del {} --service {}` first; nothing changed",
+                    r.prefix, r.service, r.prefix, r.service
+                ));
+            }
+        }
+        keep_ids(&mut new, &self.policy);
+        let runtime = self.runtime.lists.clone();
+        self.apply(&new, &runtime)?;
+        self.policy = new;
+        let from = self.source.config.as_ref().map_or_else(|| "the run flags".to_owned(), |p| p.display().to_string());
+        info!("reloaded the policy from {from}");
+        log_policy(&in_force(&self.policy, &self.runtime.lists));
+        Ok(json!({ "reloaded": from, "services": self.policy.services.len() }))
+    }
 }
 
 /// Binds the control socket (mode 0660), refusing to steal it from a live daemon.
@@ -167,26 +456,22 @@ fn counters_json(row: &[u64]) -> Value {
 }
 
 /// The `top` response: sources with connections, most first (docs/status.md).
-fn top(loaded: &Loaded, policy: &Policy, service: Option<&str>, limit: usize) -> Result<Value, String> {
+fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String> {
+    let policy = &d.policy;
     let wanted = match service {
         Some(name) => Some(
-            policy
-                .services
-                .iter()
-                .position(|s| s.name == name)
-                .map(loader::service_id)
-                .ok_or_else(|| format!("unknown service '{name}'"))?,
+            policy.services.iter().find(|s| s.name == name).map(|s| s.id).ok_or_else(|| format!("unknown service '{name}'"))?,
         ),
         None => None,
     };
-    let mut rows = loader::sources(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let mut rows = loader::sources(&d.loaded.ebpf).map_err(|e| e.to_string())?;
     rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
     let sources: Vec<Value> = rows
         .iter()
         .take(limit)
         .filter_map(|(key, count)| {
-            let s = policy.services.get(usize::from(key.service).checked_sub(1)?)?;
+            let s = policy.services.iter().find(|s| s.id == u32::from(key.service))?;
             Some(json!({
                 "source": loader::source_string(key, policy),
                 "service": s.name,
@@ -199,19 +484,23 @@ fn top(loaded: &Loaded, policy: &Policy, service: Option<&str>, limit: usize) ->
 }
 
 /// The `status` response (documented in docs/status.md).
-fn status(loaded: &Loaded, policy: &Policy) -> Result<Value, String> {
+fn status(d: &Daemon) -> Result<Value, String> {
+    let (loaded, policy) = (&d.loaded, &d.policy);
     let rows = loader::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
     let conns = loader::connections_by_service(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let sessions = loader::read_sessions(&loaded.ebpf).map_err(|e| e.to_string())?;
     let mut totals = [0u64; Verdict::COUNT as usize];
     let services: Vec<Value> = policy
         .services
         .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let row = &rows[loader::service_id(i) as usize];
+        .map(|s| {
+            let id = s.id as usize;
+            let row = &rows[id];
             for (t, c) in totals.iter_mut().zip(row) {
                 *t += c;
             }
+            let in_use = sessions.get(pool::index(s.id, pool::ESTABLISHED) as usize).copied().unwrap_or(0)
+                + sessions.get(pool::index(s.id, pool::SEEDED) as usize).copied().unwrap_or(0);
             json!({
                 "name": s.name,
                 "ports": s.ports,
@@ -219,7 +508,10 @@ fn status(loaded: &Loaded, policy: &Policy) -> Result<Value, String> {
                 "burst": s.burst,
                 "action": s.action.as_str(),
                 "max_conn_per_source": s.max_conn_per_source,
-                "connections": conns[loader::service_id(i) as usize],
+                "max_sessions": s.max_sessions,
+                "reserved_sessions": s.reserved_sessions,
+                "sessions": in_use,
+                "connections": conns[id],
                 "counters": counters_json(row),
             })
         })
@@ -228,12 +520,14 @@ fn status(loaded: &Loaded, policy: &Policy) -> Result<Value, String> {
     if let Value::Object(m) = &mut total {
         m.insert("passed_other".into(), json!(rows[0][Verdict::PassedOther as usize]));
     }
+    let lists = in_force(policy, &d.runtime.lists).lists;
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "interfaces": loaded.attachments,
         "ipv4_prefix": policy.ipv4_prefix,
         "ipv6_prefix": policy.ipv6_prefix,
         "services": services,
+        "lists": { "allow": lists.allow.len(), "deny": lists.deny.len(), "reserve": lists.reserve.len() },
         "totals": total,
     }))
 }

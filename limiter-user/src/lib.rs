@@ -13,6 +13,7 @@ pub mod loader;
 pub mod pins;
 pub mod seed;
 pub mod sockdiag;
+pub mod state;
 
 /// The compiled kernel object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));

@@ -5,7 +5,10 @@ use std::{ffi::CString, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         CgroupAttachMode, ProgramError, SockOps, Xdp,
         links::{FdLink, PinnedLink},
@@ -14,7 +17,9 @@ use aya::{
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey, Verdict,
-    maps::{MAX_SERVICES, PORT_ENTRIES, action, flags, names},
+    lists::{KEY_BYTES, ListEntry, key_data, key_len},
+    maps::{MAX_SERVICES, PORT_ENTRIES, action, flags, names, policy_index},
+    prefix::Prefix,
 };
 use log::warn;
 use serde::Serialize;
@@ -153,8 +158,11 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     p.try_into().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })
 }
 
-/// Writes globals, services and the port table. Ports are written after the
-/// services they point to, so no port ever names a missing policy.
+/// Writes the policy: the service policies and the merged lists into the
+/// bank not in force, then flips `GLOBALS` to it in one write (a SYN sees
+/// the old policy or the new one, never a mix), then the port table (each
+/// port switches in one write). `policy.lists` must be the lists in force:
+/// the config's with the run-time entries layered on.
 pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
     // A pinned map keeps the size it was created with: the slot hash must
     // use the real slot count.
@@ -170,11 +178,37 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
             );
         }
     }
+    let old = {
+        let globals: Array<_, Globals> =
+            Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
+        globals.get(&0, 0).map_err(map_err(names::GLOBALS))?
+    };
+    let to_b = old.flags & flags::BANK_B == 0;
+    let target = u8::from(to_b);
+    // A SYN that read the bank bit just before the last flip may still be
+    // reading this bank: programs run for microseconds, give them far more.
+    settle_after_flip();
+
+    let mut bank: Array<_, ServicePolicy> =
+        Array::try_from(ebpf.map_mut(names::POLICY).ok_or(LoadError::NoObject)?).map_err(map_err(names::POLICY))?;
+    for id in 1..=MAX_SERVICES {
+        let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
+        bank.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;
+    }
+    let merged = policy.lists.merge(&policy.services);
+    write_lists(ebpf, target, &merged)?;
+
     let mut globals: Array<_, Globals> =
         Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
-    // The flags belong to the seeding (which may outlive a restart): keep
-    // them. A new generation invalidates every "at its limit" hint.
-    let old = globals.get(&0, 0).map_err(map_err(names::GLOBALS))?;
+    // The seeding flags belong to the seeding (which may outlive a restart):
+    // keep them. A new generation invalidates every "at its limit" hint.
+    let mut flags_new = old.flags & !(flags::BANK_B | flags::LISTS);
+    if to_b {
+        flags_new |= flags::BANK_B;
+    }
+    if !merged.is_empty() {
+        flags_new |= flags::LISTS;
+    }
     globals
         .set(
             0,
@@ -183,7 +217,7 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
                 pending_mask: pending_slots - 1,
                 ipv4_prefix: policy.ipv4_prefix,
                 ipv6_prefix: policy.ipv6_prefix,
-                flags: old.flags,
+                flags: flags_new,
                 pad: 0,
                 generation: old.generation.wrapping_add(1),
                 pad2: [0; 2],
@@ -191,23 +225,7 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
             0,
         )
         .map_err(map_err(names::GLOBALS))?;
-
-    let mut services: Array<_, ServicePolicy> =
-        Array::try_from(ebpf.map_mut(names::SERVICES).ok_or(LoadError::NoObject)?).map_err(map_err(names::SERVICES))?;
-    for (i, s) in policy.services.iter().enumerate() {
-        let b = s.bucket();
-        let sp = ServicePolicy {
-            rate_interval_ns: b.interval_ns,
-            rate_tolerance_ns: b.tolerance_ns,
-            action: match s.action {
-                Action::Drop => action::DROP,
-                Action::Reset => action::RESET,
-            },
-            max_conn_per_source: s.max_conn_per_source.unwrap_or(0),
-            pad: [0; 3],
-        };
-        services.set(service_id(i), sp, 0).map_err(map_err(names::SERVICES))?;
-    }
+    *LAST_FLIP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
 
     let mut ports: Array<_, u32> =
         Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
@@ -223,10 +241,76 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// When the bank bit last flipped.
+static LAST_FLIP: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// Waits until the last flip is 10 ms old.
+fn settle_after_flip() {
+    const SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
+    let last = *LAST_FLIP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(t) = last {
+        std::thread::sleep(SETTLE.saturating_sub(t.elapsed()));
+    }
+}
+
+/// The kernel form of a service's policy.
+fn service_policy(s: &crate::config::Service) -> ServicePolicy {
+    let b = s.bucket();
+    let max_sessions = s.max_sessions.unwrap_or(0);
+    ServicePolicy {
+        rate_interval_ns: b.interval_ns,
+        rate_tolerance_ns: b.tolerance_ns,
+        action: match s.action {
+            Action::Drop => action::DROP,
+            Action::Reset => action::RESET,
+        },
+        max_conn_per_source: s.max_conn_per_source.unwrap_or(0),
+        pad: [0; 3],
+        max_sessions,
+        open_sessions: max_sessions.saturating_sub(s.reserved_sessions),
+    }
+}
+
+/// Makes `bank` of the `LISTS` trie hold exactly `merged`, touching only
+/// what differs.
+fn write_lists(
+    ebpf: &mut Ebpf,
+    bank: u8,
+    merged: &std::collections::BTreeMap<Prefix, ListEntry>,
+) -> Result<(), LoadError> {
+    type Id = (u32, [u8; KEY_BYTES]);
+    let name = names::LISTS;
+    let mut trie: LpmTrie<_, [u8; KEY_BYTES], ListEntry> =
+        LpmTrie::try_from(ebpf.map_mut(name).ok_or(LoadError::NoObject)?).map_err(map_err(name))?;
+    let want: std::collections::HashMap<Id, ListEntry> =
+        merged.iter().map(|(p, e)| ((key_len(p.len), key_data(bank, p.family, &p.addr)), *e)).collect();
+    let have: std::collections::HashMap<Id, ListEntry> = trie
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, e)| ((k.prefix_len(), k.data()), e))
+        .filter(|((_, data), _)| data[0] == bank)
+        .collect();
+    for id in have.keys() {
+        if !want.contains_key(id) {
+            trie.remove(&Key::new(id.0, id.1)).map_err(map_err(name))?;
+        }
+    }
+    for (id, e) in &want {
+        if have.get(id) != Some(e) {
+            trie.insert(&Key::new(id.0, id.1), e, 0).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
+}
+
 /// The `max_entries` a map was created with (a pinned one keeps its own).
 fn map_size(ebpf: &Ebpf, name: &'static str) -> Result<u32, LoadError> {
     let map = ebpf.map(name).ok_or(LoadError::NoObject)?;
-    let (aya::maps::Map::Array(data) | aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data)) = map else {
+    let (aya::maps::Map::Array(data)
+    | aya::maps::Map::HashMap(data)
+    | aya::maps::Map::LruHashMap(data)
+    | aya::maps::Map::LpmTrie(data)) = map
+    else {
         return Err(LoadError::Incompatible(format!("{name} has an unexpected map type")));
     };
     data.info().map(|i| i.max_entries()).map_err(map_err(name))
@@ -236,9 +320,9 @@ fn map_size(ebpf: &Ebpf, name: &'static str) -> Result<u32, LoadError> {
 #[must_use]
 pub fn port_table(policy: &Policy) -> Vec<u32> {
     let mut table = vec![0u32; PORT_ENTRIES as usize];
-    for (i, s) in policy.services.iter().enumerate() {
+    for s in &policy.services {
         for &p in &s.ports {
-            table[usize::from(p)] = service_id(i);
+            table[usize::from(p)] = s.id;
         }
     }
     table
@@ -390,6 +474,13 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>,
         }
     }
     Ok(rows)
+}
+
+/// Every entry of `SESSIONS` (index with `pool::index`).
+pub fn read_sessions(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
+    let map = ebpf.map(names::SESSIONS).ok_or(LoadError::NoObject)?;
+    let m: Array<&MapData, u64> = Array::try_from(map).map_err(map_err(names::SESSIONS))?;
+    m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(names::SESSIONS))
 }
 
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`),

@@ -14,13 +14,22 @@ use std::{
 };
 
 use aya::maps::{MapData, MapType};
-use limiter_common::{Globals, ServicePolicy, SourceKey, maps::names, pending::Slot};
+use limiter_common::{
+    Globals, ServicePolicy, SourceKey,
+    lists::{KEY_BYTES, LIST_ENTRIES, ListEntry},
+    maps::{POLICY_ENTRIES, SockRecord, names},
+    pending::Slot,
+    pool,
+};
 
 /// Maps pinned by name: the policy, the counters and the connection state.
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 11] = [
     names::GLOBALS,
     names::PORTS,
-    names::SERVICES,
+    names::POLICY,
+    names::LISTS,
+    names::SESSIONS,
+    names::SOCKS,
     names::COUNTERS,
     names::CONNS,
     names::PENDING,
@@ -32,26 +41,29 @@ pub const MAPS: [&str; 8] = [
 /// pinned map. A pin left by a version with another layout would be reused
 /// as it is and misread; [`check_layouts`] refuses it instead.
 #[expect(clippy::cast_possible_truncation, reason = "small types")]
-const LAYOUTS: [(&str, MapType, u32, u32); 8] = {
+const LAYOUTS: [(&str, MapType, u32, u32, u32); 11] = {
     const fn size<T>() -> u32 {
         size_of::<T>() as u32
     }
     [
-        (names::GLOBALS, MapType::Array, 4, size::<Globals>()),
-        (names::PORTS, MapType::Array, 4, 4),
-        (names::SERVICES, MapType::Array, 4, size::<ServicePolicy>()),
-        (names::COUNTERS, MapType::PerCpuArray, 4, 8),
-        (names::CONNS, MapType::Hash, size::<SourceKey>(), 8),
-        (names::PENDING, MapType::Array, 4, size::<Slot>()),
-        (names::SEEDED, MapType::Hash, size::<SourceKey>(), 8),
-        (names::SEED_SKIP, MapType::Hash, 8, 1),
+        (names::GLOBALS, MapType::Array, 4, size::<Globals>(), 0),
+        (names::PORTS, MapType::Array, 4, 4, 0),
+        (names::POLICY, MapType::Array, 4, size::<ServicePolicy>(), POLICY_ENTRIES),
+        (names::LISTS, MapType::LpmTrie, 4 + KEY_BYTES as u32, size::<ListEntry>(), 2 * LIST_ENTRIES),
+        (names::SESSIONS, MapType::Array, 4, 8, pool::ENTRIES),
+        (names::SOCKS, MapType::Hash, 8, size::<SockRecord>(), 0),
+        (names::COUNTERS, MapType::PerCpuArray, 4, 8, 0),
+        (names::CONNS, MapType::Hash, size::<SourceKey>(), 8, 0),
+        (names::PENDING, MapType::Array, 4, size::<Slot>(), 0),
+        (names::SEEDED, MapType::Hash, size::<SourceKey>(), 8, 0),
+        (names::SEED_SKIP, MapType::Hash, 8, 1, 0),
     ]
 };
 
 /// Checks every map pinned in `dir` against the layout this version uses.
 /// `Err` names the first that differs.
 pub fn check_layouts(dir: &Path) -> Result<(), String> {
-    for (name, kind, key, value) in LAYOUTS {
+    for (name, kind, key, value, entries) in LAYOUTS {
         let path = dir.join(name);
         if !path.exists() {
             continue;
@@ -60,7 +72,7 @@ pub fn check_layouts(dir: &Path) -> Result<(), String> {
             .and_then(|m| m.info())
             .map_err(|e| format!("cannot read pinned map {}: {e}", path.display()))?;
         let have = (info.map_type().ok(), info.key_size(), info.value_size());
-        if have != (Some(kind), key, value) {
+        if have != (Some(kind), key, value) || (entries != 0 && info.max_entries() != entries) {
             return Err(format!(
                 "pinned map {} is {:?} with {}-byte keys and {}-byte values, this version needs {kind:?} with {key} and \
                  {value}",

@@ -25,7 +25,8 @@ use aya::{
 };
 use limiter_common::{
     Globals, SourceKey,
-    maps::{family, flags, names},
+    maps::{MAX_SERVICES, family, flags, names},
+    pool,
     prefix::{mask_v4, mask_v6},
 };
 
@@ -110,6 +111,7 @@ impl Seeded {
                 m.insert(key, n, 0).map_err(map_err(names::SEEDED))?;
             }
         }
+        seeded.write_sessions(ebpf)?;
         // SEEDED stays on while seeded sockets remain.
         let clear = if seeded.sockets.is_empty() { flags::SEEDING | flags::SEEDED } else { flags::SEEDING };
         set_flags(ebpf, 0, clear)?;
@@ -133,6 +135,7 @@ impl Seeded {
     /// while seeding leaves `SEEDING` set; it is cleared here.
     pub fn resume(ebpf: &mut Ebpf, state_dir: &Path) -> Result<Self, LoadError> {
         let seeded = Self::load(state_dir)?;
+        seeded.write_sessions(ebpf)?;
         let clear = if seeded.is_empty() { flags::SEEDING | flags::SEEDED } else { flags::SEEDING };
         set_flags(ebpf, 0, clear)?;
         let mut skip: HashMap<_, u64, u8> =
@@ -196,11 +199,33 @@ impl Seeded {
             }
         }
         self.save()?;
+        self.write_sessions(ebpf)?;
         if self.sockets.is_empty() {
             set_flags(ebpf, 0, flags::SEEDED)?;
             log::info!("every connection open before the limiter started has closed");
         }
         Ok(gone.len())
+    }
+
+    /// Writes each service's number of seeded sockets where rule 3 reads
+    /// it (`SESSIONS`, the daemon's own entries). Seeded connections count
+    /// as sessions whatever the lists say.
+    fn write_sessions(&self, ebpf: &mut Ebpf) -> Result<(), LoadError> {
+        let mut per_service = [0u64; MAX_SERVICES as usize + 1];
+        for key in self.sockets.values() {
+            if let Some(n) = per_service.get_mut(usize::from(key.service)) {
+                *n += 1;
+            }
+        }
+        let mut m: Array<_, u64> = Array::try_from(ebpf.map_mut(names::SESSIONS).ok_or(LoadError::NoObject)?)
+            .map_err(map_err(names::SESSIONS))?;
+        for (id, n) in (0u32..).zip(per_service) {
+            let index = pool::index(id, pool::SEEDED);
+            if m.get(&index, 0).map_err(map_err(names::SESSIONS))? != n {
+                m.set(index, n, 0).map_err(map_err(names::SESSIONS))?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the file atomically (write, fsync, rename).

@@ -36,6 +36,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
         ipv4_prefix: v4_prefix,
         ipv6_prefix: v6_prefix,
         services: vec![Service {
+            id: 1,
             name: "smtp".into(),
             ports: vec![PORT, 465],
             // One per minute: nothing refills while a test runs.
@@ -43,8 +44,11 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             burst,
             action,
             max_conn_per_source: None,
+            max_sessions: None,
+            reserved_sessions: 0,
         }],
         maps: limiter_user::config::MapSizes::default(),
+        lists: limiter_user::lists::Lists::default(),
     }
 }
 
@@ -577,4 +581,21 @@ fn hints_are_not_used_while_seeded_counts_are_in_play() {
     // The seeded socket closes: the daemon takes it away.
     set_count(&mut h, names::SEEDED, src, 1, 0);
     assert_eq!(h.action(&f), PASS);
+}
+
+/// The verifier walks every path of the packet program; a change that
+/// multiplies its states fails to load at a million instructions. Keep
+/// well clear of that.
+#[test]
+fn the_verifier_has_headroom() {
+    if !can_run_privileged("the_verifier_has_headroom") {
+        return;
+    }
+    let h = Harness::reset(1);
+    for name in [names::XDP_PROGRAM, names::SOCK_OPS_PROGRAM] {
+        let prog = h.ebpf.program(name).expect("program");
+        let n = prog.info().expect("info").verified_instruction_count().expect("count");
+        println!("{name}: {n} instructions verified");
+        assert!(n < 600_000, "{name}: {n} verified instructions, too close to the 1,000,000 limit");
+    }
 }

@@ -43,6 +43,7 @@ use limiter_tests::{frames, netns};
 use limiter_user::{
     EBPF_OBJECT,
     config::{Action, MapSizes, Policy, Rate, Service, XdpMode},
+    lists::Lists,
     loader::{read_counters, service_id, write_policy},
 };
 
@@ -175,16 +176,19 @@ impl Case {
 
 fn policy() -> Policy {
     let service = |name: &str, port, count, per_secs, burst| Service {
+        id: 0,
         name: name.into(),
         ports: vec![port],
         rate: Some(Rate { count, per_secs }),
         burst,
         action: Action::Drop,
         max_conn_per_source: None,
+        max_sessions: None,
+        reserved_sessions: 0,
     };
     let conc =
         |name: &str, port, max| Service { rate: None, max_conn_per_source: Some(max), ..service(name, port, 1, 1, 1) };
-    Policy {
+    let mut p = Policy {
         interfaces: vec![],
         xdp_mode: XdpMode::default(),
         ipv4_prefix: 32,
@@ -201,7 +205,12 @@ fn policy() -> Policy {
             },
         ],
         maps: MapSizes::default(),
+        lists: Lists::default(),
+    };
+    for (i, s) in p.services.iter_mut().enumerate() {
+        s.id = service_id(i);
     }
+    p
 }
 
 /// The `CLIENT` key of service `service`.
