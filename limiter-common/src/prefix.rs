@@ -93,9 +93,11 @@ impl Prefix {
         match ip {
             core::net::IpAddr::V4(a) => Self::v4(a.octets(), len),
             core::net::IpAddr::V6(a) => {
-                if let Some(v4) = a.to_ipv4_mapped() {
-                    // ::ffff:a.b.c.d/L covers IPv4 addresses: L - 96 bits of them.
-                    return Self::v4(v4.octets(), len.saturating_sub(96));
+                // ::ffff:a.b.c.d/L with L >= 96 covers IPv4 addresses only:
+                // L - 96 bits of them. A shorter prefix also covers IPv6
+                // addresses and stays IPv6.
+                if let Some(v4) = a.to_ipv4_mapped().filter(|_| len >= 96) {
+                    return Self::v4(v4.octets(), len - 96);
                 }
                 Self { family: crate::maps::family::V6, addr: mask_v6(a.octets(), len.min(128)), len: len.min(128) }
             }
@@ -146,8 +148,8 @@ impl Prefix {
         let mut octets = [0u8; 4];
         let mut fixed = 0u8;
         let mut wild = false;
-        for (parts, part) in s.split('.').enumerate() {
-            if parts == 4 {
+        for (i, part) in s.split('.').enumerate() {
+            if i == 4 {
                 return Err(PrefixError::Malformed);
             }
             if part == "*" {
@@ -155,10 +157,15 @@ impl Prefix {
             } else if wild {
                 return Err(PrefixError::BadWildcard);
             } else {
-                if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                // No leading zeros, as for addresses (`010` could mean octal).
+                if part.is_empty()
+                    || part.len() > 3
+                    || !part.bytes().all(|b| b.is_ascii_digit())
+                    || (part.len() > 1 && part.starts_with('0'))
+                {
                     return Err(PrefixError::Malformed);
                 }
-                octets[parts] = part.parse().map_err(|_| PrefixError::Malformed)?;
+                octets[i] = part.parse().map_err(|_| PrefixError::Malformed)?;
                 fixed += 1;
             }
         }
@@ -251,6 +258,188 @@ mod tests {
         fn masking_is_idempotent(addr: [u8; 16], len in 0u8..=128) {
             let once = mask_v6(addr, len);
             prop_assert_eq!(mask_v6(once, len), once);
+        }
+    }
+
+    mod parse {
+        extern crate std;
+
+        use std::{format, string::String, vec::Vec};
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::maps::family::{V4, V6};
+
+        fn normalized(s: &str) -> Result<String, PrefixError> {
+            Prefix::parse(s).map(|p| format!("{p}"))
+        }
+
+        #[test]
+        fn accepted_forms_are_normalized() {
+            let cases = [
+                ("192.168.1.*", "192.168.1.0/24"),
+                ("192.168.*.*", "192.168.0.0/16"),
+                ("192.168.*", "192.168.0.0/16"),
+                ("10.*", "10.0.0.0/8"),
+                ("10.*.*.*", "10.0.0.0/8"),
+                ("*", "0.0.0.0/0"),
+                ("198.51.100.7", "198.51.100.7/32"),
+                ("198.51.100.7/32", "198.51.100.7/32"),
+                ("192.168.1.5/24", "192.168.1.0/24"),
+                ("0.0.0.0/0", "0.0.0.0/0"),
+                ("255.255.255.255/1", "128.0.0.0/1"),
+                (" 203.0.113.0/24 ", "203.0.113.0/24"),
+                ("2001:db8::1", "2001:db8::1/128"),
+                ("2001:db8:1::/48", "2001:db8:1::/48"),
+                ("2001:db8:1:2:3:4:5:6/64", "2001:db8:1:2::/64"),
+                ("::/0", "::/0"),
+                ("::ffff:198.51.100.7", "198.51.100.7/32"),
+                ("::ffff:198.51.100.7/120", "198.51.100.0/24"),
+                ("::ffff:0:0/96", "0.0.0.0/0"),
+                // Shorter than /96 the prefix also covers IPv6 addresses.
+                ("::ffff:198.51.100.7/95", "::fffe:0:0/95"),
+                ("::ffff:198.51.100.7/64", "::/64"),
+            ];
+            for (text, want) in cases {
+                assert_eq!(normalized(text).as_deref(), Ok(want), "{text:?}");
+            }
+            let p = Prefix::parse("2001:db8::1").expect("valid");
+            assert_eq!((p.family, p.len), (V6, 128));
+            let p = Prefix::parse("::ffff:198.51.100.7").expect("valid");
+            assert_eq!((p.family, p.len, &p.addr[..4], &p.addr[4..]), (V4, 32, &[198, 51, 100, 7][..], &[0u8; 12][..]));
+        }
+
+        #[test]
+        fn malformed_forms_are_refused() {
+            use PrefixError::{BadWildcard, LengthOutOfRange, Malformed};
+            let cases = [
+                ("300.1.1.1", Malformed),
+                ("10.*.1.1", BadWildcard),
+                ("1.2.3.4/33", LengthOutOfRange),
+                ("2001:db8::/129", LengthOutOfRange),
+                ("1.2.3.4/256", LengthOutOfRange),
+                ("1.2.3.4/1000", Malformed),
+                ("abc", Malformed),
+                ("", Malformed),
+                ("   ", Malformed),
+                ("1.2.3.4/", Malformed),
+                ("/24", Malformed),
+                ("1.2.3.4/-1", Malformed),
+                ("1.2.3.4/+8", Malformed),
+                ("1.2.3.4/8/8", Malformed),
+                ("1.2.3.4 /8", Malformed),
+                ("2001:db8::*", BadWildcard),
+                ("1.2.3.4.5", Malformed),
+                ("1.2.3.*/8", BadWildcard),
+                ("1.2.3.4.*", Malformed),
+                ("*.*.*.*.*", Malformed),
+                ("1.2.3.4*", Malformed),
+                ("10..*", Malformed),
+                (".*", Malformed),
+                ("256.*", Malformed),
+                ("010.*", Malformed),
+                ("010.1.1.1", Malformed),
+                ("10.*.", BadWildcard),
+                ("fe80::1%eth0", Malformed),
+            ];
+            for (text, want) in cases {
+                assert_eq!(Prefix::parse(text), Err(want), "{text:?}");
+            }
+        }
+
+        #[test]
+        fn errors_say_what_is_expected() {
+            for e in [PrefixError::Malformed, PrefixError::LengthOutOfRange, PrefixError::BadWildcard] {
+                let text = format!("{e}");
+                assert!(!text.contains('\n') && text.len() > 20, "{text:?}");
+            }
+        }
+
+        /// Any prefix, built from an address and a length like a parsed one.
+        fn any_prefix() -> impl Strategy<Value = Prefix> {
+            prop_oneof![
+                (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, l)| Prefix::new(core::net::Ipv4Addr::from(a).into(), l)),
+                (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, l)| Prefix::new(core::net::Ipv6Addr::from(a).into(), l)),
+                // IPv4-mapped addresses, which become IPv4 from /96 on.
+                (any::<[u8; 4]>(), 80u8..=128)
+                    .prop_map(|(a, l)| { Prefix::new(core::net::Ipv4Addr::from(a).to_ipv6_mapped().into(), l) }),
+            ]
+        }
+
+        /// Text that looks like a prefix often enough to reach every branch.
+        fn prefix_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[0-9]{1,3}(\\.([0-9]{1,3}|\\*)){0,4}(/[0-9]{0,3})?",
+                "[0-9a-f:]{0,24}(\\.[0-9]{1,3}){0,3}(/[0-9]{0,3})?",
+                "[0-9a-f:.*/ %-]{0,24}",
+                any::<String>(),
+            ]
+        }
+
+        /// The address bits of a prefix's family.
+        fn bits(p: &Prefix) -> Vec<bool> {
+            let bytes = if p.family == V4 { &p.addr[..4] } else { &p.addr[..] };
+            bytes.iter().flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0)).collect()
+        }
+
+        proptest! {
+            #[test]
+            fn display_then_parse_is_the_identity(p in any_prefix()) {
+                prop_assert_eq!(Prefix::parse(&format!("{p}")), Ok(p));
+            }
+
+            #[test]
+            fn parse_is_idempotent_on_its_output(s in prefix_like()) {
+                if let Ok(p) = Prefix::parse(&s) {
+                    prop_assert_eq!(Prefix::parse(&format!("{p}")), Ok(p), "{:?} -> {}", s, p);
+                }
+            }
+
+            #[test]
+            fn wildcard_is_the_cidr_of_its_fixed_octets(a: [u8; 4], k in 0usize..4, stars in 1usize..=4) {
+                let mut parts: Vec<String> = a[..k].iter().map(|o| format!("{o}")).collect();
+                // `10.*` and `10.*.*.*` are the same /8.
+                parts.extend(core::iter::repeat_n(String::from("*"), stars.min(4 - k)));
+                let wild = parts.join(".");
+                let cidr = format!("{}.{}.{}.{}/{}", a[0], a[1], a[2], a[3], k * 8);
+                prop_assert_eq!(Prefix::parse(&wild), Prefix::parse(&cidr), "{} vs {}", wild, cidr);
+                prop_assert!(Prefix::parse(&wild).is_ok(), "{} refused", wild);
+            }
+
+            #[test]
+            fn covers_agrees_with_bits(a in any_prefix(), b in any_prefix(), share in any::<bool>()) {
+                // Often make b a longer or shorter prefix of a's address.
+                let b = if share && a.family == b.family {
+                    let ip: core::net::IpAddr = if a.family == V4 {
+                        core::net::Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3]).into()
+                    } else {
+                        core::net::Ipv6Addr::from(a.addr).into()
+                    };
+                    Prefix::new(ip, b.len)
+                } else {
+                    b
+                };
+                let (x, y) = (bits(&a), bits(&b));
+                let want = a.family == b.family
+                    && a.len <= b.len
+                    && x[..usize::from(a.len)] == y[..usize::from(a.len)];
+                prop_assert_eq!(a.covers(&b), want, "{} covers {}", a, b);
+                prop_assert!(a.covers(&a));
+            }
+
+            #[test]
+            fn host_bits_are_zero(s in prefix_like(), p in any_prefix()) {
+                for p in Prefix::parse(&s).into_iter().chain([p]) {
+                    let width = if p.family == V4 { 32 } else { 128 };
+                    prop_assert!(p.family == V4 || p.family == V6);
+                    prop_assert!(p.len <= width, "{}", p);
+                    prop_assert!(bits(&p)[usize::from(p.len)..].iter().all(|b| !b), "{} has host bits", p);
+                    if p.family == V4 {
+                        prop_assert_eq!(&p.addr[4..], &[0u8; 12][..]);
+                    }
+                }
+            }
         }
     }
 }

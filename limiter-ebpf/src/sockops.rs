@@ -92,6 +92,10 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
 /// The counted source of this socket and its unmasked address, if it is a
 /// service socket of our network namespace. IPv4 clients of a dual-stack
 /// listener (`::ffff:a.b.c.d`) count as IPv4.
+///
+/// Always inlined: as a function its `Result` of a tuple gets a BTF union
+/// layout the kernel's BTF loader rejects (a loud warning at every start).
+#[inline(always)]
 fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, [u8; 16], &'static Globals), ()> {
     let g = GLOBALS.get(0).ok_or(())?;
     let cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };

@@ -10,8 +10,8 @@ use serde_json::Value;
 use crate::{
     config::{self, Action, ConfigError, ConfigFile, Overrides, Policy, Rate, XdpMode},
     control::{self, ListName, Request},
-    lists::Cidr,
     daemon::{self, Paths},
+    lists::Cidr,
     loader::LoadError,
 };
 
@@ -81,6 +81,12 @@ pub enum Cmd {
     Reload {
         #[command(flatten)]
         socket: SocketArg,
+    },
+    /// Check a config file without a daemon or the kernel: every problem,
+    /// one line each with its line number; exit 2 if there is any.
+    CheckConfig {
+        /// The config file [default: /etc/limiter/limiter.toml].
+        file: Option<PathBuf>,
     },
 }
 
@@ -364,6 +370,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             println!("reloaded {} ({} services)", v["reloaded"].as_str().unwrap_or("?"), v["services"]);
             Ok(())
         }
+        Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(config::DEFAULT_CONFIG))),
         Cmd::Top { service, n, json, socket } => {
             let v = client(&socket, &Request::Top { service, limit: n })?;
             if json {
@@ -439,6 +446,36 @@ fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> R
         );
     }
     Ok(())
+}
+
+/// `limiter check-config`: problems and warnings on stderr, one per line;
+/// on success one line on stdout.
+fn check_config(path: &Path) -> Result<(), Failure> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    match config::check(&text, &shown, &Overrides::default()) {
+        Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("{w}");
+            }
+            let (p, l) = (&c.policy, &c.policy.lists);
+            println!(
+                "{shown}: ok ({} services, {} allow, {} deny, {} reserve entries)",
+                p.services.len(),
+                l.allow.len(),
+                l.deny.len(),
+                l.reserve.len()
+            );
+            Ok(())
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            let n = problems.len();
+            Err(Failure::bad_input(format!("{shown}: {n} problem{}", if n == 1 { "" } else { "s" })))
+        }
+    }
 }
 
 fn print_top(v: &Value) {

@@ -1,6 +1,7 @@
 //! The policy: the TOML config file, the `run` flags that override it, and
 //! the validated [`Policy`] the loader applies. Everything is checked here,
-//! before anything touches the kernel.
+//! before anything touches the kernel; [`check`] reports every problem of a
+//! file, each with its line.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,26 +12,55 @@ use std::{
 
 use limiter_common::{
     Bucket,
+    lists::LIST_ENTRIES,
     maps::{DEFAULT_CONN_ENTRIES, MAX_SERVICES},
     pending,
 };
 use serde::{Deserialize, Serialize};
 
+pub use self::read::Origin;
+use self::read::{List, Report};
+use crate::lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry};
+
+mod read;
+
 /// Where `run` looks for a config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/limiter/limiter.toml";
+
+/// Largest `burst`: more would let a source open that many connections at
+/// once whatever its rate.
+pub const MAX_BURST: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("config {path}: {message}")]
-    Parse { path: String, message: String },
+    /// The first problem (by line) of the config; [`check`] gives them all.
     #[error("{0}")]
-    Invalid(String),
+    Invalid(Problem),
 }
 
-fn invalid(msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(msg.into())
+/// One problem of a config, with the line it was written on. Displays as
+/// `PATH:LINE: message`, `PATH: message` when it has no line (a value that
+/// is missing, or comes from a flag), or the bare message without a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The config file; empty when the policy came from flags alone.
+    pub path: String,
+    /// 1-based.
+    pub line: Option<usize>,
+    /// One line that names the offending value and says what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.path.is_empty(), self.line) {
+            (true, _) => f.write_str(&self.message),
+            (false, Some(line)) => write!(f, "{}:{line}: {}", self.path, self.message),
+            (false, None) => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
 }
 
 /// A connection-attempt rate: `N/s` or `N/m`.
@@ -109,24 +139,20 @@ pub enum XdpMode {
 }
 
 /// The config file as written by the admin.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct ConfigFile {
-    #[serde(default)]
     pub interfaces: Vec<String>,
     pub xdp_mode: Option<XdpMode>,
     pub ipv4_prefix: Option<u8>,
     pub ipv6_prefix: Option<u8>,
-    #[serde(default, rename = "service")]
+    /// `[[service]]` tables.
     pub services: Vec<ServiceFile>,
-    #[serde(default)]
     pub maps: MapSizes,
-    #[serde(default)]
-    pub allow: Vec<crate::lists::AllowEntry>,
-    #[serde(default)]
-    pub deny: Vec<crate::lists::DenyEntry>,
-    #[serde(default)]
-    pub reserve: Vec<crate::lists::ReserveEntry>,
+    pub allow: Vec<AllowEntry>,
+    pub deny: Vec<DenyEntry>,
+    pub reserve: Vec<ReserveEntry>,
+    /// Where each value was written (empty for a `ConfigFile` made in code).
+    pub origin: Origin,
 }
 
 /// Sizes of the kernel maps (`[maps]` in the config). They are fixed when
@@ -156,16 +182,25 @@ impl MapSizes {
     /// Fewest.
     pub const MIN: u32 = 1024;
 
-    fn validate(self) -> Result<(), ConfigError> {
+    fn judge(self, r: &mut Report) {
         for (name, v) in [("connections", self.connections), ("pending_slots", self.pending_slots)] {
             if !(Self::MIN..=Self::MAX).contains(&v) {
-                return Err(invalid(format!("maps.{name} = {v} out of range {}..={}", Self::MIN, Self::MAX)));
+                r.push(
+                    format!("maps.{name}"),
+                    format!("maps.{name} = {v} is out of range: expected {}..={}", Self::MIN, Self::MAX),
+                );
             }
         }
         if !self.pending_slots.is_power_of_two() {
-            return Err(invalid(format!("maps.pending_slots = {} must be a power of two", self.pending_slots)));
+            r.push(
+                "maps.pending_slots",
+                format!(
+                    "maps.pending_slots = {} is not a power of two: expected one, e.g. {}",
+                    self.pending_slots,
+                    self.pending_slots.checked_next_power_of_two().unwrap_or(Self::MAX).min(Self::MAX)
+                ),
+            );
         }
-        Ok(())
     }
 
     /// Approximate kernel memory, in bytes, of the maps these sizes govern
@@ -178,8 +213,8 @@ impl MapSizes {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A `[[service]]` table.
+#[derive(Debug, Clone, Default)]
 pub struct ServiceFile {
     pub name: String,
     pub ports: Vec<u16>,
@@ -192,11 +227,16 @@ pub struct ServiceFile {
 }
 
 impl ConfigFile {
+    /// Reads a config's text. The error is the first problem (by line) of
+    /// the syntax, the field names or the values' types and forms; the
+    /// values' meaning is judged by [`Policy::build`] (and all problems at
+    /// once by [`check`]).
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().lines().collect::<Vec<_>>().join(" ").replace("  ", " "),
-        })
+        let (file, r) = read::text(text, path).map_err(ConfigError::Invalid)?;
+        match r.problems(&file.origin).into_iter().next() {
+            Some(p) => Err(ConfigError::Invalid(p)),
+            None => Ok(file),
+        }
     }
 
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
@@ -291,40 +331,23 @@ impl Policy {
     /// Combines the config file (if any) with the flags and validates the
     /// result. `--port` flags replace the file's services with one service
     /// named `default`; with neither, the built-in mail services apply.
+    /// The error is the first problem by line ([`check`] gives them all).
     pub fn build(file: ConfigFile, o: &Overrides) -> Result<Self, ConfigError> {
-        let interfaces = if o.interfaces.is_empty() { file.interfaces } else { o.interfaces.clone() };
-        if interfaces.is_empty() {
-            return Err(invalid("no interface to protect: give --iface IF or interfaces = [\"IF\"] in the config"));
+        let mut r = Report::default();
+        let (policy, origin) = Self::assemble(file, o, &mut r);
+        match r.problems(&origin).into_iter().next() {
+            Some(p) => Err(ConfigError::Invalid(p)),
+            None => Ok(policy),
         }
-        let mut seen = BTreeSet::new();
-        for i in &interfaces {
-            if i.is_empty() || i.len() >= libc::IFNAMSIZ {
-                return Err(invalid(format!("bad interface name '{i}'")));
-            }
-            if !seen.insert(i.clone()) {
-                return Err(invalid(format!("interface '{i}' given twice")));
-            }
-        }
-        let ipv4_prefix = o.ipv4_prefix.or(file.ipv4_prefix).unwrap_or(32);
-        let ipv6_prefix = o.ipv6_prefix.or(file.ipv6_prefix).unwrap_or(64);
-        if !(1..=32).contains(&ipv4_prefix) {
-            return Err(invalid(format!("ipv4 prefix {ipv4_prefix} out of range 1..=32")));
-        }
-        if !(1..=128).contains(&ipv6_prefix) {
-            return Err(invalid(format!("ipv6 prefix {ipv6_prefix} out of range 1..=128")));
-        }
+    }
 
+    /// [`Policy::build`] without the verdict: the policy and where the file
+    /// was written, and its problems in `r`.
+    fn assemble(file: ConfigFile, o: &Overrides, r: &mut Report) -> (Self, Origin) {
+        let given = Given { o, services: o.ports.is_empty() && !file.services.is_empty() };
+        let interfaces = if o.interfaces.is_empty() { file.interfaces } else { o.interfaces.clone() };
         let services_file = if !o.ports.is_empty() {
-            vec![ServiceFile {
-                name: "default".into(),
-                ports: o.ports.clone(),
-                rate: None,
-                burst: None,
-                action: None,
-                max_conn_per_source: None,
-                max_sessions: None,
-                reserved_sessions: None,
-            }]
+            vec![ServiceFile { name: "default".into(), ports: o.ports.clone(), ..ServiceFile::default() }]
         } else if file.services.is_empty() {
             builtin_services()
         } else {
@@ -341,7 +364,8 @@ impl Policy {
                 let burst =
                     o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
                 Service {
-                    id: crate::loader::service_id(i),
+                    // Past MAX_SERVICES the id is meaningless; that is a problem reported below.
+                    id: crate::loader::service_id(i.min(MAX_SERVICES as usize - 1)),
                     name: s.name,
                     ports: s.ports,
                     rate,
@@ -353,63 +377,313 @@ impl Policy {
                 }
             })
             .collect::<Vec<_>>();
-
         let policy = Self {
             interfaces,
             xdp_mode: o.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
-            ipv4_prefix,
-            ipv6_prefix,
+            ipv4_prefix: o.ipv4_prefix.or(file.ipv4_prefix).unwrap_or(32),
+            ipv6_prefix: o.ipv6_prefix.or(file.ipv6_prefix).unwrap_or(64),
             services,
             maps: file.maps,
-            lists: crate::lists::Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
+            lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
         };
-        policy.validate()?;
-        Ok(policy)
+        policy.judge(&given, &file.origin, r);
+        (policy, file.origin)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.maps.validate()?;
-        if self.services.len() > MAX_SERVICES as usize {
-            return Err(invalid(format!(
-                "{} services configured; at most {MAX_SERVICES} are supported",
-                self.services.len()
-            )));
-        }
-        let mut port_owner: BTreeMap<u16, &str> = BTreeMap::new();
-        let mut names = BTreeSet::new();
-        for s in &self.services {
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(format!("bad service name '{}': use letters, digits, '-' and '_'", s.name)));
+    /// Every problem of the policy, at the place in the file of the value
+    /// it is about.
+    fn judge(&self, given: &Given, origin: &Origin, r: &mut Report) {
+        self.judge_interfaces(given, r);
+        for (name, len, max) in [("ipv4_prefix", self.ipv4_prefix, 32), ("ipv6_prefix", self.ipv6_prefix, 128)] {
+            if !(1..=max).contains(&len) {
+                r.push(given.top(name), format!("{name} = {len}: expected 1..={max}"));
             }
-            if !names.insert(s.name.as_str()) {
-                return Err(invalid(format!("service '{}' defined twice", s.name)));
+        }
+        self.maps.judge(r);
+        self.judge_services(given, origin, r);
+        judge_lists(&self.lists, &self.services, origin, r);
+    }
+
+    fn judge_interfaces(&self, given: &Given, r: &mut Report) {
+        let place = |i: usize| {
+            let at = given.top("interfaces");
+            if at.is_empty() { at } else { format!("{at}[{i}]") }
+        };
+        if self.interfaces.is_empty() {
+            r.push("interfaces", "no interface to protect: give --iface IF or interfaces = [\"IF\"] in the config");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, name) in self.interfaces.iter().enumerate() {
+            // What the kernel accepts as a device name (dev_valid_name).
+            if name.is_empty()
+                || name.len() >= libc::IFNAMSIZ
+                || name == "."
+                || name == ".."
+                || name.contains(['/', ':'])
+                || name.contains(char::is_whitespace)
+            {
+                r.push(
+                    place(i),
+                    format!("interface name '{name}': expected 1 to 15 characters without '/', ':' or spaces"),
+                );
+            } else if !seen.insert(name) {
+                r.push(place(i), format!("interface '{name}' listed twice"));
+            }
+        }
+    }
+
+    fn judge_services(&self, given: &Given, origin: &Origin, r: &mut Report) {
+        if self.services.len() > MAX_SERVICES as usize {
+            r.push(
+                given.service(MAX_SERVICES as usize),
+                format!("{} services: at most {MAX_SERVICES} are supported", self.services.len()),
+            );
+        }
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        // Port -> (service, index in its ports).
+        let mut owners: BTreeMap<u16, (usize, usize)> = BTreeMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |field: &str| given.field(i, field);
+            let who = format!("service '{}': ", s.name);
+            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                r.push(at("name"), format!("service name '{}': expected letters, digits, '-' and '_'", s.name));
+            } else if let Some(&first) = names.get(s.name.as_str()) {
+                r.push(
+                    at("name"),
+                    format!(
+                        "service '{}' defined twice{}: expected a name of its own",
+                        s.name,
+                        first_at(origin, &given.field(first, "name"))
+                    ),
+                );
+            } else {
+                names.insert(&s.name, i);
             }
             if s.ports.is_empty() {
-                return Err(invalid(format!("service '{}' has no ports", s.name)));
+                r.push(at("ports"), format!("{who}no ports: expected ports = [P, ...], e.g. [25, 587]"));
             }
-            for &p in &s.ports {
-                if p == 0 {
-                    return Err(invalid(format!("service '{}': port 0 is not a valid port", s.name)));
-                }
-                if let Some(other) = port_owner.insert(p, &s.name) {
-                    return Err(invalid(format!("port {p} belongs to both '{other}' and '{}'", s.name)));
+            let mut own = BTreeSet::new();
+            for (j, &port) in s.ports.iter().enumerate() {
+                let place = given.port(i, j);
+                if port == 0 {
+                    r.push(place, format!("{who}port 0: expected 1..=65535"));
+                } else if !own.insert(port) {
+                    r.push(place, format!("{who}port {port} listed twice"));
+                } else if let Some(&(k, m)) = owners.get(&port) {
+                    r.push(
+                        place,
+                        format!(
+                            "port {port} belongs to both '{}'{} and '{}': expected each port in one service only",
+                            self.services[k].name,
+                            line_of(origin, &given.port(k, m)),
+                            s.name
+                        ),
+                    );
+                } else {
+                    owners.insert(port, (i, j));
                 }
             }
-            if s.burst == 0 {
-                return Err(invalid(format!("service '{}': burst must be at least 1", s.name)));
+            if s.burst == 0 || s.burst > MAX_BURST {
+                r.push(at("burst"), format!("{who}burst = {}: expected 1..={MAX_BURST}", s.burst));
             }
             if s.max_conn_per_source == Some(0) {
-                return Err(invalid(format!(
-                    "service '{}': max_conn_per_source 0 would refuse everyone; omit it for no limit",
-                    s.name
-                )));
+                r.push(
+                    at("max_conn_per_source"),
+                    format!(
+                        "{who}max_conn_per_source = 0 would refuse every source: expected >= 1, or omit it for no limit"
+                    ),
+                );
             }
-            if s.burst > 1_000_000 {
-                return Err(invalid(format!("service '{}': burst {} is above 1000000", s.name, s.burst)));
+            if s.max_sessions == Some(0) {
+                r.push(
+                    at("max_sessions"),
+                    format!(
+                        "{who}max_sessions = 0 would refuse every connection: expected >= 1, or omit it for no cap"
+                    ),
+                );
+            }
+            let reserved = s.reserved_sessions;
+            let problem = match s.max_sessions {
+                None if reserved > 0 => {
+                    Some(format!("{reserved} without max_sessions: expected max_sessions too, and"))
+                }
+                Some(max) if reserved > max => Some(format!("{reserved} is above max_sessions = {max}: expected")),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                r.push(at("reserved_sessions"), format!("{who}reserved_sessions = {problem} reserve <= max"));
             }
         }
-        Ok(())
     }
+}
+
+/// Which values of a policy the config file gave, and so have a place in
+/// it; the others come from flags or defaults.
+struct Given<'a> {
+    o: &'a Overrides,
+    /// The services are the file's (not `--port`'s nor the built-in ones).
+    services: bool,
+}
+
+impl Given<'_> {
+    /// The place of a top-level value, unless a flag replaced it.
+    fn top(&self, key: &str) -> String {
+        let flag = match key {
+            "interfaces" => !self.o.interfaces.is_empty(),
+            "ipv4_prefix" => self.o.ipv4_prefix.is_some(),
+            "ipv6_prefix" => self.o.ipv6_prefix.is_some(),
+            _ => false,
+        };
+        if flag { String::new() } else { key.to_owned() }
+    }
+
+    /// The place of service `i`.
+    fn service(&self, i: usize) -> String {
+        if self.services { format!("service[{i}]") } else { String::new() }
+    }
+
+    /// The place of a field of service `i`, unless a flag replaced it.
+    fn field(&self, i: usize, field: &str) -> String {
+        let flag = match field {
+            "rate" => self.o.rate.is_some(),
+            "burst" => self.o.burst.is_some(),
+            "action" => self.o.action.is_some(),
+            "max_conn_per_source" => self.o.max_conn_per_source.is_some(),
+            _ => false,
+        };
+        if self.services && !flag { format!("service[{i}].{field}") } else { String::new() }
+    }
+
+    /// The place of port `j` of service `i`.
+    fn port(&self, i: usize, j: usize) -> String {
+        if self.services { format!("service[{i}].ports[{j}]") } else { String::new() }
+    }
+}
+
+/// Problems of the allow, deny and reserve lists. The same prefix in allow
+/// and deny is not one: deny wins (rule 1 comes first).
+fn judge_lists(lists: &Lists, services: &[Service], origin: &Origin, r: &mut Report) {
+    let total = lists.allow.len() + lists.deny.len() + lists.reserve.len();
+    if total > LIST_ENTRIES as usize {
+        r.push(
+            "",
+            format!(
+                "{total} list entries ({} allow, {} deny, {} reserve): expected at most {LIST_ENTRIES} in all",
+                lists.allow.len(),
+                lists.deny.len(),
+                lists.reserve.len()
+            ),
+        );
+    }
+    let place = |list: List, i: usize, field: &str| format!("{}.{field}", origin.entry(list, i));
+    // Normalized prefix (and service, for reserve) -> first entry.
+    let mut allow: BTreeMap<Cidr, usize> = BTreeMap::new();
+    for (i, e) in lists.allow.iter().enumerate() {
+        let at = |field: &str| place(List::Allow, i, field);
+        let who = format!("allow {}: ", e.prefix);
+        if let Some(&first) = allow.get(&e.prefix) {
+            let first = first_at(origin, &place(List::Allow, first, "prefix"));
+            r.push(at("prefix"), format!("allow {} listed twice{first}: expected one entry per prefix", e.prefix));
+        } else {
+            allow.insert(e.prefix, i);
+        }
+        if e.max_conn_per_source == Some(0) {
+            r.push(
+                at("max_conn_per_source"),
+                format!(
+                    "{who}max_conn_per_source = 0 would refuse the source: \
+                     expected >= 1, or omit every limit to exempt it"
+                ),
+            );
+        }
+        match (e.burst, e.rate) {
+            (Some(b), None) => r.push(
+                at("burst"),
+                format!("{who}burst = {b} without rate: expected rate = \"N/s\" or \"N/m\" too, or no burst"),
+            ),
+            (Some(b), Some(_)) if b == 0 || b > MAX_BURST => {
+                r.push(at("burst"), format!("{who}burst = {b}: expected 1..={MAX_BURST}"));
+            }
+            _ => {}
+        }
+    }
+    let mut deny: BTreeMap<Cidr, usize> = BTreeMap::new();
+    for (i, e) in lists.deny.iter().enumerate() {
+        if let Some(&first) = deny.get(&e.prefix) {
+            let first = first_at(origin, &place(List::Deny, first, "prefix"));
+            r.push(
+                place(List::Deny, i, "prefix"),
+                format!("deny {} listed twice{first}: expected one entry per prefix", e.prefix),
+            );
+        } else {
+            deny.insert(e.prefix, i);
+        }
+    }
+    let names = services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+    let mut reserve: BTreeMap<(&str, Cidr), usize> = BTreeMap::new();
+    for (i, e) in lists.reserve.iter().enumerate() {
+        if !services.iter().any(|s| s.name == e.service) {
+            r.push(
+                place(List::Reserve, i, "service"),
+                format!("reserve {}: service '{}' is not configured: expected one of {names}", e.prefix, e.service),
+            );
+        }
+        if let Some(&first) = reserve.get(&(e.service.as_str(), e.prefix)) {
+            let first = first_at(origin, &place(List::Reserve, first, "prefix"));
+            r.push(
+                place(List::Reserve, i, "prefix"),
+                format!(
+                    "reserve {} for '{}' listed twice{first}: expected one entry per prefix and service",
+                    e.prefix, e.service
+                ),
+            );
+        } else {
+            reserve.insert((e.service.as_str(), e.prefix), i);
+        }
+    }
+}
+
+/// ` (line N)` of a place, or nothing.
+fn line_of(origin: &Origin, place: &str) -> String {
+    origin.line(place).map_or_else(String::new, |l| format!(" (line {l})"))
+}
+
+/// ` (first at line N)` of a place, or nothing.
+fn first_at(origin: &Origin, place: &str) -> String {
+    origin.line(place).map_or_else(String::new, |l| format!(" (first at line {l})"))
+}
+
+/// A config that passed [`check`]: the policy `run` would apply, and what
+/// only deserves a warning on this host.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub policy: Policy,
+    /// Messages start with `warning: `.
+    pub warnings: Vec<Problem>,
+}
+
+/// Checks a config file's text as `run` with the flags `o` would read it,
+/// without touching the kernel. The error holds every problem, sorted by
+/// line: syntax (which stops the check), unknown fields, values that do
+/// not read, and values that do not make sense. An interface this host
+/// does not have is only a warning: the file may be meant for another.
+pub fn check(text: &str, path: &str, o: &Overrides) -> Result<Checked, Vec<Problem>> {
+    let (file, mut r) = read::text(text, path).map_err(|p| vec![p])?;
+    let (policy, origin) = Policy::assemble(file, o, &mut r);
+    if !r.is_empty() {
+        return Err(r.problems(&origin));
+    }
+    let mut w = Report::default();
+    for (i, name) in policy.interfaces.iter().enumerate() {
+        if crate::loader::ifindex(name).is_err() {
+            let place = if o.interfaces.is_empty() { format!("interfaces[{i}]") } else { String::new() };
+            w.push(
+                place,
+                format!("warning: interface '{name}' does not exist on this host (run would refuse it here)"),
+            );
+        }
+    }
+    Ok(Checked { policy, warnings: w.problems(&origin) })
 }
 
 /// Parses a `--port` value: 1..=65535.
@@ -434,13 +708,15 @@ pub fn parse_max_conn(s: &str) -> Result<u32, String> {
 pub fn parse_burst(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(0) => Err("burst must be at least 1".into()),
-        Ok(b) if b <= 1_000_000 => Ok(b),
-        _ => Err(format!("bad burst '{s}': expected 1..1000000")),
+        Ok(b) if b <= MAX_BURST => Ok(b),
+        _ => Err(format!("bad burst '{s}': expected 1..={MAX_BURST}")),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
 
     fn ov(ifaces: &[&str]) -> Overrides {
@@ -523,13 +799,13 @@ mod tests {
                 "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\n[[service]]\nname = \"b\"\nports = [25]\n",
                 "port 25 belongs to both",
             ),
-            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nrate = \"0/s\"\n", "bad rate"),
+            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nrate = \"0/s\"\n", "rate = \"0/s\""),
             ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nburst = 0\n", "burst"),
-            ("interfaces = [\"eth0\"]\nipv4_prefix = 33\n", "ipv4 prefix 33"),
+            ("interfaces = [\"eth0\"]\nipv4_prefix = 33\n", "t.toml:2: ipv4_prefix = 33"),
             ("interfaces = [\"eth0\"]\nbogus = 1\n", "unknown field"),
             ("ipv4_prefix = 24\n", "no interface"),
             ("interfaces = [\"eth0\"]\n[maps]\npending_slots = 3000\n", "power of two"),
-            ("interfaces = [\"eth0\"]\n[maps]\nconnections = 10\n", "maps.connections = 10 out of range"),
+            ("interfaces = [\"eth0\"]\n[maps]\nconnections = 10\n", "maps.connections = 10 is out of range"),
             ("interfaces = [\"eth0\"]\n[maps]\npending_slots = 33554432\n", "maps.pending_slots"),
             ("interfaces = [\"eth0\"]\n[maps]\nconns = 5000\n", "unknown field"),
         ];
@@ -542,5 +818,335 @@ mod tests {
         assert!(parse_port("0").is_err());
         assert!(parse_port("65536").is_err());
         assert!(parse_burst("0").is_err());
+    }
+
+    /// `check` with no flags; the problems as (line, message).
+    fn problems(text: &str) -> Vec<(Option<usize>, String)> {
+        match check(text, "t.toml", &Overrides::default()) {
+            Ok(c) => panic!("accepted: {:?}", c.policy),
+            Err(ps) => ps.into_iter().map(|p| (p.line, p.message)).collect(),
+        }
+    }
+
+    /// Every expected (line, fragment) is reported, and nothing else.
+    fn assert_problems(text: &str, want: &[(usize, &str)]) {
+        let got = problems(text);
+        for (line, fragment) in want {
+            assert!(
+                got.iter().any(|(l, m)| *l == Some(*line) && m.contains(fragment)),
+                "no problem {fragment:?} at line {line}; got:\n{got:#?}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "other problems reported:\n{got:#?}");
+        assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "not sorted by line: {got:#?}");
+        assert!(got.iter().all(|(_, m)| !m.contains('\n')), "a message is not one line: {got:#?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"interfaces = ["eth0", "eth0"]
+ipv4_prefix = 33
+bogus = 1
+[[service]]
+name = "smtp"
+ports = [25, 0, 25]
+burst = 0
+max_sessions = 10
+reserved_sessions = 20
+[[service]]
+name = "imap"
+ports = [
+  143,
+  25,
+]
+rate = "5/h"
+max_conn_per_source = 0
+reserved_sessions = 3
+[[service]]
+name = "smtp"
+ports = [2525]
+[[service]]
+name = "bad name"
+ports = [70000]
+max_sessions = 0
+action = "block"
+[[allow]]
+prefix = "300.1.1.1"
+[[allow]]
+prefix = "10.*"
+max_conn_per_source = 0
+[[allow]]
+prefix = "10.0.0.0/8"
+burst = 5
+[[deny]]
+prefix = "10.0.0.0/8"
+[[deny]]
+prefix = "1.2.3.4/33"
+[[reserve]]
+service = "nosuch"
+prefix = "198.51.100.10"
+[[reserve]]
+service = "smtp"
+prefix = "198.51.100.0/24"
+[[reserve]]
+service = "smtp"
+prefix = "198.51.100.7/24"
+[maps]
+connections = 10
+"#;
+        assert_problems(
+            text,
+            &[
+                (1, "interface 'eth0' listed twice"),
+                (2, "ipv4_prefix = 33: expected 1..=32"),
+                (3, "unknown field 'bogus': expected one of interfaces, "),
+                (6, "service 'smtp': port 0: expected 1..=65535"),
+                (6, "service 'smtp': port 25 listed twice"),
+                (7, "service 'smtp': burst = 0: expected 1..=1000000"),
+                (9, "service 'smtp': reserved_sessions = 20 is above max_sessions = 10: expected reserve <= max"),
+                (14, "port 25 belongs to both 'smtp' (line 6) and 'imap'"),
+                (16, "service 'imap': rate = \"5/h\": expected N/s or N/m"),
+                (17, "service 'imap': max_conn_per_source = 0 would refuse every source"),
+                (18, "service 'imap': reserved_sessions = 3 without max_sessions"),
+                (20, "service 'smtp' defined twice (first at line 5)"),
+                (23, "service name 'bad name': expected letters, digits, '-' and '_'"),
+                (24, "service 'bad name': port 70000: expected a whole number 1..=65535"),
+                (25, "service 'bad name': max_sessions = 0"),
+                (26, "service 'bad name': action = \"block\": expected one of drop, reset"),
+                (28, "allow: prefix = \"300.1.1.1\": expected an address, a CIDR"),
+                (31, "allow 10.0.0.0/8: max_conn_per_source = 0"),
+                (33, "allow 10.0.0.0/8 listed twice (first at line 30)"),
+                (34, "allow 10.0.0.0/8: burst = 5 without rate"),
+                (38, "deny: prefix = \"1.2.3.4/33\": prefix length out of range"),
+                (40, "reserve 198.51.100.10/32: service 'nosuch' is not configured: expected one of smtp, imap"),
+                (47, "reserve 198.51.100.0/24 for 'smtp' listed twice (first at line 44)"),
+                (49, "maps.connections = 10 is out of range: expected 1024..=16777216"),
+            ],
+        );
+    }
+
+    #[test]
+    fn problems_display_with_file_and_line() {
+        let e = check("interfaces = [\"eth0\"]\n\n[[service]]\nname = \"a\"\nports = [0]\n", "/etc/l.toml", &ov(&[]));
+        let ps = e.expect_err("port 0");
+        assert_eq!(
+            ps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["/etc/l.toml:5: service 'a': port 0: expected 1..=65535"]
+        );
+        let ps = check("ipv4_prefix = 24\n", "/etc/l.toml", &ov(&[])).expect_err("no interface");
+        assert_eq!(
+            ps[0].to_string(),
+            "/etc/l.toml: no interface to protect: give --iface IF or interfaces = [\"IF\"] in the config"
+        );
+        let p = Problem { path: String::new(), line: None, message: "m".into() };
+        assert_eq!(p.to_string(), "m");
+    }
+
+    #[test]
+    fn syntax_errors_stop_with_their_line() {
+        for (text, line) in [
+            ("interfaces = [\"eth0\"]\n[[service]\nname = \"a\"\n", 2),
+            ("interfaces = [\"eth0\"]\nipv4_prefix = \n", 2),
+            ("interfaces = [\"eth0\"]\n[maps]\nconnections = 1\nconnections = 2\n", 4),
+            ("a = \"unterminated\n", 1),
+        ] {
+            let got = problems(text);
+            assert_eq!(got.len(), 1, "{text:?}: {got:?}");
+            assert_eq!(got[0].0, Some(line), "{text:?}: {got:?}");
+            assert!(got[0].1.starts_with("TOML syntax: "), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn types_and_missing_fields_are_reported() {
+        let text = r#"interfaces = "eth0"
+xdp_mode = "fast"
+ipv6_prefix = "64"
+[[service]]
+ports = 25
+burst = -1
+[[service]]
+name = 7
+ports = [25]
+[maps]
+pending_slots = 3000
+conns = 1
+[[allow]]
+comment = "no prefix"
+[[reserve]]
+prefix = "198.51.100.1"
+[[allow]]
+prefix = "10.*.1.1"
+rate = "fast"
+burst = 5
+"#;
+        assert_problems(
+            text,
+            &[
+                (1, "interfaces = \"eth0\": expected a list of names"),
+                (2, "xdp_mode = \"fast\": expected one of auto, native, skb"),
+                (3, "ipv6_prefix = \"64\": expected a whole number 1..=128"),
+                (4, "service #1: no name: expected name = "),
+                (5, "service #1: ports = 25: expected a list of ports"),
+                (6, "service #1: burst = -1: expected a whole number 1..=1000000"),
+                (8, "service #2: name = 7: expected a string in quotes"),
+                (11, "maps.pending_slots = 3000 is not a power of two: expected one, e.g. 4096"),
+                (12, "unknown field 'maps.conns': expected one of connections, pending_slots"),
+                (13, "allow: no prefix: expected prefix = "),
+                (15, "reserve 198.51.100.1/32: no service: expected service = "),
+                (18, "allow: prefix = \"10.*.1.1\": a wildcard may only replace whole trailing IPv4 octets"),
+                (19, "allow: rate = \"fast\": expected N/s or N/m"),
+            ],
+        );
+    }
+
+    #[test]
+    fn too_many_services_and_entries() {
+        let mut text = String::from("interfaces = [\"eth0\"]\n");
+        for i in 0..17 {
+            write!(text, "[[service]]\nname = \"s{i}\"\nports = [{}]\n", 1000 + i).expect("to a String");
+        }
+        // The 17th service's header.
+        assert_problems(&text, &[(50, "17 services: at most 16 are supported")]);
+
+        let mut text = String::from("interfaces = [\"eth0\"]\n");
+        for i in 0..=LIST_ENTRIES {
+            write!(text, "[[deny]]\nprefix = \"10.{}.{}.{}\"\n", i >> 16, (i >> 8) & 255, i & 255)
+                .expect("to a String");
+        }
+        let got = problems(&text);
+        assert_eq!(
+            got,
+            [(None, "65537 list entries (0 allow, 65537 deny, 0 reserve): expected at most 65536 in all".to_owned())]
+        );
+    }
+
+    #[test]
+    fn valid_config_builds_lists_and_limits() {
+        let text = r#"
+interfaces = ["eth0"]
+[[service]]
+name = "smtp"
+ports = [25, 465, 587]
+max_conn_per_source = 8
+rate = "30/m"
+burst = 10
+max_sessions = 50
+reserved_sessions = 30
+action = "reset"
+[[service]]
+name = "imap"
+ports = [143, 993]
+max_sessions = 20
+reserved_sessions = 20
+
+[[allow]]
+prefix = "192.168.1.*"
+max_conn_per_source = 100
+comment = "office"
+[[allow]]
+prefix = "10.*"
+[[allow]]
+prefix = "172.16.0.0/12"
+rate = "5/s"
+[[deny]]
+prefix = "203.0.113.0/24"
+[[deny]]
+prefix = "10.1.*"          # deny wins over the allow entry of 10.*
+[[deny]]
+prefix = "192.168.1.0/24"  # also in allow: legal, deny wins
+[[reserve]]
+service = "smtp"
+prefix = "198.51.100.10"
+[[reserve]]
+service = "imap"
+prefix = "198.51.100.10"   # the same prefix for another service
+"#;
+        let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+        let p = &c.policy;
+        let smtp = &p.services[0];
+        assert_eq!(
+            (smtp.id, smtp.max_conn_per_source, smtp.max_sessions, smtp.reserved_sessions),
+            (1, Some(8), Some(50), 30)
+        );
+        assert_eq!((smtp.rate, smtp.burst), (Some(Rate { count: 30, per_secs: 60 }), 10));
+        let imap = &p.services[1];
+        assert_eq!((imap.id, imap.max_sessions, imap.reserved_sessions), (2, Some(20), 20));
+        let allow: Vec<(String, bool)> = p.lists.allow.iter().map(|e| (e.prefix.to_string(), e.is_exempt())).collect();
+        assert_eq!(
+            allow,
+            [("192.168.1.0/24".into(), false), ("10.0.0.0/8".into(), true), ("172.16.0.0/12".into(), false)]
+        );
+        assert_eq!(p.lists.allow[0].max_conn_per_source, Some(100));
+        assert_eq!(p.lists.allow[0].comment.as_deref(), Some("office"));
+        assert_eq!(p.lists.allow[2].rate, Some(Rate { count: 5, per_secs: 1 }));
+        let deny: Vec<String> = p.lists.deny.iter().map(|e| e.prefix.to_string()).collect();
+        assert_eq!(deny, ["203.0.113.0/24", "10.1.0.0/16", "192.168.1.0/24"]);
+        let reserve: Vec<(&str, String)> =
+            p.lists.reserve.iter().map(|e| (e.service.as_str(), e.prefix.to_string())).collect();
+        assert_eq!(reserve, [("smtp", "198.51.100.10/32".into()), ("imap", "198.51.100.10/32".into())]);
+        // Policy::build agrees with check.
+        let built = ConfigFile::parse(text, "t.toml").and_then(|f| Policy::build(f, &Overrides::default()));
+        assert_eq!(built.expect("valid"), c.policy);
+    }
+
+    #[test]
+    fn wildcards_in_the_config_are_normalized() {
+        let text = "interfaces = [\"eth0\"]\nallow = [{ prefix = \"192.168.1.*\" }, { prefix = \"10.*\" }]\n\
+                    deny = [{ prefix = \"*\" }, { prefix = \"2001:db8::1/48\" }]\n\
+                    [[reserve]]\nservice = \"smtp\"\nprefix = \"::ffff:198.51.100.7\"\n";
+        let p = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}")).policy;
+        let shown = |v: Vec<String>| v.join(" ");
+        assert_eq!(shown(p.lists.allow.iter().map(|e| e.prefix.to_string()).collect()), "192.168.1.0/24 10.0.0.0/8");
+        assert_eq!(shown(p.lists.deny.iter().map(|e| e.prefix.to_string()).collect()), "0.0.0.0/0 2001:db8::/48");
+        assert_eq!(p.lists.reserve[0].prefix.to_string(), "198.51.100.7/32");
+        // Written differently, the same prefix twice is a duplicate.
+        assert_problems(
+            "interfaces = [\"eth0\"]\n[[deny]]\nprefix = \"10.*\"\n[[deny]]\nprefix = \"10.1.2.3/8\"\n",
+            &[(5, "deny 10.0.0.0/8 listed twice (first at line 3)")],
+        );
+    }
+
+    #[test]
+    fn build_reports_the_first_problem_with_its_line() {
+        let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nmax_sessions = 5\n\
+                    reserved_sessions = 6\n[[reserve]]\nservice = \"b\"\nprefix = \"198.51.100.1\"\n";
+        let err = ConfigFile::parse(text, "t.toml").and_then(|f| Policy::build(f, &Overrides::default()));
+        let msg = err.expect_err("invalid").to_string();
+        assert_eq!(
+            msg,
+            "t.toml:6: service 'a': reserved_sessions = 6 is above max_sessions = 5: expected reserve <= max"
+        );
+        // A value that does not read is ConfigFile::parse's error.
+        let err = ConfigFile::parse("[[allow]]\nprefix = \"10.*.1.1\"\n", "t.toml").expect_err("bad wildcard");
+        assert!(err.to_string().starts_with("t.toml:2: allow: prefix = \"10.*.1.1\": a wildcard"), "{err}");
+    }
+
+    #[test]
+    fn flags_replace_file_values_and_their_places() {
+        // --port replaces the file's services: a reserve entry naming one of
+        // them no longer names a service.
+        let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25]\n\
+                    [[reserve]]\nservice = \"smtp\"\nprefix = \"198.51.100.1\"\n";
+        let o = Overrides { ports: vec![2525], ..Overrides::default() };
+        let ps = check(text, "t.toml", &o).expect_err("unknown service");
+        assert_eq!(ps.len(), 1, "{ps:?}");
+        assert_eq!(ps[0].line, Some(6));
+        assert!(ps[0].message.contains("service 'smtp' is not configured: expected one of default"), "{ps:?}");
+        // A bad file value that a flag replaces is not a problem.
+        let text = "interfaces = [\"no such if\"]\nipv4_prefix = 33\n";
+        let o = Overrides { ipv4_prefix: Some(24), ..ov(&["eth0"]) };
+        assert!(check(text, "t.toml", &o).is_ok());
+    }
+
+    #[test]
+    fn a_missing_interface_is_a_warning() {
+        let c = check("interfaces = [\"lo\", \"nosuchif0\"]\n", "t.toml", &Overrides::default()).expect("valid");
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            ["t.toml:1: warning: interface 'nosuchif0' does not exist on this host (run would refuse it here)"]
+        );
+        assert_eq!(c.policy.interfaces, ["lo", "nosuchif0"]);
     }
 }

@@ -184,10 +184,9 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
 fn log_policy(policy: &Policy) {
     for s in &policy.services {
         let rate = s.rate.map_or_else(|| "unlimited".to_owned(), |r| r.to_string());
-        let sessions = s.max_sessions.map_or_else(
-            || "unlimited".to_owned(),
-            |m| format!("{m} ({} reserved)", s.reserved_sessions),
-        );
+        let sessions = s
+            .max_sessions
+            .map_or_else(|| "unlimited".to_owned(), |m| format!("{m} ({} reserved)", s.reserved_sessions));
         info!(
             "service {} ports {:?}: rate {rate} burst {} action {} sessions {sessions}",
             s.name,
@@ -347,7 +346,11 @@ impl Daemon {
                 new.reserve.retain(|r| r.prefix != prefix || Some(&r.service) != service.as_ref());
                 (
                     n - new.reserve.len(),
-                    self.policy.lists.reserve.iter().any(|r| r.prefix == prefix && Some(&r.service) == service.as_ref()),
+                    self.policy
+                        .lists
+                        .reserve
+                        .iter()
+                        .any(|r| r.prefix == prefix && Some(&r.service) == service.as_ref()),
                 )
             }
         };
@@ -460,7 +463,12 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
     let policy = &d.policy;
     let wanted = match service {
         Some(name) => Some(
-            policy.services.iter().find(|s| s.name == name).map(|s| s.id).ok_or_else(|| format!("unknown service '{name}'"))?,
+            policy
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.id)
+                .ok_or_else(|| format!("unknown service '{name}'"))?,
         ),
         None => None,
     };

@@ -30,7 +30,10 @@ impl RuntimeLists {
         let path = state_dir.join(FILE);
         let lists = match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                format!("state file {} is corrupt ({e}); move it away to start without run-time entries", path.display())
+                format!(
+                    "state file {} is corrupt ({e}); move it away to start without run-time entries",
+                    path.display()
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lists::default(),
             Err(e) => return Err(format!("cannot read state file {}: {e}", path.display())),

@@ -1,0 +1,452 @@
+//! Reading a config file's text: the TOML document with the place of every
+//! key and value, each field converted on its own so that every value that
+//! does not read is reported, not only the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use limiter_common::prefix::Prefix;
+use toml_edit::{Item, Key, TableLike, Value};
+
+use super::{ConfigFile, MapSizes, Problem, Rate, ServiceFile};
+use crate::lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry};
+
+/// The config file as far as it reads, and what did not read in the
+/// report; a TOML syntax error stops it.
+pub(super) fn text(text: &str, path: &str) -> Result<(ConfigFile, Report), Problem> {
+    let mut origin = Origin::new(path, text);
+    let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        let line = e.span().map(|s| origin.line_at(s.start));
+        Problem { path: path.to_owned(), line, message: format!("TOML syntax: {message}") }
+    })?;
+    origin.record("", doc.as_table());
+    let mut r = Report::default();
+    let (mut file, kept) = document(&Fields::new(text, doc.as_table(), String::new(), String::new()), &mut r);
+    origin.kept = kept;
+    file.origin = origin;
+    Ok((file, r))
+}
+
+/// Which list an entry belongs to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum List {
+    Allow = 0,
+    Deny = 1,
+    Reserve = 2,
+}
+
+impl List {
+    pub(super) const fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Reserve => "reserve",
+        }
+    }
+}
+
+/// Where the values of a config file were written: the byte offset of each
+/// key and array element, by its place in the document (`interfaces[0]`,
+/// `service[1].ports[0]`, `allow[3].prefix`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    path: String,
+    line_starts: Vec<usize>,
+    offsets: BTreeMap<String, usize>,
+    /// For each entry kept in `allow`, `deny` and `reserve`, its index in
+    /// the file (an entry whose prefix did not read is left out).
+    kept: [Vec<usize>; 3],
+}
+
+impl Origin {
+    fn new(path: &str, text: &str) -> Self {
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Self { path: path.to_owned(), line_starts, ..Self::default() }
+    }
+
+    /// The config file (empty for a `ConfigFile` made in code).
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The 1-based line of a byte offset.
+    pub(super) fn line_at(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&start| start <= offset)
+    }
+
+    /// The line of `place`, or of the nearest enclosing one written in the
+    /// file (a missing field: its table's header).
+    #[must_use]
+    pub fn line(&self, place: &str) -> Option<usize> {
+        let mut place = place;
+        loop {
+            if let Some(&offset) = self.offsets.get(place) {
+                return Some(self.line_at(offset));
+            }
+            place = &place[..place.rfind(['.', '['])?];
+        }
+    }
+
+    /// The place of entry `i` of a list in the file.
+    pub(super) fn entry(&self, list: List, i: usize) -> String {
+        format!("{}[{}]", list.name(), self.kept[list as usize].get(i).copied().unwrap_or(i))
+    }
+
+    /// Notes where every key and array element under `table` was written.
+    fn record(&mut self, place: &str, table: &dyn TableLike) {
+        for (key, item) in table.iter() {
+            let here = join(place, key);
+            if let Some(span) = table.key(key).and_then(Key::span).or_else(|| item.span()) {
+                self.offsets.insert(here.clone(), span.start);
+            }
+            match item {
+                Item::Table(t) => self.record(&here, t),
+                Item::Value(Value::InlineTable(t)) => self.record(&here, t),
+                Item::ArrayOfTables(a) => {
+                    for (i, t) in a.iter().enumerate() {
+                        let at = format!("{here}[{i}]");
+                        if let Some(span) = t.span() {
+                            self.offsets.insert(at.clone(), span.start);
+                        }
+                        self.record(&at, t);
+                    }
+                }
+                Item::Value(Value::Array(a)) => {
+                    for (i, v) in a.iter().enumerate() {
+                        let at = format!("{here}[{i}]");
+                        if let Some(span) = v.span() {
+                            self.offsets.insert(at.clone(), span.start);
+                        }
+                        if let Some(t) = v.as_inline_table() {
+                            self.record(&at, t);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn join(place: &str, key: &str) -> String {
+    if place.is_empty() { key.to_owned() } else { format!("{place}.{key}") }
+}
+
+/// Problems found so far, each at its place in the document (empty: it
+/// has none). One problem per place: a value that did not read is not
+/// judged again.
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    found: Vec<(String, String)>,
+    places: BTreeSet<String>,
+}
+
+impl Report {
+    /// Records a problem unless its place, or a place inside it, already
+    /// has one (`ports` is empty because `ports[0]` did not read).
+    pub(super) fn push(&mut self, place: impl Into<String>, message: impl Into<String>) {
+        let place = place.into();
+        if !place.is_empty() {
+            let inside = |sep: char| {
+                let start = format!("{place}{sep}");
+                self.places.range(start.clone()..).next().is_some_and(|p| p.starts_with(&start))
+            };
+            if self.places.contains(&place) || inside('.') || inside('[') {
+                return;
+            }
+            self.places.insert(place.clone());
+        }
+        self.found.push((place, message.into()));
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// The problems with their lines, sorted by line (those without one
+    /// first, in the order found).
+    pub(super) fn problems(self, origin: &Origin) -> Vec<Problem> {
+        let mut out: Vec<Problem> = self
+            .found
+            .into_iter()
+            .map(|(place, message)| Problem { path: origin.path.clone(), line: origin.line(&place), message })
+            .collect();
+        out.sort_by_key(|p| p.line);
+        out
+    }
+}
+
+/// One table of the document being read: its place and the words that
+/// start its problems (`service 'smtp': `). Each field is read on its own,
+/// so that every bad value is reported.
+struct Fields<'a> {
+    text: &'a str,
+    table: &'a dyn TableLike,
+    place: String,
+    who: String,
+    /// Written before a key in problems (`maps.`).
+    dotted: String,
+}
+
+impl<'a> Fields<'a> {
+    fn new(text: &'a str, table: &'a dyn TableLike, place: String, who: String) -> Self {
+        Self { text, table, place, who, dotted: String::new() }
+    }
+
+    fn at(&self, key: &str) -> String {
+        join(&self.place, key)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    /// `key = value` as written, to name the offending value.
+    fn shown(&self, key: &str, item: &Item) -> String {
+        let key = format!("{}{key}", self.dotted);
+        match item {
+            Item::Value(v) => {
+                let text = v.span().and_then(|s| self.text.get(s)).map_or_else(|| v.type_name(), str::trim);
+                format!("{key} = {text}")
+            }
+            Item::Table(_) => format!("[{key}] is a table"),
+            Item::ArrayOfTables(_) => format!("[[{key}]] are tables"),
+            Item::None => key,
+        }
+    }
+
+    fn unknown(&self, r: &mut Report, known: &[&str]) {
+        for (key, _) in self.table.iter() {
+            if !known.contains(&key) {
+                r.push(
+                    self.at(key),
+                    format!("{}unknown field '{}{key}': expected one of {}", self.who, self.dotted, known.join(", ")),
+                );
+            }
+        }
+    }
+
+    /// The value of `key`, if present and `read` takes it.
+    fn value<T>(&self, r: &mut Report, key: &str, read: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+        let item = self.table.get(key)?;
+        let got = item.as_value().map_or_else(|| Err("expected a value".to_owned()), read);
+        got.map_err(|e| r.push(self.at(key), format!("{}{}: {e}", self.who, self.shown(key, item)))).ok()
+    }
+
+    /// The elements of the array `key` that `read` takes (`noun` names one
+    /// in problems); `None` when absent.
+    fn array<T>(
+        &self,
+        r: &mut Report,
+        key: &str,
+        noun: &str,
+        expected: &str,
+        read: impl Fn(&Value) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        let item = self.table.get(key)?;
+        let Some(array) = item.as_array() else {
+            r.push(self.at(key), format!("{}{}: expected {expected}", self.who, self.shown(key, item)));
+            return None;
+        };
+        let mut out = Vec::with_capacity(array.len());
+        for (i, v) in array.iter().enumerate() {
+            match read(v) {
+                Ok(x) => out.push(x),
+                Err(e) => {
+                    let text = v.span().and_then(|s| self.text.get(s)).map_or_else(|| v.type_name(), str::trim);
+                    r.push(format!("{}[{i}]", self.at(key)), format!("{}{noun} {text}: {e}", self.who));
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// The table `key` (`[key]` or an inline table).
+    fn table(&self, r: &mut Report, key: &str) -> Option<Self> {
+        let item = self.table.get(key)?;
+        if let Some(t) = item.as_table_like() {
+            return Some(Self { dotted: format!("{key}."), ..Self::new(self.text, t, self.at(key), String::new()) });
+        }
+        r.push(self.at(key), format!("{}{}: expected a [{key}] table", self.who, self.shown(key, item)));
+        None
+    }
+
+    /// The tables of the array `key` (`[[key]]` or inline tables).
+    fn tables(&self, r: &mut Report, key: &str) -> Vec<Self> {
+        let Some(item) = self.table.get(key) else { return Vec::new() };
+        let at = |i: usize| format!("{}[{i}]", self.at(key));
+        match item {
+            Item::ArrayOfTables(a) => {
+                a.iter().enumerate().map(|(i, t)| Self::new(self.text, t, at(i), String::new())).collect()
+            }
+            Item::Value(Value::Array(a)) if a.iter().all(Value::is_inline_table) => a
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.as_inline_table().map(|t| Self::new(self.text, t, at(i), String::new())))
+                .collect(),
+            _ => {
+                r.push(
+                    self.at(key),
+                    format!("{}{}: expected [[{key}]] tables, one per entry", self.who, self.shown(key, item)),
+                );
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn string(v: &Value) -> Result<String, String> {
+    v.as_str().map(str::to_owned).ok_or_else(|| "expected a string in quotes".to_owned())
+}
+
+/// A whole number that fits `T`; `range` says which ones make sense.
+fn whole<T: TryFrom<i64>>(range: &'static str) -> impl Fn(&Value) -> Result<T, String> {
+    move |v| v.as_integer().and_then(|n| T::try_from(n).ok()).ok_or_else(|| format!("expected a whole number {range}"))
+}
+
+fn choice<T: clap::ValueEnum>(v: &Value) -> Result<T, String> {
+    v.as_str().and_then(|s| T::from_str(s, false).ok()).ok_or_else(|| {
+        let names: Vec<String> =
+            T::value_variants().iter().filter_map(T::to_possible_value).map(|p| p.get_name().to_owned()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
+fn rate(v: &Value) -> Result<Rate, String> {
+    v.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| "expected N/s or N/m with N >= 1, e.g. \"30/m\"".to_owned())
+}
+
+fn prefix(v: &Value) -> Result<Cidr, String> {
+    let s = v.as_str().ok_or("expected an address, a CIDR or a wildcard in quotes")?;
+    Prefix::parse(s).map(Cidr).map_err(|e| format!("{e}"))
+}
+
+const TOP_FIELDS: &[&str] =
+    &["interfaces", "xdp_mode", "ipv4_prefix", "ipv6_prefix", "service", "maps", "allow", "deny", "reserve"];
+const SERVICE_FIELDS: &[&str] =
+    &["name", "ports", "rate", "burst", "action", "max_conn_per_source", "max_sessions", "reserved_sessions"];
+const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
+const ALLOW_FIELDS: &[&str] = &["prefix", "max_conn_per_source", "rate", "burst", "comment"];
+const DENY_FIELDS: &[&str] = &["prefix", "comment"];
+const RESERVE_FIELDS: &[&str] = &["service", "prefix", "comment"];
+
+/// The config file as far as it reads; what did not read is in `r`.
+fn document(f: &Fields<'_>, r: &mut Report) -> (ConfigFile, [Vec<usize>; 3]) {
+    f.unknown(r, TOP_FIELDS);
+    let mut kept: [Vec<usize>; 3] = Default::default();
+    let allow = entries(f, r, List::Allow, &mut kept, allow_entry);
+    let deny = entries(f, r, List::Deny, &mut kept, deny_entry);
+    let reserve = entries(f, r, List::Reserve, &mut kept, reserve_entry);
+    let file = ConfigFile {
+        interfaces: f
+            .array(r, "interfaces", "interface", "a list of names, e.g. [\"eth0\"]", string)
+            .unwrap_or_default(),
+        xdp_mode: f.value(r, "xdp_mode", choice),
+        ipv4_prefix: f.value(r, "ipv4_prefix", whole("1..=32")),
+        ipv6_prefix: f.value(r, "ipv6_prefix", whole("1..=128")),
+        services: f.tables(r, "service").iter_mut().enumerate().map(|(i, t)| service(t, i, r)).collect(),
+        maps: f.table(r, "maps").map_or_else(MapSizes::default, |t| maps(&t, r)),
+        allow,
+        deny,
+        reserve,
+        origin: Origin::default(),
+    };
+    (file, kept)
+}
+
+/// The entries of a list that read, noting their index in the file in `kept`.
+fn entries<T>(
+    f: &Fields<'_>,
+    r: &mut Report,
+    list: List,
+    kept: &mut [Vec<usize>; 3],
+    read: fn(&mut Fields<'_>, &mut Report) -> Option<T>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for (i, t) in f.tables(r, list.name()).iter_mut().enumerate() {
+        if let Some(e) = read(t, r) {
+            out.push(e);
+            kept[list as usize].push(i);
+        }
+    }
+    out
+}
+
+fn service(t: &mut Fields<'_>, i: usize, r: &mut Report) -> ServiceFile {
+    t.who = format!("service #{}: ", i + 1);
+    let name = t.value(r, "name", string);
+    if let Some(name) = &name {
+        t.who = format!("service '{name}': ");
+    } else if !t.has("name") {
+        r.push(t.at("name"), format!("{}no name: expected name = \"...\" (letters, digits, '-' and '_')", t.who));
+    }
+    t.unknown(r, SERVICE_FIELDS);
+    ServiceFile {
+        name: name.unwrap_or_default(),
+        ports: t.array(r, "ports", "port", "a list of ports, e.g. [25, 587]", whole("1..=65535")).unwrap_or_default(),
+        rate: t.value(r, "rate", rate),
+        burst: t.value(r, "burst", whole("1..=1000000")),
+        action: t.value(r, "action", choice),
+        max_conn_per_source: t.value(r, "max_conn_per_source", whole(">= 1")),
+        max_sessions: t.value(r, "max_sessions", whole(">= 1")),
+        reserved_sessions: t.value(r, "reserved_sessions", whole("0..=max_sessions")),
+    }
+}
+
+fn maps(t: &Fields<'_>, r: &mut Report) -> MapSizes {
+    t.unknown(r, MAPS_FIELDS);
+    let range = "1024..=16777216";
+    let d = MapSizes::default();
+    MapSizes {
+        connections: t.value(r, "connections", whole(range)).unwrap_or(d.connections),
+        pending_slots: t.value(r, "pending_slots", whole(range)).unwrap_or(d.pending_slots),
+    }
+}
+
+/// The prefix of a list entry, which then names the entry in problems.
+fn list_prefix(t: &mut Fields<'_>, list: List, r: &mut Report) -> Option<Cidr> {
+    t.who = format!("{}: ", list.name());
+    let p = t.value(r, "prefix", prefix);
+    if let Some(p) = p {
+        t.who = format!("{} {p}: ", list.name());
+    } else if !t.has("prefix") {
+        r.push(
+            t.at("prefix"),
+            format!(
+                "{}: no prefix: expected prefix = \"...\" (an address, a CIDR or a wildcard such as 192.168.1.*)",
+                list.name()
+            ),
+        );
+    }
+    p
+}
+
+fn allow_entry(t: &mut Fields<'_>, r: &mut Report) -> Option<AllowEntry> {
+    let p = list_prefix(t, List::Allow, r);
+    t.unknown(r, ALLOW_FIELDS);
+    // Every field is read (and reported) before a bad prefix drops the entry.
+    let max_conn_per_source = t.value(r, "max_conn_per_source", whole(">= 1"));
+    let rate = t.value(r, "rate", rate);
+    let burst = t.value(r, "burst", whole("1..=1000000"));
+    let comment = t.value(r, "comment", string);
+    Some(AllowEntry { prefix: p?, max_conn_per_source, rate, burst, comment })
+}
+
+fn deny_entry(t: &mut Fields<'_>, r: &mut Report) -> Option<DenyEntry> {
+    let p = list_prefix(t, List::Deny, r);
+    t.unknown(r, DENY_FIELDS);
+    let comment = t.value(r, "comment", string);
+    Some(DenyEntry { prefix: p?, comment })
+}
+
+fn reserve_entry(t: &mut Fields<'_>, r: &mut Report) -> Option<ReserveEntry> {
+    let p = list_prefix(t, List::Reserve, r);
+    t.unknown(r, RESERVE_FIELDS);
+    let service = t.value(r, "service", string);
+    if !t.has("service") {
+        r.push(t.at("service"), format!("{}no service: expected service = \"NAME\" of a [[service]]", t.who));
+    }
+    let comment = t.value(r, "comment", string);
+    Some(ReserveEntry { prefix: p?, service: service?, comment })
+}
