@@ -183,3 +183,113 @@ impl Lists {
 pub fn longest_match(merged: &BTreeMap<Prefix, ListEntry>, addr: &Prefix) -> Option<ListEntry> {
     merged.iter().filter(|(p, _)| p.covers(addr)).max_by_key(|(p, _)| p.len).map(|(_, e)| *e)
 }
+
+#[cfg(test)]
+mod tests {
+    use limiter_common::maps::family;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{Action, Service};
+
+    fn service(id: u32, name: &str) -> Service {
+        Service {
+            id,
+            name: name.into(),
+            ports: vec![25],
+            rate: None,
+            burst: 1,
+            action: Action::Reset,
+            max_conn_per_source: None,
+            max_sessions: Some(10),
+            reserved_sessions: 5,
+        }
+    }
+
+    fn v4(a: [u8; 4], len: u8) -> Cidr {
+        Cidr(Prefix::new(std::net::IpAddr::from(a), len))
+    }
+
+    #[test]
+    fn merged_entries_answer_every_list() {
+        let lists = Lists {
+            allow: vec![
+                AllowEntry {
+                    prefix: v4([198, 18, 0, 0], 24),
+                    max_conn_per_source: None,
+                    rate: None,
+                    burst: None,
+                    comment: None,
+                },
+                AllowEntry {
+                    prefix: v4([198, 18, 0, 32], 28),
+                    max_conn_per_source: Some(3),
+                    rate: None,
+                    burst: None,
+                    comment: None,
+                },
+            ],
+            deny: vec![DenyEntry { prefix: v4([198, 18, 0, 66], 32), comment: None }],
+            reserve: vec![ReserveEntry { service: "smtp".into(), prefix: v4([198, 18, 0, 0], 16), comment: None }],
+        };
+        let m = lists.merge(&[service(1, "smtp")]);
+        let at = |a: [u8; 4]| longest_match(&m, &Prefix::new(std::net::IpAddr::from(a), 32)).expect("covered");
+        assert_eq!(at([198, 18, 0, 66]).flags, entry::DENY | entry::ALLOW | entry::EXEMPT);
+        assert_eq!(at([198, 18, 0, 40]).max_conn_per_source, 3);
+        assert_eq!(at([198, 18, 0, 40]).flags, entry::ALLOW);
+        assert_eq!(at([198, 18, 0, 40]).reserve, 1 << 1, "the /16 reserve entry reaches into the /28");
+        assert_eq!(at([198, 18, 5, 1]).flags, 0, "only the reserve entry covers it");
+        assert_eq!(longest_match(&m, &Prefix::new(std::net::IpAddr::from([10, 0, 0, 1]), 32)), None);
+    }
+
+    fn prefix_strategy() -> impl Strategy<Value = Prefix> {
+        // A small space (198.18.x.y, short and long prefixes) so entries overlap.
+        (0u8..4, any::<u8>(), prop_oneof![Just(16u8), Just(22), Just(24), Just(28), Just(32)])
+            .prop_map(|(c, d, len)| Prefix::new(std::net::IpAddr::from([198, 18, c, d]), len))
+    }
+
+    proptest! {
+        /// The one-lookup merge answers each list as that list's own
+        /// longest match would: deny if any deny entry covers the address,
+        /// the longest covering allow entry's limits, every covering reserve
+        /// entry's service.
+        #[test]
+        fn merge_agrees_with_each_list(
+            allow in proptest::collection::vec((prefix_strategy(), proptest::option::of(1u32..50)), 0..6),
+            deny in proptest::collection::vec(prefix_strategy(), 0..4),
+            reserve in proptest::collection::vec((prefix_strategy(), 1u32..3), 0..4),
+            addr in (0u8..4, any::<u8>()),
+        ) {
+            let services = [service(1, "smtp"), service(2, "imap")];
+            let mut allow_entries: Vec<AllowEntry> = Vec::new();
+            for (p, max) in allow {
+                allow_entries.retain(|a| a.prefix.0 != p);
+                allow_entries.push(AllowEntry { prefix: Cidr(p), max_conn_per_source: max, rate: None, burst: None, comment: None });
+            }
+            let lists = Lists {
+                allow: allow_entries,
+                deny: deny.iter().map(|p| DenyEntry { prefix: Cidr(*p), comment: None }).collect(),
+                reserve: reserve.iter().map(|(p, s)| ReserveEntry {
+                    service: if *s == 1 { "smtp".into() } else { "imap".into() }, prefix: Cidr(*p), comment: None,
+                }).collect(),
+            };
+            let a = Prefix::new(std::net::IpAddr::from([198, 18, addr.0, addr.1]), 32);
+            prop_assert_eq!(a.family, family::V4);
+            let got = longest_match(&lists.merge(&services), &a).unwrap_or_default();
+
+            let denied = lists.deny.iter().any(|d| d.prefix.0.covers(&a));
+            prop_assert_eq!(got.flags & entry::DENY != 0, denied);
+            let allow = lists.allow.iter().filter(|e| e.prefix.0.covers(&a)).max_by_key(|e| e.prefix.0.len);
+            prop_assert_eq!(got.flags & entry::ALLOW != 0, allow.is_some());
+            if let Some(e) = allow {
+                prop_assert_eq!(got.flags & entry::EXEMPT != 0, e.is_exempt());
+                prop_assert_eq!(got.max_conn_per_source, e.max_conn_per_source.unwrap_or(0));
+            }
+            let mut want = 0u32;
+            for r in lists.reserve.iter().filter(|r| r.prefix.0.covers(&a)) {
+                want |= 1 << if r.service == "smtp" { 1 } else { 2 };
+            }
+            prop_assert_eq!(got.reserve, want);
+        }
+    }
+}

@@ -599,3 +599,94 @@ fn the_verifier_has_headroom() {
         assert!(n < 600_000, "{name}: {n} verified instructions, too close to the 1,000,000 limit");
     }
 }
+
+/// A policy with no rate, `max` connections per source and these lists.
+fn listed(max: u32, allow: &[(&str, Option<u32>)], deny: &[&str], reserve: &[&str]) -> Policy {
+    use limiter_user::lists::{AllowEntry, DenyEntry, Lists, ReserveEntry};
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(max);
+    p.lists = Lists {
+        allow: allow
+            .iter()
+            .map(|(prefix, max)| AllowEntry {
+                prefix: prefix.parse().expect("prefix"),
+                max_conn_per_source: *max,
+                rate: None,
+                burst: None,
+                comment: None,
+            })
+            .collect(),
+        deny: deny.iter().map(|prefix| DenyEntry { prefix: prefix.parse().expect("prefix"), comment: None }).collect(),
+        reserve: reserve
+            .iter()
+            .map(|prefix| ReserveEntry {
+                service: "smtp".into(),
+                prefix: prefix.parse().expect("prefix"),
+                comment: None,
+            })
+            .collect(),
+    };
+    p
+}
+
+/// How many of `n` SYNs from `src` (each a new handshake) pass.
+fn passed(h: &mut Harness, src: IpAddr, n: usize) -> usize {
+    let f = frames::syn(src, if src.is_ipv4() { server4() } else { server6() }, PORT);
+    (0..n).filter(|_| h.action(&f) == PASS).count()
+}
+
+/// Rules 1 and 2 on crafted SYNs: deny beats an allow entry covering the
+/// same host; an exempt entry ignores the per-source limit; an allow entry
+/// with a limit replaces the service's; the longest prefix decides; IPv6
+/// prefixes match; a new policy write applies at once and removes entries.
+#[test]
+fn deny_and_allow_lists_decide_first() {
+    if !can_run_privileged("deny_and_allow_lists_decide_first") {
+        return;
+    }
+    let p = listed(1, &[("198.18.0.*", None), ("198.18.0.32/28", Some(3))], &["198.18.0.66", "2001:db8:66::/48"], &[]);
+    let mut h = Harness::new(&p);
+    assert_eq!(passed(&mut h, v4(66), 3), 0, "denied host inside an exempt /24");
+    assert_eq!(h.counter(1, Verdict::RefusedDeny), 3);
+    assert_eq!(passed(&mut h, v4(10), 8), 8, "exempt: no per-source limit");
+    assert_eq!(passed(&mut h, v4(40), 8), 3, "the /28 entry's own limit (longest match)");
+    let deny6 = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x66, 7, 0, 0, 0, 1));
+    assert_eq!(passed(&mut h, deny6, 2), 0, "inside the denied /48");
+    assert_eq!(passed(&mut h, v6(9, 1), 3), 1, "an IPv6 source outside every list: the service's limit");
+    assert_eq!(h.counter(1, Verdict::RefusedDeny), 5);
+
+    // A new policy without the deny entries: the host gets in at once
+    // (exempt), and the old bank's entries are gone from the one in force.
+    let p = listed(1, &[("198.18.0.*", None)], &[], &[]);
+    loader::write_policy(&mut h.ebpf, &p).expect("write policy");
+    assert_eq!(passed(&mut h, v4(66), 3), 3);
+    assert_eq!(passed(&mut h, deny6, 1), 1);
+    let p = listed(1, &[], &[], &[]);
+    loader::write_policy(&mut h.ebpf, &p).expect("write policy");
+    assert_eq!(passed(&mut h, v4(11), 3), 1, "no lists: the per-source limit again");
+}
+
+/// Rule 3 on crafted SYNs (each a handshake in flight, which counts as a
+/// session): of 5 sessions with 3 reserved, ordinary sources get 2, sources
+/// on the reserve list the other 3, nobody a 6th; exempt sources are not
+/// counted and not refused.
+#[test]
+fn sessions_and_reserved_sessions_are_exact() {
+    if !can_run_privileged("sessions_and_reserved_sessions_are_exact") {
+        return;
+    }
+    let mut p = listed(100, &[("198.18.0.200", None)], &[], &["198.18.0.128/25"]);
+    p.services[0].max_sessions = Some(5);
+    p.services[0].reserved_sessions = 3;
+    let mut h = Harness::new(&p);
+    assert_eq!(passed(&mut h, v4(1), 1) + passed(&mut h, v4(2), 1), 2);
+    assert_eq!(passed(&mut h, v4(3), 4), 0, "2 in use: the rest is reserved");
+    assert_eq!(h.counter(1, Verdict::RefusedReserve), 4);
+    assert_eq!(passed(&mut h, v4(130), 5), 3, "the reserve list gets the other 3");
+    assert_eq!(h.counter(1, Verdict::RefusedSessions), 2);
+    assert_eq!(passed(&mut h, v4(4), 1), 0, "all 5 in use");
+    assert_eq!(h.counter(1, Verdict::RefusedSessions), 3, "refused by sessions, the first rule that decides");
+    assert_eq!(passed(&mut h, v4(200), 4), 4, "exempt: not counted, not refused");
+    assert_eq!(h.counter(1, Verdict::Accepted), 9);
+}
