@@ -238,13 +238,12 @@ fn decide(ctx: &XdpContext, p: &Parsed, service: u32, g: &Globals, policy: &Serv
     // per-source paths once, not once per way the sessions check can go),
     // with the verdicts the spec's order gives: a SYN both would refuse is
     // counted as refused by sessions.
-    let now = now_ns();
-    let pooled = policy.max_sessions != 0;
-    let args = SourceArgs { family: p.family, service, g, addr, limit, bucket, now };
+    let args = SourceArgs { family: p.family, service, g, addr, limit, bucket };
     let verdict = per_source(&args);
-    if !pooled {
+    if policy.max_sessions == 0 {
         return Ok(verdict);
     }
+    let now = now_ns();
     let bucket_now = pool::bucket(pending::ticks(now));
     if verdict != Verdict::Accepted {
         return Ok(sessions_full(service, policy, on_reserve, bucket_now).unwrap_or(verdict));
@@ -280,7 +279,6 @@ struct SourceArgs<'a> {
     addr: [u8; 16],
     limit: u64,
     bucket: Bucket,
-    now: u64,
 }
 
 /// Rules 4 and 5 with the limits rules 1-2 chose.
@@ -292,7 +290,7 @@ struct SourceArgs<'a> {
 /// this function (over a million instructions).
 #[inline(never)]
 fn per_source(a: &SourceArgs<'_>) -> Verdict {
-    let (g, limit, bucket, now) = (a.g, a.limit, &a.bucket, a.now);
+    let (g, limit, bucket) = (a.g, a.limit, &a.bucket);
     if limit == 0 && bucket.is_unlimited() {
         return Verdict::Accepted;
     }
@@ -317,6 +315,7 @@ fn per_source(a: &SourceArgs<'_>) -> Verdict {
         }
         reserved_in = Some(slot);
     }
+    let now = now_ns();
 
     // Reserve a slot for this handshake before anything else can see it:
     // the reservation itself is the atomic step, never check-then-increment.

@@ -23,7 +23,7 @@ use std::{
     collections::HashMap as StdHashMap,
     error::Error,
     io,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
@@ -38,12 +38,13 @@ use limiter_common::{
     SourceKey, Verdict,
     maps::{MAX_SERVICES, family, names},
     pending,
+    prefix::Prefix,
 };
 use limiter_tests::{frames, netns};
 use limiter_user::{
     EBPF_OBJECT,
     config::{Action, MapSizes, Policy, Rate, Service, XdpMode},
-    lists::Lists,
+    lists::{AllowEntry, Cidr, DenyEntry, Lists},
     loader::{read_counters, service_id, write_policy},
 };
 
@@ -205,12 +206,37 @@ fn policy() -> Policy {
             },
         ],
         maps: MapSizes::default(),
-        lists: Lists::default(),
+        lists: bench_lists(),
     };
     for (i, s) in p.services.iter_mut().enumerate() {
         s.id = service_id(i);
     }
     p
+}
+
+/// A denied source (in `bench_lists`).
+const DENIED: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 5);
+
+/// Lists as a busy host might have them, none covering `CLIENT`: 1,024
+/// denied hosts in 198.19.0.0/22 and 16 allow entries with limits, so every
+/// limiter case pays the trie lookup.
+fn bench_lists() -> Lists {
+    let deny = (0u16..1024)
+        .map(|i| {
+            let [hi, lo] = i.to_be_bytes();
+            DenyEntry { prefix: Cidr(Prefix::new(IpAddr::V4(Ipv4Addr::new(198, 19, hi, lo)), 32)), comment: None }
+        })
+        .collect();
+    let allow = (0u8..16)
+        .map(|i| AllowEntry {
+            prefix: Cidr(Prefix::new(IpAddr::V4(Ipv4Addr::new(198, 19, 64 + i, 0)), 24)),
+            max_conn_per_source: Some(100),
+            rate: None,
+            burst: None,
+            comment: None,
+        })
+        .collect();
+    Lists { allow, deny, reserve: Vec::new() }
 }
 
 /// The `CLIENT` key of service `service`.
@@ -290,6 +316,21 @@ fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
             flat: dropped,
             path: "dropped by XDP (over the connection limit)",
             ..limiter("limiter_refuse", refuse.clone(), XDP_DROP, conc, Verdict::RefusedConcurrency, "xdp_drop_floor")
+        },
+        Case {
+            flat: dropped,
+            path: "dropped by XDP (deny list)",
+            ..limiter(
+                "limiter_deny",
+                bed.frame(&frames::Tcp {
+                    sport: INJECT_SPORT,
+                    ..frames::Tcp::syn(IpAddr::V4(DENIED), IpAddr::V4(testbed::SERVER), REFUSE_PORT)
+                }),
+                XDP_DROP,
+                conc,
+                Verdict::RefusedDeny,
+                "xdp_drop_floor",
+            )
         },
         Case {
             per_packet: cookie,
