@@ -64,8 +64,11 @@ pub mod flags {
     /// them to `CONNS`. Cleared when the last one has closed, so the lookup
     /// costs nothing afterwards.
     pub const SEEDED: u8 = 2;
-    /// The lists in force hold entries: XDP and `sock_ops` look sources up.
+    /// The lists in force hold IPv4 entries: XDP and `sock_ops` look IPv4
+    /// sources up.
     pub const LISTS: u8 = 4;
+    /// The lists in force hold IPv6 entries.
+    pub const LISTS_V6: u8 = 16;
     /// The policy and lists in force are bank 1, else bank 0. The daemon
     /// writes the other bank whole, then flips this bit: a SYN sees the old
     /// policy or the new one, never a mix.

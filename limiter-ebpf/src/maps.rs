@@ -202,7 +202,7 @@ pub(crate) fn established(key: &SourceKey, g: &Globals, slot: *mut Slot) -> u64 
 /// The entry of the lists in force that covers `addr`, if the lists hold any.
 #[inline(always)]
 pub(crate) fn list_entry(g: &Globals, fam: u8, addr: &[u8; 16]) -> Option<&'static ListEntry> {
-    if g.flags & flags::LISTS == 0 {
+    if g.flags & (if fam == family::V4 { flags::LISTS } else { flags::LISTS_V6 }) == 0 {
         return None;
     }
     let key = Key::new(key_len(if fam == family::V4 { 32 } else { 128 }), key_data(bank(g.flags), fam, addr));

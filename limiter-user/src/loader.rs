@@ -18,7 +18,7 @@ use aya::{
 use limiter_common::{
     Globals, ServicePolicy, SourceKey, Verdict,
     lists::{KEY_BYTES, ListEntry, key_data, key_len},
-    maps::{MAX_SERVICES, PORT_ENTRIES, action, flags, names, policy_index},
+    maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, names, policy_index},
     prefix::Prefix,
 };
 use log::warn;
@@ -202,12 +202,15 @@ pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
         Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
     // The seeding flags belong to the seeding (which may outlive a restart):
     // keep them. A new generation invalidates every "at its limit" hint.
-    let mut flags_new = old.flags & !(flags::BANK_B | flags::LISTS);
+    let mut flags_new = old.flags & !(flags::BANK_B | flags::LISTS | flags::LISTS_V6);
     if to_b {
         flags_new |= flags::BANK_B;
     }
-    if !merged.is_empty() {
+    if merged.keys().any(|p| p.family == family::V4) {
         flags_new |= flags::LISTS;
+    }
+    if merged.keys().any(|p| p.family == family::V6) {
+        flags_new |= flags::LISTS_V6;
     }
     globals
         .set(
