@@ -101,7 +101,7 @@ pub struct SocketArg {
 #[derive(Subcommand, Debug)]
 pub enum AllowOp {
     /// Add (or replace) an entry. With no limit the source is exempt: accepted
-    /// and not counted against max_sessions. Limits given replace the
+    /// and not counted against `max_sessions`. Limits given replace the
     /// service's per-source limits (a limit not given is no limit).
     Add {
         /// Address, CIDR or wildcard (192.168.1.*).
@@ -389,11 +389,11 @@ fn change(socket: &Path, req: &Request) -> Result<(), Failure> {
     let e = &v["added"];
     let mut line = format!("{} {} added", v["list"].as_str().unwrap_or("?"), e["prefix"].as_str().unwrap_or("?"));
     if let Some(s) = e["service"].as_str() {
-        line.push_str(&format!(" for service {s}"));
+        line = format!("{line} for service {s}");
     }
     let limits = describe_limits(e);
     if !limits.is_empty() {
-        line.push_str(&format!(" ({limits})"));
+        line = format!("{line} ({limits})");
     }
     println!("{line}");
     Ok(())

@@ -72,6 +72,7 @@ pub struct Daemon {
     pub source: Source,
 }
 
+#[expect(clippy::too_many_lines, reason = "start-up, then one select loop")]
 async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Result<()> {
     fs::create_dir_all(&paths.state_dir)
         .with_context(|| format!("cannot create state dir {}", paths.state_dir.display()))?;
@@ -115,7 +116,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                 Request::Top { service, limit } => top(d, service.as_deref(), limit),
                 Request::ListShow { list, service } => Ok(d.list_show(list, service.as_deref())),
                 Request::ListAdd { list, prefix, service, max_conn_per_source, rate, burst, comment } => {
-                    d.list_add(list, &prefix, service, max_conn_per_source, rate.as_deref(), burst, comment)
+                    d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate.as_deref(), burst, comment)
                 }
                 Request::ListDel { list, prefix, service } => d.list_del(list, &prefix, service.as_deref()),
                 Request::Reload => d.reload(),
@@ -244,11 +245,11 @@ impl Daemon {
 
     /// Makes `new` the run-time entries: persisted first, then applied; a
     /// failure to apply puts the old file back.
-    fn commit(&mut self, new: Lists) -> Result<(), String> {
+    fn commit(&mut self, new: &Lists) -> Result<(), String> {
         let old = self.runtime.lists.clone();
         self.runtime.store(new.clone())?;
         let policy = self.policy.clone();
-        if let Err(e) = self.apply(&policy, &new) {
+        if let Err(e) = self.apply(&policy, new) {
             // The flip is the last step of a policy write: the old bank is
             // still in force. Put the old entries back on disk.
             let _ = self.runtime.store(old);
@@ -272,7 +273,7 @@ impl Daemon {
         &mut self,
         list: ListName,
         prefix: &str,
-        service: Option<String>,
+        service: Option<&str>,
         max_conn_per_source: Option<u32>,
         rate: Option<&str>,
         burst: Option<u64>,
@@ -313,7 +314,7 @@ impl Daemon {
                 serde_json::to_value(e)
             }
             ListName::Reserve => {
-                let service = self.service_exists(service.as_deref())?;
+                let service = self.service_exists(service)?;
                 let e = ReserveEntry { service, prefix, comment };
                 new.reserve.retain(|r| r.prefix != prefix || r.service != e.service);
                 new.reserve.push(e.clone());
@@ -321,7 +322,7 @@ impl Daemon {
             }
         }
         .map_err(|e| e.to_string())?;
-        self.commit(new)?;
+        self.commit(&new)?;
         info!("{} add {prefix}", list.as_str());
         Ok(json!({ "list": list.as_str(), "added": entry }))
     }
@@ -365,7 +366,7 @@ impl Daemon {
                 format!("{prefix} is not in the {} list{what}", list.as_str())
             });
         }
-        self.commit(new)?;
+        self.commit(&new)?;
         info!("{} del {prefix}", list.as_str());
         Ok(json!({ "list": list.as_str(), "removed": prefix.to_string(), "still_in_config": in_config }))
     }
