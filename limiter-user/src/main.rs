@@ -15,10 +15,14 @@ fn main() -> ExitCode {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
-            // One line naming the problem, not clap's usage tip.
+            // One line naming the problem, not clap's usage tip: the lines
+            // before the first blank one, joined ("the following required
+            // arguments were not provided: --service <SERVICE>").
             let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
-            eprintln!("limiter: {line}");
+            let parts: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let line = parts.join(" ");
+            let line = line.trim_start_matches("error: ");
+            eprintln!("limiter: {}", if line.is_empty() { "bad arguments" } else { line });
             return ExitCode::from(2);
         }
     };
