@@ -192,15 +192,21 @@ impl Pair {
     /// A dual-stack listener on `[::]:port` in the server namespace that
     /// accepts forever and keeps every connection open.
     pub fn listen(&self, port: u16) -> Listener {
-        let l = self.server.run(move || {
+        serve(self.bind_dual_stack(port))
+    }
+
+    /// A bound dual-stack listener on `[::]:port` in the server namespace,
+    /// for tests that serve it their own way.
+    #[must_use]
+    pub fn bind_dual_stack(&self, port: u16) -> TcpListener {
+        self.server.run(move || {
             let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).expect("socket");
             s.set_only_v6(false).expect("dual stack");
             s.set_reuse_address(true).expect("reuseaddr");
             s.bind(&SocketAddr::from(([0u16; 8], port)).into()).expect("bind");
             s.listen(1024).expect("listen");
             TcpListener::from(s)
-        });
-        serve(l)
+        })
     }
 
     /// `n` connection attempts from `src` started at the same instant, one

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd as _, unix::net::UnixStream},
     path::{Path, PathBuf},
     process::Command,
@@ -212,14 +212,7 @@ impl Drop for Echo {
 }
 
 fn listen_echo(pair: &Pair, port: u16) -> Echo {
-    let listener = pair.server.run(move || {
-        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).expect("socket");
-        s.set_only_v6(false).expect("dual stack");
-        s.set_reuse_address(true).expect("reuseaddr");
-        s.bind(&SocketAddr::from(([0u16; 8], port)).into()).expect("bind");
-        s.listen(1024).expect("listen");
-        TcpListener::from(s)
-    });
+    let listener = pair.bind_dual_stack(port);
     let accepter = listener.try_clone().expect("clone listener");
     thread::spawn(move || {
         while let Ok((mut s, _)) = accepter.accept() {
