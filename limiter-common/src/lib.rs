@@ -5,6 +5,7 @@
 
 pub mod bucket;
 pub mod checksum;
+pub mod events;
 pub mod lists;
 pub mod maps;
 pub mod pending;

@@ -32,6 +32,10 @@ pub mod names {
     pub const SESSIONS: &str = "SESSIONS";
     /// What `sock_ops` counted for each open connection, by socket cookie.
     pub const SOCKS: &str = "SOCKS";
+    /// Refusal events for the daemon's log lines (ring buffer, not pinned).
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU event tokens and the count of unreported refusals (not pinned).
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
     /// Empty programs used as benchmark floors.
@@ -193,7 +197,7 @@ impl SourceKey {
 /// `COUNTERS` is a per-CPU array indexed `service * Verdict::COUNT + verdict`,
 /// where row 0 counts packets that are not for any service port.
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// A SYN within every limit.
     Accepted = 0,

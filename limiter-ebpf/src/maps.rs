@@ -10,10 +10,11 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
+    events::{self, Refusal},
     lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
     maps::{
         COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, POLICY_ENTRIES, PORT_ENTRIES, SEED_SKIP_ENTRIES, SOCK_ENTRIES,
@@ -79,6 +80,31 @@ pub(crate) static SOCKS: HashMap<u64, SockRecord> =
 
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
+/// Refusal events for the daemon's log lines (`limiter_common::events`).
+#[map(name = "EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 0);
+
+/// Per CPU: event tokens left (the daemon refills them) and refusals not
+/// reported.
+#[map(name = "EVENT_BUDGET")]
+pub(crate) static EVENT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(events::BUDGET_ENTRIES, 0);
+
+/// Reports a refusal to the daemon if this CPU has a token left and the
+/// ring has room; else counts it as unreported. Per-CPU cells: no other CPU
+/// writes them (the daemon's refill may race with a decrement and lose it,
+/// which only grants one event more).
+#[inline(always)]
+pub(crate) fn report(event: &Refusal) {
+    let Some(tokens) = EVENT_BUDGET.get_ptr_mut(events::TOKENS) else {
+        return;
+    };
+    if unsafe { *tokens } > 0 && EVENTS.output::<Refusal>(event, 0).is_ok() {
+        unsafe { *tokens -= 1 };
+    } else if let Some(n) = EVENT_BUDGET.get_ptr_mut(events::UNREPORTED) {
+        unsafe { *n += 1 };
+    }
+}
 
 #[inline(always)]
 pub(crate) fn count(index: u32) {

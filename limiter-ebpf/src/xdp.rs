@@ -6,6 +6,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use limiter_common::{
     Bucket, Globals, ServicePolicy, SourceKey, Verdict,
     bucket::slot,
+    events::Refusal,
     lists::{Admission, admission},
     maps::{action, family, flags},
     pending::{self, Slot, hint},
@@ -17,7 +18,7 @@ use network_types::eth::EthHdr;
 use crate::{
     maps::{
         GLOBALS, PORTS, Place, compare_swap, count, established, hint as hint_word, list_entry, load, now_ns, policy,
-        release_pending, reserved, seeded_sessions, sessions,
+        release_pending, report, reserved, seeded_sessions, sessions,
     },
     reply,
 };
@@ -187,6 +188,19 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
     count(verdict.index(service));
     if verdict == Verdict::Accepted {
         return Ok(xdp_action::XDP_PASS);
+    }
+    // report, before the reply rewrites the frame
+    if let Ok(addr) = source_addr(ctx, &p) {
+        #[expect(clippy::cast_possible_truncation, reason = "verdicts and service ids are < 256")]
+        report(&Refusal {
+            addr,
+            family: p.family,
+            verdict: verdict as u8,
+            service: service as u8,
+            pad: 0,
+            port: dport,
+            pad2: [0; 2],
+        });
     }
 
     // act

@@ -246,6 +246,9 @@ pub struct RunArgs {
     /// Directory for persistent state.
     #[arg(long, default_value = "/var/lib/limiter")]
     pub state_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A one-line error and the exit code it maps to.
@@ -505,6 +508,7 @@ fn run(a: RunArgs) -> Result<(), Failure> {
         ipv4_prefix: a.ipv4_prefix,
         ipv6_prefix: a.ipv6_prefix,
         xdp_mode: a.xdp_mode,
+        metrics_listen: a.metrics_listen,
     };
     let policy = Policy::build(file, &o)?;
     // Unknown interfaces are bad input: check before touching the kernel.

@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
+    net::SocketAddr,
     path::Path,
     str::FromStr,
 };
@@ -145,6 +146,8 @@ pub struct ConfigFile {
     pub xdp_mode: Option<XdpMode>,
     pub ipv4_prefix: Option<u8>,
     pub ipv6_prefix: Option<u8>,
+    /// Where `/metrics` is served (`metrics_listen`); none when absent.
+    pub metrics_listen: Option<SocketAddr>,
     /// `[[service]]` tables.
     pub services: Vec<ServiceFile>,
     pub maps: MapSizes,
@@ -258,6 +261,7 @@ pub struct Overrides {
     pub ipv4_prefix: Option<u8>,
     pub ipv6_prefix: Option<u8>,
     pub xdp_mode: Option<XdpMode>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// One validated service.
@@ -294,10 +298,17 @@ pub struct Policy {
     pub xdp_mode: XdpMode,
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub services: Vec<Service>,
     pub maps: MapSizes,
     /// The config file's lists (run-time entries are layered on by the daemon).
     pub lists: crate::lists::Lists,
+}
+
+/// An `ADDR:PORT` to listen on (`--metrics-listen`, `metrics_listen`).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:9464 or [::1]:9464)"))
 }
 
 /// Default rate of the built-in policy and of `--port` services without `--rate`.
@@ -382,6 +393,7 @@ impl Policy {
             xdp_mode: o.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
             ipv4_prefix: o.ipv4_prefix.or(file.ipv4_prefix).unwrap_or(32),
             ipv6_prefix: o.ipv6_prefix.or(file.ipv6_prefix).unwrap_or(64),
+            metrics_listen: o.metrics_listen.or(file.metrics_listen),
             services,
             maps: file.maps,
             lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },

@@ -10,16 +10,25 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use limiter_common::{Verdict, lists::LIST_ENTRIES, maps::MAX_SERVICES, pool};
+use aya::maps::{MapData, RingBuf};
+use limiter_common::{
+    SourceKey, Verdict,
+    lists::LIST_ENTRIES,
+    maps::{MAX_SERVICES, SockRecord, names},
+    pool,
+};
 use log::{debug, info, warn};
+use sd_notify::NotifyState;
 use serde_json::{Value, json};
-use tokio::{net::UnixListener, signal::unix::SignalKind};
+use tokio::{io::unix::AsyncFd, net::UnixListener, signal::unix::SignalKind};
 
 use crate::{
     config::{ConfigFile, Overrides, Policy, Rate},
     control::{self, ListName, Request},
+    events::{self, Budget, Bursts, Event},
     lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
-    loader::{self, Loaded},
+    loader::{self, LoadError, Loaded},
+    metrics::{self, ServiceSnapshot, Snapshot},
     pins,
     state::RuntimeLists,
 };
@@ -70,6 +79,10 @@ pub struct Daemon {
     /// Entries added at run time.
     pub runtime: RuntimeLists,
     pub source: Source,
+    /// The kernel's event tokens and its count of unreported refusals.
+    pub budget: Budget,
+    /// Refusal log lines, rate-limited per source and reason burst.
+    pub bursts: Bursts,
 }
 
 #[expect(clippy::too_many_lines, reason = "start-up, then one select loop")]
@@ -100,13 +113,32 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
             return Err(e.into());
         }
     };
+    let mut loaded = loaded;
     for a in &loaded.attachments {
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
+    let (ring, budget) = match take_events(&mut loaded) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = fs::remove_file(&paths.socket);
+            return Err(e.into());
+        }
+    };
+    let metrics_listener = match policy.metrics_listen {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = fs::remove_file(&paths.socket);
+                bail!("cannot serve metrics on {addr}: {e} (metrics_listen / --metrics-listen)");
+            }
+        },
+        None => None,
+    };
     log_policy(&effective);
     info!("control socket {}", paths.socket.display());
 
-    let state = Rc::new(RefCell::new(Daemon { loaded, policy, runtime, source }));
+    let bursts = Bursts::new(events::window());
+    let state = Rc::new(RefCell::new(Daemon { loaded, policy, runtime, source, budget, bursts }));
     let handler = {
         let state = Rc::clone(&state);
         move |req: Request| {
@@ -124,6 +156,19 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         }
     };
     let server = tokio::task::spawn_local(control::serve(listener, handler));
+    let metrics_server = metrics_listener.map(|l| {
+        let state = Rc::clone(&state);
+        tokio::task::spawn_local(metrics::serve(l, move || snapshot(&state.borrow()).map(|s| metrics::render(&s))))
+    });
+    // Programs attached, control socket listening: tell systemd (Type=notify).
+    notify(&[NotifyState::Ready, NotifyState::Status(&ready_status(&state.borrow()))]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut watchdog_tick = tokio::time::interval(watchdog.map_or(std::time::Duration::from_hours(1), |d| d / 2));
+    let mut ring = ring;
+    let mut refill = tokio::time::interval(std::time::Duration::from_millis(limiter_common::events::REFILL_MS));
+    refill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(std::time::Duration::from_millis(250));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -163,6 +208,30 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                     Err(e) => warn!("SIGHUP: {e}"),
                 }
             }
+            guard = ring.readable_mut() => {
+                let Ok(mut guard) = guard else { continue };
+                let d = &mut *state.borrow_mut();
+                let now = std::time::Instant::now();
+                while let Some(item) = guard.get_inner_mut().next() {
+                    if let Some(e) = Event::decode(&item) {
+                        for out in d.refusal(&e, now) {
+                            events::log(&out);
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = refill.tick() => {
+                if let Err(e) = state.borrow_mut().budget.refill() {
+                    warn!("{:#}", anyhow::Error::from(e));
+                }
+            }
+            _ = flush.tick() => {
+                for out in state.borrow_mut().bursts.flush(std::time::Instant::now()) {
+                    events::log(&out);
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             _ = reconcile.tick(), if !state.borrow().loaded.seeded.is_empty() => {
                 let loaded = &mut state.borrow_mut().loaded;
                 match loaded.seeded.reconcile(&mut loaded.ebpf) {
@@ -173,13 +242,47 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
             }
         }
     }
+    notify(&[NotifyState::Stopping]);
     server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
+    for out in state.borrow_mut().bursts.flush(std::time::Instant::now() + events::window()) {
+        events::log(&out);
+    }
     let _ = fs::remove_file(&paths.socket);
     info!(
         "daemon stopped; counting and enforcement continue from {} (`limiter unload` removes them)",
         paths.pin_dir.display()
     );
     Ok(())
+}
+
+/// Takes the refusal ring buffer and the event budget out of the object
+/// (the daemon reads them outside the shared state).
+fn take_events(loaded: &mut Loaded) -> Result<(AsyncFd<RingBuf<MapData>>, Budget), LoadError> {
+    let map = loaded.ebpf.take_map(names::EVENTS).ok_or(LoadError::NoObject)?;
+    let ring = RingBuf::try_from(map).map_err(loader::map_err(names::EVENTS))?;
+    // SAFETY: the ring buffer owns its descriptor and keeps it open while the
+    // `AsyncFd` holds it.
+    let ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| LoadError::Seed { what: "watch the refusal ring buffer".into(), source: e.into() })?;
+    let mut budget = Budget::take(&mut loaded.ebpf)?;
+    budget.refill()?;
+    Ok((ring, budget))
+}
+
+/// Tells systemd, when run by it (`NOTIFY_SOCKET`); nothing otherwise.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        debug!("sd_notify: {e}");
+    }
+}
+
+/// The one-line status `systemctl status` shows.
+fn ready_status(d: &Daemon) -> String {
+    let ifaces: Vec<String> = d.loaded.attachments.iter().map(|a| format!("{} ({})", a.name, a.xdp_mode)).collect();
+    format!("enforcing {} services on {}", d.policy.services.len(), ifaces.join(", "))
 }
 
 fn log_policy(policy: &Policy) {
@@ -393,7 +496,34 @@ impl Daemon {
     }
 
     /// Re-reads the config and applies it whole, or changes nothing.
+    /// `reload` with systemd told (`RELOADING=1`, then `READY=1`).
     pub fn reload(&mut self) -> Result<Value, String> {
+        let mut state = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            state.push(now);
+        }
+        notify(&state);
+        let r = self.reload_config();
+        notify(&[NotifyState::Ready]);
+        r
+    }
+
+    /// A refusal the kernel reported: what to log of it.
+    fn refusal(&mut self, e: &Event, now: std::time::Instant) -> Vec<events::Emit> {
+        let (loaded, policy, runtime) = (&self.loaded, &self.policy, &self.runtime);
+        self.bursts.event(e, now, || {
+            let force = in_force(policy, &runtime.lists);
+            let sessions = loader::read_sessions(&loaded.ebpf).unwrap_or_default();
+            let cx = events::Context {
+                policy: &force,
+                connections: &|key| events::connections_of(&loaded.ebpf, key),
+                sessions: &|id| sessions_in_use(&sessions, id),
+            };
+            events::describe(e, &cx)
+        })
+    }
+
+    fn reload_config(&mut self) -> Result<Value, String> {
         let file = match &self.source.config {
             Some(p) => ConfigFile::read(p).map_err(|e| e.to_string())?,
             None => ConfigFile::default(),
@@ -405,6 +535,7 @@ impl Daemon {
             ("ipv4_prefix", new.ipv4_prefix != self.policy.ipv4_prefix),
             ("ipv6_prefix", new.ipv6_prefix != self.policy.ipv6_prefix),
             ("[maps]", new.maps != self.policy.maps),
+            ("metrics_listen", new.metrics_listen != self.policy.metrics_listen),
         ];
         if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
             return Err(format!(
@@ -492,6 +623,64 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
     Ok(json!({ "sources": sources }))
 }
 
+/// Sessions of service `id` in use (established and seeded; handshakes in
+/// flight are not shown), from `SESSIONS` as `read_sessions` returns it.
+fn sessions_in_use(sessions: &[u64], id: u32) -> u64 {
+    let at = |kind| sessions.get(pool::index(id, kind) as usize).copied().unwrap_or(0);
+    at(pool::ESTABLISHED) + at(pool::SEEDED)
+}
+
+/// What a metrics scrape reports, read from the kernel now.
+fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
+    let ebpf = &d.loaded.ebpf;
+    let rows = loader::read_counters(ebpf).map_err(|e| e.to_string())?;
+    let sessions = loader::read_sessions(ebpf).map_err(|e| e.to_string())?;
+    let sources = loader::sources(ebpf).map_err(|e| e.to_string())?;
+    let mut conns = vec![0u64; MAX_SERVICES as usize + 1];
+    for (key, n) in &sources {
+        if let Some(c) = conns.get_mut(usize::from(key.service)) {
+            *c += n;
+        }
+    }
+    let services = d
+        .policy
+        .services
+        .iter()
+        .map(|s| ServiceSnapshot {
+            name: s.name.clone(),
+            counters: rows[s.id as usize],
+            connections: conns[s.id as usize],
+            sessions: sessions_in_use(&sessions, s.id),
+            max_sessions: s.max_sessions,
+            max_conn_per_source: s.max_conn_per_source,
+        })
+        .collect();
+    let mut maps = Vec::new();
+    for name in [names::CONNS, names::SEEDED, names::SOCKS] {
+        let used = if name == names::SOCKS {
+            loader::map_entries::<u64, SockRecord>(ebpf, name)
+        } else {
+            loader::map_entries::<SourceKey, u64>(ebpf, name)
+        };
+        let max = loader::map_size(ebpf, name).map_err(|e| e.to_string())?;
+        maps.push((name, used.map_err(|e| e.to_string())?, u64::from(max)));
+    }
+    let lists = in_force(&d.policy, &d.runtime.lists).lists.merge(&d.policy.services).len();
+    maps.push((names::LISTS, lists as u64, u64::from(LIST_ENTRIES)));
+    Ok(Snapshot {
+        version: env!("CARGO_PKG_VERSION"),
+        services,
+        passed_other: rows[0][Verdict::PassedOther as usize],
+        sources_tracked: maps[0].1,
+        sources_connected: sources.iter().filter(|(_, n)| *n > 0).count() as u64,
+        maps,
+        attachments: d.loaded.attachments.iter().map(|a| (a.name.clone(), a.xdp_mode)).collect(),
+        events_unreported: d.budget.unreported().map_err(|e| e.to_string())?,
+        log_suppressed: d.bursts.suppressed_total,
+        log_lines: d.bursts.logged_total,
+    })
+}
+
 /// The `status` response (documented in docs/status.md).
 fn status(d: &Daemon) -> Result<Value, String> {
     let (loaded, policy) = (&d.loaded, &d.policy);
@@ -508,8 +697,7 @@ fn status(d: &Daemon) -> Result<Value, String> {
             for (t, c) in totals.iter_mut().zip(row) {
                 *t += c;
             }
-            let in_use = sessions.get(pool::index(s.id, pool::ESTABLISHED) as usize).copied().unwrap_or(0)
-                + sessions.get(pool::index(s.id, pool::SEEDED) as usize).copied().unwrap_or(0);
+            let in_use = sessions_in_use(&sessions, s.id);
             json!({
                 "name": s.name,
                 "ports": s.ports,

@@ -3,13 +3,16 @@
 
 // The binary's logger; the library only uses the `log` facade.
 use env_logger as _;
+use systemd_journal_logger as _;
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod events;
 pub mod lists;
 pub mod loader;
+pub mod metrics;
 pub mod pins;
 pub mod seed;
 pub mod sockdiag;

@@ -64,6 +64,8 @@ pub enum LoadError {
     Incompatible(String),
     #[error("cannot {what}")]
     Seed { what: String, source: std::io::Error },
+    #[error("cannot count the possible CPUs")]
+    Cpus(#[source] std::io::Error),
     #[error("attaching XDP to {iface} in {mode} mode failed")]
     Attach { iface: String, mode: &'static str, source: ProgramError },
 }
@@ -307,7 +309,7 @@ fn write_lists(
 }
 
 /// The `max_entries` a map was created with (a pinned one keeps its own).
-fn map_size(ebpf: &Ebpf, name: &'static str) -> Result<u32, LoadError> {
+pub(crate) fn map_size(ebpf: &Ebpf, name: &'static str) -> Result<u32, LoadError> {
     let map = ebpf.map(name).ok_or(LoadError::NoObject)?;
     let (aya::maps::Map::Array(data)
     | aya::maps::Map::HashMap(data)
@@ -484,6 +486,13 @@ pub fn read_sessions(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
     let map = ebpf.map(names::SESSIONS).ok_or(LoadError::NoObject)?;
     let m: Array<&MapData, u64> = Array::try_from(map).map_err(map_err(names::SESSIONS))?;
     m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(names::SESSIONS))
+}
+
+/// Entries in a hash map now (one syscall per key: for metrics, not hot paths).
+pub(crate) fn map_entries<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<u64, LoadError> {
+    let map = ebpf.map(name).ok_or(LoadError::NoObject)?;
+    let m: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
+    Ok(m.keys().flatten().count() as u64)
 }
 
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`),

@@ -441,6 +441,17 @@ pub struct Daemon {
     pub pin_dir: PathBuf,
     pub dir: PathBuf,
     pub log: PathBuf,
+    pub spawn: Spawn,
+}
+
+/// How the daemon process is started, beyond its arguments.
+#[derive(Debug, Clone, Default)]
+pub struct Spawn {
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// A command the binary runs under, inside the namespace (e.g.
+    /// `unshare -m ...`), ending with the argument that takes the binary.
+    pub wrap: Vec<String>,
 }
 
 /// The binary under test (set by `cargo xtask test`).
@@ -455,6 +466,12 @@ impl Daemon {
     /// paths, and waits until its control socket answers.
     #[must_use]
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        Self::start_with(ns, args, Spawn::default())
+    }
+
+    /// [`Self::start`] with extra environment or a wrapping command.
+    #[must_use]
+    pub fn start_with(ns: &Netns, args: &[&str], spawn: Spawn) -> Self {
         let dir = std::env::temp_dir().join(unique("limiter-test-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut d = Self {
@@ -463,6 +480,7 @@ impl Daemon {
             pin_dir: PathBuf::from("/sys/fs/bpf").join(unique("limiter-test-")),
             log: dir.join("daemon.log"),
             dir,
+            spawn,
         };
         d.spawn(ns, args);
         d
@@ -478,6 +496,7 @@ impl Daemon {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path().display()))
+            .args(&self.spawn.wrap)
             .arg(limiter_bin())
             .arg("run")
             .args(args)
@@ -490,6 +509,7 @@ impl Daemon {
             // Idle connection-table entries are reclaimed every 200 ms
             // instead of 30 s, so every test runs alongside reclamation.
             .env("LIMITER_RECLAIM_MS", "200")
+            .envs(self.spawn.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

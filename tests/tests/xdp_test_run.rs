@@ -35,6 +35,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
         xdp_mode: XdpMode::Auto,
         ipv4_prefix: v4_prefix,
         ipv6_prefix: v6_prefix,
+        metrics_listen: None,
         services: vec![Service {
             id: 1,
             name: "smtp".into(),

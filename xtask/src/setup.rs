@@ -29,6 +29,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "netsniff-ng",
     "util-linux",
     "procps",
+    // fail2ban-regex checks the shipped filter against real daemon output.
+    "fail2ban",
 ];
 
 /// The toolchain that builds the kernel crate, and how to invoke it.

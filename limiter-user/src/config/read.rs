@@ -313,6 +313,15 @@ fn choice<T: clap::ValueEnum>(v: &Value) -> Result<T, String> {
     })
 }
 
+fn listen_addr(v: &Value) -> Result<std::net::SocketAddr, String> {
+    v.as_str()
+        .ok_or("expected \"ADDR:PORT\" in quotes")
+        .and_then(|s| {
+            crate::config::parse_listen(s).map_err(|_| "expected ADDR:PORT, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"")
+        })
+        .map_err(str::to_owned)
+}
+
 fn rate(v: &Value) -> Result<Rate, String> {
     v.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| "expected N/s or N/m with N >= 1, e.g. \"30/m\"".to_owned())
 }
@@ -322,8 +331,18 @@ fn prefix(v: &Value) -> Result<Cidr, String> {
     Prefix::parse(s).map(Cidr).map_err(|e| format!("{e}"))
 }
 
-const TOP_FIELDS: &[&str] =
-    &["interfaces", "xdp_mode", "ipv4_prefix", "ipv6_prefix", "service", "maps", "allow", "deny", "reserve"];
+const TOP_FIELDS: &[&str] = &[
+    "interfaces",
+    "xdp_mode",
+    "ipv4_prefix",
+    "ipv6_prefix",
+    "metrics_listen",
+    "service",
+    "maps",
+    "allow",
+    "deny",
+    "reserve",
+];
 const SERVICE_FIELDS: &[&str] =
     &["name", "ports", "rate", "burst", "action", "max_conn_per_source", "max_sessions", "reserved_sessions"];
 const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
@@ -345,6 +364,7 @@ fn document(f: &Fields<'_>, r: &mut Report) -> (ConfigFile, [Vec<usize>; 3]) {
         xdp_mode: f.value(r, "xdp_mode", choice),
         ipv4_prefix: f.value(r, "ipv4_prefix", whole("1..=32")),
         ipv6_prefix: f.value(r, "ipv6_prefix", whole("1..=128")),
+        metrics_listen: f.value(r, "metrics_listen", listen_addr),
         services: f.tables(r, "service").iter_mut().enumerate().map(|(i, t)| service(t, i, r)).collect(),
         maps: f.table(r, "maps").map_or_else(MapSizes::default, |t| maps(&t, r)),
         allow,

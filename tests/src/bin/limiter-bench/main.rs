@@ -194,6 +194,7 @@ fn policy() -> Policy {
         xdp_mode: XdpMode::default(),
         ipv4_prefix: 32,
         ipv6_prefix: 64,
+        metrics_listen: None,
         services: vec![
             service("open", RATE_OPEN_PORT, 1_000_000_000, 1, 1_000_000),
             service("strict", RATE_STRICT_PORT, 1, 86_400, 1),

@@ -1,0 +1,44 @@
+//! Refusal events: what XDP tells the daemon about each refused SYN, through
+//! the `EVENTS` ring buffer, within a per-CPU budget the daemon refills.
+//!
+//! A flood must not turn into a flood of events: XDP spends one token of
+//! `EVENT_BUDGET[TOKENS]` (per CPU) per event and, with none left, counts
+//! the refusal in `EVENT_BUDGET[UNREPORTED]` instead. The daemon sets the
+//! tokens back to [`TOKENS_PER_REFILL`] every [`REFILL_MS`], so at most
+//! `TOKENS_PER_REFILL * 1000 / REFILL_MS` events per second and CPU reach the
+//! ring; with no daemon running the tokens run out and XDP stops writing.
+
+/// Bytes of the `EVENTS` ring buffer (a power of two, a multiple of the page
+/// size): 8,192 events of 32 bytes with their headers.
+pub const RING_BYTES: u32 = 256 * 1024;
+
+/// Index of the tokens left in `EVENT_BUDGET`.
+pub const TOKENS: u32 = 0;
+/// Index of the refusals not reported for want of a token or of ring space.
+pub const UNREPORTED: u32 = 1;
+/// Entries of `EVENT_BUDGET`.
+pub const BUDGET_ENTRIES: u32 = 2;
+
+/// Tokens per CPU after each refill.
+pub const TOKENS_PER_REFILL: u64 = 64;
+/// How often the daemon refills the tokens.
+pub const REFILL_MS: u64 = 100;
+
+/// One refused SYN.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Refusal {
+    /// The client address (IPv4 in the first four bytes), not masked.
+    pub addr: [u8; 16],
+    /// [`crate::maps::family`].
+    pub family: u8,
+    /// The [`crate::Verdict`] that refused it.
+    pub verdict: u8,
+    /// The service id.
+    pub service: u8,
+    pub pad: u8,
+    /// The destination port, host order.
+    pub port: u16,
+    pub pad2: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Refusal>() == 24);

@@ -1,0 +1,514 @@
+//! Refusal log lines: the kernel reports refused SYNs through the `EVENTS`
+//! ring buffer (`limiter_common::events`); the daemon logs one line per
+//! source, service and reason burst, and at the end of the burst one line
+//! with the count of what it did not log:
+//!
+//! ```text
+//! refused 198.51.100.7 smtp:25 too many connections (8/8)
+//! refused 198.51.100.7 smtp:25 too many connections (8/8): 41 more in 10s
+//! ```
+//!
+//! The first form is the one fail2ban counts (`packaging/fail2ban`); the
+//! second ends with the count, so a filter anchored on the closing
+//! parenthesis counts one failure per burst.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+};
+use limiter_common::{
+    SourceKey, Verdict,
+    events::{self, Refusal},
+    maps::{family, names},
+    prefix::{Prefix, mask_v4, mask_v6},
+};
+use log::info;
+
+use crate::{
+    config::{Policy, Service},
+    lists::{AllowEntry, DenyEntry},
+    loader::{LoadError, map_err},
+};
+
+/// How long a burst lasts: refusals of the same source, service and reason
+/// within this of the burst's first line are counted, not logged.
+/// `LIMITER_EVENT_WINDOW_MS` overrides it (the tests use it).
+#[must_use]
+pub fn window() -> Duration {
+    let ms = std::env::var("LIMITER_EVENT_WINDOW_MS").ok().and_then(|v| v.parse().ok()).filter(|&ms: &u64| ms >= 100);
+    Duration::from_millis(ms.unwrap_or(10_000))
+}
+
+/// New bursts logged per second at most; beyond, refusals are summed up in
+/// one line at the end of the window (a spoofed flood has a new source on
+/// every SYN).
+pub const LINES_PER_SECOND: u32 = 50;
+
+/// Bursts tracked at once; refusals of sources beyond are summed up too.
+pub const MAX_BURSTS: usize = 8_192;
+
+/// One refused SYN as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub addr: IpAddr,
+    pub service: u32,
+    pub port: u16,
+    pub verdict: Verdict,
+}
+
+impl Event {
+    /// Decodes a ring buffer record; `None` if it is not one of ours.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Refusal>() {
+            return None;
+        }
+        // SAFETY: the length is checked and `Refusal` is plain old data.
+        let r: Refusal = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let addr = match r.family {
+            family::V4 => IpAddr::V4(Ipv4Addr::new(r.addr[0], r.addr[1], r.addr[2], r.addr[3])),
+            family::V6 => IpAddr::V6(Ipv6Addr::from(r.addr)),
+            _ => return None,
+        };
+        let verdict = *Verdict::ALL.get(usize::from(r.verdict))?;
+        Some(Self { addr, service: u32::from(r.service), port: r.port, verdict })
+    }
+
+    /// The source key the kernel counts this client under.
+    #[must_use]
+    pub fn key(&self, policy: &Policy) -> SourceKey {
+        #[expect(clippy::cast_possible_truncation, reason = "service ids are < 256")]
+        let mut key = SourceKey { addr: [0; 16], service: self.service as u8, family: family::V4, pad: [0; 2] };
+        match self.addr {
+            IpAddr::V4(a) => key.addr[..4].copy_from_slice(&mask_v4(a.octets(), policy.ipv4_prefix)),
+            IpAddr::V6(a) => {
+                key.family = family::V6;
+                key.addr = mask_v6(a.octets(), policy.ipv6_prefix);
+            }
+        }
+        key
+    }
+}
+
+/// A refusal line: `refused SOURCE SERVICE:PORT REASON (DETAIL)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub source: IpAddr,
+    pub service: String,
+    pub port: u16,
+    pub verdict: Verdict,
+    /// The limit that refused it (connections, sessions, attempts per period).
+    pub limit: Option<u64>,
+    /// What was in use against that limit when the line was written.
+    pub count: Option<u64>,
+    /// The reason in words, with the limit: `too many connections (8/8)`.
+    pub reason: String,
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refused {} {}:{} {}", self.source, self.service, self.port, self.reason)
+    }
+}
+
+/// What the daemon knows when it writes a line: the policy in force (its
+/// lists with the run-time entries) and the counts in the kernel now.
+pub struct Context<'a> {
+    pub policy: &'a Policy,
+    /// Established connections of a source (`CONNS` + `SEEDED`).
+    pub connections: &'a dyn Fn(&SourceKey) -> u64,
+    /// Sessions in use of a service id.
+    pub sessions: &'a dyn Fn(u32) -> u64,
+}
+
+/// Builds the line for `e`, naming the limit that refused it.
+#[must_use]
+pub fn describe(e: &Event, cx: &Context<'_>) -> Line {
+    let service = cx.policy.services.iter().find(|s| s.id == e.service);
+    let name = service.map_or_else(|| format!("service{}", e.service), |s| s.name.clone());
+    let host = Prefix::new(e.addr, if e.addr.is_ipv4() { 32 } else { 128 });
+    let allow = longest(&cx.policy.lists.allow, &host, |a: &AllowEntry| a.prefix.0);
+    // An allow entry with limits replaces the service's per-source limits.
+    let own = allow.filter(|a| a.max_conn_per_source.is_some() || a.rate.is_some());
+    let (mut limit, mut count, reason) = (None, None, String::new());
+    let reason = match (e.verdict, service) {
+        (Verdict::RefusedDeny, _) => {
+            let deny = longest(&cx.policy.lists.deny, &host, |d: &DenyEntry| d.prefix.0);
+            deny.map_or_else(|| "on the deny list".to_owned(), |d| format!("on the deny list ({})", d.prefix))
+        }
+        (Verdict::RefusedConcurrency, Some(s)) => {
+            let max = own.map_or(s.max_conn_per_source, |a| a.max_conn_per_source);
+            let held = (cx.connections)(&e.key(cx.policy));
+            limit = max.map(u64::from);
+            count = Some(held);
+            match limit {
+                Some(l) => format!("too many connections ({held}/{l})"),
+                None => format!("too many connections ({held})"),
+            }
+        }
+        (Verdict::RefusedRate, Some(s)) => {
+            let (rate, burst) = own.map_or((s.rate, Some(s.burst)), |a| (a.rate, a.burst));
+            limit = rate.map(|r| r.count);
+            match (rate, burst) {
+                (Some(r), Some(b)) => format!("too many attempts (rate {r}, burst {b})"),
+                (Some(r), None) => format!("too many attempts (rate {r})"),
+                _ => "too many attempts".to_owned(),
+            }
+        }
+        (Verdict::RefusedSessions | Verdict::RefusedReserve, Some(s)) => {
+            sessions_reason(e, s, cx, &mut limit, &mut count)
+        }
+        _ => reason,
+    };
+    Line { source: e.addr, service: name, port: e.port, verdict: e.verdict, limit, count, reason }
+}
+
+fn sessions_reason(
+    e: &Event,
+    s: &Service,
+    cx: &Context<'_>,
+    limit: &mut Option<u64>,
+    count: &mut Option<u64>,
+) -> String {
+    let max = s.max_sessions.map_or(0, u64::from);
+    let in_use = (cx.sessions)(s.id);
+    *count = Some(in_use);
+    if e.verdict == Verdict::RefusedSessions {
+        *limit = Some(max);
+        format!("service full ({in_use}/{max} sessions)")
+    } else {
+        let open = max.saturating_sub(u64::from(s.reserved_sessions));
+        *limit = Some(open);
+        format!("sessions reserved ({in_use}/{max} sessions, {} kept for the reserve list)", s.reserved_sessions)
+    }
+}
+
+/// The longest entry of a list covering `host`.
+fn longest<'a, T>(list: &'a [T], host: &Prefix, prefix: impl Fn(&T) -> Prefix) -> Option<&'a T> {
+    list.iter().filter(|e| prefix(e).covers(host)).max_by_key(|e| prefix(e).len)
+}
+
+/// What ends up in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Emit {
+    /// The first refusal of a burst.
+    Refused(Line),
+    /// The end of a burst with refusals not logged.
+    Repeated { line: Line, more: u64, window: Duration },
+    /// Refusals of bursts not logged at all (the line rate or the burst
+    /// table was at its limit): how many, from how many sources at least.
+    Unlogged { refusals: u64, sources: u64, window: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    addr: IpAddr,
+    service: u32,
+    verdict: Verdict,
+}
+
+struct Burst {
+    started: Instant,
+    /// The line logged for it; `None` when it was not logged.
+    line: Option<Line>,
+    suppressed: u64,
+}
+
+/// Turns refusals into log lines: one per burst, rate-limited, with the
+/// count of the rest. Pure: time is given by the caller.
+pub struct Bursts {
+    window: Duration,
+    open: HashMap<Key, Burst>,
+    second: Option<Instant>,
+    lines_this_second: u32,
+    /// Refusals of sources not tracked (the table was full).
+    overflow: u64,
+    /// Refusals not logged on a line of their own, ever.
+    pub suppressed_total: u64,
+    /// Lines of the `Refused` form written, ever.
+    pub logged_total: u64,
+}
+
+impl Bursts {
+    #[must_use]
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            open: HashMap::new(),
+            second: None,
+            lines_this_second: 0,
+            overflow: 0,
+            suppressed_total: 0,
+            logged_total: 0,
+        }
+    }
+
+    /// One refusal at `now`; `line` describes it if it is to be logged.
+    pub fn event(&mut self, e: &Event, now: Instant, line: impl FnOnce() -> Line) -> Vec<Emit> {
+        let key = Key { addr: e.addr, service: e.service, verdict: e.verdict };
+        let mut out = Vec::new();
+        let full = self.open.len() >= MAX_BURSTS;
+        match self.open.get_mut(&key) {
+            Some(b) if now.duration_since(b.started) < self.window => {
+                b.suppressed += 1;
+                self.suppressed_total += 1;
+                return out;
+            }
+            Some(_) => {
+                // Its window is over and not flushed yet: close it first.
+                if let Some(b) = self.open.remove(&key) {
+                    out.extend(self.close(b, &mut 0, &mut 0));
+                }
+            }
+            None if full => {
+                self.overflow += 1;
+                self.suppressed_total += 1;
+                return out;
+            }
+            None => {}
+        }
+        if self.second.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1)) {
+            self.second = Some(now);
+            self.lines_this_second = 0;
+        }
+        let logged = if self.lines_this_second < LINES_PER_SECOND {
+            self.lines_this_second += 1;
+            self.logged_total += 1;
+            let l = line();
+            out.push(Emit::Refused(l.clone()));
+            Some(l)
+        } else {
+            self.suppressed_total += 1;
+            None
+        };
+        self.open.insert(key, Burst { started: now, line: logged, suppressed: 0 });
+        out
+    }
+
+    /// Closes the bursts whose window is over at `now`.
+    pub fn flush(&mut self, now: Instant) -> Vec<Emit> {
+        let window = self.window;
+        let over: Vec<Key> =
+            self.open.iter().filter(|(_, b)| now.duration_since(b.started) >= window).map(|(k, _)| *k).collect();
+        let (mut refusals, mut sources) = (std::mem::take(&mut self.overflow), 0u64);
+        let mut out = Vec::new();
+        for k in over {
+            if let Some(b) = self.open.remove(&k) {
+                out.extend(self.close(b, &mut refusals, &mut sources));
+            }
+        }
+        if refusals > 0 {
+            out.push(Emit::Unlogged { refusals, sources: sources.max(1), window });
+        }
+        out
+    }
+
+    /// What a closed burst leaves to log; an unlogged one adds to the sums.
+    fn close(&self, b: Burst, refusals: &mut u64, sources: &mut u64) -> Option<Emit> {
+        match b.line {
+            Some(line) if b.suppressed > 0 => Some(Emit::Repeated { line, more: b.suppressed, window: self.window }),
+            Some(_) => None,
+            None => {
+                *refusals += 1 + b.suppressed;
+                *sources += 1;
+                None
+            }
+        }
+    }
+}
+
+/// Writes an emitted line to the log, with journal fields under systemd
+/// (`SOURCE`, `SERVICE`, `PORT`, `REASON`, `LIMIT`, `COUNT`, `SUPPRESSED`).
+pub fn log(e: &Emit) {
+    match e {
+        Emit::Refused(l) => info!(
+            target: "limiter::refused",
+            source = l.source.to_string().as_str(), service = l.service.as_str(), port = l.port,
+            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = 0u64;
+            "{l}"
+        ),
+        Emit::Repeated { line: l, more, window } => info!(
+            target: "limiter::refused",
+            source = l.source.to_string().as_str(), service = l.service.as_str(), port = l.port,
+            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = *more;
+            "{l}: {more} more in {}s", window.as_secs()
+        ),
+        Emit::Unlogged { refusals, sources, window } => info!(
+            target: "limiter::refused", suppressed = *refusals;
+            "{refusals} refusals from {sources} or more sources not logged in {}s (log rate limit)",
+            window.as_secs()
+        ),
+    }
+}
+
+/// The event budget map: refilled per CPU, read for unreported refusals.
+pub struct Budget {
+    map: PerCpuArray<MapData, u64>,
+    cpus: usize,
+}
+
+impl Budget {
+    /// Takes `EVENT_BUDGET` out of the loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let map = ebpf.take_map(names::EVENT_BUDGET).ok_or(LoadError::NoObject)?;
+        let map = PerCpuArray::try_from(map).map_err(map_err(names::EVENT_BUDGET))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
+        Ok(Self { map, cpus })
+    }
+
+    /// Gives every CPU its tokens back.
+    pub fn refill(&mut self) -> Result<(), LoadError> {
+        let values = PerCpuValues::try_from(vec![events::TOKENS_PER_REFILL; self.cpus]).map_err(LoadError::Cpus)?;
+        self.map.set(events::TOKENS, values, 0).map_err(map_err(names::EVENT_BUDGET))
+    }
+
+    /// Refusals the kernel did not report (no token or no ring space), ever.
+    pub fn unreported(&self) -> Result<u64, LoadError> {
+        Ok(self.map.get(&events::UNREPORTED, 0).map_err(map_err(names::EVENT_BUDGET))?.iter().sum())
+    }
+}
+
+/// Established connections of one source (`CONNS` + `SEEDED`).
+#[must_use]
+pub fn connections_of(ebpf: &Ebpf, key: &SourceKey) -> u64 {
+    [names::CONNS, names::SEEDED]
+        .iter()
+        .filter_map(|name| {
+            let m: BpfHashMap<&MapData, SourceKey, u64> = BpfHashMap::try_from(ebpf.map(name)?).ok()?;
+            m.get(key, 0).ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(last: u8, verdict: Verdict) -> Event {
+        Event { addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)), service: 1, port: 25, verdict }
+    }
+
+    fn line(e: &Event) -> Line {
+        Line {
+            source: e.addr,
+            service: "smtp".into(),
+            port: e.port,
+            verdict: e.verdict,
+            limit: Some(8),
+            count: Some(8),
+            reason: "too many connections (8/8)".into(),
+        }
+    }
+
+    #[test]
+    fn the_line_reads_as_documented() {
+        let e = ev(7, Verdict::RefusedConcurrency);
+        assert_eq!(line(&e).to_string(), "refused 198.18.0.7 smtp:25 too many connections (8/8)");
+    }
+
+    #[test]
+    fn decode_reads_what_the_kernel_writes() {
+        let r = Refusal {
+            addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+            family: family::V6,
+            verdict: Verdict::RefusedRate as u8,
+            service: 3,
+            pad: 0,
+            port: 587,
+            pad2: [0; 2],
+        };
+        // SAFETY: `Refusal` is plain old data.
+        let bytes: [u8; size_of::<Refusal>()] = unsafe { std::mem::transmute(r) };
+        let e = Event::decode(&bytes).expect("decodes");
+        assert_eq!(e.addr, "2001:db8::9".parse::<IpAddr>().expect("addr"));
+        assert_eq!((e.service, e.port, e.verdict), (3, 587, Verdict::RefusedRate));
+        assert_eq!(Event::decode(&bytes[..10]), None);
+        let mut bad = bytes;
+        bad[16] = 5;
+        assert_eq!(Event::decode(&bad), None, "unknown family");
+    }
+
+    #[test]
+    fn one_line_per_burst_then_the_count() {
+        let w = Duration::from_secs(10);
+        let mut b = Bursts::new(w);
+        let t0 = Instant::now();
+        let e = ev(7, Verdict::RefusedConcurrency);
+        let first = b.event(&e, t0, || line(&e));
+        assert_eq!(first, vec![Emit::Refused(line(&e))]);
+        for i in 1..=41 {
+            assert!(b.event(&e, t0 + Duration::from_millis(i * 100), || line(&e)).is_empty());
+        }
+        // Another reason of the same source is a burst of its own.
+        let rate = ev(7, Verdict::RefusedRate);
+        assert_eq!(b.event(&rate, t0 + Duration::from_secs(1), || line(&rate)).len(), 1);
+        assert!(b.flush(t0 + Duration::from_secs(9)).is_empty(), "nothing ends before the window");
+        let end = b.flush(t0 + w);
+        assert_eq!(end, vec![Emit::Repeated { line: line(&e), more: 41, window: w }]);
+        assert_eq!((b.logged_total, b.suppressed_total), (2, 41));
+        // A new burst after the window logs again.
+        assert_eq!(b.event(&e, t0 + w + Duration::from_secs(1), || line(&e)).len(), 1);
+    }
+
+    #[test]
+    fn a_burst_past_its_window_is_closed_by_the_next_refusal() {
+        let w = Duration::from_secs(10);
+        let mut b = Bursts::new(w);
+        let t0 = Instant::now();
+        let e = ev(7, Verdict::RefusedConcurrency);
+        b.event(&e, t0, || line(&e));
+        b.event(&e, t0 + Duration::from_secs(1), || line(&e));
+        let out = b.event(&e, t0 + Duration::from_secs(11), || line(&e));
+        assert_eq!(out, vec![Emit::Repeated { line: line(&e), more: 1, window: w }, Emit::Refused(line(&e))]);
+    }
+
+    #[test]
+    fn a_flood_of_sources_is_capped_and_summed_up() {
+        let w = Duration::from_secs(10);
+        let mut b = Bursts::new(w);
+        let t0 = Instant::now();
+        let mut lines = 0;
+        for i in 0..200u8 {
+            let e = ev(i, Verdict::RefusedSessions);
+            lines += b.event(&e, t0, || line(&e)).len();
+            // each source twice
+            assert!(b.event(&e, t0, || line(&e)).is_empty());
+        }
+        assert_eq!(lines, LINES_PER_SECOND as usize);
+        let end = b.flush(t0 + w);
+        let unlogged = 200 - u64::from(LINES_PER_SECOND);
+        assert!(end.contains(&Emit::Unlogged { refusals: 2 * unlogged, sources: unlogged, window: w }), "{end:?}");
+        // the logged ones report their repeat
+        assert_eq!(end.iter().filter(|e| matches!(e, Emit::Repeated { more: 1, .. })).count(), 50);
+        assert_eq!(b.suppressed_total, 200 + unlogged);
+    }
+
+    #[test]
+    fn the_burst_table_is_bounded() {
+        let mut b = Bursts::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        for i in 0..(MAX_BURSTS + 100) {
+            let a = u32::try_from(i).expect("small");
+            let e = Event {
+                addr: IpAddr::V4(Ipv4Addr::from(0xc612_0000 | a)),
+                service: 1,
+                port: 25,
+                verdict: Verdict::RefusedSessions,
+            };
+            b.event(&e, t0, || line(&e));
+        }
+        assert_eq!(b.open.len(), MAX_BURSTS);
+        let end = b.flush(t0 + Duration::from_secs(20));
+        let Some(Emit::Unlogged { refusals, sources, .. }) = end.last() else { panic!("no summary: {end:?}") };
+        let unlogged = MAX_BURSTS + 100 - LINES_PER_SECOND as usize;
+        assert_eq!((*refusals, *sources), (unlogged as u64, (MAX_BURSTS - LINES_PER_SECOND as usize) as u64));
+        assert!(b.open.is_empty());
+    }
+}

@@ -1,0 +1,277 @@
+//! `--metrics-listen ADDR:PORT`: Prometheus (`OpenMetrics` text) at
+//! `/metrics`, encoded by the `prometheus-client` crate from a snapshot of
+//! the kernel's counters taken at each scrape.
+
+use std::{net::SocketAddr, time::Duration};
+
+use limiter_common::Verdict;
+use log::{debug, info};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+/// What one scrape reports.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub version: &'static str,
+    pub services: Vec<ServiceSnapshot>,
+    /// Frames for no service (other ports and protocols, unparsed frames).
+    pub passed_other: u64,
+    /// Sources with an entry in `CONNS` (with connections or not yet reclaimed).
+    pub sources_tracked: u64,
+    /// Sources holding at least one connection now.
+    pub sources_connected: u64,
+    /// `(map, entries in use, capacity)`.
+    pub maps: Vec<(&'static str, u64, u64)>,
+    /// `(interface, xdp mode)`.
+    pub attachments: Vec<(String, &'static str)>,
+    /// Refusals the kernel did not report for want of an event token or ring space.
+    pub events_unreported: u64,
+    /// Refusals reported but not logged on a line of their own.
+    pub log_suppressed: u64,
+    /// Refusal lines logged.
+    pub log_lines: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ServiceSnapshot {
+    pub name: String,
+    /// Packets by verdict, indexed by `Verdict as usize`.
+    pub counters: [u64; Verdict::COUNT as usize],
+    pub connections: u64,
+    pub sessions: u64,
+    pub max_sessions: Option<u32>,
+    pub max_conn_per_source: Option<u32>,
+}
+
+type Labels2 = [(&'static str, String); 2];
+type Labels1 = [(&'static str, String); 1];
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The `OpenMetrics` text of a snapshot.
+#[must_use]
+pub fn render(s: &Snapshot) -> String {
+    let mut r = Registry::with_prefix("limiter");
+
+    let packets = Family::<Labels2, Counter>::default();
+    r.register(
+        "packets",
+        "Packets the XDP program saw, by service and verdict (accepted and refused_* are SYNs)",
+        packets.clone(),
+    );
+    for svc in &s.services {
+        for v in Verdict::ALL {
+            if v != Verdict::PassedOther {
+                packets
+                    .get_or_create(&[("service", svc.name.clone()), ("verdict", v.name().to_owned())])
+                    .inc_by(svc.counters[v as usize]);
+            }
+        }
+    }
+    packets
+        .get_or_create(&[("service", String::new()), ("verdict", Verdict::PassedOther.name().to_owned())])
+        .inc_by(s.passed_other);
+
+    let per_service = |r: &mut Registry, name: &str, help: &str, value: &dyn Fn(&ServiceSnapshot) -> Option<u64>| {
+        let f = Family::<Labels1, Gauge>::default();
+        r.register(name, help, f.clone());
+        for svc in &s.services {
+            if let Some(v) = value(svc) {
+                f.get_or_create(&[("service", svc.name.clone())]).set(gauge(v));
+            }
+        }
+    };
+    per_service(&mut r, "connections", "Established connections of the service now, all sources", &|s| {
+        Some(s.connections)
+    });
+    per_service(&mut r, "sessions", "Sessions of the service in use now (services with max_sessions)", &|s| {
+        s.max_sessions.map(|_| s.sessions)
+    });
+    per_service(&mut r, "sessions_max", "max_sessions of the service", &|s| s.max_sessions.map(u64::from));
+    per_service(&mut r, "max_conn_per_source", "Connections a source may hold at once", &|s| {
+        s.max_conn_per_source.map(u64::from)
+    });
+
+    let tracked = Gauge::<i64>::default();
+    tracked.set(gauge(s.sources_tracked));
+    r.register("sources_tracked", "Sources with an entry in the connection table", tracked);
+    let connected = Gauge::<i64>::default();
+    connected.set(gauge(s.sources_connected));
+    r.register("sources_connected", "Sources holding at least one connection now", connected);
+
+    let entries = Family::<Labels1, Gauge>::default();
+    r.register("map_entries", "Entries in use in a kernel map", entries.clone());
+    let capacity = Family::<Labels1, Gauge>::default();
+    r.register("map_capacity", "Entries a kernel map can hold", capacity.clone());
+    for (map, used, max) in &s.maps {
+        entries.get_or_create(&[("map", (*map).to_owned())]).set(gauge(*used));
+        capacity.get_or_create(&[("map", (*map).to_owned())]).set(gauge(*max));
+    }
+
+    let attached = Family::<Labels2, Gauge>::default();
+    r.register("xdp_attached", "1 for each interface the XDP program is attached to, with its mode", attached.clone());
+    for (iface, mode) in &s.attachments {
+        attached.get_or_create(&[("interface", iface.clone()), ("mode", (*mode).to_owned())]).set(1);
+    }
+
+    let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help, c);
+    };
+    counter(
+        &mut r,
+        "refusal_events_unreported",
+        "Refusals the kernel did not report to the daemon (event budget or ring full)",
+        s.events_unreported,
+    );
+    counter(&mut r, "refusal_lines", "Refusal lines logged (one per source, service and reason burst)", s.log_lines);
+    counter(
+        &mut r,
+        "refusal_lines_suppressed",
+        "Refusals reported but not logged on a line of their own",
+        s.log_suppressed,
+    );
+
+    let info = Family::<Labels1, Gauge>::default();
+    r.register("build_info", "The running limiter's version", info.clone());
+    info.get_or_create(&[("version", s.version.to_owned())]).set(1);
+
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
+
+/// Binds the metrics listener; a bind failure stops the start-up.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let l = TcpListener::bind(addr).await?;
+    info!("metrics at http://{addr}/metrics");
+    Ok(l)
+}
+
+/// Serves `GET /metrics` with `scrape()`'s text until the task is dropped.
+pub async fn serve(listener: TcpListener, scrape: impl Fn() -> Result<String, String> + 'static) {
+    let scrape = std::rc::Rc::new(scrape);
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let scrape = std::rc::Rc::clone(&scrape);
+        tokio::task::spawn_local(async move {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), answer(stream, &*scrape)).await {
+                debug!("metrics client {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// One request, one response, then the connection closes.
+async fn answer(mut stream: TcpStream, scrape: &dyn Fn() -> Result<String, String>) {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    // Read the request head (the body, if any, is ignored).
+    while len < buf.len() {
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || buf[..len].windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, kind, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => match scrape() {
+            Ok(text) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
+            Err(e) => ("500 Internal Server Error", "text/plain; charset=utf-8", format!("{e}\n")),
+        },
+        ("GET" | "HEAD", "/") => ("200 OK", "text/plain; charset=utf-8", "limiter: metrics at /metrics\n".to_owned()),
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found; try /metrics\n".to_owned()),
+        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_owned()),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let mut counters = [0; Verdict::COUNT as usize];
+        counters[Verdict::Accepted as usize] = 12;
+        counters[Verdict::RefusedConcurrency as usize] = 3;
+        Snapshot {
+            version: "0.1.0",
+            services: vec![ServiceSnapshot {
+                name: "smtp".into(),
+                counters,
+                connections: 3,
+                sessions: 3,
+                max_sessions: Some(50),
+                max_conn_per_source: Some(3),
+            }],
+            passed_other: 99,
+            sources_tracked: 2,
+            sources_connected: 1,
+            maps: vec![("CONNS", 2, 65_536)],
+            attachments: vec![("eth0".into(), "native")],
+            events_unreported: 4,
+            log_suppressed: 2,
+            log_lines: 1,
+        }
+    }
+
+    #[test]
+    fn families_and_values_are_there() {
+        let text = render(&snapshot());
+        for want in [
+            "# TYPE limiter_packets counter",
+            "limiter_packets_total{service=\"smtp\",verdict=\"refused_concurrency\"} 3",
+            "limiter_packets_total{service=\"smtp\",verdict=\"accepted\"} 12",
+            "limiter_packets_total{service=\"smtp\",verdict=\"refused_deny\"} 0",
+            "limiter_packets_total{service=\"\",verdict=\"passed_other\"} 99",
+            "# TYPE limiter_sessions gauge",
+            "limiter_sessions{service=\"smtp\"} 3",
+            "limiter_sessions_max{service=\"smtp\"} 50",
+            "limiter_connections{service=\"smtp\"} 3",
+            "limiter_sources_tracked 2",
+            "limiter_map_entries{map=\"CONNS\"} 2",
+            "limiter_map_capacity{map=\"CONNS\"} 65536",
+            "limiter_xdp_attached{interface=\"eth0\",mode=\"native\"} 1",
+            "limiter_refusal_events_unreported_total 4",
+            "limiter_build_info{version=\"0.1.0\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_service_without_sessions_has_no_sessions_sample() {
+        let mut s = snapshot();
+        s.services[0].max_sessions = None;
+        let text = render(&s);
+        assert!(!text.contains("limiter_sessions{"), "{text}");
+        assert!(text.contains("limiter_connections{service=\"smtp\"} 3"));
+    }
+}
