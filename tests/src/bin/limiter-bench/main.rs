@@ -16,6 +16,7 @@
 //! server's SNMP counters) and the run fails if one did not, or if any checksum error showed up. Timings never
 //! fail the run.
 
+mod events;
 mod peers;
 mod testbed;
 
@@ -31,7 +32,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
 use limiter_common::{
@@ -54,7 +55,7 @@ use crate::{
 };
 
 /// Send: errors cross from the timing thread.
-type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -141,6 +142,8 @@ struct Case {
     reset_slot: Option<u32>,
     /// Flood cases: the program takes a new source from `BENCH_SEQ` for every packet.
     flood: bool,
+    /// Every refusal has an event token and is reported through `EVENTS` (drained on another CPU).
+    events: bool,
     /// Packets run through the program after `first`, timed or not.
     sent: u64,
     runs: Vec<f64>,
@@ -162,6 +165,7 @@ impl Case {
             reference,
             reset_slot: None,
             flood: false,
+            events: false,
             sent: 0,
             runs: Vec::new(),
         }
@@ -318,6 +322,19 @@ fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
             flat: dropped,
             path: "dropped by XDP (over the connection limit)",
             ..limiter("limiter_refuse", refuse.clone(), XDP_DROP, conc, Verdict::RefusedConcurrency, "xdp_drop_floor")
+        },
+        Case {
+            flat: dropped,
+            events: true,
+            path: "dropped by XDP (over the connection limit), reported through EVENTS (drained between chunks)",
+            ..limiter(
+                "limiter_refuse_reported",
+                refuse.clone(),
+                XDP_DROP,
+                conc,
+                Verdict::RefusedConcurrency,
+                "limiter_refuse",
+            )
         },
         Case {
             flat: dropped,
@@ -684,6 +701,34 @@ fn bench() -> Result<()> {
 }
 
 /// The timing thread: enters the server namespace, pins itself, and runs every case round-robin.
+/// [`timed_run`] with a token for every refusal, in chunks the ring holds,
+/// drained between chunks; checks that every refusal was reported.
+fn timed_reported(
+    ebpf: &mut Ebpf,
+    bed: &mut Testbed,
+    case: &Case,
+    ifindex: u32,
+    repeat: u32,
+    ring: &mut RingBuf<MapData>,
+) -> Result<f64> {
+    let before = events::unreported(ebpf)?;
+    events::set_tokens(ebpf, u64::MAX / 2)?;
+    events::drain(ring);
+    let (mut left, mut total, mut read) = (repeat, 0f64, 0);
+    while left > 0 {
+        let n = left.min(events::CHUNK);
+        total += timed_run(ebpf, bed, case, ifindex, n)? * f64::from(n);
+        read += events::drain(ring);
+        left -= n;
+    }
+    events::set_tokens(ebpf, 0)?;
+    let lost = events::unreported(ebpf)? - before;
+    if (read, lost) != (u64::from(repeat), 0) {
+        return Err(format!("{read} events read and {lost} unreported for {repeat} refusals").into());
+    }
+    Ok(total / f64::from(repeat))
+}
+
 fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) -> Result<usize> {
     netns::enter(&bed.server.path());
     let ifindex = limiter_user::loader::ifindex(&bed.server_if)?;
@@ -721,11 +766,16 @@ fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) 
     }
 
     let (server_before, client_before, resets_before) = (bed.server.nstat(), bed.client.nstat(), bed.resets_sent());
+    let mut ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).ok_or("no EVENTS map")?)?;
     // One untimed round warms caches and CPU clocks; then the timed rounds, round-robin.
     for round in 0..=args.runs {
         for case in cases.iter_mut() {
-            let ns = timed_run(ebpf, bed, case, ifindex, args.repeat)
-                .map_err(|e| format!("{} (round {round}): {e}", case.name))?;
+            let ns = if case.events {
+                timed_reported(ebpf, bed, case, ifindex, args.repeat, &mut ring)
+            } else {
+                timed_run(ebpf, bed, case, ifindex, args.repeat)
+            }
+            .map_err(|e| format!("{} (round {round}): {e}", case.name))?;
             case.sent += u64::from(args.repeat);
             if round > 0 {
                 case.runs.push(ns);
