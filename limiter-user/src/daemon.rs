@@ -726,5 +726,11 @@ fn status(d: &Daemon) -> Result<Value, String> {
         "services": services,
         "lists": { "allow": lists.allow.len(), "deny": lists.deny.len(), "reserve": lists.reserve.len() },
         "totals": total,
+        "metrics_listen": policy.metrics_listen.map(|a| a.to_string()),
+        "refusal_lines": {
+            "logged": d.bursts.logged_total,
+            "suppressed": d.bursts.suppressed_total,
+            "unreported": d.budget.unreported().map_err(|e| e.to_string())?,
+        },
     }))
 }

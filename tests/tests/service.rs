@@ -122,6 +122,9 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
         body.contains(&format!("limiter_xdp_attached{{interface=\"{}\",mode=\"native\"}} 1", pair.server_if)),
         "{body}"
     );
+    let s = d.status_json().expect("status");
+    assert_eq!(s["metrics_listen"], "127.0.0.1:19464", "{s}");
+    assert_eq!(s["refusal_lines"]["unreported"], 0, "{s}");
     let (status, _) = http_get(&pair, "127.0.0.1:19464", "/nope");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 
@@ -129,6 +132,8 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
     let line = format!("refused {src} default:2525 too many connections (3/3)");
     let log = wait_log(&d, "burst summary", |l| l.contains(&format!("{line}: 2 more in 1s")));
     assert_eq!(log.matches(&line).count(), 2, "one line and one summary:\n{log}");
+    let s = d.status_json().expect("status");
+    assert_eq!((s["refusal_lines"]["logged"].as_u64(), s["refusal_lines"]["suppressed"].as_u64()), (Some(1), Some(2)));
 
     // An IPv6 source over its limit too, for the filter's <HOST>.
     let _held6 = hold(&pair, src6, 3);
