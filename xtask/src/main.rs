@@ -1,8 +1,10 @@
-//! Developer commands for limiter: `setup`, `build`, `run`, `test`, `bench` (and `bench --flood`).
+//! Developer commands for limiter: `setup`, `build`, `run`, `test`, `bench` (and `bench --flood`),
+//! `package` (the Debian package: binary, systemd unit, config, man pages, completions).
 //! Every command installs what it needs first, so a fresh machine needs
 //! nothing but this repository and rustup.
 
 mod bench;
+mod package;
 mod setup;
 mod util;
 
@@ -40,6 +42,9 @@ enum Cmd {
     /// Time the XDP program on live frames against empty-program floors and netfilter/listener peers; with
     /// `--flood`, measure a legitimate SMTP client under floods with no protection, nftables and limiter.
     Bench(bench::BenchArgs),
+    /// Build the release binary and the Debian package around it (systemd unit, default config as a
+    /// conffile, man pages, completions, docs): `target/debian/limiter_VERSION_ARCH.deb`, path on stdout.
+    Package,
 }
 
 fn workspace_root() -> PathBuf {
@@ -109,6 +114,12 @@ fn main() -> Result<()> {
             let tc = setup::setup(true)?;
             let bin = build(&tc)?;
             bench::bench(&tc, &args, &bin)?;
+        }
+        Cmd::Package => {
+            let tc = setup::setup(false)?;
+            let bin = build(&tc)?;
+            let deb = package::deb(&bin)?;
+            println!("{}", deb.display());
         }
     }
     Ok(())
