@@ -33,7 +33,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests.
+    /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests, and
+    /// the Debian package's install and purge (built first, as `package` does).
     Test {
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -96,6 +97,9 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             let tc = setup::setup(true)?;
             let bin = build(&tc)?;
+            // tests/tests/package.rs installs and purges it.
+            let deb = package::deb(&bin)?;
+            eprintln!("xtask: built {}", deb.display());
             // Privileged tests share kernel state (namespaces, bpffs), so
             // every test binary runs its tests one at a time.
             let (passed, failed) = util::run_counting_tests(
@@ -103,7 +107,8 @@ fn main() -> Result<()> {
                     .args(["test", "--release", "--no-fail-fast", "--"])
                     .arg("--test-threads=1")
                     .args(&args)
-                    .env("LIMITER_BIN", &bin),
+                    .env("LIMITER_BIN", &bin)
+                    .env("LIMITER_DEB", &deb),
             )?;
             eprintln!("xtask: benchmark smoke run (--quick)");
             bench::smoke(&tc, &bin)?;
