@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::{
@@ -88,6 +88,29 @@ pub enum Cmd {
         /// The config file [default: /etc/limiter/limiter.toml].
         file: Option<PathBuf>,
     },
+    /// Print shell completions on stdout (e.g. `limiter completions bash >
+    /// /etc/bash_completion.d/limiter`); the Debian package installs them.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the man pages, limiter.1 and one per subcommand
+    /// (limiter-run.1, ...), into DIR: how the package makes them.
+    #[command(hide = true)]
+    GenerateMan {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Shells `limiter completions` writes for.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// The daemon's control socket.
@@ -374,6 +397,11 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(config::DEFAULT_CONFIG))),
+        Cmd::Completions { shell } => {
+            print_completions(shell);
+            Ok(())
+        }
+        Cmd::GenerateMan { out } => generate_man(&out),
         Cmd::Top { service, n, json, socket } => {
             let v = client(&socket, &Request::Top { service, limit: n })?;
             if json {
@@ -384,6 +412,46 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `limiter completions SHELL`: the script for the clap definitions above,
+/// without the hidden subcommands (`clap_complete` would offer them).
+fn print_completions(shell: Shell) {
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let full = Cli::command();
+    // clap cannot remove a subcommand: rebuild the top level from the visible ones.
+    let mut cmd = clap::Command::new("limiter")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    clap_complete::generate(shell, &mut cmd, "limiter", &mut std::io::stdout());
+}
+
+/// `limiter generate-man --out DIR`: a page per (visible) command, named
+/// after its path: limiter.1, limiter-run.1, limiter-allow-add.1, ...
+/// (`clap_mangen::generate_to`, with the version on every page, not only
+/// on limiter.1).
+fn generate_man(out: &Path) -> Result<(), Failure> {
+    fn pages(cmd: &clap::Command, out: &Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub, out)?;
+        }
+        clap_mangen::Man::new(cmd.clone()).source(concat!("limiter ", env!("CARGO_PKG_VERSION"))).generate_to(out)?;
+        Ok(())
+    }
+    let fail = |e: std::io::Error| Failure::system(format!("writing man pages to {}: {e}", out.display()));
+    std::fs::create_dir_all(out).map_err(fail)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    // Names the subcommands' pages "limiter-run" and so on.
+    cmd.build();
+    pages(&cmd, out).map_err(fail)
 }
 
 /// Sends a list change and reports it in one line.

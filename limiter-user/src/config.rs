@@ -1151,6 +1151,16 @@ prefix = "198.51.100.10"   # the same prefix for another service
         assert!(check(text, "t.toml", &o).is_ok());
     }
 
+    /// The Debian package's /etc/limiter/limiter.toml does what `run` with no
+    /// config does, on the interface it names.
+    #[test]
+    fn packaged_config_is_the_builtin_policy() {
+        let text = include_str!("../../packaging/limiter.toml");
+        let c = check(text, "limiter.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+        let builtin = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        assert_eq!(c.policy, builtin);
+    }
+
     #[test]
     fn a_missing_interface_is_a_warning() {
         let c = check("interfaces = [\"lo\", \"nosuchif0\"]\n", "t.toml", &Overrides::default()).expect("valid");

@@ -27,12 +27,14 @@ pub fn can_run_privileged(test: &str) -> bool {
     } else {
         None
     };
-    match reason {
-        None => true,
-        Some(r) if privileged_required() => panic!("{test}: cannot run ({r}) and LIMITER_REQUIRE_PRIVILEGED_TESTS=1"),
-        Some(r) => {
-            eprintln!("SKIPPED {test}: {r}");
-            false
-        }
-    }
+    reason.is_none_or(|r| skip(test, r))
+}
+
+/// Prints why `test` is skipped and returns false, or panics instead when
+/// `LIMITER_REQUIRE_PRIVILEGED_TESTS=1`.
+#[must_use]
+pub fn skip(test: &str, reason: &str) -> bool {
+    assert!(!privileged_required(), "{test}: cannot run ({reason}) and LIMITER_REQUIRE_PRIVILEGED_TESTS=1");
+    eprintln!("SKIPPED {test}: {reason}");
+    false
 }

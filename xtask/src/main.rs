@@ -1,8 +1,10 @@
-//! Developer commands for limiter: `setup`, `build`, `run`, `test`, `bench` (and `bench --flood`).
+//! Developer commands for limiter: `setup`, `build`, `run`, `test`, `bench` (and `bench --flood`),
+//! `package` (the Debian package: binary, systemd unit, config, man pages, completions).
 //! Every command installs what it needs first, so a fresh machine needs
 //! nothing but this repository and rustup.
 
 mod bench;
+mod package;
 mod setup;
 mod util;
 
@@ -31,7 +33,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests.
+    /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests, and
+    /// the Debian package's install and purge (built first, as `package` does).
     Test {
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -40,6 +43,9 @@ enum Cmd {
     /// Time the XDP program on live frames against empty-program floors and netfilter/listener peers; with
     /// `--flood`, measure a legitimate SMTP client under floods with no protection, nftables and limiter.
     Bench(bench::BenchArgs),
+    /// Build the release binary and the Debian package around it (systemd unit, default config as a
+    /// conffile, man pages, completions, docs): `target/debian/limiter_VERSION_ARCH.deb`, path on stdout.
+    Package,
 }
 
 fn workspace_root() -> PathBuf {
@@ -91,6 +97,9 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             let tc = setup::setup(true)?;
             let bin = build(&tc)?;
+            // tests/tests/package.rs installs and purges it.
+            let deb = package::deb(&bin)?;
+            eprintln!("xtask: built {}", deb.display());
             // Privileged tests share kernel state (namespaces, bpffs), so
             // every test binary runs its tests one at a time.
             let (passed, failed) = util::run_counting_tests(
@@ -98,7 +107,8 @@ fn main() -> Result<()> {
                     .args(["test", "--release", "--no-fail-fast", "--"])
                     .arg("--test-threads=1")
                     .args(&args)
-                    .env("LIMITER_BIN", &bin),
+                    .env("LIMITER_BIN", &bin)
+                    .env("LIMITER_DEB", &deb),
             )?;
             eprintln!("xtask: benchmark smoke run (--quick)");
             bench::smoke(&tc, &bin)?;
@@ -109,6 +119,12 @@ fn main() -> Result<()> {
             let tc = setup::setup(true)?;
             let bin = build(&tc)?;
             bench::bench(&tc, &args, &bin)?;
+        }
+        Cmd::Package => {
+            let tc = setup::setup(false)?;
+            let bin = build(&tc)?;
+            let deb = package::deb(&bin)?;
+            println!("{}", deb.display());
         }
     }
     Ok(())

@@ -77,7 +77,7 @@ pub(crate) fn setup(with_packages: bool) -> Result<BpfToolchain> {
     ensure_rust_src(&tc)?;
     ensure_bpf_linker(&tc)?;
     if with_packages {
-        ensure_debian_packages()?;
+        ensure_debian_packages(DEBIAN_PACKAGES)?;
     }
     ensure_bpffs()?;
     Ok(tc)
@@ -144,8 +144,8 @@ fn ensure_bpf_linker(tc: &BpfToolchain) -> Result<()> {
     Ok(())
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    DEBIAN_PACKAGES
+fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -157,8 +157,9 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn ensure_debian_packages() -> Result<()> {
-    let missing = missing_packages();
+/// Installs those of `packages` that are missing (as root, with apt-get).
+pub(crate) fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());
     }
@@ -171,7 +172,7 @@ fn ensure_debian_packages() -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    let still = missing_packages();
+    let still = missing_packages(packages);
     if !still.is_empty() {
         bail!("apt-get did not install: {}", still.join(" "));
     }
