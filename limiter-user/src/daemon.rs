@@ -70,6 +70,8 @@ pub struct Daemon {
     /// Entries added at run time.
     pub runtime: RuntimeLists,
     pub source: Source,
+    /// Where the programs, links and maps are pinned (reported by `status`).
+    pub pin_dir: PathBuf,
 }
 
 #[expect(clippy::too_many_lines, reason = "start-up, then one select loop")]
@@ -106,7 +108,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     log_policy(&effective);
     info!("control socket {}", paths.socket.display());
 
-    let state = Rc::new(RefCell::new(Daemon { loaded, policy, runtime, source }));
+    let state = Rc::new(RefCell::new(Daemon { loaded, policy, runtime, source, pin_dir: paths.pin_dir.clone() }));
     let handler = {
         let state = Rc::clone(&state);
         move |req: Request| {
@@ -476,6 +478,7 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
     let mut rows = loader::sources(&d.loaded.ebpf).map_err(|e| e.to_string())?;
     rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
+    let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
     let sources: Vec<Value> = rows
         .iter()
         .take(limit)
@@ -489,7 +492,7 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
             }))
         })
         .collect();
-    Ok(json!({ "sources": sources }))
+    Ok(json!({ "sources": sources, "total_sources": rows.len(), "total_connections": total_connections }))
 }
 
 /// The `status` response (documented in docs/status.md).
@@ -532,6 +535,7 @@ fn status(d: &Daemon) -> Result<Value, String> {
     let lists = in_force(policy, &d.runtime.lists).lists;
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "pin_dir": d.pin_dir,
         "interfaces": loaded.attachments,
         "ipv4_prefix": policy.ipv4_prefix,
         "ipv6_prefix": policy.ipv6_prefix,
