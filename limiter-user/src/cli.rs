@@ -92,6 +92,11 @@ pub enum Cmd {
         /// The config file [default: /etc/limiter/limiter.toml].
         file: Option<PathBuf>,
     },
+    /// Check that this host can run the limiter and that what runs is
+    /// healthy: kernel, privileges, bpffs, cgroup2, BPF features, the
+    /// programs, config, daemon, pins, XDP per interface. Exit 0: no
+    /// failure (warnings allowed); 1: a check failed; 2: bad input.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// The daemon's control socket.
@@ -375,6 +380,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(config::DEFAULT_CONFIG))),
+        Cmd::Doctor(a) => crate::doctor::main(&a),
         Cmd::Top { service, n, json, watch, socket } => top(&socket, &Request::Top { service, limit: n }, json, watch),
     }
 }
