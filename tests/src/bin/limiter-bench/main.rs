@@ -34,6 +34,9 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
+// The schema tests' dev-dependency, unused here.
+#[cfg(test)]
+use jsonschema as _;
 use limiter_common::{
     SourceKey, Verdict,
     maps::{MAX_SERVICES, family, names},
