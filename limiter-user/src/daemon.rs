@@ -10,7 +10,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use limiter_common::{Verdict, lists::LIST_ENTRIES, maps::MAX_SERVICES, pool};
+use limiter_common::{
+    SourceKey, Verdict,
+    lists::{LIST_ENTRIES, ListEntry, entry},
+    maps::{MAX_SERVICES, family},
+    pool,
+    prefix::Prefix,
+};
 use log::{debug, info, warn};
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, signal::unix::SignalKind};
@@ -479,6 +485,7 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
     rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
     let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
+    let merged = in_force(policy, &d.runtime.lists).lists.merge(&policy.services);
     let sources: Vec<Value> = rows
         .iter()
         .take(limit)
@@ -488,11 +495,28 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
                 "source": loader::source_string(key, policy),
                 "service": s.name,
                 "connections": count,
-                "limit": s.max_conn_per_source,
+                "limit": source_limit(&merged, key, policy, s),
             }))
         })
         .collect();
     Ok(json!({ "sources": sources, "total_sources": rows.len(), "total_connections": total_connections }))
+}
+
+/// The per-source connection limit that applies to `key`: a covering allow
+/// entry's own (none for an exempt source), else the service's.
+fn source_limit(
+    merged: &std::collections::BTreeMap<Prefix, ListEntry>,
+    key: &SourceKey,
+    policy: &Policy,
+    service: &crate::config::Service,
+) -> Option<u32> {
+    let len = if key.family == family::V4 { policy.ipv4_prefix } else { policy.ipv6_prefix };
+    let source = Prefix { family: key.family, addr: key.addr, len };
+    match crate::lists::longest_match(merged, &source) {
+        Some(e) if e.flags & entry::EXEMPT != 0 => None,
+        Some(e) if e.flags & entry::ALLOW != 0 => (e.max_conn_per_source != 0).then_some(e.max_conn_per_source),
+        _ => service.max_conn_per_source,
+    }
 }
 
 /// The `status` response (documented in docs/status.md).

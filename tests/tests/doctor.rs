@@ -12,7 +12,7 @@ use std::{
 
 use limiter_tests::{
     can_run_privileged,
-    netns::{Daemon, Netns, Pair, limiter_bin},
+    netns::{Attempt, Daemon, Netns, Pair, limiter_bin},
 };
 use serde_json::Value;
 
@@ -268,14 +268,29 @@ fn json_outputs_match_their_schemas() {
     // attempt: one more accepted, one refused at the limit.
     let held = pair.connect_many(client, PORT, 4, WAIT);
     assert_eq!(held.iter().filter(|a| a.is_connected()).count(), 3, "{held:?}");
-    d.wait_connections(3, Duration::from_secs(2));
+    // One source with an allow entry's own limit, one exempt.
+    let limited = pair.add_client_v4(70);
+    let exempt = pair.add_client_v4(130);
+    let more = [pair.connect_many(limited, PORT, 1, WAIT), pair.connect_many(exempt, PORT, 1, WAIT)];
+    assert!(more.iter().flatten().all(Attempt::is_connected), "{more:?}");
+    d.wait_connections(5, Duration::from_secs(2));
 
     let status = d.client_json(&["status", "--json"]);
     validate("status", &status);
     assert_eq!(status["services"][0]["counters"]["refused_concurrency"], 1, "{status}");
     let top = d.client_json(&["top", "--json"]);
-    assert!(top["sources"].as_array().is_some_and(|s| !s.is_empty()), "top has a source: {top}");
     validate("top", &top);
+    // Each source's limit is the one that applies to it.
+    let limit = |src: std::net::IpAddr| {
+        let rows = top["sources"].as_array().unwrap_or_else(|| panic!("sources: {top}"));
+        let row = rows.iter().find(|r| r["source"] == src.to_string().as_str());
+        row.unwrap_or_else(|| panic!("{src} not in {top}"))["limit"].clone()
+    };
+    assert_eq!(limit(client), 3, "the service's: {top}");
+    assert_eq!(limit(limited), 4, "the allow entry's: {top}");
+    assert_eq!(limit(exempt), Value::Null, "exempt: {top}");
+    assert_eq!(top["total_sources"], 3, "{top}");
+    assert_eq!(top["total_connections"], 5, "{top}");
     let lists: Vec<Value> =
         ["allow", "deny", "reserve"].iter().map(|l| d.client_json(&[l, "list", "--json"])).collect();
     for l in &lists {
@@ -313,5 +328,5 @@ fn json_outputs_match_their_schemas() {
     more["metrics_listen"] = Value::from("127.0.0.1:9100");
     more["services"][0]["counters"]["refused_new_rule"] = Value::from(0);
     validate("status", &more);
-    drop(held);
+    drop((held, more));
 }
