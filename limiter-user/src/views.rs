@@ -193,7 +193,7 @@ pub fn top(v: &Value, now: &str) -> String {
     let total = v["total_sources"].as_u64().map_or_else(|| shown.to_string(), |t| t.to_string());
     let mut head = format!("{now}   {shown} of {total} sources holding connections");
     if let Some(c) = v["total_connections"].as_u64() {
-        let _ = write!(head, ", {c} connections");
+        let _ = write!(head, ", {c} connection{}", if c == 1 { "" } else { "s" });
     }
     let at_limit = rows.iter().filter(|r| full(r)).count();
     if at_limit > 0 {
@@ -368,6 +368,9 @@ mod tests {
         assert_eq!(text, "00:00:01   0 of 0 sources holding connections\nno source holds a connection\n");
         let text = top(&json!({ "sources": [ { "source": "a", "service": "s", "connections": 1, "limit": 1 } ] }), "t");
         assert!(text.starts_with("t   1 of 1 sources holding connections, 1 at their limit (FULL)\n"), "{text}");
+        let v = json!({ "sources": [ { "source": "a", "service": "s", "connections": 1, "limit": null } ],
+                        "total_sources": 1, "total_connections": 1 });
+        assert!(top(&v, "t").starts_with("t   1 of 1 sources holding connections, 1 connection\n"), "{v}");
     }
 
     #[test]
