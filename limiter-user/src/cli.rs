@@ -56,6 +56,10 @@ pub enum Cmd {
         /// Machine-readable output (schema in docs/status.md).
         #[arg(long)]
         json: bool,
+        /// Redraw every SECS seconds until interrupted.
+        #[arg(long, value_name = "SECS", conflicts_with = "json")]
+        #[arg(value_parser = clap::value_parser!(u64).range(1..=3600))]
+        watch: Option<u64>,
         /// Control socket of the daemon.
         #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -88,6 +92,11 @@ pub enum Cmd {
         /// The config file [default: /etc/limiter/limiter.toml].
         file: Option<PathBuf>,
     },
+    /// Check that this host can run the limiter and that what runs is
+    /// healthy: kernel, privileges, bpffs, cgroup2, BPF features, the
+    /// programs, config, daemon, pins, XDP per interface. Exit 0: no
+    /// failure (warnings allowed); 1: a check failed; 2: bad input.
+    Doctor(crate::doctor::DoctorArgs),
     /// Print shell completions on stdout (e.g. `limiter completions bash >
     /// /etc/bash_completion.d/limiter`); the Debian package installs them.
     Completions {
@@ -323,7 +332,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
             } else {
-                print_status(&v);
+                print!("{}", crate::views::status(&v));
             }
             Ok(())
         }
@@ -402,15 +411,28 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::GenerateMan { out } => generate_man(&out),
-        Cmd::Top { service, n, json, socket } => {
-            let v = client(&socket, &Request::Top { service, limit: n })?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
-            } else {
-                print_top(&v);
-            }
-            Ok(())
-        }
+        Cmd::Doctor(a) => crate::doctor::main(&a),
+        Cmd::Top { service, n, json, watch, socket } => top(&socket, &Request::Top { service, limit: n }, json, watch),
+    }
+}
+
+/// `limiter top`: JSON, one table, or a table redrawn every `watch` seconds.
+fn top(socket: &Path, req: &Request, json: bool, watch: Option<u64>) -> Result<(), Failure> {
+    if json {
+        let v = client(socket, req)?;
+        println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
+        return Ok(());
+    }
+    let Some(secs) = watch else {
+        print!("{}", crate::views::top(&client(socket, req)?, &crate::views::local_time()));
+        return Ok(());
+    };
+    loop {
+        let text = crate::views::top(&client(socket, req)?, &crate::views::local_time());
+        // Home the cursor and clear the screen, then draw.
+        print!("\x1b[H\x1b[2J{text}");
+        std::io::Write::flush(&mut std::io::stdout()).map_err(Failure::system)?;
+        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }
 
@@ -549,20 +571,6 @@ fn check_config(path: &Path) -> Result<(), Failure> {
     }
 }
 
-fn print_top(v: &Value) {
-    println!("{:<42} {:<12} {:>11} {:>6}", "SOURCE", "SERVICE", "CONNECTIONS", "LIMIT");
-    for s in v["sources"].as_array().into_iter().flatten() {
-        let limit = s["limit"].as_u64().map_or_else(|| "-".to_owned(), |l| l.to_string());
-        println!(
-            "{:<42} {:<12} {:>11} {:>6}",
-            s["source"].as_str().unwrap_or("?"),
-            s["service"].as_str().unwrap_or("?"),
-            s["connections"].to_string(),
-            limit
-        );
-    }
-}
-
 fn run(a: RunArgs) -> Result<(), Failure> {
     let config_path = config_path(a.config.as_deref());
     let file = read_config(a.config.as_deref())?;
@@ -601,38 +609,4 @@ fn client(socket: &Path, req: &Request) -> Result<Value, Failure> {
         control::ClientError::Connect { .. } | control::ClientError::Refused(_) => Failure::bad_input(e),
         _ => Failure::system(e),
     })
-}
-
-fn print_status(v: &Value) {
-    println!("limiter {}", v["version"].as_str().unwrap_or("?"));
-    println!("interfaces:");
-    for i in v["interfaces"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<16} ifindex {:<4} xdp {}",
-            i["name"].as_str().unwrap_or("?"),
-            i["ifindex"].to_string(),
-            i["xdp_mode"].as_str().unwrap_or("?")
-        );
-    }
-    println!("sources: IPv4 /{}, IPv6 /{}", v["ipv4_prefix"], v["ipv6_prefix"]);
-    println!(
-        "{:<10} {:<16} {:>8} {:>6} {:>6} {:>10} {:>12} {:>10}",
-        "SERVICE", "PORTS", "RATE", "BURST", "ACTION", "ACCEPTED", "REFUSED_RATE", "NON_SYN"
-    );
-    for s in v["services"].as_array().into_iter().flatten() {
-        let ports: Vec<String> = s["ports"].as_array().into_iter().flatten().map(ToString::to_string).collect();
-        let c = &s["counters"];
-        println!(
-            "{:<10} {:<16} {:>8} {:>6} {:>6} {:>10} {:>12} {:>10}",
-            s["name"].as_str().unwrap_or("?"),
-            ports.join(","),
-            s["rate"].as_str().unwrap_or("none"),
-            s["burst"].to_string(),
-            s["action"].as_str().unwrap_or("?"),
-            c["accepted"].to_string(),
-            c["refused_rate"].to_string(),
-            c["passed_non_syn"].to_string(),
-        );
-    }
-    println!("other packets passed: {}", v["totals"]["passed_other"]);
 }

@@ -13,9 +13,10 @@ use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
 use limiter_common::{
     SourceKey, Verdict,
-    lists::LIST_ENTRIES,
-    maps::{MAX_SERVICES, SockRecord, names},
+    lists::{LIST_ENTRIES, ListEntry, entry},
+    maps::{MAX_SERVICES, SockRecord, family, names},
     pool,
+    prefix::Prefix,
 };
 use log::{debug, info, warn};
 use sd_notify::NotifyState;
@@ -83,6 +84,8 @@ pub struct Daemon {
     pub budget: Budget,
     /// Refusal log lines, rate-limited per source and reason burst.
     pub bursts: Bursts,
+    /// Where the programs, links and maps are pinned (reported by `status`).
+    pub pin_dir: PathBuf,
 }
 
 #[expect(clippy::too_many_lines, reason = "start-up, then one select loop")]
@@ -138,7 +141,15 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     info!("control socket {}", paths.socket.display());
 
     let bursts = Bursts::new(events::window());
-    let state = Rc::new(RefCell::new(Daemon { loaded, policy, runtime, source, budget, bursts }));
+    let state = Rc::new(RefCell::new(Daemon {
+        loaded,
+        policy,
+        runtime,
+        source,
+        budget,
+        bursts,
+        pin_dir: paths.pin_dir.clone(),
+    }));
     let handler = {
         let state = Rc::clone(&state);
         move |req: Request| {
@@ -607,6 +618,8 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
     let mut rows = loader::sources(&d.loaded.ebpf).map_err(|e| e.to_string())?;
     rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
+    let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
+    let merged = in_force(policy, &d.runtime.lists).lists.merge(&policy.services);
     let sources: Vec<Value> = rows
         .iter()
         .take(limit)
@@ -616,11 +629,28 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
                 "source": loader::source_string(key, policy),
                 "service": s.name,
                 "connections": count,
-                "limit": s.max_conn_per_source,
+                "limit": source_limit(&merged, key, policy, s),
             }))
         })
         .collect();
-    Ok(json!({ "sources": sources }))
+    Ok(json!({ "sources": sources, "total_sources": rows.len(), "total_connections": total_connections }))
+}
+
+/// The per-source connection limit that applies to `key`: a covering allow
+/// entry's own (none for an exempt source), else the service's.
+fn source_limit(
+    merged: &std::collections::BTreeMap<Prefix, ListEntry>,
+    key: &SourceKey,
+    policy: &Policy,
+    service: &crate::config::Service,
+) -> Option<u32> {
+    let len = if key.family == family::V4 { policy.ipv4_prefix } else { policy.ipv6_prefix };
+    let source = Prefix { family: key.family, addr: key.addr, len };
+    match crate::lists::longest_match(merged, &source) {
+        Some(e) if e.flags & entry::EXEMPT != 0 => None,
+        Some(e) if e.flags & entry::ALLOW != 0 => (e.max_conn_per_source != 0).then_some(e.max_conn_per_source),
+        _ => service.max_conn_per_source,
+    }
 }
 
 /// Sessions of service `id` in use (established and seeded; handshakes in
@@ -720,6 +750,7 @@ fn status(d: &Daemon) -> Result<Value, String> {
     let lists = in_force(policy, &d.runtime.lists).lists;
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "pin_dir": d.pin_dir,
         "interfaces": loaded.attachments,
         "ipv4_prefix": policy.ipv4_prefix,
         "ipv6_prefix": policy.ipv6_prefix,

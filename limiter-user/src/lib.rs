@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod doctor;
 pub mod events;
 pub mod lists;
 pub mod loader;
@@ -17,6 +18,7 @@ pub mod pins;
 pub mod seed;
 pub mod sockdiag;
 pub mod state;
+pub mod views;
 
 /// The compiled kernel object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));

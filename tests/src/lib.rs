@@ -9,6 +9,10 @@ pub mod netns;
 pub mod nft;
 pub mod postfix;
 
+// The schema tests' dev-dependency, unused by the library's own unit tests.
+#[cfg(test)]
+use jsonschema as _;
+
 /// Whether the environment demands that privileged tests run (CI sets it).
 #[must_use]
 pub fn privileged_required() -> bool {

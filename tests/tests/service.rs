@@ -128,6 +128,25 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
     let (status, _) = http_get(&pair, "127.0.0.1:19464", "/nope");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 
+    // `limiter doctor` on the same host reports it healthy, the daemon and
+    // the interface's mode included.
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", pair.server.path().display()))
+        .arg(limiter_tests::netns::limiter_bin())
+        .args(["doctor", "--json", "--iface", &pair.server_if, "--socket"])
+        .arg(&d.socket)
+        .arg("--pin-dir")
+        .arg(&d.pin_dir)
+        .output()
+        .expect("doctor");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    assert_eq!((out.status.code(), &report["healthy"]), (Some(0), &serde_json::Value::Bool(true)), "{report}");
+    let check = |name: &str| {
+        report["checks"].as_array().and_then(|c| c.iter().find(|c| c["name"] == name)).cloned().unwrap_or_default()
+    };
+    assert_eq!(check("daemon")["status"], "ok", "{report}");
+    assert_eq!(check(&format!("xdp {}", pair.server_if))["status"], "ok", "{report}");
+
     // One line for the burst, then after the 1 s window the 2 not logged.
     let line = format!("refused {src} default:2525 too many connections (3/3)");
     let log = wait_log(&d, "burst summary", |l| l.contains(&format!("{line}: 2 more in 1s")));

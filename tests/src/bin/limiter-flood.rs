@@ -19,7 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-// Dependencies of the library's helpers, unused here.
+// Dependencies of the library's helpers and of the tests, unused here.
+#[cfg(test)]
+use jsonschema as _;
 use limiter_common as _;
 use limiter_tests::{
     netns::{self, Attempt, Daemon, Netns, Pair, unique},

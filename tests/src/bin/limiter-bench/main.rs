@@ -35,6 +35,9 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
+// The schema tests' dev-dependency, unused here.
+#[cfg(test)]
+use jsonschema as _;
 use limiter_common::{
     SourceKey, Verdict,
     maps::{MAX_SERVICES, family, names},

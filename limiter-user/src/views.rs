@@ -1,0 +1,382 @@
+//! The human views of `limiter status` and `limiter top`: aligned tables
+//! built from the daemon's JSON. They read only the fields they show and
+//! ignore the rest, so a daemon that adds fields (it only ever adds) still
+//! renders; a missing value shows as `-`.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// How a column aligns its cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A plain text table: a header row, optional group labels above it, and
+/// cells padded to the widest of each column (two spaces between columns).
+struct Table {
+    headers: Vec<(&'static str, Align)>,
+    /// `(label, first column)`: printed above the headers from that column on.
+    groups: Vec<(&'static str, usize)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[(&'static str, Align)]) -> Self {
+        Self { headers: headers.to_vec(), groups: Vec::new(), rows: Vec::new() }
+    }
+
+    fn widths(&self) -> Vec<usize> {
+        self.headers
+            .iter()
+            .enumerate()
+            .map(|(i, (h, _))| {
+                self.rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).chain([h.len()]).max().unwrap_or(0)
+            })
+            .collect()
+    }
+
+    fn render(&self, out: &mut String) {
+        let widths = self.widths();
+        if !self.groups.is_empty() {
+            // Column start offsets, to put each label over its first column.
+            let starts: Vec<usize> = widths.iter().scan(0, |at, w| Some(std::mem::replace(at, *at + w + 2))).collect();
+            let mut line = String::new();
+            for (label, col) in &self.groups {
+                let at = starts.get(*col).copied().unwrap_or(0);
+                while line.chars().count() < at {
+                    line.push(' ');
+                }
+                if !line.is_empty() && !line.ends_with(' ') {
+                    line.push(' ');
+                }
+                line.push_str(label);
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+        let header: Vec<String> = self.headers.iter().map(|(h, _)| (*h).to_owned()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, ((_, align), w)) in self.headers.iter().zip(&widths).enumerate() {
+                let cell = row.get(i).map_or("", String::as_str);
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                match align {
+                    Align::Left => {
+                        let _ = write!(line, "{cell:<w$}");
+                    }
+                    Align::Right => {
+                        let _ = write!(line, "{cell:>w$}");
+                    }
+                }
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+}
+
+/// A JSON number or string as text; `-` for null or a missing field.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => "-".to_owned(),
+    }
+}
+
+/// `N/MAX`, with `-` for an absent maximum.
+fn of(n: &Value, max: &Value) -> String {
+    format!("{}/{}", cell(n), cell(max))
+}
+
+/// `limiter status` as an admin reads it: a header line, the interfaces,
+/// one row per service (policy, what is in use now, verdict counters), then
+/// the lists and the frames that matched no service.
+#[must_use]
+pub fn status(v: &Value) -> String {
+    use Align::{Left, Right};
+    let mut out = String::new();
+    let mut head = format!("limiter {}", cell(&v["version"]));
+    if let Some(dir) = v["pin_dir"].as_str() {
+        let _ = write!(head, "   pins {dir}");
+    }
+    let _ = write!(head, "   sources IPv4 /{}, IPv6 /{}", cell(&v["ipv4_prefix"]), cell(&v["ipv6_prefix"]));
+    let _ = writeln!(out, "{head}");
+    let ifaces: Vec<String> = v["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{} (xdp {}, ifindex {})", cell(&i["name"]), cell(&i["xdp_mode"]), cell(&i["ifindex"])))
+        .collect();
+    let _ = writeln!(out, "interfaces: {}", if ifaces.is_empty() { "-".to_owned() } else { ifaces.join(", ") });
+    let _ = writeln!(out);
+
+    let mut t = Table::new(&[
+        ("SERVICE", Left),
+        ("PORTS", Left),
+        ("ACTION", Left),
+        ("CONN", Right),
+        ("RATE", Right),
+        ("BURST", Right),
+        ("USED", Right),
+        ("RSV", Right),
+        ("CONNS", Right),
+        ("ACCEPTED", Right),
+        ("DENY", Right),
+        ("SESS", Right),
+        ("RSRV", Right),
+        ("CONN", Right),
+        ("RATE", Right),
+        ("NON_SYN", Right),
+    ]);
+    // Per-source limits, the service's sessions (in use/max, reserved),
+    // then SYN verdicts: refused by the rule that refused them.
+    t.groups = vec![("limits", 3), ("sessions", 6), ("refused by", 10)];
+    for s in v["services"].as_array().into_iter().flatten() {
+        let ports: Vec<String> = s["ports"].as_array().into_iter().flatten().map(cell).collect();
+        let c = &s["counters"];
+        // Reserved sessions only mean something under a session cap.
+        let reserved = if s["max_sessions"].is_null() { "-".to_owned() } else { cell(&s["reserved_sessions"]) };
+        t.rows.push(vec![
+            cell(&s["name"]),
+            if ports.is_empty() { "-".to_owned() } else { ports.join(",") },
+            cell(&s["action"]),
+            cell(&s["max_conn_per_source"]),
+            cell(&s["rate"]),
+            if s["rate"].is_null() { "-".to_owned() } else { cell(&s["burst"]) },
+            of(&s["sessions"], &s["max_sessions"]),
+            reserved,
+            cell(&s["connections"]),
+            cell(&c["accepted"]),
+            cell(&c["refused_deny"]),
+            cell(&c["refused_sessions"]),
+            cell(&c["refused_reserve"]),
+            cell(&c["refused_concurrency"]),
+            cell(&c["refused_rate"]),
+            cell(&c["passed_non_syn"]),
+        ]);
+    }
+    t.render(&mut out);
+    let _ = writeln!(out);
+    let l = &v["lists"];
+    if l.is_object() {
+        let _ = writeln!(
+            out,
+            "lists: {} allow, {} deny, {} reserve entries",
+            cell(&l["allow"]),
+            cell(&l["deny"]),
+            cell(&l["reserve"])
+        );
+    }
+    let _ = writeln!(out, "other packets passed: {}", cell(&v["totals"]["passed_other"]));
+    out
+}
+
+/// Whether a `top` row is at its per-source limit.
+fn full(row: &Value) -> bool {
+    matches!((row["connections"].as_u64(), row["limit"].as_u64()), (Some(c), Some(l)) if c >= l)
+}
+
+/// `limiter top` as an admin reads it: a header with the time and how many
+/// sources are shown of how many hold connections, then the sources (most
+/// connections first, as the daemon sorts them), `FULL` marking those at
+/// their limit. `now` is the local time to show (`HH:MM:SS`).
+#[must_use]
+pub fn top(v: &Value, now: &str) -> String {
+    use Align::{Left, Right};
+    let rows = v["sources"].as_array().map_or(&[][..], Vec::as_slice);
+    let mut out = String::new();
+    let shown = rows.len();
+    let total = v["total_sources"].as_u64().map_or_else(|| shown.to_string(), |t| t.to_string());
+    let mut head = format!("{now}   {shown} of {total} sources holding connections");
+    if let Some(c) = v["total_connections"].as_u64() {
+        let _ = write!(head, ", {c} connection{}", if c == 1 { "" } else { "s" });
+    }
+    let at_limit = rows.iter().filter(|r| full(r)).count();
+    if at_limit > 0 {
+        let _ = write!(head, ", {at_limit} at their limit (FULL)");
+    }
+    let _ = writeln!(out, "{head}");
+    if rows.is_empty() {
+        let _ = writeln!(out, "no source holds a connection");
+        return out;
+    }
+    let mut t = Table::new(&[("SOURCE", Left), ("SERVICE", Left), ("CONN/LIMIT", Right), ("", Left)]);
+    for r in rows {
+        t.rows.push(vec![
+            cell(&r["source"]),
+            cell(&r["service"]),
+            of(&r["connections"], &r["limit"]),
+            if full(r) { "FULL".to_owned() } else { String::new() },
+        ]);
+    }
+    t.render(&mut out);
+    out
+}
+
+/// The local time of day as `HH:MM:SS`.
+#[must_use]
+pub fn local_time() -> String {
+    // SAFETY: time and localtime_r write into values we own.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&raw const t, &raw mut tm).is_null() {
+            return "--:--:--".to_owned();
+        }
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn status_json() -> Value {
+        json!({
+            "version": "0.1.0",
+            "pin_dir": "/sys/fs/bpf/limiter",
+            "interfaces": [ { "name": "eth0", "ifindex": 2, "xdp_mode": "native" } ],
+            "ipv4_prefix": 32,
+            "ipv6_prefix": 64,
+            "metrics_listen": "127.0.0.1:9100",
+            "services": [
+                {
+                    "name": "smtp", "ports": [25, 465, 587], "rate": "30/m", "burst": 10, "action": "reset",
+                    "max_conn_per_source": 8, "max_sessions": 50, "reserved_sessions": 30, "sessions": 12,
+                    "connections": 14,
+                    "counters": { "accepted": 1234, "refused_deny": 3, "refused_sessions": 0, "refused_reserve": 2,
+                                  "refused_concurrency": 41, "refused_rate": 7, "passed_non_syn": 99_999,
+                                  "refused_new_reason": 1 }
+                },
+                {
+                    "name": "imap", "ports": [143, 993], "rate": null, "burst": 10, "action": "drop",
+                    "max_conn_per_source": null, "max_sessions": null, "reserved_sessions": 0, "sessions": 0,
+                    "connections": 0,
+                    "counters": { "accepted": 0, "refused_deny": 0, "refused_sessions": 0, "refused_reserve": 0,
+                                  "refused_concurrency": 0, "refused_rate": 0, "passed_non_syn": 0 }
+                }
+            ],
+            "lists": { "allow": 2, "deny": 1, "reserve": 0 },
+            "totals": { "accepted": 1234, "passed_other": 5120 },
+            "refusal_events": { "sent": 3 }
+        })
+    }
+
+    #[test]
+    fn status_table() {
+        let text = status(&status_json());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "limiter 0.1.0   pins /sys/fs/bpf/limiter   sources IPv4 /32, IPv6 /64");
+        assert_eq!(lines[1], "interfaces: eth0 (xdp native, ifindex 2)");
+        assert_eq!(lines[2], "");
+        assert!(lines[3].contains("limits") && lines[3].contains("refused by"), "{text}");
+        assert!(
+            lines[4].starts_with("SERVICE  PORTS       ACTION  CONN  RATE  BURST   USED  RSV  CONNS  ACCEPTED"),
+            "{text}"
+        );
+        let smtp: Vec<&str> = lines[5].split_whitespace().collect();
+        assert_eq!(
+            smtp,
+            [
+                "smtp",
+                "25,465,587",
+                "reset",
+                "8",
+                "30/m",
+                "10",
+                "12/50",
+                "30",
+                "14",
+                "1234",
+                "3",
+                "0",
+                "2",
+                "41",
+                "7",
+                "99999"
+            ]
+        );
+        let imap: Vec<&str> = lines[6].split_whitespace().collect();
+        assert_eq!(
+            imap,
+            ["imap", "143,993", "drop", "-", "-", "-", "0/-", "-", "0", "0", "0", "0", "0", "0", "0", "0"]
+        );
+        assert_eq!(lines[8], "lists: 2 allow, 1 deny, 0 reserve entries");
+        assert_eq!(lines[9], "other packets passed: 5120");
+        for l in &lines {
+            assert!(l.len() <= 120, "{} columns: {l}\n{text}", l.len());
+        }
+        // Every group label sits over its first column.
+        let header = lines[4];
+        for (label, column) in [("limits", "CONN"), ("sessions", "USED"), ("refused by", "DENY")] {
+            let at = lines[3].find(label).expect("label");
+            let col = header.find(column).expect("column");
+            // Right-aligned columns: the label starts where the padded column does.
+            assert!(at <= col && col < at + 8, "{label} at {at}, {column} at {col}\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_of_an_older_daemon_without_the_newer_fields() {
+        let v = json!({
+            "version": "0.0.9", "interfaces": [], "ipv4_prefix": 32, "ipv6_prefix": 64,
+            "services": [ { "name": "default", "ports": [2525], "rate": "5/s", "burst": 5, "action": "reset",
+                            "max_conn_per_source": 8, "connections": 5,
+                            "counters": { "accepted": 12, "refused_rate": 7, "passed_non_syn": 143 } } ],
+            "totals": { "passed_other": 1 }
+        });
+        let text = status(&v);
+        assert!(text.starts_with("limiter 0.0.9   sources IPv4 /32, IPv6 /64\ninterfaces: -\n"), "{text}");
+        let row: Vec<&str> = text.lines().nth(5).expect("row").split_whitespace().collect();
+        assert_eq!(
+            row,
+            ["default", "2525", "reset", "8", "5/s", "5", "-/-", "-", "5", "12", "-", "-", "-", "-", "7", "143"]
+        );
+        assert!(!text.contains("lists:"), "{text}");
+    }
+
+    #[test]
+    fn top_table() {
+        let v = json!({
+            "sources": [
+                { "source": "198.51.100.7", "service": "smtp", "connections": 8, "limit": 8 },
+                { "source": "2001:db8:1:2::/64", "service": "imap", "connections": 3, "limit": 10 },
+                { "source": "198.18.0.9", "service": "ftp", "connections": 2, "limit": null, "new_field": true }
+            ],
+            "total_sources": 5,
+            "total_connections": 17
+        });
+        let text = top(&v, "12:34:56");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "12:34:56   3 of 5 sources holding connections, 17 connections, 1 at their limit (FULL)");
+        assert_eq!(lines[1], "SOURCE             SERVICE  CONN/LIMIT");
+        assert_eq!(lines[2], "198.51.100.7       smtp            8/8  FULL");
+        assert_eq!(lines[3], "2001:db8:1:2::/64  imap           3/10");
+        assert_eq!(lines[4], "198.18.0.9         ftp             2/-");
+        assert_eq!(lines.len(), 5);
+    }
+
+    #[test]
+    fn top_empty_and_without_totals() {
+        let text = top(&json!({ "sources": [] }), "00:00:01");
+        assert_eq!(text, "00:00:01   0 of 0 sources holding connections\nno source holds a connection\n");
+        let text = top(&json!({ "sources": [ { "source": "a", "service": "s", "connections": 1, "limit": 1 } ] }), "t");
+        assert!(text.starts_with("t   1 of 1 sources holding connections, 1 at their limit (FULL)\n"), "{text}");
+        let v = json!({ "sources": [ { "source": "a", "service": "s", "connections": 1, "limit": null } ],
+                        "total_sources": 1, "total_connections": 1 });
+        assert!(top(&v, "t").starts_with("t   1 of 1 sources holding connections, 1 connection\n"), "{v}");
+    }
+
+    #[test]
+    fn local_time_is_a_time_of_day() {
+        let t = local_time();
+        assert_eq!(t.len(), 8, "{t}");
+        assert_eq!(t.as_bytes()[2], b':');
+    }
+}
