@@ -551,14 +551,7 @@ fn check_config(path: &Path) -> Result<(), Failure> {
             for w in &c.warnings {
                 eprintln!("{w}");
             }
-            let (p, l) = (&c.policy, &c.policy.lists);
-            println!(
-                "{shown}: ok ({} services, {} allow, {} deny, {} reserve entries)",
-                p.services.len(),
-                l.allow.len(),
-                l.deny.len(),
-                l.reserve.len()
-            );
+            println!("{shown}: ok ({})", c.policy.summary());
             Ok(())
         }
         Err(problems) => {

@@ -339,6 +339,19 @@ pub fn builtin_services() -> Vec<ServiceFile> {
 }
 
 impl Policy {
+    /// `N services, N allow, N deny, N reserve entries`, for one-line reports.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let l = &self.lists;
+        format!(
+            "{} services, {} allow, {} deny, {} reserve entries",
+            self.services.len(),
+            l.allow.len(),
+            l.deny.len(),
+            l.reserve.len()
+        )
+    }
+
     /// Combines the config file (if any) with the flags and validates the
     /// result. `--port` flags replace the file's services with one service
     /// named `default`; with neither, the built-in mail services apply.

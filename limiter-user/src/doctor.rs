@@ -610,19 +610,7 @@ fn config_check(given: Option<&Path>, ifaces: &[String]) -> Result<(Check, Vec<S
     let o = Overrides { interfaces: ifaces.to_vec(), ..Overrides::default() };
     let file_ifaces = config::ConfigFile::parse(&text, &shown).map(|f| f.interfaces).unwrap_or_default();
     let check = match config::check(&text, &shown, &o) {
-        Ok(c) if c.warnings.is_empty() => {
-            let (p, l) = (&c.policy, &c.policy.lists);
-            Check::ok(
-                name,
-                format!(
-                    "{shown}: valid ({} services, {} allow, {} deny, {} reserve entries)",
-                    p.services.len(),
-                    l.allow.len(),
-                    l.deny.len(),
-                    l.reserve.len()
-                ),
-            )
-        }
+        Ok(c) if c.warnings.is_empty() => Check::ok(name, format!("{shown}: valid ({})", c.policy.summary())),
         Ok(c) => Check::warn(
             name,
             c.warnings.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
