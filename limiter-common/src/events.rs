@@ -24,6 +24,22 @@ pub const TOKENS_PER_REFILL: u64 = 64;
 /// How often the daemon refills the tokens.
 pub const REFILL_MS: u64 = 100;
 
+/// What a refusal of the source's connections was based on
+/// ([`Refusal::basis`]): the daemon writes a line the fail2ban filter
+/// matches only for [`ESTABLISHED`](basis::ESTABLISHED), a source whose
+/// address completed handshakes with this host.
+pub mod basis {
+    /// Not a connection-limit refusal, or not known.
+    pub const NONE: u8 = 0;
+    /// The source's established connections alone were at its limit:
+    /// connections that completed a handshake, which a forged source
+    /// address cannot do.
+    pub const ESTABLISHED: u8 = 1;
+    /// Established connections plus handshakes in flight were at the limit,
+    /// established alone below it: the handshakes may be forged SYNs.
+    pub const IN_FLIGHT: u8 = 2;
+}
+
 /// One refused SYN.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,9 +52,17 @@ pub struct Refusal {
     pub verdict: u8,
     /// The service id.
     pub service: u8,
-    pub pad: u8,
+    /// [`basis`]: what a connection-limit refusal was based on.
+    pub basis: u8,
     /// The destination port, host order.
     pub port: u16,
-    pub pad2: [u8; 2],
+    /// Handshakes in flight the decision counted for the source (0 when it
+    /// did not read them).
+    pub pending: u16,
+    /// Established connections the decision counted for the source
+    /// (`CONNS` + `SEEDED`); on the "at its limit" hint path, which reads no
+    /// count, the limit (a lower bound).
+    pub established: u32,
+    pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Refusal>() == 24);
+const _: () = assert!(core::mem::size_of::<Refusal>() == 32);

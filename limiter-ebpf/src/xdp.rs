@@ -197,9 +197,11 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
             family: p.family,
             verdict: verdict as u8,
             service: service as u8,
-            pad: 0,
+            basis: limiter_common::events::basis::NONE,
             port: dport,
-            pad2: [0; 2],
+            pending: 0,
+            established: 0,
+            pad: 0,
         });
     }
 

@@ -420,9 +420,11 @@ mod tests {
             family: family::V6,
             verdict: Verdict::RefusedRate as u8,
             service: 3,
-            pad: 0,
+            basis: limiter_common::events::basis::NONE,
             port: 587,
-            pad2: [0; 2],
+            pending: 0,
+            established: 0,
+            pad: 0,
         };
         // SAFETY: `Refusal` is plain old data.
         let bytes: [u8; size_of::<Refusal>()] = unsafe { std::mem::transmute(r) };
