@@ -181,6 +181,13 @@ impl Prefix {
             && Self::mask(other.addr, self.family, self.len) == self.addr
     }
 
+    /// The prefix of length `len` (at most this one's) that covers this one.
+    #[must_use]
+    pub fn truncate(&self, len: u8) -> Self {
+        let len = len.min(self.len);
+        Self { family: self.family, addr: Self::mask(self.addr, self.family, len), len }
+    }
+
     fn mask(addr: [u8; 16], family: u8, len: u8) -> [u8; 16] {
         if family == crate::maps::family::V4 {
             let mut out = [0u8; 16];

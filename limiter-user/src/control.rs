@@ -15,6 +15,12 @@ pub const DEFAULT_SOCKET: &str = "/run/limiter/limiter.sock";
 /// Largest request the daemon reads.
 pub const MAX_REQUEST: u64 = 64 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client waits for the answer to a read (`status`, `top`, a list).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client waits for the answer to a change. Changes queue behind
+/// each other in the daemon; a client that gave up early would report a
+/// change as failed that the daemon then applied, so it waits long.
+const CHANGE_TIMEOUT: Duration = Duration::from_mins(5);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -58,6 +64,14 @@ pub enum Request {
     Reload,
 }
 
+impl Request {
+    /// Whether the request changes the policy (and is persisted).
+    #[must_use]
+    pub const fn changes_policy(&self) -> bool {
+        matches!(self, Self::ListAdd { .. } | Self::ListDel { .. } | Self::Reload)
+    }
+}
+
 /// The three prefix lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +113,11 @@ pub enum ClientError {
     Refused(String),
     #[error("the daemon did not answer within {0:?}")]
     Timeout(Duration),
+    #[error(
+        "the daemon did not answer within {0:?}; the change may still be applied: check with `limiter status` or \
+         the list command"
+    )]
+    ChangeTimeout(Duration),
 }
 
 /// Sends one request and returns the daemon's `ok` payload.
@@ -119,7 +138,11 @@ pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, Cl
             Err(e) => Err(ClientError::Malformed(format!("{e}: {}", buf.trim()))),
         }
     };
-    tokio::time::timeout(IO_TIMEOUT, fut).await.map_err(|_| ClientError::Timeout(IO_TIMEOUT))?
+    if req.changes_policy() {
+        tokio::time::timeout(CHANGE_TIMEOUT, fut).await.map_err(|_| ClientError::ChangeTimeout(CHANGE_TIMEOUT))?
+    } else {
+        tokio::time::timeout(READ_TIMEOUT, fut).await.map_err(|_| ClientError::Timeout(READ_TIMEOUT))?
+    }
 }
 
 /// Reads one request from a client, bounded in size and time.

@@ -354,7 +354,8 @@ impl Daemon {
         if entries > LIST_ENTRIES as usize {
             return Err(format!("the lists would need {entries} entries; at most {LIST_ENTRIES} are supported"));
         }
-        loader::write_policy(&mut self.loaded.ebpf, &effective).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+        let loaded = &mut self.loaded;
+        loaded.writer.write(&mut loaded.ebpf, &effective).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     }
 
     /// Makes `new` the run-time entries: persisted first, then applied; a

@@ -3,7 +3,7 @@
 //! their merge into the one trie the kernel reads
 //! (`limiter_common::lists`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use limiter_common::{
     lists::{ListEntry, entry},
@@ -118,20 +118,13 @@ impl Lists {
     #[must_use]
     pub fn layered(&self, over: &Self) -> Self {
         let mut out = self.clone();
-        for a in &over.allow {
-            out.allow.retain(|b| b.prefix != a.prefix);
-            out.allow.push(a.clone());
-        }
-        for d in &over.deny {
-            if !out.deny.iter().any(|e| e.prefix == d.prefix) {
-                out.deny.push(d.clone());
-            }
-        }
-        for r in &over.reserve {
-            if !out.reserve.iter().any(|e| e.prefix == r.prefix && e.service == r.service) {
-                out.reserve.push(r.clone());
-            }
-        }
+        let replaced: HashSet<Cidr> = over.allow.iter().map(|a| a.prefix).collect();
+        out.allow.retain(|b| !replaced.contains(&b.prefix));
+        out.allow.extend(over.allow.iter().cloned());
+        let mut deny: HashSet<Cidr> = out.deny.iter().map(|e| e.prefix).collect();
+        out.deny.extend(over.deny.iter().filter(|d| deny.insert(d.prefix)).cloned());
+        let mut reserve: HashSet<(Cidr, String)> = out.reserve.iter().map(|e| (e.prefix, e.service.clone())).collect();
+        out.reserve.extend(over.reserve.iter().filter(|r| reserve.insert((r.prefix, r.service.clone()))).cloned());
         out
     }
 
@@ -149,13 +142,17 @@ impl Lists {
             .collect();
         prefixes.sort_unstable();
         prefixes.dedup();
+        let deny = Covering::new(&self.deny, |d| d.prefix.0);
+        let allow = Covering::new(&self.allow, |a| a.prefix.0);
+        let reserve = Covering::new(&self.reserve, |r| r.prefix.0);
         let mut out = BTreeMap::new();
         for p in prefixes {
             let mut e = ListEntry::default();
-            if self.deny.iter().any(|d| d.prefix.0.covers(&p)) {
+            if deny.covering(&p).next().is_some() {
                 e.flags |= entry::DENY;
             }
-            if let Some(a) = self.allow.iter().filter(|a| a.prefix.0.covers(&p)).max_by_key(|a| a.prefix.0.len) {
+            // The longest allow entry covering p (the last of equal ones).
+            if let Some(a) = allow.covering(&p).next().and_then(|entries| entries.last()) {
                 e.flags |= entry::ALLOW;
                 if a.is_exempt() {
                     e.flags |= entry::EXEMPT;
@@ -166,7 +163,7 @@ impl Lists {
                     e.rate_tolerance_ns = b.tolerance_ns;
                 }
             }
-            for r in self.reserve.iter().filter(|r| r.prefix.0.covers(&p)) {
+            for r in reserve.covering(&p).flatten() {
                 if let Some(s) = services.iter().find(|s| s.name == r.service) {
                     e.reserve |= 1 << s.id;
                 }
@@ -174,6 +171,37 @@ impl Lists {
             out.insert(p, e);
         }
         out
+    }
+}
+
+/// The entries of one list by prefix, with the prefix lengths in use, so
+/// the entries covering a prefix take one look-up per length in use rather
+/// than a scan of the list (60,000 deny entries merged in milliseconds, not
+/// the minutes a scan per prefix took).
+struct Covering<'a, T> {
+    by_prefix: HashMap<Prefix, Vec<&'a T>>,
+    /// (family, length) of the prefixes present, longest first per family.
+    lens: Vec<(u8, u8)>,
+}
+
+impl<'a, T> Covering<'a, T> {
+    fn new(items: &'a [T], prefix: impl Fn(&T) -> Prefix) -> Self {
+        let mut by_prefix: HashMap<Prefix, Vec<&'a T>> = HashMap::new();
+        for item in items {
+            by_prefix.entry(prefix(item)).or_default().push(item);
+        }
+        let mut lens: Vec<(u8, u8)> = by_prefix.keys().map(|p| (p.family, p.len)).collect();
+        lens.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        lens.dedup();
+        Self { by_prefix, lens }
+    }
+
+    /// The entries of each prefix covering `p`, longest prefix first.
+    fn covering<'s>(&'s self, p: &'s Prefix) -> impl Iterator<Item = &'s Vec<&'a T>> + 's {
+        self.lens
+            .iter()
+            .filter(move |(family, len)| *family == p.family && *len <= p.len)
+            .filter_map(move |(_, len)| self.by_prefix.get(&p.truncate(*len)))
     }
 }
 

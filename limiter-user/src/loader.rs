@@ -111,17 +111,19 @@ pub struct Loaded {
     pub attachments: Vec<Attachment>,
     /// Connections that predate the programs, still counted.
     pub seeded: Seeded,
+    /// Writes every policy change into the maps.
+    pub writer: PolicyWriter,
 }
 
 /// Loads the object (maps and program, nothing attached yet) with the
 /// policy written into its maps.
 pub fn load(policy: &Policy) -> Result<Ebpf, LoadError> {
-    load_pinned(policy, None)
+    load_pinned(policy, None, &mut PolicyWriter::default())
 }
 
 /// As [`load`], with every map pinned by name under `pin_dir` (an existing
 /// pin is reused as it is).
-fn load_pinned(policy: &Policy, pin_dir: Option<&Path>) -> Result<Ebpf, LoadError> {
+fn load_pinned(policy: &Policy, pin_dir: Option<&Path>, writer: &mut PolicyWriter) -> Result<Ebpf, LoadError> {
     if crate::EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -139,7 +141,7 @@ fn load_pinned(policy: &Policy, pin_dir: Option<&Path>) -> Result<Ebpf, LoadErro
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
-    write_policy(&mut ebpf, policy)?;
+    writer.write(&mut ebpf, policy)?;
     let prog: &mut Xdp = program(&mut ebpf)?;
     prog.load().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })?;
     sock_ops_program(&mut ebpf)?
@@ -160,90 +162,170 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     p.try_into().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })
 }
 
-/// Writes the policy: the service policies and the merged lists into the
-/// bank not in force, then flips `GLOBALS` to it in one write (a SYN sees
-/// the old policy or the new one, never a mix), then the port table (each
-/// port switches in one write). `policy.lists` must be the lists in force:
-/// the config's with the run-time entries layered on.
+/// Writes the policy with a writer that knows nothing yet of what the maps
+/// hold (it reads them first): for tests and one-off tools. The daemon
+/// keeps one [`PolicyWriter`] for its whole run.
 pub fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
-    // A pinned map keeps the size it was created with: the slot hash must
-    // use the real slot count.
-    let pending_slots = map_size(ebpf, names::PENDING)?;
-    if !pending_slots.is_power_of_two() || pending_slots < 2 {
-        return Err(LoadError::Incompatible(format!("{} has {pending_slots} slots", names::PENDING)));
-    }
-    for (name, want) in [(names::CONNS, policy.maps.connections), (names::PENDING, policy.maps.pending_slots)] {
-        let have = map_size(ebpf, name)?;
-        if have != want {
-            warn!(
-                "map {name} is pinned with {have} entries; the configured {want} takes effect after `limiter unload`"
-            );
+    PolicyWriter::default().write(ebpf, policy)
+}
+
+type ListId = (u32, [u8; KEY_BYTES]);
+
+/// The writer of the policy maps (`POLICY`, `LISTS`, `GLOBALS`, `PORTS`).
+/// It remembers what it last wrote to each, so a change costs map writes
+/// in proportion to what changed: one `allow add` is a handful of `bpf()`
+/// calls whatever the size of the lists, where reading the whole trie and
+/// port table back cost tens of thousands.
+#[derive(Debug, Default)]
+pub struct PolicyWriter {
+    /// `PORTS` as this writer last wrote or read it.
+    ports: Option<Vec<u32>>,
+    /// Each `LISTS` bank as this writer last wrote or read it.
+    banks: [Option<std::collections::HashMap<ListId, ListEntry>>; 2],
+}
+
+impl PolicyWriter {
+    /// Writes the policy: the service policies and the merged lists into the
+    /// bank not in force, then flips `GLOBALS` to it in one write (a SYN sees
+    /// the old policy or the new one, never a mix), then the port table (each
+    /// port switches in one write). `policy.lists` must be the lists in force:
+    /// the config's with the run-time entries layered on.
+    ///
+    /// Only the entries that differ from what the maps hold are written. If a
+    /// write fails midway the writer forgets what it knew and reads the maps
+    /// again next time.
+    pub fn write(&mut self, ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
+        let r = self.write_inner(ebpf, policy);
+        if r.is_err() {
+            *self = Self::default();
         }
+        r
     }
-    let old = {
-        let globals: Array<_, Globals> =
-            Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
-        globals.get(&0, 0).map_err(map_err(names::GLOBALS))?
-    };
-    let to_b = old.flags & flags::BANK_B == 0;
-    let target = u8::from(to_b);
-    // A SYN that read the bank bit just before the last flip may still be
-    // reading this bank: programs run for microseconds, give them far more.
-    settle_after_flip();
 
-    let mut bank: Array<_, ServicePolicy> =
-        Array::try_from(ebpf.map_mut(names::POLICY).ok_or(LoadError::NoObject)?).map_err(map_err(names::POLICY))?;
-    for id in 1..=MAX_SERVICES {
-        let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
-        bank.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;
-    }
-    let merged = policy.lists.merge(&policy.services);
-    write_lists(ebpf, target, &merged)?;
-
-    let mut globals: Array<_, Globals> =
-        Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
-    // The seeding flags belong to the seeding (which may outlive a restart):
-    // keep them. A new generation invalidates every "at its limit" hint.
-    let mut flags_new = old.flags & !(flags::BANK_B | flags::LISTS | flags::LISTS_V6);
-    if to_b {
-        flags_new |= flags::BANK_B;
-    }
-    if merged.keys().any(|p| p.family == family::V4) {
-        flags_new |= flags::LISTS;
-    }
-    if merged.keys().any(|p| p.family == family::V6) {
-        flags_new |= flags::LISTS_V6;
-    }
-    globals
-        .set(
-            0,
-            Globals {
-                netns_cookie: netns_cookie()?,
-                pending_mask: pending_slots - 1,
-                ipv4_prefix: policy.ipv4_prefix,
-                ipv6_prefix: policy.ipv6_prefix,
-                flags: flags_new,
-                pad: 0,
-                generation: old.generation.wrapping_add(1),
-                pad2: [0; 2],
-            },
-            0,
-        )
-        .map_err(map_err(names::GLOBALS))?;
-    *LAST_FLIP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
-
-    let mut ports: Array<_, u32> =
-        Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
-    let table = port_table(policy);
-    // The map may be a pin from an earlier run: every entry is written, so a
-    // port dropped from the policy is unprotected again. Unchanged entries
-    // are skipped.
-    for (port, id) in (0u32..).zip(table) {
-        if ports.get(&port, 0).map_err(map_err(names::PORTS))? != id {
-            ports.set(port, id, 0).map_err(map_err(names::PORTS))?;
+    fn write_inner(&mut self, ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
+        // A pinned map keeps the size it was created with: the slot hash must
+        // use the real slot count.
+        let pending_slots = map_size(ebpf, names::PENDING)?;
+        if !pending_slots.is_power_of_two() || pending_slots < 2 {
+            return Err(LoadError::Incompatible(format!("{} has {pending_slots} slots", names::PENDING)));
         }
+        for (name, want) in [(names::CONNS, policy.maps.connections), (names::PENDING, policy.maps.pending_slots)] {
+            let have = map_size(ebpf, name)?;
+            if have != want {
+                warn!(
+                    "map {name} is pinned with {have} entries; the configured {want} takes effect after `limiter \
+                     unload`"
+                );
+            }
+        }
+        let old = {
+            let globals: Array<_, Globals> = Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::NoObject)?)
+                .map_err(map_err(names::GLOBALS))?;
+            globals.get(&0, 0).map_err(map_err(names::GLOBALS))?
+        };
+        let to_b = old.flags & flags::BANK_B == 0;
+        let target = u8::from(to_b);
+        // A SYN that read the bank bit just before the last flip may still be
+        // reading this bank: programs run for microseconds, give them far more.
+        settle_after_flip();
+
+        let mut bank: Array<_, ServicePolicy> = Array::try_from(ebpf.map_mut(names::POLICY).ok_or(LoadError::NoObject)?)
+            .map_err(map_err(names::POLICY))?;
+        for id in 1..=MAX_SERVICES {
+            let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
+            bank.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;
+        }
+        let merged = policy.lists.merge(&policy.services);
+        self.write_lists(ebpf, target, &merged)?;
+
+        let mut globals: Array<_, Globals> = Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?)
+            .map_err(map_err(names::GLOBALS))?;
+        // The seeding flags belong to the seeding (which may outlive a restart):
+        // keep them. A new generation invalidates every "at its limit" hint.
+        let mut flags_new = old.flags & !(flags::BANK_B | flags::LISTS | flags::LISTS_V6);
+        if to_b {
+            flags_new |= flags::BANK_B;
+        }
+        if merged.keys().any(|p| p.family == family::V4) {
+            flags_new |= flags::LISTS;
+        }
+        if merged.keys().any(|p| p.family == family::V6) {
+            flags_new |= flags::LISTS_V6;
+        }
+        globals
+            .set(
+                0,
+                Globals {
+                    netns_cookie: netns_cookie()?,
+                    pending_mask: pending_slots - 1,
+                    ipv4_prefix: policy.ipv4_prefix,
+                    ipv6_prefix: policy.ipv6_prefix,
+                    flags: flags_new,
+                    pad: 0,
+                    generation: old.generation.wrapping_add(1),
+                    pad2: [0; 2],
+                },
+                0,
+            )
+            .map_err(map_err(names::GLOBALS))?;
+        *LAST_FLIP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+        self.write_ports(ebpf, port_table(policy))
     }
-    Ok(())
+
+    /// Makes `PORTS` hold `table`. The map may be a pin from an earlier run,
+    /// so the first call reads it whole; a port dropped from the policy is
+    /// unprotected again.
+    fn write_ports(&mut self, ebpf: &mut Ebpf, table: Vec<u32>) -> Result<(), LoadError> {
+        let mut ports: Array<_, u32> =
+            Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
+        let have = match self.ports.take() {
+            Some(have) => have,
+            None => ports.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(names::PORTS))?,
+        };
+        for ((port, &id), &old) in (0u32..).zip(&table).zip(&have) {
+            if id != old {
+                ports.set(port, id, 0).map_err(map_err(names::PORTS))?;
+            }
+        }
+        self.ports = Some(table);
+        Ok(())
+    }
+
+    /// Makes `bank` of the `LISTS` trie hold exactly `merged`, touching only
+    /// what differs. The first call for a bank reads it whole.
+    fn write_lists(
+        &mut self,
+        ebpf: &mut Ebpf,
+        bank: u8,
+        merged: &std::collections::BTreeMap<Prefix, ListEntry>,
+    ) -> Result<(), LoadError> {
+        let name = names::LISTS;
+        let mut trie: LpmTrie<_, [u8; KEY_BYTES], ListEntry> =
+            LpmTrie::try_from(ebpf.map_mut(name).ok_or(LoadError::NoObject)?).map_err(map_err(name))?;
+        let want: std::collections::HashMap<ListId, ListEntry> =
+            merged.iter().map(|(p, e)| ((key_len(p.len), key_data(bank, p.family, &p.addr)), *e)).collect();
+        let have = match self.banks[usize::from(bank)].take() {
+            Some(have) => have,
+            None => trie
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, e)| ((k.prefix_len(), k.data()), e))
+                .filter(|((_, data), _)| data[0] == bank)
+                .collect(),
+        };
+        for id in have.keys() {
+            if !want.contains_key(id) {
+                trie.remove(&Key::new(id.0, id.1)).map_err(map_err(name))?;
+            }
+        }
+        for (id, e) in &want {
+            if have.get(id) != Some(e) {
+                trie.insert(&Key::new(id.0, id.1), e, 0).map_err(map_err(name))?;
+            }
+        }
+        self.banks[usize::from(bank)] = Some(want);
+        Ok(())
+    }
 }
 
 /// When the bank bit last flipped.
@@ -274,38 +356,6 @@ fn service_policy(s: &crate::config::Service) -> ServicePolicy {
         max_sessions,
         open_sessions: max_sessions.saturating_sub(s.reserved_sessions),
     }
-}
-
-/// Makes `bank` of the `LISTS` trie hold exactly `merged`, touching only
-/// what differs.
-fn write_lists(
-    ebpf: &mut Ebpf,
-    bank: u8,
-    merged: &std::collections::BTreeMap<Prefix, ListEntry>,
-) -> Result<(), LoadError> {
-    type Id = (u32, [u8; KEY_BYTES]);
-    let name = names::LISTS;
-    let mut trie: LpmTrie<_, [u8; KEY_BYTES], ListEntry> =
-        LpmTrie::try_from(ebpf.map_mut(name).ok_or(LoadError::NoObject)?).map_err(map_err(name))?;
-    let want: std::collections::HashMap<Id, ListEntry> =
-        merged.iter().map(|(p, e)| ((key_len(p.len), key_data(bank, p.family, &p.addr)), *e)).collect();
-    let have: std::collections::HashMap<Id, ListEntry> = trie
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, e)| ((k.prefix_len(), k.data()), e))
-        .filter(|((_, data), _)| data[0] == bank)
-        .collect();
-    for id in have.keys() {
-        if !want.contains_key(id) {
-            trie.remove(&Key::new(id.0, id.1)).map_err(map_err(name))?;
-        }
-    }
-    for (id, e) in &want {
-        if have.get(id) != Some(e) {
-            trie.insert(&Key::new(id.0, id.1), e, 0).map_err(map_err(name))?;
-        }
-    }
-    Ok(())
 }
 
 /// The `max_entries` a map was created with (a pinned one keeps its own).
@@ -354,7 +404,8 @@ pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir
     if !pins::on_bpffs(pin_dir) {
         return Err(LoadError::NotBpffs(dir_str));
     }
-    let mut ebpf = load_pinned(policy, Some(pin_dir))?;
+    let mut writer = PolicyWriter::default();
+    let mut ebpf = load_pinned(policy, Some(pin_dir), &mut writer)?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -420,7 +471,7 @@ pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir
             let _ = std::fs::remove_file(pins::xdp_link(pin_dir, &old));
         }
     }
-    Ok(Loaded { ebpf, _logger: logger, attachments, seeded })
+    Ok(Loaded { ebpf, _logger: logger, attachments, seeded, writer })
 }
 
 fn mode_label(s: &str) -> &'static str {
