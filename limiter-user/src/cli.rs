@@ -169,13 +169,18 @@ pub enum AllowOp {
 
 #[derive(Subcommand, Debug)]
 pub enum DenyOp {
-    /// Add an entry.
+    /// Add an entry (adding one that is there already changes nothing).
     Add {
         /// Address, CIDR or wildcard (203.0.113.*).
         #[arg(value_parser = parse_cidr)]
         prefix: Cidr,
         #[arg(long)]
         comment: Option<String>,
+        /// Widen the prefix to the source the daemon counts (`ipv4_prefix`,
+        /// `ipv6_prefix`: an IPv6 address becomes its /64), so a ban covers
+        /// all of what the limiter treats as one client.
+        #[arg(long)]
+        source_prefix: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -183,6 +188,12 @@ pub enum DenyOp {
     Del {
         #[arg(value_parser = parse_cidr)]
         prefix: Cidr,
+        /// Widen the prefix as `deny add --source-prefix` did.
+        #[arg(long)]
+        source_prefix: bool,
+        /// Succeed when the entry is not there (for scripts such as fail2ban's unban).
+        #[arg(long)]
+        missing_ok: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -363,13 +374,14 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     rate: rate.map(|r| r.to_string()),
                     burst,
                     comment,
+                    source_prefix: false,
                 },
             ),
-            AllowOp::Del { prefix, socket } => del(&socket.socket, ListName::Allow, prefix, None),
+            AllowOp::Del { prefix, socket } => del(&socket.socket, ListName::Allow, prefix, None, Widen::default()),
             AllowOp::List { json, socket } => show(&socket.socket, ListName::Allow, None, json),
         },
         Cmd::Deny { op } => match op {
-            DenyOp::Add { prefix, comment, socket } => change(
+            DenyOp::Add { prefix, comment, source_prefix, socket } => change(
                 &socket.socket,
                 &Request::ListAdd {
                     list: ListName::Deny,
@@ -379,9 +391,12 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     rate: None,
                     burst: None,
                     comment,
+                    source_prefix,
                 },
             ),
-            DenyOp::Del { prefix, socket } => del(&socket.socket, ListName::Deny, prefix, None),
+            DenyOp::Del { prefix, source_prefix, missing_ok, socket } => {
+                del(&socket.socket, ListName::Deny, prefix, None, Widen { source_prefix, missing_ok })
+            }
             DenyOp::List { json, socket } => show(&socket.socket, ListName::Deny, None, json),
         },
         Cmd::Reserve { op } => match op {
@@ -395,9 +410,12 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     rate: None,
                     burst: None,
                     comment,
+                    source_prefix: false,
                 },
             ),
-            ReserveOp::Del { prefix, service, socket } => del(&socket.socket, ListName::Reserve, prefix, Some(service)),
+            ReserveOp::Del { prefix, service, socket } => {
+                del(&socket.socket, ListName::Reserve, prefix, Some(service), Widen::default())
+            }
             ReserveOp::List { service, json, socket } => show(&socket.socket, ListName::Reserve, service, json),
         },
         Cmd::Reload { socket } => {
@@ -506,9 +524,26 @@ fn describe_limits(e: &Value) -> String {
     parts.join(", ")
 }
 
-fn del(socket: &Path, list: ListName, prefix: Cidr, service: Option<String>) -> Result<(), Failure> {
-    let v = client(socket, &Request::ListDel { list, prefix: prefix.to_string(), service })?;
-    println!("{} {} removed", list.as_str(), v["removed"].as_str().unwrap_or("?"));
+/// How `del` finds its entry.
+#[derive(Debug, Default, Clone, Copy)]
+struct Widen {
+    source_prefix: bool,
+    missing_ok: bool,
+}
+
+fn del(socket: &Path, list: ListName, prefix: Cidr, service: Option<String>, w: Widen) -> Result<(), Failure> {
+    let req = Request::ListDel {
+        list,
+        prefix: prefix.to_string(),
+        service,
+        source_prefix: w.source_prefix,
+        missing_ok: w.missing_ok,
+    };
+    let v = client(socket, &req)?;
+    match v["removed"].as_str() {
+        Some(p) => println!("{} {p} removed", list.as_str()),
+        None => println!("{} {} was not in the list", list.as_str(), v["absent"].as_str().unwrap_or("?")),
+    }
     Ok(())
 }
 

@@ -46,6 +46,10 @@ pub enum Request {
         burst: Option<u64>,
         #[serde(default)]
         comment: Option<String>,
+        /// Widen `prefix` to the source the daemon counts (its
+        /// `ipv4_prefix`/`ipv6_prefix`).
+        #[serde(default)]
+        source_prefix: bool,
     },
     /// Removes a run-time entry.
     ListDel {
@@ -53,6 +57,12 @@ pub enum Request {
         prefix: String,
         #[serde(default)]
         service: Option<String>,
+        /// Widen `prefix` as for `ListAdd`.
+        #[serde(default)]
+        source_prefix: bool,
+        /// An entry that is not there is no error.
+        #[serde(default)]
+        missing_ok: bool,
     },
     /// The entries of a list, from the config and from run time.
     ListShow {

@@ -158,10 +158,14 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                 Request::Status => status(d),
                 Request::Top { service, limit } => top(d, service.as_deref(), limit),
                 Request::ListShow { list, service } => Ok(d.list_show(list, service.as_deref())),
-                Request::ListAdd { list, prefix, service, max_conn_per_source, rate, burst, comment } => {
+                Request::ListAdd { list, prefix, service, max_conn_per_source, rate, burst, comment, source_prefix } => {
+                    let prefix = d.widen(&prefix, source_prefix)?;
                     d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate.as_deref(), burst, comment)
                 }
-                Request::ListDel { list, prefix, service } => d.list_del(list, &prefix, service.as_deref()),
+                Request::ListDel { list, prefix, service, source_prefix, missing_ok } => {
+                    let prefix = d.widen(&prefix, source_prefix)?;
+                    d.list_del(list, &prefix, service.as_deref(), missing_ok)
+                }
                 Request::Reload => d.reload(),
             }
         }
@@ -442,7 +446,24 @@ impl Daemon {
         Ok(json!({ "list": list.as_str(), "added": entry }))
     }
 
-    fn list_del(&mut self, list: ListName, prefix: &str, service: Option<&str>) -> Result<Value, String> {
+    /// `prefix` widened to the source the kernel counts (`--source-prefix`):
+    /// a ban of one IPv6 address covers the /64 its host controls.
+    fn widen(&self, prefix: &str, source_prefix: bool) -> Result<String, String> {
+        if !source_prefix {
+            return Ok(prefix.to_owned());
+        }
+        let p: Cidr = prefix.parse()?;
+        let len = if p.0.family == family::V4 { self.policy.ipv4_prefix } else { self.policy.ipv6_prefix };
+        Ok(Cidr(p.0.truncate(len)).to_string())
+    }
+
+    fn list_del(
+        &mut self,
+        list: ListName,
+        prefix: &str,
+        service: Option<&str>,
+        missing_ok: bool,
+    ) -> Result<Value, String> {
         let prefix: Cidr = prefix.parse()?;
         let service = if list == ListName::Reserve { Some(self.service_exists(service)?) } else { None };
         let mut new = self.runtime.lists.clone();
@@ -470,6 +491,11 @@ impl Daemon {
                 )
             }
         };
+        if before == 0 && missing_ok {
+            return Ok(json!({
+                "list": list.as_str(), "removed": null, "absent": prefix.to_string(), "still_in_config": in_config
+            }));
+        }
         if before == 0 {
             let what = service.map_or_else(String::new, |s| format!(" of service '{s}'"));
             return Err(if in_config {

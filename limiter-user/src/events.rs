@@ -1,16 +1,23 @@
 //! Refusal log lines: the kernel reports refused SYNs through the `EVENTS`
 //! ring buffer (`limiter_common::events`); the daemon logs one line per
-//! source, service and reason burst, and at the end of the burst one line
-//! with the count of what it did not log:
+//! source, service, reason and proof burst, and at the end of the burst one
+//! line with the count of what it did not log:
 //!
 //! ```text
-//! refused 198.51.100.7 smtp:25 too many connections (8/8)
-//! refused 198.51.100.7 smtp:25 too many connections (8/8): 41 more in 10s
+//! refused 198.51.100.7 smtp:25 too many connections (8 established, limit 8)
+//! refused 198.51.100.7 smtp:25 too many connections (8 established, limit 8): 41 more in 10s
+//! unverified 198.18.0.99 smtp:25 too many connections (0 established + 8 in handshake, limit 8)
 //! ```
 //!
-//! The first form is the one fail2ban counts (`packaging/fail2ban`); the
-//! second ends with the count, so a filter anchored on the closing
-//! parenthesis counts one failure per burst.
+//! A line starts with `refused` only when the source proved its address:
+//! its established connections were at the limit (connections exist only
+//! after a completed handshake, which a forged source address cannot do),
+//! or, for other reasons, it completed a handshake with this host recently
+//! (it has an entry in `CONNS`). Every other refusal, above all those of
+//! SYNs with forged source addresses, is logged as `unverified`. The
+//! fail2ban filter (`packaging/fail2ban`) matches only the first form of a
+//! `refused` line; the second ends with the count, so a filter anchored on
+//! the closing parenthesis counts one failure per burst.
 
 use std::{
     collections::HashMap,
@@ -25,7 +32,7 @@ use aya::{
 };
 use limiter_common::{
     SourceKey, Verdict,
-    events::{self, Refusal},
+    events::{self, Refusal, basis},
     maps::{family, names},
     prefix::{Prefix, mask_v4, mask_v6},
 };
@@ -61,6 +68,12 @@ pub struct Event {
     pub service: u32,
     pub port: u16,
     pub verdict: Verdict,
+    /// What a connection-limit refusal was based on (`events::basis`).
+    pub basis: u8,
+    /// Handshakes in flight the kernel counted for the source.
+    pub pending: u16,
+    /// Established connections the kernel counted for the source.
+    pub established: u32,
 }
 
 impl Event {
@@ -78,7 +91,15 @@ impl Event {
             _ => return None,
         };
         let verdict = *Verdict::ALL.get(usize::from(r.verdict))?;
-        Some(Self { addr, service: u32::from(r.service), port: r.port, verdict })
+        Some(Self {
+            addr,
+            service: u32::from(r.service),
+            port: r.port,
+            verdict,
+            basis: r.basis,
+            pending: r.pending,
+            established: r.established,
+        })
     }
 
     /// The source key the kernel counts this client under.
@@ -108,13 +129,18 @@ pub struct Line {
     pub limit: Option<u64>,
     /// What was in use against that limit when the line was written.
     pub count: Option<u64>,
-    /// The reason in words, with the limit: `too many connections (8/8)`.
+    /// The reason in words, with what it was based on:
+    /// `too many connections (8 established, limit 8)`.
     pub reason: String,
+    /// The source proved its address (see the module header): only then
+    /// does the line start with `refused`, the word fail2ban looks for.
+    pub verified: bool,
 }
 
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "refused {} {}:{} {}", self.source, self.service, self.port, self.reason)
+        let word = if self.verified { "refused" } else { "unverified" };
+        write!(f, "{word} {} {}:{} {}", self.source, self.service, self.port, self.reason)
     }
 }
 
@@ -122,13 +148,16 @@ impl fmt::Display for Line {
 /// lists with the run-time entries) and the counts in the kernel now.
 pub struct Context<'a> {
     pub policy: &'a Policy,
-    /// Established connections of a source (`CONNS` + `SEEDED`).
-    pub connections: &'a dyn Fn(&SourceKey) -> u64,
+    /// Established connections of a source (`CONNS` + `SEEDED`), or `None`
+    /// when neither holds an entry for it: it has not completed a handshake
+    /// with this host recently.
+    pub connections: &'a dyn Fn(&SourceKey) -> Option<u64>,
     /// Sessions in use of a service id.
     pub sessions: &'a dyn Fn(u32) -> u64,
 }
 
-/// Builds the line for `e`, naming the limit that refused it.
+/// Builds the line for `e`, naming the limit that refused it and what the
+/// refusal was based on.
 #[must_use]
 pub fn describe(e: &Event, cx: &Context<'_>) -> Line {
     let service = cx.policy.services.iter().find(|s| s.id == e.service);
@@ -137,7 +166,10 @@ pub fn describe(e: &Event, cx: &Context<'_>) -> Line {
     let allow = longest(&cx.policy.lists.allow, &host, |a: &AllowEntry| a.prefix.0);
     // An allow entry with limits replaces the service's per-source limits.
     let own = allow.filter(|a| a.max_conn_per_source.is_some() || a.rate.is_some());
+    // Completed a handshake recently: an entry in CONNS or SEEDED.
+    let held = (cx.connections)(&e.key(cx.policy));
     let (mut limit, mut count, reason) = (None, None, String::new());
+    let mut verified = held.is_some();
     let reason = match (e.verdict, service) {
         (Verdict::RefusedDeny, _) => {
             let deny = longest(&cx.policy.lists.deny, &host, |d: &DenyEntry| d.prefix.0);
@@ -145,21 +177,31 @@ pub fn describe(e: &Event, cx: &Context<'_>) -> Line {
         }
         (Verdict::RefusedConcurrency, Some(s)) => {
             let max = own.map_or(s.max_conn_per_source, |a| a.max_conn_per_source);
-            let held = (cx.connections)(&e.key(cx.policy));
             limit = max.map(u64::from);
-            count = Some(held);
-            match limit {
-                Some(l) => format!("too many connections ({held}/{l})"),
-                None => format!("too many connections ({held})"),
+            count = Some(u64::from(e.established));
+            // Only established connections at the limit prove the address:
+            // handshakes in flight may be forged SYNs.
+            verified = e.basis == basis::ESTABLISHED;
+            let limit = limit.map_or_else(String::new, |l| format!(", limit {l}"));
+            if verified {
+                format!("too many connections ({} established{limit})", e.established)
+            } else {
+                format!("too many connections ({} established + {} in handshake{limit})", e.established, e.pending)
             }
         }
         (Verdict::RefusedRate, Some(s)) => {
             let (rate, burst) = own.map_or((s.rate, Some(s.burst)), |a| (a.rate, a.burst));
             limit = rate.map(|r| r.count);
+            count = held;
+            let proof = match held {
+                Some(n) if n > 0 => format!("{n} established"),
+                Some(_) => "handshake completed recently".to_owned(),
+                None => "no completed handshake".to_owned(),
+            };
             match (rate, burst) {
-                (Some(r), Some(b)) => format!("too many attempts (rate {r}, burst {b})"),
-                (Some(r), None) => format!("too many attempts (rate {r})"),
-                _ => "too many attempts".to_owned(),
+                (Some(r), Some(b)) => format!("too many attempts (rate {r}, burst {b}; {proof})"),
+                (Some(r), None) => format!("too many attempts (rate {r}; {proof})"),
+                _ => format!("too many attempts ({proof})"),
             }
         }
         (Verdict::RefusedSessions | Verdict::RefusedReserve, Some(s)) => {
@@ -167,7 +209,7 @@ pub fn describe(e: &Event, cx: &Context<'_>) -> Line {
         }
         _ => reason,
     };
-    Line { source: e.addr, service: name, port: e.port, verdict: e.verdict, limit, count, reason }
+    Line { source: e.addr, service: name, port: e.port, verdict: e.verdict, limit, count, reason, verified }
 }
 
 fn sessions_reason(
@@ -212,6 +254,10 @@ struct Key {
     addr: IpAddr,
     service: u32,
     verdict: Verdict,
+    /// Refusals on established connections and on handshakes in flight are
+    /// separate bursts, so forged SYNs in a source's name can neither hide
+    /// its proved refusals nor ride on their line.
+    basis: u8,
 }
 
 struct Burst {
@@ -252,7 +298,7 @@ impl Bursts {
 
     /// One refusal at `now`; `line` describes it if it is to be logged.
     pub fn event(&mut self, e: &Event, now: Instant, line: impl FnOnce() -> Line) -> Vec<Emit> {
-        let key = Key { addr: e.addr, service: e.service, verdict: e.verdict };
+        let key = Key { addr: e.addr, service: e.service, verdict: e.verdict, basis: e.basis };
         let mut out = Vec::new();
         let full = self.open.len() >= MAX_BURSTS;
         match self.open.get_mut(&key) {
@@ -325,19 +371,20 @@ impl Bursts {
 }
 
 /// Writes an emitted line to the log, with journal fields under systemd
-/// (`SOURCE`, `SERVICE`, `PORT`, `REASON`, `LIMIT`, `COUNT`, `SUPPRESSED`).
+/// (`SOURCE`, `SERVICE`, `PORT`, `REASON`, `LIMIT`, `COUNT`, `SUPPRESSED`,
+/// `VERIFIED`).
 pub fn log(e: &Emit) {
     match e {
         Emit::Refused(l) => info!(
             target: "limiter::refused",
             source = l.source.to_string().as_str(), service = l.service.as_str(), port = l.port,
-            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = 0u64;
+            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = 0u64, verified = l.verified;
             "{l}"
         ),
         Emit::Repeated { line: l, more, window } => info!(
             target: "limiter::refused",
             source = l.source.to_string().as_str(), service = l.service.as_str(), port = l.port,
-            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = *more;
+            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = *more, verified = l.verified;
             "{l}: {more} more in {}s", window.as_secs()
         ),
         Emit::Unlogged { refusals, sources, window } => info!(
@@ -375,16 +422,17 @@ impl Budget {
     }
 }
 
-/// Established connections of one source (`CONNS` + `SEEDED`).
+/// Established connections of one source (`CONNS` + `SEEDED`); `None` when
+/// neither map has an entry for it (no handshake completed recently).
 #[must_use]
-pub fn connections_of(ebpf: &Ebpf, key: &SourceKey) -> u64 {
+pub fn connections_of(ebpf: &Ebpf, key: &SourceKey) -> Option<u64> {
     [names::CONNS, names::SEEDED]
         .iter()
         .filter_map(|name| {
             let m: BpfHashMap<&MapData, SourceKey, u64> = BpfHashMap::try_from(ebpf.map(name)?).ok()?;
             m.get(key, 0).ok()
         })
-        .sum()
+        .reduce(|a, b| a + b)
 }
 
 #[cfg(test)]
@@ -392,7 +440,15 @@ mod tests {
     use super::*;
 
     fn ev(last: u8, verdict: Verdict) -> Event {
-        Event { addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)), service: 1, port: 25, verdict }
+        Event {
+            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+            service: 1,
+            port: 25,
+            verdict,
+            basis: basis::ESTABLISHED,
+            pending: 0,
+            established: 8,
+        }
     }
 
     fn line(e: &Event) -> Line {
@@ -403,14 +459,78 @@ mod tests {
             verdict: e.verdict,
             limit: Some(8),
             count: Some(8),
-            reason: "too many connections (8/8)".into(),
+            reason: "too many connections (8 established, limit 8)".into(),
+            verified: true,
         }
+    }
+
+    /// A policy with one service `smtp` (id 1) on port 25: 8 connections per
+    /// source, 30 attempts a minute with bursts of 10.
+    fn smtp_policy() -> Policy {
+        let file = crate::config::ConfigFile::parse(
+            "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25]\nmax_conn_per_source = 8\nrate = \"30/m\"\nburst = 10\n",
+            "test.toml",
+        )
+        .expect("config");
+        Policy::build(file, &crate::config::Overrides::default()).expect("policy")
+    }
+
+    /// `describe` with `held` as the source's entry in `CONNS`.
+    fn describe_with(e: &Event, held: Option<u64>) -> Line {
+        let policy = smtp_policy();
+        let cx = Context { policy: &policy, connections: &|_| held, sessions: &|_| 0 };
+        describe(e, &cx)
     }
 
     #[test]
     fn the_line_reads_as_documented() {
         let e = ev(7, Verdict::RefusedConcurrency);
-        assert_eq!(line(&e).to_string(), "refused 198.18.0.7 smtp:25 too many connections (8/8)");
+        assert_eq!(
+            describe_with(&e, Some(8)).to_string(),
+            "refused 198.18.0.7 smtp:25 too many connections (8 established, limit 8)"
+        );
+    }
+
+    /// A source that never completed a handshake (a forged address) refused
+    /// on handshakes in flight: an `unverified` line, which says what it was
+    /// based on and never claims "too many connections (0/8)".
+    #[test]
+    fn forged_sources_get_unverified_lines() {
+        let e = Event { basis: basis::IN_FLIGHT, established: 0, pending: 8, ..ev(99, Verdict::RefusedConcurrency) };
+        let l = describe_with(&e, None);
+        assert!(!l.verified);
+        assert_eq!(
+            l.to_string(),
+            "unverified 198.18.0.99 smtp:25 too many connections (0 established + 8 in handshake, limit 8)"
+        );
+        // In flight, even for a source that holds some: unverified.
+        let e = Event { basis: basis::IN_FLIGHT, established: 7, pending: 1, ..e };
+        assert!(!describe_with(&e, Some(7)).verified);
+        // Rate refusals prove nothing by themselves: a source with no entry
+        // in CONNS is unverified, one that completed handshakes is not.
+        let e = Event { basis: basis::NONE, established: 0, pending: 0, ..ev(99, Verdict::RefusedRate) };
+        assert_eq!(
+            describe_with(&e, None).to_string(),
+            "unverified 198.18.0.99 smtp:25 too many attempts (rate 30/m, burst 10; no completed handshake)"
+        );
+        assert_eq!(
+            describe_with(&e, Some(2)).to_string(),
+            "refused 198.18.0.99 smtp:25 too many attempts (rate 30/m, burst 10; 2 established)"
+        );
+        assert!(describe_with(&e, Some(0)).to_string().ends_with("(rate 30/m, burst 10; handshake completed recently)"));
+    }
+
+    /// Forged refusals in a proved source's name are a burst of their own:
+    /// they neither suppress its proved line nor add to it.
+    #[test]
+    fn proved_and_unproved_refusals_are_separate_bursts() {
+        let mut b = Bursts::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let forged = Event { basis: basis::IN_FLIGHT, established: 0, pending: 8, ..ev(5, Verdict::RefusedConcurrency) };
+        let real = ev(5, Verdict::RefusedConcurrency);
+        assert_eq!(b.event(&forged, t0, || describe_with(&forged, None)).len(), 1);
+        let out = b.event(&real, t0, || describe_with(&real, Some(8)));
+        assert!(matches!(&out[..], [Emit::Refused(l)] if l.verified), "{out:?}");
     }
 
     #[test]
@@ -498,12 +618,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..(MAX_BURSTS + 100) {
             let a = u32::try_from(i).expect("small");
-            let e = Event {
-                addr: IpAddr::V4(Ipv4Addr::from(0xc612_0000 | a)),
-                service: 1,
-                port: 25,
-                verdict: Verdict::RefusedSessions,
-            };
+            let e = Event { addr: IpAddr::V4(Ipv4Addr::from(0xc612_0000 | a)), ..ev(0, Verdict::RefusedSessions) };
             b.event(&e, t0, || line(&e));
         }
         assert_eq!(b.open.len(), MAX_BURSTS);

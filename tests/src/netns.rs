@@ -251,20 +251,10 @@ impl Pair {
     /// pair's own addresses), with valid checksums, through an `AF_PACKET`
     /// socket on the client veth. Bounded: returns when all are sent.
     pub fn flood_spoofed(&self, port: u16, n: u32) {
-        let (dst_mac, src_mac) = (mac(&self.server, &self.server_if), mac(&self.client, &self.client_if));
-        let (v4, v6) = (self.server_v4(), self.server_v6());
-        let (ifname, net) = (self.client_if.clone(), self.net);
-        self.client.run(move || {
-            let ifindex = limiter_user::loader::ifindex(&ifname).expect("client veth");
-            // SAFETY: a raw packet socket we own; every call checks its result.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = u16::try_from(libc::AF_PACKET).expect("family");
-            addr.sll_ifindex = i32::try_from(ifindex).expect("ifindex");
-            addr.sll_halen = 6;
-            let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
-            for i in 0..n {
+        let net = self.net;
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+        let syns = (0..n)
+            .map(|i| {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
@@ -279,10 +269,41 @@ impl Pair {
                     let w = |k: usize| u16::from_be_bytes([b[k], b[k + 1]]);
                     std::net::Ipv6Addr::new(0x2001, 0xdb8, a, w(2), w(4), w(6), w(1), w(3)).into()
                 };
-                let dst = if src.is_ipv4() { v4 } else { v6 };
-                let mut tcp = crate::frames::Tcp::syn(src, dst, port);
-                tcp.sport = u16::from_be_bytes([b[5], b[6]]) | 1024;
-                tcp.seq = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                Syn { src, sport: u16::from_be_bytes([b[5], b[6]]) | 1024, seq: u32::from_be_bytes([b[4], b[5], b[6], b[7]]) }
+            })
+            .collect();
+        self.send_syns(port, syns);
+    }
+
+    /// Sends `n` SYNs to the server's `port` from `src`, a forged address
+    /// that is not the client's (one that never completed a handshake):
+    /// each from its own source port, as new connection attempts would be.
+    pub fn forge_syns(&self, src: IpAddr, port: u16, n: u16) {
+        let syns = (0..n).map(|i| Syn { src, sport: 40_000 + i, seq: 0x1000_0000 + u32::from(i) }).collect();
+        self.send_syns(port, syns);
+    }
+
+    /// Sends each SYN (from its own spoofed source) to `port` through an
+    /// `AF_PACKET` socket on the client veth, with valid checksums. Bounded:
+    /// returns when all are sent.
+    fn send_syns(&self, port: u16, syns: Vec<Syn>) {
+        let (dst_mac, src_mac) = (mac(&self.server, &self.server_if), mac(&self.client, &self.client_if));
+        let (v4, v6) = (self.server_v4(), self.server_v6());
+        let ifname = self.client_if.clone();
+        self.client.run(move || {
+            let ifindex = limiter_user::loader::ifindex(&ifname).expect("client veth");
+            // SAFETY: a raw packet socket we own; every call checks its result.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = u16::try_from(libc::AF_PACKET).expect("family");
+            addr.sll_ifindex = i32::try_from(ifindex).expect("ifindex");
+            addr.sll_halen = 6;
+            for syn in syns {
+                let dst = if syn.src.is_ipv4() { v4 } else { v6 };
+                let mut tcp = crate::frames::Tcp::syn(syn.src, dst, port);
+                tcp.sport = syn.sport;
+                tcp.seq = syn.seq;
                 let mut f = crate::frames::frame(&tcp, &crate::frames::Shape::default());
                 f[..6].copy_from_slice(&dst_mac);
                 f[6..12].copy_from_slice(&src_mac);
@@ -311,6 +332,13 @@ impl Pair {
             unsafe { libc::close(fd) };
         });
     }
+}
+
+/// One forged SYN: its source address, port and sequence number.
+struct Syn {
+    src: IpAddr,
+    sport: u16,
+    seq: u32,
 }
 
 impl Default for Pair {

@@ -1,0 +1,315 @@
+//! Refusal lines an outsider cannot forge, and fail2ban banning where the
+//! limiter refuses. SYNs with forged source addresses (addresses that never
+//! completed a handshake with the host) are refused and logged as
+//! `unverified`, which the shipped filter never matches, for IPv4 and IPv6,
+//! under a connection limit and a rate limit; a real client over its limit
+//! gets a `refused` line, and a real `fail2ban-server` with the shipped
+//! filter and action puts it on `limiter deny` and takes it off after the
+//! ban time.
+#![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use limiter_tests::{
+    can_run_privileged,
+    netns::{Attempt, Daemon, Pair, Spawn, limiter_bin, tally, unique},
+};
+
+/// The connection-limited service (2 per source) and the rate-limited one
+/// (bursts of 2, then 6 a minute).
+const CONN_PORT: u16 = 2525;
+const RATE_PORT: u16 = 2526;
+const WAIT: Duration = Duration::from_secs(2);
+/// Forged sources: outside every test pair's own 198.18.N.0/24 and
+/// 2001:db8:N::/48, and never used by a real client.
+const FORGED_V4: &str = "198.19.250.99";
+const FORGED_V6: &str = "2001:db8:f9f9:1::99";
+
+fn packaging() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/fail2ban")
+}
+
+fn config(dir: &Path, iface: &str) -> PathBuf {
+    let text = format!(
+        "interfaces = [\"{iface}\"]\n\n\
+         [[service]]\nname = \"conn\"\nports = [{CONN_PORT}]\nmax_conn_per_source = 2\naction = \"reset\"\n\n\
+         [[service]]\nname = \"rate\"\nports = [{RATE_PORT}]\nrate = \"6/m\"\nburst = 2\naction = \"reset\"\n"
+    );
+    let path = dir.join("limiter.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// A daemon with the two services and 1 s refusal bursts.
+fn start(pair: &Pair, dir: &Path) -> Daemon {
+    let cfg = config(dir, &pair.server_if);
+    let spawn = Spawn {
+        env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "1000".to_owned())],
+        ..Spawn::default()
+    };
+    Daemon::start_with(&pair.server, &["--config", cfg.to_str().expect("utf-8")], spawn)
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("limiter-f2b-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// Waits until the daemon's log satisfies `f`, or panics with the log.
+fn wait_log(d: &Daemon, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let log = d.log_text();
+        if f(&log) {
+            return log;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no {what} in the daemon's log:\n{log}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `fail2ban-regex` with the shipped filter on the daemon's log:
+/// (failures counted, the matched lines).
+fn regex_matches(d: &Daemon) -> (String, String) {
+    let out = Command::new("fail2ban-regex")
+        .args(["--print-all-matched"])
+        .arg(&d.log)
+        .arg(packaging().join("filter.d/limiter.conf"))
+        .output()
+        .expect("fail2ban-regex (Debian package fail2ban; cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "fail2ban-regex failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let total = text.lines().find(|l| l.starts_with("Failregex:")).unwrap_or("").to_owned();
+    let hits = text.split("|- Matched line(s):").nth(1).unwrap_or("").to_owned();
+    (total, hits)
+}
+
+fn hold(pair: &Pair, src: IpAddr, port: u16, n: usize) -> Vec<Attempt> {
+    let a = pair.connect_many(src, port, n, WAIT);
+    assert_eq!(tally(&a).connected, n, "holding {n} from {src}: {a:?}");
+    a
+}
+
+/// Forged SYNs from two addresses that never connected, against both
+/// limits and both families: all refused past the limits, logged as
+/// `unverified` with what the refusal was based on, and not one line the
+/// shipped filter matches. A real client over its limit in the same log is
+/// matched, so the filter is live.
+#[test]
+fn forged_floods_make_no_line_fail2ban_matches() {
+    if !can_run_privileged("forged_floods_make_no_line_fail2ban_matches") {
+        return;
+    }
+    let pair = Pair::new();
+    let _conn = pair.listen(CONN_PORT);
+    let _rate = pair.listen(RATE_PORT);
+    let dir = scratch();
+    let d = start(&pair, &dir);
+    for forged in [FORGED_V4, FORGED_V6] {
+        let src: IpAddr = forged.parse().expect("addr");
+        // 2 handshakes in flight use up the connection limit; the rest are refused.
+        pair.forge_syns(src, CONN_PORT, 10);
+        // A burst of 2, then the rate refuses.
+        pair.forge_syns(src, RATE_PORT, 10);
+        wait_log(&d, "unverified lines", |log| {
+            log.contains(&format!(
+                "unverified {src} conn:{CONN_PORT} too many connections (0 established + 2 in handshake, limit 2)"
+            )) && log.contains(&format!(
+                "unverified {src} rate:{RATE_PORT} too many attempts (rate 6/m, burst 2; no completed handshake)"
+            ))
+        });
+    }
+    // And a flood of random forged sources against both.
+    pair.flood_spoofed(CONN_PORT, 2_000);
+    pair.flood_spoofed(RATE_PORT, 2_000);
+    let s = d.status_json().expect("status");
+    for svc in s["services"].as_array().expect("services") {
+        let c = &svc["counters"];
+        let refused = c["refused_concurrency"].as_u64().unwrap_or(0) + c["refused_rate"].as_u64().unwrap_or(0);
+        assert!(refused >= 16, "the forged SYNs were refused: {svc}");
+    }
+    let log = d.log_text();
+    assert!(!log.lines().any(|l| l.contains("refused 198.19.") || l.contains("refused 2001:db8:f9f9")), "{log}");
+    let (total, hits) = regex_matches(&d);
+    assert!(total.starts_with("Failregex: 0 total"), "forged SYNs matched the filter: {total}\n{hits}");
+
+    // A real client holding its 2 and trying a third: a proved line, matched.
+    let real = pair.add_client_v4(7);
+    let _held = hold(&pair, real, CONN_PORT, 2);
+    assert_eq!(tally(&pair.connect_many(real, CONN_PORT, 1, WAIT)).refused, 1);
+    let line = format!("refused {real} conn:{CONN_PORT} too many connections (2 established, limit 2)");
+    wait_log(&d, "the real client's line", |log| log.contains(&line));
+    let (total, hits) = regex_matches(&d);
+    assert!(total.starts_with("Failregex: 1 total"), "{total}\n{hits}");
+    assert!(hits.contains(&line), "{hits}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `fail2ban-server` of the test's own: private config, socket and
+/// database, the shipped filter and action, reading the daemon's log.
+struct Fail2ban {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Fail2ban {
+    fn start(d: &Daemon, dir: &Path) -> Self {
+        let conf = dir.join("f2b");
+        for sub in ["filter.d", "action.d", "jail.d"] {
+            std::fs::create_dir_all(conf.join(sub)).expect("fail2ban dirs");
+        }
+        // The filter includes Debian's common.conf.
+        std::fs::copy("/etc/fail2ban/filter.d/common.conf", conf.join("filter.d/common.conf"))
+            .expect("/etc/fail2ban/filter.d/common.conf (Debian package fail2ban)");
+        for f in ["filter.d/limiter.conf", "action.d/limiter.conf"] {
+            std::fs::copy(packaging().join(f), conf.join(f)).expect("shipped fail2ban file");
+        }
+        std::fs::write(conf.join("fail2ban.conf"), "[Definition]\nloglevel = INFO\ndbfile = :memory:\n")
+            .expect("fail2ban.conf");
+        // The shipped jail with the test's paths and times: a ban after 2
+        // proved bursts, lifted 4 s later.
+        let jail = format!(
+            "[limiter]\nenabled = true\nfilter = limiter\naction = limiter[limiter=\"{}\", socket=\"{}\"]\n\
+             backend = polling\nlogpath = {}\nmaxretry = 2\nfindtime = 60\nbantime = 4\n",
+            limiter_bin().display(),
+            d.socket.display(),
+            d.log.display()
+        );
+        std::fs::write(conf.join("jail.local"), jail).expect("jail");
+        let child = Command::new("fail2ban-server")
+            .arg("-f")
+            .arg("-x")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(dir.join("f2b.sock"))
+            .arg("-p")
+            .arg(dir.join("f2b.pid"))
+            .arg("--logtarget")
+            .arg(dir.join("f2b.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fail2ban-server (Debian package fail2ban)");
+        Self { child, dir: dir.to_owned() }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("f2b.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Fail2ban {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The run-time deny entries: (prefix, comment).
+fn denied(d: &Daemon) -> Vec<(String, String)> {
+    let v = d.client_json(&["deny", "list", "--json"]);
+    v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| (e["prefix"].as_str().unwrap_or("").to_owned(), e["comment"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+fn wait_until(what: &str, limit: Duration, f2b: &Fail2ban, d: &Daemon, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} within {limit:?}\nfail2ban log:\n{}\nlimiter log:\n{}",
+            f2b.log(),
+            d.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A real fail2ban with the shipped filter, action and jail: a client that
+/// keeps hitting its connection limit (IPv4) and its rate limit (IPv6) is
+/// banned through `limiter deny add` (the IPv6 one as its /64), refused by
+/// the deny list while banned, and off the list after the ban time; forged
+/// SYNs in the same run ban nobody.
+#[test]
+fn fail2ban_bans_verified_abusers_through_the_deny_list() {
+    if !can_run_privileged("fail2ban_bans_verified_abusers_through_the_deny_list") {
+        return;
+    }
+    let pair = Pair::new();
+    let _conn = pair.listen(CONN_PORT);
+    let _rate = pair.listen(RATE_PORT);
+    let dir = scratch();
+    let d = start(&pair, &dir);
+    let f2b = Fail2ban::start(&d, &dir);
+    // fail2ban is up when it reads our log.
+    wait_until("fail2ban started the jail", Duration::from_secs(30), &f2b, &d, || {
+        f2b.log().contains("Jail 'limiter' started")
+    });
+
+    // Forged SYNs first: they must ban nobody.
+    for forged in [FORGED_V4, FORGED_V6] {
+        let src: IpAddr = forged.parse().expect("addr");
+        for _ in 0..3 {
+            pair.forge_syns(src, CONN_PORT, 6);
+            pair.forge_syns(src, RATE_PORT, 6);
+            thread::sleep(Duration::from_millis(1_100));
+        }
+    }
+
+    // The IPv4 abuser holds its 2 and keeps trying, one attempt per burst.
+    let v4 = pair.add_client_v4(9);
+    let _held = hold(&pair, v4, CONN_PORT, 2);
+    // The IPv6 abuser spends its burst of 2, then keeps trying; it holds one
+    // connection, so its refusals are proved.
+    let v6 = pair.add_client_v6(3, 9);
+    let _held6 = hold(&pair, v6, RATE_PORT, 1);
+    let _spent = pair.connect_many(v6, RATE_PORT, 1, WAIT);
+    let banned4 = format!("{v4}/32");
+    let banned6 = "2001:db8:{net:x}:3::/64".replace("{net:x}", &format!("{:x}", pair.net));
+    let start = Instant::now();
+    while !(denied(&d).iter().any(|(p, _)| *p == banned4) && denied(&d).iter().any(|(p, _)| *p == banned6)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not banned within 30 s: {:?}\nfail2ban log:\n{}\nlimiter log:\n{}",
+            denied(&d),
+            f2b.log(),
+            d.log_text()
+        );
+        let _ = pair.connect_many(v4, CONN_PORT, 1, WAIT);
+        let _ = pair.connect_many(v6, RATE_PORT, 1, WAIT);
+        thread::sleep(Duration::from_millis(1_100));
+    }
+    let entries = denied(&d);
+    assert!(entries.iter().any(|(p, c)| *p == banned4 && c == "fail2ban limiter"), "{entries:?}");
+    assert!(
+        !entries.iter().any(|(p, _)| p.starts_with("198.19.") || p.starts_with("2001:db8:f9f9")),
+        "a forged source was banned: {entries:?}"
+    );
+    // While banned, the deny list refuses it: its XDP counter moves.
+    let before = d.status_json().expect("status")["totals"]["refused_deny"].as_u64().unwrap_or(0);
+    let _ = pair.connect_many(v4, CONN_PORT, 1, WAIT);
+    let after = d.status_json().expect("status")["totals"]["refused_deny"].as_u64().unwrap_or(0);
+    assert!(after > before, "a banned source is refused by the deny list ({before} -> {after})");
+
+    // After the ban time fail2ban lifts both bans through `limiter deny del`.
+    wait_until("both bans lifted", Duration::from_secs(30), &f2b, &d, || {
+        denied(&d).iter().all(|(p, _)| *p != banned4 && *p != banned6)
+    });
+    drop(f2b);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
