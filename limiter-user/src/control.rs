@@ -15,6 +15,9 @@ pub const DEFAULT_SOCKET: &str = "/run/limiter/limiter.sock";
 /// Largest request the daemon reads.
 pub const MAX_REQUEST: u64 = 64 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients served at once; more wait in the listen backlog (not dropped),
+/// so idle or slow clients cannot take every file descriptor.
+pub const MAX_CLIENTS: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -40,6 +43,10 @@ pub enum Request {
         burst: Option<u64>,
         #[serde(default)]
         comment: Option<String>,
+        /// Apply even if the entry makes a deny entry cover everything or
+        /// puts one prefix on both the allow and the deny list.
+        #[serde(default)]
+        force: bool,
     },
     /// Removes a run-time entry.
     ListDel {
@@ -137,11 +144,15 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
 }
 
 /// Serves clients until the task is dropped; `handle` answers each request.
+/// At most [`MAX_CLIENTS`] at once: the next is accepted when one is done.
 pub async fn serve<F>(listener: UnixListener, handle: F)
 where
     F: Fn(Request) -> Result<serde_json::Value, String> + Clone + 'static,
 {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
+        // Never closed, so acquiring only waits.
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else { return };
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -153,6 +164,7 @@ where
         };
         let handle = handle.clone();
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             let resp = match read_request(&mut stream).await {
                 Ok(req) => match handle(req) {
                     Ok(ok) => Response::Ok { ok },
