@@ -196,7 +196,8 @@ fn deny_everything_and_allow_deny_overlap_warn_and_need_force() {
     );
 
     // A running daemon with a config allow entry away from the pair's net.
-    let config = scratch.write("limiter.toml", &smtp_config(&pair.server_if, "[[allow]]\nprefix = \"198.19.5.0/24\"\n"));
+    let config =
+        scratch.write("limiter.toml", &smtp_config(&pair.server_if, "[[allow]]\nprefix = \"198.19.5.0/24\"\n"));
     let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
     ok(&d, &["allow", "add", "198.19.7.7"]);
     ok(&d, &["deny", "add", "198.19.66.0/24"]);
