@@ -381,7 +381,7 @@ impl Daemon {
             Ok(name.to_owned())
         } else {
             let names: Vec<&str> = self.policy.services.iter().map(|s| s.name.as_str()).collect();
-            Err(format!("unknown service '{name}' (services: {})", names.join(", ")))
+            Err(format!("unknown service {} (services: {})", crate::lists::shown(name), names.join(", ")))
         }
     }
 
@@ -643,7 +643,7 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
                 .iter()
                 .find(|s| s.name == name)
                 .map(|s| s.id)
-                .ok_or_else(|| format!("unknown service '{name}'"))?,
+                .ok_or_else(|| format!("unknown service {}", crate::lists::shown(name)))?,
         ),
         None => None,
     };
