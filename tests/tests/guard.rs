@@ -368,6 +368,11 @@ fn refused_huge_reload_leaves_no_memory_behind() {
     drop(text);
     let out = limiter(&d, &["reload"]);
     assert_bad_input(&out, "oversized reload", &["limiter.toml", "64 MiB"]);
+    let big = scratch.0.join("limiter.toml");
+    for args in [vec!["check-config", path_str(&big)], vec!["run", "--config", path_str(&big)]] {
+        let out = output(&Command::new(limiter_bin()).args(&args).env("RUST_LOG", "off").output().expect("limiter"));
+        assert_bad_input(&out, &format!("{args:?}"), &["limiter.toml", "64 MiB"]);
+    }
     let (rss1, hwm1) = (proc_status(pid, "VmRSS:"), proc_status(pid, "VmHWM:"));
     eprintln!("after the oversized reload: VmRSS {} MiB, VmHWM {} MiB", rss1 >> 20, hwm1 >> 20);
     assert!(hwm1 < hwm0 + (16 << 20), "the file was not read: peak {hwm0} -> {hwm1} bytes");
