@@ -11,8 +11,9 @@ use crate::{
     config::{self, Action, ConfigError, ConfigFile, Overrides, Policy, Rate, XdpMode},
     control::{self, ListName, Request},
     daemon::{self, Paths},
-    lists::Cidr,
+    lists::{Cidr, printable},
     loader::LoadError,
+    state::{RuntimeLists, StateError},
 };
 
 #[derive(Parser, Debug)]
@@ -146,8 +147,12 @@ pub enum AllowOp {
         rate: Option<Rate>,
         #[arg(long, value_parser = config::parse_burst)]
         burst: Option<u64>,
+        /// One line of at most 200 bytes.
         #[arg(long)]
         comment: Option<String>,
+        /// Apply even if the prefix is also on the deny list.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -174,6 +179,7 @@ pub enum DenyOp {
         /// Address, CIDR or wildcard (203.0.113.*).
         #[arg(value_parser = parse_cidr)]
         prefix: Cidr,
+        /// One line of at most 200 bytes.
         #[arg(long)]
         comment: Option<String>,
         /// Widen the prefix to the source the daemon counts (`ipv4_prefix`,
@@ -181,6 +187,10 @@ pub enum DenyOp {
         /// all of what the limiter treats as one client.
         #[arg(long)]
         source_prefix: bool,
+        /// Apply even if the entry covers every address (`0.0.0.0/0`, `::/0`,
+        /// `*`) or the prefix is also on the allow list.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -292,6 +302,10 @@ pub struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// If `STATE_DIR/lists.json` cannot be read, move it aside to
+    /// `lists.json.bad-TIMESTAMP` (kept) and start without run-time entries.
+    #[arg(long)]
+    pub discard_runtime_lists: bool,
 }
 
 /// A one-line error and the exit code it maps to.
@@ -364,7 +378,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Allow { op } => match op {
-            AllowOp::Add { prefix, max_conn_per_source, rate, burst, comment, socket } => change(
+            AllowOp::Add { prefix, max_conn_per_source, rate, burst, comment, force, socket } => change(
                 &socket.socket,
                 &Request::ListAdd {
                     list: ListName::Allow,
@@ -375,13 +389,14 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     burst,
                     comment,
                     source_prefix: false,
+                    force,
                 },
             ),
             AllowOp::Del { prefix, socket } => del(&socket.socket, ListName::Allow, prefix, None, Widen::default()),
             AllowOp::List { json, socket } => show(&socket.socket, ListName::Allow, None, json),
         },
         Cmd::Deny { op } => match op {
-            DenyOp::Add { prefix, comment, source_prefix, socket } => change(
+            DenyOp::Add { prefix, comment, source_prefix, force, socket } => change(
                 &socket.socket,
                 &Request::ListAdd {
                     list: ListName::Deny,
@@ -392,6 +407,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     burst: None,
                     comment,
                     source_prefix,
+                    force,
                 },
             ),
             DenyOp::Del { prefix, source_prefix, missing_ok, socket } => {
@@ -411,6 +427,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     burst: None,
                     comment,
                     source_prefix: false,
+                    force: false,
                 },
             ),
             ReserveOp::Del { prefix, service, socket } => {
@@ -420,7 +437,8 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         },
         Cmd::Reload { socket } => {
             let v = client(&socket.socket, &Request::Reload)?;
-            println!("reloaded {} ({} services)", v["reloaded"].as_str().unwrap_or("?"), v["services"]);
+            print_warnings(&v);
+            println!("reloaded {} ({} services)", printable(v["reloaded"].as_str().unwrap_or("?")), v["services"]);
             Ok(())
         }
         Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(config::DEFAULT_CONFIG))),
@@ -506,8 +524,17 @@ fn change(socket: &Path, req: &Request) -> Result<(), Failure> {
     if !limits.is_empty() {
         line = format!("{line} ({limits})");
     }
+    print_warnings(&v);
     println!("{line}");
     Ok(())
+}
+
+/// The `warnings` of a daemon response, one `limiter: warning: ` line each
+/// on stderr.
+fn print_warnings(v: &Value) {
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("limiter: warning: {}", printable(w.as_str().unwrap_or("?")));
+    }
 }
 
 fn describe_limits(e: &Value) -> String {
@@ -566,11 +593,11 @@ fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> R
         };
         println!(
             "{:<44} {:<10} {:<8} {:<40} {}",
-            e["prefix"].as_str().unwrap_or("?"),
-            e["service"].as_str().unwrap_or("-"),
-            e["origin"].as_str().unwrap_or("?"),
+            printable(e["prefix"].as_str().unwrap_or("?")),
+            printable(e["service"].as_str().unwrap_or("-")),
+            printable(e["origin"].as_str().unwrap_or("?")),
             if limits.is_empty() { "-" } else { &limits },
-            e["comment"].as_str().unwrap_or("")
+            printable(e["comment"].as_str().unwrap_or(""))
         );
     }
     Ok(())
@@ -580,7 +607,7 @@ fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> R
 /// on success one line on stdout.
 fn check_config(path: &Path) -> Result<(), Failure> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    let text = config::read_text(path)?;
     match config::check(&text, &shown, &Overrides::default()) {
         Ok(c) => {
             for w in &c.warnings {
@@ -623,9 +650,19 @@ fn run(a: RunArgs) -> Result<(), Failure> {
         Some(c) => c,
         None => crate::loader::cgroup2_mount().map_err(Failure::bad_input)?,
     };
+    if a.discard_runtime_lists
+        && let Some(backup) = RuntimeLists::discard_if_unusable(&a.state_dir).map_err(Failure::system)?
+    {
+        log::warn!(
+            "moved the unusable {} aside to {}: starting without run-time entries",
+            a.state_dir.join("lists.json").display(),
+            backup.display()
+        );
+    }
     let paths = Paths { socket: a.socket, pin_dir: a.pin_dir, state_dir: a.state_dir, cgroup };
     daemon::run(policy, daemon::Source { config: config_path, overrides: o }, &paths).map_err(|e| {
-        let bad = e.downcast_ref::<LoadError>().is_some_and(LoadError::is_bad_input);
+        let bad = e.downcast_ref::<LoadError>().is_some_and(LoadError::is_bad_input)
+            || matches!(e.downcast_ref::<StateError>(), Some(StateError::Corrupt { .. }));
         let msg = format!("{e:#}");
         if bad { Failure::bad_input(msg) } else { Failure::system(msg) }
     })

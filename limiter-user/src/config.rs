@@ -36,6 +36,8 @@ pub const MAX_BURST: u64 = 1_000_000;
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error("config {path} is larger than {} MiB: refused unread (100,000 list entries take about 10 MiB)", MAX_CONFIG_BYTES >> 20)]
+    TooLarge { path: String },
     /// The first problem (by line) of the config; [`check`] gives them all.
     #[error("{0}")]
     Invalid(Problem),
@@ -243,10 +245,34 @@ impl ConfigFile {
     }
 
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-        Self::parse(&text, &p)
+        let text = read_text(path)?;
+        Self::parse(&text, &path.display().to_string())
     }
+}
+
+/// Largest config file read: a bigger one is refused before it is read
+/// whole (a reload of a runaway file must not make the daemon hold it).
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// A config file's text, refused above [`MAX_CONFIG_BYTES`] without reading
+/// more than that (a file that grows while read, or a pipe, included).
+///
+/// # Errors
+/// When it cannot be read, is not UTF-8 or is too large.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let p = path.display().to_string();
+    let read = |source| ConfigError::Read { path: p.clone(), source };
+    let f = std::fs::File::open(path).map_err(read)?;
+    if f.metadata().map_err(read)?.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: p });
+    }
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(read)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: p });
+    }
+    Ok(text)
 }
 
 /// `run` flags that override or replace parts of the config file.
@@ -469,9 +495,9 @@ impl Policy {
         let mut owners: BTreeMap<u16, (usize, usize)> = BTreeMap::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = |field: &str| given.field(i, field);
-            let who = format!("service '{}': ", s.name);
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                r.push(at("name"), format!("service name '{}': expected letters, digits, '-' and '_'", s.name));
+            let who = format!("service {}: ", crate::lists::shown(&s.name));
+            if let Err(e) = check_service_name(&s.name) {
+                r.push(at("name"), e);
             } else if let Some(&first) = names.get(s.name.as_str()) {
                 r.push(
                     at("name"),
@@ -605,35 +631,21 @@ fn judge_lists(lists: &Lists, services: &[Service], origin: &Origin, r: &mut Rep
     let mut allow: BTreeMap<Cidr, usize> = BTreeMap::new();
     for (i, e) in lists.allow.iter().enumerate() {
         let at = |field: &str| place(List::Allow, i, field);
-        let who = format!("allow {}: ", e.prefix);
         if let Some(&first) = allow.get(&e.prefix) {
             let first = first_at(origin, &place(List::Allow, first, "prefix"));
             r.push(at("prefix"), format!("allow {} listed twice{first}: expected one entry per prefix", e.prefix));
         } else {
             allow.insert(e.prefix, i);
         }
-        if e.max_conn_per_source == Some(0) {
-            r.push(
-                at("max_conn_per_source"),
-                format!(
-                    "{who}max_conn_per_source = 0 would refuse the source: \
-                     expected >= 1, or omit every limit to exempt it"
-                ),
-            );
-        }
-        match (e.burst, e.rate) {
-            (Some(b), None) => r.push(
-                at("burst"),
-                format!("{who}burst = {b} without rate: expected rate = \"N/s\" or \"N/m\" too, or no burst"),
-            ),
-            (Some(b), Some(_)) if b == 0 || b > MAX_BURST => {
-                r.push(at("burst"), format!("{who}burst = {b}: expected 1..={MAX_BURST}"));
-            }
-            _ => {}
+        for (field, message) in e.problems() {
+            r.push(at(field), message);
         }
     }
     let mut deny: BTreeMap<Cidr, usize> = BTreeMap::new();
     for (i, e) in lists.deny.iter().enumerate() {
+        if let Some(Err(m)) = e.comment.as_deref().map(crate::lists::check_comment) {
+            r.push(place(List::Deny, i, "comment"), format!("deny {}: {m}", e.prefix));
+        }
         if let Some(&first) = deny.get(&e.prefix) {
             let first = first_at(origin, &place(List::Deny, first, "prefix"));
             r.push(
@@ -647,10 +659,17 @@ fn judge_lists(lists: &Lists, services: &[Service], origin: &Origin, r: &mut Rep
     let names = services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
     let mut reserve: BTreeMap<(&str, Cidr), usize> = BTreeMap::new();
     for (i, e) in lists.reserve.iter().enumerate() {
+        if let Some(Err(m)) = e.comment.as_deref().map(crate::lists::check_comment) {
+            r.push(place(List::Reserve, i, "comment"), format!("reserve {}: {m}", e.prefix));
+        }
         if !services.iter().any(|s| s.name == e.service) {
             r.push(
                 place(List::Reserve, i, "service"),
-                format!("reserve {}: service '{}' is not configured: expected one of {names}", e.prefix, e.service),
+                format!(
+                    "reserve {}: service {} is not configured: expected one of {names}",
+                    e.prefix,
+                    crate::lists::shown(&e.service)
+                ),
             );
         }
         if let Some(&first) = reserve.get(&(e.service.as_str(), e.prefix)) {
@@ -708,7 +727,31 @@ pub fn check(text: &str, path: &str, o: &Overrides) -> Result<Checked, Vec<Probl
             );
         }
     }
+    for (i, warning) in policy.lists.footguns() {
+        w.push(format!("{}.prefix", origin.entry(List::Deny, i)), format!("warning: {warning}"));
+    }
     Ok(Checked { policy, warnings: w.problems(&origin) })
+}
+
+/// Longest service name, in bytes.
+pub const MAX_SERVICE_NAME: usize = 32;
+
+/// A service name is 1 to 32 bytes of letters, digits, '.', '-' and '_':
+/// it is in every refusal line, metric label and table row.
+///
+/// # Errors
+/// The reason, naming the name as [`crate::lists::shown`] prints it.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > MAX_SERVICE_NAME
+        || !name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+    {
+        return Err(format!(
+            "service name {}: expected 1 to {MAX_SERVICE_NAME} letters, digits, '.', '-' and '_'",
+            crate::lists::shown(name)
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a `--port` value: 1..=65535.
@@ -934,7 +977,7 @@ connections = 10
                 (17, "service 'imap': max_conn_per_source = 0 would refuse every source"),
                 (18, "service 'imap': reserved_sessions = 3 without max_sessions"),
                 (20, "service 'smtp' defined twice (first at line 5)"),
-                (23, "service name 'bad name': expected letters, digits, '-' and '_'"),
+                (23, "service name 'bad name': expected 1 to 32 letters, digits, '.', '-' and '_'"),
                 (24, "service 'bad name': port 70000: expected a whole number 1..=65535"),
                 (25, "service 'bad name': max_sessions = 0"),
                 (26, "service 'bad name': action = \"block\": expected one of drop, reset"),
@@ -1183,5 +1226,99 @@ prefix = "198.51.100.10"   # the same prefix for another service
             ["t.toml:1: warning: interface 'nosuchif0' does not exist on this host (run would refuse it here)"]
         );
         assert_eq!(c.policy.interfaces, ["lo", "nosuchif0"]);
+    }
+
+    #[test]
+    fn service_names_are_bounded() {
+        let config = |name: &str| format!("interfaces = [\"eth0\"]\n[[service]]\nname = \"{name}\"\nports = [25]\n");
+        for good in ["smtp", "mail.submission", "a", "imap_tls-2", &"x".repeat(32)] {
+            let f = ConfigFile::parse(&config(good), "t.toml").expect("parses");
+            Policy::build(f, &ov(&[])).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let huge = "x".repeat(10 << 20);
+        for bad in [&"x".repeat(33), "bad name", "smtp\\u001b[2J", "sm/tp", "\\u00e9t\\u00e9", &huge] {
+            let f = ConfigFile::parse(&config(bad), "t.toml").expect("parses");
+            let msg = Policy::build(f, &ov(&[])).expect_err("refused").to_string();
+            assert!(msg.contains("t.toml:3: service name '"), "{msg}");
+            assert!(msg.len() < 200, "the message stays short: {} bytes", msg.len());
+            assert!(!msg.chars().any(char::is_control), "printable: {msg:?}");
+        }
+    }
+
+    #[test]
+    fn comments_are_bounded_everywhere_in_the_config() {
+        let long = "y".repeat(201);
+        let cases = [
+            (format!("[[allow]]\nprefix = \"10.0.0.1\"\ncomment = \"{long}\"\n"), 7, "201 bytes"),
+            ("[[deny]]\nprefix = \"10.0.0.1\"\ncomment = \"a\\nb\"\n".to_owned(), 7, "control character"),
+            (
+                "[[reserve]]\nservice = \"smtp\"\nprefix = \"10.0.0.1\"\ncomment = \"\\u001b[31m\"\n".to_owned(),
+                8,
+                "control character",
+            ),
+        ];
+        for (lists, line, want) in cases {
+            let text = format!("interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25]\n{lists}");
+            assert_problems(&text, &[(line, want)]);
+        }
+        let ok = format!("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"10.0.0.1\"\ncomment = \"{}\"\n", "z".repeat(200));
+        check(&ok, "t.toml", &Overrides::default()).expect("200 bytes is fine");
+    }
+
+    #[test]
+    fn check_warns_of_deny_everything_and_allow_deny_on_one_prefix() {
+        let text = "interfaces = [\"lo\"]
+[[allow]]
+prefix = \"198.51.100.0/24\"
+[[deny]]
+prefix = \"0.0.0.0/0\"
+[[deny]]
+prefix = \"::/0\"
+[[deny]]
+prefix = \"198.51.100.*\"
+[[deny]]
+prefix = \"198.51.101.0/24\"
+";
+        let c = check(text, "t.toml", &Overrides::default()).expect("a warning, not a problem");
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            [
+                "t.toml:5: warning: deny 0.0.0.0/0 covers every IPv4 source: every connection to every service is refused",
+                "t.toml:7: warning: deny ::/0 covers every IPv6 source: every connection to every service is refused",
+                "t.toml:9: warning: 198.51.100.0/24 is in both the allow and the deny list: deny wins, the allow entry has no effect",
+            ]
+        );
+        let c =
+            check("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"*\"\n", "t.toml", &Overrides::default()).expect("ok");
+        assert_eq!(c.warnings.len(), 1, "'*' is 0.0.0.0/0: {:?}", c.warnings);
+        let c = check("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"10.0.0.0/8\"\n", "t.toml", &Overrides::default())
+            .expect("ok");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn oversized_config_is_refused_unread_and_100k_entries_fit() {
+        let dir = std::env::temp_dir().join(format!("limiter-config-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let big = dir.join("big.toml");
+        // Sparse: no 64 MiB written.
+        std::fs::File::create(&big).and_then(|f| f.set_len(MAX_CONFIG_BYTES + 1)).expect("sparse file");
+        let err = read_text(&big).expect_err("too large");
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("big.toml") && err.to_string().contains("64 MiB"), "{err}");
+        assert!(matches!(ConfigFile::read(&big), Err(ConfigError::TooLarge { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let mut text = String::from("interfaces = [\"eth0\"]\n");
+        for i in 0..100_000u32 {
+            let _ = write!(
+                text,
+                "[[deny]]\nprefix = \"2001:db8:{:x}:{:x}::/64\"\ncomment = \"abuse report 2026-12-04 ticket {i}\"\n",
+                i >> 16,
+                i & 0xffff
+            );
+        }
+        assert!((text.len() as u64) < MAX_CONFIG_BYTES / 4, "100,000 entries take {} bytes", text.len());
     }
 }

@@ -21,6 +21,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// each other in the daemon; a client that gave up early would report a
 /// change as failed that the daemon then applied, so it waits long.
 const CHANGE_TIMEOUT: Duration = Duration::from_mins(5);
+/// Clients served at once; more wait in the listen backlog (not dropped),
+/// so idle or slow clients cannot take every file descriptor.
+pub const MAX_CLIENTS: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -50,6 +53,10 @@ pub enum Request {
         /// `ipv4_prefix`/`ipv6_prefix`).
         #[serde(default)]
         source_prefix: bool,
+        /// Apply even if the entry makes a deny entry cover everything or
+        /// puts one prefix on both the allow and the deny list.
+        #[serde(default)]
+        force: bool,
     },
     /// Removes a run-time entry.
     ListDel {
@@ -170,11 +177,15 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
 }
 
 /// Serves clients until the task is dropped; `handle` answers each request.
+/// At most [`MAX_CLIENTS`] at once: the next is accepted when one is done.
 pub async fn serve<F>(listener: UnixListener, handle: F)
 where
     F: Fn(Request) -> Result<serde_json::Value, String> + Clone + 'static,
 {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
+        // Never closed, so acquiring only waits.
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else { return };
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -186,6 +197,7 @@ where
         };
         let handle = handle.clone();
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             let resp = match read_request(&mut stream).await {
                 Ok(req) => match handle(req) {
                     Ok(ok) => Response::Ok { ok },

@@ -92,7 +92,7 @@ pub struct Daemon {
 async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Result<()> {
     fs::create_dir_all(&paths.state_dir)
         .with_context(|| format!("cannot create state dir {}", paths.state_dir.display()))?;
-    let runtime = RuntimeLists::load(&paths.state_dir).map_err(anyhow::Error::msg)?;
+    let runtime = RuntimeLists::load(&paths.state_dir)?;
     for r in &runtime.lists.reserve {
         if !policy.services.iter().any(|s| s.name == r.service) {
             warn!(
@@ -138,6 +138,9 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         None => None,
     };
     log_policy(&effective);
+    for (_, w) in effective.lists.footguns() {
+        warn!("{w}");
+    }
     info!("control socket {}", paths.socket.display());
 
     let bursts = Bursts::new(events::window());
@@ -158,9 +161,20 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                 Request::Status => status(d),
                 Request::Top { service, limit } => top(d, service.as_deref(), limit),
                 Request::ListShow { list, service } => Ok(d.list_show(list, service.as_deref())),
-                Request::ListAdd { list, prefix, service, max_conn_per_source, rate, burst, comment, source_prefix } => {
+                Request::ListAdd {
+                    list,
+                    prefix,
+                    service,
+                    max_conn_per_source,
+                    rate,
+                    burst,
+                    comment,
+                    source_prefix,
+                    force,
+                } => {
                     let prefix = d.widen(&prefix, source_prefix)?;
                     d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate.as_deref(), burst, comment)
+                        .and_then(|(new, entry)| d.commit_added(list, &new, &entry, force))
                 }
                 Request::ListDel { list, prefix, service, source_prefix, missing_ok } => {
                     let prefix = d.widen(&prefix, source_prefix)?;
@@ -366,7 +380,7 @@ impl Daemon {
     /// failure to apply puts the old file back.
     fn commit(&mut self, new: &Lists) -> Result<(), String> {
         let old = self.runtime.lists.clone();
-        self.runtime.store(new.clone())?;
+        self.runtime.store(new.clone()).map_err(|e| e.to_string())?;
         let policy = self.policy.clone();
         if let Err(e) = self.apply(&policy, new) {
             // The flip is the last step of a policy write: the old bank is
@@ -383,7 +397,7 @@ impl Daemon {
             Ok(name.to_owned())
         } else {
             let names: Vec<&str> = self.policy.services.iter().map(|s| s.name.as_str()).collect();
-            Err(format!("unknown service '{name}' (services: {})", names.join(", ")))
+            Err(format!("unknown service {} (services: {})", crate::lists::shown(name), names.join(", ")))
         }
     }
 
@@ -397,10 +411,10 @@ impl Daemon {
         rate: Option<&str>,
         burst: Option<u64>,
         comment: Option<String>,
-    ) -> Result<Value, String> {
+    ) -> Result<(Lists, Value), String> {
         let prefix: Cidr = prefix.parse()?;
-        if comment.as_ref().is_some_and(|c| c.len() > 200 || c.contains('\n')) {
-            return Err("a comment is one line of at most 200 bytes".into());
+        if let Some(c) = &comment {
+            crate::lists::check_comment(c)?;
         }
         if list != ListName::Allow && (max_conn_per_source.is_some() || rate.is_some() || burst.is_some()) {
             return Err(format!("limits belong to allow entries, not {} entries", list.as_str()));
@@ -411,17 +425,11 @@ impl Daemon {
         let mut new = self.runtime.lists.clone();
         let entry = match list {
             ListName::Allow => {
-                if max_conn_per_source == Some(0) {
-                    return Err("max-conn-per-source must be at least 1 (omit every limit to exempt)".into());
-                }
                 let rate = rate.map(str::parse::<Rate>).transpose()?;
-                if burst.is_some() && rate.is_none() {
-                    return Err("--burst needs --rate".into());
-                }
-                if burst.is_some_and(|b| b == 0 || b > 1_000_000) {
-                    return Err("burst must be within 1..=1000000".into());
-                }
                 let e = AllowEntry { prefix, max_conn_per_source, rate, burst, comment };
+                if let Some((_, problem)) = e.problems().into_iter().next() {
+                    return Err(problem);
+                }
                 new.allow.retain(|a| a.prefix != prefix);
                 new.allow.push(e.clone());
                 serde_json::to_value(e)
@@ -441,9 +449,33 @@ impl Daemon {
             }
         }
         .map_err(|e| e.to_string())?;
-        self.commit(&new)?;
-        info!("{} add {prefix}", list.as_str());
-        Ok(json!({ "list": list.as_str(), "added": entry }))
+        Ok((new, entry))
+    }
+
+    /// Commits the run-time entries `new` that `list add` made, unless they
+    /// create a footgun (`Lists::footguns`) the policy in force does not
+    /// already have and `force` is not given. The warnings of what is
+    /// applied are in the response.
+    fn commit_added(&mut self, list: ListName, new: &Lists, entry: &Value, force: bool) -> Result<Value, String> {
+        let before = in_force(&self.policy, &self.runtime.lists).lists.footguns();
+        let after = in_force(&self.policy, new).lists.footguns();
+        let created: Vec<&String> =
+            after.iter().map(|(_, w)| w).filter(|w| !before.iter().any(|(_, b)| b == *w)).collect();
+        let what = format!("{} add {}", list.as_str(), entry["prefix"].as_str().unwrap_or("?"));
+        if !created.is_empty() && !force {
+            let reasons: Vec<&str> = created.iter().map(|w| w.as_str()).collect();
+            return Err(format!(
+                "{what} refused: {}; `--force` applies it anyway; nothing changed",
+                reasons.join("; ")
+            ));
+        }
+        self.commit(new)?;
+        info!("{what}");
+        for w in &created {
+            warn!("{what} (forced): {w}");
+        }
+        let warnings: Vec<&String> = after.iter().map(|(_, w)| w).collect();
+        Ok(json!({ "list": list.as_str(), "added": entry, "warnings": warnings }))
     }
 
     /// `prefix` widened to the source the kernel counts (`--source-prefix`):
@@ -542,6 +574,12 @@ impl Daemon {
         }
         notify(&state);
         let r = self.reload_config();
+        if r.is_err() {
+            // A refused config may have been large: give the memory its
+            // text and parse took back to the system now.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+        }
         notify(&[NotifyState::Ready]);
         r
     }
@@ -596,8 +634,13 @@ impl Daemon {
         self.policy = new;
         let from = self.source.config.as_ref().map_or_else(|| "the run flags".to_owned(), |p| p.display().to_string());
         info!("reloaded the policy from {from}");
-        log_policy(&in_force(&self.policy, &self.runtime.lists));
-        Ok(json!({ "reloaded": from, "services": self.policy.services.len() }))
+        let effective = in_force(&self.policy, &self.runtime.lists);
+        log_policy(&effective);
+        let warnings: Vec<String> = effective.lists.footguns().into_iter().map(|(_, w)| w).collect();
+        for w in &warnings {
+            warn!("reload: {w}");
+        }
+        Ok(json!({ "reloaded": from, "services": self.policy.services.len(), "warnings": warnings }))
     }
 }
 
@@ -638,7 +681,7 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
                 .iter()
                 .find(|s| s.name == name)
                 .map(|s| s.id)
-                .ok_or_else(|| format!("unknown service '{name}'"))?,
+                .ok_or_else(|| format!("unknown service {}", crate::lists::shown(name)))?,
         ),
         None => None,
     };

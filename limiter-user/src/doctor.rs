@@ -596,15 +596,16 @@ fn config_check(given: Option<&Path>, ifaces: &[String]) -> Result<(Check, Vec<S
         }
     };
     let shown = path.display().to_string();
-    let text = match std::fs::read_to_string(&path) {
+    let text = match config::read_text(&path) {
         Ok(t) => t,
-        Err(e) if given.is_some() => return Err(format!("cannot read config {shown}: {e}")),
-        Err(e) => {
+        Err(config::ConfigError::Read { source, .. }) if given.is_none() => {
             return Ok((
-                Check::warn(name, format!("cannot read {shown}: {e}"), "run `limiter doctor` as root"),
+                Check::warn(name, format!("cannot read {shown}: {source}"), "run `limiter doctor` as root"),
                 Vec::new(),
             ));
         }
+        // Unreadable when named, or above the size cap.
+        Err(e) => return Err(e.to_string()),
     };
     // As `run --config FILE [--iface IF]...` would read it.
     let o = Overrides { interfaces: ifaces.to_vec(), ..Overrides::default() };

@@ -3,7 +3,10 @@
 //! their merge into the one trie the kernel reads
 //! (`limiter_common::lists`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt::Write as _,
+};
 
 use limiter_common::{
     lists::{ListEntry, entry},
@@ -12,6 +15,57 @@ use limiter_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Rate, Service};
+
+/// Longest comment of a list entry, in bytes.
+pub const MAX_COMMENT: usize = 200;
+
+/// A comment is one line of at most [`MAX_COMMENT`] bytes without control
+/// characters: it is printed to terminals and written into log lines.
+///
+/// # Errors
+/// The reason, naming the comment as [`shown`] prints it.
+pub fn check_comment(c: &str) -> Result<(), String> {
+    if c.len() > MAX_COMMENT {
+        return Err(format!("comment {}: expected at most {MAX_COMMENT} bytes", shown(c)));
+    }
+    if c.chars().any(char::is_control) {
+        return Err(format!("comment {} has a control character: expected printable text on one line", shown(c)));
+    }
+    Ok(())
+}
+
+/// `text` quoted for a one-line message to a terminal: control characters
+/// escaped, and cut after 40 characters with its length (a 10 MB name must
+/// not make a 10 MB error line).
+#[must_use]
+pub fn shown(text: &str) -> String {
+    const KEEP: usize = 40;
+    let mut out = String::from("'");
+    for (i, c) in text.chars().enumerate() {
+        if i == KEEP {
+            let _ = write!(out, "...' ({} bytes)", text.len());
+            return out;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `text` with control characters escaped, for printing a value that came
+/// from a daemon (which may be older than these checks) to a terminal.
+#[must_use]
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
 
 /// A prefix that serializes as its normalized CIDR text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +119,39 @@ impl AllowEntry {
     #[must_use]
     pub const fn is_exempt(&self) -> bool {
         self.max_conn_per_source.is_none() && self.rate.is_none()
+    }
+}
+
+impl AllowEntry {
+    /// What is wrong with the entry's values, as (field, message): the rules
+    /// the config, the command line and `lists.json` share.
+    #[must_use]
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let who = format!("allow {}: ", self.prefix);
+        let mut out = Vec::new();
+        if self.max_conn_per_source == Some(0) {
+            out.push((
+                "max_conn_per_source",
+                format!(
+                    "{who}max_conn_per_source = 0 would refuse the source: \
+                     expected >= 1, or omit every limit to exempt it"
+                ),
+            ));
+        }
+        match (self.burst, self.rate) {
+            (Some(b), None) => out.push((
+                "burst",
+                format!("{who}burst = {b} without rate: expected rate = \"N/s\" or \"N/m\" too, or no burst"),
+            )),
+            (Some(b), Some(_)) if b == 0 || b > crate::config::MAX_BURST => {
+                out.push(("burst", format!("{who}burst = {b}: expected 1..={}", crate::config::MAX_BURST)));
+            }
+            _ => {}
+        }
+        if let Some(Err(e)) = self.comment.as_deref().map(check_comment) {
+            out.push(("comment", format!("{who}{e}")));
+        }
+        out
     }
 }
 
@@ -205,6 +292,84 @@ impl<'a, T> Covering<'a, T> {
     }
 }
 
+impl Lists {
+    /// Entries that are legal but almost surely a mistake, as (index in
+    /// `deny`, warning): a deny entry that covers every address of its
+    /// family (`0.0.0.0/0`, `::/0`, `*`), and a deny entry with the same
+    /// prefix as an allow entry (deny wins; the allow entry does nothing).
+    #[must_use]
+    pub fn footguns(&self) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for (i, d) in self.deny.iter().enumerate() {
+            if d.prefix.0.len == 0 {
+                let family = if d.prefix.0.family == limiter_common::maps::family::V4 { "IPv4" } else { "IPv6" };
+                out.push((
+                    i,
+                    format!(
+                        "deny {} covers every {family} source: every connection to every service is refused",
+                        d.prefix
+                    ),
+                ));
+            }
+            if self.allow.iter().any(|a| a.prefix == d.prefix) {
+                out.push((
+                    i,
+                    format!(
+                        "{} is in both the allow and the deny list: deny wins, the allow entry has no effect",
+                        d.prefix
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Every problem of run-time entries read back from `lists.json`, one
+    /// line each naming the entry: the rules the config file and the
+    /// commands apply (services are checked against the config later).
+    #[must_use]
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let total = self.allow.len() + self.deny.len() + self.reserve.len();
+        if total > limiter_common::lists::LIST_ENTRIES as usize {
+            out.push(format!("{total} entries: expected at most {} in all", limiter_common::lists::LIST_ENTRIES));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, e) in self.allow.iter().enumerate() {
+            out.extend(e.problems().into_iter().map(|(field, m)| format!("allow[{i}].{field}: {m}")));
+            if !seen.insert(e.prefix) {
+                out.push(format!("allow[{i}]: allow {} listed twice: expected one entry per prefix", e.prefix));
+            }
+        }
+        seen.clear();
+        for (i, e) in self.deny.iter().enumerate() {
+            if let Some(Err(m)) = e.comment.as_deref().map(check_comment) {
+                out.push(format!("deny[{i}].comment: deny {}: {m}", e.prefix));
+            }
+            if !seen.insert(e.prefix) {
+                out.push(format!("deny[{i}]: deny {} listed twice: expected one entry per prefix", e.prefix));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, e) in self.reserve.iter().enumerate() {
+            if let Err(m) = crate::config::check_service_name(&e.service) {
+                out.push(format!("reserve[{i}].service: reserve {}: {m}", e.prefix));
+            }
+            if let Some(Err(m)) = e.comment.as_deref().map(check_comment) {
+                out.push(format!("reserve[{i}].comment: reserve {}: {m}", e.prefix));
+            }
+            if !seen.insert((e.service.as_str(), e.prefix)) {
+                out.push(format!(
+                    "reserve[{i}]: reserve {} for {} listed twice: expected one entry per prefix and service",
+                    e.prefix,
+                    shown(&e.service)
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// The entry the kernel's longest-prefix match finds for `addr` in a merged
 /// trie (user-space reference for tests and seeding).
 #[must_use]
@@ -268,6 +433,46 @@ mod tests {
         assert_eq!(at([198, 18, 0, 40]).reserve, 1 << 1, "the /16 reserve entry reaches into the /28");
         assert_eq!(at([198, 18, 5, 1]).flags, 0, "only the reserve entry covers it");
         assert_eq!(longest_match(&m, &Prefix::new(std::net::IpAddr::from([10, 0, 0, 1]), 32)), None);
+    }
+
+    #[test]
+    fn footguns_are_deny_everything_and_one_prefix_on_allow_and_deny() {
+        let deny = |p: &str| DenyEntry { prefix: p.parse().expect("cidr"), comment: None };
+        let allow = |p: &str| AllowEntry {
+            prefix: p.parse().expect("cidr"),
+            max_conn_per_source: None,
+            rate: None,
+            burst: None,
+            comment: None,
+        };
+        let l = Lists {
+            allow: vec![allow("10.0.0.0/8"), allow("192.0.2.1")],
+            deny: vec![deny("*"), deny("::/0"), deny("10.*"), deny("192.0.2.0/24"), deny("2001:db8::/32")],
+            reserve: vec![],
+        };
+        let got: Vec<(usize, String)> = l.footguns();
+        let idx: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, [0, 1, 2], "{got:?}");
+        assert!(got[0].1.contains("0.0.0.0/0 covers every IPv4 source"), "{got:?}");
+        assert!(got[1].1.contains("::/0 covers every IPv6 source"), "{got:?}");
+        assert!(got[2].1.contains("10.0.0.0/8 is in both"), "{got:?}");
+        // A layered view finds config + run-time pairs too.
+        let config = Lists { allow: vec![allow("198.51.100.7")], ..Lists::default() };
+        let runtime = Lists { deny: vec![deny("198.51.100.7/32")], ..Lists::default() };
+        assert_eq!(config.layered(&runtime).footguns().len(), 1);
+    }
+
+    #[test]
+    fn shown_is_short_and_printable() {
+        assert_eq!(shown("smtp"), "'smtp'");
+        assert_eq!(shown("a\u{1b}[2J"), "'a\\u{1b}[2J'");
+        let s = shown(&"x".repeat(10 << 20));
+        assert!(s.len() < 80 && s.ends_with("(10485760 bytes)"), "{s}");
+        assert_eq!(printable("ok"), "ok");
+        assert_eq!(printable("a\nb"), "a\\nb");
+        assert!(check_comment(&"c".repeat(200)).is_ok());
+        assert!(check_comment(&"c".repeat(201)).is_err());
+        assert!(check_comment("tab\there").is_err());
     }
 
     fn prefix_strategy() -> impl Strategy<Value = Prefix> {

@@ -458,7 +458,10 @@ fn deny_refuses_v4_host_and_v6_48_and_beats_allow() {
     ok(&d, &["allow", "add", &both.to_string()]);
     let mut held_both = attempt(&pair, both, 5, 5, "exempt host");
     // Deny wins over allow for the same host; what is established stays.
-    ok(&d, &["deny", "add", &both.to_string()]);
+    // One prefix on both lists is almost surely a mistake: refused without --force.
+    let out = limiter(&d, &["deny", "add", &both.to_string()]);
+    assert_bad_input(&out, "deny add of an allowed host", "--force");
+    ok(&d, &["deny", "add", &both.to_string(), "--force"]);
     let _ = attempt(&pair, both, 3, 0, "host on both lists");
     assert_eq!(counter(&d, "refused_deny"), 12);
     assert_open(&mut held_both, "connections of the newly denied host");

@@ -397,9 +397,9 @@ fn service(t: &mut Fields<'_>, i: usize, r: &mut Report) -> ServiceFile {
     t.who = format!("service #{}: ", i + 1);
     let name = t.value(r, "name", string);
     if let Some(name) = &name {
-        t.who = format!("service '{name}': ");
+        t.who = format!("service {}: ", crate::lists::shown(name));
     } else if !t.has("name") {
-        r.push(t.at("name"), format!("{}no name: expected name = \"...\" (letters, digits, '-' and '_')", t.who));
+        r.push(t.at("name"), format!("{}no name: expected name = \"...\" (letters, digits, '.', '-' and '_')", t.who));
     }
     t.unknown(r, SERVICE_FIELDS);
     ServiceFile {

@@ -1,0 +1,426 @@
+//! Footguns and bounds, end to end: `limiter run` in a namespace, the
+//! commands as an admin types them. A deny entry that covers everything or
+//! shares its prefix with an allow entry is warned about everywhere and
+//! refused at run time without `--force`; a corrupt `lists.json` stops the
+//! start with exit 2 and a way out; the state file is 0640; a refused huge
+//! config leaves no memory behind; idle control clients cannot take every
+//! descriptor.
+#![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
+
+use std::{
+    net::{IpAddr, TcpStream},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use limiter_tests::{
+    can_run_privileged,
+    netns::{Attempt, Daemon, Pair, limiter_bin, tally, unique},
+};
+use serde_json::Value;
+
+const PORT: u16 = 2525;
+const WAIT: Duration = Duration::from_secs(2);
+
+/// A private directory for config files, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("limiter-guard-"));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[derive(Debug)]
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn output(out: &std::process::Output) -> Output {
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `limiter ARGS` against the daemon's socket.
+fn limiter(d: &Daemon, args: &[&str]) -> Output {
+    output(&Command::new(limiter_bin()).args(args).env("LIMITER_SOCKET", &d.socket).output().expect("limiter"))
+}
+
+fn ok(d: &Daemon, args: &[&str]) -> Output {
+    let out = limiter(d, args);
+    assert_eq!(out.code, Some(0), "limiter {args:?} must succeed: {out:?}");
+    out
+}
+
+/// Exit 2 and exactly one `limiter: ` line on stderr naming every `want`.
+fn assert_bad_input(out: &Output, what: &str, want: &[&str]) {
+    assert_eq!(out.code, Some(2), "{what}: exit code: {out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{what}: exactly one line on stderr: {out:?}");
+    assert!(out.stderr.starts_with("limiter: "), "{what}: {out:?}");
+    for w in want {
+        assert!(out.stderr.contains(w), "{what}: stderr does not name {w:?}: {out:?}");
+    }
+}
+
+fn smtp_config(iface: &str, rest: &str) -> String {
+    format!(
+        "interfaces = [\"{iface}\"]\n\n[[service]]\nname = \"smtp\"\nports = [{PORT}]\naction = \"reset\"\n\
+         max_conn_per_source = 5\n\n{rest}"
+    )
+}
+
+fn lists(d: &Daemon) -> [Value; 3] {
+    ["allow", "deny", "reserve"].map(|l| d.client_json(&[l, "list", "--json"]))
+}
+
+fn state_file(d: &Daemon) -> PathBuf {
+    d.dir.join("state").join("lists.json")
+}
+
+fn state_bytes(d: &Daemon) -> Option<Vec<u8>> {
+    std::fs::read(state_file(d)).ok()
+}
+
+fn counter(d: &Daemon, name: &str) -> u64 {
+    let s = d.status_json().expect("status");
+    s["services"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {s}"))
+}
+
+/// `n` attempts from `src`; returns how many connected (the rest must be
+/// refused at once, none time out).
+fn connected(pair: &Pair, src: IpAddr, n: usize) -> (usize, Vec<TcpStream>) {
+    let attempts = pair.connect_parallel(src, PORT, n, WAIT);
+    let t = tally(&attempts);
+    assert_eq!(t.connected + t.refused, n, "{attempts:?}");
+    let held = attempts
+        .into_iter()
+        .filter_map(|a| match a {
+            Attempt::Connected(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    (t.connected, held)
+}
+
+fn pid(d: &Daemon) -> u32 {
+    d.child.as_ref().expect("daemon running").id()
+}
+
+/// A `kB` field of /proc/PID/status, in bytes.
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = text.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field}"));
+    let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("kB");
+    kb * 1024
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count()
+}
+
+/// `n` deny entries in config syntax (10.N.N.N, one /32 each).
+fn deny_entries(n: u32) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    for i in 0..n {
+        let _ = write!(
+            s,
+            "[[deny]]\nprefix = \"10.{}.{}.{}\"\ncomment = \"abuse ticket {i}\"\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        );
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+
+/// check-config, reload and `deny add` warn of a deny entry that covers
+/// everything and of a prefix on both lists; at run time such a change is
+/// refused without `--force` (exit 2, nothing changed) and applied with it.
+#[test]
+fn deny_everything_and_allow_deny_overlap_warn_and_need_force() {
+    if !can_run_privileged("deny_everything_and_allow_deny_overlap_warn_and_need_force") {
+        return;
+    }
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let a = pair.add_client_v4(2);
+    let scratch = Scratch::new();
+
+    // check-config: warnings with their lines, exit 0.
+    let footguns = scratch.write(
+        "footguns.toml",
+        &smtp_config(
+            "lo",
+            "[[allow]]\nprefix = \"198.51.100.0/24\"\n\n[[deny]]\nprefix = \"*\"\n\n[[deny]]\nprefix = \"198.51.100.*\"\n",
+        ),
+    );
+    let out = output(&Command::new(limiter_bin()).arg("check-config").arg(&footguns).output().expect("check-config"));
+    assert_eq!(out.code, Some(0), "warnings only: {out:?}");
+    let f = path_str(&footguns);
+    assert!(
+        out.stderr.contains(&format!("{f}:13: warning: deny 0.0.0.0/0 covers every IPv4 source")),
+        "deny-everything warning at its line: {out:?}"
+    );
+    assert!(
+        out.stderr.contains(&format!("{f}:16: warning: 198.51.100.0/24 is in both the allow and the deny list")),
+        "overlap warning at its line: {out:?}"
+    );
+
+    // A running daemon with a config allow entry away from the pair's net.
+    let config =
+        scratch.write("limiter.toml", &smtp_config(&pair.server_if, "[[allow]]\nprefix = \"198.19.5.0/24\"\n"));
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    ok(&d, &["allow", "add", "198.19.7.7"]);
+    ok(&d, &["deny", "add", "198.19.66.0/24"]);
+    let before = lists(&d);
+    let state_before = state_bytes(&d);
+
+    let refused: &[(&[&str], &str)] = &[
+        (&["deny", "add", "0.0.0.0/0"], "0.0.0.0/0 covers every IPv4 source"),
+        (&["deny", "add", "*"], "0.0.0.0/0 covers every IPv4 source"),
+        (&["deny", "add", "::/0", "--comment", "all v6"], "::/0 covers every IPv6 source"),
+        (&["deny", "add", "198.19.5.*"], "198.19.5.0/24 is in both"),
+        (&["deny", "add", "198.19.7.7/32"], "198.19.7.7/32 is in both"),
+        (&["allow", "add", "198.19.66.0/24", "--max-conn-per-source", "9"], "198.19.66.0/24 is in both"),
+    ];
+    for (args, why) in refused {
+        let out = limiter(&d, args);
+        assert_bad_input(&out, &format!("limiter {args:?}"), &[why, "--force", "nothing changed"]);
+        assert_eq!(lists(&d), before, "limiter {args:?} changed the lists");
+        assert_eq!(state_bytes(&d), state_before, "limiter {args:?} rewrote lists.json");
+    }
+    let (n, _held) = connected(&pair, a, 2);
+    assert_eq!(n, 2, "the running policy is unchanged: a is admitted");
+
+    // --force applies it, with the warning on stderr and in the log.
+    let out = ok(&d, &["deny", "add", "0.0.0.0/0", "--force"]);
+    assert!(
+        out.stderr.contains("limiter: warning: deny 0.0.0.0/0 covers every IPv4 source"),
+        "forced add warns: {out:?}"
+    );
+    assert!(out.stdout.contains("deny 0.0.0.0/0 added"), "{out:?}");
+    let refused_before = counter(&d, "refused_deny");
+    let (n, _) = connected(&pair, a, 3);
+    assert_eq!(n, 0, "everything is denied now");
+    assert_eq!(counter(&d, "refused_deny"), refused_before + 3);
+    assert!(d.log_text().contains("covers every IPv4 source"), "daemon log: {}", d.log_text());
+    // An unrelated add is not refused for the footgun already in force, but still warns.
+    let out = ok(&d, &["deny", "add", "198.19.67.0/24"]);
+    assert!(out.stderr.contains("warning: deny 0.0.0.0/0"), "{out:?}");
+    ok(&d, &["deny", "del", "0.0.0.0/0"]);
+    let (n, _held_too) = connected(&pair, a, 2);
+    assert_eq!(n, 2, "admitted again after deny del (4 of its 5)");
+    ok(&d, &["allow", "add", "198.19.66.0/24", "--force"]);
+
+    // reload of a config with ::/0 denied: applied, with the warning in
+    // the response and in the daemon log.
+    scratch.write(
+        "limiter.toml",
+        &smtp_config(&pair.server_if, "[[allow]]\nprefix = \"198.19.5.0/24\"\n\n[[deny]]\nprefix = \"::/0\"\n"),
+    );
+    let out = ok(&d, &["reload"]);
+    assert!(out.stderr.contains("limiter: warning: deny ::/0 covers every IPv6 source"), "reload warns: {out:?}");
+    assert!(out.stderr.contains("198.19.66.0/24 is in both"), "run-time overlap is in the reload's warnings: {out:?}");
+    assert!(
+        d.log_text().lines().any(|l| l.contains("reload: deny ::/0 covers every IPv6 source")),
+        "daemon log: {}",
+        d.log_text()
+    );
+}
+
+/// Names and comments are bounded and printable at run time too.
+#[test]
+fn runtime_comments_are_bounded() {
+    if !can_run_privileged("runtime_comments_are_bounded") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
+    let before = lists(&d);
+    let long = "c".repeat(201);
+    for (args, want) in [
+        (vec!["deny", "add", "198.19.1.1", "--comment", long.as_str()], "at most 200 bytes"),
+        (vec!["allow", "add", "198.19.1.2", "--comment", "clear\x1b[2J"], "control character"),
+        (vec!["deny", "add", "198.19.1.3", "--comment", "two\nlines"], "control character"),
+    ] {
+        let out = limiter(&d, &args);
+        assert_bad_input(&out, &format!("{args:?}"), &[want]);
+        assert!(!out.stderr.contains('\x1b'), "the escape is not echoed raw: {out:?}");
+        assert_eq!(lists(&d), before);
+    }
+    ok(&d, &["deny", "add", "198.19.1.1", "--comment", &"c".repeat(200)]);
+}
+
+/// A corrupt or invalid `lists.json` stops `limiter run` with exit 2 and
+/// one line naming the file and `--discard-runtime-lists`, which moves it
+/// aside (kept) and starts without run-time entries. The file is 0640.
+#[test]
+fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
+    if !can_run_privileged("corrupt_lists_json_exits_2_and_discard_keeps_a_backup") {
+        return;
+    }
+    let pair = Pair::new();
+    let args = ["--iface", pair.server_if.as_str(), "--port", "2525"];
+    let mut d = Daemon::start(&pair.server, &args);
+    ok(&d, &["deny", "add", "198.19.1.1", "--comment", "spam"]);
+    let mode = std::fs::metadata(state_file(&d)).expect("lists.json").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o640, "lists.json mode {mode:o}");
+    d.stop();
+
+    let run = |extra: &[&str]| {
+        output(
+            &Command::new("nsenter")
+                .arg(format!("--net={}", pair.server.path().display()))
+                .arg(limiter_bin())
+                .arg("run")
+                .args(args)
+                .args(extra)
+                .arg("--socket")
+                .arg(&d.socket)
+                .arg("--pin-dir")
+                .arg(&d.pin_dir)
+                .arg("--state-dir")
+                .arg(d.dir.join("state"))
+                .env("RUST_LOG", "off")
+                .output()
+                .expect("limiter run"),
+        )
+    };
+    let file = state_file(&d);
+    let f = path_str(&file).to_owned();
+    for bad in [
+        "{ \"deny\": [ {\"prefix\": ",
+        r#"{"allow":[{"prefix":"198.19.2.0/24","max_conn_per_source":0}]}"#,
+        r#"{"deny":[{"prefix":"198.19.2.0/24","why":"x"}]}"#,
+    ] {
+        std::fs::write(&file, bad).expect("corrupt");
+        let out = run(&[]);
+        assert_bad_input(&out, bad, &[&f, "--discard-runtime-lists"]);
+        assert_eq!(std::fs::read_to_string(&file).expect("still there"), bad, "left as it was");
+    }
+
+    let bad = std::fs::read(&file).expect("bad");
+    d.restart(&pair.server, &[&args[..], &["--discard-runtime-lists"]].concat());
+    let backups: Vec<PathBuf> = std::fs::read_dir(d.dir.join("state"))
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("lists.json.bad-")))
+        .collect();
+    assert_eq!(backups.len(), 1, "one backup: {backups:?}");
+    assert_eq!(std::fs::read(&backups[0]).expect("backup"), bad, "the backup holds the file as it was");
+    assert!(lists(&d).iter().all(|l| l["entries"].as_array().is_some_and(Vec::is_empty)), "no run-time entries");
+    assert!(d.log_text().contains("lists.json.bad-"), "the log names the backup: {}", d.log_text());
+    ok(&d, &["deny", "add", "198.19.1.1"]);
+}
+
+/// A config above the size cap is refused on reload without being read
+/// (peak memory stays put), and a refused large config within the cap
+/// gives its memory back.
+#[test]
+fn refused_huge_reload_leaves_no_memory_behind() {
+    if !can_run_privileged("refused_huge_reload_leaves_no_memory_behind") {
+        return;
+    }
+    let pair = Pair::new();
+    let scratch = Scratch::new();
+    let config = scratch.write("limiter.toml", &smtp_config(&pair.server_if, ""));
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    let pid = pid(&d);
+    let (rss0, hwm0) = (proc_status(pid, "VmRSS:"), proc_status(pid, "VmHWM:"));
+    eprintln!("start: VmRSS {} MiB, VmHWM {} MiB", rss0 >> 20, hwm0 >> 20);
+
+    // Above 64 MiB: 200,000 entries, then a long comment.
+    let mut text = smtp_config(&pair.server_if, &deny_entries(200_000));
+    text.push('#');
+    text.push_str(&"x".repeat((65 << 20) - text.len()));
+    text.push('\n');
+    scratch.write("limiter.toml", &text);
+    drop(text);
+    let out = limiter(&d, &["reload"]);
+    assert_bad_input(&out, "oversized reload", &["limiter.toml", "64 MiB"]);
+    let big = scratch.0.join("limiter.toml");
+    for args in [vec!["check-config", path_str(&big)], vec!["run", "--config", path_str(&big)]] {
+        let out = output(&Command::new(limiter_bin()).args(&args).env("RUST_LOG", "off").output().expect("limiter"));
+        assert_bad_input(&out, &format!("{args:?}"), &["limiter.toml", "64 MiB"]);
+    }
+    let (rss1, hwm1) = (proc_status(pid, "VmRSS:"), proc_status(pid, "VmHWM:"));
+    eprintln!("after the oversized reload: VmRSS {} MiB, VmHWM {} MiB", rss1 >> 20, hwm1 >> 20);
+    assert!(hwm1 < hwm0 + (16 << 20), "the file was not read: peak {hwm0} -> {hwm1} bytes");
+
+    // Within the cap but refused (200,000 entries, more than the lists
+    // hold): parsed, so memory grew, and given back afterwards.
+    scratch.write("limiter.toml", &smtp_config(&pair.server_if, &deny_entries(200_000)));
+    let out = limiter(&d, &["reload"]);
+    assert_bad_input(&out, "reload of too many entries", &["list entries"]);
+    let (rss2, hwm2) = (proc_status(pid, "VmRSS:"), proc_status(pid, "VmHWM:"));
+    eprintln!("after the refused large reload: VmRSS {} MiB, VmHWM {} MiB", rss2 >> 20, hwm2 >> 20);
+    assert!(hwm2 > hwm0 + (100 << 20), "the parse did take memory (else this checks nothing): {hwm2}");
+    assert!(rss2 < rss0 + (32 << 20), "memory given back: VmRSS {rss0} -> {rss2} bytes");
+    // Still serving, with the old policy.
+    assert_eq!(d.status_json().expect("status")["services"][0]["max_conn_per_source"], 5);
+}
+
+/// More idle control clients than the daemon serves at once do not each
+/// take a descriptor; a change sent meanwhile waits and then completes.
+#[test]
+fn idle_control_clients_are_capped_and_a_queued_change_completes() {
+    if !can_run_privileged("idle_control_clients_are_capped_and_a_queued_change_completes") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
+    let pid = pid(&d);
+    let fds0 = open_fds(pid);
+    let idle: Vec<UnixStream> = (0..100).map(|_| UnixStream::connect(&d.socket).expect("connect")).collect();
+    thread::sleep(Duration::from_millis(300));
+    let fds1 = open_fds(pid);
+    eprintln!("descriptors: {fds0} before, {fds1} with 100 idle clients");
+    assert!(fds1 <= fds0 + 64, "at most 64 clients served at once: {fds0} -> {fds1} descriptors");
+
+    let mut change = Command::new(limiter_bin())
+        .args(["deny", "add", "198.19.3.3"])
+        .env("LIMITER_SOCKET", &d.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    thread::sleep(Duration::from_millis(500));
+    assert!(change.try_wait().expect("wait").is_none(), "the change waits in the backlog");
+    let start = Instant::now();
+    drop(idle);
+    let out = output(&change.wait_with_output().expect("change"));
+    assert_eq!(out.code, Some(0), "the queued change completes: {out:?}");
+    eprintln!("queued change done {:?} after the idle clients left", start.elapsed());
+    let deny = d.client_json(&["deny", "list", "--json"]);
+    assert_eq!(deny["entries"][0]["prefix"], "198.19.3.3/32", "{deny}");
+}
