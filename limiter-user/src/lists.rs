@@ -300,6 +300,7 @@ impl Lists {
     #[must_use]
     pub fn footguns(&self) -> Vec<(usize, String)> {
         let mut out = Vec::new();
+        let allowed: HashSet<Cidr> = self.allow.iter().map(|a| a.prefix).collect();
         for (i, d) in self.deny.iter().enumerate() {
             if d.prefix.0.len == 0 {
                 let family = if d.prefix.0.family == limiter_common::maps::family::V4 { "IPv4" } else { "IPv6" };
@@ -311,7 +312,7 @@ impl Lists {
                     ),
                 ));
             }
-            if self.allow.iter().any(|a| a.prefix == d.prefix) {
+            if allowed.contains(&d.prefix) {
                 out.push((
                     i,
                     format!(
