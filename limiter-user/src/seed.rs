@@ -1,22 +1,33 @@
 //! Counting the connections that predate the programs. `sock_ops` sees a
 //! connection only when its handshake completes, and the kernel never gives
 //! a close callback for a socket that was already established when the
-//! program was attached. So at the first start the daemon reads the socket
-//! table (`sock_diag`), counts each service connection in `SEEDED`, and from
-//! then on takes one away when that socket has left the table. The seeded
-//! sockets are kept in `STATE_DIR/seeded` so a restarted daemon goes on
-//! releasing them.
+//! program was attached. So the daemon counts each such service connection
+//! in `SEEDED` (and its service's seeded sessions), and takes one away when
+//! that socket has left the socket table (`sock_diag`).
+//!
+//! Nothing about them is kept outside the kernel: the seeded set is always
+//! rebuilt from the socket table, at every start while the pinned
+//! `GLOBALS` says a seeding began (`flags::SEEDING`) or seeded sockets
+//! remain (`flags::SEEDED`). A seeded socket is a service socket in the table
+//! that `sock_ops` did not count: no `SOCKS` record, not in `SEED_SKIP`, and
+//! a cookie no larger than the first seeding's ceiling (`SEED_STATE`): a
+//! larger one was established after the attach, so `sock_ops` counted it or
+//! chose not to (a port that became a service port later; a full `SOCKS`).
+//! A crash at any step is repaired by the next start, which writes only the
+//! differences (no window with counts missing). Earlier versions kept the
+//! set in `STATE_DIR/seeded`, which could be lost or go stale (a crash before
+//! it was written, a full disk): the file is no longer read and is deleted.
 //!
 //! Double counting is ruled out by ordering: `flags::SEEDING` is set before
 //! `sock_ops` is attached, and while it is set `sock_ops` notes the cookie
-//! of every connection it counts in `SEED_SKIP`; the seeding skips those.
+//! of every connection it counts in `SEED_SKIP`; the table is read first,
+//! then the records and the skip set, so a handshake completing in between
+//! is seen in them.
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
-    fmt::Write as _,
-    io::Write as _,
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use aya::{
@@ -25,28 +36,29 @@ use aya::{
 };
 use limiter_common::{
     Globals, SourceKey,
-    maps::{MAX_SERVICES, family, flags, names},
+    maps::{MAX_SERVICES, SockRecord, family, flags, names, seed_state},
     pool,
     prefix::{mask_v4, mask_v6},
 };
 
 use crate::{
     config::Policy,
+    failpoint,
     loader::{self, LoadError, map_err},
     sockdiag::{self, TcpSocket},
 };
 
-const FILE: &str = "seeded";
+/// The file earlier versions kept the seeded sockets in.
+const OLD_FILE: &str = "seeded";
 
 /// The pre-existing connections still counted in `SEEDED`, by socket cookie.
 #[derive(Debug, Default)]
 pub struct Seeded {
     sockets: StdHashMap<u64, SourceKey>,
-    path: PathBuf,
 }
 
-fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
-    move |source| LoadError::Seed { what: what.to_owned(), source }
+fn table_err(source: std::io::Error) -> LoadError {
+    LoadError::SeedTable(source)
 }
 
 /// Sets or clears bits of `Globals::flags`.
@@ -76,87 +88,118 @@ fn key_of(s: &TcpSocket, ports: &[u32], policy: &Policy) -> Option<SourceKey> {
     Some(key)
 }
 
+/// The flags in `GLOBALS`.
+fn read_flags(ebpf: &Ebpf) -> Result<u8, LoadError> {
+    let globals: Array<_, Globals> =
+        Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
+    Ok(globals.get(&0, 0).map_err(map_err(names::GLOBALS))?.flags)
+}
+
+/// A cookie larger than every cookie given out so far: the kernel hands
+/// socket cookies out from one increasing counter, on first request.
+fn fresh_cookie() -> std::io::Result<u64> {
+    // SAFETY: plain socket calls on a descriptor we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut cookie = 0u64;
+        let mut len = libc::socklen_t::try_from(size_of::<u64>()).unwrap_or(8);
+        let rc = libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_COOKIE, (&raw mut cookie).cast(), &raw mut len);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(cookie)
+    }
+}
+
+/// Whether `cookie` is a key of the hash map `name`.
+fn has<V: aya::Pod>(ebpf: &Ebpf, name: &'static str, cookie: u64) -> Result<bool, LoadError> {
+    let m: HashMap<_, u64, V> = HashMap::try_from(ebpf.map(name).ok_or(LoadError::NoObject)?).map_err(map_err(name))?;
+    match m.get(&cookie, 0) {
+        Ok(_) => Ok(true),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
 impl Seeded {
-    /// First start: `sock_ops` has just been attached with `flags::SEEDING`
-    /// set. Counts every service connection it cannot have seen, then ends
-    /// the seeding window.
-    pub fn seed(ebpf: &mut Ebpf, policy: &Policy, state_dir: &Path) -> Result<Self, LoadError> {
-        let table = sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(io_err("read the socket table"))?;
-        let ports = loader::port_table(policy);
-        let skip: HashSet<u64> = {
-            let m: HashMap<_, u64, u8> = HashMap::try_from(ebpf.map(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::SEED_SKIP))?;
-            m.keys().filter_map(Result::ok).collect()
+    /// Makes `SEEDED` and the seeded sessions match the socket table, if a
+    /// seeding began or seeded sockets remain (see the module header);
+    /// `sock_ops` must be counting already. Ends the seeding window.
+    pub fn rebuild(ebpf: &mut Ebpf, policy: &Policy, state_dir: &Path) -> Result<Self, LoadError> {
+        remove_old_file(state_dir);
+        let mut seeded = Self::default();
+        let flags_now = read_flags(ebpf)?;
+        if flags_now & (flags::SEEDING | flags::SEEDED) == 0 {
+            clear_skip(ebpf)?;
+            return Ok(seeded);
+        }
+        let table = sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(table_err)?;
+        let stored = {
+            let m: Array<_, u64> = Array::try_from(ebpf.map(names::SEED_STATE).ok_or(LoadError::NoObject)?)
+                .map_err(map_err(names::SEED_STATE))?;
+            m.get(&seed_state::CEILING, 0).map_err(map_err(names::SEED_STATE))?
         };
-        let mut seeded = Self { sockets: StdHashMap::new(), path: state_dir.join(FILE) };
-        let mut counts: StdHashMap<SourceKey, u64> = StdHashMap::new();
+        // First seeding (or pins of a version that kept no ceiling): every
+        // socket in the table just read has a cookie below a fresh one.
+        let ceiling = if stored == 0 { fresh_cookie().map_err(table_err)? } else { stored };
+        failpoint::hit("seed-table-read");
+        let ports = loader::port_table(policy);
         for s in &table {
-            if skip.contains(&s.cookie) {
+            if s.cookie > ceiling || seeded.sockets.contains_key(&s.cookie) {
                 continue;
             }
-            if let Some(key) = key_of(s, &ports, policy)
-                && seeded.sockets.insert(s.cookie, key).is_none()
-            {
-                *counts.entry(key).or_default() += 1;
+            let Some(key) = key_of(s, &ports, policy) else { continue };
+            if has::<SockRecord>(ebpf, names::SOCKS, s.cookie)? || has::<u8>(ebpf, names::SEED_SKIP, s.cookie)? {
+                continue;
             }
+            seeded.sockets.insert(s.cookie, key);
         }
-        // File first: a crash between the two leaves sockets listed but not
-        // counted (their release finds nothing to take), never the reverse.
-        seeded.save()?;
+        let mut counts: StdHashMap<SourceKey, u64> = StdHashMap::new();
+        for key in seeded.sockets.values() {
+            *counts.entry(*key).or_default() += 1;
+        }
         {
             let mut m: HashMap<_, SourceKey, u64> =
                 HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::NoObject)?)
                     .map_err(map_err(names::SEEDED))?;
+            let have: StdHashMap<SourceKey, u64> = m.iter().filter_map(Result::ok).collect();
             for (key, n) in &counts {
-                m.insert(key, n, 0).map_err(map_err(names::SEEDED))?;
+                if have.get(key) != Some(n) {
+                    m.insert(key, n, 0).map_err(map_err(names::SEEDED))?;
+                }
+            }
+            for key in have.keys().filter(|k| !counts.contains_key(k)) {
+                m.remove(key).map_err(map_err(names::SEEDED))?;
             }
         }
         seeded.write_sessions(ebpf)?;
-        // SEEDED stays on while seeded sockets remain.
-        let clear = if seeded.sockets.is_empty() { flags::SEEDING | flags::SEEDED } else { flags::SEEDING };
-        set_flags(ebpf, 0, clear)?;
-        let mut skip_map: HashMap<_, u64, u8> =
-            HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::SEED_SKIP))?;
-        for c in skip {
-            let _ = skip_map.remove(&c);
+        failpoint::hit("seed-written");
+        if stored == 0 {
+            let mut m: Array<_, u64> = Array::try_from(ebpf.map_mut(names::SEED_STATE).ok_or(LoadError::NoObject)?)
+                .map_err(map_err(names::SEED_STATE))?;
+            m.set(seed_state::CEILING, ceiling, 0).map_err(map_err(names::SEED_STATE))?;
         }
+        // SEEDED stays on while seeded sockets remain.
+        if seeded.sockets.is_empty() {
+            set_flags(ebpf, 0, flags::SEEDING | flags::SEEDED)?;
+        } else {
+            set_flags(ebpf, flags::SEEDED, flags::SEEDING)?;
+        }
+        failpoint::hit("seed-done");
+        clear_skip(ebpf)?;
         if !seeded.sockets.is_empty() {
             log::info!(
-                "counted {} connections that were open before the limiter started ({} sources)",
+                "counting {} connections that were open before the limiter first started ({} sources)",
                 seeded.sockets.len(),
                 counts.len()
             );
         }
         Ok(seeded)
-    }
-
-    /// A restart: the seeded sockets the previous run left. A run killed
-    /// while seeding leaves `SEEDING` set; it is cleared here.
-    pub fn resume(ebpf: &mut Ebpf, state_dir: &Path) -> Result<Self, LoadError> {
-        let seeded = Self::load(state_dir)?;
-        seeded.write_sessions(ebpf)?;
-        let clear = if seeded.is_empty() { flags::SEEDING | flags::SEEDED } else { flags::SEEDING };
-        set_flags(ebpf, 0, clear)?;
-        let mut skip: HashMap<_, u64, u8> =
-            HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::SEED_SKIP))?;
-        let stale: Vec<u64> = skip.keys().filter_map(Result::ok).collect();
-        for c in stale {
-            let _ = skip.remove(&c);
-        }
-        Ok(seeded)
-    }
-
-    fn load(state_dir: &Path) -> Result<Self, LoadError> {
-        let path = state_dir.join(FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_err("read the seeded-connections file")(e)),
-        };
-        let sockets = text.lines().filter_map(parse_line).collect();
-        Ok(Self { sockets, path })
     }
 
     /// How many pre-existing connections are still counted.
@@ -171,13 +214,14 @@ impl Seeded {
     }
 
     /// Takes away the seeded sockets that have closed; returns how many.
-    /// `SEEDED` has no other writer, so read-modify-write is safe here.
+    /// `SEEDED` has no other writer, so read-modify-write is safe here; a
+    /// crash part way is repaired by the next start's rebuild.
     pub fn reconcile(&mut self, ebpf: &mut Ebpf) -> Result<usize, LoadError> {
         if self.sockets.is_empty() {
             return Ok(0);
         }
         let live: HashSet<u64> = sockdiag::tcp_sockets(sockdiag::state::COUNTED)
-            .map_err(io_err("read the socket table"))?
+            .map_err(table_err)?
             .into_iter()
             .map(|s| s.cookie)
             .collect();
@@ -198,7 +242,7 @@ impl Seeded {
                 }
             }
         }
-        self.save()?;
+        failpoint::hit("reconcile");
         self.write_sessions(ebpf)?;
         if self.sockets.is_empty() {
             set_flags(ebpf, 0, flags::SEEDED)?;
@@ -227,65 +271,28 @@ impl Seeded {
         }
         Ok(())
     }
+}
 
-    /// Writes the file atomically (write, fsync, rename).
-    fn save(&self) -> Result<(), LoadError> {
-        let mut text = String::new();
-        for (cookie, k) in &self.sockets {
-            let _ = write!(text, "{cookie} {} {} ", k.service, k.family);
-            for b in k.addr {
-                let _ = write!(text, "{b:02x}");
-            }
-            text.push('\n');
+/// Empties `SEED_SKIP` (call with `flags::SEEDING` clear: nothing adds to it then).
+fn clear_skip(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let mut skip: HashMap<_, u64, u8> = HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
+        .map_err(map_err(names::SEED_SKIP))?;
+    let stale: Vec<u64> = skip.keys().filter_map(Result::ok).collect();
+    for c in stale {
+        let _ = skip.remove(&c);
+    }
+    Ok(())
+}
+
+/// Deletes the file an earlier version kept the seeded sockets in: it is
+/// never trusted (the kernel's tables say the same, and are never stale).
+fn remove_old_file(state_dir: &Path) {
+    for name in [OLD_FILE, "seeded.tmp"] {
+        let path = state_dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::info!("removed {} left by an earlier version (no longer used)", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove {} (no longer used, safe to delete): {e}", path.display()),
         }
-        let tmp = self.path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(io_err("write the seeded-connections file"))
-    }
-}
-
-/// `COOKIE SERVICE FAMILY ADDRHEX`
-fn parse_line(line: &str) -> Option<(u64, SourceKey)> {
-    let mut f = line.split_whitespace();
-    let cookie = f.next()?.parse().ok()?;
-    let service = f.next()?.parse().ok()?;
-    let family = f.next()?.parse().ok()?;
-    let hex = f.next()?;
-    let mut addr = [0u8; 16];
-    if hex.len() != 32 {
-        return None;
-    }
-    for (i, b) in addr.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some((cookie, SourceKey { addr, service, family, pad: [0; 2] }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_lines_round_trip() {
-        let key = SourceKey {
-            addr: [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0],
-            service: 3,
-            family: 6,
-            pad: [0; 2],
-        };
-        let dir = std::env::temp_dir().join(format!("limiter-seed-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let s =
-            Seeded { sockets: [(42u64, key), (7, SourceKey::default())].into_iter().collect(), path: dir.join(FILE) };
-        s.save().expect("save");
-        let back = Seeded::load(&dir).expect("load");
-        assert_eq!(back.sockets, s.sockets);
-        assert_eq!(parse_line("1 2 4 00"), None, "short address");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
