@@ -153,11 +153,17 @@ pub mod service_state {
 
 /// Entries of `SEED_STATE` (u64 each).
 pub mod seed_state {
-    /// The highest socket cookie of the first seeding's socket table read,
-    /// 0 before one completed. A connection with a larger cookie was
-    /// established after `sock_ops` was attached, so it is never seeded.
-    pub const CEILING: u32 = 0;
-    pub const ENTRIES: u32 = 1;
+    /// Words 0..`PORT_WORDS`: a bit per TCP port (`port / 64`, bit
+    /// `port % 64`), set for the ports that were service ports when the first
+    /// seeding read the socket table. Only sockets on those ports are ever
+    /// seeded: a connection on a port that became a service port later was
+    /// established while `sock_ops` ran and chose not to count it, so a later
+    /// rebuild must not count it either. (Socket cookies cannot tell old from
+    /// new sockets: the kernel hands them out in per-CPU batches.)
+    pub const PORT_WORDS: u32 = 1024;
+    /// Non-zero once the port bits are written.
+    pub const PORTS_SET: u32 = PORT_WORDS;
+    pub const ENTRIES: u32 = PORT_WORDS + 1;
 }
 
 /// Address families in keys.

@@ -131,15 +131,15 @@ fn entry(r: &ServiceRecord) -> Entry {
 
 /// The table in `SERVICES`.
 pub fn read(ebpf: &Ebpf) -> Result<Table, LoadError> {
-    let m: Array<_, ServiceRecord> = Array::try_from(ebpf.map(names::SERVICES).ok_or(LoadError::NoObject)?)
-        .map_err(map_err(names::SERVICES))?;
+    let m: Array<_, ServiceRecord> =
+        Array::try_from(ebpf.map(names::SERVICES).ok_or(LoadError::NoObject)?).map_err(map_err(names::SERVICES))?;
     (0..=MAX_SERVICES).map(|id| m.get(&id, 0).map(|r| entry(&r)).map_err(map_err(names::SERVICES))).collect()
 }
 
 /// Writes the records of `table` that differ from `SERVICES`.
 pub fn write(ebpf: &mut Ebpf, table: &Table) -> Result<(), LoadError> {
-    let mut m: Array<_, ServiceRecord> = Array::try_from(ebpf.map_mut(names::SERVICES).ok_or(LoadError::NoObject)?)
-        .map_err(map_err(names::SERVICES))?;
+    let mut m: Array<_, ServiceRecord> =
+        Array::try_from(ebpf.map_mut(names::SERVICES).ok_or(LoadError::NoObject)?).map_err(map_err(names::SERVICES))?;
     for (id, e) in (0u32..).zip(table) {
         let want = record(e);
         if m.get(&id, 0).map_err(map_err(names::SERVICES))? != want {
@@ -174,8 +174,8 @@ pub fn usage(ebpf: &Ebpf) -> Result<Vec<bool>, LoadError> {
             mark(id);
         }
     }
-    let socks: HashMap<_, u64, SockRecord> = HashMap::try_from(ebpf.map(names::SOCKS).ok_or(LoadError::NoObject)?)
-        .map_err(map_err(names::SOCKS))?;
+    let socks: HashMap<_, u64, SockRecord> =
+        HashMap::try_from(ebpf.map(names::SOCKS).ok_or(LoadError::NoObject)?).map_err(map_err(names::SOCKS))?;
     for (_, rec) in socks.iter().filter_map(Result::ok) {
         mark(u32::from(rec.key.service));
     }

@@ -9,10 +9,12 @@
 //! rebuilt from the socket table, at every start while the pinned
 //! `GLOBALS` says a seeding began (`flags::SEEDING`) or seeded sockets
 //! remain (`flags::SEEDED`). A seeded socket is a service socket in the table
-//! that `sock_ops` did not count: no `SOCKS` record, not in `SEED_SKIP`, and
-//! a cookie no larger than the first seeding's ceiling (`SEED_STATE`): a
-//! larger one was established after the attach, so `sock_ops` counted it or
-//! chose not to (a port that became a service port later; a full `SOCKS`).
+//! that `sock_ops` did not count: no `SOCKS` record, not in `SEED_SKIP`, on
+//! a port that was a service port at the first seeding (`SEED_STATE`: a
+//! connection on a port that became one later was established while
+//! `sock_ops` ran, which chose not to count it, so neither does a rebuild).
+//! Known limit: with `SOCKS` full (`SOCK_ENTRIES` connections), a counted
+//! connection without a record would be seeded again at a restart.
 //! A crash at any step is repaired by the next start, which writes only the
 //! differences (no window with counts missing). Earlier versions kept the
 //! set in `STATE_DIR/seeded`, which could be lost or go stale (a crash before
@@ -95,25 +97,44 @@ fn read_flags(ebpf: &Ebpf) -> Result<u8, LoadError> {
     Ok(globals.get(&0, 0).map_err(map_err(names::GLOBALS))?.flags)
 }
 
-/// A cookie larger than every cookie given out so far: the kernel hands
-/// socket cookies out from one increasing counter, on first request.
-fn fresh_cookie() -> std::io::Result<u64> {
-    // SAFETY: plain socket calls on a descriptor we own and close.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
+/// The ports of `ports` (a `PORTS` table) that are service ports, as bits.
+fn port_bits(ports: &[u32]) -> Vec<u64> {
+    let mut bits = vec![0u64; seed_state::PORT_WORDS as usize];
+    for (port, &id) in ports.iter().enumerate() {
+        if id != 0 {
+            bits[port / 64] |= 1 << (port % 64);
         }
-        let mut cookie = 0u64;
-        let mut len = libc::socklen_t::try_from(size_of::<u64>()).unwrap_or(8);
-        let rc = libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_COOKIE, (&raw mut cookie).cast(), &raw mut len);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc != 0 {
-            return Err(err);
-        }
-        Ok(cookie)
     }
+    bits
+}
+
+fn has_port(bits: &[u64], port: u16) -> bool {
+    bits.get(usize::from(port) / 64).is_some_and(|w| w & (1 << (port % 64)) != 0)
+}
+
+/// The ports the first seeding saw as service ports, if it has recorded them.
+fn seed_ports(ebpf: &Ebpf) -> Result<Option<Vec<u64>>, LoadError> {
+    let m: Array<_, u64> =
+        Array::try_from(ebpf.map(names::SEED_STATE).ok_or(LoadError::NoObject)?).map_err(map_err(names::SEED_STATE))?;
+    if m.get(&seed_state::PORTS_SET, 0).map_err(map_err(names::SEED_STATE))? == 0 {
+        return Ok(None);
+    }
+    (0..seed_state::PORT_WORDS)
+        .map(|i| m.get(&i, 0).map_err(map_err(names::SEED_STATE)))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+fn write_seed_ports(ebpf: &mut Ebpf, bits: &[u64]) -> Result<(), LoadError> {
+    let mut m: Array<_, u64> = Array::try_from(ebpf.map_mut(names::SEED_STATE).ok_or(LoadError::NoObject)?)
+        .map_err(map_err(names::SEED_STATE))?;
+    for (i, &w) in (0u32..).zip(bits) {
+        if w != 0 {
+            m.set(i, w, 0).map_err(map_err(names::SEED_STATE))?;
+        }
+    }
+    // Last: the bits are complete once this says so.
+    m.set(seed_state::PORTS_SET, 1, 0).map_err(map_err(names::SEED_STATE))
 }
 
 /// Whether `cookie` is a key of the hash map `name`.
@@ -139,21 +160,19 @@ impl Seeded {
             return Ok(seeded);
         }
         let table = sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(table_err)?;
-        let stored = {
-            let m: Array<_, u64> = Array::try_from(ebpf.map(names::SEED_STATE).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::SEED_STATE))?;
-            m.get(&seed_state::CEILING, 0).map_err(map_err(names::SEED_STATE))?
-        };
-        // First seeding (or pins of a version that kept no ceiling): every
-        // socket in the table just read has a cookie below a fresh one.
-        let ceiling = if stored == 0 { fresh_cookie().map_err(table_err)? } else { stored };
         failpoint::hit("seed-table-read");
         let ports = loader::port_table(policy);
+        // The first seeding (or pins of a version that kept no port bits)
+        // seeds the service ports of now.
+        let stored = seed_ports(ebpf)?;
+        let first = stored.is_none();
+        let bits = stored.unwrap_or_else(|| port_bits(&ports));
         for s in &table {
-            if s.cookie > ceiling || seeded.sockets.contains_key(&s.cookie) {
+            if !has_port(&bits, s.local_port) || seeded.sockets.contains_key(&s.cookie) {
                 continue;
             }
             let Some(key) = key_of(s, &ports, policy) else { continue };
+            // Read after the table: a handshake that completed since is here.
             if has::<SockRecord>(ebpf, names::SOCKS, s.cookie)? || has::<u8>(ebpf, names::SEED_SKIP, s.cookie)? {
                 continue;
             }
@@ -179,10 +198,8 @@ impl Seeded {
         }
         seeded.write_sessions(ebpf)?;
         failpoint::hit("seed-written");
-        if stored == 0 {
-            let mut m: Array<_, u64> = Array::try_from(ebpf.map_mut(names::SEED_STATE).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::SEED_STATE))?;
-            m.set(seed_state::CEILING, ceiling, 0).map_err(map_err(names::SEED_STATE))?;
+        if first {
+            write_seed_ports(ebpf, &bits)?;
         }
         // SEEDED stays on while seeded sockets remain.
         if seeded.sockets.is_empty() {
@@ -220,11 +237,8 @@ impl Seeded {
         if self.sockets.is_empty() {
             return Ok(0);
         }
-        let live: HashSet<u64> = sockdiag::tcp_sockets(sockdiag::state::COUNTED)
-            .map_err(table_err)?
-            .into_iter()
-            .map(|s| s.cookie)
-            .collect();
+        let live: HashSet<u64> =
+            sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(table_err)?.into_iter().map(|s| s.cookie).collect();
         let gone: Vec<u64> = self.sockets.keys().filter(|c| !live.contains(c)).copied().collect();
         if gone.is_empty() {
             return Ok(0);
@@ -293,6 +307,24 @@ fn remove_old_file(state_dir: &Path) {
             Ok(()) => log::info!("removed {} left by an earlier version (no longer used)", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => log::warn!("cannot remove {} (no longer used, safe to delete): {e}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_bits_hold_exactly_the_service_ports() {
+        let mut ports = vec![0u32; 65_536];
+        for (p, id) in [(25usize, 1u32), (63, 1), (64, 2), (65_535, 3)] {
+            ports[p] = id;
+        }
+        let bits = port_bits(&ports);
+        assert_eq!(bits.len(), seed_state::PORT_WORDS as usize);
+        for p in 0..=u16::MAX {
+            assert_eq!(has_port(&bits, p), matches!(p, 25 | 63 | 64 | 65_535), "port {p}");
         }
     }
 }

@@ -560,12 +560,7 @@ impl Daemon {
 
     fn spawn(&mut self, ns: &Netns, args: &[&str]) {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = self
-            .command(ns, args)
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn limiter");
+        let child = self.command(ns, args).stdout(Stdio::null()).stderr(logf).spawn().expect("spawn limiter");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
