@@ -211,7 +211,7 @@ impl Seeded {
         clear_skip(ebpf)?;
         if !seeded.sockets.is_empty() {
             log::info!(
-                "counting {} connections that were open before the limiter first started ({} sources)",
+                "counted {} connections that were open before the limiter started ({} sources)",
                 seeded.sockets.len(),
                 counts.len()
             );
