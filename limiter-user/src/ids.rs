@@ -55,6 +55,16 @@ pub fn empty() -> Table {
     vec![Entry::default(); MAX_SERVICES as usize + 1]
 }
 
+/// Refuses a name the table cannot hold (before anything is loaded).
+pub fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), IdError> {
+    for name in names {
+        if name.len() > SERVICE_NAME_BYTES {
+            return Err(IdError::NameTooLong { name: name.to_owned(), len: name.len() });
+        }
+    }
+    Ok(())
+}
+
 /// The ids for `services` (in order) and the table that records them.
 ///
 /// A service keeps the id its name has (an active or a retired one: a
@@ -63,11 +73,7 @@ pub fn empty() -> Table {
 /// retired id is freed first if `in_use(id)` says nothing is counted under it.
 /// `in_use` is only called for retired ids.
 pub fn assign(table: &Table, services: &[&str], in_use: impl Fn(u32) -> bool) -> Result<(Vec<u32>, Table), IdError> {
-    for name in services {
-        if name.len() > SERVICE_NAME_BYTES {
-            return Err(IdError::NameTooLong { name: (*name).to_owned(), len: name.len() });
-        }
-    }
+    check_names(services.iter().copied())?;
     let mut new = table.clone();
     new.resize(MAX_SERVICES as usize + 1, Entry::default());
     new[0] = Entry::default();

@@ -369,6 +369,7 @@ pub fn load_and_attach(
     // Resolve every interface before loading anything: a typo is bad input.
     let ifaces =
         policy.interfaces.iter().map(|name| ifindex(name).map(|i| (name.clone(), i))).collect::<Result<Vec<_>, _>>()?;
+    crate::ids::check_names(policy.services.iter().map(|s| s.name.as_str()))?;
     let dir_str = pin_dir.display().to_string();
     std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: dir_str.clone(), source })?;
     if !pins::on_bpffs(pin_dir) {
