@@ -372,3 +372,45 @@ fn a_crash_while_releasing_a_connection_made_before_start_loses_nothing() {
     drop((before, more));
     wait_zero(&d, "all closed");
 }
+
+#[test]
+fn pins_of_a_version_without_the_id_table_keep_their_counts() {
+    if !can_run_privileged("pins_of_a_version_without_the_id_table_keep_their_counts") {
+        return;
+    }
+    let pair = Pair::new();
+    let (_smtp, _imap) = (pair.listen(SMTP), pair.listen(IMAP));
+    let src = pair.add_client_v4(2);
+    let s = src.to_string();
+    let scratch = Scratch::new();
+    let (smtp, imap) = (service_block("smtp", SMTP, 8), service_block("imap", IMAP, 3));
+    let file = scratch.write("limiter.toml", &config(&pair.server_if, &[smtp.clone(), imap.clone()]));
+    let args = ["--config", path_str(&file)];
+    // 2 made before the first start (seeded), 4 after (counted by sock_ops).
+    let before = admit(&pair, src, SMTP, 2, 2, "no limiter yet");
+    let mut d = Daemon::start(&pair.server, &args);
+    let after = admit(&pair, src, SMTP, 4, 4, "smtp");
+    wait_top(&d, &[(&s, "smtp", 6)], "first start");
+
+    // What the previous version leaves: no id table, no seeding record, and
+    // its own list of seeded sockets (here a stale one).
+    d.stop();
+    for name in [names::SERVICES, names::SEED_STATE] {
+        std::fs::remove_file(d.pin_dir.join(name)).expect("remove pin");
+    }
+    std::fs::write(d.state_dir().join("seeded"), old_seeded_file(src)).expect("seeded file");
+    d.restart(&pair.server, &args);
+    wait_top(&d, &[(&s, "smtp", 6)], "upgrade: ids by position, seeded from the socket table");
+    let table = id_table(&d);
+    assert_eq!((table[1].1.as_str(), table[2].1.as_str()), ("smtp", "imap"), "recorded: {table:?}");
+
+    // From now on the names hold: a reorder keeps them.
+    d.stop();
+    scratch.write("limiter.toml", &config(&pair.server_if, &[imap, smtp]));
+    d.restart(&pair.server, &args);
+    wait_top(&d, &[(&s, "smtp", 6)], "reorder after the upgrade");
+    let more = admit(&pair, src, SMTP, 6, 2, "smtp: 6 of 8 held");
+    let imap_held = admit(&pair, src, IMAP, 6, 3, "imap: none held");
+    drop((before, after, more, imap_held));
+    wait_top(&d, &[], "all closed: nothing left behind");
+}
