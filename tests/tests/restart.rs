@@ -6,6 +6,7 @@
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
+    fmt::Write as _,
     net::{IpAddr, TcpStream},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
@@ -30,7 +31,7 @@ const WAIT: Duration = Duration::from_secs(3);
 /// How long a count may take to settle; generous, the machine may be slow.
 const SETTLE: Duration = Duration::from_secs(5);
 /// How long a start (or a start killed at a failpoint) may take.
-const START: Duration = Duration::from_secs(60);
+const START: Duration = Duration::from_mins(1);
 
 /// A private directory for config files, removed on drop.
 struct Scratch(PathBuf);
@@ -275,10 +276,13 @@ fn wait_zero(d: &Daemon, what: &str) {
 /// five well-formed ones naming sockets that do not exist for the source.
 fn old_seeded_file(src: IpAddr) -> String {
     let IpAddr::V4(a) = src else { panic!("v4 source") };
-    let hex: String = a.octets().iter().chain([0u8; 12].iter()).map(|b| format!("{b:02x}")).collect();
+    let hex: String = a.octets().iter().chain([0u8; 12].iter()).fold(String::new(), |mut h, b| {
+        let _ = write!(h, "{b:02x}");
+        h
+    });
     let mut text = String::from("garbage\n17 1 4 00\n");
     for cookie in 1..=5 {
-        text.push_str(&format!("{cookie} 1 4 {hex}\n"));
+        let _ = writeln!(text, "{cookie} 1 4 {hex}");
     }
     text
 }
