@@ -5,11 +5,12 @@
 //! environment look-up, at steps that run once per start or per release.
 
 /// Every failpoint, in the order a first start reaches them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     "seeding-flags",
     "sock-ops-attached",
     "sock-ops-pinned",
     "seed-table-read",
+    "seed-partial",
     "seed-written",
     "seed-done",
     "xdp-attached",

@@ -196,6 +196,8 @@ impl Seeded {
                 m.remove(key).map_err(map_err(names::SEEDED))?;
             }
         }
+        // Half written: `SEEDED` new, the seeded sessions not yet.
+        failpoint::hit("seed-partial");
         seeded.write_sessions(ebpf)?;
         failpoint::hit("seed-written");
         if first {

@@ -308,6 +308,7 @@ fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
         (Some("sock-ops-attached"), None),
         (Some("sock-ops-pinned"), Some(String::new())),
         (Some("seed-table-read"), None),
+        (Some("seed-partial"), None),
         (Some("seed-written"), Some(old_seeded_file(src))),
         (Some("seed-done"), None),
         (Some("xdp-attached"), None),
