@@ -343,6 +343,7 @@ fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
         wait_top(&d, &[(&s, "default", 5)], &what);
         let more = admit(&pair, src, SMTP, 8, 3, &what);
         wait_top(&d, &[(&s, "default", 8)], &what);
+        assert_eq!(service(&d, "default")["sessions"], 8, "{what}: 5 seeded + 3 established sessions");
         drop((before, more));
         wait_zero(&d, &what);
         assert!(!old_file.exists(), "{what}: the old seeded file is gone");
