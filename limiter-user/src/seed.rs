@@ -239,8 +239,15 @@ impl Seeded {
         if self.sockets.is_empty() {
             return Ok(0);
         }
-        let live: HashSet<u64> =
-            sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(table_err)?.into_iter().map(|s| s.cookie).collect();
+        let live: HashSet<u64> = sockdiag::tcp_sockets(sockdiag::state::COUNTED)
+            .map_err(|source| LoadError::Seed {
+                what: "read the socket table to release the connections open before start (retried every 250 ms)"
+                    .into(),
+                source,
+            })?
+            .into_iter()
+            .map(|s| s.cookie)
+            .collect();
         let gone: Vec<u64> = self.sockets.keys().filter(|c| !live.contains(c)).copied().collect();
         if gone.is_empty() {
             return Ok(0);
