@@ -90,6 +90,28 @@ fn key_of(s: &TcpSocket, ports: &[u32], policy: &Policy) -> Option<SourceKey> {
     Some(key)
 }
 
+/// The sockets of `table` to seed, by cookie: on a port of `bits` that is a
+/// service port of `ports`, and not `counted` by `sock_ops`.
+fn select(
+    table: &[TcpSocket],
+    ports: &[u32],
+    bits: &[u64],
+    policy: &Policy,
+    mut counted: impl FnMut(u64) -> Result<bool, LoadError>,
+) -> Result<StdHashMap<u64, SourceKey>, LoadError> {
+    let mut out = StdHashMap::new();
+    for s in table {
+        if !has_port(bits, s.local_port) || out.contains_key(&s.cookie) {
+            continue;
+        }
+        let Some(key) = key_of(s, ports, policy) else { continue };
+        if !counted(s.cookie)? {
+            out.insert(s.cookie, key);
+        }
+    }
+    Ok(out)
+}
+
 /// The flags in `GLOBALS`.
 fn read_flags(ebpf: &Ebpf) -> Result<u8, LoadError> {
     let globals: Array<_, Globals> =
@@ -167,17 +189,11 @@ impl Seeded {
         let stored = seed_ports(ebpf)?;
         let first = stored.is_none();
         let bits = stored.unwrap_or_else(|| port_bits(&ports));
-        for s in &table {
-            if !has_port(&bits, s.local_port) || seeded.sockets.contains_key(&s.cookie) {
-                continue;
-            }
-            let Some(key) = key_of(s, &ports, policy) else { continue };
-            // Read after the table: a handshake that completed since is here.
-            if has::<SockRecord>(ebpf, names::SOCKS, s.cookie)? || has::<u8>(ebpf, names::SEED_SKIP, s.cookie)? {
-                continue;
-            }
-            seeded.sockets.insert(s.cookie, key);
-        }
+        // Looked up after the table was read: a handshake that completed
+        // since is in them.
+        seeded.sockets = select(&table, &ports, &bits, policy, |cookie| {
+            Ok(has::<SockRecord>(ebpf, names::SOCKS, cookie)? || has::<u8>(ebpf, names::SEED_SKIP, cookie)?)
+        })?;
         let mut counts: StdHashMap<SourceKey, u64> = StdHashMap::new();
         for key in seeded.sockets.values() {
             *counts.entry(*key).or_default() += 1;
@@ -323,6 +339,39 @@ fn remove_old_file(state_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sock(cookie: u64, port: u16, remote: &str) -> TcpSocket {
+        TcpSocket { cookie, state: sockdiag::state::ESTABLISHED, local_port: port, remote: remote.parse().expect("ip") }
+    }
+
+    #[test]
+    fn only_uncounted_sockets_on_first_seeding_ports_are_seeded() {
+        let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25, 587]\n\
+                    [[service]]\nname = \"imap\"\nports = [143]\n";
+        let file = crate::config::ConfigFile::parse(text, "test").expect("config");
+        let policy = Policy::build(file, &crate::config::Overrides::default()).expect("policy");
+        let ports = loader::port_table(&policy);
+        // 587 became a service port after the first seeding.
+        let mut first = ports.clone();
+        first[587] = 0;
+        let bits = port_bits(&first);
+        let table = [
+            sock(1, 25, "::ffff:198.51.100.7"),
+            sock(2, 25, "198.51.100.7"),
+            sock(3, 587, "198.51.100.7"),
+            sock(4, 143, "2001:db8:1:2::9"),
+            sock(5, 8080, "198.51.100.7"),
+            sock(6, 25, "198.51.100.8"),
+            sock(2, 25, "198.51.100.7"),
+        ];
+        let got = select(&table, &ports, &bits, &policy, |c| Ok(c == 6)).expect("select");
+        let mut cookies: Vec<u64> = got.keys().copied().collect();
+        cookies.sort_unstable();
+        assert_eq!(cookies, [1, 2, 4], "587 came later, 8080 is no service, 6 is counted, 2 once");
+        assert_eq!(got[&1], got[&2], "an IPv4 client of a dual-stack listener counts as IPv4");
+        assert_eq!((got[&1].service, got[&1].family), (1, family::V4));
+        assert_eq!((got[&4].service, got[&4].family, &got[&4].addr[8..]), (2, family::V6, &[0u8; 8][..]));
+    }
 
     #[test]
     fn port_bits_hold_exactly_the_service_ports() {
