@@ -32,6 +32,11 @@ pub mod names {
     pub const SESSIONS: &str = "SESSIONS";
     /// What `sock_ops` counted for each open connection, by socket cookie.
     pub const SOCKS: &str = "SOCKS";
+    /// Service name of each id ([`super::ServiceRecord`]); the daemon's
+    /// alone, pinned so ids follow names across restarts and upgrades.
+    pub const SERVICES: &str = "SERVICES";
+    /// The daemon's seeding record ([`super::seed_state`]); pinned with the counts.
+    pub const SEED_STATE: &str = "SEED_STATE";
     /// Refusal events for the daemon's log lines (ring buffer, not pinned).
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU event tokens and the count of unreported refusals (not pinned).
@@ -114,6 +119,52 @@ pub struct SockRecord {
     pub pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 24);
+
+/// Bytes of a service name in [`ServiceRecord`] (and the most a config may
+/// use: a longer name could not be kept with its id).
+pub const SERVICE_NAME_BYTES: usize = 32;
+
+/// `SERVICES[id]`: which service name owns kernel id `id`. Entry 0 is
+/// unused (id 0 means "no service"). The programs never read it; it lives
+/// in the pin dir with the counts it names.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServiceRecord {
+    /// The name, NUL-padded.
+    pub name: [u8; SERVICE_NAME_BYTES],
+    /// Bytes of `name` in use.
+    pub len: u8,
+    /// One of [`service_state`].
+    pub state: u8,
+    pub pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<ServiceRecord>() == 40);
+
+/// [`ServiceRecord::state`].
+pub mod service_state {
+    /// No service has the id: a new service may take it.
+    pub const FREE: u8 = 0;
+    /// A configured service has it.
+    pub const ACTIVE: u8 = 1;
+    /// Its service was removed while connections were counted under the
+    /// id: no other service gets it until they are gone.
+    pub const RETIRED: u8 = 2;
+}
+
+/// Entries of `SEED_STATE` (u64 each).
+pub mod seed_state {
+    /// Words 0..`PORT_WORDS`: a bit per TCP port (`port / 64`, bit
+    /// `port % 64`), set for the ports that were service ports when the first
+    /// seeding read the socket table. Only sockets on those ports are ever
+    /// seeded: a connection on a port that became a service port later was
+    /// established while `sock_ops` ran and chose not to count it, so a later
+    /// rebuild must not count it either. (Socket cookies cannot tell old from
+    /// new sockets: the kernel hands them out in per-CPU batches.)
+    pub const PORT_WORDS: u32 = 1024;
+    /// Non-zero once the port bits are written.
+    pub const PORTS_SET: u32 = PORT_WORDS;
+    pub const ENTRIES: u32 = PORT_WORDS + 1;
+}
 
 /// Address families in keys.
 pub mod family {
@@ -266,6 +317,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::lists::ListEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceRecord {}
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use limiter_common::{
     events::{self, Refusal},
     lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
     maps::{
-        COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, POLICY_ENTRIES, PORT_ENTRIES, SEED_SKIP_ENTRIES, SOCK_ENTRIES,
-        SockRecord, bank, family, flags, policy_index,
+        COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, POLICY_ENTRIES, PORT_ENTRIES, SEED_SKIP_ENTRIES,
+        SOCK_ENTRIES, ServiceRecord, SockRecord, bank, family, flags, policy_index, seed_state,
     },
     pending::{self, Slot},
     pool,
@@ -77,6 +77,17 @@ pub(crate) static SESSIONS: Array<u64> = Array::with_max_entries(pool::ENTRIES, 
 #[map(name = "SOCKS")]
 pub(crate) static SOCKS: HashMap<u64, SockRecord> =
     HashMap::with_max_entries(SOCK_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Service name of each id (`ServiceRecord`). Written by the daemon only and
+/// never read here: it is defined in the object so that it is created and
+/// pinned with the counts it names (a restart or upgrade finds both or neither).
+#[map(name = "SERVICES")]
+pub(crate) static SERVICES: Array<ServiceRecord> = Array::with_max_entries(MAX_SERVICES + 1, 0);
+
+/// The daemon's seeding record (`limiter_common::maps::seed_state`); not
+/// read here, pinned with `SEEDED` for the same reason as `SERVICES`.
+#[map(name = "SEED_STATE")]
+pub(crate) static SEED_STATE: Array<u64> = Array::with_max_entries(seed_state::ENTRIES, 0);
 
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);

@@ -105,8 +105,8 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     // A failed first start leaves nothing behind; a failed restart leaves
     // the running enforcement of the previous start alone.
     let fresh = fs::read_dir(&paths.pin_dir).map_or(true, |mut d| d.next().is_none());
-    let effective = in_force(&policy, &runtime.lists);
-    let loaded = match loader::load_and_attach(&effective, &paths.cgroup, &paths.pin_dir, &paths.state_dir) {
+    let mut effective = in_force(&policy, &runtime.lists);
+    let loaded = match loader::load_and_attach(&mut effective, &paths.cgroup, &paths.pin_dir, &paths.state_dir) {
         Ok(l) => l,
         Err(e) => {
             if fresh && pins::on_bpffs(&paths.pin_dir) {
@@ -117,6 +117,9 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         }
     };
     let mut loaded = loaded;
+    // The ids the pinned table gave (stable by name), for the config layer too.
+    let mut policy = policy;
+    copy_ids(&mut policy, &effective);
     for a in &loaded.attachments {
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
@@ -190,6 +193,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         tokio::task::spawn_local(metrics::serve(l, move || snapshot(&state.borrow()).map(|s| metrics::render(&s))))
     });
     // Programs attached, control socket listening: tell systemd (Type=notify).
+    crate::failpoint::hit("ready");
     notify(&[NotifyState::Ready, NotifyState::Status(&ready_status(&state.borrow()))]);
     let watchdog = sd_notify::watchdog_enabled();
     let mut watchdog_tick = tokio::time::interval(watchdog.map_or(std::time::Duration::from_hours(1), |d| d / 2));
@@ -227,6 +231,10 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                         }
                     }
                     Err(e) => warn!("{:#}", anyhow::Error::from(e)),
+                }
+                // Ids of removed services are freed once nothing is counted under them.
+                if let Err(e) = crate::ids::reclaim(&mut state.borrow_mut().loaded.ebpf) {
+                    warn!("{:#}", anyhow::Error::from(e));
                 }
             }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break }
@@ -344,22 +352,12 @@ fn in_force(policy: &Policy, runtime: &Lists) -> Policy {
     p
 }
 
-/// Gives `new`'s services the ids `old` gave services of the same name, and
-/// the others free ids, so a reload never moves counts between services.
-fn keep_ids(new: &mut Policy, old: &Policy) {
-    let mut used = std::collections::BTreeSet::new();
-    for s in &mut new.services {
-        if let Some(o) = old.services.iter().find(|o| o.name == s.name) {
-            s.id = o.id;
-            used.insert(o.id);
-        } else {
-            s.id = 0;
-        }
-    }
-    let mut free = (1..=MAX_SERVICES).filter(|id| !used.contains(id));
-    for s in &mut new.services {
-        if s.id == 0 {
-            s.id = free.next().unwrap_or(0);
+/// Gives `to`'s services the ids `from` gives services of the same name
+/// (the same services, one layer with the ids the pinned table gave).
+fn copy_ids(to: &mut Policy, from: &Policy) {
+    for s in &mut to.services {
+        if let Some(f) = from.services.iter().find(|f| f.name == s.name) {
+            s.id = f.id;
         }
     }
 }
@@ -628,9 +626,17 @@ impl Daemon {
                 ));
             }
         }
-        keep_ids(&mut new, &self.policy);
+        // Ids come from the pinned table (a removed service's id is retired,
+        // not handed to a new one), recorded before the policy uses them.
+        let table = crate::ids::apply(&mut self.loaded.ebpf, &mut new).map_err(|e| e.to_string())?;
         let runtime = self.runtime.lists.clone();
-        self.apply(&new, &runtime)?;
+        if let Err(e) = self.apply(&new, &runtime) {
+            // The old policy stays in force: so does its table.
+            if let Err(w) = crate::ids::write(&mut self.loaded.ebpf, &table) {
+                warn!("cannot put the service id table back: {w}");
+            }
+            return Err(e);
+        }
         self.policy = new;
         let from = self.source.config.as_ref().map_or_else(|| "the run flags".to_owned(), |p| p.display().to_string());
         info!("reloaded the policy from {from}");

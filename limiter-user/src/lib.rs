@@ -11,6 +11,8 @@ pub mod control;
 pub mod daemon;
 pub mod doctor;
 pub mod events;
+pub mod failpoint;
+pub mod ids;
 pub mod lists;
 pub mod loader;
 pub mod metrics;

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Action, Policy, XdpMode},
-    pins,
+    failpoint, pins,
     seed::{self, Seeded},
 };
 
@@ -64,6 +64,13 @@ pub enum LoadError {
     Incompatible(String),
     #[error("cannot {what}")]
     Seed { what: String, source: std::io::Error },
+    #[error(
+        "cannot read the socket table (sock_diag) to count the connections open before the limiter first started; \
+         the pinned programs go on counting and enforcing: start the daemon again once this is fixed"
+    )]
+    SeedTable(#[source] std::io::Error),
+    #[error(transparent)]
+    Ids(#[from] crate::ids::IdError),
     #[error("cannot count the possible CPUs")]
     Cpus(#[source] std::io::Error),
     #[error("attaching XDP to {iface} in {mode} mode failed")]
@@ -75,7 +82,10 @@ impl LoadError {
     /// than from the kernel.
     #[must_use]
     pub const fn is_bad_input(&self) -> bool {
-        matches!(self, Self::UnknownInterface(_) | Self::NoCgroup2 | Self::Cgroup { .. } | Self::NotBpffs(_))
+        matches!(
+            self,
+            Self::UnknownInterface(_) | Self::NoCgroup2 | Self::Cgroup { .. } | Self::NotBpffs(_) | Self::Ids(_)
+        )
     }
 }
 
@@ -118,12 +128,13 @@ pub struct Loaded {
 /// Loads the object (maps and program, nothing attached yet) with the
 /// policy written into its maps.
 pub fn load(policy: &Policy) -> Result<Ebpf, LoadError> {
-    load_pinned(policy, None, &mut PolicyWriter::default())
+    load_pinned(&mut policy.clone(), None, &mut PolicyWriter::default())
 }
 
 /// As [`load`], with every map pinned by name under `pin_dir` (an existing
-/// pin is reused as it is).
-fn load_pinned(policy: &Policy, pin_dir: Option<&Path>, writer: &mut PolicyWriter) -> Result<Ebpf, LoadError> {
+/// pin is reused as it is). Pinned, the services get their ids from the
+/// pinned table (`ids`), written before the policy that uses them.
+fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>, writer: &mut PolicyWriter) -> Result<Ebpf, LoadError> {
     if crate::EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -141,6 +152,9 @@ fn load_pinned(policy: &Policy, pin_dir: Option<&Path>, writer: &mut PolicyWrite
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
+    if pin_dir.is_some() {
+        crate::ids::apply(&mut ebpf, policy)?;
+    }
     writer.write(&mut ebpf, policy)?;
     let prog: &mut Xdp = program(&mut ebpf)?;
     prog.load().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })?;
@@ -395,10 +409,17 @@ pub fn service_id(i: usize) -> u32 {
 /// enforcement run from this binary's programs through pinned links:
 /// an existing link gets the new program atomically, a missing one is
 /// created and pinned. Links of interfaces no longer configured are removed.
-pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir: &Path) -> Result<Loaded, LoadError> {
+/// `policy`'s service ids are set from the pinned id table.
+pub fn load_and_attach(
+    policy: &mut Policy,
+    cgroup: &Path,
+    pin_dir: &Path,
+    state_dir: &Path,
+) -> Result<Loaded, LoadError> {
     // Resolve every interface before loading anything: a typo is bad input.
     let ifaces =
         policy.interfaces.iter().map(|name| ifindex(name).map(|i| (name.clone(), i))).collect::<Result<Vec<_>, _>>()?;
+    crate::ids::check_names(policy.services.iter().map(|s| s.name.as_str()))?;
     let dir_str = pin_dir.display().to_string();
     std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: dir_str.clone(), source })?;
     if !pins::on_bpffs(pin_dir) {
@@ -420,25 +441,28 @@ pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir
     let sock_pin = pins::sock_ops_link(pin_dir);
     let sock_ops = sock_ops_program(&mut ebpf)?;
     let cg_path = cgroup.display().to_string();
-    let seeded = if sock_pin.exists() {
+    if sock_pin.exists() {
         let fd = sock_ops.fd().map_err(|source| LoadError::Program { name: names::SOCK_OPS_PROGRAM, source })?;
         pins::update_pinned_link(&sock_pin, fd)
             .map_err(|source| LoadError::Relink { path: sock_pin.display().to_string(), source })?;
-        // Counting never stopped; the previous run's seeded sockets remain.
-        Seeded::resume(&mut ebpf, state_dir)?
     } else {
         let cg = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cg_path.clone(), source })?;
         // From the attach on, sock_ops notes what it counts so that the
         // seeding below cannot count a connection twice (see `seed`).
         seed::set_flags(&mut ebpf, flags::SEEDING | flags::SEEDED, 0)?;
+        failpoint::hit("seeding-flags");
         let sock_ops = sock_ops_program(&mut ebpf)?;
         let id = sock_ops
             .attach(cg, CgroupAttachMode::Single)
             .map_err(|source| LoadError::SockOps { path: cg_path.clone(), source })?;
+        failpoint::hit("sock-ops-attached");
         let link = sock_ops.take_link(id).map_err(|source| LoadError::SockOps { path: cg_path.clone(), source })?;
         pin_link(FdLink::try_from(link), &sock_pin)?;
-        Seeded::seed(&mut ebpf, policy, state_dir)?
-    };
+        failpoint::hit("sock-ops-pinned");
+    }
+    // Counting runs. A seeding that did not finish, or seeded sockets a
+    // previous run left, are rebuilt from the socket table.
+    let seeded = Seeded::rebuild(&mut ebpf, policy, state_dir)?;
 
     let prog = program(&mut ebpf)?;
     let mut attachments = Vec::new();
@@ -455,11 +479,14 @@ pub fn load_and_attach(policy: &Policy, cgroup: &Path, pin_dir: &Path, state_dir
             let id = prog.attach_to_link(link).map_err(|e| relink(&e))?;
             // Dropping our handle only closes an fd: the pin keeps the link.
             drop(prog.take_link(id));
+            failpoint::hit("xdp-attached");
             mode_label(&std::fs::read_to_string(&mode_file).unwrap_or_default())
         } else {
             let (id, mode) = attach(prog, &name, index, policy.xdp_mode)?;
+            failpoint::hit("xdp-attached");
             let link = prog.take_link(id).map_err(|source| LoadError::Attach { iface: name.clone(), mode, source })?;
             pin_link(FdLink::try_from(link), &pin)?;
+            failpoint::hit("xdp-pinned");
             let _ = std::fs::write(&mode_file, mode);
             mode
         };

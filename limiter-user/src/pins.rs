@@ -17,13 +17,13 @@ use aya::maps::{MapData, MapType};
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
     lists::{KEY_BYTES, LIST_ENTRIES, ListEntry},
-    maps::{POLICY_ENTRIES, SockRecord, names},
+    maps::{MAX_SERVICES, POLICY_ENTRIES, ServiceRecord, SockRecord, names, seed_state},
     pending::Slot,
     pool,
 };
 
 /// Maps pinned by name: the policy, the counters and the connection state.
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 13] = [
     names::GLOBALS,
     names::PORTS,
     names::POLICY,
@@ -35,13 +35,15 @@ pub const MAPS: [&str; 11] = [
     names::PENDING,
     names::SEEDED,
     names::SEED_SKIP,
+    names::SERVICES,
+    names::SEED_STATE,
 ];
 
 /// The type, key size and value size this version's programs expect of each
 /// pinned map. A pin left by a version with another layout would be reused
 /// as it is and misread; [`check_layouts`] refuses it instead.
 #[expect(clippy::cast_possible_truncation, reason = "small types")]
-const LAYOUTS: [(&str, MapType, u32, u32, u32); 11] = {
+const LAYOUTS: [(&str, MapType, u32, u32, u32); 13] = {
     const fn size<T>() -> u32 {
         size_of::<T>() as u32
     }
@@ -57,6 +59,8 @@ const LAYOUTS: [(&str, MapType, u32, u32, u32); 11] = {
         (names::PENDING, MapType::Array, 4, size::<Slot>(), 0),
         (names::SEEDED, MapType::Hash, size::<SourceKey>(), 8, 0),
         (names::SEED_SKIP, MapType::Hash, 8, 1, 0),
+        (names::SERVICES, MapType::Array, 4, size::<ServiceRecord>(), MAX_SERVICES + 1),
+        (names::SEED_STATE, MapType::Array, 4, 8, seed_state::ENTRIES),
     ]
 };
 

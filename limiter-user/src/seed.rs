@@ -1,22 +1,35 @@
 //! Counting the connections that predate the programs. `sock_ops` sees a
 //! connection only when its handshake completes, and the kernel never gives
 //! a close callback for a socket that was already established when the
-//! program was attached. So at the first start the daemon reads the socket
-//! table (`sock_diag`), counts each service connection in `SEEDED`, and from
-//! then on takes one away when that socket has left the table. The seeded
-//! sockets are kept in `STATE_DIR/seeded` so a restarted daemon goes on
-//! releasing them.
+//! program was attached. So the daemon counts each such service connection
+//! in `SEEDED` (and its service's seeded sessions), and takes one away when
+//! that socket has left the socket table (`sock_diag`).
+//!
+//! Nothing about them is kept outside the kernel: the seeded set is always
+//! rebuilt from the socket table, at every start while the pinned
+//! `GLOBALS` says a seeding began (`flags::SEEDING`) or seeded sockets
+//! remain (`flags::SEEDED`). A seeded socket is a service socket in the table
+//! that `sock_ops` did not count: no `SOCKS` record, not in `SEED_SKIP`, on
+//! a port that was a service port at the first seeding (`SEED_STATE`: a
+//! connection on a port that became one later was established while
+//! `sock_ops` ran, which chose not to count it, so neither does a rebuild).
+//! Known limit: with `SOCKS` full (`SOCK_ENTRIES` connections), a counted
+//! connection without a record would be seeded again at a restart.
+//! A crash at any step is repaired by the next start, which writes only the
+//! differences (no window with counts missing). Earlier versions kept the
+//! set in `STATE_DIR/seeded`, which could be lost or go stale (a crash before
+//! it was written, a full disk): the file is no longer read and is deleted.
 //!
 //! Double counting is ruled out by ordering: `flags::SEEDING` is set before
 //! `sock_ops` is attached, and while it is set `sock_ops` notes the cookie
-//! of every connection it counts in `SEED_SKIP`; the seeding skips those.
+//! of every connection it counts in `SEED_SKIP`; the table is read first,
+//! then the records and the skip set, so a handshake completing in between
+//! is seen in them.
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
-    fmt::Write as _,
-    io::Write as _,
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use aya::{
@@ -25,28 +38,29 @@ use aya::{
 };
 use limiter_common::{
     Globals, SourceKey,
-    maps::{MAX_SERVICES, family, flags, names},
+    maps::{MAX_SERVICES, SockRecord, family, flags, names, seed_state},
     pool,
     prefix::{mask_v4, mask_v6},
 };
 
 use crate::{
     config::Policy,
+    failpoint,
     loader::{self, LoadError, map_err},
     sockdiag::{self, TcpSocket},
 };
 
-const FILE: &str = "seeded";
+/// The file earlier versions kept the seeded sockets in.
+const OLD_FILE: &str = "seeded";
 
 /// The pre-existing connections still counted in `SEEDED`, by socket cookie.
 #[derive(Debug, Default)]
 pub struct Seeded {
     sockets: StdHashMap<u64, SourceKey>,
-    path: PathBuf,
 }
 
-fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
-    move |source| LoadError::Seed { what: what.to_owned(), source }
+fn table_err(source: std::io::Error) -> LoadError {
+    LoadError::SeedTable(source)
 }
 
 /// Sets or clears bits of `Globals::flags`.
@@ -76,51 +90,143 @@ fn key_of(s: &TcpSocket, ports: &[u32], policy: &Policy) -> Option<SourceKey> {
     Some(key)
 }
 
-impl Seeded {
-    /// First start: `sock_ops` has just been attached with `flags::SEEDING`
-    /// set. Counts every service connection it cannot have seen, then ends
-    /// the seeding window.
-    pub fn seed(ebpf: &mut Ebpf, policy: &Policy, state_dir: &Path) -> Result<Self, LoadError> {
-        let table = sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(io_err("read the socket table"))?;
-        let ports = loader::port_table(policy);
-        let skip: HashSet<u64> = {
-            let m: HashMap<_, u64, u8> = HashMap::try_from(ebpf.map(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::SEED_SKIP))?;
-            m.keys().filter_map(Result::ok).collect()
-        };
-        let mut seeded = Self { sockets: StdHashMap::new(), path: state_dir.join(FILE) };
-        let mut counts: StdHashMap<SourceKey, u64> = StdHashMap::new();
-        for s in &table {
-            if skip.contains(&s.cookie) {
-                continue;
-            }
-            if let Some(key) = key_of(s, &ports, policy)
-                && seeded.sockets.insert(s.cookie, key).is_none()
-            {
-                *counts.entry(key).or_default() += 1;
-            }
+/// The sockets of `table` to seed, by cookie: on a port of `bits` that is a
+/// service port of `ports`, and not `counted` by `sock_ops`.
+fn select(
+    table: &[TcpSocket],
+    ports: &[u32],
+    bits: &[u64],
+    policy: &Policy,
+    mut counted: impl FnMut(u64) -> Result<bool, LoadError>,
+) -> Result<StdHashMap<u64, SourceKey>, LoadError> {
+    let mut out = StdHashMap::new();
+    for s in table {
+        if !has_port(bits, s.local_port) || out.contains_key(&s.cookie) {
+            continue;
         }
-        // File first: a crash between the two leaves sockets listed but not
-        // counted (their release finds nothing to take), never the reverse.
-        seeded.save()?;
+        let Some(key) = key_of(s, ports, policy) else { continue };
+        if !counted(s.cookie)? {
+            out.insert(s.cookie, key);
+        }
+    }
+    Ok(out)
+}
+
+/// The flags in `GLOBALS`.
+fn read_flags(ebpf: &Ebpf) -> Result<u8, LoadError> {
+    let globals: Array<_, Globals> =
+        Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
+    Ok(globals.get(&0, 0).map_err(map_err(names::GLOBALS))?.flags)
+}
+
+/// The ports of `ports` (a `PORTS` table) that are service ports, as bits.
+fn port_bits(ports: &[u32]) -> Vec<u64> {
+    let mut bits = vec![0u64; seed_state::PORT_WORDS as usize];
+    for (port, &id) in ports.iter().enumerate() {
+        if id != 0 {
+            bits[port / 64] |= 1 << (port % 64);
+        }
+    }
+    bits
+}
+
+fn has_port(bits: &[u64], port: u16) -> bool {
+    bits.get(usize::from(port) / 64).is_some_and(|w| w & (1 << (port % 64)) != 0)
+}
+
+/// The ports the first seeding saw as service ports, if it has recorded them.
+fn seed_ports(ebpf: &Ebpf) -> Result<Option<Vec<u64>>, LoadError> {
+    let m: Array<_, u64> =
+        Array::try_from(ebpf.map(names::SEED_STATE).ok_or(LoadError::NoObject)?).map_err(map_err(names::SEED_STATE))?;
+    if m.get(&seed_state::PORTS_SET, 0).map_err(map_err(names::SEED_STATE))? == 0 {
+        return Ok(None);
+    }
+    (0..seed_state::PORT_WORDS)
+        .map(|i| m.get(&i, 0).map_err(map_err(names::SEED_STATE)))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+fn write_seed_ports(ebpf: &mut Ebpf, bits: &[u64]) -> Result<(), LoadError> {
+    let mut m: Array<_, u64> = Array::try_from(ebpf.map_mut(names::SEED_STATE).ok_or(LoadError::NoObject)?)
+        .map_err(map_err(names::SEED_STATE))?;
+    for (i, &w) in (0u32..).zip(bits) {
+        if w != 0 {
+            m.set(i, w, 0).map_err(map_err(names::SEED_STATE))?;
+        }
+    }
+    // Last: the bits are complete once this says so.
+    m.set(seed_state::PORTS_SET, 1, 0).map_err(map_err(names::SEED_STATE))
+}
+
+/// Whether `cookie` is a key of the hash map `name`.
+fn has<V: aya::Pod>(ebpf: &Ebpf, name: &'static str, cookie: u64) -> Result<bool, LoadError> {
+    let m: HashMap<_, u64, V> = HashMap::try_from(ebpf.map(name).ok_or(LoadError::NoObject)?).map_err(map_err(name))?;
+    match m.get(&cookie, 0) {
+        Ok(_) => Ok(true),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+impl Seeded {
+    /// Makes `SEEDED` and the seeded sessions match the socket table, if a
+    /// seeding began or seeded sockets remain (see the module header);
+    /// `sock_ops` must be counting already. Ends the seeding window.
+    pub fn rebuild(ebpf: &mut Ebpf, policy: &Policy, state_dir: &Path) -> Result<Self, LoadError> {
+        remove_old_file(state_dir);
+        let mut seeded = Self::default();
+        let flags_now = read_flags(ebpf)?;
+        if flags_now & (flags::SEEDING | flags::SEEDED) == 0 {
+            clear_skip(ebpf)?;
+            return Ok(seeded);
+        }
+        let table = sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(table_err)?;
+        failpoint::hit("seed-table-read");
+        let ports = loader::port_table(policy);
+        // The first seeding (or pins of a version that kept no port bits)
+        // seeds the service ports of now.
+        let stored = seed_ports(ebpf)?;
+        let first = stored.is_none();
+        let bits = stored.unwrap_or_else(|| port_bits(&ports));
+        // Looked up after the table was read: a handshake that completed
+        // since is in them.
+        seeded.sockets = select(&table, &ports, &bits, policy, |cookie| {
+            Ok(has::<SockRecord>(ebpf, names::SOCKS, cookie)? || has::<u8>(ebpf, names::SEED_SKIP, cookie)?)
+        })?;
+        let mut counts: StdHashMap<SourceKey, u64> = StdHashMap::new();
+        for key in seeded.sockets.values() {
+            *counts.entry(*key).or_default() += 1;
+        }
         {
             let mut m: HashMap<_, SourceKey, u64> =
                 HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::NoObject)?)
                     .map_err(map_err(names::SEEDED))?;
+            let have: StdHashMap<SourceKey, u64> = m.iter().filter_map(Result::ok).collect();
             for (key, n) in &counts {
-                m.insert(key, n, 0).map_err(map_err(names::SEEDED))?;
+                if have.get(key) != Some(n) {
+                    m.insert(key, n, 0).map_err(map_err(names::SEEDED))?;
+                }
+            }
+            for key in have.keys().filter(|k| !counts.contains_key(k)) {
+                m.remove(key).map_err(map_err(names::SEEDED))?;
             }
         }
+        // Half written: `SEEDED` new, the seeded sessions not yet.
+        failpoint::hit("seed-partial");
         seeded.write_sessions(ebpf)?;
-        // SEEDED stays on while seeded sockets remain.
-        let clear = if seeded.sockets.is_empty() { flags::SEEDING | flags::SEEDED } else { flags::SEEDING };
-        set_flags(ebpf, 0, clear)?;
-        let mut skip_map: HashMap<_, u64, u8> =
-            HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::SEED_SKIP))?;
-        for c in skip {
-            let _ = skip_map.remove(&c);
+        failpoint::hit("seed-written");
+        if first {
+            write_seed_ports(ebpf, &bits)?;
         }
+        // SEEDED stays on while seeded sockets remain.
+        if seeded.sockets.is_empty() {
+            set_flags(ebpf, 0, flags::SEEDING | flags::SEEDED)?;
+        } else {
+            set_flags(ebpf, flags::SEEDED, flags::SEEDING)?;
+        }
+        failpoint::hit("seed-done");
+        clear_skip(ebpf)?;
         if !seeded.sockets.is_empty() {
             log::info!(
                 "counted {} connections that were open before the limiter started ({} sources)",
@@ -129,34 +235,6 @@ impl Seeded {
             );
         }
         Ok(seeded)
-    }
-
-    /// A restart: the seeded sockets the previous run left. A run killed
-    /// while seeding leaves `SEEDING` set; it is cleared here.
-    pub fn resume(ebpf: &mut Ebpf, state_dir: &Path) -> Result<Self, LoadError> {
-        let seeded = Self::load(state_dir)?;
-        seeded.write_sessions(ebpf)?;
-        let clear = if seeded.is_empty() { flags::SEEDING | flags::SEEDED } else { flags::SEEDING };
-        set_flags(ebpf, 0, clear)?;
-        let mut skip: HashMap<_, u64, u8> =
-            HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::SEED_SKIP))?;
-        let stale: Vec<u64> = skip.keys().filter_map(Result::ok).collect();
-        for c in stale {
-            let _ = skip.remove(&c);
-        }
-        Ok(seeded)
-    }
-
-    fn load(state_dir: &Path) -> Result<Self, LoadError> {
-        let path = state_dir.join(FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_err("read the seeded-connections file")(e)),
-        };
-        let sockets = text.lines().filter_map(parse_line).collect();
-        Ok(Self { sockets, path })
     }
 
     /// How many pre-existing connections are still counted.
@@ -171,13 +249,18 @@ impl Seeded {
     }
 
     /// Takes away the seeded sockets that have closed; returns how many.
-    /// `SEEDED` has no other writer, so read-modify-write is safe here.
+    /// `SEEDED` has no other writer, so read-modify-write is safe here; a
+    /// crash part way is repaired by the next start's rebuild.
     pub fn reconcile(&mut self, ebpf: &mut Ebpf) -> Result<usize, LoadError> {
         if self.sockets.is_empty() {
             return Ok(0);
         }
         let live: HashSet<u64> = sockdiag::tcp_sockets(sockdiag::state::COUNTED)
-            .map_err(io_err("read the socket table"))?
+            .map_err(|source| LoadError::Seed {
+                what: "read the socket table to release the connections open before start (retried every 250 ms)"
+                    .into(),
+                source,
+            })?
             .into_iter()
             .map(|s| s.cookie)
             .collect();
@@ -198,7 +281,7 @@ impl Seeded {
                 }
             }
         }
-        self.save()?;
+        failpoint::hit("reconcile");
         self.write_sessions(ebpf)?;
         if self.sockets.is_empty() {
             set_flags(ebpf, 0, flags::SEEDED)?;
@@ -227,65 +310,79 @@ impl Seeded {
         }
         Ok(())
     }
-
-    /// Writes the file atomically (write, fsync, rename).
-    fn save(&self) -> Result<(), LoadError> {
-        let mut text = String::new();
-        for (cookie, k) in &self.sockets {
-            let _ = write!(text, "{cookie} {} {} ", k.service, k.family);
-            for b in k.addr {
-                let _ = write!(text, "{b:02x}");
-            }
-            text.push('\n');
-        }
-        let tmp = self.path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(io_err("write the seeded-connections file"))
-    }
 }
 
-/// `COOKIE SERVICE FAMILY ADDRHEX`
-fn parse_line(line: &str) -> Option<(u64, SourceKey)> {
-    let mut f = line.split_whitespace();
-    let cookie = f.next()?.parse().ok()?;
-    let service = f.next()?.parse().ok()?;
-    let family = f.next()?.parse().ok()?;
-    let hex = f.next()?;
-    let mut addr = [0u8; 16];
-    if hex.len() != 32 {
-        return None;
+/// Empties `SEED_SKIP` (call with `flags::SEEDING` clear: nothing adds to it then).
+fn clear_skip(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let mut skip: HashMap<_, u64, u8> = HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
+        .map_err(map_err(names::SEED_SKIP))?;
+    let stale: Vec<u64> = skip.keys().filter_map(Result::ok).collect();
+    for c in stale {
+        let _ = skip.remove(&c);
     }
-    for (i, b) in addr.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    Ok(())
+}
+
+/// Deletes the file an earlier version kept the seeded sockets in: it is
+/// never trusted (the kernel's tables say the same, and are never stale).
+fn remove_old_file(state_dir: &Path) {
+    for name in [OLD_FILE, "seeded.tmp"] {
+        let path = state_dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::info!("removed {} left by an earlier version (no longer used)", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove {} (no longer used, safe to delete): {e}", path.display()),
+        }
     }
-    Some((cookie, SourceKey { addr, service, family, pad: [0; 2] }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn sock(cookie: u64, port: u16, remote: &str) -> TcpSocket {
+        TcpSocket { cookie, state: sockdiag::state::ESTABLISHED, local_port: port, remote: remote.parse().expect("ip") }
+    }
+
     #[test]
-    fn file_lines_round_trip() {
-        let key = SourceKey {
-            addr: [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0],
-            service: 3,
-            family: 6,
-            pad: [0; 2],
-        };
-        let dir = std::env::temp_dir().join(format!("limiter-seed-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let s =
-            Seeded { sockets: [(42u64, key), (7, SourceKey::default())].into_iter().collect(), path: dir.join(FILE) };
-        s.save().expect("save");
-        let back = Seeded::load(&dir).expect("load");
-        assert_eq!(back.sockets, s.sockets);
-        assert_eq!(parse_line("1 2 4 00"), None, "short address");
-        let _ = std::fs::remove_dir_all(&dir);
+    fn only_uncounted_sockets_on_first_seeding_ports_are_seeded() {
+        let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25, 587]\n\
+                    [[service]]\nname = \"imap\"\nports = [143]\n";
+        let file = crate::config::ConfigFile::parse(text, "test").expect("config");
+        let policy = Policy::build(file, &crate::config::Overrides::default()).expect("policy");
+        let ports = loader::port_table(&policy);
+        // 587 became a service port after the first seeding.
+        let mut first = ports.clone();
+        first[587] = 0;
+        let bits = port_bits(&first);
+        let table = [
+            sock(1, 25, "::ffff:198.51.100.7"),
+            sock(2, 25, "198.51.100.7"),
+            sock(3, 587, "198.51.100.7"),
+            sock(4, 143, "2001:db8:1:2::9"),
+            sock(5, 8080, "198.51.100.7"),
+            sock(6, 25, "198.51.100.8"),
+            sock(2, 25, "198.51.100.7"),
+        ];
+        let got = select(&table, &ports, &bits, &policy, |c| Ok(c == 6)).expect("select");
+        let mut cookies: Vec<u64> = got.keys().copied().collect();
+        cookies.sort_unstable();
+        assert_eq!(cookies, [1, 2, 4], "587 came later, 8080 is no service, 6 is counted, 2 once");
+        assert_eq!(got[&1], got[&2], "an IPv4 client of a dual-stack listener counts as IPv4");
+        assert_eq!((got[&1].service, got[&1].family), (1, family::V4));
+        assert_eq!((got[&4].service, got[&4].family, &got[&4].addr[8..]), (2, family::V6, &[0u8; 8][..]));
+    }
+
+    #[test]
+    fn port_bits_hold_exactly_the_service_ports() {
+        let mut ports = vec![0u32; 65_536];
+        for (p, id) in [(25usize, 1u32), (63, 1), (64, 2), (65_535, 3)] {
+            ports[p] = id;
+        }
+        let bits = port_bits(&ports);
+        assert_eq!(bits.len(), seed_state::PORT_WORDS as usize);
+        for p in 0..=u16::MAX {
+            assert_eq!(has_port(&bits, p), matches!(p, 25 | 63 | 64 | 65_535), "port {p}");
+        }
     }
 }

@@ -500,18 +500,84 @@ impl Daemon {
     /// [`Self::start`] with extra environment or a wrapping command.
     #[must_use]
     pub fn start_with(ns: &Netns, args: &[&str], spawn: Spawn) -> Self {
+        let mut d = Self::unstarted(spawn);
+        d.spawn(ns, args);
+        d
+    }
+
+    /// Private socket, pin and state paths, nothing started (start it with
+    /// [`Self::restart`] or [`Self::run_to_exit`]).
+    #[must_use]
+    pub fn unstarted(spawn: Spawn) -> Self {
         let dir = std::env::temp_dir().join(unique("limiter-test-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut d = Self {
+        Self {
             child: None,
             socket: dir.join("limiter.sock"),
             pin_dir: PathBuf::from("/sys/fs/bpf").join(unique("limiter-test-")),
             log: dir.join("daemon.log"),
             dir,
             spawn,
-        };
-        d.spawn(ns, args);
-        d
+        }
+    }
+
+    /// The state dir the daemon is given.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Runs `limiter run ARGS` with the extra environment `env` and waits
+    /// up to `limit` for it to exit by itself (a failpoint kills it);
+    /// returns how it ended. Panics if it is still running then.
+    pub fn run_to_exit(
+        &mut self,
+        ns: &Netns,
+        args: &[&str],
+        env: &[(&str, &str)],
+        limit: Duration,
+    ) -> std::process::ExitStatus {
+        assert!(self.child.is_none(), "a daemon is running");
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let mut child = self
+            .command(ns, args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn limiter");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("limiter run {args:?} with {env:?} did not exit within {limit:?}: {}", self.log_text());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn command(&self, ns: &Netns, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path().display()))
+            .args(&self.spawn.wrap)
+            .arg(limiter_bin())
+            .arg("run")
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            // Idle connection-table entries are reclaimed every 200 ms
+            // instead of 30 s, so every test runs alongside reclamation.
+            .env("LIMITER_RECLAIM_MS", "200")
+            .envs(self.spawn.env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 
     /// Starts the daemon again with the same paths (after `stop` or `kill`).
@@ -522,26 +588,7 @@ impl Daemon {
 
     fn spawn(&mut self, ns: &Netns, args: &[&str]) {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .args(&self.spawn.wrap)
-            .arg(limiter_bin())
-            .arg("run")
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            // Idle connection-table entries are reclaimed every 200 ms
-            // instead of 30 s, so every test runs alongside reclamation.
-            .env("LIMITER_RECLAIM_MS", "200")
-            .envs(self.spawn.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn limiter");
+        let child = self.command(ns, args).stdout(Stdio::null()).stderr(logf).spawn().expect("spawn limiter");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
