@@ -24,6 +24,9 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONNS: &str = "CONNS";
     pub const PENDING: &str = "PENDING";
+    /// Handshakes let through on a reservation, so a retransmitted SYN is
+    /// not a second attempt (`handshake`).
+    pub const HANDSHAKES: &str = "HANDSHAKES";
     pub const SEEDED: &str = "SEEDED";
     pub const SEED_SKIP: &str = "SEED_SKIP";
     /// The merged allow/deny/reserve trie, both banks (`lists::key_data`).
@@ -262,6 +265,8 @@ mod pod {
     unsafe impl aya::Pod for super::SourceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::pending::Slot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::handshake::Handshake {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRecord {}
     // SAFETY: as above.
