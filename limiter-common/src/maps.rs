@@ -39,6 +39,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU event tokens and the count of unreported refusals (not pinned).
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// Per-CPU scratch: what the refusal being decided rests on (not pinned).
+    pub const REFUSAL_BASIS: &str = "REFUSAL_BASIS";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
     /// Empty programs used as benchmark floors.

@@ -691,3 +691,141 @@ fn sessions_and_reserved_sessions_are_exact() {
     assert_eq!(passed(&mut h, v4(200), 4), 4, "exempt: not counted, not refused");
     assert_eq!(h.counter(1, Verdict::Accepted), 9);
 }
+
+/// A SYN from `src` with this client port and ISN (the rest as `Tcp::syn`).
+fn syn_from(src: IpAddr, sport: u16, isn: u32) -> Vec<u8> {
+    let dst = if src.is_ipv4() { server4() } else { server6() };
+    frames::frame(&Tcp { sport, seq: isn, ..Tcp::syn(src, dst, PORT) }, &Shape::default())
+}
+
+/// The source key of `src` (IPv4 /32) for service 1.
+fn key4(src: [u8; 4]) -> limiter_common::SourceKey {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&src);
+    limiter_common::SourceKey { addr, service: 1, family: limiter_common::maps::family::V4, pad: [0; 2] }
+}
+
+/// Handshakes `src` (service 1) holds in flight, as its `PENDING` slot says
+/// (the slot's word, whatever its age: the test runs in well under the timeout).
+fn in_flight(h: &Harness, src: [u8; 4]) -> u16 {
+    limiter_common::pending::unpack(limiter_tests::kernel::slot(&h.ebpf, &key4(src)).expect("slot").reserved).1
+}
+
+/// The case: at limit N with N-1 established, the Nth handshake's
+/// SYN-ACK is lost and the client retransmits its SYN. The retransmission
+/// (same 4-tuple, same ISN) is the same attempt: it passes on the first
+/// copy's reservation, and takes no second one.
+#[test]
+fn a_retransmitted_syn_rides_on_its_reservation() {
+    if !can_run_privileged("a_retransmitted_syn_rides_on_its_reservation") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(8);
+    let mut h = Harness::new(&p);
+    let src = [198, 18, 0, 150];
+    set_established(&mut h, src, 1, 7);
+    let first = syn_from(v4(150), 40_000, 0x0bad_cafe);
+    assert_eq!(h.action(&first), PASS, "7 established + this one = 8");
+    assert_eq!(in_flight(&h, src), 1);
+    assert_eq!(h.action(&syn_from(v4(150), 40_001, 0x0bad_cafe)), TX, "another handshake is a 9th");
+    for i in 0..3 {
+        assert_eq!(h.action(&first), PASS, "retransmission {i} of the 8th handshake");
+    }
+    assert_eq!(in_flight(&h, src), 1, "the retransmissions took no reservation");
+    // The same 4-tuple with another ISN is a new handshake (the client gave
+    // the first one up): it needs a reservation of its own.
+    assert_eq!(h.action(&syn_from(v4(150), 40_000, 0x0bad_cafe + 1)), TX);
+    assert_eq!(h.counter(1, Verdict::Accepted), 4);
+    assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 2);
+    // Another source sending the same ports and ISN is not recognised.
+    set_established(&mut h, [198, 18, 0, 151], 1, 8);
+    assert_eq!(h.action(&syn_from(v4(151), 40_000, 0x0bad_cafe)), TX);
+}
+
+/// A retransmission spends no token from the source's bucket.
+#[test]
+fn a_retransmitted_syn_spends_no_token() {
+    if !can_run_privileged("a_retransmitted_syn_spends_no_token") {
+        return;
+    }
+    let mut p = policy(Action::Drop, 2, 32, 64);
+    p.services[0].max_conn_per_source = Some(8);
+    let mut h = Harness::new(&p);
+    let first = syn_from(v4(160), 41_000, 7);
+    assert_eq!(h.action(&first), PASS, "token 1 of 2");
+    for i in 0..3 {
+        assert_eq!(h.action(&first), PASS, "retransmission {i}");
+    }
+    assert_eq!(h.action(&syn_from(v4(160), 41_001, 8)), PASS, "token 2 of 2 is still there");
+    assert_eq!(h.action(&syn_from(v4(160), 41_002, 9)), DROP, "no token left");
+    assert_eq!(h.counter(1, Verdict::RefusedRate), 1);
+}
+
+/// A retransmission takes no second session (rule 3) either.
+#[test]
+fn a_retransmitted_syn_takes_no_second_session() {
+    if !can_run_privileged("a_retransmitted_syn_takes_no_second_session") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(8);
+    p.services[0].max_sessions = Some(2);
+    let mut h = Harness::new(&p);
+    let first = syn_from(v4(170), 42_000, 1);
+    assert_eq!(h.action(&first), PASS, "session 1 of 2");
+    assert_eq!(h.action(&syn_from(v4(171), 42_000, 1)), PASS, "session 2 of 2, another source");
+    assert_eq!(h.action(&first), PASS, "the retransmission holds session 1 already");
+    assert_eq!(h.action(&syn_from(v4(172), 42_000, 1)), TX, "a third handshake finds no session");
+    assert_eq!(h.counter(1, Verdict::RefusedSessions), 1);
+}
+
+/// Refusal events carry what a connection-limit refusal was based on:
+/// established connections alone (on the hint, with the limit as the count,
+/// and on `CONNS`), or established plus handshakes in flight; other
+/// refusals carry nothing.
+#[test]
+fn refusal_events_say_what_they_were_based_on() {
+    use limiter_common::events::{Refusal, basis};
+    if !can_run_privileged("refusal_events_say_what_they_were_based_on") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].max_conn_per_source = Some(2);
+    let mut h = Harness::new(&p);
+    let mut budget = limiter_user::events::Budget::take(&mut h.ebpf).expect("budget");
+    budget.refill().expect("tokens");
+    let mut ring = aya::maps::RingBuf::try_from(h.ebpf.take_map(names::EVENTS).expect("EVENTS")).expect("ring");
+    let mut next = |h: &mut Harness, frame: &[u8]| -> Refusal {
+        assert_eq!(h.action(frame), TX, "refused");
+        let item = ring.next().expect("an event for the refusal");
+        assert!(item.len() >= size_of::<Refusal>());
+        // SAFETY: the kernel wrote a whole `Refusal` (checked length); read unaligned.
+        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Refusal>()) }
+    };
+    let facts = |r: &Refusal| (r.verdict, r.basis, r.established, r.pending);
+    let conc = Verdict::RefusedConcurrency as u8;
+
+    // One established and one handshake in flight: the limit with what may be forged.
+    set_established(&mut h, [198, 18, 0, 180], 1, 1);
+    assert_eq!(h.action(&syn_from(v4(180), 43_000, 1)), PASS);
+    let e = next(&mut h, &syn_from(v4(180), 43_001, 2));
+    assert_eq!(facts(&e), (conc, basis::IN_FLIGHT, 1, 1), "Busy: {e:?}");
+    assert_eq!((e.addr[..4].to_vec(), e.port), (vec![198, 18, 0, 180], PORT));
+
+    // Three established (the limit was lowered under them): `CONNS` alone,
+    // then the hint that refusal set, which reads no count (the limit).
+    set_established(&mut h, [198, 18, 0, 181], 1, 3);
+    let e = next(&mut h, &syn_from(v4(181), 43_000, 1));
+    assert_eq!(facts(&e), (conc, basis::ESTABLISHED, 3, 0), "Full: {e:?}");
+    assert!(hinted_full(&mut h, [198, 18, 0, 181]));
+    let e = next(&mut h, &syn_from(v4(181), 43_000, 1));
+    assert_eq!(facts(&e), (conc, basis::ESTABLISHED, 2, 0), "on the hint: {e:?}");
+
+    // A rate refusal (burst 1, the reservation given back): no basis.
+    assert_eq!(h.action(&syn_from(v4(182), 43_000, 1)), PASS);
+    let e = next(&mut h, &syn_from(v4(182), 43_001, 2));
+    assert_eq!(facts(&e), (Verdict::RefusedRate as u8, basis::NONE, 0, 0), "rate: {e:?}");
+}
