@@ -432,6 +432,16 @@ fn bucket_is_exact_across_cpus() {
     assert_eq!(h.counter(1, Verdict::RefusedRate), sent - BURST);
 }
 
+/// A SYN from `src` that starts a handshake of its own: a client port and
+/// ISN never sent before in this process. (The same frame sent again is a
+/// retransmission of one handshake, which a source with a connection limit
+/// gets through on the first one's reservation.)
+fn attempt(src: IpAddr) -> Vec<u8> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    syn_from(src, 20_000 + u16::try_from(n % 20_000).expect("small"), n)
+}
+
 /// Writes an established count for `src` as `sock_ops` would.
 fn set_established(h: &mut Harness, src: [u8; 4], service: u8, n: u64) {
     let mut addr = [0u8; 16];
@@ -459,10 +469,12 @@ fn concurrency_counts_established_and_pending() {
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(3);
     let mut h = Harness::new(&p);
-    let f = frames::syn(v4(100), server4(), PORT);
+    let f = || attempt(v4(100));
     // No established connections: three handshakes may be in flight.
-    h.exhaust(&f, 3);
-    let (action, out) = h.run(&f);
+    for i in 0..3 {
+        assert_eq!(h.action(&f()), PASS, "attempt {i}");
+    }
+    let (action, out) = h.run(&frames::syn(v4(100), server4(), PORT));
     assert_eq!(action, TX, "4th concurrent attempt refused");
     assert_rst(&out, &Tcp::syn(v4(100), server4(), PORT), &Shape::default());
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 1);
@@ -470,13 +482,13 @@ fn concurrency_counts_established_and_pending() {
 
     // Another source with two established connections gets one more.
     set_established(&mut h, [198, 18, 0, 101], 1, 2);
-    let g = frames::syn(v4(101), server4(), PORT);
-    assert_eq!(h.action(&g), PASS);
-    assert_eq!(h.action(&g), TX);
+    let g = || attempt(v4(101));
+    assert_eq!(h.action(&g()), PASS);
+    assert_eq!(h.action(&g()), TX);
     // A close (count back to 1) lets one more in.
     set_established(&mut h, [198, 18, 0, 101], 1, 1);
-    assert_eq!(h.action(&g), PASS);
-    assert_eq!(h.action(&g), TX);
+    assert_eq!(h.action(&g()), PASS);
+    assert_eq!(h.action(&g()), TX);
     assert_eq!(h.counter(1, Verdict::Accepted), 5);
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 3);
 }
@@ -491,10 +503,10 @@ fn rate_refusal_gives_the_reservation_back() {
     let mut p = policy(Action::Drop, 1, 32, 64);
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
-    let f = frames::syn(v4(110), server4(), PORT);
-    assert_eq!(h.action(&f), PASS);
+    let f = || attempt(v4(110));
+    assert_eq!(h.action(&f()), PASS);
     for _ in 0..5 {
-        assert_eq!(h.action(&f), DROP);
+        assert_eq!(h.action(&f()), DROP);
     }
     assert_eq!(h.counter(1, Verdict::RefusedRate), 5, "rate refuses while one slot stays free");
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 0);
@@ -514,14 +526,14 @@ fn seeded_connections_count_while_the_flag_is_set() {
     set_established(&mut h, src, 1, 2);
     set_count(&mut h, names::SEEDED, src, 1, 1);
     limiter_user::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
-    let f = frames::syn(v4(120), server4(), PORT);
-    assert_eq!(h.action(&f), PASS);
-    assert_eq!(h.action(&f), TX, "2 counted + 1 seeded + 1 pending = 4");
+    let f = || attempt(v4(120));
+    assert_eq!(h.action(&f()), PASS);
+    assert_eq!(h.action(&f()), TX, "2 counted + 1 seeded + 1 pending = 4");
     // Without the flag XDP does not look at SEEDED (the daemon clears it
     // when the last seeded socket is gone): the seeded one no longer counts.
     limiter_user::seed::set_flags(&mut h.ebpf, 0, limiter_common::maps::flags::SEEDED).expect("flags");
-    assert_eq!(h.action(&f), PASS);
-    assert_eq!(h.action(&f), TX);
+    assert_eq!(h.action(&f()), PASS);
+    assert_eq!(h.action(&f()), TX);
 }
 
 /// Whether the `PENDING` hint of `src` (service 1) says "at its limit" under the current policy.
@@ -545,20 +557,20 @@ fn a_source_at_its_limit_is_hinted_until_a_new_policy() {
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
     let src = [198, 18, 0, 130];
-    let f = frames::syn(v4(130), server4(), PORT);
+    let f = || attempt(v4(130));
     set_established(&mut h, src, 1, 2);
     assert!(!hinted_full(&mut h, src));
-    assert_eq!(h.action(&f), DROP, "2 established, limit 2");
+    assert_eq!(h.action(&f()), DROP, "2 established, limit 2");
     assert!(hinted_full(&mut h, src), "the refusal by CONNS alone marks the source");
-    assert_eq!(h.action(&f), DROP, "refused on the hint");
+    assert_eq!(h.action(&f()), DROP, "refused on the hint");
     // A neighbour is not refused by someone else's hint.
     assert_eq!(h.action(&frames::syn(v4(131), server4(), PORT)), PASS);
     // Raising the limit writes a new policy generation: the hint is void.
     p.services[0].max_conn_per_source = Some(3);
     loader::write_policy(&mut h.ebpf, &p).expect("policy");
     assert!(!hinted_full(&mut h, src));
-    assert_eq!(h.action(&f), PASS, "the raised limit applies at once");
-    assert_eq!(h.action(&f), DROP, "2 established + 1 pending = 3");
+    assert_eq!(h.action(&f()), PASS, "the raised limit applies at once");
+    assert_eq!(h.action(&f()), DROP, "2 established + 1 pending = 3");
     assert!(!hinted_full(&mut h, src), "full with a handshake in flight is not a hint: it expires");
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 3);
 }
@@ -573,15 +585,15 @@ fn hints_are_not_used_while_seeded_counts_are_in_play() {
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
     let src = [198, 18, 0, 140];
-    let f = frames::syn(v4(140), server4(), PORT);
+    let f = || attempt(v4(140));
     set_established(&mut h, src, 1, 1);
     set_count(&mut h, names::SEEDED, src, 1, 1);
     limiter_user::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
-    assert_eq!(h.action(&f), DROP, "1 counted + 1 seeded");
+    assert_eq!(h.action(&f()), DROP, "1 counted + 1 seeded");
     assert!(!hinted_full(&mut h, src), "the daemon releases seeded counts without touching hints");
     // The seeded socket closes: the daemon takes it away.
     set_count(&mut h, names::SEEDED, src, 1, 0);
-    assert_eq!(h.action(&f), PASS);
+    assert_eq!(h.action(&f()), PASS);
 }
 
 /// The verifier walks every path of the packet program; a change that
@@ -633,8 +645,7 @@ fn listed(max: u32, allow: &[(&str, Option<u32>)], deny: &[&str], reserve: &[&st
 
 /// How many of `n` SYNs from `src` (each a new handshake) pass.
 fn passed(h: &mut Harness, src: IpAddr, n: usize) -> usize {
-    let f = frames::syn(src, if src.is_ipv4() { server4() } else { server6() }, PORT);
-    (0..n).filter(|_| h.action(&f) == PASS).count()
+    (0..n).filter(|_| h.action(&attempt(src)) == PASS).count()
 }
 
 /// Rules 1 and 2 on crafted SYNs: deny beats an allow entry covering the
