@@ -108,32 +108,32 @@ pub(crate) static EVENT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries
 /// counts read), as the event reports it.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub(crate) struct Basis {
+pub(crate) struct Grounds {
     pub(crate) basis: u8,
     pub(crate) pad: u8,
     pub(crate) pending: u16,
     pub(crate) established: u32,
 }
 
-/// Per CPU, one entry: the [`Basis`] of the refusal being decided, noted by
+/// Per CPU, one entry: the [`Grounds`] of the refusal being decided, noted by
 /// the function that refuses and read back by the packet path to report it.
 /// Kept here rather than on the stack, whose 512 bytes the packet path and
 /// its calls use up; a program runs to its end on one CPU, so the entry is
 /// this packet's when it is read (each refusal by connection count notes it).
 #[map(name = "REFUSAL_BASIS")]
-pub(crate) static REFUSAL_BASIS: PerCpuArray<Basis> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static REFUSAL_BASIS: PerCpuArray<Grounds> = PerCpuArray::with_max_entries(1, 0);
 
 /// Notes what the refusal being decided rests on.
 #[inline(always)]
 pub(crate) fn note_basis(basis: u8, established: u32, pending: u16) {
     if let Some(b) = REFUSAL_BASIS.get_ptr_mut(0) {
-        unsafe { *b = Basis { basis, pad: 0, pending, established } };
+        unsafe { *b = Grounds { basis, pad: 0, pending, established } };
     }
 }
 
 /// What [`note_basis`] noted for this packet.
 #[inline(always)]
-pub(crate) fn basis_noted() -> Basis {
+pub(crate) fn basis_noted() -> Grounds {
     REFUSAL_BASIS.get(0).copied().unwrap_or_default()
 }
 

@@ -18,8 +18,9 @@ use network_types::eth::EthHdr;
 
 use crate::{
     maps::{
-        Basis, GLOBALS, PORTS, Place, basis_noted, compare_swap, count, established, handshake_entry, hint as hint_word, list_entry, load,
-        note_basis, now_ns, policy, release_pending, report, reserved, seeded_sessions, sessions,
+        GLOBALS, Grounds, PORTS, Place, basis_noted, compare_swap, count, established, handshake_entry,
+        hint as hint_word, list_entry, load, note_basis, now_ns, policy, release_pending, report, reserved,
+        seeded_sessions, sessions,
     },
     reply,
 };
@@ -194,7 +195,7 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
     // were only for a refusal by them (the sessions rule may have decided
     // after `per_source` had read them)
     if let Ok(addr) = source_addr(ctx, &p) {
-        let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Basis::default() };
+        let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
         #[expect(clippy::cast_possible_truncation, reason = "verdicts and service ids are < 256")]
         report(&Refusal {
             addr,
