@@ -439,11 +439,11 @@ fn per_source(a: &SourceArgs<'_>) -> Outcome {
     let key = source_key(&a.id.addr_bytes(), a.id.family as u8, a.service, g);
     let place = Place::of(&key);
 
-    // (The hint was checked by `first_look`; a source that became full
-    // since is refused on `CONNS` below.)
-    // The slot a reservation is taken in, null for none: an `Option` here
-    // leaves its payload undefined on the `None` path, which the compiler
-    // may spill, and the verifier refuses a read of an unset register.
+    // The hint was checked by `first_look` (a source that became full since
+    // is refused on `CONNS` below); it is read again here for the mark.
+    // `reserved_in` is the slot a reservation is taken in, null for none: an
+    // `Option` leaves its payload undefined on the `None` path, which the
+    // compiler may spill, and the verifier refuses a read of an unset register.
     let hints = g.flags & flags::SEEDED == 0;
     let mut reserved_in: *mut Slot = core::ptr::null_mut();
     let mut seen = 0;
