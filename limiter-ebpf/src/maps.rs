@@ -140,13 +140,14 @@ pub(crate) fn basis_noted() -> Grounds {
 /// Reports a refusal to the daemon if this CPU has a token left and the
 /// ring has room; else counts it as unreported. Per-CPU cells: no other CPU
 /// writes them (the daemon's refill may race with a decrement and lose it,
-/// which only grants one event more).
+/// which only grants one event more). The event is only built with a token
+/// in hand: a flood past its budget pays for none of it.
 #[inline(always)]
-pub(crate) fn report(event: &Refusal) {
+pub(crate) fn report(event: impl FnOnce() -> Refusal) {
     let Some(tokens) = EVENT_BUDGET.get_ptr_mut(events::TOKENS) else {
         return;
     };
-    if unsafe { *tokens } > 0 && EVENTS.output::<Refusal>(event, 0).is_ok() {
+    if unsafe { *tokens } > 0 && EVENTS.output::<Refusal>(&event(), 0).is_ok() {
         unsafe { *tokens -= 1 };
     } else if let Some(n) = EVENT_BUDGET.get_ptr_mut(events::UNREPORTED) {
         unsafe { *n += 1 };

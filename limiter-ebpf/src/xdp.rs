@@ -195,18 +195,20 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
     // were only for a refusal by them (the sessions rule may have decided
     // after `per_source` had read them)
     if let Ok(addr) = source_addr(ctx, &p) {
-        let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
         #[expect(clippy::cast_possible_truncation, reason = "verdicts and service ids are < 256")]
-        report(&Refusal {
-            addr,
-            family: p.family,
-            verdict: verdict as u8,
-            service: service as u8,
-            basis: f.basis,
-            port: dport,
-            pending: f.pending,
-            established: f.established,
-            pad: 0,
+        report(|| {
+            let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
+            Refusal {
+                addr,
+                family: p.family,
+                verdict: verdict as u8,
+                service: service as u8,
+                basis: f.basis,
+                port: dport,
+                pending: f.pending,
+                established: f.established,
+                pad: 0,
+            }
         });
     }
 
@@ -416,7 +418,11 @@ fn first_look(a: &SourceArgs<'_>) -> Look {
         note_basis(basis::ESTABLISHED, limit, 0);
         return Look::Full;
     }
-    if retransmission(&a.id, &place, slot, pending::ticks(now_ns())) {
+    // Only a source with a live reservation can be retransmitting: a new
+    // one (every SYN of a spoofed flood) skips `HANDSHAKES`, a cache miss,
+    // on the word read with the hint's cache line.
+    let now = pending::ticks(now_ns());
+    if pending::live(unsafe { load(reserved(slot)) }, place.tag, now) != 0 && retransmission(&a.id, &place, slot, now) {
         return Look::Retransmission;
     }
     Look::Reserve
