@@ -262,9 +262,10 @@ enum Look {
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 enum Outcome {
-    /// Accepted with no reservation of the source's (it has no connection limit).
+    /// Accepted, nothing to remember: no reservation of the source's (it has
+    /// no connection limit), or a first contact's (`Reserve::FirstContact`).
     Accepted,
-    /// Accepted on a new pending reservation, taken for this SYN.
+    /// Accepted on a new pending reservation, taken for this SYN: remembered.
     Reserved,
     RefusedConcurrency,
     RefusedRate,
@@ -469,7 +470,8 @@ fn per_source(a: &SourceArgs<'_>) -> Outcome {
     if !reserved_in.is_null() {
         let slot = reserved_in;
         match reserve(&key, g, &place, slot, ticks, limit) {
-            Reserve::Taken => {}
+            Reserve::Taken => return charge(bucket, &place, g, now, slot, Outcome::Reserved),
+            Reserve::FirstContact => return charge(bucket, &place, g, now, slot, Outcome::Accepted),
             Reserve::Busy => return Outcome::RefusedConcurrency,
             Reserve::Full => {
                 // `CONNS` alone is at the limit: remember it, unless a close
@@ -482,16 +484,23 @@ fn per_source(a: &SourceArgs<'_>) -> Outcome {
             }
         }
     }
-    if !bucket.is_unlimited() && take_token(bucket, &place, g, now) == Verdict::RefusedRate {
-        if !reserved_in.is_null() {
-            release_pending(reserved(reserved_in), place.tag, ticks);
+    charge(bucket, &place, g, now, core::ptr::null_mut(), Outcome::Accepted)
+}
+
+/// Rule 5 after rule 4 let the SYN through (on a reservation in `slot`, or
+/// none: null): `accepted` if a token is left, else the refusal, with the
+/// reservation given back. Called once per way rule 4 admits, so that what
+/// it admitted on needs no variable kept across the token's compare-and-swap
+/// (a spill the 512-byte stack has no room for).
+#[inline(always)]
+fn charge(bucket: &Bucket, place: &Place, g: &Globals, now: u64, slot: *mut Slot, accepted: Outcome) -> Outcome {
+    if !bucket.is_unlimited() && take_token(bucket, place, g, now) == Verdict::RefusedRate {
+        if !slot.is_null() {
+            release_pending(reserved(slot), place.tag, pending::ticks(now));
         }
         return Outcome::RefusedRate;
     }
-    if reserved_in.is_null() {
-        return Outcome::Accepted;
-    }
-    Outcome::Reserved
+    accepted
 }
 
 #[inline(always)]
@@ -560,6 +569,14 @@ fn reserve_session(service: u32, pool: &ServicePolicy, on_reserve: bool, now: u3
 /// What [`reserve`] did.
 enum Reserve {
     Taken,
+    /// Taken by a source that held nothing (no connection, no handshake) and
+    /// has room left after it: its handshake is not remembered. A spoofed
+    /// flood is all first contacts, and remembering each would cost it a
+    /// cache miss per SYN (`HANDSHAKES` is 2 MiB, written at random: +90 ns
+    /// a SYN measured here, against 161); a real first contact whose SYN-ACK
+    /// is lost has room for its retransmission's own reservation (which
+    /// expires), at the price of a second token or session.
+    FirstContact,
     /// Refused with established + pending at the limit, or contended.
     Busy,
     /// Refused with established alone at the limit.
@@ -587,7 +604,8 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
             };
         };
         if unsafe { compare_swap(cell, old, new) } {
-            return Reserve::Taken;
+            let held = established + u64::from(pending::live(old, place.tag, now));
+            return if held == 0 && limit > 1 { Reserve::FirstContact } else { Reserve::Taken };
         }
         (seen_established, seen_pending) = (established, pending::live(old, place.tag, now));
     }

@@ -755,7 +755,9 @@ fn a_retransmitted_syn_rides_on_its_reservation() {
     assert_eq!(h.action(&syn_from(v4(151), 40_000, 0x0bad_cafe)), TX);
 }
 
-/// A retransmission spends no token from the source's bucket.
+/// A retransmission spends no token from the source's bucket (the source
+/// holds a connection: a first contact's handshake is not remembered, see
+/// `a_first_contact_is_not_remembered`).
 #[test]
 fn a_retransmitted_syn_spends_no_token() {
     if !can_run_privileged("a_retransmitted_syn_spends_no_token") {
@@ -764,6 +766,7 @@ fn a_retransmitted_syn_spends_no_token() {
     let mut p = policy(Action::Drop, 2, 32, 64);
     p.services[0].max_conn_per_source = Some(8);
     let mut h = Harness::new(&p);
+    set_established(&mut h, [198, 18, 0, 160], 1, 1);
     let first = syn_from(v4(160), 41_000, 7);
     assert_eq!(h.action(&first), PASS, "token 1 of 2");
     for i in 0..3 {
@@ -785,6 +788,7 @@ fn a_retransmitted_syn_takes_no_second_session() {
     p.services[0].max_conn_per_source = Some(8);
     p.services[0].max_sessions = Some(2);
     let mut h = Harness::new(&p);
+    set_established(&mut h, [198, 18, 0, 170], 1, 1);
     let first = syn_from(v4(170), 42_000, 1);
     assert_eq!(h.action(&first), PASS, "session 1 of 2");
     assert_eq!(h.action(&syn_from(v4(171), 42_000, 1)), PASS, "session 2 of 2, another source");
@@ -839,4 +843,31 @@ fn refusal_events_say_what_they_were_based_on() {
     assert_eq!(h.action(&syn_from(v4(182), 43_000, 1)), PASS);
     let e = next(&mut h, &syn_from(v4(182), 43_001, 2));
     assert_eq!(facts(&e), (Verdict::RefusedRate as u8, basis::NONE, 0, 0), "rate: {e:?}");
+}
+
+/// A source that holds nothing is not remembered (a spoofed flood is all
+/// first contacts; remembering each costs a cache miss per SYN): its
+/// retransmission takes a reservation of its own, while there is room. At a
+/// limit of 1 there is none, so there it is remembered.
+#[test]
+fn a_first_contact_is_not_remembered_unless_at_its_limit() {
+    if !can_run_privileged("a_first_contact_is_not_remembered_unless_at_its_limit") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(8);
+    let mut h = Harness::new(&p);
+    let first = syn_from(v4(190), 44_000, 1);
+    assert_eq!(h.action(&first), PASS);
+    assert_eq!(h.action(&first), PASS);
+    assert_eq!(in_flight(&h, [198, 18, 0, 190]), 2, "not remembered: a second reservation");
+
+    p.services[0].max_conn_per_source = Some(1);
+    loader::write_policy(&mut h.ebpf, &p).expect("policy");
+    let first = syn_from(v4(191), 44_000, 1);
+    assert_eq!(h.action(&first), PASS);
+    assert_eq!(h.action(&first), PASS, "limit 1: remembered, the retransmission rides on it");
+    assert_eq!(h.action(&syn_from(v4(191), 44_001, 2)), TX);
+    assert_eq!(in_flight(&h, [198, 18, 0, 191]), 1);
 }
