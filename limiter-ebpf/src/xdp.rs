@@ -20,7 +20,7 @@ use crate::{
     maps::{
         GLOBALS, Grounds, PORTS, Place, basis_noted, compare_swap, count, established, handshake_entry,
         hint as hint_word, list_entry, load, note_basis, now_ns, policy, release_pending, report, reserved,
-        seeded_sessions, sessions,
+        seeded_sessions, sessions, slot_conns,
     },
     reply,
 };
@@ -251,6 +251,15 @@ fn source_key(addr: &[u8; 16], fam: u8, service: u32, g: &Globals) -> SourceKey 
 enum Look {
     /// Nothing that decides: on to [`per_source`].
     Reserve,
+    /// As `Reserve`, for a source that holds nothing (no connection, no
+    /// handshake in flight) and will have room left: its handshake is not
+    /// remembered. A spoofed flood is all first contacts, and remembering
+    /// each would cost it a cache miss per SYN (`HANDSHAKES` is 2 MiB,
+    /// written at random: 161 -> 260 ns a SYN in `bench --quick` here); a
+    /// real first contact whose SYN-ACK is lost has room for its
+    /// retransmission's own reservation (which expires), at the price of a
+    /// second token or session.
+    FirstContact,
     /// The source is at its connection limit (its hint says so).
     Full,
     /// The SYN retransmits a handshake that holds a reservation.
@@ -262,10 +271,9 @@ enum Look {
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 enum Outcome {
-    /// Accepted, nothing to remember: no reservation of the source's (it has
-    /// no connection limit), or a first contact's (`Reserve::FirstContact`).
+    /// Accepted with no reservation of the source's (it has no connection limit).
     Accepted,
-    /// Accepted on a new pending reservation, taken for this SYN: remembered.
+    /// Accepted on a new pending reservation, taken for this SYN.
     Reserved,
     RefusedConcurrency,
     RefusedRate,
@@ -323,11 +331,14 @@ fn decide(
             0,
         ),
     };
-    let outcome = match first_look(&args) {
+    let look = first_look(&args);
+    let outcome = match look {
         Look::Retransmission => return Ok(Verdict::Accepted),
         Look::Full => Outcome::RefusedConcurrency,
-        Look::Reserve => per_source(&args),
+        Look::Reserve | Look::FirstContact => per_source(&args),
     };
+    // Only a handshake worth remembering (see `Look::FirstContact`).
+    let outcome = if look == Look::FirstContact && outcome == Outcome::Reserved { Outcome::Accepted } else { outcome };
     let verdict = outcome.verdict();
     if policy.max_sessions == 0 {
         if outcome == Outcome::Reserved {
@@ -423,7 +434,13 @@ fn first_look(a: &SourceArgs<'_>) -> Look {
     // one (every SYN of a spoofed flood) skips `HANDSHAKES`, a cache miss,
     // on the word read with the hint's cache line.
     let now = pending::ticks(now_ns());
-    if pending::live(unsafe { load(reserved(slot)) }, place.tag, now) != 0 && retransmission(&a.id, &place, slot, now) {
+    if pending::live(unsafe { load(reserved(slot)) }, place.tag, now) == 0 {
+        // The slot's connection sum is at or above this source's count:
+        // zero means it holds no connection either.
+        let holds = unsafe { load(slot_conns(slot)) } != 0;
+        return if holds || limit == 1 { Look::Reserve } else { Look::FirstContact };
+    }
+    if retransmission(&a.id, &place, slot, now) {
         return Look::Retransmission;
     }
     Look::Reserve
@@ -470,8 +487,7 @@ fn per_source(a: &SourceArgs<'_>) -> Outcome {
     if !reserved_in.is_null() {
         let slot = reserved_in;
         match reserve(&key, g, &place, slot, ticks, limit) {
-            Reserve::Taken => return charge(bucket, &place, g, now, slot, Outcome::Reserved),
-            Reserve::FirstContact => return charge(bucket, &place, g, now, slot, Outcome::Accepted),
+            Reserve::Taken => {}
             Reserve::Busy => return Outcome::RefusedConcurrency,
             Reserve::Full => {
                 // `CONNS` alone is at the limit: remember it, unless a close
@@ -484,23 +500,16 @@ fn per_source(a: &SourceArgs<'_>) -> Outcome {
             }
         }
     }
-    charge(bucket, &place, g, now, core::ptr::null_mut(), Outcome::Accepted)
-}
-
-/// Rule 5 after rule 4 let the SYN through (on a reservation in `slot`, or
-/// none: null): `accepted` if a token is left, else the refusal, with the
-/// reservation given back. Called once per way rule 4 admits, so that what
-/// it admitted on needs no variable kept across the token's compare-and-swap
-/// (a spill the 512-byte stack has no room for).
-#[inline(always)]
-fn charge(bucket: &Bucket, place: &Place, g: &Globals, now: u64, slot: *mut Slot, accepted: Outcome) -> Outcome {
-    if !bucket.is_unlimited() && take_token(bucket, place, g, now) == Verdict::RefusedRate {
-        if !slot.is_null() {
-            release_pending(reserved(slot), place.tag, pending::ticks(now));
+    if !bucket.is_unlimited() && take_token(bucket, &place, g, now) == Verdict::RefusedRate {
+        if !reserved_in.is_null() {
+            release_pending(reserved(reserved_in), place.tag, ticks);
         }
         return Outcome::RefusedRate;
     }
-    accepted
+    if reserved_in.is_null() {
+        return Outcome::Accepted;
+    }
+    Outcome::Reserved
 }
 
 #[inline(always)]
@@ -569,14 +578,6 @@ fn reserve_session(service: u32, pool: &ServicePolicy, on_reserve: bool, now: u3
 /// What [`reserve`] did.
 enum Reserve {
     Taken,
-    /// Taken by a source that held nothing (no connection, no handshake) and
-    /// has room left after it: its handshake is not remembered. A spoofed
-    /// flood is all first contacts, and remembering each would cost it a
-    /// cache miss per SYN (`HANDSHAKES` is 2 MiB, written at random: +90 ns
-    /// a SYN measured here, against 161); a real first contact whose SYN-ACK
-    /// is lost has room for its retransmission's own reservation (which
-    /// expires), at the price of a second token or session.
-    FirstContact,
     /// Refused with established + pending at the limit, or contended.
     Busy,
     /// Refused with established alone at the limit.
@@ -604,8 +605,7 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
             };
         };
         if unsafe { compare_swap(cell, old, new) } {
-            let held = established + u64::from(pending::live(old, place.tag, now));
-            return if held == 0 && limit > 1 { Reserve::FirstContact } else { Reserve::Taken };
+            return Reserve::Taken;
         }
         (seen_established, seen_pending) = (established, pending::live(old, place.tag, now));
     }
