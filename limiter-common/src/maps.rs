@@ -24,6 +24,9 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONNS: &str = "CONNS";
     pub const PENDING: &str = "PENDING";
+    /// Handshakes let through on a reservation, so a retransmitted SYN is
+    /// not a second attempt (`handshake`).
+    pub const HANDSHAKES: &str = "HANDSHAKES";
     pub const SEEDED: &str = "SEEDED";
     pub const SEED_SKIP: &str = "SEED_SKIP";
     /// The merged allow/deny/reserve trie, both banks (`lists::key_data`).
@@ -41,6 +44,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU event tokens and the count of unreported refusals (not pinned).
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// Per-CPU scratch: what the refusal being decided rests on (not pinned).
+    pub const REFUSAL_BASIS: &str = "REFUSAL_BASIS";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
     /// Empty programs used as benchmark floors.
@@ -313,6 +318,8 @@ mod pod {
     unsafe impl aya::Pod for super::SourceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::pending::Slot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::handshake::Handshake {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRecord {}
     // SAFETY: as above.

@@ -142,6 +142,21 @@ pub const fn release(slot: u64, tag: u16, now_ms: u32) -> Option<u64> {
     Some(pack(tag, count - 1, epoch))
 }
 
+/// Keeps `tag`'s reservations live from `now_ms` on, without taking one:
+/// a retransmitted SYN of a handshake already reserved (`crate::handshake`)
+/// rides on its reservation, which must last while the client retransmits.
+/// `None` when `tag` holds no live reservation (it expired, or another source
+/// took the slot over): the SYN then needs a reservation of its own.
+#[inline(always)]
+#[must_use]
+pub const fn refresh(slot: u64, tag: u16, now_ms: u32) -> Option<u64> {
+    let count = live(slot, tag, now_ms);
+    if count == 0 {
+        return None;
+    }
+    Some(pack(tag, count, now_ms))
+}
+
 /// Hash of a source key's bytes (the five little-endian words of a
 /// `SourceKey`): three multiply-xorshift rounds, cheap in BPF, good enough to
 /// spread sources over slots. Index = low bits, tag = top 16 bits,
@@ -246,6 +261,17 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_keeps_reservations_live_without_taking_one() {
+        let slot = reserve(0, 3, 100, 7, 8).expect("the 8th");
+        let slot = refresh(slot, 3, 100 + HANDSHAKE_TIMEOUT).expect("live at the timeout");
+        assert_eq!(live(slot, 3, 100 + 2 * HANDSHAKE_TIMEOUT), 1, "one reservation, live a timeout later");
+        assert_eq!(reserve(slot, 3, 100 + 2 * HANDSHAKE_TIMEOUT, 7, 8), None, "still the 8th of 8");
+        assert_eq!(refresh(slot, 4, 100), None, "another source's tag");
+        assert_eq!(refresh(slot, 3, 101 + 2 * HANDSHAKE_TIMEOUT), None, "expired");
+        assert_eq!(refresh(0, 0, 0), None, "nothing reserved");
+    }
+
+    #[test]
     fn zero_limit_refuses() {
         assert_eq!(reserve(0, 1, 1, 0, 0), None);
     }
@@ -266,6 +292,16 @@ mod tests {
                 }
                 prop_assert!(established + pending <= limit);
                 prop_assert_eq!(u64::from(live(slot, 9, 500)), pending);
+            }
+        }
+
+        /// A refresh never changes how many reservations a tag holds.
+        #[test]
+        fn refresh_keeps_the_count(slot: u64, tag: u16, now: u32, later in 0u32..=HANDSHAKE_TIMEOUT) {
+            if let Some(s) = refresh(slot, tag, now) {
+                prop_assert_eq!(live(s, tag, now.wrapping_add(later)), live(slot, tag, now));
+            } else {
+                prop_assert_eq!(live(slot, tag, now), 0);
             }
         }
 

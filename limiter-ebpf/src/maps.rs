@@ -1,7 +1,8 @@
 //! The maps of the kernel programs. The daemon writes `GLOBALS`, `PORTS`,
 //! `POLICY` and `LISTS` (policy, in two banks). XDP owns `PENDING` (per-slot handshakes in flight,
 //! "at its limit" hints, token buckets; `sock_ops` releases handshakes,
-//! clears hints and keeps the slot's connection sum) and `COUNTERS`; `sock_ops` owns
+//! clears hints and keeps the slot's connection sum), `HANDSHAKES` (the
+//! identities of reserved handshakes; `sock_ops` forgets completed ones) and `COUNTERS`; `sock_ops` owns
 //! `CONNS` (established connections per source, created only by completed
 //! handshakes, so a SYN flood cannot create, inflate or evict them).
 
@@ -15,6 +16,7 @@ use aya_ebpf::{
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
     events::{self, Refusal},
+    handshake::{self, Handshake},
     lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
     maps::{
         COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, POLICY_ENTRIES, PORT_ENTRIES, SEED_SKIP_ENTRIES,
@@ -61,6 +63,18 @@ pub(crate) static SEED_SKIP: HashMap<u64, u8> =
 #[map(name = "PENDING")]
 pub(crate) static PENDING: Array<Slot> = Array::with_max_entries(pending::DEFAULT_SLOTS, 0);
 
+/// Handshakes let through on a reservation, by identity (client address,
+/// ports, ISN), direct-mapped: a retransmitted SYN of one of them rides on
+/// its reservation (`limiter_common::handshake`).
+#[map(name = "HANDSHAKES")]
+pub(crate) static HANDSHAKES: Array<Handshake> = Array::with_max_entries(handshake::ENTRIES, 0);
+
+/// The `HANDSHAKES` entry an identity hashes to.
+#[inline(always)]
+pub(crate) fn handshake_entry(id: &Handshake) -> Option<*mut Handshake> {
+    HANDSHAKES.get_ptr_mut(id.index())
+}
+
 /// The merged allow/deny/reserve trie, both banks (the bank is the key's
 /// first byte): `flags::BANK_B` selects the one in force, the daemon
 /// rewrites the other and flips, so no SYN ever sees a half-written list.
@@ -101,16 +115,50 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 
 #[map(name = "EVENT_BUDGET")]
 pub(crate) static EVENT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(events::BUDGET_ENTRIES, 0);
 
+/// What a connection-limit refusal was based on (`events::basis`, the
+/// counts read), as the event reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Grounds {
+    pub(crate) basis: u8,
+    pub(crate) pad: u8,
+    pub(crate) pending: u16,
+    pub(crate) established: u32,
+}
+
+/// Per CPU, one entry: the [`Grounds`] of the refusal being decided, noted by
+/// the function that refuses and read back by the packet path to report it.
+/// Kept here rather than on the stack, whose 512 bytes the packet path and
+/// its calls use up; a program runs to its end on one CPU, so the entry is
+/// this packet's when it is read (each refusal by connection count notes it).
+#[map(name = "REFUSAL_BASIS")]
+pub(crate) static REFUSAL_BASIS: PerCpuArray<Grounds> = PerCpuArray::with_max_entries(1, 0);
+
+/// Notes what the refusal being decided rests on.
+#[inline(always)]
+pub(crate) fn note_basis(basis: u8, established: u32, pending: u16) {
+    if let Some(b) = REFUSAL_BASIS.get_ptr_mut(0) {
+        unsafe { *b = Grounds { basis, pad: 0, pending, established } };
+    }
+}
+
+/// What [`note_basis`] noted for this packet.
+#[inline(always)]
+pub(crate) fn basis_noted() -> Grounds {
+    REFUSAL_BASIS.get(0).copied().unwrap_or_default()
+}
+
 /// Reports a refusal to the daemon if this CPU has a token left and the
 /// ring has room; else counts it as unreported. Per-CPU cells: no other CPU
 /// writes them (the daemon's refill may race with a decrement and lose it,
-/// which only grants one event more).
+/// which only grants one event more). The event is only built with a token
+/// in hand: a flood past its budget pays for none of it.
 #[inline(always)]
-pub(crate) fn report(event: &Refusal) {
+pub(crate) fn report(event: impl FnOnce() -> Refusal) {
     let Some(tokens) = EVENT_BUDGET.get_ptr_mut(events::TOKENS) else {
         return;
     };
-    if unsafe { *tokens } > 0 && EVENTS.output::<Refusal>(event, 0).is_ok() {
+    if unsafe { *tokens } > 0 && EVENTS.output::<Refusal>(&event(), 0).is_ok() {
         unsafe { *tokens -= 1 };
     } else if let Some(n) = EVENT_BUDGET.get_ptr_mut(events::UNREPORTED) {
         unsafe { *n += 1 };

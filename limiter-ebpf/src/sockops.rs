@@ -2,7 +2,9 @@
 //! `CONNS`. A passive handshake completing on a service port of the
 //! daemon's network namespace adds one (and gives back the handshake's
 //! pending reservation); that socket reaching CLOSE, by either side, RST or
-//! timeout, takes one away. Only completed handshakes create entries.
+//! timeout, takes one away. Only completed handshakes create entries. A
+//! completed handshake is also forgotten in `HANDSHAKES`, so its identity
+//! cannot be replayed as a "retransmission" once the connection is gone.
 
 use aya_ebpf::{
     bindings::{
@@ -15,6 +17,7 @@ use aya_ebpf::{
 };
 use limiter_common::{
     Globals, SourceKey,
+    handshake::Handshake,
     lists::entry,
     maps::{SockRecord, family, flags},
     pending::{self, hint},
@@ -23,8 +26,8 @@ use limiter_common::{
 };
 
 use crate::maps::{
-    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, SOCKS, compare_swap, fetch_add, list_entry, load, now_ns, release_pending,
-    release_session, reserved, sessions, slot_conns,
+    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, SOCKS, compare_swap, fetch_add, handshake_entry, list_entry, load, now_ns,
+    release_pending, release_session, reserved, sessions, slot_conns,
 };
 
 const AF_INET: u32 = 2;
@@ -49,6 +52,9 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     let op = field!(ctx, op);
     if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         let (key, addr, g) = service_key(ctx)?;
+        // Before the reservation is given back: a SYN that still finds the
+        // entry then finds the reservation too.
+        forget(ctx, &addr, key.family);
         let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
         opened(&key, &addr, g, cookie);
         if g.flags & flags::SEEDING != 0 {
@@ -140,6 +146,23 @@ fn service_key(ctx: &SockOpsContext) -> Result<(SourceKey, [u8; 16], &'static Gl
         _ => return Err(()),
     }
     Ok((key, addr, g))
+}
+
+/// Forgets the completed handshake's identity in `HANDSHAKES` (if it is
+/// still the one there). The client's ISN is `rcv_nxt - 1` when the
+/// handshake completes; `remote_port` is in network order in the high
+/// 16 bits on little-endian, so `ntohl` gives the port.
+#[inline(always)]
+fn forget(ctx: &SockOpsContext, addr: &[u8; 16], fam: u8) {
+    #[expect(clippy::cast_possible_truncation, reason = "16-bit ports in 32-bit fields")]
+    let (sport, dport) = (u32::from_be(field!(ctx, remote_port)) as u16, field!(ctx, local_port) as u16);
+    let isn = field!(ctx, rcv_nxt).wrapping_sub(1);
+    let id = Handshake::new(addr, fam, sport, dport, isn, 0);
+    if let Some(entry) = handshake_entry(&id)
+        && unsafe { (*entry).same(&id) }
+    {
+        unsafe { core::ptr::write_volatile(&raw mut (*entry).family, 0) };
+    }
 }
 
 /// A handshake completed: one more established connection (`CONNS`, then

@@ -6,7 +6,8 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use limiter_common::{
     Bucket, Globals, ServicePolicy, SourceKey, Verdict,
     bucket::slot,
-    events::Refusal,
+    events::{Refusal, basis},
+    handshake::{self, Handshake},
     lists::{Admission, admission},
     maps::{action, family, flags},
     pending::{self, Slot, hint},
@@ -17,8 +18,9 @@ use network_types::eth::EthHdr;
 
 use crate::{
     maps::{
-        GLOBALS, PORTS, Place, compare_swap, count, established, hint as hint_word, list_entry, load, now_ns, policy,
-        release_pending, report, reserved, seeded_sessions, sessions,
+        GLOBALS, Grounds, PORTS, Place, basis_noted, compare_swap, count, established, handshake_entry,
+        hint as hint_word, list_entry, load, note_basis, now_ns, policy, release_pending, report, reserved,
+        seeded_sessions, sessions, slot_conns,
     },
     reply,
 };
@@ -184,24 +186,29 @@ fn try_limiter(ctx: &XdpContext) -> Result<u32, ()> {
 
     let g = GLOBALS.get(0).ok_or(())?;
     let policy = policy(g, service).ok_or(())?;
-    let verdict = decide(ctx, &p, service, g, policy)?;
+    let verdict = decide(ctx, &p, tcp, service, g, policy)?;
     count(verdict.index(service));
     if verdict == Verdict::Accepted {
         return Ok(xdp_action::XDP_PASS);
     }
-    // report, before the reply rewrites the frame
+    // report, before the reply rewrites the frame; what the source's counts
+    // were only for a refusal by them (the sessions rule may have decided
+    // after `per_source` had read them)
     if let Ok(addr) = source_addr(ctx, &p) {
         #[expect(clippy::cast_possible_truncation, reason = "verdicts and service ids are < 256")]
-        report(&Refusal {
-            addr,
-            family: p.family,
-            verdict: verdict as u8,
-            service: service as u8,
-            basis: limiter_common::events::basis::NONE,
-            port: dport,
-            pending: 0,
-            established: 0,
-            pad: 0,
+        report(|| {
+            let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
+            Refusal {
+                addr,
+                family: p.family,
+                verdict: verdict as u8,
+                service: service as u8,
+                basis: f.basis,
+                port: dport,
+                pending: f.pending,
+                established: f.established,
+                pad: 0,
+            }
         });
     }
 
@@ -238,25 +245,105 @@ fn source_key(addr: &[u8; 16], fam: u8, service: u32, g: &Globals) -> SourceKey 
     key
 }
 
+/// What [`first_look`] saw.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Look {
+    /// Nothing that decides: on to [`per_source`].
+    Reserve,
+    /// As `Reserve`, for a source that holds nothing (no connection, no
+    /// handshake in flight) and will have room left: its handshake is not
+    /// remembered. A spoofed flood is all first contacts, and remembering
+    /// each would cost it a cache miss per SYN (`HANDSHAKES` is 2 MiB,
+    /// written at random: 161 -> 260 ns a SYN in `bench --quick` here); a
+    /// real first contact whose SYN-ACK is lost has room for its
+    /// retransmission's own reservation (which expires), at the price of a
+    /// second token or session.
+    FirstContact,
+    /// The source is at its connection limit (its hint says so).
+    Full,
+    /// The SYN retransmits a handshake that holds a reservation.
+    Retransmission,
+}
+
+/// What [`per_source`] decided, and for an accepted SYN what it was let
+/// through on. A field-less enum: the verifier sees one constant per exit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Outcome {
+    /// Accepted with no reservation of the source's (it has no connection limit).
+    Accepted,
+    /// Accepted on a new pending reservation, taken for this SYN.
+    Reserved,
+    RefusedConcurrency,
+    RefusedRate,
+}
+
+impl Outcome {
+    #[inline(always)]
+    const fn verdict(self) -> Verdict {
+        match self {
+            Self::Accepted | Self::Reserved => Verdict::Accepted,
+            Self::RefusedConcurrency => Verdict::RefusedConcurrency,
+            Self::RefusedRate => Verdict::RefusedRate,
+        }
+    }
+}
+
 /// decide, for a SYN to a service port, in the order of the spec: deny and
 /// allow lists (rules 1-2), the service's sessions (3), the source's
 /// connections (4), its token bucket (5). Each rule that reserves something
-/// gives it back when a later rule refuses.
+/// gives it back when a later rule refuses. A retransmission of a handshake
+/// let through on a reservation passes on that reservation (and on the
+/// session it took): the client's first SYN or the server's SYN-ACK was lost,
+/// and it is still one attempt.
 #[inline(always)]
-fn decide(ctx: &XdpContext, p: &Parsed, service: u32, g: &Globals, policy: &ServicePolicy) -> Result<Verdict, ()> {
+fn decide(
+    ctx: &XdpContext,
+    p: &Parsed,
+    tcp: &[u8; 20],
+    service: u32,
+    g: &Globals,
+    policy: &ServicePolicy,
+) -> Result<Verdict, ()> {
     let addr = source_addr(ctx, p)?;
     let (limit, bucket, on_reserve) = match admission(list_entry(g, p.family, &addr), service, policy) {
         Admission::Decided(v) => return Ok(v),
-        Admission::Limits { max_conn, bucket, reserved } => (u64::from(max_conn), bucket, reserved),
+        Admission::Limits { max_conn, bucket, reserved } => (max_conn, bucket, reserved),
     };
 
     // Rule 3 is decided after rules 4 and 5 (the verifier walks the
     // per-source paths once, not once per way the sessions check can go),
     // with the verdicts the spec's order gives: a SYN both would refuse is
     // counted as refused by sessions.
-    let args = SourceArgs { family: p.family, service, g, addr, limit, bucket };
-    let verdict = per_source(&args);
+    let args = SourceArgs {
+        service,
+        g,
+        limit,
+        bucket,
+        // The handshake's identity: client address, ports, ISN.
+        id: Handshake::new(
+            &addr,
+            p.family,
+            u16::from_be_bytes([tcp[0], tcp[1]]),
+            u16::from_be_bytes([tcp[2], tcp[3]]),
+            u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            0,
+        ),
+    };
+    let look = first_look(&args);
+    let outcome = match look {
+        Look::Retransmission => return Ok(Verdict::Accepted),
+        Look::Full => Outcome::RefusedConcurrency,
+        Look::Reserve | Look::FirstContact => per_source(&args),
+    };
+    // Only a handshake worth remembering (see `Look::FirstContact`).
+    let outcome = if look == Look::FirstContact && outcome == Outcome::Reserved { Outcome::Accepted } else { outcome };
+    let verdict = outcome.verdict();
     if policy.max_sessions == 0 {
+        if outcome == Outcome::Reserved {
+            remember(&args.id);
+        }
         return Ok(verdict);
     }
     let now = now_ns();
@@ -272,8 +359,24 @@ fn decide(ctx: &XdpContext, p: &Parsed, service: u32, g: &Globals, policy: &Serv
         if let Some(slot) = place.pending(g) {
             release_pending(reserved(slot), place.tag, pending::ticks(now));
         }
+    } else if outcome == Outcome::Reserved {
+        remember(&args.id);
     }
     Ok(verdict)
+}
+
+/// Remembers the handshake of a SYN let through on a new reservation, so
+/// that its retransmission is recognised. Overwrites whatever hashed to the
+/// same entry (that handshake's retransmission then reserves again, as
+/// without this map).
+#[inline(always)]
+fn remember(id: &Handshake) {
+    if let Some(entry) = handshake_entry(id) {
+        unsafe {
+            *entry = *id;
+            (*entry).epoch = pending::ticks(now_ns());
+        }
+    }
 }
 
 /// Rule 3 without reserving: the refusal if the service's sessions leave
@@ -289,12 +392,58 @@ fn sessions_full(service: u32, policy: &ServicePolicy, on_reserve: bool, now: u3
 /// What rules 4 and 5 need, passed by reference: a BPF call takes at most
 /// five arguments.
 struct SourceArgs<'a> {
-    family: u8,
     service: u32,
+    /// Beside `service`: the two share 8 bytes of the caller's stack frame,
+    /// which has none to spare.
+    limit: u32,
     g: &'a Globals,
-    addr: [u8; 16],
-    limit: u64,
     bucket: Bucket,
+    /// The SYN's handshake: client address and family, ports, ISN (no epoch).
+    id: Handshake,
+}
+
+/// Rule 4 on what needs no count: a source known to be at its connection
+/// limit is refused on its hint alone (one array read, no clock, no `CONNS`
+/// lookup: the hot path of a client hammering at its limit); then a SYN that
+/// retransmits a handshake holding a reservation is let through on it (the
+/// `HANDSHAKES` lookup comes after the hint, so that refusal stays one read).
+///
+/// Not inlined, like [`per_source`] and for the same reason; and the two are
+/// apart so that each one's frame fits the 512-byte stack beside the caller's.
+/// The hint is exact (see `limiter_common::pending::hint`), and never trusted
+/// while seeded counts are in play (the daemon releases those without
+/// touching hints).
+#[inline(never)]
+fn first_look(a: &SourceArgs<'_>) -> Look {
+    let (g, limit) = (a.g, a.limit);
+    if limit == 0 {
+        return Look::Reserve;
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "a family number")]
+    let key = source_key(&a.id.addr_bytes(), a.id.family as u8, a.service, g);
+    let place = Place::of(&key);
+    let Some(slot) = place.pending(g) else {
+        return Look::Reserve;
+    };
+    let seen = unsafe { load(hint_word(slot)) };
+    if g.flags & flags::SEEDED == 0 && hint::is_full(seen, place.fingerprint, g.generation) {
+        note_basis(basis::ESTABLISHED, limit, 0);
+        return Look::Full;
+    }
+    // Only a source with a live reservation can be retransmitting: a new
+    // one (every SYN of a spoofed flood) skips `HANDSHAKES`, a cache miss,
+    // on the word read with the hint's cache line.
+    let now = pending::ticks(now_ns());
+    if pending::live(unsafe { load(reserved(slot)) }, place.tag, now) == 0 {
+        // The slot's connection sum is at or above this source's count:
+        // zero means it holds no connection either.
+        let holds = unsafe { load(slot_conns(slot)) } != 0;
+        return if holds || limit == 1 { Look::Reserve } else { Look::FirstContact };
+    }
+    if retransmission(&a.id, &place, slot, now) {
+        return Look::Retransmission;
+    }
+    Look::Reserve
 }
 
 /// Rules 4 and 5 with the limits rules 1-2 chose.
@@ -305,40 +454,41 @@ struct SourceArgs<'a> {
 /// session reservation that follows would be walked once per exit path of
 /// this function (over a million instructions).
 #[inline(never)]
-fn per_source(a: &SourceArgs<'_>) -> Verdict {
-    let (g, limit, bucket) = (a.g, a.limit, &a.bucket);
+fn per_source(a: &SourceArgs<'_>) -> Outcome {
+    let (g, limit, bucket) = (a.g, u64::from(a.limit), &a.bucket);
     if limit == 0 && bucket.is_unlimited() {
-        return Verdict::Accepted;
+        return Outcome::Accepted;
     }
-    let key = source_key(&a.addr, a.family, a.service, g);
+    #[expect(clippy::cast_possible_truncation, reason = "a family number")]
+    let key = source_key(&a.id.addr_bytes(), a.id.family as u8, a.service, g);
     let place = Place::of(&key);
 
-    // A source known to be at its connection limit is refused on its hint
-    // alone: one array read, no clock, no `CONNS` lookup. Exact (see
-    // `limiter_common::pending::hint`), and never trusted while seeded
-    // counts are in play (the daemon releases those without touching hints).
+    // The hint was checked by `first_look` (a source that became full since
+    // is refused on `CONNS` below); it is read again here for the mark.
+    // `reserved_in` is the slot a reservation is taken in, null for none: an
+    // `Option` leaves its payload undefined on the `None` path, which the
+    // compiler may spill, and the verifier refuses a read of an unset register.
     let hints = g.flags & flags::SEEDED == 0;
-    let mut reserved_in = None;
+    let mut reserved_in: *mut Slot = core::ptr::null_mut();
     let mut seen = 0;
     if limit != 0 {
         let Some(slot) = place.pending(g) else {
-            return Verdict::Accepted;
+            return Outcome::Accepted;
         };
         // Read before `CONNS`: a close after this read makes a later mark fail.
         seen = unsafe { load(hint_word(slot)) };
-        if hints && hint::is_full(seen, place.fingerprint, g.generation) {
-            return Verdict::RefusedConcurrency;
-        }
-        reserved_in = Some(slot);
+        reserved_in = slot;
     }
     let now = now_ns();
+    let ticks = pending::ticks(now);
 
     // Reserve a slot for this handshake before anything else can see it:
     // the reservation itself is the atomic step, never check-then-increment.
-    if let Some(slot) = reserved_in {
-        match reserve(&key, g, &place, slot, pending::ticks(now), limit) {
+    if !reserved_in.is_null() {
+        let slot = reserved_in;
+        match reserve(&key, g, &place, slot, ticks, limit) {
             Reserve::Taken => {}
-            Reserve::Busy => return Verdict::RefusedConcurrency,
+            Reserve::Busy => return Outcome::RefusedConcurrency,
             Reserve::Full => {
                 // `CONNS` alone is at the limit: remember it, unless a close
                 // landed since `seen` was read (then the swap fails).
@@ -346,17 +496,55 @@ fn per_source(a: &SourceArgs<'_>) -> Verdict {
                     let new = hint::mark_full(seen, place.fingerprint, g.generation);
                     let _ = unsafe { compare_swap(hint_word(slot), seen, new) };
                 }
-                return Verdict::RefusedConcurrency;
+                return Outcome::RefusedConcurrency;
             }
         }
     }
     if !bucket.is_unlimited() && take_token(bucket, &place, g, now) == Verdict::RefusedRate {
-        if let Some(slot) = reserved_in {
-            release_pending(reserved(slot), place.tag, pending::ticks(now));
+        if !reserved_in.is_null() {
+            release_pending(reserved(reserved_in), place.tag, ticks);
         }
-        return Verdict::RefusedRate;
+        return Outcome::RefusedRate;
     }
-    Verdict::Accepted
+    if reserved_in.is_null() {
+        return Outcome::Accepted;
+    }
+    Outcome::Reserved
+}
+
+#[inline(always)]
+fn saturate(n: u64) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "clamped first")]
+    let n = n.min(u64::from(u32::MAX)) as u32;
+    n
+}
+
+/// A retransmission of a handshake let through on a reservation: its
+/// identity is remembered and fresh, and the source's reservations are still
+/// live (an expired one is gone, and the SYN needs a new one). Those are kept
+/// live from now on, as a new reservation would be: Linux retransmits at 1 s,
+/// 3 s, 7 s, and the handshake may complete after any of them.
+#[inline(always)]
+fn retransmission(id: &Handshake, place: &Place, slot: *mut Slot, now: u32) -> bool {
+    let Some(entry) = handshake_entry(id) else {
+        return false;
+    };
+    if !handshake::recognised(unsafe { &*entry }, id, now) {
+        return false;
+    }
+    let cell = reserved(slot);
+    for _ in 0..CAS_TRIES {
+        let old = unsafe { load(cell) };
+        let Some(new) = pending::refresh(old, place.tag, now) else {
+            return false;
+        };
+        if unsafe { compare_swap(cell, old, new) } {
+            unsafe { (*entry).epoch = now };
+            return true;
+        }
+    }
+    // Contended: take a reservation of its own instead (never more than that).
+    false
 }
 
 /// Takes one of the service's sessions for this handshake, if rule 3 leaves
@@ -400,6 +588,7 @@ enum Reserve {
 #[inline(always)]
 fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u32, limit: u64) -> Reserve {
     let cell = reserved(slot);
+    let (mut seen_established, mut seen_pending) = (0, 0);
     for _ in 0..CAS_TRIES {
         // Re-read both on every try, the word first: a handshake completing
         // in between moves one from pending to established (established
@@ -407,14 +596,22 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
         let old = unsafe { load(cell) };
         let established = established(key, g, slot);
         let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
-            return if established >= limit { Reserve::Full } else { Reserve::Busy };
+            return if established >= limit {
+                note_basis(basis::ESTABLISHED, saturate(established), 0);
+                Reserve::Full
+            } else {
+                note_basis(basis::IN_FLIGHT, saturate(established), pending::live(old, place.tag, now));
+                Reserve::Busy
+            };
         };
         if unsafe { compare_swap(cell, old, new) } {
             return Reserve::Taken;
         }
+        (seen_established, seen_pending) = (established, pending::live(old, place.tag, now));
     }
     // Persistently contended: refuse (a reservation we cannot take is not
-    // ours to assume).
+    // ours to assume), on the counts of the last try.
+    note_basis(basis::IN_FLIGHT, saturate(seen_established), seen_pending);
     Reserve::Busy
 }
 

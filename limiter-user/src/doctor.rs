@@ -1129,7 +1129,7 @@ mod tests {
         };
         let running = pins_from(dir, Some(&all), Some(Ok(())), true);
         assert_eq!(running.status, Status::Ok, "{running:?}");
-        assert!(running.finding.starts_with("present: 13 of 13 maps, sock_ops link, XDP links: eth0"), "{running:?}");
+        assert!(running.finding.starts_with("present: 14 of 14 maps, sock_ops link, XDP links: eth0"), "{running:?}");
         let orphan = pins_from(dir, Some(&all), Some(Ok(())), false);
         assert_eq!(orphan.status, Status::Warn);
         assert!(orphan.finding.contains("enforcement continues without a daemon"), "{orphan:?}");

@@ -16,6 +16,7 @@ use std::{
 use aya::maps::{MapData, MapType};
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
+    handshake::{self, Handshake},
     lists::{KEY_BYTES, LIST_ENTRIES, ListEntry},
     maps::{MAX_SERVICES, POLICY_ENTRIES, ServiceRecord, SockRecord, names, seed_state},
     pending::Slot,
@@ -23,7 +24,7 @@ use limiter_common::{
 };
 
 /// Maps pinned by name: the policy, the counters and the connection state.
-pub const MAPS: [&str; 13] = [
+pub const MAPS: [&str; 14] = [
     names::GLOBALS,
     names::PORTS,
     names::POLICY,
@@ -33,6 +34,7 @@ pub const MAPS: [&str; 13] = [
     names::COUNTERS,
     names::CONNS,
     names::PENDING,
+    names::HANDSHAKES,
     names::SEEDED,
     names::SEED_SKIP,
     names::SERVICES,
@@ -43,7 +45,7 @@ pub const MAPS: [&str; 13] = [
 /// pinned map. A pin left by a version with another layout would be reused
 /// as it is and misread; [`check_layouts`] refuses it instead.
 #[expect(clippy::cast_possible_truncation, reason = "small types")]
-const LAYOUTS: [(&str, MapType, u32, u32, u32); 13] = {
+const LAYOUTS: [(&str, MapType, u32, u32, u32); 14] = {
     const fn size<T>() -> u32 {
         size_of::<T>() as u32
     }
@@ -57,6 +59,8 @@ const LAYOUTS: [(&str, MapType, u32, u32, u32); 13] = {
         (names::COUNTERS, MapType::PerCpuArray, 4, 8, 0),
         (names::CONNS, MapType::Hash, size::<SourceKey>(), 8, 0),
         (names::PENDING, MapType::Array, 4, size::<Slot>(), 0),
+        // Indexed by a hash masked to exactly this size.
+        (names::HANDSHAKES, MapType::Array, 4, size::<Handshake>(), handshake::ENTRIES),
         (names::SEEDED, MapType::Hash, size::<SourceKey>(), 8, 0),
         (names::SEED_SKIP, MapType::Hash, 8, 1, 0),
         (names::SERVICES, MapType::Array, 4, size::<ServiceRecord>(), MAX_SERVICES + 1),

@@ -5,7 +5,7 @@
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -13,7 +13,7 @@ use std::{
 
 use limiter_tests::{
     can_run_privileged,
-    netns::{Attempt, Daemon, Pair, limiter_bin, tally},
+    netns::{Attempt, Daemon, Netns, Pair, connect, enter, limiter_bin, tally},
 };
 
 const PORT: u16 = 2525;
@@ -326,4 +326,108 @@ fn control_socket_survives_garbage() {
     let v = d.status_json().expect("daemon still answers");
     assert!(start.elapsed() < Duration::from_secs(2), "status blocked by a silent client");
     assert_eq!(v["services"][0]["name"], "default");
+}
+
+/// Drops every SYN-ACK arriving in `ns`, counting them, until dropped.
+struct SynAckLoss<'a> {
+    ns: &'a Netns,
+}
+
+impl<'a> SynAckLoss<'a> {
+    const TABLE: &'static str = "limiter_synack_loss";
+
+    fn new(ns: &'a Netns) -> Self {
+        let rules = format!(
+            "table inet {} {{\n chain input {{\n  type filter hook input priority filter; policy accept;\n  tcp \
+             flags & (syn | ack) == (syn | ack) counter drop\n }}\n}}\n",
+            Self::TABLE
+        );
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .args([limiter_tests::nft::nft_bin().as_str(), "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), rules.as_bytes()).expect("write rules");
+        assert!(child.wait().expect("nft").success(), "nft -f {rules}");
+        Self { ns }
+    }
+
+    /// SYN-ACKs dropped so far.
+    fn dropped(&self) -> u64 {
+        let out = self.ns.exec(&[limiter_tests::nft::nft_bin().as_str(), "-j", "list", "table", "inet", Self::TABLE]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("nft -j: {e}: {out}"));
+        v["nftables"]
+            .as_array()
+            .expect("nftables array")
+            .iter()
+            .filter_map(|o| o["rule"]["expr"].as_array())
+            .flatten()
+            .filter_map(|e| e["counter"]["packets"].as_u64())
+            .sum()
+    }
+}
+
+impl Drop for SynAckLoss<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns.path().display()))
+            .args([limiter_tests::nft::nft_bin().as_str(), "delete", "table", "inet", Self::TABLE])
+            .status();
+    }
+}
+
+/// The issue's case end to end: limit 8, the client holds 7 connections and
+/// opens an 8th whose SYN-ACK is lost twice. The client's retransmitted SYN
+/// is the same attempt, not a 9th: the 8th connection is established once
+/// the SYN-ACKs get through, and only then is a 9th attempt refused. Every
+/// completed handshake is forgotten by `sock_ops` (`HANDSHAKES` ends empty).
+#[test]
+fn a_lost_syn_ack_does_not_cost_the_last_slot() {
+    if !can_run_privileged("a_lost_syn_ack_does_not_cost_the_last_slot")
+        || !limiter_tests::nft::can_run_nft("a_lost_syn_ack_does_not_cost_the_last_slot")
+    {
+        return;
+    }
+    let pair = Pair::new();
+    let _l = pair.listen(PORT);
+    let a = pair.add_client_v4(2);
+    let d = Daemon::start(
+        &pair.server,
+        &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "8", "--action", "reset"],
+    );
+    let held = pair.connect_many(a, PORT, 7, Duration::from_secs(5));
+    assert_eq!(tally(&held).connected, 7, "{held:?}");
+    d.wait_connections(7, Duration::from_secs(10));
+
+    let loss = SynAckLoss::new(&pair.client);
+    let (path, dst) = (pair.client.path(), SocketAddr::new(pair.server_v4(), PORT));
+    let start = Instant::now();
+    let eighth = thread::spawn(move || {
+        enter(&path);
+        connect(a, dst, Duration::from_secs(30))
+    });
+    while loss.dropped() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "two SYN-ACKs were not dropped in 20 s");
+        assert!(!eighth.is_finished(), "the 8th attempt ended while its SYN-ACKs were being dropped");
+        thread::sleep(Duration::from_millis(20));
+    }
+    drop(loss);
+    let eighth = eighth.join().expect("8th attempt");
+    let took = start.elapsed();
+    assert!(eighth.is_connected(), "8th connection after two lost SYN-ACKs: {eighth:?} after {took:?}");
+    assert!(took < Duration::from_secs(12), "8th connection took {took:?}");
+    d.wait_connections(8, Duration::from_secs(10));
+
+    let ninth = pair.connect_many(a, PORT, 1, Duration::from_secs(5));
+    assert!(matches!(ninth[0], Attempt::Refused(_)), "a 9th attempt is refused: {ninth:?}");
+
+    // Every handshake let through completed, and sock_ops forgot each one.
+    let map = aya::maps::MapData::from_pin(d.pin_dir.join(limiter_common::maps::names::HANDSHAKES))
+        .expect("pinned HANDSHAKES");
+    let entries: aya::maps::Array<_, limiter_common::handshake::Handshake> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).expect("array");
+    let left: Vec<_> = entries.iter().filter_map(Result::ok).filter(|h| h.family != 0).collect();
+    assert!(left.is_empty(), "handshakes not forgotten after completing: {left:?}");
+    drop((held, eighth));
 }

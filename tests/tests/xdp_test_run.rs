@@ -432,6 +432,16 @@ fn bucket_is_exact_across_cpus() {
     assert_eq!(h.counter(1, Verdict::RefusedRate), sent - BURST);
 }
 
+/// A SYN from `src` that starts a handshake of its own: a client port and
+/// ISN never sent before in this process. (The same frame sent again is a
+/// retransmission of one handshake, which a source with a connection limit
+/// gets through on the first one's reservation.)
+fn attempt(src: IpAddr) -> Vec<u8> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    syn_from(src, 20_000 + u16::try_from(n % 20_000).expect("small"), n)
+}
+
 /// Writes an established count for `src` as `sock_ops` would.
 fn set_established(h: &mut Harness, src: [u8; 4], service: u8, n: u64) {
     let mut addr = [0u8; 16];
@@ -459,10 +469,12 @@ fn concurrency_counts_established_and_pending() {
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(3);
     let mut h = Harness::new(&p);
-    let f = frames::syn(v4(100), server4(), PORT);
+    let f = || attempt(v4(100));
     // No established connections: three handshakes may be in flight.
-    h.exhaust(&f, 3);
-    let (action, out) = h.run(&f);
+    for i in 0..3 {
+        assert_eq!(h.action(&f()), PASS, "attempt {i}");
+    }
+    let (action, out) = h.run(&frames::syn(v4(100), server4(), PORT));
     assert_eq!(action, TX, "4th concurrent attempt refused");
     assert_rst(&out, &Tcp::syn(v4(100), server4(), PORT), &Shape::default());
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 1);
@@ -470,13 +482,13 @@ fn concurrency_counts_established_and_pending() {
 
     // Another source with two established connections gets one more.
     set_established(&mut h, [198, 18, 0, 101], 1, 2);
-    let g = frames::syn(v4(101), server4(), PORT);
-    assert_eq!(h.action(&g), PASS);
-    assert_eq!(h.action(&g), TX);
+    let g = || attempt(v4(101));
+    assert_eq!(h.action(&g()), PASS);
+    assert_eq!(h.action(&g()), TX);
     // A close (count back to 1) lets one more in.
     set_established(&mut h, [198, 18, 0, 101], 1, 1);
-    assert_eq!(h.action(&g), PASS);
-    assert_eq!(h.action(&g), TX);
+    assert_eq!(h.action(&g()), PASS);
+    assert_eq!(h.action(&g()), TX);
     assert_eq!(h.counter(1, Verdict::Accepted), 5);
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 3);
 }
@@ -491,10 +503,10 @@ fn rate_refusal_gives_the_reservation_back() {
     let mut p = policy(Action::Drop, 1, 32, 64);
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
-    let f = frames::syn(v4(110), server4(), PORT);
-    assert_eq!(h.action(&f), PASS);
+    let f = || attempt(v4(110));
+    assert_eq!(h.action(&f()), PASS);
     for _ in 0..5 {
-        assert_eq!(h.action(&f), DROP);
+        assert_eq!(h.action(&f()), DROP);
     }
     assert_eq!(h.counter(1, Verdict::RefusedRate), 5, "rate refuses while one slot stays free");
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 0);
@@ -514,14 +526,14 @@ fn seeded_connections_count_while_the_flag_is_set() {
     set_established(&mut h, src, 1, 2);
     set_count(&mut h, names::SEEDED, src, 1, 1);
     limiter_user::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
-    let f = frames::syn(v4(120), server4(), PORT);
-    assert_eq!(h.action(&f), PASS);
-    assert_eq!(h.action(&f), TX, "2 counted + 1 seeded + 1 pending = 4");
+    let f = || attempt(v4(120));
+    assert_eq!(h.action(&f()), PASS);
+    assert_eq!(h.action(&f()), TX, "2 counted + 1 seeded + 1 pending = 4");
     // Without the flag XDP does not look at SEEDED (the daemon clears it
     // when the last seeded socket is gone): the seeded one no longer counts.
     limiter_user::seed::set_flags(&mut h.ebpf, 0, limiter_common::maps::flags::SEEDED).expect("flags");
-    assert_eq!(h.action(&f), PASS);
-    assert_eq!(h.action(&f), TX);
+    assert_eq!(h.action(&f()), PASS);
+    assert_eq!(h.action(&f()), TX);
 }
 
 /// Whether the `PENDING` hint of `src` (service 1) says "at its limit" under the current policy.
@@ -545,20 +557,20 @@ fn a_source_at_its_limit_is_hinted_until_a_new_policy() {
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
     let src = [198, 18, 0, 130];
-    let f = frames::syn(v4(130), server4(), PORT);
+    let f = || attempt(v4(130));
     set_established(&mut h, src, 1, 2);
     assert!(!hinted_full(&mut h, src));
-    assert_eq!(h.action(&f), DROP, "2 established, limit 2");
+    assert_eq!(h.action(&f()), DROP, "2 established, limit 2");
     assert!(hinted_full(&mut h, src), "the refusal by CONNS alone marks the source");
-    assert_eq!(h.action(&f), DROP, "refused on the hint");
+    assert_eq!(h.action(&f()), DROP, "refused on the hint");
     // A neighbour is not refused by someone else's hint.
     assert_eq!(h.action(&frames::syn(v4(131), server4(), PORT)), PASS);
     // Raising the limit writes a new policy generation: the hint is void.
     p.services[0].max_conn_per_source = Some(3);
     loader::write_policy(&mut h.ebpf, &p).expect("policy");
     assert!(!hinted_full(&mut h, src));
-    assert_eq!(h.action(&f), PASS, "the raised limit applies at once");
-    assert_eq!(h.action(&f), DROP, "2 established + 1 pending = 3");
+    assert_eq!(h.action(&f()), PASS, "the raised limit applies at once");
+    assert_eq!(h.action(&f()), DROP, "2 established + 1 pending = 3");
     assert!(!hinted_full(&mut h, src), "full with a handshake in flight is not a hint: it expires");
     assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 3);
 }
@@ -573,15 +585,15 @@ fn hints_are_not_used_while_seeded_counts_are_in_play() {
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
     let src = [198, 18, 0, 140];
-    let f = frames::syn(v4(140), server4(), PORT);
+    let f = || attempt(v4(140));
     set_established(&mut h, src, 1, 1);
     set_count(&mut h, names::SEEDED, src, 1, 1);
     limiter_user::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
-    assert_eq!(h.action(&f), DROP, "1 counted + 1 seeded");
+    assert_eq!(h.action(&f()), DROP, "1 counted + 1 seeded");
     assert!(!hinted_full(&mut h, src), "the daemon releases seeded counts without touching hints");
     // The seeded socket closes: the daemon takes it away.
     set_count(&mut h, names::SEEDED, src, 1, 0);
-    assert_eq!(h.action(&f), PASS);
+    assert_eq!(h.action(&f()), PASS);
 }
 
 /// The verifier walks every path of the packet program; a change that
@@ -633,8 +645,7 @@ fn listed(max: u32, allow: &[(&str, Option<u32>)], deny: &[&str], reserve: &[&st
 
 /// How many of `n` SYNs from `src` (each a new handshake) pass.
 fn passed(h: &mut Harness, src: IpAddr, n: usize) -> usize {
-    let f = frames::syn(src, if src.is_ipv4() { server4() } else { server6() }, PORT);
-    (0..n).filter(|_| h.action(&f) == PASS).count()
+    (0..n).filter(|_| h.action(&attempt(src)) == PASS).count()
 }
 
 /// Rules 1 and 2 on crafted SYNs: deny beats an allow entry covering the
@@ -690,4 +701,173 @@ fn sessions_and_reserved_sessions_are_exact() {
     assert_eq!(h.counter(1, Verdict::RefusedSessions), 3, "refused by sessions, the first rule that decides");
     assert_eq!(passed(&mut h, v4(200), 4), 4, "exempt: not counted, not refused");
     assert_eq!(h.counter(1, Verdict::Accepted), 9);
+}
+
+/// A SYN from `src` with this client port and ISN (the rest as `Tcp::syn`).
+fn syn_from(src: IpAddr, sport: u16, isn: u32) -> Vec<u8> {
+    let dst = if src.is_ipv4() { server4() } else { server6() };
+    frames::frame(&Tcp { sport, seq: isn, ..Tcp::syn(src, dst, PORT) }, &Shape::default())
+}
+
+/// The source key of `src` (IPv4 /32) for service 1.
+fn key4(src: [u8; 4]) -> limiter_common::SourceKey {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&src);
+    limiter_common::SourceKey { addr, service: 1, family: limiter_common::maps::family::V4, pad: [0; 2] }
+}
+
+/// Handshakes `src` (service 1) holds in flight, as its `PENDING` slot says
+/// (the slot's word, whatever its age: the test runs in well under the timeout).
+fn in_flight(h: &Harness, src: [u8; 4]) -> u16 {
+    limiter_common::pending::unpack(limiter_tests::kernel::slot(&h.ebpf, &key4(src)).expect("slot").reserved).1
+}
+
+/// The case: at limit N with N-1 established, the Nth handshake's
+/// SYN-ACK is lost and the client retransmits its SYN. The retransmission
+/// (same 4-tuple, same ISN) is the same attempt: it passes on the first
+/// copy's reservation, and takes no second one.
+#[test]
+fn a_retransmitted_syn_rides_on_its_reservation() {
+    if !can_run_privileged("a_retransmitted_syn_rides_on_its_reservation") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(8);
+    let mut h = Harness::new(&p);
+    let src = [198, 18, 0, 150];
+    set_established(&mut h, src, 1, 7);
+    let first = syn_from(v4(150), 40_000, 0x0bad_cafe);
+    assert_eq!(h.action(&first), PASS, "7 established + this one = 8");
+    assert_eq!(in_flight(&h, src), 1);
+    assert_eq!(h.action(&syn_from(v4(150), 40_001, 0x0bad_cafe)), TX, "another handshake is a 9th");
+    for i in 0..3 {
+        assert_eq!(h.action(&first), PASS, "retransmission {i} of the 8th handshake");
+    }
+    assert_eq!(in_flight(&h, src), 1, "the retransmissions took no reservation");
+    // The same 4-tuple with another ISN is a new handshake (the client gave
+    // the first one up): it needs a reservation of its own.
+    assert_eq!(h.action(&syn_from(v4(150), 40_000, 0x0bad_cafe + 1)), TX);
+    assert_eq!(h.counter(1, Verdict::Accepted), 4);
+    assert_eq!(h.counter(1, Verdict::RefusedConcurrency), 2);
+    // Another source sending the same ports and ISN is not recognised.
+    set_established(&mut h, [198, 18, 0, 151], 1, 8);
+    assert_eq!(h.action(&syn_from(v4(151), 40_000, 0x0bad_cafe)), TX);
+}
+
+/// A retransmission spends no token from the source's bucket (the source
+/// holds a connection: a first contact's handshake is not remembered, see
+/// `a_first_contact_is_not_remembered`).
+#[test]
+fn a_retransmitted_syn_spends_no_token() {
+    if !can_run_privileged("a_retransmitted_syn_spends_no_token") {
+        return;
+    }
+    let mut p = policy(Action::Drop, 2, 32, 64);
+    p.services[0].max_conn_per_source = Some(8);
+    let mut h = Harness::new(&p);
+    set_established(&mut h, [198, 18, 0, 160], 1, 1);
+    let first = syn_from(v4(160), 41_000, 7);
+    assert_eq!(h.action(&first), PASS, "token 1 of 2");
+    for i in 0..3 {
+        assert_eq!(h.action(&first), PASS, "retransmission {i}");
+    }
+    assert_eq!(h.action(&syn_from(v4(160), 41_001, 8)), PASS, "token 2 of 2 is still there");
+    assert_eq!(h.action(&syn_from(v4(160), 41_002, 9)), DROP, "no token left");
+    assert_eq!(h.counter(1, Verdict::RefusedRate), 1);
+}
+
+/// A retransmission takes no second session (rule 3) either.
+#[test]
+fn a_retransmitted_syn_takes_no_second_session() {
+    if !can_run_privileged("a_retransmitted_syn_takes_no_second_session") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(8);
+    p.services[0].max_sessions = Some(2);
+    let mut h = Harness::new(&p);
+    set_established(&mut h, [198, 18, 0, 170], 1, 1);
+    let first = syn_from(v4(170), 42_000, 1);
+    assert_eq!(h.action(&first), PASS, "session 1 of 2");
+    assert_eq!(h.action(&syn_from(v4(171), 42_000, 1)), PASS, "session 2 of 2, another source");
+    assert_eq!(h.action(&first), PASS, "the retransmission holds session 1 already");
+    assert_eq!(h.action(&syn_from(v4(172), 42_000, 1)), TX, "a third handshake finds no session");
+    assert_eq!(h.counter(1, Verdict::RefusedSessions), 1);
+}
+
+/// Refusal events carry what a connection-limit refusal was based on:
+/// established connections alone (on the hint, with the limit as the count,
+/// and on `CONNS`), or established plus handshakes in flight; other
+/// refusals carry nothing.
+#[test]
+fn refusal_events_say_what_they_were_based_on() {
+    use limiter_common::events::{Refusal, basis};
+    if !can_run_privileged("refusal_events_say_what_they_were_based_on") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].max_conn_per_source = Some(2);
+    let mut h = Harness::new(&p);
+    let mut budget = limiter_user::events::Budget::take(&mut h.ebpf).expect("budget");
+    budget.refill().expect("tokens");
+    let mut ring = aya::maps::RingBuf::try_from(h.ebpf.take_map(names::EVENTS).expect("EVENTS")).expect("ring");
+    let mut next = |h: &mut Harness, frame: &[u8]| -> Refusal {
+        assert_eq!(h.action(frame), TX, "refused");
+        let item = ring.next().expect("an event for the refusal");
+        assert!(item.len() >= size_of::<Refusal>());
+        // SAFETY: the kernel wrote a whole `Refusal` (checked length); read unaligned.
+        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Refusal>()) }
+    };
+    let facts = |r: &Refusal| (r.verdict, r.basis, r.established, r.pending);
+    let conc = Verdict::RefusedConcurrency as u8;
+
+    // One established and one handshake in flight: the limit with what may be forged.
+    set_established(&mut h, [198, 18, 0, 180], 1, 1);
+    assert_eq!(h.action(&syn_from(v4(180), 43_000, 1)), PASS);
+    let e = next(&mut h, &syn_from(v4(180), 43_001, 2));
+    assert_eq!(facts(&e), (conc, basis::IN_FLIGHT, 1, 1), "Busy: {e:?}");
+    assert_eq!((e.addr[..4].to_vec(), e.port), (vec![198, 18, 0, 180], PORT));
+
+    // Three established (the limit was lowered under them): `CONNS` alone,
+    // then the hint that refusal set, which reads no count (the limit).
+    set_established(&mut h, [198, 18, 0, 181], 1, 3);
+    let e = next(&mut h, &syn_from(v4(181), 43_000, 1));
+    assert_eq!(facts(&e), (conc, basis::ESTABLISHED, 3, 0), "Full: {e:?}");
+    assert!(hinted_full(&mut h, [198, 18, 0, 181]));
+    let e = next(&mut h, &syn_from(v4(181), 43_000, 1));
+    assert_eq!(facts(&e), (conc, basis::ESTABLISHED, 2, 0), "on the hint: {e:?}");
+
+    // A rate refusal (burst 1, the reservation given back): no basis.
+    assert_eq!(h.action(&syn_from(v4(182), 43_000, 1)), PASS);
+    let e = next(&mut h, &syn_from(v4(182), 43_001, 2));
+    assert_eq!(facts(&e), (Verdict::RefusedRate as u8, basis::NONE, 0, 0), "rate: {e:?}");
+}
+
+/// A source that holds nothing is not remembered (a spoofed flood is all
+/// first contacts; remembering each costs a cache miss per SYN): its
+/// retransmission takes a reservation of its own, while there is room. At a
+/// limit of 1 there is none, so there it is remembered.
+#[test]
+fn a_first_contact_is_not_remembered_unless_at_its_limit() {
+    if !can_run_privileged("a_first_contact_is_not_remembered_unless_at_its_limit") {
+        return;
+    }
+    let mut p = policy(Action::Reset, 1, 32, 64);
+    p.services[0].rate = None;
+    p.services[0].max_conn_per_source = Some(8);
+    let mut h = Harness::new(&p);
+    let first = syn_from(v4(190), 44_000, 1);
+    assert_eq!(h.action(&first), PASS);
+    assert_eq!(h.action(&first), PASS);
+    assert_eq!(in_flight(&h, [198, 18, 0, 190]), 2, "not remembered: a second reservation");
+
+    p.services[0].max_conn_per_source = Some(1);
+    loader::write_policy(&mut h.ebpf, &p).expect("policy");
+    let first = syn_from(v4(191), 44_000, 1);
+    assert_eq!(h.action(&first), PASS);
+    assert_eq!(h.action(&first), PASS, "limit 1: remembered, the retransmission rides on it");
+    assert_eq!(h.action(&syn_from(v4(191), 44_001, 2)), TX);
+    assert_eq!(in_flight(&h, [198, 18, 0, 191]), 1);
 }
