@@ -517,7 +517,9 @@ mod tests {
             describe_with(&e, Some(2)).to_string(),
             "refused 198.18.0.99 smtp:25 too many attempts (rate 30/m, burst 10; 2 established)"
         );
-        assert!(describe_with(&e, Some(0)).to_string().ends_with("(rate 30/m, burst 10; handshake completed recently)"));
+        assert!(
+            describe_with(&e, Some(0)).to_string().ends_with("(rate 30/m, burst 10; handshake completed recently)")
+        );
     }
 
     /// Forged refusals in a proved source's name are a burst of their own:
@@ -526,7 +528,8 @@ mod tests {
     fn proved_and_unproved_refusals_are_separate_bursts() {
         let mut b = Bursts::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        let forged = Event { basis: basis::IN_FLIGHT, established: 0, pending: 8, ..ev(5, Verdict::RefusedConcurrency) };
+        let forged =
+            Event { basis: basis::IN_FLIGHT, established: 0, pending: 8, ..ev(5, Verdict::RefusedConcurrency) };
         let real = ev(5, Verdict::RefusedConcurrency);
         assert_eq!(b.event(&forged, t0, || describe_with(&forged, None)).len(), 1);
         let out = b.event(&real, t0, || describe_with(&real, Some(8)));

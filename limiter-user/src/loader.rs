@@ -243,8 +243,8 @@ impl PolicyWriter {
         // reading this bank: programs run for microseconds, give them far more.
         settle_after_flip();
 
-        let mut bank: Array<_, ServicePolicy> = Array::try_from(ebpf.map_mut(names::POLICY).ok_or(LoadError::NoObject)?)
-            .map_err(map_err(names::POLICY))?;
+        let mut bank: Array<_, ServicePolicy> =
+            Array::try_from(ebpf.map_mut(names::POLICY).ok_or(LoadError::NoObject)?).map_err(map_err(names::POLICY))?;
         for id in 1..=MAX_SERVICES {
             let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
             bank.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;

@@ -269,7 +269,11 @@ impl Pair {
                     let w = |k: usize| u16::from_be_bytes([b[k], b[k + 1]]);
                     std::net::Ipv6Addr::new(0x2001, 0xdb8, a, w(2), w(4), w(6), w(1), w(3)).into()
                 };
-                Syn { src, sport: u16::from_be_bytes([b[5], b[6]]) | 1024, seq: u32::from_be_bytes([b[4], b[5], b[6], b[7]]) }
+                Syn {
+                    src,
+                    sport: u16::from_be_bytes([b[5], b[6]]) | 1024,
+                    seq: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                }
             })
             .collect();
         self.send_syns(port, syns);

@@ -27,7 +27,7 @@ const CONN_PORT: u16 = 2525;
 const RATE_PORT: u16 = 2526;
 const WAIT: Duration = Duration::from_secs(2);
 /// Forged sources: outside every test pair's own 198.18.N.0/24 and
-/// 2001:db8:N::/48, and never used by a real client.
+/// `2001:db8:N::/48`, and never used by a real client.
 const FORGED_V4: &str = "198.19.250.99";
 const FORGED_V6: &str = "2001:db8:f9f9:1::99";
 
@@ -49,10 +49,7 @@ fn config(dir: &Path, iface: &str) -> PathBuf {
 /// A daemon with the two services and 1 s refusal bursts.
 fn start(pair: &Pair, dir: &Path) -> Daemon {
     let cfg = config(dir, &pair.server_if);
-    let spawn = Spawn {
-        env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "1000".to_owned())],
-        ..Spawn::default()
-    };
+    let spawn = Spawn { env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "1000".to_owned())], ..Spawn::default() };
     Daemon::start_with(&pair.server, &["--config", cfg.to_str().expect("utf-8")], spawn)
 }
 
