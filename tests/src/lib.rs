@@ -3,6 +3,7 @@
 //! private Postfix to put behind the limiter, and nftables `ct count` as the
 //! reference the limiter is compared with.
 
+pub mod cli;
 pub mod frames;
 pub mod kernel;
 pub mod netns;

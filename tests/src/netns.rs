@@ -640,6 +640,20 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to 15 s until `f` holds for the daemon's log, and returns
+    /// the log; panics with it otherwise.
+    pub fn wait_log(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log_text();
+            if f(&log) {
+                return log;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "no {what} in the daemon's log:\n{log}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `limiter status --json` through the real client command.
     #[must_use]
     pub fn status_json(&self) -> Option<serde_json::Value> {

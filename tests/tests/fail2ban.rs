@@ -18,7 +18,8 @@ use std::{
 
 use limiter_tests::{
     can_run_privileged,
-    netns::{Attempt, Daemon, Pair, Spawn, limiter_bin, tally, unique},
+    cli::Scratch,
+    netns::{Attempt, Daemon, Pair, Spawn, limiter_bin, tally},
 };
 
 /// The connection-limited service (2 per source) and the rate-limited one
@@ -51,25 +52,6 @@ fn start(pair: &Pair, dir: &Path) -> Daemon {
     let cfg = config(dir, &pair.server_if);
     let spawn = Spawn { env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "1000".to_owned())], ..Spawn::default() };
     Daemon::start_with(&pair.server, &["--config", cfg.to_str().expect("utf-8")], spawn)
-}
-
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("limiter-f2b-"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir
-}
-
-/// Waits until the daemon's log satisfies `f`, or panics with the log.
-fn wait_log(d: &Daemon, what: &str, f: impl Fn(&str) -> bool) -> String {
-    let start = Instant::now();
-    loop {
-        let log = d.log_text();
-        if f(&log) {
-            return log;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "no {what} in the daemon's log:\n{log}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Runs `fail2ban-regex` with the shipped filter on the daemon's log:
@@ -107,7 +89,8 @@ fn forged_floods_make_no_line_fail2ban_matches() {
     let pair = Pair::new();
     let _conn = pair.listen(CONN_PORT);
     let _rate = pair.listen(RATE_PORT);
-    let dir = scratch();
+    let scratch = Scratch::new();
+    let dir = scratch.0.clone();
     let d = start(&pair, &dir);
     for forged in [FORGED_V4, FORGED_V6] {
         let src: IpAddr = forged.parse().expect("addr");
@@ -115,7 +98,7 @@ fn forged_floods_make_no_line_fail2ban_matches() {
         pair.forge_syns(src, CONN_PORT, 10);
         // A burst of 2, then the rate refuses.
         pair.forge_syns(src, RATE_PORT, 10);
-        wait_log(&d, "unverified lines", |log| {
+        d.wait_log("unverified lines", |log| {
             log.contains(&format!(
                 "unverified {src} conn:{CONN_PORT} too many connections (0 established + 2 in handshake, limit 2)"
             )) && log.contains(&format!(
@@ -142,12 +125,11 @@ fn forged_floods_make_no_line_fail2ban_matches() {
     let _held = hold(&pair, real, CONN_PORT, 2);
     assert_eq!(tally(&pair.connect_many(real, CONN_PORT, 1, WAIT)).refused, 1);
     let line = format!("refused {real} conn:{CONN_PORT} too many connections (2 established, limit 2)");
-    wait_log(&d, "the real client's line", |log| log.contains(&line));
+    d.wait_log("the real client's line", |log| log.contains(&line));
     let (total, hits) = regex_matches(&d);
     assert!(total.starts_with("Failregex: 1 total"), "{total}\n{hits}");
     assert!(hits.contains(&line), "{hits}");
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A `fail2ban-server` of the test's own: private config, socket and
@@ -249,7 +231,8 @@ fn fail2ban_bans_verified_abusers_through_the_deny_list() {
     let pair = Pair::new();
     let _conn = pair.listen(CONN_PORT);
     let _rate = pair.listen(RATE_PORT);
-    let dir = scratch();
+    let scratch = Scratch::new();
+    let dir = scratch.0.clone();
     let d = start(&pair, &dir);
     let f2b = Fail2ban::start(&d, &dir);
     // fail2ban is up when it reads our log.
@@ -308,5 +291,4 @@ fn fail2ban_bans_verified_abusers_through_the_deny_list() {
     });
     drop(f2b);
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }

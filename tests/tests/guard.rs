@@ -10,7 +10,7 @@
 use std::{
     net::{IpAddr, TcpStream},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -18,58 +18,21 @@ use std::{
 
 use limiter_tests::{
     can_run_privileged,
-    netns::{Attempt, Daemon, Pair, limiter_bin, tally, unique},
+    cli::{Output, Scratch, limiter_at, path_str},
+    netns::{Attempt, Daemon, Pair, limiter_bin, tally},
 };
 use serde_json::Value;
 
 const PORT: u16 = 2525;
 const WAIT: Duration = Duration::from_secs(2);
 
-/// A private directory for config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("limiter-guard-"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-#[derive(Debug)]
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+/// `limiter ARGS` against the daemon's socket.
+fn limiter(d: &Daemon, args: &[&str]) -> Output {
+    limiter_at(&d.socket, args)
 }
 
 fn output(out: &std::process::Output) -> Output {
-    Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// `limiter ARGS` against the daemon's socket.
-fn limiter(d: &Daemon, args: &[&str]) -> Output {
-    output(&Command::new(limiter_bin()).args(args).env("LIMITER_SOCKET", &d.socket).output().expect("limiter"))
+    Output::from(out)
 }
 
 fn ok(d: &Daemon, args: &[&str]) -> Output {

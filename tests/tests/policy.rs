@@ -9,15 +9,14 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd as _, unix::net::UnixStream},
-    path::{Path, PathBuf},
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
     can_run_privileged,
-    netns::{Attempt, Daemon, Pair, limiter_bin, tally, unique},
+    cli::{Output, Scratch, limiter_at, path_str},
+    netns::{Attempt, Daemon, Pair, tally},
 };
 use serde_json::{Value, json};
 
@@ -33,56 +32,6 @@ const FOREIGN_V6: &str = "2001:db8:f066";
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// A private directory for config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("limiter-policy-"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-
-    /// Writes `text` to `name` in the directory (replacing it) and returns the path.
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// What one `limiter` command did.
-#[derive(Debug)]
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `limiter ARGS` against the daemon's socket (through `LIMITER_SOCKET`).
-fn limiter_at(socket: &Path, args: &[&str]) -> Output {
-    let out = Command::new(limiter_bin())
-        .args(args)
-        .env("LIMITER_SOCKET", socket)
-        .output()
-        .unwrap_or_else(|e| panic!("limiter {args:?}: {e}"));
-    Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn limiter(d: &Daemon, args: &[&str]) -> Output {
     limiter_at(&d.socket, args)

@@ -9,7 +9,6 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, TcpStream},
     os::unix::process::ExitStatusExt as _,
-    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -19,7 +18,8 @@ use aya::maps::{Array, MapData};
 use limiter_common::maps::{MAX_SERVICES, ServiceRecord, names, service_state};
 use limiter_tests::{
     can_run_privileged,
-    netns::{Attempt, Daemon, Pair, Spawn, limiter_bin, tally, unique},
+    cli::{Scratch, path_str},
+    netns::{Attempt, Daemon, Pair, Spawn, limiter_bin, tally},
 };
 use serde_json::Value;
 
@@ -32,33 +32,6 @@ const WAIT: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(5);
 /// How long a start (or a start killed at a failpoint) may take.
 const START: Duration = Duration::from_mins(1);
-
-/// A private directory for config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("limiter-restart-"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn streams(attempts: Vec<Attempt>) -> Vec<TcpStream> {
     attempts

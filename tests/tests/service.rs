@@ -10,7 +10,6 @@ use std::{
     os::unix::{fs::MetadataExt as _, net::UnixDatagram},
     path::{Path, PathBuf},
     process::Command,
-    thread,
     time::{Duration, Instant},
 };
 
@@ -49,19 +48,6 @@ fn http_get(pair: &Pair, addr: &'static str, path: &'static str) -> (String, Str
         let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
         (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
     })
-}
-
-/// Waits until `f` holds for the daemon's log, or panics with the log.
-fn wait_log(d: &Daemon, what: &str, f: impl Fn(&str) -> bool) -> String {
-    let start = Instant::now();
-    loop {
-        let log = d.log_text();
-        if f(&log) {
-            return log;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no {what} in the daemon's log:\n{log}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The acceptance scenario: a source holding 3 with a limit of 3
@@ -149,7 +135,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
 
     // One line for the burst, then after the 1 s window the 2 not logged.
     let line = format!("refused {src} default:2525 too many connections (3 established, limit 3)");
-    let log = wait_log(&d, "burst summary", |l| l.contains(&format!("{line}: 2 more in 1s")));
+    let log = d.wait_log("burst summary", |l| l.contains(&format!("{line}: 2 more in 1s")));
     assert_eq!(log.matches(&line).count(), 2, "one line and one summary:\n{log}");
     let s = d.status_json().expect("status");
     assert_eq!((s["refusal_lines"]["logged"].as_u64(), s["refusal_lines"]["suppressed"].as_u64()), (Some(1), Some(2)));
@@ -159,7 +145,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
     d.wait_connections(6, WAIT);
     assert_eq!(refused(&pair, src6, 1), 1);
     let line6 = format!("refused {src6} default:2525 too many connections (3 established, limit 3)");
-    wait_log(&d, "IPv6 refusal", |l| l.contains(&line6));
+    d.wait_log("IPv6 refusal", |l| l.contains(&line6));
 
     // The shipped filter, run by fail2ban itself on the daemon's output:
     // the two burst lines match (with their hosts), the summary does not.

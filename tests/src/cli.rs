@@ -1,0 +1,76 @@
+//! Driving `limiter` as an admin does: a scratch directory for config and
+//! state files, and client commands run against a daemon's socket, with
+//! what they printed and their exit code.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::netns::{limiter_bin, unique};
+
+/// A private directory for config files, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    #[must_use]
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("limiter-scratch-"));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    /// Writes `text` to `name` in the directory (replacing it) and returns the path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        p
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A path as the `&str` a command line takes.
+#[must_use]
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// What one `limiter` command did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<&std::process::Output> for Output {
+    fn from(out: &std::process::Output) -> Self {
+        Self {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `limiter ARGS` against the daemon's socket (through `LIMITER_SOCKET`).
+#[must_use]
+pub fn limiter_at(socket: &Path, args: &[&str]) -> Output {
+    let out = Command::new(limiter_bin())
+        .args(args)
+        .env("LIMITER_SOCKET", socket)
+        .output()
+        .unwrap_or_else(|e| panic!("limiter {args:?}: {e}"));
+    Output::from(&out)
+}
