@@ -3,7 +3,7 @@
 //!
 //! This is aya-build's `build_ebpf` with one difference: the kernel crate
 //! needs `-C target-cpu=v3` (it uses the old value of atomic fetch-add and
-//! compare-and-swap, which CPU v1 cannot encode; see shared `KERNEL_NOTES`),
+//! compare-and-swap, which CPU v1 cannot encode; docs/kernel-notes.md, "Atomics"),
 //! and aya-build replaces `RUSTFLAGS` wholesale.
 //!
 //! `AYA_BUILD_SKIP=1` skips the build (clippy/check without bpf-linker); the

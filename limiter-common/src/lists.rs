@@ -27,10 +27,10 @@ pub const LIST_ENTRIES: u32 = 65_536;
 
 /// Bits of [`ListEntry::flags`].
 pub mod entry {
-    /// A deny entry covers the source: refuse (rule 1).
+    /// A deny entry covers the source: refuse (the deny rule).
     pub const DENY: u8 = 1;
     /// An allow entry covers the source: its limits replace the service's
-    /// per-source limits (rule 2).
+    /// per-source limits (the exempt rule).
     pub const ALLOW: u8 = 2;
     /// The covering allow entry has no limits: accept, not counted against
     /// `max_sessions`.
@@ -76,12 +76,12 @@ pub const fn key_len(bits: u8) -> u32 {
     16 + bits as u32
 }
 
-/// The per-source limits that apply to a SYN, after rules 1 and 2.
+/// The per-source limits that apply to a SYN, after the deny and exempt rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Rule 1 or 2 decided: refused by the deny list, or accepted as exempt.
+    /// The deny or the exempt rule decided: refused by the deny list, or accepted as exempt.
     Decided(Verdict),
-    /// Rules 3-5 apply with these limits.
+    /// The sessions, connections and rate rules apply with these limits.
     Limits {
         /// Connections per source; 0 = no limit.
         max_conn: u32,
@@ -91,7 +91,7 @@ pub enum Admission {
     },
 }
 
-/// Rules 1 and 2 of the decision order: the deny list, then the allow list
+/// The deny and exempt rules of the decision order: the deny list, then the allow list
 /// (exempt, or its own per-source limits instead of the service's).
 /// `entry` is the longest match of the source address, if any.
 #[inline(always)]

@@ -1,4 +1,4 @@
-//! Sessions of a service (rule 3): `max_sessions` caps all its connections,
+//! Sessions of a service (the sessions rule): `max_sessions` caps all its connections,
 //! and once `max_sessions - reserved_sessions` are in use only sources on
 //! the service's reserve list get in.
 //!
@@ -83,7 +83,7 @@ pub const fn pending(word: u64, now: u32) -> u64 {
     c as u64 + p as u64
 }
 
-/// Rule 3 for `in_use` sessions: `None` if there is room for this source,
+/// The sessions rule for `in_use` sessions: `None` if there is room for this source,
 /// else the refusal.
 ///
 /// Branch-free in `reserved` on purpose: in the kernel it is often a known
@@ -106,7 +106,7 @@ pub const fn check(in_use: u64, policy: &ServicePolicy, reserved: bool) -> Optio
 }
 
 /// Takes one reservation at bucket `now` if `established` + handshakes in
-/// flight leave room under rule 3. `Ok(new word)` or `Err(refusal)`.
+/// flight leave room under the sessions rule. `Ok(new word)` or `Err(refusal)`.
 #[inline(always)]
 pub const fn reserve(
     word: u64,

@@ -183,7 +183,7 @@ pub(crate) unsafe fn load(ptr: *const u64) -> u64 {
 
 /// Compare-and-swap; true if `ptr` held `old` and now holds `new`.
 /// `SeqCst`: weaker orderings may compile to instructions that do not return
-/// the old value on this target (see `KERNEL_NOTES`).
+/// the old value on this target (docs/kernel-notes.md, "Atomics").
 #[inline(always)]
 pub(crate) unsafe fn compare_swap(ptr: *mut u64, old: u64, new: u64) -> bool {
     let (_, ok) = unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(ptr, old, new) };

@@ -41,7 +41,8 @@ pub(crate) fn limiter_sock_ops(ctx: SockOpsContext) -> u32 {
 }
 
 /// Volatile read of a context field: adjacent u32 fields must not be merged
-/// into one 8-byte load, which the verifier rejects (`KERNEL_NOTES`).
+/// into one 8-byte load, which the verifier rejects (docs/kernel-notes.md,
+/// "Verifier and code generation").
 macro_rules! field {
     ($ctx:expr, $($f:tt)+) => {
         unsafe { core::ptr::read_volatile(&raw const (*$ctx.ops).$($f)+) }

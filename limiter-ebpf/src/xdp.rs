@@ -291,8 +291,8 @@ impl Outcome {
 }
 
 /// decide, for a SYN to a service port, in the order of the spec: deny and
-/// allow lists (rules 1-2), the service's sessions (3), the source's
-/// connections (4), its token bucket (5). Each rule that reserves something
+/// allow lists (the deny and exempt rules), the service's sessions, the
+/// source's connections, its token bucket (the rate rule). Each rule that reserves something
 /// gives it back when a later rule refuses. A retransmission of a handshake
 /// let through on a reservation passes on that reservation (and on the
 /// session it took): the client's first SYN or the server's SYN-ACK was lost,
@@ -312,7 +312,7 @@ fn decide(
         Admission::Limits { max_conn, bucket, reserved } => (max_conn, bucket, reserved),
     };
 
-    // Rule 3 is decided after rules 4 and 5 (the verifier walks the
+    // The sessions rule is decided after the connections and rate rules (the verifier walks the
     // per-source paths once, not once per way the sessions check can go),
     // with the verdicts the spec's order gives: a SYN both would refuse is
     // counted as refused by sessions.
@@ -379,7 +379,7 @@ fn remember(id: &Handshake) {
     }
 }
 
-/// Rule 3 without reserving: the refusal if the service's sessions leave
+/// The sessions rule without reserving: the refusal if the service's sessions leave
 /// no room for this source now.
 #[inline(always)]
 fn sessions_full(service: u32, policy: &ServicePolicy, on_reserve: bool, now: u32) -> Option<Verdict> {
@@ -389,7 +389,7 @@ fn sessions_full(service: u32, policy: &ServicePolicy, on_reserve: bool, now: u3
     pool::check(in_use, policy, on_reserve)
 }
 
-/// What rules 4 and 5 need, passed by reference: a BPF call takes at most
+/// What the connections and rate rules need, passed by reference: a BPF call takes at most
 /// five arguments.
 struct SourceArgs<'a> {
     service: u32,
@@ -402,7 +402,7 @@ struct SourceArgs<'a> {
     id: Handshake,
 }
 
-/// Rule 4 on what needs no count: a source known to be at its connection
+/// The connections rule on what needs no count: a source known to be at its connection
 /// limit is refused on its hint alone (one array read, no clock, no `CONNS`
 /// lookup: the hot path of a client hammering at its limit); then a SYN that
 /// retransmits a handshake holding a reservation is let through on it (the
@@ -446,7 +446,7 @@ fn first_look(a: &SourceArgs<'_>) -> Look {
     Look::Reserve
 }
 
-/// Rules 4 and 5 with the limits rules 1-2 chose.
+/// The connections and rate rules with the limits the deny and exempt rules chose.
 ///
 /// Not inlined, on purpose: a BPF-to-BPF call. The verifier walks this
 /// function's many paths once per way of reaching it, and its exit states
@@ -547,7 +547,7 @@ fn retransmission(id: &Handshake, place: &Place, slot: *mut Slot, now: u32) -> b
     false
 }
 
-/// Takes one of the service's sessions for this handshake, if rule 3 leaves
+/// Takes one of the service's sessions for this handshake, if the sessions rule leaves
 /// room: `Accepted`, or the refusal.
 #[inline(always)]
 fn reserve_session(service: u32, pool: &ServicePolicy, on_reserve: bool, now: u32) -> Verdict {

@@ -612,7 +612,7 @@ impl Given<'_> {
 }
 
 /// Problems of the allow, deny and reserve lists. The same prefix in allow
-/// and deny is not one: deny wins (rule 1 comes first).
+/// and deny is not one: deny wins (the deny rule comes first).
 fn judge_lists(lists: &Lists, services: &[Service], origin: &Origin, r: &mut Report) {
     let total = lists.allow.len() + lists.deny.len() + lists.reserve.len();
     if total > LIST_ENTRIES as usize {

@@ -290,7 +290,7 @@ impl Seeded {
         Ok(gone.len())
     }
 
-    /// Writes each service's number of seeded sockets where rule 3 reads
+    /// Writes each service's number of seeded sockets where the sessions rule reads
     /// it (`SESSIONS`, the daemon's own entries). Seeded connections count
     /// as sessions whatever the lists say.
     fn write_sessions(&self, ebpf: &mut Ebpf) -> Result<(), LoadError> {

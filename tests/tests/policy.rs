@@ -1,4 +1,4 @@
-//! The policy lists and session limits of issue 5, end to end: `limiter run`
+//! The policy lists and session limits, end to end: `limiter run`
 //! in a namespace with a config file, the `allow`/`deny`/`reserve`, `reload`
 //! and `check-config` commands as an admin types them, and real TCP clients
 //! from several source addresses of another namespace. Counts are exact:
@@ -268,8 +268,8 @@ fn reserved_sessions_are_kept_for_the_gateway() {
     );
 
     // Two ordinary sources get their 2 each: 4 in use = 10 - 6. a's other
-    // 3 meet its own limit (rule 4); b's other 3 arrive at 4 in use and meet
-    // the reserve first (rule 3 comes before rule 4).
+    // 3 meet its own limit (the connections rule); b's other 3 arrive at 4 in use
+    // and meet the reserve first (the sessions rule comes before the connections rule).
     let mut held_a = attempt(&pair, a, 5, 2, "ordinary a");
     let _held_b = attempt(&pair, b, 5, 2, "ordinary b");
     wait_sessions(&d, 4, WAIT);
@@ -457,8 +457,8 @@ fn exempt_sources_are_unlimited_and_not_counted_in_sessions() {
     thread::sleep(Duration::from_millis(200));
     assert_eq!(sessions(&d), 0, "exempt connections are not sessions");
     // Ordinary sources still get the whole max_sessions. a's other 3 meet
-    // its own limit; b's other 3 arrive at 4 of 4 sessions, and rule 3
-    // (sessions) comes before rule 4 (per source).
+    // its own limit; b's other 3 arrive at 4 of 4 sessions, and the sessions
+    // rule comes before the connections rule (per source).
     let _ha = attempt(&pair, a, 5, 2, "ordinary a");
     let _hb = attempt(&pair, b, 5, 2, "ordinary b");
     wait_sessions(&d, 4, WAIT);

@@ -1,5 +1,5 @@
-//! What survives a daemon's end, end to end (issue 7's stable identities
-//! and the contract's "counts the present" / "restart-safe"): service ids
+//! What survives a daemon's end, end to end (the contract's stable identities,
+//! "counts the present" / "restart-safe"): service ids
 //! follow names across reorders, reloads and restarts, and the connections
 //! that predate the first start are counted exactly once whatever step of
 //! a start the daemon is killed at (`LIMITER_FAILPOINT`).

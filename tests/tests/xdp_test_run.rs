@@ -648,7 +648,7 @@ fn passed(h: &mut Harness, src: IpAddr, n: usize) -> usize {
     (0..n).filter(|_| h.action(&attempt(src)) == PASS).count()
 }
 
-/// Rules 1 and 2 on crafted SYNs: deny beats an allow entry covering the
+/// The deny and exempt rules on crafted SYNs: deny beats an allow entry covering the
 /// same host; an exempt entry ignores the per-source limit; an allow entry
 /// with a limit replaces the service's; the longest prefix decides; IPv6
 /// prefixes match; a new policy write applies at once and removes entries.
@@ -679,7 +679,7 @@ fn deny_and_allow_lists_decide_first() {
     assert_eq!(passed(&mut h, v4(11), 3), 1, "no lists: the per-source limit again");
 }
 
-/// Rule 3 on crafted SYNs (each a handshake in flight, which counts as a
+/// The sessions rule on crafted SYNs (each a handshake in flight, which counts as a
 /// session): of 5 sessions with 3 reserved, ordinary sources get 2, sources
 /// on the reserve list the other 3, nobody a 6th; exempt sources are not
 /// counted and not refused.
@@ -777,7 +777,7 @@ fn a_retransmitted_syn_spends_no_token() {
     assert_eq!(h.counter(1, Verdict::RefusedRate), 1);
 }
 
-/// A retransmission takes no second session (rule 3) either.
+/// A retransmission takes no second session (the sessions rule) either.
 #[test]
 fn a_retransmitted_syn_takes_no_second_session() {
     if !can_run_privileged("a_retransmitted_syn_takes_no_second_session") {
