@@ -102,6 +102,8 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         }
     }
     let listener = bind_socket(&paths.socket)?;
+    // From here on every way out, a failed start included, removes the socket.
+    let socket_file = SocketFile(&paths.socket);
     // A failed first start leaves nothing behind; a failed restart leaves
     // the running enforcement of the previous start alone.
     let fresh = fs::read_dir(&paths.pin_dir).map_or(true, |mut d| d.next().is_none());
@@ -112,7 +114,6 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
             if fresh && pins::on_bpffs(&paths.pin_dir) {
                 let _ = pins::unload(&paths.pin_dir);
             }
-            let _ = fs::remove_file(&paths.socket);
             return Err(e.into());
         }
     };
@@ -123,20 +124,11 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     for a in &loaded.attachments {
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
-    let (ring, budget) = match take_events(&mut loaded) {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = fs::remove_file(&paths.socket);
-            return Err(e.into());
-        }
-    };
+    let (ring, budget) = take_events(&mut loaded)?;
     let metrics_listener = match policy.metrics_listen {
         Some(addr) => match metrics::bind(addr).await {
             Ok(l) => Some(l),
-            Err(e) => {
-                let _ = fs::remove_file(&paths.socket);
-                bail!("cannot serve metrics on {addr}: {e} (metrics_listen / --metrics-listen)");
-            }
+            Err(e) => bail!("cannot serve metrics on {addr}: {e} (metrics_listen / --metrics-listen)"),
         },
         None => None,
     };
@@ -287,7 +279,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     for out in state.borrow_mut().bursts.flush(std::time::Instant::now() + events::window()) {
         events::log(&out);
     }
-    let _ = fs::remove_file(&paths.socket);
+    drop(socket_file);
     info!(
         "daemon stopped; counting and enforcement continue from {} (`limiter unload` removes them)",
         paths.pin_dir.display()
@@ -295,10 +287,20 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     Ok(())
 }
 
+/// The control socket's file: removed when dropped, so a failed start-up
+/// and a stop leave no stale socket behind, whichever way they return.
+struct SocketFile<'a>(&'a Path);
+
+impl Drop for SocketFile<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
 /// Takes the refusal ring buffer and the event budget out of the object
 /// (the daemon reads them outside the shared state).
 fn take_events(loaded: &mut Loaded) -> Result<(AsyncFd<RingBuf<MapData>>, Budget), LoadError> {
-    let map = loaded.ebpf.take_map(names::EVENTS).ok_or(LoadError::NoObject)?;
+    let map = loaded.ebpf.take_map(names::EVENTS).ok_or(LoadError::MissingMap(names::EVENTS))?;
     let ring = RingBuf::try_from(map).map_err(loader::map_err(names::EVENTS))?;
     // SAFETY: the ring buffer owns its descriptor and keeps it open while the
     // `AsyncFd` holds it.

@@ -404,7 +404,7 @@ pub struct Budget {
 impl Budget {
     /// Takes `EVENT_BUDGET` out of the loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        let map = ebpf.take_map(names::EVENT_BUDGET).ok_or(LoadError::NoObject)?;
+        let map = ebpf.take_map(names::EVENT_BUDGET).ok_or(LoadError::MissingMap(names::EVENT_BUDGET))?;
         let map = PerCpuArray::try_from(map).map_err(map_err(names::EVENT_BUDGET))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
         Ok(Self { map, cpus })

@@ -138,14 +138,16 @@ fn entry(r: &ServiceRecord) -> Entry {
 /// The table in `SERVICES`.
 pub fn read(ebpf: &Ebpf) -> Result<Table, LoadError> {
     let m: Array<_, ServiceRecord> =
-        Array::try_from(ebpf.map(names::SERVICES).ok_or(LoadError::NoObject)?).map_err(map_err(names::SERVICES))?;
+        Array::try_from(ebpf.map(names::SERVICES).ok_or(LoadError::MissingMap(names::SERVICES))?)
+            .map_err(map_err(names::SERVICES))?;
     (0..=MAX_SERVICES).map(|id| m.get(&id, 0).map(|r| entry(&r)).map_err(map_err(names::SERVICES))).collect()
 }
 
 /// Writes the records of `table` that differ from `SERVICES`.
 pub fn write(ebpf: &mut Ebpf, table: &Table) -> Result<(), LoadError> {
     let mut m: Array<_, ServiceRecord> =
-        Array::try_from(ebpf.map_mut(names::SERVICES).ok_or(LoadError::NoObject)?).map_err(map_err(names::SERVICES))?;
+        Array::try_from(ebpf.map_mut(names::SERVICES).ok_or(LoadError::MissingMap(names::SERVICES))?)
+            .map_err(map_err(names::SERVICES))?;
     for (id, e) in (0u32..).zip(table) {
         let want = record(e);
         if m.get(&id, 0).map_err(map_err(names::SERVICES))? != want {
@@ -166,7 +168,7 @@ pub fn usage(ebpf: &Ebpf) -> Result<Vec<bool>, LoadError> {
     };
     for name in [names::CONNS, names::SEEDED] {
         let m: HashMap<_, SourceKey, u64> =
-            HashMap::try_from(ebpf.map(name).ok_or(LoadError::NoObject)?).map_err(map_err(name))?;
+            HashMap::try_from(ebpf.map(name).ok_or(LoadError::MissingMap(name))?).map_err(map_err(name))?;
         for (key, n) in m.iter().filter_map(Result::ok) {
             if n > 0 {
                 mark(u32::from(key.service));
@@ -181,7 +183,8 @@ pub fn usage(ebpf: &Ebpf) -> Result<Vec<bool>, LoadError> {
         }
     }
     let socks: HashMap<_, u64, SockRecord> =
-        HashMap::try_from(ebpf.map(names::SOCKS).ok_or(LoadError::NoObject)?).map_err(map_err(names::SOCKS))?;
+        HashMap::try_from(ebpf.map(names::SOCKS).ok_or(LoadError::MissingMap(names::SOCKS))?)
+            .map_err(map_err(names::SOCKS))?;
     for (_, rec) in socks.iter().filter_map(Result::ok) {
         mark(u32::from(rec.key.service));
     }

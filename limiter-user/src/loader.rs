@@ -36,6 +36,16 @@ pub enum LoadError {
         "this limiter binary was built without its kernel object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
     )]
     NoObject,
+    #[error(
+        "the kernel object has no map {0}: this binary and its embedded kernel object do not match; rebuild with \
+         `cargo xtask build`"
+    )]
+    MissingMap(&'static str),
+    #[error(
+        "the kernel object has no program {0}: this binary and its embedded kernel object do not match; rebuild \
+         with `cargo xtask build`"
+    )]
+    MissingProgram(&'static str),
     #[error("loading the kernel object failed")]
     Ebpf(#[from] aya::EbpfError),
     #[error("map {name}")]
@@ -165,7 +175,7 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>, writer: &mut PolicyW
 }
 
 fn sock_ops_program(ebpf: &mut Ebpf) -> Result<&mut SockOps, LoadError> {
-    let p = ebpf.program_mut(names::SOCK_OPS_PROGRAM).ok_or(LoadError::NoObject)?;
+    let p = ebpf.program_mut(names::SOCK_OPS_PROGRAM).ok_or(LoadError::MissingProgram(names::SOCK_OPS_PROGRAM))?;
     p.try_into().map_err(|source| LoadError::Program { name: names::SOCK_OPS_PROGRAM, source })
 }
 
@@ -233,8 +243,9 @@ impl PolicyWriter {
             }
         }
         let old = {
-            let globals: Array<_, Globals> = Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::NoObject)?)
-                .map_err(map_err(names::GLOBALS))?;
+            let globals: Array<_, Globals> =
+                Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::MissingMap(names::GLOBALS))?)
+                    .map_err(map_err(names::GLOBALS))?;
             globals.get(&0, 0).map_err(map_err(names::GLOBALS))?
         };
         let to_b = old.flags & flags::BANK_B == 0;
@@ -244,7 +255,8 @@ impl PolicyWriter {
         settle_after_flip();
 
         let mut bank: Array<_, ServicePolicy> =
-            Array::try_from(ebpf.map_mut(names::POLICY).ok_or(LoadError::NoObject)?).map_err(map_err(names::POLICY))?;
+            Array::try_from(ebpf.map_mut(names::POLICY).ok_or(LoadError::MissingMap(names::POLICY))?)
+                .map_err(map_err(names::POLICY))?;
         for id in 1..=MAX_SERVICES {
             let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
             bank.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;
@@ -252,8 +264,9 @@ impl PolicyWriter {
         let merged = policy.lists.merge(&policy.services);
         self.write_lists(ebpf, target, &merged)?;
 
-        let mut globals: Array<_, Globals> = Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?)
-            .map_err(map_err(names::GLOBALS))?;
+        let mut globals: Array<_, Globals> =
+            Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::MissingMap(names::GLOBALS))?)
+                .map_err(map_err(names::GLOBALS))?;
         // The seeding flags belong to the seeding (which may outlive a restart):
         // keep them. A new generation invalidates every "at its limit" hint.
         let mut flags_new = old.flags & !(flags::BANK_B | flags::LISTS | flags::LISTS_V6);
@@ -291,7 +304,8 @@ impl PolicyWriter {
     /// unprotected again.
     fn write_ports(&mut self, ebpf: &mut Ebpf, table: Vec<u32>) -> Result<(), LoadError> {
         let mut ports: Array<_, u32> =
-            Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::NoObject)?).map_err(map_err(names::PORTS))?;
+            Array::try_from(ebpf.map_mut(names::PORTS).ok_or(LoadError::MissingMap(names::PORTS))?)
+                .map_err(map_err(names::PORTS))?;
         let have = match self.ports.take() {
             Some(have) => have,
             None => ports.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(names::PORTS))?,
@@ -315,7 +329,7 @@ impl PolicyWriter {
     ) -> Result<(), LoadError> {
         let name = names::LISTS;
         let mut trie: LpmTrie<_, [u8; KEY_BYTES], ListEntry> =
-            LpmTrie::try_from(ebpf.map_mut(name).ok_or(LoadError::NoObject)?).map_err(map_err(name))?;
+            LpmTrie::try_from(ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?).map_err(map_err(name))?;
         let want: std::collections::HashMap<ListId, ListEntry> =
             merged.iter().map(|(p, e)| ((key_len(p.len), key_data(bank, p.family, &p.addr)), *e)).collect();
         let have = match self.banks[usize::from(bank)].take() {
@@ -374,7 +388,7 @@ fn service_policy(s: &crate::config::Service) -> ServicePolicy {
 
 /// The `max_entries` a map was created with (a pinned one keeps its own).
 pub(crate) fn map_size(ebpf: &Ebpf, name: &'static str) -> Result<u32, LoadError> {
-    let map = ebpf.map(name).ok_or(LoadError::NoObject)?;
+    let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
     let (aya::maps::Map::Array(data)
     | aya::maps::Map::HashMap(data)
     | aya::maps::Map::LruHashMap(data)
@@ -546,7 +560,7 @@ fn prog_attach(
 
 /// Per-service verdict counters summed over CPUs; row 0 is "no service".
 pub fn read_counters(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>, LoadError> {
-    let map = ebpf.map(names::COUNTERS).ok_or(LoadError::NoObject)?;
+    let map = ebpf.map(names::COUNTERS).ok_or(LoadError::MissingMap(names::COUNTERS))?;
     let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err(names::COUNTERS))?;
     let mut rows = vec![[0u64; Verdict::COUNT as usize]; MAX_SERVICES as usize + 1];
     for (service, row) in rows.iter_mut().enumerate() {
@@ -561,14 +575,14 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>,
 
 /// Every entry of `SESSIONS` (index with `pool::index`).
 pub fn read_sessions(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
-    let map = ebpf.map(names::SESSIONS).ok_or(LoadError::NoObject)?;
+    let map = ebpf.map(names::SESSIONS).ok_or(LoadError::MissingMap(names::SESSIONS))?;
     let m: Array<&MapData, u64> = Array::try_from(map).map_err(map_err(names::SESSIONS))?;
     m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(names::SESSIONS))
 }
 
 /// Entries in a hash map now (one syscall per key: for metrics, not hot paths).
 pub(crate) fn map_entries<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<u64, LoadError> {
-    let map = ebpf.map(name).ok_or(LoadError::NoObject)?;
+    let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
     let m: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
     Ok(m.keys().flatten().count() as u64)
 }
@@ -625,7 +639,7 @@ pub fn connections_by_service(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
 pub fn sources(ebpf: &Ebpf) -> Result<Vec<(SourceKey, u64)>, LoadError> {
     let mut all: std::collections::HashMap<SourceKey, u64> = std::collections::HashMap::new();
     for name in [names::CONNS, names::SEEDED] {
-        let map = ebpf.map(name).ok_or(LoadError::NoObject)?;
+        let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
         let m: HashMap<&MapData, SourceKey, u64> = HashMap::try_from(map).map_err(map_err(name))?;
         for e in &m {
             let (key, n) = e.map_err(map_err(name))?;
@@ -671,7 +685,8 @@ impl Reclaimer {
     pub fn pass(&mut self, ebpf: &mut Ebpf) -> Result<ReclaimPass, LoadError> {
         let capacity = map_size(ebpf, names::CONNS)?;
         let mut conns: HashMap<_, SourceKey, u64> =
-            HashMap::try_from(ebpf.map_mut(names::CONNS).ok_or(LoadError::NoObject)?).map_err(map_err(names::CONNS))?;
+            HashMap::try_from(ebpf.map_mut(names::CONNS).ok_or(LoadError::MissingMap(names::CONNS))?)
+                .map_err(map_err(names::CONNS))?;
         let all: Vec<(SourceKey, u64)> = conns.iter().filter_map(Result::ok).collect();
         let mut idle = std::collections::HashSet::new();
         let mut deleted = 0;

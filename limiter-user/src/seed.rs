@@ -66,7 +66,8 @@ fn table_err(source: std::io::Error) -> LoadError {
 /// Sets or clears bits of `Globals::flags`.
 pub fn set_flags(ebpf: &mut Ebpf, set: u8, clear: u8) -> Result<(), LoadError> {
     let mut globals: Array<_, Globals> =
-        Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
+        Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::MissingMap(names::GLOBALS))?)
+            .map_err(map_err(names::GLOBALS))?;
     let mut g = globals.get(&0, 0).map_err(map_err(names::GLOBALS))?;
     g.flags = (g.flags | set) & !clear;
     globals.set(0, g, 0).map_err(map_err(names::GLOBALS))
@@ -115,7 +116,8 @@ fn select(
 /// The flags in `GLOBALS`.
 fn read_flags(ebpf: &Ebpf) -> Result<u8, LoadError> {
     let globals: Array<_, Globals> =
-        Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::NoObject)?).map_err(map_err(names::GLOBALS))?;
+        Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::MissingMap(names::GLOBALS))?)
+            .map_err(map_err(names::GLOBALS))?;
     Ok(globals.get(&0, 0).map_err(map_err(names::GLOBALS))?.flags)
 }
 
@@ -137,7 +139,8 @@ fn has_port(bits: &[u64], port: u16) -> bool {
 /// The ports the first seeding saw as service ports, if it has recorded them.
 fn seed_ports(ebpf: &Ebpf) -> Result<Option<Vec<u64>>, LoadError> {
     let m: Array<_, u64> =
-        Array::try_from(ebpf.map(names::SEED_STATE).ok_or(LoadError::NoObject)?).map_err(map_err(names::SEED_STATE))?;
+        Array::try_from(ebpf.map(names::SEED_STATE).ok_or(LoadError::MissingMap(names::SEED_STATE))?)
+            .map_err(map_err(names::SEED_STATE))?;
     if m.get(&seed_state::PORTS_SET, 0).map_err(map_err(names::SEED_STATE))? == 0 {
         return Ok(None);
     }
@@ -148,8 +151,9 @@ fn seed_ports(ebpf: &Ebpf) -> Result<Option<Vec<u64>>, LoadError> {
 }
 
 fn write_seed_ports(ebpf: &mut Ebpf, bits: &[u64]) -> Result<(), LoadError> {
-    let mut m: Array<_, u64> = Array::try_from(ebpf.map_mut(names::SEED_STATE).ok_or(LoadError::NoObject)?)
-        .map_err(map_err(names::SEED_STATE))?;
+    let mut m: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(names::SEED_STATE).ok_or(LoadError::MissingMap(names::SEED_STATE))?)
+            .map_err(map_err(names::SEED_STATE))?;
     for (i, &w) in (0u32..).zip(bits) {
         if w != 0 {
             m.set(i, w, 0).map_err(map_err(names::SEED_STATE))?;
@@ -161,7 +165,8 @@ fn write_seed_ports(ebpf: &mut Ebpf, bits: &[u64]) -> Result<(), LoadError> {
 
 /// Whether `cookie` is a key of the hash map `name`.
 fn has<V: aya::Pod>(ebpf: &Ebpf, name: &'static str, cookie: u64) -> Result<bool, LoadError> {
-    let m: HashMap<_, u64, V> = HashMap::try_from(ebpf.map(name).ok_or(LoadError::NoObject)?).map_err(map_err(name))?;
+    let m: HashMap<_, u64, V> =
+        HashMap::try_from(ebpf.map(name).ok_or(LoadError::MissingMap(name))?).map_err(map_err(name))?;
     match m.get(&cookie, 0) {
         Ok(_) => Ok(true),
         Err(aya::maps::MapError::KeyNotFound) => Ok(false),
@@ -200,7 +205,7 @@ impl Seeded {
         }
         {
             let mut m: HashMap<_, SourceKey, u64> =
-                HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::NoObject)?)
+                HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::MissingMap(names::SEEDED))?)
                     .map_err(map_err(names::SEEDED))?;
             let have: StdHashMap<SourceKey, u64> = m.iter().filter_map(Result::ok).collect();
             for (key, n) in &counts {
@@ -270,7 +275,7 @@ impl Seeded {
         }
         {
             let mut m: HashMap<_, SourceKey, u64> =
-                HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::NoObject)?)
+                HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::MissingMap(names::SEEDED))?)
                     .map_err(map_err(names::SEEDED))?;
             for c in &gone {
                 let Some(key) = self.sockets.remove(c) else { continue };
@@ -300,8 +305,9 @@ impl Seeded {
                 *n += 1;
             }
         }
-        let mut m: Array<_, u64> = Array::try_from(ebpf.map_mut(names::SESSIONS).ok_or(LoadError::NoObject)?)
-            .map_err(map_err(names::SESSIONS))?;
+        let mut m: Array<_, u64> =
+            Array::try_from(ebpf.map_mut(names::SESSIONS).ok_or(LoadError::MissingMap(names::SESSIONS))?)
+                .map_err(map_err(names::SESSIONS))?;
         for (id, n) in (0u32..).zip(per_service) {
             let index = pool::index(id, pool::SEEDED);
             if m.get(&index, 0).map_err(map_err(names::SESSIONS))? != n {
@@ -314,8 +320,9 @@ impl Seeded {
 
 /// Empties `SEED_SKIP` (call with `flags::SEEDING` clear: nothing adds to it then).
 fn clear_skip(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let mut skip: HashMap<_, u64, u8> = HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::NoObject)?)
-        .map_err(map_err(names::SEED_SKIP))?;
+    let mut skip: HashMap<_, u64, u8> =
+        HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::MissingMap(names::SEED_SKIP))?)
+            .map_err(map_err(names::SEED_SKIP))?;
     let stale: Vec<u64> = skip.keys().filter_map(Result::ok).collect();
     for c in stale {
         let _ = skip.remove(&c);
