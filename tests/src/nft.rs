@@ -28,9 +28,7 @@ pub fn can_run_nft(test: &str) -> bool {
         Ok(out) => format!("`{} --version` failed: {}", nft_bin(), String::from_utf8_lossy(&out.stderr).trim()),
         Err(e) => format!("cannot run `{}`: {e}", nft_bin()),
     };
-    assert!(!crate::privileged_required(), "{test}: {reason} and LIMITER_REQUIRE_PRIVILEGED_TESTS=1");
-    eprintln!("SKIPPED {test}: {reason}");
-    false
+    crate::skip(test, &reason)
 }
 
 /// The ruleset: new TCP connections to `port` are refused with a TCP RST
