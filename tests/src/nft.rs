@@ -87,7 +87,13 @@ pub fn uninstall(ns: &Netns) {
 /// [`TABLE`]).
 #[must_use]
 pub fn rejected(ns: &Netns) -> u64 {
-    let out = ns.exec(&[nft_bin().as_str(), "-j", "list", "table", "inet", TABLE]);
+    counted(ns, TABLE)
+}
+
+/// The sum of every rule counter's packets in the `inet` table `table` of `ns`.
+#[must_use]
+pub fn counted(ns: &Netns, table: &str) -> u64 {
+    let out = ns.exec(&[nft_bin().as_str(), "-j", "list", "table", "inet", table]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("nft -j output: {e}: {out}"));
     v["nftables"]
         .as_array()

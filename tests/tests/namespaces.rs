@@ -355,16 +355,7 @@ impl<'a> SynAckLoss<'a> {
 
     /// SYN-ACKs dropped so far.
     fn dropped(&self) -> u64 {
-        let out = self.ns.exec(&[limiter_tests::nft::nft_bin().as_str(), "-j", "list", "table", "inet", Self::TABLE]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("nft -j: {e}: {out}"));
-        v["nftables"]
-            .as_array()
-            .expect("nftables array")
-            .iter()
-            .filter_map(|o| o["rule"]["expr"].as_array())
-            .flatten()
-            .filter_map(|e| e["counter"]["packets"].as_u64())
-            .sum()
+        limiter_tests::nft::counted(self.ns, Self::TABLE)
     }
 }
 
