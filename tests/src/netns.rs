@@ -419,6 +419,18 @@ pub enum Attempt {
     Other(std::io::Error),
 }
 
+/// The connections of `attempts` that got in, to hold or close.
+#[must_use]
+pub fn streams(attempts: Vec<Attempt>) -> Vec<TcpStream> {
+    attempts
+        .into_iter()
+        .filter_map(|a| match a {
+            Attempt::Connected(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
 impl Attempt {
     #[must_use]
     pub const fn is_connected(&self) -> bool {

@@ -11,7 +11,7 @@ use std::{
 
 use limiter_tests::{
     can_run_privileged,
-    netns::{Attempt, Daemon, Pair, limiter_bin, tally},
+    netns::{Daemon, Pair, limiter_bin, streams, tally},
 };
 
 const PORT: u16 = 2525;
@@ -19,16 +19,6 @@ const WAIT: Duration = Duration::from_secs(2);
 
 fn wait_connections(d: &Daemon, want: u64, limit: Duration) -> Duration {
     d.wait_connections(want, limit)
-}
-
-fn streams(attempts: Vec<Attempt>) -> Vec<std::net::TcpStream> {
-    attempts
-        .into_iter()
-        .filter_map(|a| match a {
-            Attempt::Connected(s) => Some(s),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

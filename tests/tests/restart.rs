@@ -19,7 +19,7 @@ use limiter_common::maps::{MAX_SERVICES, ServiceRecord, names, service_state};
 use limiter_tests::{
     can_run_privileged,
     cli::{Scratch, path_str},
-    netns::{Attempt, Daemon, Pair, Spawn, limiter_bin, tally},
+    netns::{Daemon, Pair, Spawn, limiter_bin, streams, tally},
 };
 use serde_json::Value;
 
@@ -32,16 +32,6 @@ const WAIT: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(5);
 /// How long a start (or a start killed at a failpoint) may take.
 const START: Duration = Duration::from_mins(1);
-
-fn streams(attempts: Vec<Attempt>) -> Vec<TcpStream> {
-    attempts
-        .into_iter()
-        .filter_map(|a| match a {
-            Attempt::Connected(s) => Some(s),
-            _ => None,
-        })
-        .collect()
-}
 
 /// `n` simultaneous attempts from `src` to `port`: exactly `want` connect,
 /// the rest are refused. Returns the connected streams.
