@@ -368,10 +368,6 @@ impl Daemon {
     /// Writes `policy` with `runtime` layered on into the kernel.
     fn apply(&mut self, policy: &Policy, runtime: &Lists) -> Result<(), String> {
         let effective = in_force(policy, runtime);
-        let entries = effective.lists.merge(&effective.services).len();
-        if entries > LIST_ENTRIES as usize {
-            return Err(format!("the lists would need {entries} entries; at most {LIST_ENTRIES} are supported"));
-        }
         let loaded = &mut self.loaded;
         loaded.writer.write(&mut loaded.ebpf, &effective).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     }

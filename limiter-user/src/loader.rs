@@ -17,7 +17,7 @@ use aya::{
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey, Verdict,
-    lists::{KEY_BYTES, ListEntry, key_data, key_len},
+    lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
     maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, names, policy_index},
     prefix::Prefix,
 };
@@ -46,6 +46,8 @@ pub enum LoadError {
          with `cargo xtask build`"
     )]
     MissingProgram(&'static str),
+    #[error("the lists would need {0} entries; at most {LIST_ENTRIES} are supported")]
+    TooManyEntries(usize),
     #[error("loading the kernel object failed")]
     Ebpf(#[from] aya::EbpfError),
     #[error("map {name}")]
@@ -219,14 +221,24 @@ impl PolicyWriter {
     /// write fails midway the writer forgets what it knew and reads the maps
     /// again next time.
     pub fn write(&mut self, ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
-        let r = self.write_inner(ebpf, policy);
+        // Checked before anything is written: the policy in force stays whole.
+        let merged = policy.lists.merge(&policy.services);
+        if merged.len() > LIST_ENTRIES as usize {
+            return Err(LoadError::TooManyEntries(merged.len()));
+        }
+        let r = self.write_inner(ebpf, policy, &merged);
         if r.is_err() {
             *self = Self::default();
         }
         r
     }
 
-    fn write_inner(&mut self, ebpf: &mut Ebpf, policy: &Policy) -> Result<(), LoadError> {
+    fn write_inner(
+        &mut self,
+        ebpf: &mut Ebpf,
+        policy: &Policy,
+        merged: &std::collections::BTreeMap<Prefix, ListEntry>,
+    ) -> Result<(), LoadError> {
         // A pinned map keeps the size it was created with: the slot hash must
         // use the real slot count.
         let pending_slots = map_size(ebpf, names::PENDING)?;
@@ -261,8 +273,7 @@ impl PolicyWriter {
             let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
             bank.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;
         }
-        let merged = policy.lists.merge(&policy.services);
-        self.write_lists(ebpf, target, &merged)?;
+        self.write_lists(ebpf, target, merged)?;
 
         let mut globals: Array<_, Globals> =
             Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::MissingMap(names::GLOBALS))?)
