@@ -6,21 +6,11 @@ use env_logger as _;
 use systemd_journal_logger as _;
 
 pub mod cli;
-pub mod config;
-pub mod control;
 pub mod daemon;
-pub mod doctor;
-pub mod events;
 pub mod failpoint;
-pub mod ids;
-pub mod lists;
-pub mod loader;
-pub mod metrics;
-pub mod pins;
-pub mod seed;
-pub mod sockdiag;
-pub mod state;
-pub mod views;
+pub mod kernel;
+pub mod policy;
+pub mod protocol;
 
 /// The compiled kernel object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));

@@ -16,8 +16,8 @@ use limiter_tests::{
     frames::{self, ACK, CLIENT_MAC, RST, SERVER_MAC, SYN, Shape, Tcp, checksums_ok, v4, v6},
 };
 use limiter_user::{
-    config::{Action, Policy, Rate, Service, XdpMode},
-    loader,
+    kernel::loader,
+    policy::config::{Action, Policy, Rate, Service, XdpMode},
 };
 
 const PASS: u32 = 2;
@@ -48,8 +48,8 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             max_sessions: None,
             reserved_sessions: 0,
         }],
-        maps: limiter_user::config::MapSizes::default(),
-        lists: limiter_user::lists::Lists::default(),
+        maps: limiter_user::policy::config::MapSizes::default(),
+        lists: limiter_user::policy::lists::Lists::default(),
     }
 }
 
@@ -525,13 +525,13 @@ fn seeded_connections_count_while_the_flag_is_set() {
     let src = [198, 18, 0, 120];
     set_established(&mut h, src, 1, 2);
     set_count(&mut h, names::SEEDED, src, 1, 1);
-    limiter_user::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
+    limiter_user::kernel::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
     let f = || attempt(v4(120));
     assert_eq!(h.action(&f()), PASS);
     assert_eq!(h.action(&f()), TX, "2 counted + 1 seeded + 1 pending = 4");
     // Without the flag XDP does not look at SEEDED (the daemon clears it
     // when the last seeded socket is gone): the seeded one no longer counts.
-    limiter_user::seed::set_flags(&mut h.ebpf, 0, limiter_common::maps::flags::SEEDED).expect("flags");
+    limiter_user::kernel::seed::set_flags(&mut h.ebpf, 0, limiter_common::maps::flags::SEEDED).expect("flags");
     assert_eq!(h.action(&f()), PASS);
     assert_eq!(h.action(&f()), TX);
 }
@@ -588,7 +588,7 @@ fn hints_are_not_used_while_seeded_counts_are_in_play() {
     let f = || attempt(v4(140));
     set_established(&mut h, src, 1, 1);
     set_count(&mut h, names::SEEDED, src, 1, 1);
-    limiter_user::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
+    limiter_user::kernel::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
     assert_eq!(h.action(&f()), DROP, "1 counted + 1 seeded");
     assert!(!hinted_full(&mut h, src), "the daemon releases seeded counts without touching hints");
     // The seeded socket closes: the daemon takes it away.
@@ -615,7 +615,7 @@ fn the_verifier_has_headroom() {
 
 /// A policy with no rate, `max` connections per source and these lists.
 fn listed(max: u32, allow: &[(&str, Option<u32>)], deny: &[&str], reserve: &[&str]) -> Policy {
-    use limiter_user::lists::{AllowEntry, DenyEntry, Lists, ReserveEntry};
+    use limiter_user::policy::lists::{AllowEntry, DenyEntry, Lists, ReserveEntry};
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(max);
@@ -810,7 +810,7 @@ fn refusal_events_say_what_they_were_based_on() {
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
-    let mut budget = limiter_user::events::Budget::take(&mut h.ebpf).expect("budget");
+    let mut budget = limiter_user::daemon::refusals::Budget::take(&mut h.ebpf).expect("budget");
     budget.refill().expect("tokens");
     let mut ring = aya::maps::RingBuf::try_from(h.ebpf.take_map(names::EVENTS).expect("EVENTS")).expect("ring");
     let mut next = |h: &mut Harness, frame: &[u8]| -> Refusal {

@@ -47,9 +47,11 @@ use limiter_common::{
 use limiter_tests::{frames, netns};
 use limiter_user::{
     EBPF_OBJECT,
-    config::{Action, MapSizes, Policy, Rate, Service, XdpMode},
-    lists::{AllowEntry, Cidr, DenyEntry, Lists},
-    loader::{read_counters, service_id, write_policy},
+    kernel::loader::{read_counters, service_id, write_policy},
+    policy::{
+        config::{Action, MapSizes, Policy, Rate, Service, XdpMode},
+        lists::{AllowEntry, Cidr, DenyEntry, Lists},
+    },
 };
 
 use crate::{
@@ -734,7 +736,7 @@ fn timed_reported(
 
 fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) -> Result<usize> {
     netns::enter(&bed.server.path());
-    let ifindex = limiter_user::loader::ifindex(&bed.server_if)?;
+    let ifindex = limiter_user::kernel::loader::ifindex(&bed.server_if)?;
     let cpu = pin_cpu()?;
     println!(
         "{:<15} CPU {cpu}; {} packets per run, median of {} runs; live frames on {} (ifindex {ifindex}), batch {BATCH}\n",

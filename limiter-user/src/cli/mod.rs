@@ -2,18 +2,23 @@
 //! input exit with code 2, failures of the system with code 1; both print
 //! one line.
 
+pub mod doctor;
+pub mod views;
+
 use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::{
-    config::{self, Action, ConfigError, ConfigFile, Overrides, Policy, Rate, XdpMode},
-    control::{self, ListName, Request},
     daemon::{self, Paths},
-    lists::{Cidr, printable},
-    loader::LoadError,
-    state::{RuntimeLists, StateError},
+    kernel::loader::LoadError,
+    policy::{
+        config::{self, Action, ConfigError, ConfigFile, Overrides, Policy, Rate, XdpMode},
+        lists::{Cidr, printable},
+        state::{RuntimeLists, StateError},
+    },
+    protocol::{self, ListName, Request},
 };
 
 #[derive(Parser, Debug)]
@@ -33,7 +38,7 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
         /// Control socket of the daemon.
-        #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+        #[arg(long, env = "LIMITER_SOCKET", default_value = protocol::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Remove the pinned programs and maps: stops enforcement and counting
@@ -43,7 +48,7 @@ pub enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/limiter")]
         pin_dir: PathBuf,
         /// Control socket of the daemon, which must not be running.
-        #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+        #[arg(long, env = "LIMITER_SOCKET", default_value = protocol::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Sources by current connections, with their limit.
@@ -62,7 +67,7 @@ pub enum Cmd {
         #[arg(value_parser = clap::value_parser!(u64).range(1..=3600))]
         watch: Option<u64>,
         /// Control socket of the daemon.
-        #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+        #[arg(long, env = "LIMITER_SOCKET", default_value = protocol::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// The allow list: sources exempt from the limits, or with their own
@@ -97,7 +102,7 @@ pub enum Cmd {
     /// healthy: kernel, privileges, bpffs, cgroup2, BPF features, the
     /// programs, config, daemon, pins, XDP per interface. Exit 0: no
     /// failure (warnings allowed); 1: a check failed; 2: bad input.
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(crate::cli::doctor::DoctorArgs),
     /// Print shell completions on stdout (e.g. `limiter completions bash >
     /// /etc/bash_completion.d/limiter`); the Debian package installs them.
     Completions {
@@ -127,7 +132,7 @@ pub enum Shell {
 #[derive(Args, Debug)]
 pub struct SocketArg {
     /// Control socket of the daemon.
-    #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, env = "LIMITER_SOCKET", default_value = protocol::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }
 
@@ -294,7 +299,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "/sys/fs/bpf/limiter")]
     pub pin_dir: PathBuf,
     /// Control socket path.
-    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, default_value = protocol::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Directory for persistent state.
     #[arg(long, default_value = "/var/lib/limiter")]
@@ -357,7 +362,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
             } else {
-                print!("{}", crate::views::status(&v));
+                print!("{}", crate::cli::views::status(&v));
             }
             Ok(())
         }
@@ -368,7 +373,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     socket.display()
                 )));
             }
-            let removed = crate::pins::unload(&pin_dir)
+            let removed = crate::kernel::pins::unload(&pin_dir)
                 .map_err(|e| Failure::system(format!("removing {}: {e}", pin_dir.display())))?;
             if removed.is_empty() {
                 println!("nothing pinned under {}", pin_dir.display());
@@ -447,7 +452,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::GenerateMan { out } => generate_man(&out),
-        Cmd::Doctor(a) => crate::doctor::main(&a),
+        Cmd::Doctor(a) => crate::cli::doctor::main(&a),
         Cmd::Top { service, n, json, watch, socket } => top(&socket, &Request::Top { service, limit: n }, json, watch),
     }
 }
@@ -460,11 +465,11 @@ fn top(socket: &Path, req: &Request, json: bool, watch: Option<u64>) -> Result<(
         return Ok(());
     }
     let Some(secs) = watch else {
-        print!("{}", crate::views::top(&client(socket, req)?, &crate::views::local_time()));
+        print!("{}", crate::cli::views::top(&client(socket, req)?, &crate::cli::views::local_time()));
         return Ok(());
     };
     loop {
-        let text = crate::views::top(&client(socket, req)?, &crate::views::local_time());
+        let text = crate::cli::views::top(&client(socket, req)?, &crate::cli::views::local_time());
         // Home the cursor and clear the screen, then draw.
         print!("\x1b[H\x1b[2J{text}");
         std::io::Write::flush(&mut std::io::stdout()).map_err(Failure::system)?;
@@ -644,11 +649,11 @@ fn run(a: RunArgs) -> Result<(), Failure> {
     let policy = Policy::build(file, &o)?;
     // Unknown interfaces are bad input: check before touching the kernel.
     for i in &policy.interfaces {
-        crate::loader::ifindex(i).map_err(Failure::bad_input)?;
+        crate::kernel::loader::ifindex(i).map_err(Failure::bad_input)?;
     }
     let cgroup = match a.cgroup {
         Some(c) => c,
-        None => crate::loader::cgroup2_mount().map_err(Failure::bad_input)?,
+        None => crate::kernel::loader::cgroup2_mount().map_err(Failure::bad_input)?,
     };
     if a.discard_runtime_lists
         && let Some(backup) = RuntimeLists::discard_if_unusable(&a.state_dir).map_err(Failure::system)?
@@ -670,8 +675,8 @@ fn run(a: RunArgs) -> Result<(), Failure> {
 
 fn client(socket: &Path, req: &Request) -> Result<Value, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Failure::system)?;
-    rt.block_on(control::request(socket, req)).map_err(|e| match e {
-        control::ClientError::Connect { .. } | control::ClientError::Refused(_) => Failure::bad_input(e),
+    rt.block_on(protocol::request(socket, req)).map_err(|e| match e {
+        protocol::ClientError::Connect { .. } | protocol::ClientError::Refused(_) => Failure::bad_input(e),
         _ => Failure::system(e),
     })
 }

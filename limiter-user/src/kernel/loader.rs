@@ -25,9 +25,12 @@ use log::warn;
 use serde::Serialize;
 
 use crate::{
-    config::{Action, Policy, XdpMode},
-    failpoint, pins,
-    seed::{self, Seeded},
+    failpoint,
+    kernel::{
+        pins,
+        seed::{self, Seeded},
+    },
+    policy::config::{Action, Policy, XdpMode},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +85,7 @@ pub enum LoadError {
     )]
     SeedTable(#[source] std::io::Error),
     #[error(transparent)]
-    Ids(#[from] crate::ids::IdError),
+    Ids(#[from] crate::kernel::ids::IdError),
     #[error("cannot count the possible CPUs")]
     Cpus(#[source] std::io::Error),
     #[error("attaching XDP to {iface} in {mode} mode failed")]
@@ -165,7 +168,7 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>, writer: &mut PolicyW
     }
     let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
     if pin_dir.is_some() {
-        crate::ids::apply(&mut ebpf, policy)?;
+        crate::kernel::ids::apply(&mut ebpf, policy)?;
     }
     writer.write(&mut ebpf, policy)?;
     let prog: &mut Xdp = program(&mut ebpf)?;
@@ -380,7 +383,7 @@ fn settle_after_flip() {
 }
 
 /// The kernel form of a service's policy.
-fn service_policy(s: &crate::config::Service) -> ServicePolicy {
+fn service_policy(s: &crate::policy::config::Service) -> ServicePolicy {
     let b = s.bucket();
     let max_sessions = s.max_sessions.unwrap_or(0);
     ServicePolicy {
@@ -444,7 +447,7 @@ pub fn load_and_attach(
     // Resolve every interface before loading anything: a typo is bad input.
     let ifaces =
         policy.interfaces.iter().map(|name| ifindex(name).map(|i| (name.clone(), i))).collect::<Result<Vec<_>, _>>()?;
-    crate::ids::check_names(policy.services.iter().map(|s| s.name.as_str()))?;
+    crate::kernel::ids::check_names(policy.services.iter().map(|s| s.name.as_str()))?;
     let dir_str = pin_dir.display().to_string();
     std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: dir_str.clone(), source })?;
     if !pins::on_bpffs(pin_dir) {

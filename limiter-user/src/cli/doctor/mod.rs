@@ -24,9 +24,9 @@ use serde_json::{Value, json};
 
 use crate::{
     cli::Failure,
-    config::{self, Overrides},
-    control::{self, Request},
-    loader, pins,
+    kernel::{loader, pins},
+    policy::config::{self, Overrides},
+    protocol::{self, Request},
 };
 
 /// The oldest kernel the programs and the daemon work on, 5.15, set by the
@@ -104,7 +104,7 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub pin_dir: Option<PathBuf>,
     /// Control socket of the daemon.
-    #[arg(long, env = "LIMITER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, env = "LIMITER_SOCKET", default_value = protocol::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// cgroup v2 directory `run --cgroup` is given [default: the cgroup2 mount].
     #[arg(long, value_name = "PATH")]
@@ -639,7 +639,7 @@ fn config_check(given: Option<&Path>, ifaces: &[String]) -> Result<(Check, Vec<S
 /// What the control socket said.
 struct Daemon {
     status: Option<Value>,
-    error: Option<control::ClientError>,
+    error: Option<protocol::ClientError>,
 }
 
 impl Daemon {
@@ -647,11 +647,11 @@ impl Daemon {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
-                let error = control::ClientError::Io { path: socket.display().to_string(), source: e };
+                let error = protocol::ClientError::Io { path: socket.display().to_string(), source: e };
                 return Self { status: None, error: Some(error) };
             }
         };
-        match rt.block_on(control::request(socket, &Request::Status)) {
+        match rt.block_on(protocol::request(socket, &Request::Status)) {
             Ok(v) => Self { status: Some(v), error: None },
             Err(e) => Self { status: None, error: Some(e) },
         }
@@ -696,7 +696,7 @@ impl Daemon {
         }
         let start = "start it (`systemctl start limiter`, or `limiter run ...`)";
         let io_kind = match &self.error {
-            Some(control::ClientError::Connect { source, .. }) => Some(source.kind()),
+            Some(protocol::ClientError::Connect { source, .. }) => Some(source.kind()),
             _ => None,
         };
         match io_kind {

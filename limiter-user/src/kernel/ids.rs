@@ -20,8 +20,8 @@ use limiter_common::{
 };
 
 use crate::{
-    config::Policy,
-    loader::{LoadError, map_err},
+    kernel::loader::{LoadError, map_err},
+    policy::config::Policy,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,7 +175,7 @@ pub fn usage(ebpf: &Ebpf) -> Result<Vec<bool>, LoadError> {
             }
         }
     }
-    let sessions = crate::loader::read_sessions(ebpf)?;
+    let sessions = crate::kernel::loader::read_sessions(ebpf)?;
     for id in 1..=MAX_SERVICES {
         let at = |kind| sessions.get(pool::index(id, kind) as usize).copied().unwrap_or(0);
         if at(pool::ESTABLISHED) > 0 || at(pool::SEEDED) > 0 {

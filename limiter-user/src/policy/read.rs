@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use limiter_common::prefix::Prefix;
 use toml_edit::{Item, Key, TableLike, Value};
 
-use super::{ConfigFile, MapSizes, Problem, Rate, ServiceFile};
-use crate::lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry};
+use super::config::{ConfigFile, MapSizes, Problem, Rate, ServiceFile};
+use crate::policy::lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry};
 
 /// The config file as far as it reads, and what did not read in the
 /// report; a TOML syntax error stops it.
@@ -317,7 +317,8 @@ fn listen_addr(v: &Value) -> Result<std::net::SocketAddr, String> {
     v.as_str()
         .ok_or("expected \"ADDR:PORT\" in quotes")
         .and_then(|s| {
-            crate::config::parse_listen(s).map_err(|_| "expected ADDR:PORT, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"")
+            crate::policy::config::parse_listen(s)
+                .map_err(|_| "expected ADDR:PORT, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"")
         })
         .map_err(str::to_owned)
 }
@@ -397,7 +398,7 @@ fn service(t: &mut Fields<'_>, i: usize, r: &mut Report) -> ServiceFile {
     t.who = format!("service #{}: ", i + 1);
     let name = t.value(r, "name", string);
     if let Some(name) = &name {
-        t.who = format!("service {}: ", crate::lists::shown(name));
+        t.who = format!("service {}: ", crate::policy::lists::shown(name));
     } else if !t.has("name") {
         r.push(t.at("name"), format!("{}no name: expected name = \"...\" (letters, digits, '.', '-' and '_')", t.who));
     }

@@ -1,6 +1,9 @@
 //! `limiter run`: validate the policy, load and attach the XDP program,
 //! serve the control socket, and detach cleanly on SIGINT/SIGTERM.
 
+pub mod metrics;
+pub mod refusals;
+
 use std::{
     cell::RefCell,
     fs,
@@ -24,14 +27,20 @@ use serde_json::{Value, json};
 use tokio::{io::unix::AsyncFd, net::UnixListener, signal::unix::SignalKind};
 
 use crate::{
-    config::{ConfigFile, Overrides, Policy, Rate},
-    control::{self, ListName, Request},
-    events::{self, Budget, Bursts, Event},
-    lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
-    loader::{self, LoadError, Loaded},
-    metrics::{self, ServiceSnapshot, Snapshot},
-    pins,
-    state::RuntimeLists,
+    daemon::{
+        metrics::{ServiceSnapshot, Snapshot},
+        refusals::{Budget, Bursts, Event},
+    },
+    kernel::{
+        loader::{self, LoadError, Loaded},
+        pins,
+    },
+    policy::{
+        config::{ConfigFile, Overrides, Policy, Rate},
+        lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
+        state::RuntimeLists,
+    },
+    protocol::{self, ListName, Request},
 };
 
 /// How often the seeded connections are looked up in the socket table
@@ -138,7 +147,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     }
     info!("control socket {}", paths.socket.display());
 
-    let bursts = Bursts::new(events::window());
+    let bursts = Bursts::new(refusals::window());
     let state = Rc::new(RefCell::new(Daemon {
         loaded,
         policy,
@@ -179,7 +188,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
             }
         }
     };
-    let server = tokio::task::spawn_local(control::serve(listener, handler));
+    let server = tokio::task::spawn_local(protocol::serve(listener, handler));
     let metrics_server = metrics_listener.map(|l| {
         let state = Rc::clone(&state);
         tokio::task::spawn_local(metrics::serve(l, move || snapshot(&state.borrow()).map(|s| metrics::render(&s))))
@@ -225,7 +234,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                     Err(e) => warn!("{:#}", anyhow::Error::from(e)),
                 }
                 // Ids of removed services are freed once nothing is counted under them.
-                if let Err(e) = crate::ids::reclaim(&mut state.borrow_mut().loaded.ebpf) {
+                if let Err(e) = crate::kernel::ids::reclaim(&mut state.borrow_mut().loaded.ebpf) {
                     warn!("{:#}", anyhow::Error::from(e));
                 }
             }
@@ -244,7 +253,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                 while let Some(item) = guard.get_inner_mut().next() {
                     if let Some(e) = Event::decode(&item) {
                         for out in d.refusal(&e, now) {
-                            events::log(&out);
+                            refusals::log(&out);
                         }
                     }
                 }
@@ -257,7 +266,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
             }
             _ = flush.tick() => {
                 for out in state.borrow_mut().bursts.flush(std::time::Instant::now()) {
-                    events::log(&out);
+                    refusals::log(&out);
                 }
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
@@ -276,8 +285,8 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     if let Some(m) = metrics_server {
         m.abort();
     }
-    for out in state.borrow_mut().bursts.flush(std::time::Instant::now() + events::window()) {
-        events::log(&out);
+    for out in state.borrow_mut().bursts.flush(std::time::Instant::now() + refusals::window()) {
+        refusals::log(&out);
     }
     drop(socket_file);
     info!(
@@ -393,7 +402,7 @@ impl Daemon {
             Ok(name.to_owned())
         } else {
             let names: Vec<&str> = self.policy.services.iter().map(|s| s.name.as_str()).collect();
-            Err(format!("unknown service {} (services: {})", crate::lists::shown(name), names.join(", ")))
+            Err(format!("unknown service {} (services: {})", crate::policy::lists::shown(name), names.join(", ")))
         }
     }
 
@@ -410,7 +419,7 @@ impl Daemon {
     ) -> Result<(Lists, Value), String> {
         let prefix: Cidr = prefix.parse()?;
         if let Some(c) = &comment {
-            crate::lists::check_comment(c)?;
+            crate::policy::lists::check_comment(c)?;
         }
         if list != ListName::Allow && (max_conn_per_source.is_some() || rate.is_some() || burst.is_some()) {
             return Err(format!("limits belong to allow entries, not {} entries", list.as_str()));
@@ -581,17 +590,17 @@ impl Daemon {
     }
 
     /// A refusal the kernel reported: what to log of it.
-    fn refusal(&mut self, e: &Event, now: std::time::Instant) -> Vec<events::Emit> {
+    fn refusal(&mut self, e: &Event, now: std::time::Instant) -> Vec<refusals::Emit> {
         let (loaded, policy, runtime) = (&self.loaded, &self.policy, &self.runtime);
         self.bursts.event(e, now, || {
             let force = in_force(policy, &runtime.lists);
             let sessions = loader::read_sessions(&loaded.ebpf).unwrap_or_default();
-            let cx = events::Context {
+            let cx = refusals::Context {
                 policy: &force,
-                connections: &|key| events::connections_of(&loaded.ebpf, key),
+                connections: &|key| refusals::connections_of(&loaded.ebpf, key),
                 sessions: &|id| sessions_in_use(&sessions, id),
             };
-            events::describe(e, &cx)
+            refusals::describe(e, &cx)
         })
     }
 
@@ -626,11 +635,11 @@ impl Daemon {
         }
         // Ids come from the pinned table (a removed service's id is retired,
         // not handed to a new one), recorded before the policy uses them.
-        let table = crate::ids::apply(&mut self.loaded.ebpf, &mut new).map_err(|e| e.to_string())?;
+        let table = crate::kernel::ids::apply(&mut self.loaded.ebpf, &mut new).map_err(|e| e.to_string())?;
         let runtime = self.runtime.lists.clone();
         if let Err(e) = self.apply(&new, &runtime) {
             // The old policy stays in force: so does its table.
-            if let Err(w) = crate::ids::write(&mut self.loaded.ebpf, &table) {
+            if let Err(w) = crate::kernel::ids::write(&mut self.loaded.ebpf, &table) {
                 warn!("cannot put the service id table back: {w}");
             }
             return Err(e);
@@ -685,7 +694,7 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
                 .iter()
                 .find(|s| s.name == name)
                 .map(|s| s.id)
-                .ok_or_else(|| format!("unknown service {}", crate::lists::shown(name)))?,
+                .ok_or_else(|| format!("unknown service {}", crate::policy::lists::shown(name)))?,
         ),
         None => None,
     };
@@ -716,11 +725,11 @@ fn source_limit(
     merged: &std::collections::BTreeMap<Prefix, ListEntry>,
     key: &SourceKey,
     policy: &Policy,
-    service: &crate::config::Service,
+    service: &crate::policy::config::Service,
 ) -> Option<u32> {
     let len = if key.family == family::V4 { policy.ipv4_prefix } else { policy.ipv6_prefix };
     let source = Prefix { family: key.family, addr: key.addr, len };
-    match crate::lists::longest_match(merged, &source) {
+    match crate::policy::lists::longest_match(merged, &source) {
         Some(e) if e.flags & entry::EXEMPT != 0 => None,
         Some(e) if e.flags & entry::ALLOW != 0 => (e.max_conn_per_source != 0).then_some(e.max_conn_per_source),
         _ => service.max_conn_per_source,

@@ -44,10 +44,12 @@ use limiter_common::{
 };
 
 use crate::{
-    config::Policy,
     failpoint,
-    loader::{self, LoadError, map_err},
-    sockdiag::{self, TcpSocket},
+    kernel::{
+        loader::{self, LoadError, map_err},
+        sockdiag::{self, TcpSocket},
+    },
+    policy::config::Policy,
 };
 
 /// The file earlier versions kept the seeded sockets in.
@@ -355,8 +357,8 @@ mod tests {
     fn only_uncounted_sockets_on_first_seeding_ports_are_seeded() {
         let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25, 587]\n\
                     [[service]]\nname = \"imap\"\nports = [143]\n";
-        let file = crate::config::ConfigFile::parse(text, "test").expect("config");
-        let policy = Policy::build(file, &crate::config::Overrides::default()).expect("policy");
+        let file = crate::policy::config::ConfigFile::parse(text, "test").expect("config");
+        let policy = Policy::build(file, &crate::policy::config::Overrides::default()).expect("policy");
         let ports = loader::port_table(&policy);
         // 587 became a service port after the first seeding.
         let mut first = ports.clone();

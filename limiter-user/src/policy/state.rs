@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::lists::Lists;
+use crate::policy::lists::Lists;
 
 const FILE: &str = "lists.json";
 /// Mode of `lists.json` and its temporary file: the daemon's user writes,
@@ -149,7 +149,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::lists::{Cidr, DenyEntry};
+    use crate::policy::lists::{Cidr, DenyEntry};
 
     /// A fresh directory, removed on drop.
     struct Dir(PathBuf);

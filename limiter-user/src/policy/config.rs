@@ -21,9 +21,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::read::Origin;
 use self::read::{List, Report};
-use crate::lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry};
-
-mod read;
+use super::read;
+use crate::policy::lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry};
 
 /// Where `run` looks for a config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/limiter/limiter.toml";
@@ -329,7 +328,7 @@ pub struct Policy {
     pub services: Vec<Service>,
     pub maps: MapSizes,
     /// The config file's lists (run-time entries are layered on by the daemon).
-    pub lists: crate::lists::Lists,
+    pub lists: crate::policy::lists::Lists,
 }
 
 /// An `ADDR:PORT` to listen on (`--metrics-listen`, `metrics_listen`).
@@ -415,7 +414,7 @@ impl Policy {
                     o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
                 Service {
                     // Past MAX_SERVICES the id is meaningless; that is a problem reported below.
-                    id: crate::loader::service_id(i.min(MAX_SERVICES as usize - 1)),
+                    id: crate::kernel::loader::service_id(i.min(MAX_SERVICES as usize - 1)),
                     name: s.name,
                     ports: s.ports,
                     rate,
@@ -495,7 +494,7 @@ impl Policy {
         let mut owners: BTreeMap<u16, (usize, usize)> = BTreeMap::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = |field: &str| given.field(i, field);
-            let who = format!("service {}: ", crate::lists::shown(&s.name));
+            let who = format!("service {}: ", crate::policy::lists::shown(&s.name));
             if let Err(e) = check_service_name(&s.name) {
                 r.push(at("name"), e);
             } else if let Some(&first) = names.get(s.name.as_str()) {
@@ -643,7 +642,7 @@ fn judge_lists(lists: &Lists, services: &[Service], origin: &Origin, r: &mut Rep
     }
     let mut deny: BTreeMap<Cidr, usize> = BTreeMap::new();
     for (i, e) in lists.deny.iter().enumerate() {
-        if let Some(Err(m)) = e.comment.as_deref().map(crate::lists::check_comment) {
+        if let Some(Err(m)) = e.comment.as_deref().map(crate::policy::lists::check_comment) {
             r.push(place(List::Deny, i, "comment"), format!("deny {}: {m}", e.prefix));
         }
         if let Some(&first) = deny.get(&e.prefix) {
@@ -659,7 +658,7 @@ fn judge_lists(lists: &Lists, services: &[Service], origin: &Origin, r: &mut Rep
     let names = services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
     let mut reserve: BTreeMap<(&str, Cidr), usize> = BTreeMap::new();
     for (i, e) in lists.reserve.iter().enumerate() {
-        if let Some(Err(m)) = e.comment.as_deref().map(crate::lists::check_comment) {
+        if let Some(Err(m)) = e.comment.as_deref().map(crate::policy::lists::check_comment) {
             r.push(place(List::Reserve, i, "comment"), format!("reserve {}: {m}", e.prefix));
         }
         if !services.iter().any(|s| s.name == e.service) {
@@ -668,7 +667,7 @@ fn judge_lists(lists: &Lists, services: &[Service], origin: &Origin, r: &mut Rep
                 format!(
                     "reserve {}: service {} is not configured: expected one of {names}",
                     e.prefix,
-                    crate::lists::shown(&e.service)
+                    crate::policy::lists::shown(&e.service)
                 ),
             );
         }
@@ -719,7 +718,7 @@ pub fn check(text: &str, path: &str, o: &Overrides) -> Result<Checked, Vec<Probl
     }
     let mut w = Report::default();
     for (i, name) in policy.interfaces.iter().enumerate() {
-        if crate::loader::ifindex(name).is_err() {
+        if crate::kernel::loader::ifindex(name).is_err() {
             let place = if o.interfaces.is_empty() { format!("interfaces[{i}]") } else { String::new() };
             w.push(
                 place,
@@ -740,7 +739,7 @@ pub const MAX_SERVICE_NAME: usize = 32;
 /// it is in every refusal line, metric label and table row.
 ///
 /// # Errors
-/// The reason, naming the name as [`crate::lists::shown`] prints it.
+/// The reason, naming the name as [`crate::policy::lists::shown`] prints it.
 pub fn check_service_name(name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.len() > MAX_SERVICE_NAME
@@ -748,7 +747,7 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     {
         return Err(format!(
             "service name {}: expected 1 to {MAX_SERVICE_NAME} letters, digits, '.', '-' and '_'",
-            crate::lists::shown(name)
+            crate::policy::lists::shown(name)
         ));
     }
     Ok(())
@@ -1211,7 +1210,7 @@ prefix = "198.51.100.10"   # the same prefix for another service
     /// config does, on the interface it names.
     #[test]
     fn packaged_config_is_the_builtin_policy() {
-        let text = include_str!("../../packaging/limiter.toml");
+        let text = include_str!("../../../packaging/limiter.toml");
         let c = check(text, "limiter.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
         let builtin = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
         assert_eq!(c.policy, builtin);

@@ -39,9 +39,11 @@ use limiter_common::{
 use log::info;
 
 use crate::{
-    config::{Policy, Service},
-    lists::{AllowEntry, DenyEntry},
-    loader::{LoadError, map_err},
+    kernel::loader::{LoadError, map_err},
+    policy::{
+        config::{Policy, Service},
+        lists::{AllowEntry, DenyEntry},
+    },
 };
 
 /// How long a burst lasts: refusals of the same source, service and reason
@@ -467,12 +469,12 @@ mod tests {
     /// A policy with one service `smtp` (id 1) on port 25: 8 connections per
     /// source, 30 attempts a minute with bursts of 10.
     fn smtp_policy() -> Policy {
-        let file = crate::config::ConfigFile::parse(
+        let file = crate::policy::config::ConfigFile::parse(
             "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25]\nmax_conn_per_source = 8\nrate = \"30/m\"\nburst = 10\n",
             "test.toml",
         )
         .expect("config");
-        Policy::build(file, &crate::config::Overrides::default()).expect("policy")
+        Policy::build(file, &crate::policy::config::Overrides::default()).expect("policy")
     }
 
     /// `describe` with `held` as the source's entry in `CONNS`.
