@@ -295,7 +295,7 @@ impl Pair {
         let (v4, v6) = (self.server_v4(), self.server_v6());
         let ifname = self.client_if.clone();
         self.client.run(move || {
-            let ifindex = limiter_user::kernel::loader::ifindex(&ifname).expect("client veth");
+            let ifindex = limiter_user::kernel::host::ifindex(&ifname).expect("client veth");
             // SAFETY: a raw packet socket we own; every call checks its result.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
             assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());

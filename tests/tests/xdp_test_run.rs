@@ -16,7 +16,7 @@ use limiter_tests::{
     frames::{self, ACK, CLIENT_MAC, RST, SERVER_MAC, SYN, Shape, Tcp, checksums_ok, v4, v6},
 };
 use limiter_user::{
-    kernel::loader,
+    kernel::{counters, loader, writer},
     policy::config::{Action, Policy, Rate, Service, XdpMode},
 };
 
@@ -90,7 +90,7 @@ impl Harness {
     }
 
     fn counter(&self, service: u32, v: Verdict) -> u64 {
-        loader::read_counters(&self.ebpf).expect("counters")[service as usize][v as usize]
+        counters::read_counters(&self.ebpf).expect("counters")[service as usize][v as usize]
     }
 }
 
@@ -525,13 +525,13 @@ fn seeded_connections_count_while_the_flag_is_set() {
     let src = [198, 18, 0, 120];
     set_established(&mut h, src, 1, 2);
     set_count(&mut h, names::SEEDED, src, 1, 1);
-    limiter_user::kernel::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
+    limiter_user::kernel::writer::set_flags(&h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
     let f = || attempt(v4(120));
     assert_eq!(h.action(&f()), PASS);
     assert_eq!(h.action(&f()), TX, "2 counted + 1 seeded + 1 pending = 4");
     // Without the flag XDP does not look at SEEDED (the daemon clears it
     // when the last seeded socket is gone): the seeded one no longer counts.
-    limiter_user::kernel::seed::set_flags(&mut h.ebpf, 0, limiter_common::maps::flags::SEEDED).expect("flags");
+    limiter_user::kernel::writer::set_flags(&h.ebpf, 0, limiter_common::maps::flags::SEEDED).expect("flags");
     assert_eq!(h.action(&f()), PASS);
     assert_eq!(h.action(&f()), TX);
 }
@@ -567,7 +567,7 @@ fn a_source_at_its_limit_is_hinted_until_a_new_policy() {
     assert_eq!(h.action(&frames::syn(v4(131), server4(), PORT)), PASS);
     // Raising the limit writes a new policy generation: the hint is void.
     p.services[0].max_conn_per_source = Some(3);
-    loader::write_policy(&mut h.ebpf, &p).expect("policy");
+    writer::write_policy(&h.ebpf, &p).expect("policy");
     assert!(!hinted_full(&mut h, src));
     assert_eq!(h.action(&f()), PASS, "the raised limit applies at once");
     assert_eq!(h.action(&f()), DROP, "2 established + 1 pending = 3");
@@ -588,7 +588,7 @@ fn hints_are_not_used_while_seeded_counts_are_in_play() {
     let f = || attempt(v4(140));
     set_established(&mut h, src, 1, 1);
     set_count(&mut h, names::SEEDED, src, 1, 1);
-    limiter_user::kernel::seed::set_flags(&mut h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
+    limiter_user::kernel::writer::set_flags(&h.ebpf, limiter_common::maps::flags::SEEDED, 0).expect("flags");
     assert_eq!(h.action(&f()), DROP, "1 counted + 1 seeded");
     assert!(!hinted_full(&mut h, src), "the daemon releases seeded counts without touching hints");
     // The seeded socket closes: the daemon takes it away.
@@ -671,11 +671,11 @@ fn deny_and_allow_lists_decide_first() {
     // A new policy without the deny entries: the host gets in at once
     // (exempt), and the old bank's entries are gone from the one in force.
     let p = listed(1, &[("198.18.0.*", None)], &[], &[]);
-    loader::write_policy(&mut h.ebpf, &p).expect("write policy");
+    writer::write_policy(&h.ebpf, &p).expect("write policy");
     assert_eq!(passed(&mut h, v4(66), 3), 3);
     assert_eq!(passed(&mut h, deny6, 1), 1);
     let p = listed(1, &[], &[], &[]);
-    loader::write_policy(&mut h.ebpf, &p).expect("write policy");
+    writer::write_policy(&h.ebpf, &p).expect("write policy");
     assert_eq!(passed(&mut h, v4(11), 3), 1, "no lists: the per-source limit again");
 }
 
@@ -810,7 +810,7 @@ fn refusal_events_say_what_they_were_based_on() {
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
-    let mut budget = limiter_user::daemon::refusals::Budget::take(&mut h.ebpf).expect("budget");
+    let mut budget = limiter_user::kernel::events::Budget::new(&h.ebpf).expect("budget");
     budget.refill().expect("tokens");
     let mut ring = aya::maps::RingBuf::try_from(h.ebpf.take_map(names::EVENTS).expect("EVENTS")).expect("ring");
     let mut next = |h: &mut Harness, frame: &[u8]| -> Refusal {
@@ -864,7 +864,7 @@ fn a_first_contact_is_not_remembered_unless_at_its_limit() {
     assert_eq!(in_flight(&h, [198, 18, 0, 190]), 2, "not remembered: a second reservation");
 
     p.services[0].max_conn_per_source = Some(1);
-    loader::write_policy(&mut h.ebpf, &p).expect("policy");
+    writer::write_policy(&h.ebpf, &p).expect("policy");
     let first = syn_from(v4(191), 44_000, 1);
     assert_eq!(h.action(&first), PASS);
     assert_eq!(h.action(&first), PASS, "limit 1: remembered, the retransmission rides on it");

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     daemon::{self, Paths},
-    kernel::loader::LoadError,
+    kernel::error::LoadError,
     policy::{
         config::{self, Action, ConfigError, ConfigFile, Overrides, Policy, Rate, XdpMode},
         lists::{Cidr, printable},
@@ -649,11 +649,11 @@ fn run(a: RunArgs) -> Result<(), Failure> {
     let policy = Policy::build(file, &o)?;
     // Unknown interfaces are bad input: check before touching the kernel.
     for i in &policy.interfaces {
-        crate::kernel::loader::ifindex(i).map_err(Failure::bad_input)?;
+        crate::kernel::host::ifindex(i).map_err(Failure::bad_input)?;
     }
     let cgroup = match a.cgroup {
         Some(c) => c,
-        None => crate::kernel::loader::cgroup2_mount().map_err(Failure::bad_input)?,
+        None => crate::kernel::host::cgroup2_mount().map_err(Failure::bad_input)?,
     };
     if a.discard_runtime_lists
         && let Some(backup) = RuntimeLists::discard_if_unusable(&a.state_dir).map_err(Failure::system)?

@@ -29,11 +29,14 @@ use tokio::{io::unix::AsyncFd, net::UnixListener, signal::unix::SignalKind};
 use crate::{
     daemon::{
         metrics::{ServiceSnapshot, Snapshot},
-        refusals::{Budget, Bursts, Event},
+        refusals::Bursts,
     },
     kernel::{
-        loader::{self, LoadError, Loaded},
-        pins,
+        counters,
+        error::LoadError,
+        events::{self, Budget, Event},
+        loader::{self, Loaded},
+        maps, pins,
     },
     policy::{
         config::{ConfigFile, Overrides, Policy, Rate},
@@ -126,14 +129,13 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
             return Err(e.into());
         }
     };
-    let mut loaded = loaded;
     // The ids the pinned table gave (stable by name), for the config layer too.
     let mut policy = policy;
     copy_ids(&mut policy, &effective);
     for a in &loaded.attachments {
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
-    let (ring, budget) = take_events(&mut loaded)?;
+    let (ring, budget) = take_events(&loaded)?;
     let metrics_listener = match policy.metrics_listen {
         Some(addr) => match metrics::bind(addr).await {
             Ok(l) => Some(l),
@@ -214,11 +216,10 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     // Entries of sources that no longer hold connections are reclaimed.
     let mut reclaim = tokio::time::interval(reclaim_every());
     reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reclaimer = loader::Reclaimer::default();
     loop {
         tokio::select! {
             _ = reclaim.tick() => {
-                match reclaimer.pass(&mut state.borrow_mut().loaded.ebpf) {
+                match state.borrow_mut().loaded.reclaimer.pass() {
                     Ok(p) => {
                         if p.deleted > 0 {
                             debug!("reclaimed {} idle source entries; {} in use of {}", p.deleted, p.entries, p.capacity);
@@ -234,7 +235,8 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                     Err(e) => warn!("{:#}", anyhow::Error::from(e)),
                 }
                 // Ids of removed services are freed once nothing is counted under them.
-                if let Err(e) = crate::kernel::ids::reclaim(&mut state.borrow_mut().loaded.ebpf) {
+                let loaded = &mut state.borrow_mut().loaded;
+                if let Err(e) = loaded.services.reclaim(&loaded.ebpf) {
                     warn!("{:#}", anyhow::Error::from(e));
                 }
             }
@@ -272,7 +274,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
             _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             _ = reconcile.tick(), if !state.borrow().loaded.seeded.is_empty() => {
                 let loaded = &mut state.borrow_mut().loaded;
-                match loaded.seeded.reconcile(&mut loaded.ebpf) {
+                match loaded.seeded.reconcile(&mut loaded.writer) {
                     Ok(0) => {}
                     Ok(n) => info!("{n} connections open before start have closed; {} remain", loaded.seeded.len()),
                     Err(e) => warn!("{:#}", anyhow::Error::from(e)),
@@ -308,14 +310,13 @@ impl Drop for SocketFile<'_> {
 
 /// Takes the refusal ring buffer and the event budget out of the object
 /// (the daemon reads them outside the shared state).
-fn take_events(loaded: &mut Loaded) -> Result<(AsyncFd<RingBuf<MapData>>, Budget), LoadError> {
-    let map = loaded.ebpf.take_map(names::EVENTS).ok_or(LoadError::MissingMap(names::EVENTS))?;
-    let ring = RingBuf::try_from(map).map_err(loader::map_err(names::EVENTS))?;
+fn take_events(loaded: &Loaded) -> Result<(AsyncFd<RingBuf<MapData>>, Budget), LoadError> {
+    let ring = events::ring(&loaded.ebpf)?;
     // SAFETY: the ring buffer owns its descriptor and keeps it open while the
     // `AsyncFd` holds it.
     let ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| LoadError::Seed { what: "watch the refusal ring buffer".into(), source: e.into() })?;
-    let mut budget = Budget::take(&mut loaded.ebpf)?;
+    let mut budget = Budget::new(&loaded.ebpf)?;
     budget.refill()?;
     Ok((ring, budget))
 }
@@ -378,7 +379,7 @@ impl Daemon {
     fn apply(&mut self, policy: &Policy, runtime: &Lists) -> Result<(), String> {
         let effective = in_force(policy, runtime);
         let loaded = &mut self.loaded;
-        loaded.writer.write(&mut loaded.ebpf, &effective).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+        loaded.writer.write(&effective).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     }
 
     /// Makes `new` the run-time entries: persisted first, then applied; a
@@ -594,10 +595,10 @@ impl Daemon {
         let (loaded, policy, runtime) = (&self.loaded, &self.policy, &self.runtime);
         self.bursts.event(e, now, || {
             let force = in_force(policy, &runtime.lists);
-            let sessions = loader::read_sessions(&loaded.ebpf).unwrap_or_default();
+            let sessions = counters::read_sessions(&loaded.ebpf).unwrap_or_default();
             let cx = refusals::Context {
                 policy: &force,
-                connections: &|key| refusals::connections_of(&loaded.ebpf, key),
+                connections: &|key| counters::connections_of(&loaded.ebpf, key),
                 sessions: &|id| sessions_in_use(&sessions, id),
             };
             refusals::describe(e, &cx)
@@ -635,11 +636,11 @@ impl Daemon {
         }
         // Ids come from the pinned table (a removed service's id is retired,
         // not handed to a new one), recorded before the policy uses them.
-        let table = crate::kernel::ids::apply(&mut self.loaded.ebpf, &mut new).map_err(|e| e.to_string())?;
+        let table = self.loaded.services.apply(&self.loaded.ebpf, &mut new).map_err(|e| e.to_string())?;
         let runtime = self.runtime.lists.clone();
         if let Err(e) = self.apply(&new, &runtime) {
             // The old policy stays in force: so does its table.
-            if let Err(w) = crate::kernel::ids::write(&mut self.loaded.ebpf, &table) {
+            if let Err(w) = self.loaded.services.write(&table) {
                 warn!("cannot put the service id table back: {w}");
             }
             return Err(e);
@@ -698,7 +699,7 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
         ),
         None => None,
     };
-    let mut rows = loader::sources(&d.loaded.ebpf).map_err(|e| e.to_string())?;
+    let mut rows = counters::sources(&d.loaded.ebpf).map_err(|e| e.to_string())?;
     rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
     let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
@@ -709,7 +710,7 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
         .filter_map(|(key, count)| {
             let s = policy.services.iter().find(|s| s.id == u32::from(key.service))?;
             Some(json!({
-                "source": loader::source_string(key, policy),
+                "source": counters::source_string(key, policy),
                 "service": s.name,
                 "connections": count,
                 "limit": source_limit(&merged, key, policy, s),
@@ -746,9 +747,9 @@ fn sessions_in_use(sessions: &[u64], id: u32) -> u64 {
 /// What a metrics scrape reports, read from the kernel now.
 fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
     let ebpf = &d.loaded.ebpf;
-    let rows = loader::read_counters(ebpf).map_err(|e| e.to_string())?;
-    let sessions = loader::read_sessions(ebpf).map_err(|e| e.to_string())?;
-    let sources = loader::sources(ebpf).map_err(|e| e.to_string())?;
+    let rows = counters::read_counters(ebpf).map_err(|e| e.to_string())?;
+    let sessions = counters::read_sessions(ebpf).map_err(|e| e.to_string())?;
+    let sources = counters::sources(ebpf).map_err(|e| e.to_string())?;
     let mut conns = vec![0u64; MAX_SERVICES as usize + 1];
     for (key, n) in &sources {
         if let Some(c) = conns.get_mut(usize::from(key.service)) {
@@ -771,11 +772,11 @@ fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
     let mut maps = Vec::new();
     for name in [names::CONNS, names::SEEDED, names::SOCKS] {
         let used = if name == names::SOCKS {
-            loader::map_entries::<u64, SockRecord>(ebpf, name)
+            maps::map_entries::<u64, SockRecord>(ebpf, name)
         } else {
-            loader::map_entries::<SourceKey, u64>(ebpf, name)
+            maps::map_entries::<SourceKey, u64>(ebpf, name)
         };
-        let max = loader::map_size(ebpf, name).map_err(|e| e.to_string())?;
+        let max = maps::map_size(ebpf, name).map_err(|e| e.to_string())?;
         maps.push((name, used.map_err(|e| e.to_string())?, u64::from(max)));
     }
     let lists = in_force(&d.policy, &d.runtime.lists).lists.merge(&d.policy.services).len();
@@ -797,9 +798,9 @@ fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
 /// The `status` response (documented in docs/status.md).
 fn status(d: &Daemon) -> Result<Value, String> {
     let (loaded, policy) = (&d.loaded, &d.policy);
-    let rows = loader::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
-    let conns = loader::connections_by_service(&loaded.ebpf).map_err(|e| e.to_string())?;
-    let sessions = loader::read_sessions(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let rows = counters::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let conns = counters::connections_by_service(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let sessions = counters::read_sessions(&loaded.ebpf).map_err(|e| e.to_string())?;
     let mut totals = [0u64; Verdict::COUNT as usize];
     let services: Vec<Value> = policy
         .services

@@ -22,24 +22,15 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
-};
-use limiter_common::{
-    SourceKey, Verdict,
-    events::{self, Refusal, basis},
-    maps::{family, names},
-    prefix::{Prefix, mask_v4, mask_v6},
-};
+use limiter_common::{SourceKey, Verdict, events::basis, prefix::Prefix};
 use log::info;
 
 use crate::{
-    kernel::loader::{LoadError, map_err},
+    kernel::events::Event,
     policy::{
         config::{Policy, Service},
         lists::{AllowEntry, DenyEntry},
@@ -62,63 +53,6 @@ pub const LINES_PER_SECOND: u32 = 50;
 
 /// Bursts tracked at once; refusals of sources beyond are summed up too.
 pub const MAX_BURSTS: usize = 8_192;
-
-/// One refused SYN as the kernel reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Event {
-    pub addr: IpAddr,
-    pub service: u32,
-    pub port: u16,
-    pub verdict: Verdict,
-    /// What a connection-limit refusal was based on (`events::basis`).
-    pub basis: u8,
-    /// Handshakes in flight the kernel counted for the source.
-    pub pending: u16,
-    /// Established connections the kernel counted for the source.
-    pub established: u32,
-}
-
-impl Event {
-    /// Decodes a ring buffer record; `None` if it is not one of ours.
-    #[must_use]
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < size_of::<Refusal>() {
-            return None;
-        }
-        // SAFETY: the length is checked and `Refusal` is plain old data.
-        let r: Refusal = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let addr = match r.family {
-            family::V4 => IpAddr::V4(Ipv4Addr::new(r.addr[0], r.addr[1], r.addr[2], r.addr[3])),
-            family::V6 => IpAddr::V6(Ipv6Addr::from(r.addr)),
-            _ => return None,
-        };
-        let verdict = *Verdict::ALL.get(usize::from(r.verdict))?;
-        Some(Self {
-            addr,
-            service: u32::from(r.service),
-            port: r.port,
-            verdict,
-            basis: r.basis,
-            pending: r.pending,
-            established: r.established,
-        })
-    }
-
-    /// The source key the kernel counts this client under.
-    #[must_use]
-    pub fn key(&self, policy: &Policy) -> SourceKey {
-        #[expect(clippy::cast_possible_truncation, reason = "service ids are < 256")]
-        let mut key = SourceKey { addr: [0; 16], service: self.service as u8, family: family::V4, pad: [0; 2] };
-        match self.addr {
-            IpAddr::V4(a) => key.addr[..4].copy_from_slice(&mask_v4(a.octets(), policy.ipv4_prefix)),
-            IpAddr::V6(a) => {
-                key.family = family::V6;
-                key.addr = mask_v6(a.octets(), policy.ipv6_prefix);
-            }
-        }
-        key
-    }
-}
 
 /// A refusal line: `refused SOURCE SERVICE:PORT REASON (DETAIL)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,48 +331,10 @@ pub fn log(e: &Emit) {
     }
 }
 
-/// The event budget map: refilled per CPU, read for unreported refusals.
-pub struct Budget {
-    map: PerCpuArray<MapData, u64>,
-    cpus: usize,
-}
-
-impl Budget {
-    /// Takes `EVENT_BUDGET` out of the loaded object.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        let map = ebpf.take_map(names::EVENT_BUDGET).ok_or(LoadError::MissingMap(names::EVENT_BUDGET))?;
-        let map = PerCpuArray::try_from(map).map_err(map_err(names::EVENT_BUDGET))?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
-        Ok(Self { map, cpus })
-    }
-
-    /// Gives every CPU its tokens back.
-    pub fn refill(&mut self) -> Result<(), LoadError> {
-        let values = PerCpuValues::try_from(vec![events::TOKENS_PER_REFILL; self.cpus]).map_err(LoadError::Cpus)?;
-        self.map.set(events::TOKENS, values, 0).map_err(map_err(names::EVENT_BUDGET))
-    }
-
-    /// Refusals the kernel did not report (no token or no ring space), ever.
-    pub fn unreported(&self) -> Result<u64, LoadError> {
-        Ok(self.map.get(&events::UNREPORTED, 0).map_err(map_err(names::EVENT_BUDGET))?.iter().sum())
-    }
-}
-
-/// Established connections of one source (`CONNS` + `SEEDED`); `None` when
-/// neither map has an entry for it (no handshake completed recently).
-#[must_use]
-pub fn connections_of(ebpf: &Ebpf, key: &SourceKey) -> Option<u64> {
-    [names::CONNS, names::SEEDED]
-        .iter()
-        .filter_map(|name| {
-            let m: BpfHashMap<&MapData, SourceKey, u64> = BpfHashMap::try_from(ebpf.map(name)?).ok()?;
-            m.get(key, 0).ok()
-        })
-        .reduce(|a, b| a + b)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn ev(last: u8, verdict: Verdict) -> Event {
@@ -536,30 +432,6 @@ mod tests {
         assert_eq!(b.event(&forged, t0, || describe_with(&forged, None)).len(), 1);
         let out = b.event(&real, t0, || describe_with(&real, Some(8)));
         assert!(matches!(&out[..], [Emit::Refused(l)] if l.verified), "{out:?}");
-    }
-
-    #[test]
-    fn decode_reads_what_the_kernel_writes() {
-        let r = Refusal {
-            addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
-            family: family::V6,
-            verdict: Verdict::RefusedRate as u8,
-            service: 3,
-            basis: limiter_common::events::basis::NONE,
-            port: 587,
-            pending: 0,
-            established: 0,
-            pad: 0,
-        };
-        // SAFETY: `Refusal` is plain old data.
-        let bytes: [u8; size_of::<Refusal>()] = unsafe { std::mem::transmute(r) };
-        let e = Event::decode(&bytes).expect("decodes");
-        assert_eq!(e.addr, "2001:db8::9".parse::<IpAddr>().expect("addr"));
-        assert_eq!((e.service, e.port, e.verdict), (3, 587, Verdict::RefusedRate));
-        assert_eq!(Event::decode(&bytes[..10]), None);
-        let mut bad = bytes;
-        bad[16] = 5;
-        assert_eq!(Event::decode(&bad), None, "unknown family");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, MapData},
 };
 use limiter_common::{
     SourceKey,
@@ -19,24 +19,15 @@ use limiter_common::{
     pool,
 };
 
+pub use crate::kernel::error::IdError;
 use crate::{
-    kernel::loader::{LoadError, map_err},
+    kernel::{
+        counters::read_sessions,
+        error::LoadError,
+        maps::{map_err, own, read},
+    },
     policy::config::Policy,
 };
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IdError {
-    #[error(
-        "service name '{name}' is {len} bytes long: at most {SERVICE_NAME_BYTES} fit the pinned service table; \
-         choose a shorter name"
-    )]
-    NameTooLong { name: String, len: usize },
-    #[error(
-        "no free service id for '{name}': {retired} ids belong to removed services whose connections are still \
-         open; try again once they have closed (`limiter top` shows them), or keep fewer services"
-    )]
-    NoFreeId { name: String, retired: usize },
-}
 
 /// One id's owner as the daemon works with it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -135,28 +126,6 @@ fn entry(r: &ServiceRecord) -> Entry {
     Entry { state, name: String::from_utf8_lossy(&r.name[..n]).into_owned() }
 }
 
-/// The table in `SERVICES`.
-pub fn read(ebpf: &Ebpf) -> Result<Table, LoadError> {
-    let m: Array<_, ServiceRecord> =
-        Array::try_from(ebpf.map(names::SERVICES).ok_or(LoadError::MissingMap(names::SERVICES))?)
-            .map_err(map_err(names::SERVICES))?;
-    (0..=MAX_SERVICES).map(|id| m.get(&id, 0).map(|r| entry(&r)).map_err(map_err(names::SERVICES))).collect()
-}
-
-/// Writes the records of `table` that differ from `SERVICES`.
-pub fn write(ebpf: &mut Ebpf, table: &Table) -> Result<(), LoadError> {
-    let mut m: Array<_, ServiceRecord> =
-        Array::try_from(ebpf.map_mut(names::SERVICES).ok_or(LoadError::MissingMap(names::SERVICES))?)
-            .map_err(map_err(names::SERVICES))?;
-    for (id, e) in (0u32..).zip(table) {
-        let want = record(e);
-        if m.get(&id, 0).map_err(map_err(names::SERVICES))? != want {
-            m.set(id, want, 0).map_err(map_err(names::SERVICES))?;
-        }
-    }
-    Ok(())
-}
-
 /// Which ids something is counted under: a source's connections (`CONNS`,
 /// `SEEDED`), the service's sessions, or an open connection's record (`SOCKS`).
 pub fn usage(ebpf: &Ebpf) -> Result<Vec<bool>, LoadError> {
@@ -167,71 +136,97 @@ pub fn usage(ebpf: &Ebpf) -> Result<Vec<bool>, LoadError> {
         }
     };
     for name in [names::CONNS, names::SEEDED] {
-        let m: HashMap<_, SourceKey, u64> =
-            HashMap::try_from(ebpf.map(name).ok_or(LoadError::MissingMap(name))?).map_err(map_err(name))?;
+        let m: HashMap<&MapData, SourceKey, u64> = read(ebpf, name)?;
         for (key, n) in m.iter().filter_map(Result::ok) {
             if n > 0 {
                 mark(u32::from(key.service));
             }
         }
     }
-    let sessions = crate::kernel::loader::read_sessions(ebpf)?;
+    let sessions = read_sessions(ebpf)?;
     for id in 1..=MAX_SERVICES {
         let at = |kind| sessions.get(pool::index(id, kind) as usize).copied().unwrap_or(0);
         if at(pool::ESTABLISHED) > 0 || at(pool::SEEDED) > 0 {
             mark(id);
         }
     }
-    let socks: HashMap<_, u64, SockRecord> =
-        HashMap::try_from(ebpf.map(names::SOCKS).ok_or(LoadError::MissingMap(names::SOCKS))?)
-            .map_err(map_err(names::SOCKS))?;
+    let socks: HashMap<&MapData, u64, SockRecord> = read(ebpf, names::SOCKS)?;
     for (_, rec) in socks.iter().filter_map(Result::ok) {
         mark(u32::from(rec.key.service));
     }
     Ok(used)
 }
 
-/// Gives `policy`'s services their ids from the pinned table (recording new
-/// and removed ones there first, before any policy uses them). Returns the
-/// table as it was, for [`write`] to put back if the policy is not applied.
-pub fn apply(ebpf: &mut Ebpf, policy: &mut Policy) -> Result<Table, LoadError> {
-    let old = read(ebpf)?;
-    let used = if old.iter().any(|e| e.state == service_state::RETIRED) { usage(ebpf)? } else { Vec::new() };
-    let names: Vec<&str> = policy.services.iter().map(|s| s.name.as_str()).collect();
-    let (ids, table) = assign(&old, &names, |id| used.get(id as usize).copied().unwrap_or(true))?;
-    for (id, e) in (0u32..).zip(&table) {
-        let was = old.get(id as usize);
-        if e.state == service_state::RETIRED && was.is_some_and(|w| w.state == service_state::ACTIVE) {
-            log::info!(
-                "service '{}' removed: its id {id} is kept for it until the connections counted under it close",
-                e.name
-            );
-        }
-    }
-    write(ebpf, &table)?;
-    for (s, id) in policy.services.iter_mut().zip(ids) {
-        s.id = id;
-    }
-    Ok(old)
+/// The writer of `SERVICES`, the pinned name -> id table.
+pub struct ServiceTable {
+    map: Array<MapData, ServiceRecord>,
 }
 
-/// Frees the ids of removed services whose last connection has closed
-/// (the daemon's reclaim pass); returns how many.
-pub fn reclaim(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
-    let mut table = read(ebpf)?;
-    if !table.iter().any(|e| e.state == service_state::RETIRED) {
-        return Ok(0);
+impl ServiceTable {
+    /// Takes the table's handle on `SERVICES`.
+    pub fn new(ebpf: &Ebpf) -> Result<Self, LoadError> {
+        Ok(Self { map: own(ebpf, names::SERVICES)? })
     }
-    let used = usage(ebpf)?;
-    let freed = free_unused(&mut table, |id| used.get(id as usize).copied().unwrap_or(true));
-    if freed.is_empty() {
-        return Ok(0);
+
+    /// The table as `SERVICES` holds it.
+    pub fn read(&self) -> Result<Table, LoadError> {
+        (0..=MAX_SERVICES).map(|id| self.map.get(&id, 0).map(|r| entry(&r)).map_err(map_err(names::SERVICES))).collect()
     }
-    write(ebpf, &table)?;
-    for (id, name) in &freed {
-        log::info!("service id {id} (removed service '{name}') is free again: nothing is counted under it");
+
+    /// Writes the records of `table` that differ from `SERVICES`.
+    pub fn write(&mut self, table: &Table) -> Result<(), LoadError> {
+        for (id, e) in (0u32..).zip(table) {
+            let want = record(e);
+            if self.map.get(&id, 0).map_err(map_err(names::SERVICES))? != want {
+                self.map.set(id, want, 0).map_err(map_err(names::SERVICES))?;
+            }
+        }
+        Ok(())
     }
-    Ok(freed.len())
+
+    /// Gives `policy`'s services their ids from the pinned table (recording
+    /// new and removed ones there first, before any policy uses them; `ebpf`
+    /// is read for what is counted under retired ids). Returns the table as
+    /// it was, for [`Self::write`] to put back if the policy is not applied.
+    pub fn apply(&mut self, ebpf: &Ebpf, policy: &mut Policy) -> Result<Table, LoadError> {
+        let old = self.read()?;
+        let used = if old.iter().any(|e| e.state == service_state::RETIRED) { usage(ebpf)? } else { Vec::new() };
+        let names: Vec<&str> = policy.services.iter().map(|s| s.name.as_str()).collect();
+        let (ids, table) = assign(&old, &names, |id| used.get(id as usize).copied().unwrap_or(true))?;
+        for (id, e) in (0u32..).zip(&table) {
+            let was = old.get(id as usize);
+            if e.state == service_state::RETIRED && was.is_some_and(|w| w.state == service_state::ACTIVE) {
+                log::info!(
+                    "service '{}' removed: its id {id} is kept for it until the connections counted under it close",
+                    e.name
+                );
+            }
+        }
+        self.write(&table)?;
+        for (s, id) in policy.services.iter_mut().zip(ids) {
+            s.id = id;
+        }
+        Ok(old)
+    }
+
+    /// Frees the ids of removed services whose last connection has closed
+    /// (the daemon's reclaim pass); returns how many.
+    pub fn reclaim(&mut self, ebpf: &Ebpf) -> Result<usize, LoadError> {
+        let mut table = self.read()?;
+        if !table.iter().any(|e| e.state == service_state::RETIRED) {
+            return Ok(0);
+        }
+        let used = usage(ebpf)?;
+        let freed = free_unused(&mut table, |id| used.get(id as usize).copied().unwrap_or(true));
+        if freed.is_empty() {
+            return Ok(0);
+        }
+        self.write(&table)?;
+        for (id, name) in &freed {
+            log::info!("service id {id} (removed service '{name}') is free again: nothing is counted under it");
+        }
+        Ok(freed.len())
+    }
 }
 
 #[cfg(test)]

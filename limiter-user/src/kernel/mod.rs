@@ -2,8 +2,15 @@
 //! attaching and pinning, writing the policy (with the bank flip), seeding,
 //! reclaim, the event ring, and reading counters into typed snapshots.
 
+pub mod counters;
+pub mod error;
+pub mod events;
+pub mod host;
 pub mod ids;
 pub mod loader;
+pub mod maps;
 pub mod pins;
+pub mod reclaim;
 pub mod seed;
 pub mod sockdiag;
+pub mod writer;

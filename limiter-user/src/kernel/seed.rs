@@ -34,10 +34,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, MapData},
 };
 use limiter_common::{
-    Globals, SourceKey,
+    SourceKey,
     maps::{MAX_SERVICES, SockRecord, family, flags, names, seed_state},
     pool,
     prefix::{mask_v4, mask_v6},
@@ -46,8 +46,10 @@ use limiter_common::{
 use crate::{
     failpoint,
     kernel::{
-        loader::{self, LoadError, map_err},
+        error::LoadError,
+        maps::{map_err, own, read},
         sockdiag::{self, TcpSocket},
+        writer::{PolicyWriter, port_table},
     },
     policy::config::Policy,
 };
@@ -55,24 +57,19 @@ use crate::{
 /// The file earlier versions kept the seeded sockets in.
 const OLD_FILE: &str = "seeded";
 
-/// The pre-existing connections still counted in `SEEDED`, by socket cookie.
-#[derive(Debug, Default)]
+/// The pre-existing connections still counted in `SEEDED`, by socket
+/// cookie, and the seeding's maps: the one user-side writer of `SEEDED`,
+/// `SEED_SKIP`, `SEED_STATE` and the seeded entries of `SESSIONS`.
 pub struct Seeded {
     sockets: StdHashMap<u64, SourceKey>,
+    counts: HashMap<MapData, SourceKey, u64>,
+    skip: HashMap<MapData, u64, u8>,
+    state: Array<MapData, u64>,
+    sessions: Array<MapData, u64>,
 }
 
 fn table_err(source: std::io::Error) -> LoadError {
     LoadError::SeedTable(source)
-}
-
-/// Sets or clears bits of `Globals::flags`.
-pub fn set_flags(ebpf: &mut Ebpf, set: u8, clear: u8) -> Result<(), LoadError> {
-    let mut globals: Array<_, Globals> =
-        Array::try_from(ebpf.map_mut(names::GLOBALS).ok_or(LoadError::MissingMap(names::GLOBALS))?)
-            .map_err(map_err(names::GLOBALS))?;
-    let mut g = globals.get(&0, 0).map_err(map_err(names::GLOBALS))?;
-    g.flags = (g.flags | set) & !clear;
-    globals.set(0, g, 0).map_err(map_err(names::GLOBALS))
 }
 
 /// The counted source of a socket, if it is a service connection.
@@ -115,14 +112,6 @@ fn select(
     Ok(out)
 }
 
-/// The flags in `GLOBALS`.
-fn read_flags(ebpf: &Ebpf) -> Result<u8, LoadError> {
-    let globals: Array<_, Globals> =
-        Array::try_from(ebpf.map(names::GLOBALS).ok_or(LoadError::MissingMap(names::GLOBALS))?)
-            .map_err(map_err(names::GLOBALS))?;
-    Ok(globals.get(&0, 0).map_err(map_err(names::GLOBALS))?.flags)
-}
-
 /// The ports of `ports` (a `PORTS` table) that are service ports, as bits.
 fn port_bits(ports: &[u32]) -> Vec<u64> {
     let mut bits = vec![0u64; seed_state::PORT_WORDS as usize];
@@ -139,10 +128,7 @@ fn has_port(bits: &[u64], port: u16) -> bool {
 }
 
 /// The ports the first seeding saw as service ports, if it has recorded them.
-fn seed_ports(ebpf: &Ebpf) -> Result<Option<Vec<u64>>, LoadError> {
-    let m: Array<_, u64> =
-        Array::try_from(ebpf.map(names::SEED_STATE).ok_or(LoadError::MissingMap(names::SEED_STATE))?)
-            .map_err(map_err(names::SEED_STATE))?;
+fn seed_ports(m: &Array<MapData, u64>) -> Result<Option<Vec<u64>>, LoadError> {
     if m.get(&seed_state::PORTS_SET, 0).map_err(map_err(names::SEED_STATE))? == 0 {
         return Ok(None);
     }
@@ -152,10 +138,7 @@ fn seed_ports(ebpf: &Ebpf) -> Result<Option<Vec<u64>>, LoadError> {
         .map(Some)
 }
 
-fn write_seed_ports(ebpf: &mut Ebpf, bits: &[u64]) -> Result<(), LoadError> {
-    let mut m: Array<_, u64> =
-        Array::try_from(ebpf.map_mut(names::SEED_STATE).ok_or(LoadError::MissingMap(names::SEED_STATE))?)
-            .map_err(map_err(names::SEED_STATE))?;
+fn write_seed_ports(m: &mut Array<MapData, u64>, bits: &[u64]) -> Result<(), LoadError> {
     for (i, &w) in (0u32..).zip(bits) {
         if w != 0 {
             m.set(i, w, 0).map_err(map_err(names::SEED_STATE))?;
@@ -165,10 +148,12 @@ fn write_seed_ports(ebpf: &mut Ebpf, bits: &[u64]) -> Result<(), LoadError> {
     m.set(seed_state::PORTS_SET, 1, 0).map_err(map_err(names::SEED_STATE))
 }
 
-/// Whether `cookie` is a key of the hash map `name`.
-fn has<V: aya::Pod>(ebpf: &Ebpf, name: &'static str, cookie: u64) -> Result<bool, LoadError> {
-    let m: HashMap<_, u64, V> =
-        HashMap::try_from(ebpf.map(name).ok_or(LoadError::MissingMap(name))?).map_err(map_err(name))?;
+/// Whether `cookie` is a key of the hash map `m` (called `name`).
+fn has<V: aya::Pod>(
+    m: &HashMap<impl std::borrow::Borrow<MapData>, u64, V>,
+    name: &'static str,
+    cookie: u64,
+) -> Result<bool, LoadError> {
     match m.get(&cookie, 0) {
         Ok(_) => Ok(true),
         Err(aya::maps::MapError::KeyNotFound) => Ok(false),
@@ -177,71 +162,91 @@ fn has<V: aya::Pod>(ebpf: &Ebpf, name: &'static str, cookie: u64) -> Result<bool
 }
 
 impl Seeded {
+    /// Takes the seeding's handles on its maps; nothing seeded yet.
+    pub fn new(ebpf: &Ebpf) -> Result<Self, LoadError> {
+        Ok(Self {
+            sockets: StdHashMap::new(),
+            counts: own(ebpf, names::SEEDED)?,
+            skip: own(ebpf, names::SEED_SKIP)?,
+            state: own(ebpf, names::SEED_STATE)?,
+            sessions: own(ebpf, names::SESSIONS)?,
+        })
+    }
+
     /// Makes `SEEDED` and the seeded sessions match the socket table, if a
     /// seeding began or seeded sockets remain (see the module header);
-    /// `sock_ops` must be counting already. Ends the seeding window.
-    pub fn rebuild(ebpf: &mut Ebpf, policy: &Policy, state_dir: &Path) -> Result<Self, LoadError> {
+    /// `sock_ops` must be counting already. Ends the seeding window, whose
+    /// flags `writer` (the owner of `GLOBALS`) writes.
+    pub fn rebuild(
+        &mut self,
+        ebpf: &Ebpf,
+        writer: &mut PolicyWriter,
+        policy: &Policy,
+        state_dir: &Path,
+    ) -> Result<(), LoadError> {
         remove_old_file(state_dir);
-        let mut seeded = Self::default();
-        let flags_now = read_flags(ebpf)?;
-        if flags_now & (flags::SEEDING | flags::SEEDED) == 0 {
-            clear_skip(ebpf)?;
-            return Ok(seeded);
+        if writer.globals()?.flags & (flags::SEEDING | flags::SEEDED) == 0 {
+            self.clear_skip();
+            return Ok(());
         }
         let table = sockdiag::tcp_sockets(sockdiag::state::COUNTED).map_err(table_err)?;
         failpoint::hit("seed-table-read");
-        let ports = loader::port_table(policy);
+        let ports = port_table(policy);
         // The first seeding (or pins of a version that kept no port bits)
         // seeds the service ports of now.
-        let stored = seed_ports(ebpf)?;
+        let stored = seed_ports(&self.state)?;
         let first = stored.is_none();
         let bits = stored.unwrap_or_else(|| port_bits(&ports));
         // Looked up after the table was read: a handshake that completed
         // since is in them.
-        seeded.sockets = select(&table, &ports, &bits, policy, |cookie| {
-            Ok(has::<SockRecord>(ebpf, names::SOCKS, cookie)? || has::<u8>(ebpf, names::SEED_SKIP, cookie)?)
+        let socks: HashMap<&MapData, u64, SockRecord> = read(ebpf, names::SOCKS)?;
+        let skip = &self.skip;
+        self.sockets = select(&table, &ports, &bits, policy, |cookie| {
+            Ok(has(&socks, names::SOCKS, cookie)? || has(skip, names::SEED_SKIP, cookie)?)
         })?;
-        let mut counts: StdHashMap<SourceKey, u64> = StdHashMap::new();
-        for key in seeded.sockets.values() {
-            *counts.entry(*key).or_default() += 1;
-        }
-        {
-            let mut m: HashMap<_, SourceKey, u64> =
-                HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::MissingMap(names::SEEDED))?)
-                    .map_err(map_err(names::SEEDED))?;
-            let have: StdHashMap<SourceKey, u64> = m.iter().filter_map(Result::ok).collect();
-            for (key, n) in &counts {
-                if have.get(key) != Some(n) {
-                    m.insert(key, n, 0).map_err(map_err(names::SEEDED))?;
-                }
-            }
-            for key in have.keys().filter(|k| !counts.contains_key(k)) {
-                m.remove(key).map_err(map_err(names::SEEDED))?;
-            }
-        }
+        let sources = self.write_seeded()?;
         // Half written: `SEEDED` new, the seeded sessions not yet.
         failpoint::hit("seed-partial");
-        seeded.write_sessions(ebpf)?;
+        self.write_sessions()?;
         failpoint::hit("seed-written");
         if first {
-            write_seed_ports(ebpf, &bits)?;
+            write_seed_ports(&mut self.state, &bits)?;
         }
         // SEEDED stays on while seeded sockets remain.
-        if seeded.sockets.is_empty() {
-            set_flags(ebpf, 0, flags::SEEDING | flags::SEEDED)?;
+        if self.sockets.is_empty() {
+            writer.set_flags(0, flags::SEEDING | flags::SEEDED)?;
         } else {
-            set_flags(ebpf, flags::SEEDED, flags::SEEDING)?;
+            writer.set_flags(flags::SEEDED, flags::SEEDING)?;
         }
         failpoint::hit("seed-done");
-        clear_skip(ebpf)?;
-        if !seeded.sockets.is_empty() {
+        self.clear_skip();
+        if !self.sockets.is_empty() {
             log::info!(
-                "counted {} connections that were open before the limiter started ({} sources)",
-                seeded.sockets.len(),
-                counts.len()
+                "counted {} connections that were open before the limiter started ({sources} sources)",
+                self.sockets.len()
             );
         }
-        Ok(seeded)
+        Ok(())
+    }
+
+    /// Makes `SEEDED` hold the per-source counts of the seeded sockets,
+    /// writing only what differs; returns the number of sources.
+    fn write_seeded(&mut self) -> Result<usize, LoadError> {
+        let mut counts: StdHashMap<SourceKey, u64> = StdHashMap::new();
+        for key in self.sockets.values() {
+            *counts.entry(*key).or_default() += 1;
+        }
+        let m = &mut self.counts;
+        let have: StdHashMap<SourceKey, u64> = m.iter().filter_map(Result::ok).collect();
+        for (key, n) in &counts {
+            if have.get(key) != Some(n) {
+                m.insert(key, n, 0).map_err(map_err(names::SEEDED))?;
+            }
+        }
+        for key in have.keys().filter(|k| !counts.contains_key(k)) {
+            m.remove(key).map_err(map_err(names::SEEDED))?;
+        }
+        Ok(counts.len())
     }
 
     /// How many pre-existing connections are still counted.
@@ -258,7 +263,7 @@ impl Seeded {
     /// Takes away the seeded sockets that have closed; returns how many.
     /// `SEEDED` has no other writer, so read-modify-write is safe here; a
     /// crash part way is repaired by the next start's rebuild.
-    pub fn reconcile(&mut self, ebpf: &mut Ebpf) -> Result<usize, LoadError> {
+    pub fn reconcile(&mut self, writer: &mut PolicyWriter) -> Result<usize, LoadError> {
         if self.sockets.is_empty() {
             return Ok(0);
         }
@@ -276,9 +281,7 @@ impl Seeded {
             return Ok(0);
         }
         {
-            let mut m: HashMap<_, SourceKey, u64> =
-                HashMap::try_from(ebpf.map_mut(names::SEEDED).ok_or(LoadError::MissingMap(names::SEEDED))?)
-                    .map_err(map_err(names::SEEDED))?;
+            let m = &mut self.counts;
             for c in &gone {
                 let Some(key) = self.sockets.remove(c) else { continue };
                 match m.get(&key, 0) {
@@ -289,9 +292,9 @@ impl Seeded {
             }
         }
         failpoint::hit("reconcile");
-        self.write_sessions(ebpf)?;
+        self.write_sessions()?;
         if self.sockets.is_empty() {
-            set_flags(ebpf, 0, flags::SEEDED)?;
+            writer.set_flags(0, flags::SEEDED)?;
             log::info!("every connection open before the limiter started has closed");
         }
         Ok(gone.len())
@@ -300,16 +303,14 @@ impl Seeded {
     /// Writes each service's number of seeded sockets where the sessions rule reads
     /// it (`SESSIONS`, the daemon's own entries). Seeded connections count
     /// as sessions whatever the lists say.
-    fn write_sessions(&self, ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    fn write_sessions(&mut self) -> Result<(), LoadError> {
         let mut per_service = [0u64; MAX_SERVICES as usize + 1];
         for key in self.sockets.values() {
             if let Some(n) = per_service.get_mut(usize::from(key.service)) {
                 *n += 1;
             }
         }
-        let mut m: Array<_, u64> =
-            Array::try_from(ebpf.map_mut(names::SESSIONS).ok_or(LoadError::MissingMap(names::SESSIONS))?)
-                .map_err(map_err(names::SESSIONS))?;
+        let m = &mut self.sessions;
         for (id, n) in (0u32..).zip(per_service) {
             let index = pool::index(id, pool::SEEDED);
             if m.get(&index, 0).map_err(map_err(names::SESSIONS))? != n {
@@ -318,18 +319,14 @@ impl Seeded {
         }
         Ok(())
     }
-}
 
-/// Empties `SEED_SKIP` (call with `flags::SEEDING` clear: nothing adds to it then).
-fn clear_skip(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let mut skip: HashMap<_, u64, u8> =
-        HashMap::try_from(ebpf.map_mut(names::SEED_SKIP).ok_or(LoadError::MissingMap(names::SEED_SKIP))?)
-            .map_err(map_err(names::SEED_SKIP))?;
-    let stale: Vec<u64> = skip.keys().filter_map(Result::ok).collect();
-    for c in stale {
-        let _ = skip.remove(&c);
+    /// Empties `SEED_SKIP` (call with `flags::SEEDING` clear: nothing adds to it then).
+    fn clear_skip(&mut self) {
+        let stale: Vec<u64> = self.skip.keys().filter_map(Result::ok).collect();
+        for c in stale {
+            let _ = self.skip.remove(&c);
+        }
     }
-    Ok(())
 }
 
 /// Deletes the file an earlier version kept the seeded sockets in: it is
@@ -359,7 +356,7 @@ mod tests {
                     [[service]]\nname = \"imap\"\nports = [143]\n";
         let file = crate::policy::config::ConfigFile::parse(text, "test").expect("config");
         let policy = Policy::build(file, &crate::policy::config::Overrides::default()).expect("policy");
-        let ports = loader::port_table(&policy);
+        let ports = port_table(&policy);
         // 587 became a service port after the first seeding.
         let mut first = ports.clone();
         first[587] = 0;

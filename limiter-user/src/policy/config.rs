@@ -718,7 +718,7 @@ pub fn check(text: &str, path: &str, o: &Overrides) -> Result<Checked, Vec<Probl
     }
     let mut w = Report::default();
     for (i, name) in policy.interfaces.iter().enumerate() {
-        if crate::kernel::loader::ifindex(name).is_err() {
+        if crate::kernel::host::ifindex(name).is_err() {
             let place = if o.interfaces.is_empty() { format!("interfaces[{i}]") } else { String::new() };
             w.push(
                 place,

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::{
     cli::Failure,
-    kernel::{loader, pins},
+    kernel::{host, pins},
     policy::config::{self, Overrides},
     protocol::{self, Request},
 };
@@ -419,7 +419,7 @@ fn cgroup_check(given: Option<&Path>) -> Check {
             )
         };
     }
-    match loader::cgroup2_mount() {
+    match host::cgroup2_mount() {
         Ok(dir) => Check::ok(name, format!("mounted at {} (sock_ops attaches there)", dir.display())),
         Err(_) => Check::fail(
             name,
@@ -960,7 +960,7 @@ fn xdp_check(iface: &str, daemon: Option<&Value>, pin_dir: &Path, probe: Option<
             _ => Check::warn(name, format!("{mode} mode, attached by the running daemon"), skb_fix),
         };
     }
-    let Ok(ifindex) = loader::ifindex(iface) else {
+    let Ok(ifindex) = host::ifindex(iface) else {
         return Check::fail(
             name,
             format!("no interface '{iface}' in this network namespace: `limiter run` would refuse it"),

@@ -47,7 +47,7 @@ use limiter_common::{
 use limiter_tests::{frames, netns};
 use limiter_user::{
     EBPF_OBJECT,
-    kernel::loader::{read_counters, service_id, write_policy},
+    kernel::{counters::read_counters, loader::service_id, writer::write_policy},
     policy::{
         config::{Action, MapSizes, Policy, Rate, Service, XdpMode},
         lists::{AllowEntry, Cidr, DenyEntry, Lists},
@@ -673,7 +673,7 @@ fn bench() -> Result<()> {
     }
 
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
-    write_policy(&mut ebpf, &policy())?;
+    write_policy(&ebpf, &policy())?;
     for name in [
         names::FLOOR_DROP,
         names::FLOOR_PASS,
@@ -736,7 +736,7 @@ fn timed_reported(
 
 fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) -> Result<usize> {
     netns::enter(&bed.server.path());
-    let ifindex = limiter_user::kernel::loader::ifindex(&bed.server_if)?;
+    let ifindex = limiter_user::kernel::host::ifindex(&bed.server_if)?;
     let cpu = pin_cpu()?;
     println!(
         "{:<15} CPU {cpu}; {} packets per run, median of {} runs; live frames on {} (ifindex {ifindex}), batch {BATCH}\n",

@@ -1,0 +1,267 @@
+//! The one writer of the policy maps: `GLOBALS`, `PORTS`, `POLICY` and
+//! `LISTS` (in two banks, flipped by one `GLOBALS` write). The seeding flags
+//! in `GLOBALS` are written here too, on the seeding's behalf.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aya::{
+    Ebpf,
+    maps::{
+        Array, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use limiter_common::{
+    Globals, ServicePolicy,
+    lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
+    maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, names, policy_index},
+    prefix::Prefix,
+};
+use log::warn;
+
+use crate::{
+    kernel::{
+        error::LoadError,
+        host::netns_cookie,
+        maps::{map_err, map_size, own},
+    },
+    policy::config::{Action, Policy, Service},
+};
+
+/// Writes the policy with a writer that knows nothing yet of what the maps
+/// hold (it reads them first): for tests and one-off tools. The daemon
+/// keeps one [`PolicyWriter`] for its whole run.
+pub fn write_policy(ebpf: &Ebpf, policy: &Policy) -> Result<(), LoadError> {
+    PolicyWriter::new(ebpf)?.write(policy)
+}
+
+/// Sets or clears bits of `Globals::flags` with a writer of its own: for
+/// tests and one-off tools.
+pub fn set_flags(ebpf: &Ebpf, set: u8, clear: u8) -> Result<(), LoadError> {
+    PolicyWriter::new(ebpf)?.set_flags(set, clear)
+}
+
+type ListId = (u32, [u8; KEY_BYTES]);
+
+/// What the writer last wrote or read: `PORTS` and each `LISTS` bank.
+#[derive(Debug, Default)]
+struct Written {
+    ports: Option<Vec<u32>>,
+    banks: [Option<HashMap<ListId, ListEntry>>; 2],
+}
+
+/// The writer of the policy maps (`POLICY`, `LISTS`, `GLOBALS`, `PORTS`).
+/// It remembers what it last wrote to each, so a change costs map writes
+/// in proportion to what changed: one `allow add` is a handful of `bpf()`
+/// calls whatever the size of the lists, where reading the whole trie and
+/// port table back cost tens of thousands.
+pub struct PolicyWriter {
+    globals: Array<MapData, Globals>,
+    ports: Array<MapData, u32>,
+    policy: Array<MapData, ServicePolicy>,
+    lists: LpmTrie<MapData, [u8; KEY_BYTES], ListEntry>,
+    /// Sizes the maps were created with (a pinned map keeps its own).
+    conns_size: u32,
+    pending_slots: u32,
+    written: Written,
+}
+
+impl PolicyWriter {
+    /// Takes the writer's handles on its maps.
+    pub fn new(ebpf: &Ebpf) -> Result<Self, LoadError> {
+        // The slot hash must use the real slot count.
+        let pending_slots = map_size(ebpf, names::PENDING)?;
+        if !pending_slots.is_power_of_two() || pending_slots < 2 {
+            return Err(LoadError::Incompatible(format!("{} has {pending_slots} slots", names::PENDING)));
+        }
+        Ok(Self {
+            globals: own(ebpf, names::GLOBALS)?,
+            ports: own(ebpf, names::PORTS)?,
+            policy: own(ebpf, names::POLICY)?,
+            lists: own(ebpf, names::LISTS)?,
+            conns_size: map_size(ebpf, names::CONNS)?,
+            pending_slots,
+            written: Written::default(),
+        })
+    }
+
+    /// `GLOBALS` as the programs read it.
+    pub fn globals(&self) -> Result<Globals, LoadError> {
+        self.globals.get(&0, 0).map_err(map_err(names::GLOBALS))
+    }
+
+    /// Sets or clears bits of `Globals::flags` (the seeding's flags).
+    pub fn set_flags(&mut self, set: u8, clear: u8) -> Result<(), LoadError> {
+        let mut g = self.globals()?;
+        g.flags = (g.flags | set) & !clear;
+        self.globals.set(0, g, 0).map_err(map_err(names::GLOBALS))
+    }
+
+    /// Writes the policy: the service policies and the merged lists into the
+    /// bank not in force, then flips `GLOBALS` to it in one write (a SYN sees
+    /// the old policy or the new one, never a mix), then the port table (each
+    /// port switches in one write). `policy.lists` must be the lists in force:
+    /// the config's with the run-time entries layered on.
+    ///
+    /// Only the entries that differ from what the maps hold are written. If a
+    /// write fails midway the writer forgets what it knew and reads the maps
+    /// again next time.
+    pub fn write(&mut self, policy: &Policy) -> Result<(), LoadError> {
+        // Checked before anything is written: the policy in force stays whole.
+        let merged = policy.lists.merge(&policy.services);
+        if merged.len() > LIST_ENTRIES as usize {
+            return Err(LoadError::TooManyEntries(merged.len()));
+        }
+        let r = self.write_inner(policy, &merged);
+        if r.is_err() {
+            self.written = Written::default();
+        }
+        r
+    }
+
+    fn write_inner(&mut self, policy: &Policy, merged: &BTreeMap<Prefix, ListEntry>) -> Result<(), LoadError> {
+        for (name, have, want) in [
+            (names::CONNS, self.conns_size, policy.maps.connections),
+            (names::PENDING, self.pending_slots, policy.maps.pending_slots),
+        ] {
+            if have != want {
+                warn!(
+                    "map {name} is pinned with {have} entries; the configured {want} takes effect after `limiter \
+                     unload`"
+                );
+            }
+        }
+        let old = self.globals()?;
+        let to_b = old.flags & flags::BANK_B == 0;
+        let target = u8::from(to_b);
+        // A SYN that read the bank bit just before the last flip may still be
+        // reading this bank: programs run for microseconds, give them far more.
+        settle_after_flip();
+
+        for id in 1..=MAX_SERVICES {
+            let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
+            self.policy.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;
+        }
+        self.write_lists(target, merged)?;
+
+        // The seeding flags belong to the seeding (which may outlive a restart):
+        // keep them. A new generation invalidates every "at its limit" hint.
+        let mut flags_new = old.flags & !(flags::BANK_B | flags::LISTS | flags::LISTS_V6);
+        if to_b {
+            flags_new |= flags::BANK_B;
+        }
+        if merged.keys().any(|p| p.family == family::V4) {
+            flags_new |= flags::LISTS;
+        }
+        if merged.keys().any(|p| p.family == family::V6) {
+            flags_new |= flags::LISTS_V6;
+        }
+        self.globals
+            .set(
+                0,
+                Globals {
+                    netns_cookie: netns_cookie()?,
+                    pending_mask: self.pending_slots - 1,
+                    ipv4_prefix: policy.ipv4_prefix,
+                    ipv6_prefix: policy.ipv6_prefix,
+                    flags: flags_new,
+                    pad: 0,
+                    generation: old.generation.wrapping_add(1),
+                    pad2: [0; 2],
+                },
+                0,
+            )
+            .map_err(map_err(names::GLOBALS))?;
+        *LAST_FLIP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+        self.write_ports(port_table(policy))
+    }
+
+    /// Makes `PORTS` hold `table`. The map may be a pin from an earlier run,
+    /// so the first call reads it whole; a port dropped from the policy is
+    /// unprotected again.
+    fn write_ports(&mut self, table: Vec<u32>) -> Result<(), LoadError> {
+        let have = match self.written.ports.take() {
+            Some(have) => have,
+            None => self.ports.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(names::PORTS))?,
+        };
+        for ((port, &id), &old) in (0u32..).zip(&table).zip(&have) {
+            if id != old {
+                self.ports.set(port, id, 0).map_err(map_err(names::PORTS))?;
+            }
+        }
+        self.written.ports = Some(table);
+        Ok(())
+    }
+
+    /// Makes `bank` of the `LISTS` trie hold exactly `merged`, touching only
+    /// what differs. The first call for a bank reads it whole.
+    fn write_lists(&mut self, bank: u8, merged: &BTreeMap<Prefix, ListEntry>) -> Result<(), LoadError> {
+        let name = names::LISTS;
+        let trie = &mut self.lists;
+        let want: HashMap<ListId, ListEntry> =
+            merged.iter().map(|(p, e)| ((key_len(p.len), key_data(bank, p.family, &p.addr)), *e)).collect();
+        let have = match self.written.banks[usize::from(bank)].take() {
+            Some(have) => have,
+            None => trie
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, e)| ((k.prefix_len(), k.data()), e))
+                .filter(|((_, data), _)| data[0] == bank)
+                .collect(),
+        };
+        for id in have.keys() {
+            if !want.contains_key(id) {
+                trie.remove(&Key::new(id.0, id.1)).map_err(map_err(name))?;
+            }
+        }
+        for (id, e) in &want {
+            if have.get(id) != Some(e) {
+                trie.insert(&Key::new(id.0, id.1), e, 0).map_err(map_err(name))?;
+            }
+        }
+        self.written.banks[usize::from(bank)] = Some(want);
+        Ok(())
+    }
+}
+
+/// When the bank bit last flipped.
+static LAST_FLIP: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// Waits until the last flip is 10 ms old.
+fn settle_after_flip() {
+    const SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
+    let last = *LAST_FLIP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(t) = last {
+        std::thread::sleep(SETTLE.saturating_sub(t.elapsed()));
+    }
+}
+
+/// The kernel form of a service's policy.
+fn service_policy(s: &Service) -> ServicePolicy {
+    let b = s.bucket();
+    let max_sessions = s.max_sessions.unwrap_or(0);
+    ServicePolicy {
+        rate_interval_ns: b.interval_ns,
+        rate_tolerance_ns: b.tolerance_ns,
+        action: match s.action {
+            Action::Drop => action::DROP,
+            Action::Reset => action::RESET,
+        },
+        max_conn_per_source: s.max_conn_per_source.unwrap_or(0),
+        pad: [0; 3],
+        max_sessions,
+        open_sessions: max_sessions.saturating_sub(s.reserved_sessions),
+    }
+}
+
+/// The service id of every TCP port (0: not protected), as `PORTS` holds it.
+#[must_use]
+pub fn port_table(policy: &Policy) -> Vec<u32> {
+    let mut table = vec![0u32; PORT_ENTRIES as usize];
+    for s in &policy.services {
+        for &p in &s.ports {
+            table[usize::from(p)] = s.id;
+        }
+    }
+    table
+}
