@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod frames;
 pub mod kernel;
+pub mod modules;
 pub mod netns;
 pub mod nft;
 pub mod postfix;
