@@ -613,7 +613,7 @@ fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> R
 fn check_config(path: &Path) -> Result<(), Failure> {
     let shown = path.display().to_string();
     let text = config::read_text(path)?;
-    match config::check(&text, &shown, &Overrides::default()) {
+    match config::check(&text, &shown, &Overrides::default(), &|n| crate::kernel::loader::ifindex(n).is_ok()) {
         Ok(c) => {
             for w in &c.warnings {
                 eprintln!("{w}");

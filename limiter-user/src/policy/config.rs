@@ -708,9 +708,15 @@ pub struct Checked {
 /// Checks a config file's text as `run` with the flags `o` would read it,
 /// without touching the kernel. The error holds every problem, sorted by
 /// line: syntax (which stops the check), unknown fields, values that do
-/// not read, and values that do not make sense. An interface this host
-/// does not have is only a warning: the file may be meant for another.
-pub fn check(text: &str, path: &str, o: &Overrides) -> Result<Checked, Vec<Problem>> {
+/// not read, and values that do not make sense. An interface for which
+/// `has_interface` (the caller's look-up on this host) is false is only a
+/// warning: the file may be meant for another.
+pub fn check(
+    text: &str,
+    path: &str,
+    o: &Overrides,
+    has_interface: &dyn Fn(&str) -> bool,
+) -> Result<Checked, Vec<Problem>> {
     let (file, mut r) = read::text(text, path).map_err(|p| vec![p])?;
     let (policy, origin) = Policy::assemble(file, o, &mut r);
     if !r.is_empty() {
@@ -718,7 +724,7 @@ pub fn check(text: &str, path: &str, o: &Overrides) -> Result<Checked, Vec<Probl
     }
     let mut w = Report::default();
     for (i, name) in policy.interfaces.iter().enumerate() {
-        if crate::kernel::loader::ifindex(name).is_err() {
+        if !has_interface(name) {
             let place = if o.interfaces.is_empty() { format!("interfaces[{i}]") } else { String::new() };
             w.push(
                 place,
@@ -785,6 +791,16 @@ mod tests {
     use std::fmt::Write as _;
 
     use super::*;
+
+    /// The host of these tests: `lo` and `eth0`, no other interface.
+    fn has_interface(name: &str) -> bool {
+        ["lo", "eth0"].contains(&name)
+    }
+
+    /// [`super::check`] on the host of these tests.
+    fn check(text: &str, path: &str, o: &Overrides) -> Result<Checked, Vec<Problem>> {
+        super::check(text, path, o, &has_interface)
+    }
 
     fn ov(ifaces: &[&str]) -> Overrides {
         Overrides { interfaces: ifaces.iter().map(|s| (*s).to_owned()).collect(), ..Overrides::default() }
