@@ -17,7 +17,10 @@ use limiter_tests::{
 };
 use limiter_user::{
     kernel::loader,
-    policy::config::{Action, Policy, Rate, Service, XdpMode},
+    policy::{
+        config::{Policy, XdpMode},
+        service::{Action, Rate, Service},
+    },
 };
 
 const PASS: u32 = 2;

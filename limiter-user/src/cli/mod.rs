@@ -14,8 +14,9 @@ use crate::{
     daemon::{self, Paths},
     kernel::loader::LoadError,
     policy::{
-        config::{self, Action, ConfigError, ConfigFile, Overrides, Policy, Rate, XdpMode},
+        config::{self, ConfigError, ConfigFile, Overrides, Policy, XdpMode},
         lists::{Cidr, printable},
+        service::{Action, Rate},
         state::{RuntimeLists, StateError},
     },
     protocol::{self, ListName, Request},

@@ -41,8 +41,9 @@ use log::info;
 use crate::{
     kernel::loader::{LoadError, map_err},
     policy::{
-        config::{Policy, Service},
+        config::Policy,
         lists::{AllowEntry, DenyEntry},
+        service::Service,
     },
 };
 

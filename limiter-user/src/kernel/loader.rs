@@ -30,7 +30,10 @@ use crate::{
         pins,
         seed::{self, Seeded},
     },
-    policy::config::{Action, Policy, XdpMode},
+    policy::{
+        config::{Policy, XdpMode},
+        service::Action,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -383,7 +386,7 @@ fn settle_after_flip() {
 }
 
 /// The kernel form of a service's policy.
-fn service_policy(s: &crate::policy::config::Service) -> ServicePolicy {
+fn service_policy(s: &crate::policy::service::Service) -> ServicePolicy {
     let b = s.bucket();
     let max_sessions = s.max_sessions.unwrap_or(0);
     ServicePolicy {

@@ -14,7 +14,7 @@ use limiter_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::policy::config::{Rate, Service};
+use crate::policy::service::{DEFAULT_BURST, MAX_BURST, Rate, Service};
 
 /// Longest comment of a list entry, in bytes.
 pub const MAX_COMMENT: usize = 200;
@@ -143,8 +143,8 @@ impl AllowEntry {
                 "burst",
                 format!("{who}burst = {b} without rate: expected rate = \"N/s\" or \"N/m\" too, or no burst"),
             )),
-            (Some(b), Some(_)) if b == 0 || b > crate::policy::config::MAX_BURST => {
-                out.push(("burst", format!("{who}burst = {b}: expected 1..={}", crate::policy::config::MAX_BURST)));
+            (Some(b), Some(_)) if b == 0 || b > MAX_BURST => {
+                out.push(("burst", format!("{who}burst = {b}: expected 1..={MAX_BURST}")));
             }
             _ => {}
         }
@@ -187,7 +187,7 @@ pub struct Lists {
 /// Burst of an allow entry with a rate but no burst: as for services.
 fn allow_bucket(e: &AllowEntry) -> limiter_common::Bucket {
     e.rate.map_or(limiter_common::Bucket::UNLIMITED, |r| {
-        let burst = e.burst.unwrap_or_else(|| r.count.min(crate::policy::config::DEFAULT_BURST));
+        let burst = e.burst.unwrap_or_else(|| r.count.min(DEFAULT_BURST));
         limiter_common::Bucket::new(r.count, r.per_secs * 1_000_000_000, burst)
     })
 }
@@ -384,7 +384,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::config::{Action, Service};
+    use crate::policy::service::{Action, Service};
 
     fn service(id: u32, name: &str) -> Service {
         Service {

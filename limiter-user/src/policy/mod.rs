@@ -7,4 +7,5 @@
 pub mod config;
 pub mod lists;
 pub(crate) mod read;
+pub mod service;
 pub mod state;

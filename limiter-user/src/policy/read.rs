@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use limiter_common::prefix::Prefix;
 use toml_edit::{Item, Key, TableLike, Value};
 
-use super::config::{ConfigFile, MapSizes, Problem, Rate, ServiceFile};
+use super::{
+    config::{ConfigFile, MapSizes, Problem, ServiceFile},
+    service::Rate,
+};
 use crate::policy::lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry};
 
 /// The config file as far as it reads, and what did not read in the

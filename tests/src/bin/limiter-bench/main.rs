@@ -49,8 +49,9 @@ use limiter_user::{
     EBPF_OBJECT,
     kernel::loader::{read_counters, service_id, write_policy},
     policy::{
-        config::{Action, MapSizes, Policy, Rate, Service, XdpMode},
+        config::{MapSizes, Policy, XdpMode},
         lists::{AllowEntry, Cidr, DenyEntry, Lists},
+        service::{Action, Rate, Service},
     },
 };
 
