@@ -428,13 +428,6 @@ pub fn port_table(policy: &Policy) -> Vec<u32> {
     table
 }
 
-/// Kernel service id of the `i`th configured service (ids are 1-based).
-#[must_use]
-pub fn service_id(i: usize) -> u32 {
-    debug_assert!(i < MAX_SERVICES as usize);
-    u32::try_from(i).map_or(0, |i| i + 1)
-}
-
 /// Loads the programs with their maps pinned under `pin_dir` (reusing
 /// pins a previous run left: counts survive), then makes sure counting and
 /// enforcement run from this binary's programs through pinned links:

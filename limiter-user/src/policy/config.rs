@@ -22,7 +22,7 @@ use self::read::{List, Report};
 use super::read;
 use crate::policy::{
     lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
-    service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, MAX_BURST, Rate, Service},
+    service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, MAX_BURST, Rate, Service, service_id},
 };
 
 /// Where `run` looks for a config when `--config` is not given.
@@ -311,7 +311,7 @@ impl Policy {
                     o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
                 Service {
                     // Past MAX_SERVICES the id is meaningless; that is a problem reported below.
-                    id: crate::kernel::loader::service_id(i.min(MAX_SERVICES as usize - 1)),
+                    id: service_id(i.min(MAX_SERVICES as usize - 1)),
                     name: s.name,
                     ports: s.ports,
                     rate,

@@ -4,7 +4,7 @@
 
 use std::{fmt, str::FromStr};
 
-use limiter_common::Bucket;
+use limiter_common::{Bucket, maps::MAX_SERVICES};
 use serde::{Deserialize, Serialize};
 
 /// Largest `burst`: more would let a source open that many connections at
@@ -109,6 +109,13 @@ impl Service {
     pub fn bucket(&self) -> Bucket {
         self.rate.map_or(Bucket::UNLIMITED, |r| Bucket::new(r.count, r.per_secs * 1_000_000_000, self.burst))
     }
+}
+
+/// Kernel service id of the `i`th configured service (ids are 1-based).
+#[must_use]
+pub fn service_id(i: usize) -> u32 {
+    debug_assert!(i < MAX_SERVICES as usize);
+    u32::try_from(i).map_or(0, |i| i + 1)
 }
 
 #[cfg(test)]

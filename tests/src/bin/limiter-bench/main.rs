@@ -47,11 +47,11 @@ use limiter_common::{
 use limiter_tests::{frames, netns};
 use limiter_user::{
     EBPF_OBJECT,
-    kernel::loader::{read_counters, service_id, write_policy},
+    kernel::loader::{read_counters, write_policy},
     policy::{
         config::{MapSizes, Policy, XdpMode},
         lists::{AllowEntry, Cidr, DenyEntry, Lists},
-        service::{Action, Rate, Service},
+        service::{Action, Rate, Service, service_id},
     },
 };
 
