@@ -392,7 +392,7 @@ impl Policy {
         for (i, s) in self.services.iter().enumerate() {
             let at = |field: &str| given.field(i, field);
             let who = format!("service {}: ", crate::policy::lists::shown(&s.name));
-            if let Err(e) = check_service_name(&s.name) {
+            if let Err(e) = crate::policy::lists::check_service_name(&s.name) {
                 r.push(at("name"), e);
             } else if let Some(&first) = names.get(s.name.as_str()) {
                 r.push(
@@ -633,27 +633,6 @@ pub fn check(
         w.push(format!("{}.prefix", origin.entry(List::Deny, i)), format!("warning: {warning}"));
     }
     Ok(Checked { policy, warnings: w.problems(&origin) })
-}
-
-/// Longest service name, in bytes.
-pub const MAX_SERVICE_NAME: usize = 32;
-
-/// A service name is 1 to 32 bytes of letters, digits, '.', '-' and '_':
-/// it is in every refusal line, metric label and table row.
-///
-/// # Errors
-/// The reason, naming the name as [`crate::policy::lists::shown`] prints it.
-pub fn check_service_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || name.len() > MAX_SERVICE_NAME
-        || !name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
-    {
-        return Err(format!(
-            "service name {}: expected 1 to {MAX_SERVICE_NAME} letters, digits, '.', '-' and '_'",
-            crate::policy::lists::shown(name)
-        ));
-    }
-    Ok(())
 }
 
 /// Parses a `--port` value: 1..=65535.
