@@ -5,7 +5,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::SocketAddr,
     path::Path,
 };
@@ -17,11 +16,10 @@ use limiter_common::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use self::read::Origin;
-use self::read::{List, Report};
 use super::read;
 use crate::policy::{
     lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
+    report::{List, Origin, Problem, Report},
     service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, MAX_BURST, Rate, Service, service_id},
 };
 
@@ -37,29 +35,6 @@ pub enum ConfigError {
     /// The first problem (by line) of the config; [`check`] gives them all.
     #[error("{0}")]
     Invalid(Problem),
-}
-
-/// One problem of a config, with the line it was written on. Displays as
-/// `PATH:LINE: message`, `PATH: message` when it has no line (a value that
-/// is missing, or comes from a flag), or the bare message without a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The config file; empty when the policy came from flags alone.
-    pub path: String,
-    /// 1-based.
-    pub line: Option<usize>,
-    /// One line that names the offending value and says what is expected.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.path.is_empty(), self.line) {
-            (true, _) => f.write_str(&self.message),
-            (false, Some(line)) => write!(f, "{}:{line}: {}", self.path, self.message),
-            (false, None) => write!(f, "{}: {}", self.path, self.message),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]

@@ -7,5 +7,6 @@
 pub mod config;
 pub mod lists;
 pub(crate) mod read;
+pub mod report;
 pub mod service;
 pub mod state;
