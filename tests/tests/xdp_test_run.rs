@@ -18,7 +18,7 @@ use limiter_tests::{
 use limiter_user::{
     kernel::loader,
     policy::{
-        config::{Policy, XdpMode},
+        model::{Policy, XdpMode},
         service::{Action, Rate, Service},
     },
 };
@@ -51,7 +51,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             max_sessions: None,
             reserved_sessions: 0,
         }],
-        maps: limiter_user::policy::config::MapSizes::default(),
+        maps: limiter_user::policy::model::MapSizes::default(),
         lists: limiter_user::policy::lists::Lists::default(),
     }
 }

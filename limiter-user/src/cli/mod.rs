@@ -14,8 +14,9 @@ use crate::{
     daemon::{self, Paths},
     kernel::loader::LoadError,
     policy::{
-        config::{self, ConfigError, ConfigFile, Overrides, Policy, XdpMode},
+        config::{self, ConfigError, ConfigFile},
         lists::{Cidr, printable},
+        model::{Overrides, Policy, XdpMode},
         service::{Action, Rate},
         state::{RuntimeLists, StateError},
     },

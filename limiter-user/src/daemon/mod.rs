@@ -36,8 +36,9 @@ use crate::{
         pins,
     },
     policy::{
-        config::{ConfigFile, Overrides, Policy},
+        config::ConfigFile,
         lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
+        model::{Overrides, Policy},
         service::Rate,
         state::RuntimeLists,
     },

@@ -41,8 +41,8 @@ use log::info;
 use crate::{
     kernel::loader::{LoadError, map_err},
     policy::{
-        config::Policy,
         lists::{AllowEntry, DenyEntry},
+        model::Policy,
         service::Service,
     },
 };
@@ -475,7 +475,7 @@ mod tests {
             "test.toml",
         )
         .expect("config");
-        Policy::build(file, &crate::policy::config::Overrides::default()).expect("policy")
+        Policy::build(file, &crate::policy::model::Overrides::default()).expect("policy")
     }
 
     /// `describe` with `held` as the source's entry in `CONNS`.

@@ -21,7 +21,7 @@ use limiter_common::{
 
 use crate::{
     kernel::loader::{LoadError, map_err},
-    policy::config::Policy,
+    policy::model::Policy,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -31,7 +31,7 @@ use crate::{
         seed::{self, Seeded},
     },
     policy::{
-        config::{Policy, XdpMode},
+        model::{Policy, XdpMode},
         service::Action,
     },
 };

@@ -49,7 +49,7 @@ use crate::{
         loader::{self, LoadError, map_err},
         sockdiag::{self, TcpSocket},
     },
-    policy::config::Policy,
+    policy::model::Policy,
 };
 
 /// The file earlier versions kept the seeded sockets in.
@@ -358,7 +358,7 @@ mod tests {
         let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25, 587]\n\
                     [[service]]\nname = \"imap\"\nports = [143]\n";
         let file = crate::policy::config::ConfigFile::parse(text, "test").expect("config");
-        let policy = Policy::build(file, &crate::policy::config::Overrides::default()).expect("policy");
+        let policy = Policy::build(file, &crate::policy::model::Overrides::default()).expect("policy");
         let ports = loader::port_table(&policy);
         // 587 became a service port after the first seeding.
         let mut first = ports.clone();

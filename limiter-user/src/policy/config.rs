@@ -9,16 +9,12 @@ use std::{
     path::Path,
 };
 
-use limiter_common::{
-    lists::LIST_ENTRIES,
-    maps::{DEFAULT_CONN_ENTRIES, MAX_SERVICES},
-    pending,
-};
-use serde::{Deserialize, Serialize};
+use limiter_common::{lists::LIST_ENTRIES, maps::MAX_SERVICES};
 
 use super::read;
 use crate::policy::{
     lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
+    model::{MapSizes, Overrides, Policy, XdpMode},
     report::{List, Origin, Problem, Report},
     service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, MAX_BURST, Rate, Service, service_id},
 };
@@ -35,16 +31,6 @@ pub enum ConfigError {
     /// The first problem (by line) of the config; [`check`] gives them all.
     #[error("{0}")]
     Invalid(Problem),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic (skb) mode with a warning.
-    #[default]
-    Auto,
-    Native,
-    Skb,
 }
 
 /// The config file as written by the admin.
@@ -64,64 +50,6 @@ pub struct ConfigFile {
     pub reserve: Vec<ReserveEntry>,
     /// Where each value was written (empty for a `ConfigFile` made in code).
     pub origin: Origin,
-}
-
-/// Sizes of the kernel maps (`[maps]` in the config). They are fixed when
-/// the maps are created, at the first start; changing them takes effect
-/// after `limiter unload`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MapSizes {
-    /// Sources that may hold connections at once (`CONNS`, `SEEDED`);
-    /// when full, a new source's connections go uncounted (fail open).
-    pub connections: u32,
-    /// Source slots (`PENDING`: handshakes in flight, hints and rate
-    /// buckets of recent sources), a power of two; direct-mapped, so a new
-    /// source may take over an idle slot.
-    pub pending_slots: u32,
-}
-
-impl Default for MapSizes {
-    fn default() -> Self {
-        Self { connections: DEFAULT_CONN_ENTRIES, pending_slots: pending::DEFAULT_SLOTS }
-    }
-}
-
-impl MapSizes {
-    /// Most entries a map may be given (16 Mi).
-    pub const MAX: u32 = 1 << 24;
-    /// Fewest.
-    pub const MIN: u32 = 1024;
-
-    fn judge(self, r: &mut Report) {
-        for (name, v) in [("connections", self.connections), ("pending_slots", self.pending_slots)] {
-            if !(Self::MIN..=Self::MAX).contains(&v) {
-                r.push(
-                    format!("maps.{name}"),
-                    format!("maps.{name} = {v} is out of range: expected {}..={}", Self::MIN, Self::MAX),
-                );
-            }
-        }
-        if !self.pending_slots.is_power_of_two() {
-            r.push(
-                "maps.pending_slots",
-                format!(
-                    "maps.pending_slots = {} is not a power of two: expected one, e.g. {}",
-                    self.pending_slots,
-                    self.pending_slots.checked_next_power_of_two().unwrap_or(Self::MAX).min(Self::MAX)
-                ),
-            );
-        }
-    }
-
-    /// Approximate kernel memory, in bytes, of the maps these sizes govern
-    /// (hash entries: key, value and about 50 bytes of element overhead;
-    /// 32 bytes per source slot).
-    #[must_use]
-    pub fn memory_bytes(self) -> u64 {
-        let hash = |n: u32| u64::from(n) * (20 + 8 + 50);
-        2 * hash(self.connections) + u64::from(self.pending_slots) * 32
-    }
 }
 
 /// A `[[service]]` table.
@@ -181,36 +109,6 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
     Ok(text)
 }
 
-/// `run` flags that override or replace parts of the config file.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub interfaces: Vec<String>,
-    pub ports: Vec<u16>,
-    pub rate: Option<Rate>,
-    pub burst: Option<u64>,
-    pub action: Option<Action>,
-    pub max_conn_per_source: Option<u32>,
-    pub ipv4_prefix: Option<u8>,
-    pub ipv6_prefix: Option<u8>,
-    pub xdp_mode: Option<XdpMode>,
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-/// The whole validated policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Policy {
-    pub interfaces: Vec<String>,
-    pub xdp_mode: XdpMode,
-    pub ipv4_prefix: u8,
-    pub ipv6_prefix: u8,
-    /// Where `/metrics` is served, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
-    pub services: Vec<Service>,
-    pub maps: MapSizes,
-    /// The config file's lists (run-time entries are layered on by the daemon).
-    pub lists: crate::policy::lists::Lists,
-}
-
 /// An `ADDR:PORT` to listen on (`--metrics-listen`, `metrics_listen`).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:9464 or [::1]:9464)"))
@@ -236,19 +134,6 @@ pub fn builtin_services() -> Vec<ServiceFile> {
 }
 
 impl Policy {
-    /// `N services, N allow, N deny, N reserve entries`, for one-line reports.
-    #[must_use]
-    pub fn summary(&self) -> String {
-        let l = &self.lists;
-        format!(
-            "{} services, {} allow, {} deny, {} reserve entries",
-            self.services.len(),
-            l.allow.len(),
-            l.deny.len(),
-            l.reserve.len()
-        )
-    }
-
     /// Combines the config file (if any) with the flags and validates the
     /// result. `--port` flags replace the file's services with one service
     /// named `default`; with neither, the built-in mail services apply.
@@ -321,7 +206,7 @@ impl Policy {
                 r.push(given.top(name), format!("{name} = {len}: expected 1..={max}"));
             }
         }
-        self.maps.judge(r);
+        judge_maps(self.maps, r);
         self.judge_services(given, origin, r);
         judge_lists(&self.lists, &self.services, origin, r);
     }
@@ -436,6 +321,28 @@ impl Policy {
                 r.push(at("reserved_sessions"), format!("{who}reserved_sessions = {problem} reserve <= max"));
             }
         }
+    }
+}
+
+/// Problems of the `[maps]` sizes.
+fn judge_maps(maps: MapSizes, r: &mut Report) {
+    for (name, v) in [("connections", maps.connections), ("pending_slots", maps.pending_slots)] {
+        if !(MapSizes::MIN..=MapSizes::MAX).contains(&v) {
+            r.push(
+                format!("maps.{name}"),
+                format!("maps.{name} = {v} is out of range: expected {}..={}", MapSizes::MIN, MapSizes::MAX),
+            );
+        }
+    }
+    if !maps.pending_slots.is_power_of_two() {
+        r.push(
+            "maps.pending_slots",
+            format!(
+                "maps.pending_slots = {} is not a power of two: expected one, e.g. {}",
+                maps.pending_slots,
+                maps.pending_slots.checked_next_power_of_two().unwrap_or(MapSizes::MAX).min(MapSizes::MAX)
+            ),
+        );
     }
 }
 

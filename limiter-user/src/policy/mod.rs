@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod lists;
+pub mod model;
 pub(crate) mod read;
 pub mod report;
 pub mod service;

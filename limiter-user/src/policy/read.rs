@@ -6,7 +6,8 @@ use limiter_common::prefix::Prefix;
 use toml_edit::{Item, TableLike, Value};
 
 use super::{
-    config::{ConfigFile, MapSizes, ServiceFile},
+    config::{ConfigFile, ServiceFile},
+    model::MapSizes,
     service::Rate,
 };
 use crate::policy::{

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::{
     cli::Failure,
     kernel::{loader, pins},
-    policy::config::{self, Overrides},
+    policy::{config, model::Overrides},
     protocol::{self, Request},
 };
 

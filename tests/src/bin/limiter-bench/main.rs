@@ -49,8 +49,8 @@ use limiter_user::{
     EBPF_OBJECT,
     kernel::loader::{read_counters, write_policy},
     policy::{
-        config::{MapSizes, Policy, XdpMode},
         lists::{AllowEntry, Cidr, DenyEntry, Lists},
+        model::{MapSizes, Policy, XdpMode},
         service::{Action, Rate, Service, service_id},
     },
 };
