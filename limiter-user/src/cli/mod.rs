@@ -17,6 +17,7 @@ use crate::{
         config::{self, ConfigError, ConfigFile},
         lists::{Cidr, printable},
         model::{Overrides, Policy, XdpMode},
+        parse::{parse_burst, parse_listen, parse_max_conn, parse_port},
         service::{Action, Rate},
         state::{RuntimeLists, StateError},
     },
@@ -147,12 +148,12 @@ pub enum AllowOp {
         /// Address, CIDR or wildcard (192.168.1.*).
         #[arg(value_parser = parse_cidr)]
         prefix: Cidr,
-        #[arg(long, value_name = "N", value_parser = config::parse_max_conn)]
+        #[arg(long, value_name = "N", value_parser = parse_max_conn)]
         max_conn_per_source: Option<u32>,
         /// New connection attempts: N/s or N/m.
         #[arg(long, value_name = "N/s|N/m")]
         rate: Option<Rate>,
-        #[arg(long, value_parser = config::parse_burst)]
+        #[arg(long, value_parser = parse_burst)]
         burst: Option<u64>,
         /// One line of at most 200 bytes.
         #[arg(long)]
@@ -271,16 +272,16 @@ pub struct RunArgs {
     #[arg(long = "iface", value_name = "IF")]
     pub ifaces: Vec<String>,
     /// Protected TCP port (repeatable); forms one service named `default`.
-    #[arg(long = "port", value_name = "P", value_parser = config::parse_port)]
+    #[arg(long = "port", value_name = "P", value_parser = parse_port)]
     pub ports: Vec<u16>,
     /// New connection attempts per source: N/s or N/m.
     #[arg(long, value_name = "N/s|N/m")]
     pub rate: Option<Rate>,
     /// Attempts a source may make at once before the rate applies.
-    #[arg(long, value_parser = config::parse_burst)]
+    #[arg(long, value_parser = parse_burst)]
     pub burst: Option<u64>,
     /// Connections a source may hold at once (no limit when omitted).
-    #[arg(long, value_name = "N", value_parser = config::parse_max_conn)]
+    #[arg(long, value_name = "N", value_parser = parse_max_conn)]
     pub max_conn_per_source: Option<u32>,
     /// cgroup v2 directory whose sockets are counted (default: the cgroup2 mount).
     #[arg(long, value_name = "PATH")]
@@ -307,7 +308,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/lib/limiter")]
     pub state_dir: PathBuf,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// If `STATE_DIR/lists.json` cannot be read, move it aside to
     /// `lists.json.bad-TIMESTAMP` (kept) and start without run-time entries.

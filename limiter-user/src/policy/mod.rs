@@ -7,6 +7,7 @@
 pub mod config;
 pub mod lists;
 pub mod model;
+pub mod parse;
 pub(crate) mod read;
 pub mod report;
 pub mod service;

@@ -8,6 +8,7 @@ use toml_edit::{Item, TableLike, Value};
 use super::{
     config::{ConfigFile, ServiceFile},
     model::MapSizes,
+    parse::parse_listen,
     service::Rate,
 };
 use crate::policy::{
@@ -171,10 +172,7 @@ fn choice<T: clap::ValueEnum>(v: &Value) -> Result<T, String> {
 fn listen_addr(v: &Value) -> Result<std::net::SocketAddr, String> {
     v.as_str()
         .ok_or("expected \"ADDR:PORT\" in quotes")
-        .and_then(|s| {
-            crate::policy::config::parse_listen(s)
-                .map_err(|_| "expected ADDR:PORT, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"")
-        })
+        .and_then(|s| parse_listen(s).map_err(|_| "expected ADDR:PORT, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""))
         .map_err(str::to_owned)
 }
 
