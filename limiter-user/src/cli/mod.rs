@@ -14,7 +14,8 @@ use crate::{
     daemon::{self, Paths},
     kernel::loader::LoadError,
     policy::{
-        config::{self, ConfigError, ConfigFile},
+        config,
+        file::{self, ConfigError, ConfigFile},
         lists::{Cidr, printable},
         model::{Overrides, Policy, XdpMode},
         parse::{parse_burst, parse_listen, parse_max_conn, parse_port},
@@ -343,7 +344,7 @@ impl From<ConfigError> for Failure {
 fn config_path(path: Option<&Path>) -> Option<PathBuf> {
     match path {
         Some(p) => Some(p.to_path_buf()),
-        None if Path::new(config::DEFAULT_CONFIG).exists() => Some(PathBuf::from(config::DEFAULT_CONFIG)),
+        None if Path::new(file::DEFAULT_CONFIG).exists() => Some(PathBuf::from(file::DEFAULT_CONFIG)),
         None => None,
     }
 }
@@ -352,7 +353,7 @@ fn config_path(path: Option<&Path>) -> Option<PathBuf> {
 fn read_config(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
     match path {
         Some(p) => ConfigFile::read(p),
-        None if Path::new(config::DEFAULT_CONFIG).exists() => ConfigFile::read(Path::new(config::DEFAULT_CONFIG)),
+        None if Path::new(file::DEFAULT_CONFIG).exists() => ConfigFile::read(Path::new(file::DEFAULT_CONFIG)),
         None => Ok(ConfigFile::default()),
     }
 }
@@ -449,7 +450,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             println!("reloaded {} ({} services)", printable(v["reloaded"].as_str().unwrap_or("?")), v["services"]);
             Ok(())
         }
-        Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(config::DEFAULT_CONFIG))),
+        Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(file::DEFAULT_CONFIG))),
         Cmd::Completions { shell } => {
             print_completions(shell);
             Ok(())
@@ -615,7 +616,7 @@ fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> R
 /// on success one line on stdout.
 fn check_config(path: &Path) -> Result<(), Failure> {
     let shown = path.display().to_string();
-    let text = config::read_text(path)?;
+    let text = file::read_text(path)?;
     match config::check(&text, &shown, &Overrides::default(), &|n| crate::kernel::loader::ifindex(n).is_ok()) {
         Ok(c) => {
             for w in &c.warnings {

@@ -36,7 +36,7 @@ use crate::{
         pins,
     },
     policy::{
-        config::ConfigFile,
+        file::ConfigFile,
         lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
         model::{Overrides, Policy},
         service::Rate,

@@ -470,7 +470,7 @@ mod tests {
     /// A policy with one service `smtp` (id 1) on port 25: 8 connections per
     /// source, 30 attempts a minute with bursts of 10.
     fn smtp_policy() -> Policy {
-        let file = crate::policy::config::ConfigFile::parse(
+        let file = crate::policy::file::ConfigFile::parse(
             "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25]\nmax_conn_per_source = 8\nrate = \"30/m\"\nburst = 10\n",
             "test.toml",
         )

@@ -3,111 +3,17 @@
 //! before anything touches the kernel; [`check`] reports every problem of a
 //! file, each with its line.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
-    path::Path,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use limiter_common::{lists::LIST_ENTRIES, maps::MAX_SERVICES};
 
-use super::read;
 use crate::policy::{
-    lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
-    model::{MapSizes, Overrides, Policy, XdpMode},
+    file::{self, ConfigError, ConfigFile, ServiceFile},
+    lists::{Cidr, Lists},
+    model::{MapSizes, Overrides, Policy},
     report::{List, Origin, Problem, Report},
-    service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, MAX_BURST, Rate, Service, service_id},
+    service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, MAX_BURST, Service, service_id},
 };
-
-/// Where `run` looks for a config when `--config` is not given.
-pub const DEFAULT_CONFIG: &str = "/etc/limiter/limiter.toml";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("config {path} is larger than {} MiB: refused unread (100,000 list entries take about 10 MiB)", MAX_CONFIG_BYTES >> 20)]
-    TooLarge { path: String },
-    /// The first problem (by line) of the config; [`check`] gives them all.
-    #[error("{0}")]
-    Invalid(Problem),
-}
-
-/// The config file as written by the admin.
-#[derive(Debug, Default)]
-pub struct ConfigFile {
-    pub interfaces: Vec<String>,
-    pub xdp_mode: Option<XdpMode>,
-    pub ipv4_prefix: Option<u8>,
-    pub ipv6_prefix: Option<u8>,
-    /// Where `/metrics` is served (`metrics_listen`); none when absent.
-    pub metrics_listen: Option<SocketAddr>,
-    /// `[[service]]` tables.
-    pub services: Vec<ServiceFile>,
-    pub maps: MapSizes,
-    pub allow: Vec<AllowEntry>,
-    pub deny: Vec<DenyEntry>,
-    pub reserve: Vec<ReserveEntry>,
-    /// Where each value was written (empty for a `ConfigFile` made in code).
-    pub origin: Origin,
-}
-
-/// A `[[service]]` table.
-#[derive(Debug, Clone, Default)]
-pub struct ServiceFile {
-    pub name: String,
-    pub ports: Vec<u16>,
-    pub rate: Option<Rate>,
-    pub burst: Option<u64>,
-    pub action: Option<Action>,
-    pub max_conn_per_source: Option<u32>,
-    pub max_sessions: Option<u32>,
-    pub reserved_sessions: Option<u32>,
-}
-
-impl ConfigFile {
-    /// Reads a config's text. The error is the first problem (by line) of
-    /// the syntax, the field names or the values' types and forms; the
-    /// values' meaning is judged by [`Policy::build`] (and all problems at
-    /// once by [`check`]).
-    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let (file, r) = read::text(text, path).map_err(ConfigError::Invalid)?;
-        match r.problems(&file.origin).into_iter().next() {
-            Some(p) => Err(ConfigError::Invalid(p)),
-            None => Ok(file),
-        }
-    }
-
-    pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_text(path)?;
-        Self::parse(&text, &path.display().to_string())
-    }
-}
-
-/// Largest config file read: a bigger one is refused before it is read
-/// whole (a reload of a runaway file must not make the daemon hold it).
-pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
-
-/// A config file's text, refused above [`MAX_CONFIG_BYTES`] without reading
-/// more than that (a file that grows while read, or a pipe, included).
-///
-/// # Errors
-/// When it cannot be read, is not UTF-8 or is too large.
-pub fn read_text(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read as _;
-    let p = path.display().to_string();
-    let read = |source| ConfigError::Read { path: p.clone(), source };
-    let f = std::fs::File::open(path).map_err(read)?;
-    if f.metadata().map_err(read)?.len() > MAX_CONFIG_BYTES {
-        return Err(ConfigError::TooLarge { path: p });
-    }
-    let mut text = String::new();
-    f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(read)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(ConfigError::TooLarge { path: p });
-    }
-    Ok(text)
-}
 
 /// The built-in policy: the standard mail ports, at most 10 connections per
 /// source, 30 attempts a minute with bursts of 10, refused with a reset.
@@ -491,7 +397,7 @@ pub fn check(
     o: &Overrides,
     has_interface: &dyn Fn(&str) -> bool,
 ) -> Result<Checked, Vec<Problem>> {
-    let (file, mut r) = read::text(text, path).map_err(|p| vec![p])?;
+    let (file, mut r) = file::text(text, path).map_err(|p| vec![p])?;
     let (policy, origin) = Policy::assemble(file, o, &mut r);
     if !r.is_empty() {
         return Err(r.problems(&origin));
@@ -519,7 +425,11 @@ mod tests {
     use limiter_common::Bucket;
 
     use super::*;
-    use crate::policy::parse::{parse_burst, parse_port};
+    use crate::policy::{
+        model::XdpMode,
+        parse::{parse_burst, parse_port},
+        service::Rate,
+    };
 
     /// The host of these tests: `lo` and `eth0`, no other interface.
     fn has_interface(name: &str) -> bool {
@@ -1029,30 +939,5 @@ prefix = \"198.51.101.0/24\"
         let c = check("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"10.0.0.0/8\"\n", "t.toml", &Overrides::default())
             .expect("ok");
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    }
-
-    #[test]
-    fn oversized_config_is_refused_unread_and_100k_entries_fit() {
-        let dir = std::env::temp_dir().join(format!("limiter-config-size-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let big = dir.join("big.toml");
-        // Sparse: no 64 MiB written.
-        std::fs::File::create(&big).and_then(|f| f.set_len(MAX_CONFIG_BYTES + 1)).expect("sparse file");
-        let err = read_text(&big).expect_err("too large");
-        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
-        assert!(err.to_string().contains("big.toml") && err.to_string().contains("64 MiB"), "{err}");
-        assert!(matches!(ConfigFile::read(&big), Err(ConfigError::TooLarge { .. })));
-        let _ = std::fs::remove_dir_all(&dir);
-
-        let mut text = String::from("interfaces = [\"eth0\"]\n");
-        for i in 0..100_000u32 {
-            let _ = write!(
-                text,
-                "[[deny]]\nprefix = \"2001:db8:{:x}:{:x}::/64\"\ncomment = \"abuse report 2026-12-04 ticket {i}\"\n",
-                i >> 16,
-                i & 0xffff
-            );
-        }
-        assert!((text.len() as u64) < MAX_CONFIG_BYTES / 4, "100,000 entries take {} bytes", text.len());
     }
 }

@@ -5,10 +5,10 @@
 //! Pure logic and files: nothing here touches aya or looks at the host.
 
 pub mod config;
+pub mod file;
 pub mod lists;
 pub mod model;
 pub mod parse;
-pub(crate) mod read;
 pub mod report;
 pub mod service;
 pub mod state;

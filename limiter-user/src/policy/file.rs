@@ -1,20 +1,113 @@
-//! Reading a config file's text: the TOML document with the place of every
-//! key and value, each field converted on its own so that every value that
-//! does not read is reported, not only the first.
+//! The config file as the admin wrote it ([`ConfigFile`]): where it is by
+//! default, how large it may be, and reading its text: the TOML document
+//! with the place of every key and value, each field converted on its own so
+//! that every value that does not read is reported, not only the first.
+
+use std::{net::SocketAddr, path::Path};
 
 use limiter_common::prefix::Prefix;
 use toml_edit::{Item, TableLike, Value};
 
-use super::{
-    config::{ConfigFile, ServiceFile},
-    model::MapSizes,
-    parse::parse_listen,
-    service::Rate,
-};
 use crate::policy::{
     lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry},
+    model::{MapSizes, XdpMode},
+    parse::parse_listen,
     report::{List, Origin, Problem, Report, join},
+    service::{Action, Rate},
 };
+
+/// Where `run` looks for a config when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/limiter/limiter.toml";
+
+/// Largest config file read: a bigger one is refused before it is read
+/// whole (a reload of a runaway file must not make the daemon hold it).
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path} is larger than {} MiB: refused unread (100,000 list entries take about 10 MiB)", MAX_CONFIG_BYTES >> 20)]
+    TooLarge { path: String },
+    /// The first problem (by line) of the config; [`check`](crate::policy::config::check) gives them all.
+    #[error("{0}")]
+    Invalid(Problem),
+}
+
+/// The config file as written by the admin.
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: Option<XdpMode>,
+    pub ipv4_prefix: Option<u8>,
+    pub ipv6_prefix: Option<u8>,
+    /// Where `/metrics` is served (`metrics_listen`); none when absent.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `[[service]]` tables.
+    pub services: Vec<ServiceFile>,
+    pub maps: MapSizes,
+    pub allow: Vec<AllowEntry>,
+    pub deny: Vec<DenyEntry>,
+    pub reserve: Vec<ReserveEntry>,
+    /// Where each value was written (empty for a `ConfigFile` made in code).
+    pub origin: Origin,
+}
+
+/// A `[[service]]` table.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceFile {
+    pub name: String,
+    pub ports: Vec<u16>,
+    pub rate: Option<Rate>,
+    pub burst: Option<u64>,
+    pub action: Option<Action>,
+    pub max_conn_per_source: Option<u32>,
+    pub max_sessions: Option<u32>,
+    pub reserved_sessions: Option<u32>,
+}
+
+impl ConfigFile {
+    /// Reads a config's text. The error is the first problem (by line) of
+    /// the syntax, the field names or the values' types and forms; the
+    /// values' meaning is judged by [`Policy::build`] (and all problems at
+    /// once by [`check`]).
+    ///
+    /// [`Policy::build`]: crate::policy::model::Policy::build
+    /// [`check`]: crate::policy::config::check
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let (file, r) = self::text(text, path).map_err(ConfigError::Invalid)?;
+        match r.problems(&file.origin).into_iter().next() {
+            Some(p) => Err(ConfigError::Invalid(p)),
+            None => Ok(file),
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_text(path)?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
+/// A config file's text, refused above [`MAX_CONFIG_BYTES`] without reading
+/// more than that (a file that grows while read, or a pipe, included).
+///
+/// # Errors
+/// When it cannot be read, is not UTF-8 or is too large.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let p = path.display().to_string();
+    let read = |source| ConfigError::Read { path: p.clone(), source };
+    let f = std::fs::File::open(path).map_err(read)?;
+    if f.metadata().map_err(read)?.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: p });
+    }
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(read)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: p });
+    }
+    Ok(text)
+}
 
 /// The config file as far as it reads, and what did not read in the
 /// report; a TOML syntax error stops it.
@@ -323,4 +416,36 @@ fn reserve_entry(t: &mut Fields<'_>, r: &mut Report) -> Option<ReserveEntry> {
     }
     let comment = t.value(r, "comment", string);
     Some(ReserveEntry { prefix: p?, service: service?, comment })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn oversized_config_is_refused_unread_and_100k_entries_fit() {
+        let dir = std::env::temp_dir().join(format!("limiter-config-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let big = dir.join("big.toml");
+        // Sparse: no 64 MiB written.
+        std::fs::File::create(&big).and_then(|f| f.set_len(MAX_CONFIG_BYTES + 1)).expect("sparse file");
+        let err = read_text(&big).expect_err("too large");
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("big.toml") && err.to_string().contains("64 MiB"), "{err}");
+        assert!(matches!(ConfigFile::read(&big), Err(ConfigError::TooLarge { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let mut text = String::from("interfaces = [\"eth0\"]\n");
+        for i in 0..100_000u32 {
+            let _ = write!(
+                text,
+                "[[deny]]\nprefix = \"2001:db8:{:x}:{:x}::/64\"\ncomment = \"abuse report 2026-12-04 ticket {i}\"\n",
+                i >> 16,
+                i & 0xffff
+            );
+        }
+        assert!((text.len() as u64) < MAX_CONFIG_BYTES / 4, "100,000 entries take {} bytes", text.len());
+    }
 }
