@@ -14,7 +14,7 @@ use crate::{
     daemon::{self, Paths},
     kernel::loader::LoadError,
     policy::{
-        config,
+        build,
         file::{self, ConfigError, ConfigFile},
         lists::{Cidr, printable},
         model::{Overrides, Policy, XdpMode},
@@ -617,7 +617,7 @@ fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> R
 fn check_config(path: &Path) -> Result<(), Failure> {
     let shown = path.display().to_string();
     let text = file::read_text(path)?;
-    match config::check(&text, &shown, &Overrides::default(), &|n| crate::kernel::loader::ifindex(n).is_ok()) {
+    match build::check(&text, &shown, &Overrides::default(), &|n| crate::kernel::loader::ifindex(n).is_ok()) {
         Ok(c) => {
             for w in &c.warnings {
                 eprintln!("{w}");

@@ -29,7 +29,7 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config {path} is larger than {} MiB: refused unread (100,000 list entries take about 10 MiB)", MAX_CONFIG_BYTES >> 20)]
     TooLarge { path: String },
-    /// The first problem (by line) of the config; [`check`](crate::policy::config::check) gives them all.
+    /// The first problem (by line) of the config; `build::check` gives them all.
     #[error("{0}")]
     Invalid(Problem),
 }
@@ -69,11 +69,8 @@ pub struct ServiceFile {
 impl ConfigFile {
     /// Reads a config's text. The error is the first problem (by line) of
     /// the syntax, the field names or the values' types and forms; the
-    /// values' meaning is judged by [`Policy::build`] (and all problems at
-    /// once by [`check`]).
-    ///
-    /// [`Policy::build`]: crate::policy::model::Policy::build
-    /// [`check`]: crate::policy::config::check
+    /// values' meaning is judged by `Policy::build` (and all problems at
+    /// once by `build::check`).
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
         let (file, r) = self::text(text, path).map_err(ConfigError::Invalid)?;
         match r.problems(&file.origin).into_iter().next() {

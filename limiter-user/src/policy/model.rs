@@ -12,7 +12,7 @@ use crate::policy::{
     service::{Action, Rate, Service},
 };
 
-/// The whole validated policy, made by [`Policy::build`] (`build.rs`).
+/// The whole validated policy, made by [`Policy::build`] (in `build.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
     pub interfaces: Vec<String>,

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::{
     cli::Failure,
     kernel::{loader, pins},
-    policy::{config, file, model::Overrides},
+    policy::{build, file, model::Overrides},
     protocol::{self, Request},
 };
 
@@ -610,7 +610,7 @@ fn config_check(given: Option<&Path>, ifaces: &[String]) -> Result<(Check, Vec<S
     // As `run --config FILE [--iface IF]...` would read it.
     let o = Overrides { interfaces: ifaces.to_vec(), ..Overrides::default() };
     let file_ifaces = file::ConfigFile::parse(&text, &shown).map(|f| f.interfaces).unwrap_or_default();
-    let check = match config::check(&text, &shown, &o, &|n| loader::ifindex(n).is_ok()) {
+    let check = match build::check(&text, &shown, &o, &|n| loader::ifindex(n).is_ok()) {
         Ok(c) if c.warnings.is_empty() => Check::ok(name, format!("{shown}: valid ({})", c.policy.summary())),
         Ok(c) => Check::warn(
             name,
