@@ -66,72 +66,109 @@ fn judge_services(services: &[Service], given: &Given, origin: &Origin, r: &mut 
     // Port -> (service, index in its ports).
     let mut owners: BTreeMap<u16, (usize, usize)> = BTreeMap::new();
     for (i, s) in services.iter().enumerate() {
-        let at = |field: &str| given.field(i, field);
-        let who = format!("service {}: ", shown(&s.name));
-        if let Err(e) = check_service_name(&s.name) {
-            r.push(at("name"), e);
-        } else if let Some(&first) = names.get(s.name.as_str()) {
+        judge_name(s, i, &mut names, given, origin, r);
+        judge_ports(services, i, &mut owners, given, origin, r);
+        judge_limits(s, i, given, r);
+    }
+}
+
+/// `service 'NAME': `, the start of a service's problems.
+fn who(s: &Service) -> String {
+    format!("service {}: ", shown(&s.name))
+}
+
+/// The name of service `i`: well formed, and not an earlier service's
+/// (`names`: the names so far, with their service).
+fn judge_name<'a>(
+    s: &'a Service,
+    i: usize,
+    names: &mut BTreeMap<&'a str, usize>,
+    given: &Given,
+    origin: &Origin,
+    r: &mut Report,
+) {
+    if let Err(e) = check_service_name(&s.name) {
+        r.push(given.field(i, "name"), e);
+    } else if let Some(&first) = names.get(s.name.as_str()) {
+        r.push(
+            given.field(i, "name"),
+            format!(
+                "service '{}' defined twice{}: expected a name of its own",
+                s.name,
+                first_at(origin, &given.field(first, "name"))
+            ),
+        );
+    } else {
+        names.insert(&s.name, i);
+    }
+}
+
+/// The ports of service `i`: at least one, each valid, listed once, and
+/// not an earlier service's (`owners`: the ports so far, with their place).
+fn judge_ports(
+    services: &[Service],
+    i: usize,
+    owners: &mut BTreeMap<u16, (usize, usize)>,
+    given: &Given,
+    origin: &Origin,
+    r: &mut Report,
+) {
+    let s = &services[i];
+    let who = who(s);
+    if s.ports.is_empty() {
+        r.push(given.field(i, "ports"), format!("{who}no ports: expected ports = [P, ...], e.g. [25, 587]"));
+    }
+    let mut own = BTreeSet::new();
+    for (j, &port) in s.ports.iter().enumerate() {
+        let place = given.port(i, j);
+        if port == 0 {
+            r.push(place, format!("{who}port 0: expected 1..=65535"));
+        } else if !own.insert(port) {
+            r.push(place, format!("{who}port {port} listed twice"));
+        } else if let Some(&(k, m)) = owners.get(&port) {
             r.push(
-                at("name"),
+                place,
                 format!(
-                    "service '{}' defined twice{}: expected a name of its own",
-                    s.name,
-                    first_at(origin, &given.field(first, "name"))
+                    "port {port} belongs to both '{}'{} and '{}': expected each port in one service only",
+                    services[k].name,
+                    line_of(origin, &given.port(k, m)),
+                    s.name
                 ),
             );
         } else {
-            names.insert(&s.name, i);
+            owners.insert(port, (i, j));
         }
-        if s.ports.is_empty() {
-            r.push(at("ports"), format!("{who}no ports: expected ports = [P, ...], e.g. [25, 587]"));
-        }
-        let mut own = BTreeSet::new();
-        for (j, &port) in s.ports.iter().enumerate() {
-            let place = given.port(i, j);
-            if port == 0 {
-                r.push(place, format!("{who}port 0: expected 1..=65535"));
-            } else if !own.insert(port) {
-                r.push(place, format!("{who}port {port} listed twice"));
-            } else if let Some(&(k, m)) = owners.get(&port) {
-                r.push(
-                    place,
-                    format!(
-                        "port {port} belongs to both '{}'{} and '{}': expected each port in one service only",
-                        services[k].name,
-                        line_of(origin, &given.port(k, m)),
-                        s.name
-                    ),
-                );
-            } else {
-                owners.insert(port, (i, j));
-            }
-        }
-        if s.burst == 0 || s.burst > MAX_BURST {
-            r.push(at("burst"), format!("{who}burst = {}: expected 1..={MAX_BURST}", s.burst));
-        }
-        if s.max_conn_per_source == Some(0) {
-            r.push(
-                at("max_conn_per_source"),
-                format!(
-                    "{who}max_conn_per_source = 0 would refuse every source: expected >= 1, or omit it for no limit"
-                ),
-            );
-        }
-        if s.max_sessions == Some(0) {
-            r.push(
-                at("max_sessions"),
-                format!("{who}max_sessions = 0 would refuse every connection: expected >= 1, or omit it for no cap"),
-            );
-        }
-        let reserved = s.reserved_sessions;
-        let problem = match s.max_sessions {
-            None if reserved > 0 => Some(format!("{reserved} without max_sessions: expected max_sessions too, and")),
-            Some(max) if reserved > max => Some(format!("{reserved} is above max_sessions = {max}: expected")),
-            _ => None,
-        };
-        if let Some(problem) = problem {
-            r.push(at("reserved_sessions"), format!("{who}reserved_sessions = {problem} reserve <= max"));
-        }
+    }
+}
+
+/// The limits of service `i`: none that refuses everything, and no more
+/// reserved sessions than sessions.
+fn judge_limits(s: &Service, i: usize, given: &Given, r: &mut Report) {
+    let at = |field: &str| given.field(i, field);
+    let who = who(s);
+    if s.burst == 0 || s.burst > MAX_BURST {
+        r.push(at("burst"), format!("{who}burst = {}: expected 1..={MAX_BURST}", s.burst));
+    }
+    if s.max_conn_per_source == Some(0) {
+        r.push(
+            at("max_conn_per_source"),
+            format!("{who}max_conn_per_source = 0 would refuse every source: expected >= 1, or omit it for no limit"),
+        );
+    }
+    if s.max_sessions == Some(0) {
+        r.push(
+            at("max_sessions"),
+            format!("{who}max_sessions = 0 would refuse every connection: expected >= 1, or omit it for no cap"),
+        );
+    }
+    let reserved = s.reserved_sessions;
+    let problem = match s.max_sessions {
+        None if reserved > 0 => Some(format!("{reserved} without max_sessions: expected max_sessions too, and")),
+        Some(max) if reserved > max => Some(format!("{reserved} is above max_sessions = {max}: expected")),
+        _ => None,
+    };
+    if let Some(problem) = problem {
+        r.push(at("reserved_sessions"), format!("{who}reserved_sessions = {problem} reserve <= max"));
     }
 }
 
