@@ -1,6 +1,6 @@
 //! Where a config's values were written and what is wrong with them: the
 //! place of every key and value ([`Origin`]), the problems found so far
-//! ([`Report`]), and each one with its line ([`Problem`]).
+//! (`Report`), and each one with its line ([`Problem`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
