@@ -128,7 +128,8 @@ fn paths_in(code: &str) -> Vec<String> {
             if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':') {
                 continue;
             }
-            let len = code[i..].find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')).unwrap_or(code.len() - i);
+            let len =
+                code[i..].find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')).unwrap_or(code.len() - i);
             paths.push(code[i..i + len].trim_end_matches(':').to_owned());
         }
     }
@@ -197,7 +198,12 @@ impl Graph {
             Open,
             Done,
         }
-        fn visit(g: &Graph, m: &Module, marks: &mut BTreeMap<Module, Mark>, stack: &mut Vec<Module>) -> Option<Vec<Module>> {
+        fn visit(
+            g: &Graph,
+            m: &Module,
+            marks: &mut BTreeMap<Module, Mark>,
+            stack: &mut Vec<Module>,
+        ) -> Option<Vec<Module>> {
             match marks.get(m) {
                 Some(Mark::Done) => return None,
                 Some(Mark::Open) => {

@@ -17,7 +17,10 @@ use limiter_tests::{
 };
 use limiter_user::{
     kernel::{counters, loader, writer},
-    policy::config::{Action, Policy, Rate, Service, XdpMode},
+    policy::{
+        model::{Policy, XdpMode},
+        service::{Action, Rate, Service},
+    },
 };
 
 const PASS: u32 = 2;
@@ -48,7 +51,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             max_sessions: None,
             reserved_sessions: 0,
         }],
-        maps: limiter_user::policy::config::MapSizes::default(),
+        maps: limiter_user::policy::model::MapSizes::default(),
         lists: limiter_user::policy::lists::Lists::default(),
     }
 }

@@ -14,8 +14,12 @@ use crate::{
     daemon::{self, Paths},
     kernel::error::LoadError,
     policy::{
-        config::{self, Action, ConfigError, ConfigFile, Overrides, Policy, Rate, XdpMode},
+        build,
+        file::{self, ConfigError, ConfigFile},
         lists::{Cidr, printable},
+        model::{Overrides, Policy, XdpMode},
+        parse::{parse_burst, parse_listen, parse_max_conn, parse_port},
+        service::{Action, Rate},
         state::{RuntimeLists, StateError},
     },
     protocol::{self, ListName, Request},
@@ -145,12 +149,12 @@ pub enum AllowOp {
         /// Address, CIDR or wildcard (192.168.1.*).
         #[arg(value_parser = parse_cidr)]
         prefix: Cidr,
-        #[arg(long, value_name = "N", value_parser = config::parse_max_conn)]
+        #[arg(long, value_name = "N", value_parser = parse_max_conn)]
         max_conn_per_source: Option<u32>,
         /// New connection attempts: N/s or N/m.
         #[arg(long, value_name = "N/s|N/m")]
         rate: Option<Rate>,
-        #[arg(long, value_parser = config::parse_burst)]
+        #[arg(long, value_parser = parse_burst)]
         burst: Option<u64>,
         /// One line of at most 200 bytes.
         #[arg(long)]
@@ -269,16 +273,16 @@ pub struct RunArgs {
     #[arg(long = "iface", value_name = "IF")]
     pub ifaces: Vec<String>,
     /// Protected TCP port (repeatable); forms one service named `default`.
-    #[arg(long = "port", value_name = "P", value_parser = config::parse_port)]
+    #[arg(long = "port", value_name = "P", value_parser = parse_port)]
     pub ports: Vec<u16>,
     /// New connection attempts per source: N/s or N/m.
     #[arg(long, value_name = "N/s|N/m")]
     pub rate: Option<Rate>,
     /// Attempts a source may make at once before the rate applies.
-    #[arg(long, value_parser = config::parse_burst)]
+    #[arg(long, value_parser = parse_burst)]
     pub burst: Option<u64>,
     /// Connections a source may hold at once (no limit when omitted).
-    #[arg(long, value_name = "N", value_parser = config::parse_max_conn)]
+    #[arg(long, value_name = "N", value_parser = parse_max_conn)]
     pub max_conn_per_source: Option<u32>,
     /// cgroup v2 directory whose sockets are counted (default: the cgroup2 mount).
     #[arg(long, value_name = "PATH")]
@@ -305,7 +309,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/lib/limiter")]
     pub state_dir: PathBuf,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// If `STATE_DIR/lists.json` cannot be read, move it aside to
     /// `lists.json.bad-TIMESTAMP` (kept) and start without run-time entries.
@@ -340,7 +344,7 @@ impl From<ConfigError> for Failure {
 fn config_path(path: Option<&Path>) -> Option<PathBuf> {
     match path {
         Some(p) => Some(p.to_path_buf()),
-        None if Path::new(config::DEFAULT_CONFIG).exists() => Some(PathBuf::from(config::DEFAULT_CONFIG)),
+        None if Path::new(file::DEFAULT_CONFIG).exists() => Some(PathBuf::from(file::DEFAULT_CONFIG)),
         None => None,
     }
 }
@@ -349,7 +353,7 @@ fn config_path(path: Option<&Path>) -> Option<PathBuf> {
 fn read_config(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
     match path {
         Some(p) => ConfigFile::read(p),
-        None if Path::new(config::DEFAULT_CONFIG).exists() => ConfigFile::read(Path::new(config::DEFAULT_CONFIG)),
+        None if Path::new(file::DEFAULT_CONFIG).exists() => ConfigFile::read(Path::new(file::DEFAULT_CONFIG)),
         None => Ok(ConfigFile::default()),
     }
 }
@@ -446,7 +450,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             println!("reloaded {} ({} services)", printable(v["reloaded"].as_str().unwrap_or("?")), v["services"]);
             Ok(())
         }
-        Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(config::DEFAULT_CONFIG))),
+        Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(file::DEFAULT_CONFIG))),
         Cmd::Completions { shell } => {
             print_completions(shell);
             Ok(())
@@ -612,8 +616,8 @@ fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> R
 /// on success one line on stdout.
 fn check_config(path: &Path) -> Result<(), Failure> {
     let shown = path.display().to_string();
-    let text = config::read_text(path)?;
-    match config::check(&text, &shown, &Overrides::default()) {
+    let text = file::read_text(path)?;
+    match build::check(&text, &shown, &Overrides::default(), &|n| crate::kernel::host::ifindex(n).is_ok()) {
         Ok(c) => {
             for w in &c.warnings {
                 eprintln!("{w}");

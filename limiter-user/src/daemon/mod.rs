@@ -39,8 +39,10 @@ use crate::{
         maps, pins,
     },
     policy::{
-        config::{ConfigFile, Overrides, Policy, Rate},
+        file::ConfigFile,
         lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
+        model::{Overrides, Policy},
+        service::Rate,
         state::RuntimeLists,
     },
     protocol::{self, ListName, Request},
@@ -726,7 +728,7 @@ fn source_limit(
     merged: &std::collections::BTreeMap<Prefix, ListEntry>,
     key: &SourceKey,
     policy: &Policy,
-    service: &crate::policy::config::Service,
+    service: &crate::policy::service::Service,
 ) -> Option<u32> {
     let len = if key.family == family::V4 { policy.ipv4_prefix } else { policy.ipv6_prefix };
     let source = Prefix { family: key.family, addr: key.addr, len };

@@ -32,8 +32,9 @@ use log::info;
 use crate::{
     kernel::events::Event,
     policy::{
-        config::{Policy, Service},
         lists::{AllowEntry, DenyEntry},
+        model::Policy,
+        service::Service,
     },
 };
 
@@ -365,12 +366,12 @@ mod tests {
     /// A policy with one service `smtp` (id 1) on port 25: 8 connections per
     /// source, 30 attempts a minute with bursts of 10.
     fn smtp_policy() -> Policy {
-        let file = crate::policy::config::ConfigFile::parse(
+        let file = crate::policy::file::ConfigFile::parse(
             "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25]\nmax_conn_per_source = 8\nrate = \"30/m\"\nburst = 10\n",
             "test.toml",
         )
         .expect("config");
-        Policy::build(file, &crate::policy::config::Overrides::default()).expect("policy")
+        Policy::build(file, &crate::policy::model::Overrides::default()).expect("policy")
     }
 
     /// `describe` with `held` as the source's entry in `CONNS`.

@@ -18,7 +18,7 @@ use crate::{
         error::LoadError,
         maps::{map_err, read},
     },
-    policy::config::Policy,
+    policy::model::Policy,
 };
 
 /// Per-service verdict counters summed over CPUs; row 0 is "no service".

@@ -22,7 +22,7 @@ use crate::{
         error::LoadError,
         maps::{map_err, own},
     },
-    policy::config::Policy,
+    policy::model::Policy,
 };
 
 /// The refusal ring buffer, with a handle of the reader's own.

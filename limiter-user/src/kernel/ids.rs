@@ -26,7 +26,7 @@ use crate::{
         error::LoadError,
         maps::{map_err, own, read},
     },
-    policy::config::Policy,
+    policy::model::Policy,
 };
 
 /// One id's owner as the daemon works with it.

@@ -26,7 +26,7 @@ use crate::{
         seed::Seeded,
         writer::PolicyWriter,
     },
-    policy::config::{Policy, XdpMode},
+    policy::model::{Policy, XdpMode},
 };
 
 /// Where the program is attached.

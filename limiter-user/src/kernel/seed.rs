@@ -51,7 +51,7 @@ use crate::{
         sockdiag::{self, TcpSocket},
         writer::{PolicyWriter, port_table},
     },
-    policy::config::Policy,
+    policy::model::Policy,
 };
 
 /// The file earlier versions kept the seeded sockets in.
@@ -354,8 +354,8 @@ mod tests {
     fn only_uncounted_sockets_on_first_seeding_ports_are_seeded() {
         let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25, 587]\n\
                     [[service]]\nname = \"imap\"\nports = [143]\n";
-        let file = crate::policy::config::ConfigFile::parse(text, "test").expect("config");
-        let policy = Policy::build(file, &crate::policy::config::Overrides::default()).expect("policy");
+        let file = crate::policy::file::ConfigFile::parse(text, "test").expect("config");
+        let policy = Policy::build(file, &crate::policy::model::Overrides::default()).expect("policy");
         let ports = port_table(&policy);
         // 587 became a service port after the first seeding.
         let mut first = ports.clone();

@@ -25,7 +25,10 @@ use crate::{
         host::netns_cookie,
         maps::{map_err, map_size, own},
     },
-    policy::config::{Action, Policy, Service},
+    policy::{
+        model::Policy,
+        service::{Action, Service},
+    },
 };
 
 /// Writes the policy with a writer that knows nothing yet of what the maps

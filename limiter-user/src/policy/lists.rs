@@ -1,7 +1,8 @@
 //! The allow, deny and reserve lists: entries as the admin writes them (in
 //! the config file or at run time with `limiter allow|deny|reserve`), and
 //! their merge into the one trie the kernel reads
-//! (`limiter_common::lists`).
+//! (`limiter_common::lists`). Also the bounds on the text those entries carry
+//! (comments, the service a reserve entry names) and how such text is shown.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -14,7 +15,7 @@ use limiter_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::policy::config::{Rate, Service};
+use crate::policy::service::{DEFAULT_BURST, MAX_BURST, Rate, Service};
 
 /// Longest comment of a list entry, in bytes.
 pub const MAX_COMMENT: usize = 200;
@@ -30,6 +31,27 @@ pub fn check_comment(c: &str) -> Result<(), String> {
     }
     if c.chars().any(char::is_control) {
         return Err(format!("comment {} has a control character: expected printable text on one line", shown(c)));
+    }
+    Ok(())
+}
+
+/// Longest service name, in bytes.
+pub const MAX_SERVICE_NAME: usize = 32;
+
+/// A service name is 1 to 32 bytes of letters, digits, '.', '-' and '_':
+/// it is in every refusal line, metric label and table row.
+///
+/// # Errors
+/// The reason, naming the name as [`shown`] prints it.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > MAX_SERVICE_NAME
+        || !name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+    {
+        return Err(format!(
+            "service name {}: expected 1 to {MAX_SERVICE_NAME} letters, digits, '.', '-' and '_'",
+            shown(name)
+        ));
     }
     Ok(())
 }
@@ -143,8 +165,8 @@ impl AllowEntry {
                 "burst",
                 format!("{who}burst = {b} without rate: expected rate = \"N/s\" or \"N/m\" too, or no burst"),
             )),
-            (Some(b), Some(_)) if b == 0 || b > crate::policy::config::MAX_BURST => {
-                out.push(("burst", format!("{who}burst = {b}: expected 1..={}", crate::policy::config::MAX_BURST)));
+            (Some(b), Some(_)) if b == 0 || b > MAX_BURST => {
+                out.push(("burst", format!("{who}burst = {b}: expected 1..={MAX_BURST}")));
             }
             _ => {}
         }
@@ -187,7 +209,7 @@ pub struct Lists {
 /// Burst of an allow entry with a rate but no burst: as for services.
 fn allow_bucket(e: &AllowEntry) -> limiter_common::Bucket {
     e.rate.map_or(limiter_common::Bucket::UNLIMITED, |r| {
-        let burst = e.burst.unwrap_or_else(|| r.count.min(crate::policy::config::DEFAULT_BURST));
+        let burst = e.burst.unwrap_or_else(|| r.count.min(DEFAULT_BURST));
         limiter_common::Bucket::new(r.count, r.per_secs * 1_000_000_000, burst)
     })
 }
@@ -353,7 +375,7 @@ impl Lists {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, e) in self.reserve.iter().enumerate() {
-            if let Err(m) = crate::policy::config::check_service_name(&e.service) {
+            if let Err(m) = check_service_name(&e.service) {
                 out.push(format!("reserve[{i}].service: reserve {}: {m}", e.prefix));
             }
             if let Some(Err(m)) = e.comment.as_deref().map(check_comment) {
@@ -384,7 +406,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::config::{Action, Service};
+    use crate::policy::service::{Action, Service};
 
     fn service(id: u32, name: &str) -> Service {
         Service {

@@ -1,10 +1,29 @@
-//! Admin input to a validated [`config::Policy`]: the config file's types
+//! Admin input to a validated [`model::Policy`]: the config file's types
 //! and TOML reading with spans, validation, the allow, deny and reserve lists
 //! and their merge, and the run-time list state kept in `lists.json`.
 //!
 //! Pure logic and files: nothing here touches aya or looks at the host.
+//!
+//! Each module imports only modules listed before it here:
+//! - `service`: rates, actions, one service's limits and kernel id (none);
+//! - `report`: where each value was written, and the problems (none);
+//! - `lists`: the allow, deny and reserve lists and their merge (`service`);
+//! - `state`: the run-time lists in `lists.json` (`lists`);
+//! - `model`: the whole `Policy`, XDP mode, map sizes, the `run` flags
+//!   (`service`, `lists`);
+//! - `parse`: the `run` flags' value parsers (`service`);
+//! - `file`: the config file as written and its TOML reader (`service`,
+//!   `report`, `lists`, `model`, `parse`);
+//! - `validate`: the rules a `Policy` must pass (`service`, `report`,
+//!   `lists`, `model`);
+//! - `build`: `Policy::build` and `check` (all but `state`).
 
-pub mod config;
+pub mod build;
+pub mod file;
 pub mod lists;
-pub(crate) mod read;
+pub mod model;
+pub mod parse;
+pub mod report;
+pub mod service;
 pub mod state;
+mod validate;

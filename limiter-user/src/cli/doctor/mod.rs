@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::{
     cli::Failure,
     kernel::{host, pins},
-    policy::config::{self, Overrides},
+    policy::{build, file, model::Overrides},
     protocol::{self, Request},
 };
 
@@ -581,14 +581,14 @@ fn config_check(given: Option<&Path>, ifaces: &[String]) -> Result<(Check, Vec<S
     let name = "config";
     let path = match given {
         Some(p) => p.to_path_buf(),
-        None if Path::new(config::DEFAULT_CONFIG).exists() => PathBuf::from(config::DEFAULT_CONFIG),
+        None if Path::new(file::DEFAULT_CONFIG).exists() => PathBuf::from(file::DEFAULT_CONFIG),
         None => {
             return Ok((
                 Check::ok(
                     name,
                     format!(
                         "no config file ({} absent): `limiter run` takes its flags and the built-in policy",
-                        config::DEFAULT_CONFIG
+                        file::DEFAULT_CONFIG
                     ),
                 ),
                 Vec::new(),
@@ -596,9 +596,9 @@ fn config_check(given: Option<&Path>, ifaces: &[String]) -> Result<(Check, Vec<S
         }
     };
     let shown = path.display().to_string();
-    let text = match config::read_text(&path) {
+    let text = match file::read_text(&path) {
         Ok(t) => t,
-        Err(config::ConfigError::Read { source, .. }) if given.is_none() => {
+        Err(file::ConfigError::Read { source, .. }) if given.is_none() => {
             return Ok((
                 Check::warn(name, format!("cannot read {shown}: {source}"), "run `limiter doctor` as root"),
                 Vec::new(),
@@ -609,8 +609,8 @@ fn config_check(given: Option<&Path>, ifaces: &[String]) -> Result<(Check, Vec<S
     };
     // As `run --config FILE [--iface IF]...` would read it.
     let o = Overrides { interfaces: ifaces.to_vec(), ..Overrides::default() };
-    let file_ifaces = config::ConfigFile::parse(&text, &shown).map(|f| f.interfaces).unwrap_or_default();
-    let check = match config::check(&text, &shown, &o) {
+    let file_ifaces = file::ConfigFile::parse(&text, &shown).map(|f| f.interfaces).unwrap_or_default();
+    let check = match build::check(&text, &shown, &o, &|n| host::ifindex(n).is_ok()) {
         Ok(c) if c.warnings.is_empty() => Check::ok(name, format!("{shown}: valid ({})", c.policy.summary())),
         Ok(c) => Check::warn(
             name,

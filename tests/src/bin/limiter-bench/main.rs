@@ -47,10 +47,11 @@ use limiter_common::{
 use limiter_tests::{frames, netns};
 use limiter_user::{
     EBPF_OBJECT,
-    kernel::{counters::read_counters, loader::service_id, writer::write_policy},
+    kernel::{counters::read_counters, writer::write_policy},
     policy::{
-        config::{Action, MapSizes, Policy, Rate, Service, XdpMode},
         lists::{AllowEntry, Cidr, DenyEntry, Lists},
+        model::{MapSizes, Policy, XdpMode},
+        service::{Action, Rate, Service, service_id},
     },
 };
 

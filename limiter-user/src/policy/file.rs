@@ -1,14 +1,110 @@
-//! Reading a config file's text: the TOML document with the place of every
-//! key and value, each field converted on its own so that every value that
-//! does not read is reported, not only the first.
+//! The config file as the admin wrote it ([`ConfigFile`]): where it is by
+//! default, how large it may be, and reading its text: the TOML document
+//! with the place of every key and value, each field converted on its own so
+//! that every value that does not read is reported, not only the first.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{net::SocketAddr, path::Path};
 
 use limiter_common::prefix::Prefix;
-use toml_edit::{Item, Key, TableLike, Value};
+use toml_edit::{Item, TableLike, Value};
 
-use super::config::{ConfigFile, MapSizes, Problem, Rate, ServiceFile};
-use crate::policy::lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry};
+use crate::policy::{
+    lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry},
+    model::{MapSizes, XdpMode},
+    parse::parse_listen,
+    report::{List, Origin, Problem, Report, join},
+    service::{Action, Rate},
+};
+
+/// Where `run` looks for a config when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/limiter/limiter.toml";
+
+/// Largest config file read: a bigger one is refused before it is read
+/// whole (a reload of a runaway file must not make the daemon hold it).
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path} is larger than {} MiB: refused unread (100,000 list entries take about 10 MiB)", MAX_CONFIG_BYTES >> 20)]
+    TooLarge { path: String },
+    /// The first problem (by line) of the config; `build::check` gives them all.
+    #[error("{0}")]
+    Invalid(Problem),
+}
+
+/// The config file as written by the admin.
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: Option<XdpMode>,
+    pub ipv4_prefix: Option<u8>,
+    pub ipv6_prefix: Option<u8>,
+    /// Where `/metrics` is served (`metrics_listen`); none when absent.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `[[service]]` tables.
+    pub services: Vec<ServiceFile>,
+    pub maps: MapSizes,
+    pub allow: Vec<AllowEntry>,
+    pub deny: Vec<DenyEntry>,
+    pub reserve: Vec<ReserveEntry>,
+    /// Where each value was written (empty for a `ConfigFile` made in code).
+    pub origin: Origin,
+}
+
+/// A `[[service]]` table.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceFile {
+    pub name: String,
+    pub ports: Vec<u16>,
+    pub rate: Option<Rate>,
+    pub burst: Option<u64>,
+    pub action: Option<Action>,
+    pub max_conn_per_source: Option<u32>,
+    pub max_sessions: Option<u32>,
+    pub reserved_sessions: Option<u32>,
+}
+
+impl ConfigFile {
+    /// Reads a config's text. The error is the first problem (by line) of
+    /// the syntax, the field names or the values' types and forms; the
+    /// values' meaning is judged by `Policy::build` (and all problems at
+    /// once by `build::check`).
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let (file, r) = self::text(text, path).map_err(ConfigError::Invalid)?;
+        match r.problems(&file.origin).into_iter().next() {
+            Some(p) => Err(ConfigError::Invalid(p)),
+            None => Ok(file),
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_text(path)?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
+/// A config file's text, refused above [`MAX_CONFIG_BYTES`] without reading
+/// more than that (a file that grows while read, or a pipe, included).
+///
+/// # Errors
+/// When it cannot be read, is not UTF-8 or is too large.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let p = path.display().to_string();
+    let read = |source| ConfigError::Read { path: p.clone(), source };
+    let f = std::fs::File::open(path).map_err(read)?;
+    if f.metadata().map_err(read)?.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: p });
+    }
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(read)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: p });
+    }
+    Ok(text)
+}
 
 /// The config file as far as it reads, and what did not read in the
 /// report; a TOML syntax error stops it.
@@ -25,156 +121,6 @@ pub(super) fn text(text: &str, path: &str) -> Result<(ConfigFile, Report), Probl
     origin.kept = kept;
     file.origin = origin;
     Ok((file, r))
-}
-
-/// Which list an entry belongs to.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum List {
-    Allow = 0,
-    Deny = 1,
-    Reserve = 2,
-}
-
-impl List {
-    pub(super) const fn name(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-            Self::Reserve => "reserve",
-        }
-    }
-}
-
-/// Where the values of a config file were written: the byte offset of each
-/// key and array element, by its place in the document (`interfaces[0]`,
-/// `service[1].ports[0]`, `allow[3].prefix`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
-    path: String,
-    line_starts: Vec<usize>,
-    offsets: BTreeMap<String, usize>,
-    /// For each entry kept in `allow`, `deny` and `reserve`, its index in
-    /// the file (an entry whose prefix did not read is left out).
-    kept: [Vec<usize>; 3],
-}
-
-impl Origin {
-    fn new(path: &str, text: &str) -> Self {
-        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Self { path: path.to_owned(), line_starts, ..Self::default() }
-    }
-
-    /// The config file (empty for a `ConfigFile` made in code).
-    #[must_use]
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// The 1-based line of a byte offset.
-    pub(super) fn line_at(&self, offset: usize) -> usize {
-        self.line_starts.partition_point(|&start| start <= offset)
-    }
-
-    /// The line of `place`, or of the nearest enclosing one written in the
-    /// file (a missing field: its table's header).
-    #[must_use]
-    pub fn line(&self, place: &str) -> Option<usize> {
-        let mut place = place;
-        loop {
-            if let Some(&offset) = self.offsets.get(place) {
-                return Some(self.line_at(offset));
-            }
-            place = &place[..place.rfind(['.', '['])?];
-        }
-    }
-
-    /// The place of entry `i` of a list in the file.
-    pub(super) fn entry(&self, list: List, i: usize) -> String {
-        format!("{}[{}]", list.name(), self.kept[list as usize].get(i).copied().unwrap_or(i))
-    }
-
-    /// Notes where every key and array element under `table` was written.
-    fn record(&mut self, place: &str, table: &dyn TableLike) {
-        for (key, item) in table.iter() {
-            let here = join(place, key);
-            if let Some(span) = table.key(key).and_then(Key::span).or_else(|| item.span()) {
-                self.offsets.insert(here.clone(), span.start);
-            }
-            match item {
-                Item::Table(t) => self.record(&here, t),
-                Item::Value(Value::InlineTable(t)) => self.record(&here, t),
-                Item::ArrayOfTables(a) => {
-                    for (i, t) in a.iter().enumerate() {
-                        let at = format!("{here}[{i}]");
-                        if let Some(span) = t.span() {
-                            self.offsets.insert(at.clone(), span.start);
-                        }
-                        self.record(&at, t);
-                    }
-                }
-                Item::Value(Value::Array(a)) => {
-                    for (i, v) in a.iter().enumerate() {
-                        let at = format!("{here}[{i}]");
-                        if let Some(span) = v.span() {
-                            self.offsets.insert(at.clone(), span.start);
-                        }
-                        if let Some(t) = v.as_inline_table() {
-                            self.record(&at, t);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn join(place: &str, key: &str) -> String {
-    if place.is_empty() { key.to_owned() } else { format!("{place}.{key}") }
-}
-
-/// Problems found so far, each at its place in the document (empty: it
-/// has none). One problem per place: a value that did not read is not
-/// judged again.
-#[derive(Debug, Default)]
-pub(super) struct Report {
-    found: Vec<(String, String)>,
-    places: BTreeSet<String>,
-}
-
-impl Report {
-    /// Records a problem unless its place, or a place inside it, already
-    /// has one (`ports` is empty because `ports[0]` did not read).
-    pub(super) fn push(&mut self, place: impl Into<String>, message: impl Into<String>) {
-        let place = place.into();
-        if !place.is_empty() {
-            let inside = |sep: char| {
-                let start = format!("{place}{sep}");
-                self.places.range(start.clone()..).next().is_some_and(|p| p.starts_with(&start))
-            };
-            if self.places.contains(&place) || inside('.') || inside('[') {
-                return;
-            }
-            self.places.insert(place.clone());
-        }
-        self.found.push((place, message.into()));
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.found.is_empty()
-    }
-
-    /// The problems with their lines, sorted by line (those without one
-    /// first, in the order found).
-    pub(super) fn problems(self, origin: &Origin) -> Vec<Problem> {
-        let mut out: Vec<Problem> = self
-            .found
-            .into_iter()
-            .map(|(place, message)| Problem { path: origin.path.clone(), line: origin.line(&place), message })
-            .collect();
-        out.sort_by_key(|p| p.line);
-        out
-    }
 }
 
 /// One table of the document being read: its place and the words that
@@ -316,10 +262,7 @@ fn choice<T: clap::ValueEnum>(v: &Value) -> Result<T, String> {
 fn listen_addr(v: &Value) -> Result<std::net::SocketAddr, String> {
     v.as_str()
         .ok_or("expected \"ADDR:PORT\" in quotes")
-        .and_then(|s| {
-            crate::policy::config::parse_listen(s)
-                .map_err(|_| "expected ADDR:PORT, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"")
-        })
+        .and_then(|s| parse_listen(s).map_err(|_| "expected ADDR:PORT, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""))
         .map_err(str::to_owned)
 }
 
@@ -470,4 +413,36 @@ fn reserve_entry(t: &mut Fields<'_>, r: &mut Report) -> Option<ReserveEntry> {
     }
     let comment = t.value(r, "comment", string);
     Some(ReserveEntry { prefix: p?, service: service?, comment })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn oversized_config_is_refused_unread_and_100k_entries_fit() {
+        let dir = std::env::temp_dir().join(format!("limiter-config-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let big = dir.join("big.toml");
+        // Sparse: no 64 MiB written.
+        std::fs::File::create(&big).and_then(|f| f.set_len(MAX_CONFIG_BYTES + 1)).expect("sparse file");
+        let err = read_text(&big).expect_err("too large");
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("big.toml") && err.to_string().contains("64 MiB"), "{err}");
+        assert!(matches!(ConfigFile::read(&big), Err(ConfigError::TooLarge { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let mut text = String::from("interfaces = [\"eth0\"]\n");
+        for i in 0..100_000u32 {
+            let _ = write!(
+                text,
+                "[[deny]]\nprefix = \"2001:db8:{:x}:{:x}::/64\"\ncomment = \"abuse report 2026-12-04 ticket {i}\"\n",
+                i >> 16,
+                i & 0xffff
+            );
+        }
+        assert!((text.len() as u64) < MAX_CONFIG_BYTES / 4, "100,000 entries take {} bytes", text.len());
+    }
 }

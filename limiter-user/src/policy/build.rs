@@ -1,0 +1,665 @@
+//! The validated [`Policy`] the loader applies, built from the config file
+//! and the `run` flags that override it. Everything is checked here, before
+//! anything touches the kernel: [`Policy::build`] stops at the first
+//! problem, [`check`] reports every problem of a file, each with its line.
+
+use limiter_common::maps::MAX_SERVICES;
+
+use crate::policy::{
+    file::{self, ConfigError, ConfigFile, ServiceFile},
+    lists::Lists,
+    model::{Overrides, Policy},
+    report::{List, Origin, Problem, Report},
+    service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, Service, service_id},
+    validate::{Given, judge},
+};
+
+/// The built-in policy: the standard mail ports, at most 10 connections per
+/// source, 30 attempts a minute with bursts of 10, refused with a reset.
+#[must_use]
+pub fn builtin_services() -> Vec<ServiceFile> {
+    [("smtp", vec![25, 465, 587]), ("imap", vec![143, 993]), ("pop3", vec![110, 995]), ("ftp", vec![21])]
+        .into_iter()
+        .map(|(name, ports)| ServiceFile {
+            name: name.to_owned(),
+            ports,
+            rate: Some(DEFAULT_RATE),
+            burst: Some(DEFAULT_BURST),
+            action: Some(Action::Reset),
+            max_conn_per_source: Some(DEFAULT_MAX_CONN),
+            max_sessions: None,
+            reserved_sessions: None,
+        })
+        .collect()
+}
+
+impl Policy {
+    /// Combines the config file (if any) with the flags and validates the
+    /// result. `--port` flags replace the file's services with one service
+    /// named `default`; with neither, the built-in mail services apply.
+    /// The error is the first problem by line ([`check`] gives them all).
+    pub fn build(file: ConfigFile, o: &Overrides) -> Result<Self, ConfigError> {
+        let mut r = Report::default();
+        let (policy, origin) = Self::assemble(file, o, &mut r);
+        match r.problems(&origin).into_iter().next() {
+            Some(p) => Err(ConfigError::Invalid(p)),
+            None => Ok(policy),
+        }
+    }
+
+    /// [`Policy::build`] without the verdict: the policy and where the file
+    /// was written, and its problems in `r`.
+    fn assemble(file: ConfigFile, o: &Overrides, r: &mut Report) -> (Self, Origin) {
+        let given = Given { o, services: o.ports.is_empty() && !file.services.is_empty() };
+        let interfaces = if o.interfaces.is_empty() { file.interfaces } else { o.interfaces.clone() };
+        let services_file = if !o.ports.is_empty() {
+            vec![ServiceFile { name: "default".into(), ports: o.ports.clone(), ..ServiceFile::default() }]
+        } else if file.services.is_empty() {
+            builtin_services()
+        } else {
+            file.services
+        };
+        // Flags apply to every service: with --port there is only one.
+        let services = services_file
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let max_conn_per_source = o.max_conn_per_source.or(s.max_conn_per_source);
+                // A service with no limit at all gets the default rate.
+                let rate = o.rate.or(s.rate).or(if max_conn_per_source.is_none() { Some(DEFAULT_RATE) } else { None });
+                let burst =
+                    o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
+                Service {
+                    // Past MAX_SERVICES the id is meaningless; that is a problem reported below.
+                    id: service_id(i.min(MAX_SERVICES as usize - 1)),
+                    name: s.name,
+                    ports: s.ports,
+                    rate,
+                    burst,
+                    action: o.action.or(s.action).unwrap_or_default(),
+                    max_conn_per_source,
+                    max_sessions: s.max_sessions,
+                    reserved_sessions: s.reserved_sessions.unwrap_or(0),
+                }
+            })
+            .collect::<Vec<_>>();
+        let policy = Self {
+            interfaces,
+            xdp_mode: o.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            ipv4_prefix: o.ipv4_prefix.or(file.ipv4_prefix).unwrap_or(32),
+            ipv6_prefix: o.ipv6_prefix.or(file.ipv6_prefix).unwrap_or(64),
+            metrics_listen: o.metrics_listen.or(file.metrics_listen),
+            services,
+            maps: file.maps,
+            lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
+        };
+        judge(&policy, &given, &file.origin, r);
+        (policy, file.origin)
+    }
+}
+
+/// A config that passed [`check`]: the policy `run` would apply, and what
+/// only deserves a warning on this host.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub policy: Policy,
+    /// Messages start with `warning: `.
+    pub warnings: Vec<Problem>,
+}
+
+/// Checks a config file's text as `run` with the flags `o` would read it,
+/// without touching the kernel. The error holds every problem, sorted by
+/// line: syntax (which stops the check), unknown fields, values that do
+/// not read, and values that do not make sense. An interface for which
+/// `has_interface` (the caller's look-up on this host) is false is only a
+/// warning: the file may be meant for another.
+pub fn check(
+    text: &str,
+    path: &str,
+    o: &Overrides,
+    has_interface: &dyn Fn(&str) -> bool,
+) -> Result<Checked, Vec<Problem>> {
+    let (file, mut r) = file::text(text, path).map_err(|p| vec![p])?;
+    let (policy, origin) = Policy::assemble(file, o, &mut r);
+    if !r.is_empty() {
+        return Err(r.problems(&origin));
+    }
+    let mut w = Report::default();
+    for (i, name) in policy.interfaces.iter().enumerate() {
+        if !has_interface(name) {
+            let place = if o.interfaces.is_empty() { format!("interfaces[{i}]") } else { String::new() };
+            w.push(
+                place,
+                format!("warning: interface '{name}' does not exist on this host (run would refuse it here)"),
+            );
+        }
+    }
+    for (i, warning) in policy.lists.footguns() {
+        w.push(format!("{}.prefix", origin.entry(List::Deny, i)), format!("warning: {warning}"));
+    }
+    Ok(Checked { policy, warnings: w.problems(&origin) })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use limiter_common::{Bucket, lists::LIST_ENTRIES};
+
+    use super::*;
+    use crate::policy::{
+        model::{MapSizes, XdpMode},
+        parse::{parse_burst, parse_port},
+        service::Rate,
+    };
+
+    /// The host of these tests: `lo` and `eth0`, no other interface.
+    fn has_interface(name: &str) -> bool {
+        ["lo", "eth0"].contains(&name)
+    }
+
+    /// [`super::check`] on the host of these tests.
+    fn check(text: &str, path: &str, o: &Overrides) -> Result<Checked, Vec<Problem>> {
+        super::check(text, path, o, &has_interface)
+    }
+
+    fn ov(ifaces: &[&str]) -> Overrides {
+        Overrides { interfaces: ifaces.iter().map(|s| (*s).to_owned()).collect(), ..Overrides::default() }
+    }
+
+    #[test]
+    fn builtin_policy_protects_mail_ports() {
+        let p = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        let ports: Vec<u16> = p.services.iter().flat_map(|s| s.ports.clone()).collect();
+        for port in [25, 465, 587, 143, 993, 110, 995, 21] {
+            assert!(ports.contains(&port), "{port} not protected");
+        }
+        assert_eq!((p.ipv4_prefix, p.ipv6_prefix), (32, 64));
+    }
+
+    #[test]
+    fn port_flags_make_one_default_service() {
+        let o = Overrides {
+            ports: vec![2525],
+            rate: Some(Rate { count: 5, per_secs: 1 }),
+            burst: Some(5),
+            action: Some(Action::Drop),
+            ..ov(&["veth0"])
+        };
+        let p = Policy::build(ConfigFile::default(), &o).expect("valid");
+        assert_eq!(p.services.len(), 1);
+        let s = &p.services[0];
+        assert_eq!((s.name.as_str(), s.ports.as_slice(), s.burst, s.action), ("default", &[2525][..], 5, Action::Drop));
+        assert_eq!(s.bucket(), Bucket::new(5, 1_000_000_000, 5));
+    }
+
+    #[test]
+    fn config_file_parses_and_flags_override() {
+        let text = r#"
+            interfaces = ["eth0"]
+            xdp_mode = "skb"
+            ipv6_prefix = 56
+            [[service]]
+            name = "smtp"
+            ports = [25, 587]
+            rate = "30/m"
+            burst = 10
+            action = "drop"
+        "#;
+        let f = ConfigFile::parse(text, "t.toml").expect("parses");
+        let p = Policy::build(f, &Overrides { ipv4_prefix: Some(24), ..ov(&[]) }).expect("valid");
+        assert_eq!(p.interfaces, ["eth0"]);
+        assert_eq!((p.xdp_mode, p.ipv4_prefix, p.ipv6_prefix), (XdpMode::Skb, 24, 56));
+        assert_eq!(p.services[0].action, Action::Drop);
+    }
+
+    #[test]
+    fn map_sizes_default_and_from_config() {
+        let p = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        assert_eq!(p.maps, MapSizes::default());
+        assert_eq!((p.maps.connections, p.maps.pending_slots), (65_536, 65_536));
+        // 2 x 65536 x 78 + 65536 x 32: about 12 MiB.
+        assert_eq!(p.maps.memory_bytes(), 2 * 65_536 * 78 + 65_536 * 32);
+        let f = ConfigFile::parse("interfaces = [\"eth0\"]\n[maps]\nconnections = 2048\n", "t.toml").expect("parse");
+        let p = Policy::build(f, &ov(&[])).expect("valid");
+        assert_eq!(p.maps, MapSizes { connections: 2048, ..MapSizes::default() }, "unnamed sizes keep their defaults");
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [0]\n", "port 0"),
+            (
+                "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\n[[service]]\nname = \"b\"\nports = [25]\n",
+                "port 25 belongs to both",
+            ),
+            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nrate = \"0/s\"\n", "rate = \"0/s\""),
+            ("interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nburst = 0\n", "burst"),
+            ("interfaces = [\"eth0\"]\nipv4_prefix = 33\n", "t.toml:2: ipv4_prefix = 33"),
+            ("interfaces = [\"eth0\"]\nbogus = 1\n", "unknown field"),
+            ("ipv4_prefix = 24\n", "no interface"),
+            ("interfaces = [\"eth0\"]\n[maps]\npending_slots = 3000\n", "power of two"),
+            ("interfaces = [\"eth0\"]\n[maps]\nconnections = 10\n", "maps.connections = 10 is out of range"),
+            ("interfaces = [\"eth0\"]\n[maps]\npending_slots = 33554432\n", "maps.pending_slots"),
+            ("interfaces = [\"eth0\"]\n[maps]\nconns = 5000\n", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let err = ConfigFile::parse(text, "t.toml").and_then(|f| Policy::build(f, &ov(&[]))).expect_err(text);
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{text:?}: error {msg:?} does not mention {want:?}");
+            assert!(!msg.contains('\n'), "error is not one line: {msg:?}");
+        }
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("65536").is_err());
+        assert!(parse_burst("0").is_err());
+    }
+
+    /// `check` with no flags; the problems as (line, message).
+    fn problems(text: &str) -> Vec<(Option<usize>, String)> {
+        match check(text, "t.toml", &Overrides::default()) {
+            Ok(c) => panic!("accepted: {:?}", c.policy),
+            Err(ps) => ps.into_iter().map(|p| (p.line, p.message)).collect(),
+        }
+    }
+
+    /// Every expected (line, fragment) is reported, and nothing else.
+    fn assert_problems(text: &str, want: &[(usize, &str)]) {
+        let got = problems(text);
+        for (line, fragment) in want {
+            assert!(
+                got.iter().any(|(l, m)| *l == Some(*line) && m.contains(fragment)),
+                "no problem {fragment:?} at line {line}; got:\n{got:#?}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "other problems reported:\n{got:#?}");
+        assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "not sorted by line: {got:#?}");
+        assert!(got.iter().all(|(_, m)| !m.contains('\n')), "a message is not one line: {got:#?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"interfaces = ["eth0", "eth0"]
+ipv4_prefix = 33
+bogus = 1
+[[service]]
+name = "smtp"
+ports = [25, 0, 25]
+burst = 0
+max_sessions = 10
+reserved_sessions = 20
+[[service]]
+name = "imap"
+ports = [
+  143,
+  25,
+]
+rate = "5/h"
+max_conn_per_source = 0
+reserved_sessions = 3
+[[service]]
+name = "smtp"
+ports = [2525]
+[[service]]
+name = "bad name"
+ports = [70000]
+max_sessions = 0
+action = "block"
+[[allow]]
+prefix = "300.1.1.1"
+[[allow]]
+prefix = "10.*"
+max_conn_per_source = 0
+[[allow]]
+prefix = "10.0.0.0/8"
+burst = 5
+[[deny]]
+prefix = "10.0.0.0/8"
+[[deny]]
+prefix = "1.2.3.4/33"
+[[reserve]]
+service = "nosuch"
+prefix = "198.51.100.10"
+[[reserve]]
+service = "smtp"
+prefix = "198.51.100.0/24"
+[[reserve]]
+service = "smtp"
+prefix = "198.51.100.7/24"
+[maps]
+connections = 10
+"#;
+        assert_problems(
+            text,
+            &[
+                (1, "interface 'eth0' listed twice"),
+                (2, "ipv4_prefix = 33: expected 1..=32"),
+                (3, "unknown field 'bogus': expected one of interfaces, "),
+                (6, "service 'smtp': port 0: expected 1..=65535"),
+                (6, "service 'smtp': port 25 listed twice"),
+                (7, "service 'smtp': burst = 0: expected 1..=1000000"),
+                (9, "service 'smtp': reserved_sessions = 20 is above max_sessions = 10: expected reserve <= max"),
+                (14, "port 25 belongs to both 'smtp' (line 6) and 'imap'"),
+                (16, "service 'imap': rate = \"5/h\": expected N/s or N/m"),
+                (17, "service 'imap': max_conn_per_source = 0 would refuse every source"),
+                (18, "service 'imap': reserved_sessions = 3 without max_sessions"),
+                (20, "service 'smtp' defined twice (first at line 5)"),
+                (23, "service name 'bad name': expected 1 to 32 letters, digits, '.', '-' and '_'"),
+                (24, "service 'bad name': port 70000: expected a whole number 1..=65535"),
+                (25, "service 'bad name': max_sessions = 0"),
+                (26, "service 'bad name': action = \"block\": expected one of drop, reset"),
+                (28, "allow: prefix = \"300.1.1.1\": expected an address, a CIDR"),
+                (31, "allow 10.0.0.0/8: max_conn_per_source = 0"),
+                (33, "allow 10.0.0.0/8 listed twice (first at line 30)"),
+                (34, "allow 10.0.0.0/8: burst = 5 without rate"),
+                (38, "deny: prefix = \"1.2.3.4/33\": prefix length out of range"),
+                (40, "reserve 198.51.100.10/32: service 'nosuch' is not configured: expected one of smtp, imap"),
+                (47, "reserve 198.51.100.0/24 for 'smtp' listed twice (first at line 44)"),
+                (49, "maps.connections = 10 is out of range: expected 1024..=16777216"),
+            ],
+        );
+    }
+
+    #[test]
+    fn problems_display_with_file_and_line() {
+        let e = check("interfaces = [\"eth0\"]\n\n[[service]]\nname = \"a\"\nports = [0]\n", "/etc/l.toml", &ov(&[]));
+        let ps = e.expect_err("port 0");
+        assert_eq!(
+            ps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["/etc/l.toml:5: service 'a': port 0: expected 1..=65535"]
+        );
+        let ps = check("ipv4_prefix = 24\n", "/etc/l.toml", &ov(&[])).expect_err("no interface");
+        assert_eq!(
+            ps[0].to_string(),
+            "/etc/l.toml: no interface to protect: give --iface IF or interfaces = [\"IF\"] in the config"
+        );
+        let p = Problem { path: String::new(), line: None, message: "m".into() };
+        assert_eq!(p.to_string(), "m");
+    }
+
+    #[test]
+    fn syntax_errors_stop_with_their_line() {
+        for (text, line) in [
+            ("interfaces = [\"eth0\"]\n[[service]\nname = \"a\"\n", 2),
+            ("interfaces = [\"eth0\"]\nipv4_prefix = \n", 2),
+            ("interfaces = [\"eth0\"]\n[maps]\nconnections = 1\nconnections = 2\n", 4),
+            ("a = \"unterminated\n", 1),
+        ] {
+            let got = problems(text);
+            assert_eq!(got.len(), 1, "{text:?}: {got:?}");
+            assert_eq!(got[0].0, Some(line), "{text:?}: {got:?}");
+            assert!(got[0].1.starts_with("TOML syntax: "), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn types_and_missing_fields_are_reported() {
+        let text = r#"interfaces = "eth0"
+xdp_mode = "fast"
+ipv6_prefix = "64"
+[[service]]
+ports = 25
+burst = -1
+[[service]]
+name = 7
+ports = [25]
+[maps]
+pending_slots = 3000
+conns = 1
+[[allow]]
+comment = "no prefix"
+[[reserve]]
+prefix = "198.51.100.1"
+[[allow]]
+prefix = "10.*.1.1"
+rate = "fast"
+burst = 5
+"#;
+        assert_problems(
+            text,
+            &[
+                (1, "interfaces = \"eth0\": expected a list of names"),
+                (2, "xdp_mode = \"fast\": expected one of auto, native, skb"),
+                (3, "ipv6_prefix = \"64\": expected a whole number 1..=128"),
+                (4, "service #1: no name: expected name = "),
+                (5, "service #1: ports = 25: expected a list of ports"),
+                (6, "service #1: burst = -1: expected a whole number 1..=1000000"),
+                (8, "service #2: name = 7: expected a string in quotes"),
+                (11, "maps.pending_slots = 3000 is not a power of two: expected one, e.g. 4096"),
+                (12, "unknown field 'maps.conns': expected one of connections, pending_slots"),
+                (13, "allow: no prefix: expected prefix = "),
+                (15, "reserve 198.51.100.1/32: no service: expected service = "),
+                (18, "allow: prefix = \"10.*.1.1\": a wildcard may only replace whole trailing IPv4 octets"),
+                (19, "allow: rate = \"fast\": expected N/s or N/m"),
+            ],
+        );
+    }
+
+    #[test]
+    fn too_many_services_and_entries() {
+        let mut text = String::from("interfaces = [\"eth0\"]\n");
+        for i in 0..17 {
+            write!(text, "[[service]]\nname = \"s{i}\"\nports = [{}]\n", 1000 + i).expect("to a String");
+        }
+        // The 17th service's header.
+        assert_problems(&text, &[(50, "17 services: at most 16 are supported")]);
+
+        let mut text = String::from("interfaces = [\"eth0\"]\n");
+        for i in 0..=LIST_ENTRIES {
+            write!(text, "[[deny]]\nprefix = \"10.{}.{}.{}\"\n", i >> 16, (i >> 8) & 255, i & 255)
+                .expect("to a String");
+        }
+        let got = problems(&text);
+        assert_eq!(
+            got,
+            [(None, "65537 list entries (0 allow, 65537 deny, 0 reserve): expected at most 65536 in all".to_owned())]
+        );
+    }
+
+    #[test]
+    fn valid_config_builds_lists_and_limits() {
+        let text = r#"
+interfaces = ["eth0"]
+[[service]]
+name = "smtp"
+ports = [25, 465, 587]
+max_conn_per_source = 8
+rate = "30/m"
+burst = 10
+max_sessions = 50
+reserved_sessions = 30
+action = "reset"
+[[service]]
+name = "imap"
+ports = [143, 993]
+max_sessions = 20
+reserved_sessions = 20
+
+[[allow]]
+prefix = "192.168.1.*"
+max_conn_per_source = 100
+comment = "office"
+[[allow]]
+prefix = "10.*"
+[[allow]]
+prefix = "172.16.0.0/12"
+rate = "5/s"
+[[deny]]
+prefix = "203.0.113.0/24"
+[[deny]]
+prefix = "10.1.*"          # deny wins over the allow entry of 10.*
+[[deny]]
+prefix = "192.168.1.0/24"  # also in allow: legal, deny wins
+[[reserve]]
+service = "smtp"
+prefix = "198.51.100.10"
+[[reserve]]
+service = "imap"
+prefix = "198.51.100.10"   # the same prefix for another service
+"#;
+        let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+        let p = &c.policy;
+        let smtp = &p.services[0];
+        assert_eq!(
+            (smtp.id, smtp.max_conn_per_source, smtp.max_sessions, smtp.reserved_sessions),
+            (1, Some(8), Some(50), 30)
+        );
+        assert_eq!((smtp.rate, smtp.burst), (Some(Rate { count: 30, per_secs: 60 }), 10));
+        let imap = &p.services[1];
+        assert_eq!((imap.id, imap.max_sessions, imap.reserved_sessions), (2, Some(20), 20));
+        let allow: Vec<(String, bool)> = p.lists.allow.iter().map(|e| (e.prefix.to_string(), e.is_exempt())).collect();
+        assert_eq!(
+            allow,
+            [("192.168.1.0/24".into(), false), ("10.0.0.0/8".into(), true), ("172.16.0.0/12".into(), false)]
+        );
+        assert_eq!(p.lists.allow[0].max_conn_per_source, Some(100));
+        assert_eq!(p.lists.allow[0].comment.as_deref(), Some("office"));
+        assert_eq!(p.lists.allow[2].rate, Some(Rate { count: 5, per_secs: 1 }));
+        let deny: Vec<String> = p.lists.deny.iter().map(|e| e.prefix.to_string()).collect();
+        assert_eq!(deny, ["203.0.113.0/24", "10.1.0.0/16", "192.168.1.0/24"]);
+        let reserve: Vec<(&str, String)> =
+            p.lists.reserve.iter().map(|e| (e.service.as_str(), e.prefix.to_string())).collect();
+        assert_eq!(reserve, [("smtp", "198.51.100.10/32".into()), ("imap", "198.51.100.10/32".into())]);
+        // Policy::build agrees with check.
+        let built = ConfigFile::parse(text, "t.toml").and_then(|f| Policy::build(f, &Overrides::default()));
+        assert_eq!(built.expect("valid"), c.policy);
+    }
+
+    #[test]
+    fn wildcards_in_the_config_are_normalized() {
+        let text = "interfaces = [\"eth0\"]\nallow = [{ prefix = \"192.168.1.*\" }, { prefix = \"10.*\" }]\n\
+                    deny = [{ prefix = \"*\" }, { prefix = \"2001:db8::1/48\" }]\n\
+                    [[reserve]]\nservice = \"smtp\"\nprefix = \"::ffff:198.51.100.7\"\n";
+        let p = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}")).policy;
+        let shown = |v: Vec<String>| v.join(" ");
+        assert_eq!(shown(p.lists.allow.iter().map(|e| e.prefix.to_string()).collect()), "192.168.1.0/24 10.0.0.0/8");
+        assert_eq!(shown(p.lists.deny.iter().map(|e| e.prefix.to_string()).collect()), "0.0.0.0/0 2001:db8::/48");
+        assert_eq!(p.lists.reserve[0].prefix.to_string(), "198.51.100.7/32");
+        // Written differently, the same prefix twice is a duplicate.
+        assert_problems(
+            "interfaces = [\"eth0\"]\n[[deny]]\nprefix = \"10.*\"\n[[deny]]\nprefix = \"10.1.2.3/8\"\n",
+            &[(5, "deny 10.0.0.0/8 listed twice (first at line 3)")],
+        );
+    }
+
+    #[test]
+    fn build_reports_the_first_problem_with_its_line() {
+        let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"a\"\nports = [25]\nmax_sessions = 5\n\
+                    reserved_sessions = 6\n[[reserve]]\nservice = \"b\"\nprefix = \"198.51.100.1\"\n";
+        let err = ConfigFile::parse(text, "t.toml").and_then(|f| Policy::build(f, &Overrides::default()));
+        let msg = err.expect_err("invalid").to_string();
+        assert_eq!(
+            msg,
+            "t.toml:6: service 'a': reserved_sessions = 6 is above max_sessions = 5: expected reserve <= max"
+        );
+        // A value that does not read is ConfigFile::parse's error.
+        let err = ConfigFile::parse("[[allow]]\nprefix = \"10.*.1.1\"\n", "t.toml").expect_err("bad wildcard");
+        assert!(err.to_string().starts_with("t.toml:2: allow: prefix = \"10.*.1.1\": a wildcard"), "{err}");
+    }
+
+    #[test]
+    fn flags_replace_file_values_and_their_places() {
+        // --port replaces the file's services: a reserve entry naming one of
+        // them no longer names a service.
+        let text = "interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25]\n\
+                    [[reserve]]\nservice = \"smtp\"\nprefix = \"198.51.100.1\"\n";
+        let o = Overrides { ports: vec![2525], ..Overrides::default() };
+        let ps = check(text, "t.toml", &o).expect_err("unknown service");
+        assert_eq!(ps.len(), 1, "{ps:?}");
+        assert_eq!(ps[0].line, Some(6));
+        assert!(ps[0].message.contains("service 'smtp' is not configured: expected one of default"), "{ps:?}");
+        // A bad file value that a flag replaces is not a problem.
+        let text = "interfaces = [\"no such if\"]\nipv4_prefix = 33\n";
+        let o = Overrides { ipv4_prefix: Some(24), ..ov(&["eth0"]) };
+        assert!(check(text, "t.toml", &o).is_ok());
+    }
+
+    /// The Debian package's /etc/limiter/limiter.toml does what `run` with no
+    /// config does, on the interface it names.
+    #[test]
+    fn packaged_config_is_the_builtin_policy() {
+        let text = include_str!("../../../packaging/limiter.toml");
+        let c = check(text, "limiter.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+        let builtin = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        assert_eq!(c.policy, builtin);
+    }
+
+    #[test]
+    fn a_missing_interface_is_a_warning() {
+        let c = check("interfaces = [\"lo\", \"nosuchif0\"]\n", "t.toml", &Overrides::default()).expect("valid");
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            ["t.toml:1: warning: interface 'nosuchif0' does not exist on this host (run would refuse it here)"]
+        );
+        assert_eq!(c.policy.interfaces, ["lo", "nosuchif0"]);
+    }
+
+    #[test]
+    fn service_names_are_bounded() {
+        let config = |name: &str| format!("interfaces = [\"eth0\"]\n[[service]]\nname = \"{name}\"\nports = [25]\n");
+        for good in ["smtp", "mail.submission", "a", "imap_tls-2", &"x".repeat(32)] {
+            let f = ConfigFile::parse(&config(good), "t.toml").expect("parses");
+            Policy::build(f, &ov(&[])).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let huge = "x".repeat(10 << 20);
+        for bad in [&"x".repeat(33), "bad name", "smtp\\u001b[2J", "sm/tp", "\\u00e9t\\u00e9", &huge] {
+            let f = ConfigFile::parse(&config(bad), "t.toml").expect("parses");
+            let msg = Policy::build(f, &ov(&[])).expect_err("refused").to_string();
+            assert!(msg.contains("t.toml:3: service name '"), "{msg}");
+            assert!(msg.len() < 200, "the message stays short: {} bytes", msg.len());
+            assert!(!msg.chars().any(char::is_control), "printable: {msg:?}");
+        }
+    }
+
+    #[test]
+    fn comments_are_bounded_everywhere_in_the_config() {
+        let long = "y".repeat(201);
+        let cases = [
+            (format!("[[allow]]\nprefix = \"10.0.0.1\"\ncomment = \"{long}\"\n"), 7, "201 bytes"),
+            ("[[deny]]\nprefix = \"10.0.0.1\"\ncomment = \"a\\nb\"\n".to_owned(), 7, "control character"),
+            (
+                "[[reserve]]\nservice = \"smtp\"\nprefix = \"10.0.0.1\"\ncomment = \"\\u001b[31m\"\n".to_owned(),
+                8,
+                "control character",
+            ),
+        ];
+        for (lists, line, want) in cases {
+            let text = format!("interfaces = [\"eth0\"]\n[[service]]\nname = \"smtp\"\nports = [25]\n{lists}");
+            assert_problems(&text, &[(line, want)]);
+        }
+        let ok = format!("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"10.0.0.1\"\ncomment = \"{}\"\n", "z".repeat(200));
+        check(&ok, "t.toml", &Overrides::default()).expect("200 bytes is fine");
+    }
+
+    #[test]
+    fn check_warns_of_deny_everything_and_allow_deny_on_one_prefix() {
+        let text = "interfaces = [\"lo\"]
+[[allow]]
+prefix = \"198.51.100.0/24\"
+[[deny]]
+prefix = \"0.0.0.0/0\"
+[[deny]]
+prefix = \"::/0\"
+[[deny]]
+prefix = \"198.51.100.*\"
+[[deny]]
+prefix = \"198.51.101.0/24\"
+";
+        let c = check(text, "t.toml", &Overrides::default()).expect("a warning, not a problem");
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            [
+                "t.toml:5: warning: deny 0.0.0.0/0 covers every IPv4 source: every connection to every service is refused",
+                "t.toml:7: warning: deny ::/0 covers every IPv6 source: every connection to every service is refused",
+                "t.toml:9: warning: 198.51.100.0/24 is in both the allow and the deny list: deny wins, the allow entry has no effect",
+            ]
+        );
+        let c =
+            check("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"*\"\n", "t.toml", &Overrides::default()).expect("ok");
+        assert_eq!(c.warnings.len(), 1, "'*' is 0.0.0.0/0: {:?}", c.warnings);
+        let c = check("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"10.0.0.0/8\"\n", "t.toml", &Overrides::default())
+            .expect("ok");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+}
