@@ -390,7 +390,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     prefix: prefix.to_string(),
                     service: None,
                     max_conn_per_source,
-                    rate: rate.map(|r| r.to_string()),
+                    rate,
                     burst,
                     comment,
                     source_prefix: false,

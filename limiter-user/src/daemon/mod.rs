@@ -177,7 +177,7 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                     force,
                 } => {
                     let prefix = d.widen(&prefix, source_prefix)?;
-                    d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate.as_deref(), burst, comment)
+                    d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate, burst, comment)
                         .and_then(|(new, entry)| d.commit_added(list, &new, &entry, force))
                 }
                 Request::ListDel { list, prefix, service, source_prefix, missing_ok } => {
@@ -413,7 +413,7 @@ impl Daemon {
         prefix: &str,
         service: Option<&str>,
         max_conn_per_source: Option<u32>,
-        rate: Option<&str>,
+        rate: Option<Rate>,
         burst: Option<u64>,
         comment: Option<String>,
     ) -> Result<(Lists, Value), String> {
@@ -430,7 +430,6 @@ impl Daemon {
         let mut new = self.runtime.lists.clone();
         let entry = match list {
             ListName::Allow => {
-                let rate = rate.map(str::parse::<Rate>).transpose()?;
                 let e = AllowEntry { prefix, max_conn_per_source, rate, burst, comment };
                 if let Some((_, problem)) = e.problems().into_iter().next() {
                     return Err(problem);

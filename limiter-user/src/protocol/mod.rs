@@ -10,6 +10,8 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
+use crate::policy::config::Rate;
+
 /// Default socket path (`LIMITER_SOCKET` overrides it for clients).
 pub const DEFAULT_SOCKET: &str = "/run/limiter/limiter.sock";
 /// Largest request the daemon reads.
@@ -43,8 +45,9 @@ pub enum Request {
         service: Option<String>,
         #[serde(default)]
         max_conn_per_source: Option<u32>,
+        /// As `N/s` or `N/m` on the wire, the text `Rate` displays and parses.
         #[serde(default)]
-        rate: Option<String>,
+        rate: Option<Rate>,
         #[serde(default)]
         burst: Option<u64>,
         #[serde(default)]
@@ -210,5 +213,33 @@ where
                 let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(&line)).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_travels_as_the_text_it_was_given() {
+        // The wire of `limiter allow add ... --rate 30/m` before `rate` was typed.
+        let wire = r#"{"cmd":"list_add","list":"allow","prefix":"198.18.0.0/24","service":null,"max_conn_per_source":3,"rate":"30/m","burst":4,"comment":"c","source_prefix":false,"force":true}"#;
+        let req = Request::ListAdd {
+            list: ListName::Allow,
+            prefix: "198.18.0.0/24".into(),
+            service: None,
+            max_conn_per_source: Some(3),
+            rate: Some(Rate { count: 30, per_secs: 60 }),
+            burst: Some(4),
+            comment: Some("c".into()),
+            source_prefix: false,
+            force: true,
+        };
+        assert_eq!(serde_json::to_string(&req).expect("serialize"), wire);
+        let back: Request = serde_json::from_str(wire).expect("parse");
+        assert!(matches!(back, Request::ListAdd { rate: Some(Rate { count: 30, per_secs: 60 }), .. }), "{back:?}");
+        let bad = wire.replace("30/m", "30/h");
+        let e = serde_json::from_str::<Request>(&bad).expect_err("30/h");
+        assert!(e.to_string().contains("30/h"), "{e}");
     }
 }
