@@ -3,6 +3,7 @@
 //! one line.
 
 pub mod doctor;
+pub mod schemas;
 pub mod views;
 
 use std::path::{Path, PathBuf};
@@ -119,6 +120,17 @@ pub enum Cmd {
         /// Directory to write the pages into (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+    /// Write the JSON Schemas of the `--json` outputs into DIR
+    /// (docs/schemas), generated from the types that print them.
+    #[command(hide = true)]
+    GenerateSchemas {
+        /// Directory to write the schemas into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Write nothing; exit 1 if a schema in DIR differs from the types.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -446,6 +458,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::GenerateMan { out } => generate_man(&out),
+        Cmd::GenerateSchemas { out, check } => crate::cli::schemas::main(&out, check),
         Cmd::Doctor(a) => crate::cli::doctor::main(&a),
         Cmd::Top { service, n, json, watch, socket } => top(&socket, &Request::Top { service, limit: n }, json, watch),
     }
