@@ -1,5 +1,6 @@
 //! Developer commands for limiter: `setup`, `build`, `run`, `test`, `bench` (and `bench --flood`),
-//! `package` (the Debian package: binary, systemd unit, config, man pages, completions).
+//! `package` (the Debian package: binary, systemd unit, config, man pages, completions), `schemas`
+//! (docs/schemas, generated from the types that print the `--json` outputs).
 //! Every command installs what it needs first, so a fresh machine needs
 //! nothing but this repository and rustup.
 
@@ -46,6 +47,12 @@ enum Cmd {
     /// Build the release binary and the Debian package around it (systemd unit, default config as a
     /// conffile, man pages, completions, docs): `target/debian/limiter_VERSION_ARCH.deb`, path on stdout.
     Package,
+    /// Write docs/schemas/*.schema.json from the types that print the `--json` outputs (`limiter
+    /// generate-schemas`); with `--check`, write nothing and fail if a committed schema differs.
+    Schemas {
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -119,6 +126,20 @@ fn main() -> Result<()> {
             let tc = setup::setup(true)?;
             let bin = build(&tc)?;
             bench::bench(&tc, &args, &bin)?;
+        }
+        Cmd::Schemas { check } => {
+            let tc = setup::setup(false)?;
+            let bin = build(&tc)?;
+            let out = workspace_root().join("docs/schemas");
+            let mut cmd = Command::new(bin);
+            cmd.arg("generate-schemas").arg("--out").arg(&out);
+            if check {
+                cmd.arg("--check");
+            }
+            run(&mut cmd)?;
+            if !check {
+                eprintln!("xtask: wrote {}", out.display());
+            }
         }
         Cmd::Package => {
             let tc = setup::setup(false)?;

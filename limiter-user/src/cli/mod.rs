@@ -3,12 +3,13 @@
 //! one line.
 
 pub mod doctor;
+pub mod schemas;
 pub mod views;
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
-use serde_json::Value;
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     daemon::{self, Paths},
@@ -22,7 +23,9 @@ use crate::{
         service::{Action, Rate},
         state::{RuntimeLists, StateError},
     },
-    protocol::{self, ListName, Request},
+    protocol::{
+        self, AddedReply, Entry, ListName, ListReply, ReloadReply, RemovedReply, Request, StatusReply, TopReply,
+    },
 };
 
 #[derive(Parser, Debug)]
@@ -121,6 +124,17 @@ pub enum Cmd {
         /// Directory to write the pages into (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+    /// Write the JSON Schemas of the `--json` outputs into DIR
+    /// (docs/schemas), generated from the types that print them.
+    #[command(hide = true)]
+    GenerateSchemas {
+        /// Directory to write the schemas into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Write nothing; exit 1 if a schema in DIR differs from the types.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -361,15 +375,7 @@ fn read_config(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
 pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.cmd {
         Cmd::Run(a) => run(a),
-        Cmd::Status { json, socket } => {
-            let v = client(&socket, &Request::Status)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
-            } else {
-                print!("{}", crate::cli::views::status(&v));
-            }
-            Ok(())
-        }
+        Cmd::Status { json, socket } => status(&socket, json),
         Cmd::Unload { pin_dir, socket } => {
             if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
                 return Err(Failure::bad_input(format!(
@@ -394,7 +400,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
                     prefix: prefix.to_string(),
                     service: None,
                     max_conn_per_source,
-                    rate: rate.map(|r| r.to_string()),
+                    rate,
                     burst,
                     comment,
                     source_prefix: false,
@@ -445,9 +451,9 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             ReserveOp::List { service, json, socket } => show(&socket.socket, ListName::Reserve, service, json),
         },
         Cmd::Reload { socket } => {
-            let v = client(&socket.socket, &Request::Reload)?;
-            print_warnings(&v);
-            println!("reloaded {} ({} services)", printable(v["reloaded"].as_str().unwrap_or("?")), v["services"]);
+            let r: ReloadReply = client(&socket.socket, &Request::Reload)?;
+            print_warnings(&r.warnings);
+            println!("reloaded {} ({} services)", printable(&r.reloaded), r.services);
             Ok(())
         }
         Cmd::CheckConfig { file } => check_config(file.as_deref().unwrap_or(Path::new(file::DEFAULT_CONFIG))),
@@ -456,17 +462,26 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::GenerateMan { out } => generate_man(&out),
+        Cmd::GenerateSchemas { out, check } => crate::cli::schemas::main(&out, check),
         Cmd::Doctor(a) => crate::cli::doctor::main(&a),
         Cmd::Top { service, n, json, watch, socket } => top(&socket, &Request::Top { service, limit: n }, json, watch),
     }
 }
 
+/// `limiter status`: JSON or the table.
+fn status(socket: &Path, json: bool) -> Result<(), Failure> {
+    let status: StatusReply = client(socket, &Request::Status)?;
+    if json {
+        return print_json(&status);
+    }
+    print!("{}", crate::cli::views::status(&status));
+    Ok(())
+}
+
 /// `limiter top`: JSON, one table, or a table redrawn every `watch` seconds.
 fn top(socket: &Path, req: &Request, json: bool, watch: Option<u64>) -> Result<(), Failure> {
     if json {
-        let v = client(socket, req)?;
-        println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
-        return Ok(());
+        return print_json(&client::<TopReply>(socket, req)?);
     }
     let Some(secs) = watch else {
         print!("{}", crate::cli::views::top(&client(socket, req)?, &crate::cli::views::local_time()));
@@ -523,38 +538,38 @@ fn generate_man(out: &Path) -> Result<(), Failure> {
 
 /// Sends a list change and reports it in one line.
 fn change(socket: &Path, req: &Request) -> Result<(), Failure> {
-    let v = client(socket, req)?;
-    let e = &v["added"];
-    let mut line = format!("{} {} added", v["list"].as_str().unwrap_or("?"), e["prefix"].as_str().unwrap_or("?"));
-    if let Some(s) = e["service"].as_str() {
+    let r: AddedReply = client(socket, req)?;
+    let e = &r.added;
+    let mut line = format!("{} {} added", r.list.as_str(), e.prefix);
+    if let Some(s) = &e.service {
         line = format!("{line} for service {s}");
     }
     let limits = describe_limits(e);
     if !limits.is_empty() {
         line = format!("{line} ({limits})");
     }
-    print_warnings(&v);
+    print_warnings(&r.warnings);
     println!("{line}");
     Ok(())
 }
 
 /// The `warnings` of a daemon response, one `limiter: warning: ` line each
 /// on stderr.
-fn print_warnings(v: &Value) {
-    for w in v["warnings"].as_array().into_iter().flatten() {
-        eprintln!("limiter: warning: {}", printable(w.as_str().unwrap_or("?")));
+fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("limiter: warning: {}", printable(w));
     }
 }
 
-fn describe_limits(e: &Value) -> String {
+fn describe_limits(e: &Entry) -> String {
     let mut parts = Vec::new();
-    if let Some(n) = e["max_conn_per_source"].as_u64() {
+    if let Some(n) = e.max_conn_per_source {
         parts.push(format!("max {n} connections per source"));
     }
-    if let Some(r) = e["rate"].as_str() {
+    if let Some(r) = e.rate {
         parts.push(format!("rate {r}"));
     }
-    if let Some(b) = e["burst"].as_u64() {
+    if let Some(b) = e.burst {
         parts.push(format!("burst {b}"));
     }
     parts.join(", ")
@@ -575,38 +590,40 @@ fn del(socket: &Path, list: ListName, prefix: Cidr, service: Option<String>, w: 
         source_prefix: w.source_prefix,
         missing_ok: w.missing_ok,
     };
-    let v = client(socket, &req)?;
-    match v["removed"].as_str() {
-        Some(p) => println!("{} {p} removed", list.as_str()),
-        None => println!("{} {} was not in the list", list.as_str(), v["absent"].as_str().unwrap_or("?")),
+    let r: RemovedReply = client(socket, &req)?;
+    if let Some(p) = r.removed {
+        println!("{} {p} removed", list.as_str());
+    } else {
+        let absent = r.absent.map_or_else(|| "?".to_owned(), |p| p.to_string());
+        println!("{} {absent} was not in the list", list.as_str());
     }
     Ok(())
 }
 
 fn show(socket: &Path, list: ListName, service: Option<String>, json: bool) -> Result<(), Failure> {
-    let v = client(socket, &Request::ListShow { list, service })?;
+    let r: ListReply = client(socket, &Request::ListShow { list, service })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).map_err(Failure::system)?);
-        return Ok(());
+        return print_json(&r);
     }
-    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    let entries = r.entries;
     if entries.is_empty() {
         println!("the {} list is empty", list.as_str());
         return Ok(());
     }
     println!("{:<44} {:<10} {:<8} {:<40} COMMENT", "PREFIX", "SERVICE", "ORIGIN", "LIMITS");
-    for e in entries {
-        let limits = match (list, describe_limits(&e)) {
+    for listed in entries {
+        let e = &listed.entry;
+        let limits = match (list, describe_limits(e)) {
             (ListName::Allow, l) if l.is_empty() => "exempt".to_owned(),
             (_, l) => l,
         };
         println!(
             "{:<44} {:<10} {:<8} {:<40} {}",
-            printable(e["prefix"].as_str().unwrap_or("?")),
-            printable(e["service"].as_str().unwrap_or("-")),
-            printable(e["origin"].as_str().unwrap_or("?")),
+            printable(&e.prefix.to_string()),
+            printable(e.service.as_deref().unwrap_or("-")),
+            listed.origin.as_str(),
             if limits.is_empty() { "-" } else { &limits },
-            printable(e["comment"].as_str().unwrap_or(""))
+            printable(e.comment.as_deref().unwrap_or(""))
         );
     }
     Ok(())
@@ -677,7 +694,14 @@ fn run(a: RunArgs) -> Result<(), Failure> {
     })
 }
 
-fn client(socket: &Path, req: &Request) -> Result<Value, Failure> {
+/// `--json`: the reply as the daemon's JSON, pretty, keys in alphabetical order.
+fn print_json<T: Serialize>(reply: &T) -> Result<(), Failure> {
+    println!("{}", protocol::json_text(reply, true).map_err(Failure::system)?);
+    Ok(())
+}
+
+/// Sends `req` and reads the daemon's reply as `R`, the type `req` is answered with.
+fn client<R: DeserializeOwned>(socket: &Path, req: &Request) -> Result<R, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Failure::system)?;
     rt.block_on(protocol::request(socket, req)).map_err(|e| match e {
         protocol::ClientError::Connect { .. } | protocol::ClientError::Refused(_) => Failure::bad_input(e),

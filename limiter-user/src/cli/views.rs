@@ -1,11 +1,11 @@
 //! The human views of `limiter status` and `limiter top`: aligned tables
-//! built from the daemon's JSON. They read only the fields they show and
-//! ignore the rest, so a daemon that adds fields (it only ever adds) still
-//! renders; a missing value shows as `-`.
+//! built from the daemon's replies. The reply types ignore fields they do
+//! not know, so a daemon that adds fields (it only ever adds) still
+//! renders; a value an older daemon does not send shows as `-`.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 
-use serde_json::Value;
+use crate::protocol::{StatusReply, TopReply};
 
 /// How a column aligns its cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,17 +78,13 @@ impl Table {
     }
 }
 
-/// A JSON number or string as text; `-` for null or a missing field.
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => "-".to_owned(),
-    }
+/// A value as text; `-` for none (null, or not sent).
+fn cell<T: Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 /// `N/MAX`, with `-` for an absent maximum.
-fn of(n: &Value, max: &Value) -> String {
+fn of<N: Display, M: Display>(n: Option<N>, max: Option<M>) -> String {
     format!("{}/{}", cell(n), cell(max))
 }
 
@@ -96,24 +92,30 @@ fn of(n: &Value, max: &Value) -> String {
 /// one row per service (policy, what is in use now, verdict counters), then
 /// the lists and the frames that matched no service.
 #[must_use]
-pub fn status(v: &Value) -> String {
-    use Align::{Left, Right};
+pub fn status(v: &StatusReply) -> String {
     let mut out = String::new();
-    let mut head = format!("limiter {}", cell(&v["version"]));
-    if let Some(dir) = v["pin_dir"].as_str() {
-        let _ = write!(head, "   pins {dir}");
+    let mut head = format!("limiter {}", v.version);
+    if let Some(dir) = &v.pin_dir {
+        let _ = write!(head, "   pins {}", dir.display());
     }
-    let _ = write!(head, "   sources IPv4 /{}, IPv6 /{}", cell(&v["ipv4_prefix"]), cell(&v["ipv6_prefix"]));
+    let _ = write!(head, "   sources IPv4 /{}, IPv6 /{}", v.ipv4_prefix, v.ipv6_prefix);
     let _ = writeln!(out, "{head}");
-    let ifaces: Vec<String> = v["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| format!("{} (xdp {}, ifindex {})", cell(&i["name"]), cell(&i["xdp_mode"]), cell(&i["ifindex"])))
-        .collect();
+    let ifaces: Vec<String> =
+        v.interfaces.iter().map(|i| format!("{} (xdp {}, ifindex {})", i.name, i.xdp_mode, i.ifindex)).collect();
     let _ = writeln!(out, "interfaces: {}", if ifaces.is_empty() { "-".to_owned() } else { ifaces.join(", ") });
     let _ = writeln!(out);
+    services_table(v).render(&mut out);
+    let _ = writeln!(out);
+    if let Some(l) = &v.lists {
+        let _ = writeln!(out, "lists: {} allow, {} deny, {} reserve entries", l.allow, l.deny, l.reserve);
+    }
+    let _ = writeln!(out, "other packets passed: {}", v.totals.passed_other);
+    out
+}
 
+/// One row per service: its policy, what is in use now, verdict counters.
+fn services_table(v: &StatusReply) -> Table {
+    use Align::{Left, Right};
     let mut t = Table::new(&[
         ("SERVICE", Left),
         ("PORTS", Left),
@@ -135,49 +137,31 @@ pub fn status(v: &Value) -> String {
     // Per-source limits, the service's sessions (in use/max, reserved),
     // then SYN verdicts: refused by the rule that refused them.
     t.groups = vec![("limits", 3), ("sessions", 6), ("refused by", 10)];
-    for s in v["services"].as_array().into_iter().flatten() {
-        let ports: Vec<String> = s["ports"].as_array().into_iter().flatten().map(cell).collect();
-        let c = &s["counters"];
+    for s in &v.services {
+        let ports: Vec<String> = s.ports.iter().map(ToString::to_string).collect();
+        let c = &s.counters;
         // Reserved sessions only mean something under a session cap.
-        let reserved = if s["max_sessions"].is_null() { "-".to_owned() } else { cell(&s["reserved_sessions"]) };
+        let reserved = s.max_sessions.map(|_| s.reserved_sessions);
         t.rows.push(vec![
-            cell(&s["name"]),
+            s.name.clone(),
             if ports.is_empty() { "-".to_owned() } else { ports.join(",") },
-            cell(&s["action"]),
-            cell(&s["max_conn_per_source"]),
-            cell(&s["rate"]),
-            if s["rate"].is_null() { "-".to_owned() } else { cell(&s["burst"]) },
-            of(&s["sessions"], &s["max_sessions"]),
-            reserved,
-            cell(&s["connections"]),
-            cell(&c["accepted"]),
-            cell(&c["refused_deny"]),
-            cell(&c["refused_sessions"]),
-            cell(&c["refused_reserve"]),
-            cell(&c["refused_concurrency"]),
-            cell(&c["refused_rate"]),
-            cell(&c["passed_non_syn"]),
+            s.action.clone(),
+            cell(s.max_conn_per_source),
+            cell(s.rate),
+            cell(s.rate.map(|_| s.burst)),
+            of(s.sessions, s.max_sessions),
+            cell(reserved),
+            s.connections.to_string(),
+            cell(c.accepted),
+            cell(c.refused_deny),
+            cell(c.refused_sessions),
+            cell(c.refused_reserve),
+            cell(c.refused_concurrency),
+            cell(c.refused_rate),
+            cell(c.passed_non_syn),
         ]);
     }
-    t.render(&mut out);
-    let _ = writeln!(out);
-    let l = &v["lists"];
-    if l.is_object() {
-        let _ = writeln!(
-            out,
-            "lists: {} allow, {} deny, {} reserve entries",
-            cell(&l["allow"]),
-            cell(&l["deny"]),
-            cell(&l["reserve"])
-        );
-    }
-    let _ = writeln!(out, "other packets passed: {}", cell(&v["totals"]["passed_other"]));
-    out
-}
-
-/// Whether a `top` row is at its per-source limit.
-fn full(row: &Value) -> bool {
-    matches!((row["connections"].as_u64(), row["limit"].as_u64()), (Some(c), Some(l)) if c >= l)
+    t
 }
 
 /// `limiter top` as an admin reads it: a header with the time and how many
@@ -185,17 +169,17 @@ fn full(row: &Value) -> bool {
 /// connections first, as the daemon sorts them), `FULL` marking those at
 /// their limit. `now` is the local time to show (`HH:MM:SS`).
 #[must_use]
-pub fn top(v: &Value, now: &str) -> String {
+pub fn top(v: &TopReply, now: &str) -> String {
     use Align::{Left, Right};
-    let rows = v["sources"].as_array().map_or(&[][..], Vec::as_slice);
+    let rows = &v.sources;
     let mut out = String::new();
     let shown = rows.len();
-    let total = v["total_sources"].as_u64().map_or_else(|| shown.to_string(), |t| t.to_string());
+    let total = v.total_sources.unwrap_or(shown);
     let mut head = format!("{now}   {shown} of {total} sources holding connections");
-    if let Some(c) = v["total_connections"].as_u64() {
+    if let Some(c) = v.total_connections {
         let _ = write!(head, ", {c} connection{}", if c == 1 { "" } else { "s" });
     }
-    let at_limit = rows.iter().filter(|r| full(r)).count();
+    let at_limit = rows.iter().filter(|r| r.is_full()).count();
     if at_limit > 0 {
         let _ = write!(head, ", {at_limit} at their limit (FULL)");
     }
@@ -207,10 +191,10 @@ pub fn top(v: &Value, now: &str) -> String {
     let mut t = Table::new(&[("SOURCE", Left), ("SERVICE", Left), ("CONN/LIMIT", Right), ("", Left)]);
     for r in rows {
         t.rows.push(vec![
-            cell(&r["source"]),
-            cell(&r["service"]),
-            of(&r["connections"], &r["limit"]),
-            if full(r) { "FULL".to_owned() } else { String::new() },
+            r.source.clone(),
+            r.service.clone(),
+            of(Some(r.connections), r.limit),
+            if r.is_full() { "FULL".to_owned() } else { String::new() },
         ]);
     }
     t.render(&mut out);
@@ -233,9 +217,14 @@ pub fn local_time() -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
+
+    /// A reply as the client reads it from the daemon's JSON.
+    fn read<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).expect("a reply")
+    }
 
     fn status_json() -> Value {
         json!({
@@ -270,7 +259,7 @@ mod tests {
 
     #[test]
     fn status_table() {
-        let text = status(&status_json());
+        let text = status(&read(status_json()));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "limiter 0.1.0   pins /sys/fs/bpf/limiter   sources IPv4 /32, IPv6 /64");
         assert_eq!(lines[1], "interfaces: eth0 (xdp native, ifindex 2)");
@@ -331,7 +320,7 @@ mod tests {
                             "counters": { "accepted": 12, "refused_rate": 7, "passed_non_syn": 143 } } ],
             "totals": { "passed_other": 1 }
         });
-        let text = status(&v);
+        let text = status(&read(v));
         assert!(text.starts_with("limiter 0.0.9   sources IPv4 /32, IPv6 /64\ninterfaces: -\n"), "{text}");
         let row: Vec<&str> = text.lines().nth(5).expect("row").split_whitespace().collect();
         assert_eq!(
@@ -352,7 +341,7 @@ mod tests {
             "total_sources": 5,
             "total_connections": 17
         });
-        let text = top(&v, "12:34:56");
+        let text = top(&read(v), "12:34:56");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "12:34:56   3 of 5 sources holding connections, 17 connections, 1 at their limit (FULL)");
         assert_eq!(lines[1], "SOURCE             SERVICE  CONN/LIMIT");
@@ -364,13 +353,17 @@ mod tests {
 
     #[test]
     fn top_empty_and_without_totals() {
-        let text = top(&json!({ "sources": [] }), "00:00:01");
+        let text = top(&read(json!({ "sources": [] })), "00:00:01");
         assert_eq!(text, "00:00:01   0 of 0 sources holding connections\nno source holds a connection\n");
-        let text = top(&json!({ "sources": [ { "source": "a", "service": "s", "connections": 1, "limit": 1 } ] }), "t");
+        let v = json!({ "sources": [ { "source": "a", "service": "s", "connections": 1, "limit": 1 } ] });
+        let text = top(&read(v), "t");
         assert!(text.starts_with("t   1 of 1 sources holding connections, 1 at their limit (FULL)\n"), "{text}");
         let v = json!({ "sources": [ { "source": "a", "service": "s", "connections": 1, "limit": null } ],
                         "total_sources": 1, "total_connections": 1 });
-        assert!(top(&v, "t").starts_with("t   1 of 1 sources holding connections, 1 connection\n"), "{v}");
+        assert!(
+            top(&read(v.clone()), "t").starts_with("t   1 of 1 sources holding connections, 1 connection\n"),
+            "{v}"
+        );
     }
 
     #[test]

@@ -23,7 +23,6 @@ use limiter_common::{
 };
 use log::{debug, info, warn};
 use sd_notify::NotifyState;
-use serde_json::{Value, json};
 use tokio::{io::unix::AsyncFd, net::UnixListener, signal::unix::SignalKind};
 
 use crate::{
@@ -45,7 +44,10 @@ use crate::{
         service::Rate,
         state::RuntimeLists,
     },
-    protocol::{self, ListName, Request},
+    protocol::{
+        self, AddedReply, Counters, Entry, Interface, ListCounts, ListName, ListReply, ListedEntry, Origin,
+        RefusalLines, ReloadReply, RemovedReply, Reply, Request, ServiceStatus, StatusReply, TopReply, TopRow, Totals,
+    },
 };
 
 /// How often the seeded connections are looked up in the socket table
@@ -166,9 +168,9 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         move |req: Request| {
             let d = &mut *state.borrow_mut();
             match req {
-                Request::Status => status(d),
-                Request::Top { service, limit } => top(d, service.as_deref(), limit),
-                Request::ListShow { list, service } => Ok(d.list_show(list, service.as_deref())),
+                Request::Status => status(d).map(|s| Reply::Status(Box::new(s))),
+                Request::Top { service, limit } => top(d, service.as_deref(), limit).map(Reply::Top),
+                Request::ListShow { list, service } => Ok(Reply::List(d.list_show(list, service.as_deref()))),
                 Request::ListAdd {
                     list,
                     prefix,
@@ -181,14 +183,15 @@ async fn run_async(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
                     force,
                 } => {
                     let prefix = d.widen(&prefix, source_prefix)?;
-                    d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate.as_deref(), burst, comment)
-                        .and_then(|(new, entry)| d.commit_added(list, &new, &entry, force))
+                    d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate, burst, comment)
+                        .and_then(|(new, entry)| d.commit_added(list, &new, entry, force))
+                        .map(Reply::Added)
                 }
                 Request::ListDel { list, prefix, service, source_prefix, missing_ok } => {
                     let prefix = d.widen(&prefix, source_prefix)?;
-                    d.list_del(list, &prefix, service.as_deref(), missing_ok)
+                    d.list_del(list, &prefix, service.as_deref(), missing_ok).map(Reply::Removed)
                 }
-                Request::Reload => d.reload(),
+                Request::Reload => d.reload().map(Reply::Reloaded),
             }
         }
     };
@@ -416,10 +419,10 @@ impl Daemon {
         prefix: &str,
         service: Option<&str>,
         max_conn_per_source: Option<u32>,
-        rate: Option<&str>,
+        rate: Option<Rate>,
         burst: Option<u64>,
         comment: Option<String>,
-    ) -> Result<(Lists, Value), String> {
+    ) -> Result<(Lists, Entry), String> {
         let prefix: Cidr = prefix.parse()?;
         if let Some(c) = &comment {
             crate::policy::lists::check_comment(c)?;
@@ -433,30 +436,28 @@ impl Daemon {
         let mut new = self.runtime.lists.clone();
         let entry = match list {
             ListName::Allow => {
-                let rate = rate.map(str::parse::<Rate>).transpose()?;
                 let e = AllowEntry { prefix, max_conn_per_source, rate, burst, comment };
                 if let Some((_, problem)) = e.problems().into_iter().next() {
                     return Err(problem);
                 }
                 new.allow.retain(|a| a.prefix != prefix);
                 new.allow.push(e.clone());
-                serde_json::to_value(e)
+                Entry::from(&e)
             }
             ListName::Deny => {
                 let e = DenyEntry { prefix, comment };
                 new.deny.retain(|d| d.prefix != prefix);
                 new.deny.push(e.clone());
-                serde_json::to_value(e)
+                Entry::from(&e)
             }
             ListName::Reserve => {
                 let service = self.service_exists(service)?;
                 let e = ReserveEntry { service, prefix, comment };
                 new.reserve.retain(|r| r.prefix != prefix || r.service != e.service);
                 new.reserve.push(e.clone());
-                serde_json::to_value(e)
+                Entry::from(&e)
             }
-        }
-        .map_err(|e| e.to_string())?;
+        };
         Ok((new, entry))
     }
 
@@ -464,12 +465,12 @@ impl Daemon {
     /// create a footgun (`Lists::footguns`) the policy in force does not
     /// already have and `force` is not given. The warnings of what is
     /// applied are in the response.
-    fn commit_added(&mut self, list: ListName, new: &Lists, entry: &Value, force: bool) -> Result<Value, String> {
+    fn commit_added(&mut self, list: ListName, new: &Lists, entry: Entry, force: bool) -> Result<AddedReply, String> {
         let before = in_force(&self.policy, &self.runtime.lists).lists.footguns();
         let after = in_force(&self.policy, new).lists.footguns();
         let created: Vec<&String> =
             after.iter().map(|(_, w)| w).filter(|w| !before.iter().any(|(_, b)| b == *w)).collect();
-        let what = format!("{} add {}", list.as_str(), entry["prefix"].as_str().unwrap_or("?"));
+        let what = format!("{} add {}", list.as_str(), entry.prefix);
         if !created.is_empty() && !force {
             let reasons: Vec<&str> = created.iter().map(|w| w.as_str()).collect();
             return Err(format!(
@@ -482,8 +483,8 @@ impl Daemon {
         for w in &created {
             warn!("{what} (forced): {w}");
         }
-        let warnings: Vec<&String> = after.iter().map(|(_, w)| w).collect();
-        Ok(json!({ "list": list.as_str(), "added": entry, "warnings": warnings }))
+        let warnings = after.into_iter().map(|(_, w)| w).collect();
+        Ok(AddedReply { list, added: entry, warnings })
     }
 
     /// `prefix` widened to the source the kernel counts (`--source-prefix`):
@@ -503,7 +504,7 @@ impl Daemon {
         prefix: &str,
         service: Option<&str>,
         missing_ok: bool,
-    ) -> Result<Value, String> {
+    ) -> Result<RemovedReply, String> {
         let prefix: Cidr = prefix.parse()?;
         let service = if list == ListName::Reserve { Some(self.service_exists(service)?) } else { None };
         let mut new = self.runtime.lists.clone();
@@ -532,9 +533,7 @@ impl Daemon {
             }
         };
         if before == 0 && missing_ok {
-            return Ok(json!({
-                "list": list.as_str(), "removed": null, "absent": prefix.to_string(), "still_in_config": in_config
-            }));
+            return Ok(RemovedReply { list, removed: None, absent: Some(prefix), still_in_config: in_config });
         }
         if before == 0 {
             let what = service.map_or_else(String::new, |s| format!(" of service '{s}'"));
@@ -549,33 +548,32 @@ impl Daemon {
         }
         self.commit(&new)?;
         info!("{} del {prefix}", list.as_str());
-        Ok(json!({ "list": list.as_str(), "removed": prefix.to_string(), "still_in_config": in_config }))
+        Ok(RemovedReply { list, removed: Some(prefix), absent: None, still_in_config: in_config })
     }
 
-    fn list_show(&self, list: ListName, service: Option<&str>) -> Value {
-        fn tagged<T: serde::Serialize>(e: &T, origin: &str) -> Value {
-            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-            if let Value::Object(m) = &mut v {
-                m.insert("origin".into(), json!(origin));
-            }
-            v
+    fn list_show(&self, list: ListName, service: Option<&str>) -> ListReply {
+        fn tagged<'a, T: 'a>(origin: Origin) -> impl Fn(&'a T) -> ListedEntry
+        where
+            Entry: From<&'a T>,
+        {
+            move |e| ListedEntry { entry: Entry::from(e), origin }
         }
         let mut entries = Vec::new();
-        for (lists, origin) in [(&self.policy.lists, "config"), (&self.runtime.lists, "runtime")] {
+        for (lists, origin) in [(&self.policy.lists, Origin::Config), (&self.runtime.lists, Origin::Runtime)] {
             match list {
-                ListName::Allow => entries.extend(lists.allow.iter().map(|e| tagged(e, origin))),
-                ListName::Deny => entries.extend(lists.deny.iter().map(|e| tagged(e, origin))),
+                ListName::Allow => entries.extend(lists.allow.iter().map(tagged(origin))),
+                ListName::Deny => entries.extend(lists.deny.iter().map(tagged(origin))),
                 ListName::Reserve => entries.extend(
-                    lists.reserve.iter().filter(|e| service.is_none_or(|s| s == e.service)).map(|e| tagged(e, origin)),
+                    lists.reserve.iter().filter(|e| service.is_none_or(|s| s == e.service)).map(tagged(origin)),
                 ),
             }
         }
-        json!({ "list": list.as_str(), "entries": entries })
+        ListReply { list, entries }
     }
 
     /// Re-reads the config and applies it whole, or changes nothing.
     /// `reload` with systemd told (`RELOADING=1`, then `READY=1`).
-    pub fn reload(&mut self) -> Result<Value, String> {
+    pub fn reload(&mut self) -> Result<ReloadReply, String> {
         let mut state = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
             state.push(now);
@@ -607,7 +605,7 @@ impl Daemon {
         })
     }
 
-    fn reload_config(&mut self) -> Result<Value, String> {
+    fn reload_config(&mut self) -> Result<ReloadReply, String> {
         let file = match &self.source.config {
             Some(p) => ConfigFile::read(p).map_err(|e| e.to_string())?,
             None => ConfigFile::default(),
@@ -656,7 +654,7 @@ impl Daemon {
         for w in &warnings {
             warn!("reload: {w}");
         }
-        Ok(json!({ "reloaded": from, "services": self.policy.services.len(), "warnings": warnings }))
+        Ok(ReloadReply { reloaded: from, services: self.policy.services.len(), warnings })
     }
 }
 
@@ -677,18 +675,23 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-fn counters_json(row: &[u64]) -> Value {
-    let mut m = serde_json::Map::new();
-    for v in Verdict::ALL {
-        if v != Verdict::PassedOther {
-            m.insert(v.name().to_owned(), json!(row[v as usize]));
-        }
+/// A service's row of `COUNTERS` (or the sum of them), without
+/// `passed_other`, which only row 0 counts.
+fn counters(row: &[u64]) -> Counters {
+    let at = |v: Verdict| Some(row[v as usize]);
+    Counters {
+        accepted: at(Verdict::Accepted),
+        refused_deny: at(Verdict::RefusedDeny),
+        refused_sessions: at(Verdict::RefusedSessions),
+        refused_reserve: at(Verdict::RefusedReserve),
+        refused_concurrency: at(Verdict::RefusedConcurrency),
+        refused_rate: at(Verdict::RefusedRate),
+        passed_non_syn: at(Verdict::PassedNonSyn),
     }
-    Value::Object(m)
 }
 
 /// The `top` response: sources with connections, most first (docs/status.md).
-fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String> {
+fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<TopReply, String> {
     let policy = &d.policy;
     let wanted = match service {
         Some(name) => Some(
@@ -706,20 +709,20 @@ fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Value, String>
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
     let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
     let merged = in_force(policy, &d.runtime.lists).lists.merge(&policy.services);
-    let sources: Vec<Value> = rows
+    let sources = rows
         .iter()
         .take(limit)
         .filter_map(|(key, count)| {
             let s = policy.services.iter().find(|s| s.id == u32::from(key.service))?;
-            Some(json!({
-                "source": counters::source_string(key, policy),
-                "service": s.name,
-                "connections": count,
-                "limit": source_limit(&merged, key, policy, s),
-            }))
+            Some(TopRow {
+                source: counters::source_string(key, policy),
+                service: s.name.clone(),
+                connections: *count,
+                limit: source_limit(&merged, key, policy, s),
+            })
         })
         .collect();
-    Ok(json!({ "sources": sources, "total_sources": rows.len(), "total_connections": total_connections }))
+    Ok(TopReply { sources, total_sources: Some(rows.len()), total_connections: Some(total_connections) })
 }
 
 /// The per-source connection limit that applies to `key`: a covering allow
@@ -798,13 +801,13 @@ fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
 }
 
 /// The `status` response (documented in docs/status.md).
-fn status(d: &Daemon) -> Result<Value, String> {
+fn status(d: &Daemon) -> Result<StatusReply, String> {
     let (loaded, policy) = (&d.loaded, &d.policy);
     let rows = counters::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
     let conns = counters::connections_by_service(&loaded.ebpf).map_err(|e| e.to_string())?;
     let sessions = counters::read_sessions(&loaded.ebpf).map_err(|e| e.to_string())?;
     let mut totals = [0u64; Verdict::COUNT as usize];
-    let services: Vec<Value> = policy
+    let services = policy
         .services
         .iter()
         .map(|s| {
@@ -813,41 +816,59 @@ fn status(d: &Daemon) -> Result<Value, String> {
             for (t, c) in totals.iter_mut().zip(row) {
                 *t += c;
             }
-            let in_use = sessions_in_use(&sessions, s.id);
-            json!({
-                "name": s.name,
-                "ports": s.ports,
-                "rate": s.rate.map(|r| r.to_string()),
-                "burst": s.burst,
-                "action": s.action.as_str(),
-                "max_conn_per_source": s.max_conn_per_source,
-                "max_sessions": s.max_sessions,
-                "reserved_sessions": s.reserved_sessions,
-                "sessions": in_use,
-                "connections": conns[id],
-                "counters": counters_json(row),
-            })
+            ServiceStatus {
+                name: s.name.clone(),
+                ports: s.ports.clone(),
+                rate: s.rate,
+                burst: s.burst,
+                action: s.action.as_str().to_owned(),
+                max_conn_per_source: s.max_conn_per_source,
+                max_sessions: s.max_sessions,
+                reserved_sessions: s.reserved_sessions,
+                sessions: Some(sessions_in_use(&sessions, s.id)),
+                connections: conns[id],
+                counters: counters(row),
+            }
         })
         .collect();
-    let mut total = counters_json(&totals);
-    if let Value::Object(m) = &mut total {
-        m.insert("passed_other".into(), json!(rows[0][Verdict::PassedOther as usize]));
-    }
+    let totals = Totals { counters: counters(&totals), passed_other: rows[0][Verdict::PassedOther as usize] };
     let lists = in_force(policy, &d.runtime.lists).lists;
-    Ok(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pin_dir": d.pin_dir,
-        "interfaces": loaded.attachments,
-        "ipv4_prefix": policy.ipv4_prefix,
-        "ipv6_prefix": policy.ipv6_prefix,
-        "services": services,
-        "lists": { "allow": lists.allow.len(), "deny": lists.deny.len(), "reserve": lists.reserve.len() },
-        "totals": total,
-        "metrics_listen": policy.metrics_listen.map(|a| a.to_string()),
-        "refusal_lines": {
-            "logged": d.bursts.logged_total,
-            "suppressed": d.bursts.suppressed_total,
-            "unreported": d.budget.unreported().map_err(|e| e.to_string())?,
-        },
-    }))
+    let interfaces = loaded
+        .attachments
+        .iter()
+        .map(|a| Interface { name: a.name.clone(), ifindex: a.ifindex, xdp_mode: a.xdp_mode.to_owned() })
+        .collect();
+    Ok(StatusReply {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pin_dir: Some(d.pin_dir.clone()),
+        interfaces,
+        ipv4_prefix: policy.ipv4_prefix,
+        ipv6_prefix: policy.ipv6_prefix,
+        services,
+        lists: Some(ListCounts { allow: lists.allow.len(), deny: lists.deny.len(), reserve: lists.reserve.len() }),
+        totals,
+        metrics_listen: policy.metrics_listen.map(|a| a.to_string()),
+        refusal_lines: Some(RefusalLines {
+            logged: d.bursts.logged_total,
+            suppressed: d.bursts.suppressed_total,
+            unreported: d.budget.unreported().map_err(|e| e.to_string())?,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_counter_is_read_from_its_verdicts_row_index() {
+        // Row index i holds i + 100: each field must show its verdict's.
+        let row: Vec<u64> = (0..u64::from(Verdict::COUNT)).map(|i| i + 100).collect();
+        let shown = serde_json::to_value(counters(&row)).expect("json");
+        let Some(fields) = shown.as_object() else { panic!("{shown}") };
+        for v in Verdict::ALL.into_iter().filter(|v| *v != Verdict::PassedOther) {
+            assert_eq!(fields.get(v.name()), Some(&serde_json::Value::from(v as u64 + 100)), "{}", v.name());
+        }
+        assert_eq!(fields.len(), Verdict::ALL.len() - 1, "{shown}");
+    }
 }

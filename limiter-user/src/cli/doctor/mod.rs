@@ -19,14 +19,14 @@ use aya::{
 };
 use clap::Args;
 use limiter_common::maps::names;
-use serde::Serialize;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     cli::Failure,
     kernel::{host, pins},
     policy::{build, file, model::Overrides},
-    protocol::{self, Request},
+    protocol::{self, Request, StatusReply},
 };
 
 /// The oldest kernel the programs and the daemon work on, 5.15, set by the
@@ -48,7 +48,7 @@ use crate::{
 pub const MIN_KERNEL: (u32, u32) = (5, 15);
 
 /// The verdict of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
@@ -69,12 +69,33 @@ impl Status {
 }
 
 /// One check's finding, and for `warn`/`FAIL` what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend(
+    "if" = { "properties": { "status": { "enum": ["warn", "fail"] } } },
+    "then" = { "properties": { "fix": { "type": "string" } } }
+))]
 pub struct Check {
+    /// kernel, btf, privileges, bpffs, cgroup2, bpf features, programs, config, daemon, pins, or xdp IF (one per interface).
     pub name: String,
     pub status: Status,
     pub finding: String,
+    /// What to do; null when the status is ok.
     pub fix: Option<String>,
+}
+
+/// `limiter doctor --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(
+    title = "limiter doctor --json",
+    description = "The checks of `limiter doctor`, in the order it ran them. healthy is false when any check \
+                   failed (exit code 1). Fields are only ever added: every object allows properties not listed \
+                   here."
+)]
+pub struct Report {
+    #[schemars(length(min = 1))]
+    pub checks: Vec<Check>,
+    /// No check failed.
+    pub healthy: bool,
 }
 
 impl Check {
@@ -126,8 +147,8 @@ const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/limiter";
 pub fn main(a: &DoctorArgs) -> Result<(), Failure> {
     let checks = run(a).map_err(|message| Failure { message, code: 2 })?;
     if a.json {
-        let text = serde_json::to_string_pretty(&report_json(&checks))
-            .map_err(|e| Failure { message: e.to_string(), code: 1 })?;
+        let text =
+            protocol::json_text(&report(&checks), true).map_err(|e| Failure { message: e.to_string(), code: 1 })?;
         println!("{text}");
     } else {
         for c in &checks {
@@ -169,10 +190,10 @@ pub fn summary(checks: &[Check]) -> String {
     }
 }
 
-/// `{"checks": [...], "healthy": bool}`.
+/// The checks and whether the host is healthy.
 #[must_use]
-pub fn report_json(checks: &[Check]) -> Value {
-    json!({ "checks": checks, "healthy": healthy(checks) })
+pub fn report(checks: &[Check]) -> Report {
+    Report { checks: checks.to_vec(), healthy: healthy(checks) }
 }
 
 /// No check failed.
@@ -192,7 +213,7 @@ pub fn run(a: &DoctorArgs) -> Result<Vec<Check>, String> {
     out.push(caps_check);
 
     let daemon = Daemon::query(&a.socket);
-    let daemon_pins = daemon.status.as_ref().and_then(|s| s["pin_dir"].as_str()).map(PathBuf::from);
+    let daemon_pins = daemon.status.as_ref().and_then(|s| s.pin_dir.clone());
     let pin_dir = a.pin_dir.clone().or_else(|| daemon_pins.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
 
     out.push(bpffs_check(&pin_dir, privileged));
@@ -638,7 +659,7 @@ fn config_check(given: Option<&Path>, ifaces: &[String]) -> Result<(Check, Vec<S
 
 /// What the control socket said.
 struct Daemon {
-    status: Option<Value>,
+    status: Option<StatusReply>,
     error: Option<protocol::ClientError>,
 }
 
@@ -659,7 +680,7 @@ impl Daemon {
 
     fn interfaces(&self) -> Vec<String> {
         let Some(s) = &self.status else { return Vec::new() };
-        s["interfaces"].as_array().into_iter().flatten().filter_map(|i| i["name"].as_str().map(str::to_owned)).collect()
+        s.interfaces.iter().map(|i| i.name.clone()).collect()
     }
 
     /// A stopped daemon is a warning, not a failure, also with pins present:
@@ -671,8 +692,8 @@ impl Daemon {
         let name = "daemon";
         let shown = socket.display();
         if let Some(s) = &self.status {
-            let version = s["version"].as_str().unwrap_or("?");
-            let services = s["services"].as_array().map_or(0, Vec::len);
+            let version = &s.version;
+            let services = s.services.len();
             let plural = if services == 1 { "" } else { "s" };
             let finding = format!("limiter {version} answers on {shown} ({services} service{plural})");
             if version != env!("CARGO_PKG_VERSION") {
@@ -819,10 +840,33 @@ fn pins_check(dir: &Path, daemon: bool, privileged: bool) -> Check {
 
 // ---- XDP per interface ------------------------------------------------------
 
+/// A link as `ip -j link show` reports it: only what the XDP check reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct IpLink {
+    #[serde(default)]
+    xdp: IpXdp,
+}
+
+/// `xdp` of a link: one program (`mode`, `prog`), or several (`attached`).
+#[derive(Debug, Default, Deserialize)]
+struct IpXdp {
+    mode: Option<u64>,
+    #[serde(default)]
+    prog: IpProg,
+    attached: Option<Vec<IpXdp>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IpProg {
+    id: Option<u64>,
+    /// Without privileges `ip` shows the id only.
+    name: Option<String>,
+}
+
 /// XDP programs attached to an interface, as `ip -j link show` reports them:
 /// `(mode, program name, program id)`; mode is `native`, `skb` or `hw`.
 #[must_use]
-pub fn xdp_attached(ip_json: &Value) -> Vec<(&'static str, String, u64)> {
+pub fn xdp_attached(links: &[IpLink]) -> Vec<(&'static str, String, u64)> {
     fn mode(n: u64) -> &'static str {
         match n {
             1 => "native",
@@ -831,21 +875,19 @@ pub fn xdp_attached(ip_json: &Value) -> Vec<(&'static str, String, u64)> {
             _ => "unknown",
         }
     }
-    fn prog(x: &Value) -> Option<(&'static str, String, u64)> {
-        let p = &x["prog"];
-        // Without privileges `ip` shows the id only.
-        let name = p["name"].as_str().unwrap_or_default().to_owned();
-        Some((mode(x["mode"].as_u64()?), name, p["id"].as_u64().unwrap_or(0)))
+    fn prog(x: &IpXdp) -> Option<(&'static str, String, u64)> {
+        let name = x.prog.name.clone().unwrap_or_default();
+        Some((mode(x.mode?), name, x.prog.id.unwrap_or(0)))
     }
-    let x = &ip_json[0]["xdp"];
-    match x["attached"].as_array() {
+    let Some(link) = links.first() else { return Vec::new() };
+    match &link.xdp.attached {
         Some(all) => all.iter().filter_map(prog).collect(),
-        None => prog(x).into_iter().collect(),
+        None => prog(&link.xdp).into_iter().collect(),
     }
 }
 
 /// `ip -j link show dev IF`, parsed; `None` if `ip` cannot tell.
-fn ip_link(iface: &str) -> Option<Value> {
+fn ip_link(iface: &str) -> Option<Vec<IpLink>> {
     let out = Command::new("ip").args(["-j", "link", "show", "dev", iface]).output().ok()?;
     out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
 }
@@ -946,15 +988,12 @@ fn probe_native(ebpf: &mut Ebpf, ifindex: u32) -> Result<bool, String> {
 /// with `--probe-xdp` a real attach. The probe is opt-in because attaching
 /// in native mode makes drivers such as mlx5, i40e, ixgbe and ice rebuild
 /// their rings, which drops the link for a moment on a live mail host.
-fn xdp_check(iface: &str, daemon: Option<&Value>, pin_dir: &Path, probe: Option<&mut Ebpf>) -> Check {
+fn xdp_check(iface: &str, daemon: Option<&StatusReply>, pin_dir: &Path, probe: Option<&mut Ebpf>) -> Check {
     let name = format!("xdp {iface}");
     let skb_fix = "the driver has no native XDP: skb (generic) mode works but costs more per packet; use a NIC whose \
                    driver has native XDP for floods";
-    if let Some(a) = daemon
-        .and_then(|s| s["interfaces"].as_array())
-        .and_then(|all| all.iter().find(|i| i["name"].as_str() == Some(iface)))
-    {
-        let mode = a["xdp_mode"].as_str().unwrap_or("unknown");
+    if let Some(a) = daemon.and_then(|s| s.interfaces.iter().find(|i| i.name == iface)) {
+        let mode = a.xdp_mode.as_str();
         return match mode {
             "native" => Check::ok(name, "native (driver) mode, attached by the running daemon"),
             _ => Check::warn(name, format!("{mode} mode, attached by the running daemon"), skb_fix),
@@ -970,7 +1009,7 @@ fn xdp_check(iface: &str, daemon: Option<&Value>, pin_dir: &Path, probe: Option<
     let drv = driver(iface);
     let drv_text = drv.as_deref().map_or_else(|| "driver unknown".to_owned(), |d| format!("driver {d}"));
     let ip = ip_link(iface);
-    let attached = ip.as_ref().map(xdp_attached).unwrap_or_default();
+    let attached = ip.as_deref().map(xdp_attached).unwrap_or_default();
     let ours = pins::xdp_link(pin_dir, iface).exists();
     if let Some((mode, prog, id)) = attached.first() {
         let prog = if prog.is_empty() { format!("prog id {id}") } else { format!("{prog}, prog id {id}") };
@@ -1095,12 +1134,9 @@ mod tests {
         assert_eq!(summary(&[ok.clone(), warn.clone()]), "healthy: 2 checks, 1 warning");
         assert_eq!(summary(std::slice::from_ref(&ok)), "healthy: 1 check, 0 warnings");
         assert_eq!(summary(&[ok.clone(), warn.clone(), fail.clone()]), "NOT healthy: 1 failure, 1 warning");
-        let v = report_json(&[ok.clone(), fail]);
-        assert_eq!(v["healthy"], false);
-        assert_eq!(v["checks"][0], json!({ "name": "kernel", "status": "ok", "finding": "6.18.0", "fix": null }));
-        assert_eq!(v["checks"][1]["status"], "fail");
-        assert_eq!(v["checks"][1]["fix"], "run as root");
-        assert_eq!(report_json(&[ok, warn])["healthy"], true);
+        let r = report(&[ok.clone(), fail.clone()]);
+        assert_eq!(r, Report { checks: vec![ok.clone(), fail], healthy: false });
+        assert!(report(&[ok, warn]).healthy);
     }
 
     #[test]
@@ -1149,16 +1185,61 @@ mod tests {
     }
 
     #[test]
+    fn json_text_as_before() {
+        // `doctor --json` as `report_json` printed it with `json!` before
+        // the report had a type: keys in alphabetical order.
+        let before = r#"{
+  "checks": [
+    {
+      "finding": "6.1.0 (ok)",
+      "fix": null,
+      "name": "kernel",
+      "status": "ok"
+    },
+    {
+      "finding": "not running",
+      "fix": "start it",
+      "name": "daemon",
+      "status": "warn"
+    },
+    {
+      "finding": "no \"iface\"",
+      "fix": "check",
+      "name": "xdp eth0",
+      "status": "fail"
+    }
+  ],
+  "healthy": false
+}"#;
+        let checks = [
+            Check::ok("kernel", "6.1.0 (ok)"),
+            Check::warn("daemon", "not running", "start it"),
+            Check::fail("xdp eth0", "no \"iface\"", "check"),
+        ];
+        let r = report(&checks);
+        assert_eq!(protocol::json_text(&r, true).expect("json"), before);
+        assert_eq!(serde_json::from_str::<Report>(before).expect("parse"), r);
+    }
+
+    #[test]
     fn xdp_from_ip_json() {
-        let none = json!([{ "ifname": "eth0", "flags": ["UP"] }]);
+        let links = |text: &str| serde_json::from_str::<Vec<IpLink>>(text).expect("ip -j link");
+        let none = links(r#"[{ "ifname": "eth0", "flags": ["UP"] }]"#);
         assert!(xdp_attached(&none).is_empty());
-        let prog = json!({ "id": 42, "name": "limiter_xdp", "tag": "x", "jited": 1 });
-        let drv = json!([{ "ifname": "v", "xdp": { "mode": 1, "prog": prog } }]);
+        assert!(xdp_attached(&[]).is_empty());
+        let drv = links(
+            r#"[{ "ifname": "v", "xdp": { "mode": 1, "prog": { "id": 42, "name": "limiter_xdp", "tag": "x", "jited": 1 } } }]"#,
+        );
         assert_eq!(xdp_attached(&drv), vec![("native", "limiter_xdp".to_owned(), 42)]);
-        let multi = json!([{ "xdp": { "mode": 4, "attached": [
+        let multi = links(
+            r#"[{ "xdp": { "mode": 4, "attached": [
             { "mode": 2, "prog": { "id": 7, "name": "a" } },
-            { "mode": 1, "prog": { "id": 8, "name": "b" } } ] } }]);
+            { "mode": 1, "prog": { "id": 8, "name": "b" } } ] } }]"#,
+        );
         assert_eq!(xdp_attached(&multi), vec![("skb", "a".to_owned(), 7), ("native", "b".to_owned(), 8)]);
+        // Without privileges: the id only.
+        let unprivileged = links(r#"[{ "xdp": { "mode": 2, "prog": { "id": 9 } } }]"#);
+        assert_eq!(xdp_attached(&unprivileged), vec![("skb", String::new(), 9)]);
     }
 
     #[test]

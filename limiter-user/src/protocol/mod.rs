@@ -1,13 +1,24 @@
 //! The control socket: one JSON request per line from a client, one JSON
 //! response per line from the daemon. Requests are bounded in size and
 //! time, so a broken or hostile client can neither crash nor block it.
+//! Each request and each reply is a type here, the one both sides use.
+
+pub mod lists;
+pub mod schema;
+pub mod status;
 
 use std::{path::Path, time::Duration};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
+};
+
+use crate::policy::service::Rate;
+pub use crate::protocol::{
+    lists::{AddedReply, Entry, ListReply, ListedEntry, Origin, ReloadReply, RemovedReply},
+    status::{Counters, Interface, ListCounts, RefusalLines, ServiceStatus, StatusReply, TopReply, TopRow, Totals},
 };
 
 /// Default socket path (`LIMITER_SOCKET` overrides it for clients).
@@ -25,17 +36,16 @@ const CHANGE_TIMEOUT: Duration = Duration::from_mins(5);
 /// so idle or slow clients cannot take every file descriptor.
 pub const MAX_CLIENTS: usize = 64;
 
+/// A request; each variant names the reply type the daemon answers it with.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
+    /// [`StatusReply`].
     Status,
-    /// Sources by current connections.
-    Top {
-        service: Option<String>,
-        limit: usize,
-    },
+    /// Sources by current connections: [`TopReply`].
+    Top { service: Option<String>, limit: usize },
     /// Adds a run-time entry to a list (replacing an allow entry for the
-    /// same prefix).
+    /// same prefix): [`AddedReply`].
     ListAdd {
         list: ListName,
         prefix: String,
@@ -43,8 +53,9 @@ pub enum Request {
         service: Option<String>,
         #[serde(default)]
         max_conn_per_source: Option<u32>,
+        /// As `N/s` or `N/m` on the wire, the text `Rate` displays and parses.
         #[serde(default)]
-        rate: Option<String>,
+        rate: Option<Rate>,
         #[serde(default)]
         burst: Option<u64>,
         #[serde(default)]
@@ -58,7 +69,7 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
-    /// Removes a run-time entry.
+    /// Removes a run-time entry: [`RemovedReply`].
     ListDel {
         list: ListName,
         prefix: String,
@@ -71,13 +82,13 @@ pub enum Request {
         #[serde(default)]
         missing_ok: bool,
     },
-    /// The entries of a list, from the config and from run time.
+    /// The entries of a list, from the config and from run time: [`ListReply`].
     ListShow {
         list: ListName,
         #[serde(default)]
         service: Option<String>,
     },
-    /// Re-reads the config file and applies it.
+    /// Re-reads the config file and applies it: [`ReloadReply`].
     Reload,
 }
 
@@ -90,7 +101,7 @@ impl Request {
 }
 
 /// The three prefix lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ListName {
     Allow,
@@ -109,11 +120,33 @@ impl ListName {
     }
 }
 
+/// What the daemon answers a request with, as the `ok` of the response.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(Box<StatusReply>),
+    Top(TopReply),
+    List(ListReply),
+    Added(AddedReply),
+    Removed(RemovedReply),
+    Reloaded(ReloadReply),
+}
+
+/// One response line: `{"ok": REPLY}` or `{"error": "what went wrong"}`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum Response {
-    Ok { ok: serde_json::Value },
+pub enum Response<T> {
+    Ok { ok: T },
     Err { error: String },
+}
+
+/// `v` as JSON text with the keys of every object in alphabetical order
+/// (through `serde_json::Value`, whose map is sorted): the order the
+/// daemon's replies and the `--json` outputs have always had, whatever
+/// the order of the fields in the types. Pretty for people, else one line.
+pub fn json_text<T: Serialize>(v: &T, pretty: bool) -> serde_json::Result<String> {
+    let v = serde_json::to_value(v)?;
+    if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,8 +170,9 @@ pub enum ClientError {
     ChangeTimeout(Duration),
 }
 
-/// Sends one request and returns the daemon's `ok` payload.
-pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
+/// Sends one request and returns the daemon's `ok` payload as `R`, the
+/// reply type the request's variant names.
+pub async fn request<R: DeserializeOwned>(path: &Path, req: &Request) -> Result<R, ClientError> {
     let p = path.display().to_string();
     let io = |source| ClientError::Io { path: p.clone(), source };
     let fut = async {
@@ -149,10 +183,11 @@ pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, Cl
         s.write_all(&line).await.map_err(io)?;
         let mut buf = String::new();
         BufReader::new(s).read_line(&mut buf).await.map_err(io)?;
-        match serde_json::from_str::<Response>(&buf) {
-            Ok(Response::Ok { ok }) => Ok(ok),
-            Ok(Response::Err { error }) => Err(ClientError::Refused(error)),
-            Err(e) => Err(ClientError::Malformed(format!("{e}: {}", buf.trim()))),
+        // In two steps, so a reply that is not an `R` says which field is wrong.
+        let malformed = |e: serde_json::Error| ClientError::Malformed(format!("{e}: {}", buf.trim()));
+        match serde_json::from_str::<Response<serde_json::Value>>(&buf).map_err(malformed)? {
+            Response::Ok { ok } => serde_json::from_value(ok).map_err(malformed),
+            Response::Err { error } => Err(ClientError::Refused(error)),
         }
     };
     if req.changes_policy() {
@@ -180,7 +215,7 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
 /// At most [`MAX_CLIENTS`] at once: the next is accepted when one is done.
 pub async fn serve<F>(listener: UnixListener, handle: F)
 where
-    F: Fn(Request) -> Result<serde_json::Value, String> + Clone + 'static,
+    F: Fn(Request) -> Result<Reply, String> + Clone + 'static,
 {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
@@ -205,10 +240,13 @@ where
                 },
                 Err(error) => Response::Err { error },
             };
-            if let Ok(mut line) = serde_json::to_vec(&resp) {
-                line.push(b'\n');
-                let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(&line)).await;
+            if let Ok(mut line) = json_text(&resp, false) {
+                line.push('\n');
+                let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(line.as_bytes())).await;
             }
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! The replies to `status` and `top`, as the daemon builds them and the
+//! clients read them. A field an older daemon may not send is an `Option`
+//! marked `#[schemars(required)]`: this daemon always sends it, a reader
+//! shows its absence as `-`.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::service::Rate;
+
+/// The running daemon: interfaces, services, sessions, lists and verdict
+/// counters (docs/status.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(
+    title = "limiter status --json",
+    description = "The running daemon's interfaces, services, sessions, lists and verdict counters \
+                   (docs/status.md). Fields are only ever added: every object allows properties not listed here."
+)]
+pub struct StatusReply {
+    /// The daemon's version.
+    pub version: String,
+    /// Where the programs, links and maps are pinned (on bpffs).
+    #[schemars(required)]
+    pub pin_dir: Option<PathBuf>,
+    pub interfaces: Vec<Interface>,
+    #[schemars(range(min = 1, max = 32))]
+    pub ipv4_prefix: u8,
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix: u8,
+    pub services: Vec<ServiceStatus>,
+    /// Entries in force (config file and run time) of each list.
+    #[schemars(required)]
+    pub lists: Option<ListCounts>,
+    /// The counters summed over services, plus the frames that matched no service.
+    pub totals: Totals,
+    /// Where /metrics is served (ADDR:PORT), or null.
+    pub metrics_listen: Option<String>,
+    /// Refusal log lines since the daemon started.
+    #[schemars(required)]
+    pub refusal_lines: Option<RefusalLines>,
+}
+
+/// An interface the XDP program is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Interface {
+    pub name: String,
+    #[schemars(range(min = 1))]
+    pub ifindex: u32,
+    /// native (driver) or skb (generic); unknown if a restart could not tell.
+    // A string, not an enum: a newer daemon may name another mode.
+    pub xdp_mode: String,
+}
+
+/// One service's policy, what it uses now, and its verdict counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceStatus {
+    pub name: String,
+    #[schemars(inner(range(min = 1)))]
+    pub ports: Vec<u16>,
+    /// N/s, N/m, or null for no rate limit.
+    pub rate: Option<Rate>,
+    /// Attempts allowed at once (meaningful only with a rate).
+    #[schemars(range(min = 1))]
+    pub burst: u64,
+    /// drop or reset.
+    // A string, not an enum: a newer daemon may add actions.
+    pub action: String,
+    /// null: no per-source limit.
+    #[schemars(range(min = 1))]
+    pub max_conn_per_source: Option<u32>,
+    /// null: no cap on the service's sessions.
+    #[schemars(range(min = 1))]
+    pub max_sessions: Option<u32>,
+    /// Of `max_sessions`, how many only the service's reserve list may use.
+    #[serde(default)]
+    pub reserved_sessions: u32,
+    /// Sessions in use: connections of non-exempt sources, established or seeded.
+    #[schemars(required)]
+    pub sessions: Option<u64>,
+    /// Established connections of the service, all sources.
+    pub connections: u64,
+    pub counters: Counters,
+}
+
+/// SYN verdicts and other segments to a service's ports, since the programs were first loaded.
+// Each counter is `None` only from a daemon without it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Counters {
+    /// SYNs within every limit (exempt sources included).
+    #[schemars(required)]
+    pub accepted: Option<u64>,
+    /// SYNs refused: the source is on the deny list (rule 1).
+    #[schemars(required)]
+    pub refused_deny: Option<u64>,
+    /// SYNs refused: the service's `max_sessions` were in use (rule 3).
+    #[schemars(required)]
+    pub refused_sessions: Option<u64>,
+    /// SYNs refused: only reserved sessions were left (rule 3).
+    #[schemars(required)]
+    pub refused_reserve: Option<u64>,
+    /// SYNs refused: the source held its `max_conn_per_source` connections (rule 4).
+    #[schemars(required)]
+    pub refused_concurrency: Option<u64>,
+    /// SYNs refused: the source's token bucket was empty (rule 5).
+    #[schemars(required)]
+    pub refused_rate: Option<u64>,
+    /// TCP segments to the service's ports other than a SYN.
+    #[schemars(required)]
+    pub passed_non_syn: Option<u64>,
+}
+
+/// The counters of every service summed, and the frames for no service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Totals {
+    #[serde(flatten)]
+    pub counters: Counters,
+    /// Frames for no service: other ports and protocols, fragments, frames the parser does not understand.
+    pub passed_other: u64,
+}
+
+/// Entries in force of each list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ListCounts {
+    pub allow: usize,
+    pub deny: usize,
+    pub reserve: usize,
+}
+
+/// Refusal log lines since the daemon started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RefusalLines {
+    /// First lines of bursts logged.
+    pub logged: u64,
+    /// Refusals reported by the kernel but folded into a burst's count.
+    pub suppressed: u64,
+    /// Refusals the kernel did not report (event budget spent or ring full), since the programs were loaded.
+    pub unreported: u64,
+}
+
+/// Sources holding connections now, most first (docs/status.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(
+    title = "limiter top --json",
+    description = "Sources holding connections now, most first (docs/status.md). Fields are only ever added: \
+                   every object allows properties not listed here."
+)]
+pub struct TopReply {
+    /// At most -n rows, sorted by connections, most first.
+    pub sources: Vec<TopRow>,
+    /// Sources holding connections (of --service, if given), before -n.
+    #[schemars(required)]
+    pub total_sources: Option<usize>,
+    /// Their connections.
+    #[schemars(required)]
+    pub total_connections: Option<u64>,
+}
+
+/// A source holding connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TopRow {
+    /// The counted prefix: a bare address for IPv4 /32 and IPv6 /128, else address/length.
+    pub source: String,
+    pub service: String,
+    #[schemars(range(min = 1))]
+    pub connections: u64,
+    /// The per-source limit that applies to this source; null for none (or an exempt source).
+    #[schemars(range(min = 1))]
+    pub limit: Option<u32>,
+}
+
+impl TopRow {
+    /// At its per-source limit.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.limit.is_some_and(|l| self.connections >= u64::from(l))
+    }
+}
