@@ -10,8 +10,8 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
     netns::{Daemon, Pair, limiter_bin, streams, tally},
+    privileged, require,
 };
 
 const PORT: u16 = 2525;
@@ -23,9 +23,7 @@ fn wait_connections(d: &Daemon, want: u64, limit: Duration) -> Duration {
 
 #[test]
 fn fifty_simultaneous_attempts_give_exactly_eight() {
-    if !can_run_privileged("fifty_simultaneous_attempts_give_exactly_eight") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -78,9 +76,7 @@ fn fifty_simultaneous_attempts_give_exactly_eight() {
 
 #[test]
 fn ipv6_hosts_of_one_64_share_the_limit() {
-    if !can_run_privileged("ipv6_hosts_of_one_64_share_the_limit") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let h1 = pair.add_client_v6(1, 0x10);
@@ -116,9 +112,7 @@ fn ipv6_hosts_of_one_64_share_the_limit() {
 #[test]
 fn kill_9_and_restart_keep_counts_and_connections() {
     use std::io::{ErrorKind, Read as _, Write as _};
-    if !can_run_privileged("kill_9_and_restart_keep_counts_and_connections") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -155,9 +149,7 @@ fn kill_9_and_restart_keep_counts_and_connections() {
 
 #[test]
 fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
-    if !can_run_privileged("spoofed_flood_cannot_inflate_or_evict_real_counts") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let real = pair.add_client_v4(2);
@@ -200,9 +192,7 @@ fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
 
 #[test]
 fn connections_made_before_start_count_and_release() {
-    if !can_run_privileged("connections_made_before_start_count_and_release") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -268,9 +258,7 @@ fn connections_made_before_start_count_and_release() {
 
 #[test]
 fn map_sizes_come_from_the_config() {
-    if !can_run_privileged("map_sizes_come_from_the_config") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -319,9 +307,7 @@ fn map_sizes_come_from_the_config() {
 
 #[test]
 fn idle_sources_are_reclaimed_and_counting_stays_exact() {
-    if !can_run_privileged("idle_sources_are_reclaimed_and_counting_stays_exact") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let (a, b) = (pair.add_client_v4(2), pair.add_client_v4(3));

@@ -14,8 +14,8 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
     netns::{Daemon, Pair, limiter_bin, unique},
+    privileged, require,
 };
 
 fn limiter(socket: &Path, args: &[&str]) -> Output {
@@ -40,9 +40,7 @@ fn assert_ok(out: &Output, what: &str) {
 /// for changes the daemon then applied).
 #[test]
 fn two_hundred_concurrent_changes_all_succeed() {
-    if !can_run_privileged("two_hundred_concurrent_changes_all_succeed") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "4"]);
     let start = Instant::now();
@@ -78,9 +76,7 @@ fn two_hundred_concurrent_changes_all_succeed() {
 /// the client's time-out).
 #[test]
 fn large_lists_take_changes_quickly() {
-    if !can_run_privileged("large_lists_take_changes_quickly") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let dir = std::env::temp_dir().join(unique("limiter-control-"));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -17,9 +17,9 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
     cli::Scratch,
     netns::{Attempt, Daemon, Pair, Spawn, limiter_bin, tally},
+    privileged, require,
 };
 
 /// The connection-limited service (2 per source) and the rate-limited one
@@ -83,9 +83,7 @@ fn hold(pair: &Pair, src: IpAddr, port: u16, n: usize) -> Vec<Attempt> {
 /// matched, so the filter is live.
 #[test]
 fn forged_floods_make_no_line_fail2ban_matches() {
-    if !can_run_privileged("forged_floods_make_no_line_fail2ban_matches") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _conn = pair.listen(CONN_PORT);
     let _rate = pair.listen(RATE_PORT);
@@ -225,9 +223,7 @@ fn wait_until(what: &str, limit: Duration, f2b: &Fail2ban, d: &Daemon, mut f: im
 /// SYNs in the same run ban nobody.
 #[test]
 fn fail2ban_bans_verified_abusers_through_the_deny_list() {
-    if !can_run_privileged("fail2ban_bans_verified_abusers_through_the_deny_list") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _conn = pair.listen(CONN_PORT);
     let _rate = pair.listen(RATE_PORT);

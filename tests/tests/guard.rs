@@ -17,9 +17,9 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
     cli::{Output, Scratch, limiter_at, path_str},
     netns::{Attempt, Daemon, Pair, limiter_bin, tally},
+    privileged, require,
 };
 use serde_json::Value;
 
@@ -130,9 +130,7 @@ fn deny_entries(n: u32) -> String {
 /// refused without `--force` (exit 2, nothing changed) and applied with it.
 #[test]
 fn deny_everything_and_allow_deny_overlap_warn_and_need_force() {
-    if !can_run_privileged("deny_everything_and_allow_deny_overlap_warn_and_need_force") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _server = pair.listen(PORT);
     let a = pair.add_client_v4(2);
@@ -223,9 +221,7 @@ fn deny_everything_and_allow_deny_overlap_warn_and_need_force() {
 /// Names and comments are bounded and printable at run time too.
 #[test]
 fn runtime_comments_are_bounded() {
-    if !can_run_privileged("runtime_comments_are_bounded") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
     let before = lists(&d);
@@ -248,9 +244,7 @@ fn runtime_comments_are_bounded() {
 /// aside (kept) and starts without run-time entries. The file is 0640.
 #[test]
 fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
-    if !can_run_privileged("corrupt_lists_json_exits_2_and_discard_keeps_a_backup") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let args = ["--iface", pair.server_if.as_str(), "--port", "2525"];
     let mut d = Daemon::start(&pair.server, &args);
@@ -311,9 +305,7 @@ fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
 /// gives its memory back.
 #[test]
 fn refused_huge_reload_leaves_no_memory_behind() {
-    if !can_run_privileged("refused_huge_reload_leaves_no_memory_behind") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let scratch = Scratch::new();
     let config = scratch.write("limiter.toml", &smtp_config(&pair.server_if, ""));
@@ -357,9 +349,7 @@ fn refused_huge_reload_leaves_no_memory_behind() {
 /// take a descriptor; a change sent meanwhile waits and then completes.
 #[test]
 fn idle_control_clients_are_capped_and_a_queued_change_completes() {
-    if !can_run_privileged("idle_control_clients_are_capped_and_a_queued_change_completes") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
     let pid = pid(&d);

@@ -12,8 +12,8 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
     netns::{Attempt, Daemon, Netns, Pair, connect, enter, limiter_bin, tally},
+    privileged, require,
 };
 
 const PORT: u16 = 2525;
@@ -37,9 +37,7 @@ fn assert_refused_at_once(attempts: &[Attempt]) {
 #[test]
 #[expect(clippy::many_single_char_names, reason = "a, b: the two sources; d, s, t: daemon, status, tally")]
 fn rate_limit_per_source_with_reset_v4() {
-    if !can_run_privileged("rate_limit_per_source_with_reset_v4") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let _o = pair.listen(OTHER_PORT);
@@ -77,9 +75,7 @@ fn rate_limit_per_source_with_reset_v4() {
 
 #[test]
 fn rate_limit_v6_aggregates_a_64() {
-    if !can_run_privileged("rate_limit_v6_aggregates_a_64") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let h1 = pair.add_client_v6(1, 0x10);
@@ -105,9 +101,7 @@ fn rate_limit_v6_aggregates_a_64() {
 
 #[test]
 fn acceptance_5_per_second_refills() {
-    if !can_run_privileged("acceptance_5_per_second_refills") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
@@ -141,9 +135,7 @@ fn acceptance_5_per_second_refills() {
 #[test]
 #[expect(clippy::many_single_char_names, reason = "a: the source; d, r, s, t: daemon, results, status, tally")]
 fn drop_action_makes_clients_time_out() {
-    if !can_run_privileged("drop_action_makes_clients_time_out") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
@@ -160,9 +152,7 @@ fn drop_action_makes_clients_time_out() {
 
 #[test]
 fn stop_keeps_enforcement_and_unload_removes_it() {
-    if !can_run_privileged("stop_keeps_enforcement_and_unload_removes_it") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
@@ -205,9 +195,7 @@ fn limiter(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn bad_input_exits_2_with_one_line() {
-    if !can_run_privileged("bad_input_exits_2_with_one_line") {
-        return;
-    }
+    require!(privileged());
     let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-bad-"));
     std::fs::create_dir_all(&dir).expect("dir");
     let broken = dir.join("broken.toml");
@@ -237,9 +225,7 @@ fn bad_input_exits_2_with_one_line() {
 
 #[test]
 fn status_honours_limiter_socket_and_prints_a_table() {
-    if !can_run_privileged("status_honours_limiter_socket_and_prints_a_table") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--port", "2526"]);
     let out = Command::new(limiter_bin()).arg("status").env("LIMITER_SOCKET", &d.socket).output().expect("status");
@@ -251,9 +237,7 @@ fn status_honours_limiter_socket_and_prints_a_table() {
 
 #[test]
 fn failed_start_leaves_nothing_behind() {
-    if !can_run_privileged("failed_start_leaves_nothing_behind") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-fail-"));
     std::fs::create_dir_all(dir.join("not-a-cgroup")).expect("dir");
@@ -296,9 +280,7 @@ fn control_socket_survives_garbage() {
         io::{BufRead as _, BufReader, Write as _},
         os::unix::net::UnixStream,
     };
-    if !can_run_privileged("control_socket_survives_garbage") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
     let ask = |bytes: &[u8]| -> String {
@@ -375,11 +357,7 @@ impl Drop for SynAckLoss<'_> {
 /// completed handshake is forgotten by `sock_ops` (`HANDSHAKES` ends empty).
 #[test]
 fn a_lost_syn_ack_does_not_cost_the_last_slot() {
-    if !can_run_privileged("a_lost_syn_ack_does_not_cost_the_last_slot")
-        || !limiter_tests::nft::can_run_nft("a_lost_syn_ack_does_not_cost_the_last_slot")
-    {
-        return;
-    }
+    require!(privileged(), limiter_tests::nft::available());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);

@@ -14,9 +14,9 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
     cli::{Output, Scratch, limiter_at, path_str},
     netns::{Attempt, Daemon, Pair, tally},
+    privileged, require,
 };
 use serde_json::{Value, json};
 
@@ -230,9 +230,7 @@ fn pid(d: &Daemon) -> libc::pid_t {
 /// are reserved for a gateway that is also allowed 20 per source.
 #[test]
 fn reserved_sessions_are_kept_for_the_gateway() {
-    if !can_run_privileged("reserved_sessions_are_kept_for_the_gateway") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);
     let (a, b, c) = (pair.add_client_v4(2), pair.add_client_v4(3), pair.add_client_v4(4));
@@ -317,9 +315,7 @@ fn reserved_sessions_are_kept_for_the_gateway() {
 /// it lowers the cap again without cutting what is established.
 #[test]
 fn runtime_allow_raises_the_cap_and_del_keeps_connections() {
-    if !can_run_privileged("runtime_allow_raises_the_cap_and_del_keeps_connections") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);
     let src = pair.add_client_v4(2);
@@ -367,9 +363,7 @@ fn runtime_allow_raises_the_cap_and_del_keeps_connections() {
 /// an allow entry for the same host.
 #[test]
 fn deny_refuses_v4_host_and_v6_48_and_beats_allow() {
-    if !can_run_privileged("deny_refuses_v4_host_and_v6_48_and_beats_allow") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);
     let denied4 = pair.add_client_v4(5);
@@ -430,9 +424,7 @@ fn deny_refuses_v4_host_and_v6_48_and_beats_allow() {
 /// does not use up `max_sessions`.
 #[test]
 fn exempt_sources_are_unlimited_and_not_counted_in_sessions() {
-    if !can_run_privileged("exempt_sources_are_unlimited_and_not_counted_in_sessions") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);
     let exempt = pair.add_client_v4(9);
@@ -490,9 +482,7 @@ fn exempt_sources_are_unlimited_and_not_counted_in_sessions() {
 /// Bad input to the list commands exits 2 with one line and changes nothing.
 #[test]
 fn bad_list_input_exits_2_and_changes_nothing() {
-    if !can_run_privileged("bad_list_input_exits_2_and_changes_nothing") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let scratch = Scratch::new();
     let config = scratch.write(
@@ -564,9 +554,7 @@ fn state_files(d: &Daemon) -> Vec<(String, Vec<u8>)> {
 /// of the connections held meanwhile.
 #[test]
 fn runtime_entries_and_counts_survive_kill_9() {
-    if !can_run_privileged("runtime_entries_and_counts_survive_kill_9") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);
     let a = pair.add_client_v4(2);
@@ -631,9 +619,7 @@ fn runtime_entries_and_counts_survive_kill_9() {
 /// refused with the reason and the old policy keeps working.
 #[test]
 fn reload_applies_good_configs_and_refuses_broken_ones() {
-    if !can_run_privileged("reload_applies_good_configs_and_refuses_broken_ones") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);
     let (a, b, c, spam) = (pair.add_client_v4(2), pair.add_client_v4(3), pair.add_client_v4(4), pair.add_client_v4(66));
@@ -706,9 +692,7 @@ fn reload_applies_good_configs_and_refuses_broken_ones() {
 /// Reserve 3, Reserve Sessions for 198.19.N.*" (the second /24 on the link).
 #[test]
 fn vpop3_reserve_sessions_for_a_wildcard() {
-    if !can_run_privileged("vpop3_reserve_sessions_for_a_wildcard") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);
     let (o1, o2, o3) = (pair.add_client_v4(2), pair.add_client_v4(3), pair.add_client_v6(1, 0x10));
@@ -754,9 +738,7 @@ fn vpop3_reserve_sessions_for_a_wildcard() {
 /// daemon keeps serving others and the policy is unchanged.
 #[test]
 fn control_socket_garbage_changes_nothing() {
-    if !can_run_privileged("control_socket_garbage_changes_nothing") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);
     let a = pair.add_client_v4(2);
@@ -862,9 +844,7 @@ fn problem_lines(out: &Output, file: &str) -> Vec<u32> {
 /// each, and passes a good file.
 #[test]
 fn check_config_reports_each_problem_with_its_line() {
-    if !can_run_privileged("check_config_reports_each_problem_with_its_line") {
-        return;
-    }
+    require!(privileged());
     let scratch = Scratch::new();
     let bad = scratch.write(
         "bad.toml",

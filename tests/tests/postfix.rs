@@ -13,7 +13,8 @@ use std::{
 
 use limiter_tests::{
     netns::{Attempt, Daemon, Pair},
-    postfix::{Postfix, Smtp, can_run_postfix},
+    postfix::{self, Postfix, Smtp},
+    privileged, require,
 };
 
 const PORT: u16 = 2525;
@@ -70,9 +71,6 @@ fn open_sessions(pair: &Pair, src: IpAddr, n: usize, mail: bool) -> (Vec<Smtp>, 
 }
 
 fn eight_sessions_ninth_refused_before_postfix(test: &str, v6: bool) {
-    if !can_run_postfix(test) {
-        return;
-    }
     let started = Instant::now();
     let pair = Pair::new();
     let src = if v6 { pair.add_client_v6(1, 0x10) } else { pair.add_client_v4(2) };
@@ -141,10 +139,12 @@ fn eight_sessions_ninth_refused_before_postfix(test: &str, v6: bool) {
 
 #[test]
 fn postfix_eight_sessions_ninth_refused_ipv4() {
-    eight_sessions_ninth_refused_before_postfix("postfix_eight_sessions_ninth_refused_ipv4", false);
+    require!(privileged(), postfix::installed());
+    eight_sessions_ninth_refused_before_postfix(limiter_tests::test_name!(), false);
 }
 
 #[test]
 fn postfix_eight_sessions_ninth_refused_ipv6() {
-    eight_sessions_ninth_refused_before_postfix("postfix_eight_sessions_ninth_refused_ipv6", true);
+    require!(privileged(), postfix::installed());
+    eight_sessions_ninth_refused_before_postfix(limiter_tests::test_name!(), true);
 }

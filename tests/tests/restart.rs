@@ -17,9 +17,9 @@ use std::{
 use aya::maps::{Array, MapData};
 use limiter_common::maps::{MAX_SERVICES, ServiceRecord, names, service_state};
 use limiter_tests::{
-    can_run_privileged,
     cli::{Scratch, path_str},
     netns::{Daemon, Pair, Spawn, limiter_bin, streams, tally},
+    privileged, require,
 };
 use serde_json::Value;
 
@@ -129,9 +129,7 @@ fn config(iface: &str, blocks: &[String]) -> String {
 
 #[test]
 fn service_counts_follow_their_name_across_a_reorder_and_restart() {
-    if !can_run_privileged("service_counts_follow_their_name_across_a_reorder_and_restart") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let (_smtp, _imap) = (pair.listen(SMTP), pair.listen(IMAP));
     let src = pair.add_client_v4(2);
@@ -161,9 +159,7 @@ fn service_counts_follow_their_name_across_a_reorder_and_restart() {
 
 #[test]
 fn a_removed_service_keeps_its_id_until_its_connections_close() {
-    if !can_run_privileged("a_removed_service_keeps_its_id_until_its_connections_close") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let (_smtp, _imap, _pop3) = (pair.listen(SMTP), pair.listen(IMAP), pair.listen(POP3));
     let src = pair.add_client_v4(2);
@@ -252,9 +248,7 @@ fn old_seeded_file(src: IpAddr) -> String {
 
 #[test]
 fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
-    if !can_run_privileged("connections_before_the_first_start_count_once_whatever_step_it_dies_at") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(SMTP);
     let src = pair.add_client_v4(2);
@@ -317,9 +311,7 @@ fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
 
 #[test]
 fn a_crash_while_releasing_a_connection_made_before_start_loses_nothing() {
-    if !can_run_privileged("a_crash_while_releasing_a_connection_made_before_start_loses_nothing") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(SMTP);
     let src = pair.add_client_v4(2);
@@ -344,9 +336,7 @@ fn a_crash_while_releasing_a_connection_made_before_start_loses_nothing() {
 
 #[test]
 fn pins_of_a_version_without_the_id_table_keep_their_counts() {
-    if !can_run_privileged("pins_of_a_version_without_the_id_table_keep_their_counts") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let (_smtp, _imap) = (pair.listen(SMTP), pair.listen(IMAP));
     let src = pair.add_client_v4(2);

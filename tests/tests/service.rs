@@ -14,8 +14,8 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
     netns::{Attempt, Daemon, Pair, Spawn, tally, unique},
+    privileged, require,
 };
 
 const PORT: u16 = 2525;
@@ -57,9 +57,7 @@ fn http_get(pair: &Pair, addr: &'static str, path: &'static str) -> (String, Str
 /// summaries.
 #[test]
 fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
-    if !can_run_privileged("refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -185,9 +183,7 @@ fn notifications(sock: &UnixDatagram, until: impl Fn(&[String]) -> bool, limit: 
 /// is RELOADING=1 then READY=1; SIGTERM sends STOPPING=1.
 #[test]
 fn systemd_is_told_ready_watchdog_reload_and_stop() {
-    if !can_run_privileged("systemd_is_told_ready_watchdog_reload_and_stop") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let dir = std::env::temp_dir().join(unique("limiter-notify-"));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -268,9 +264,7 @@ fn journal_fields(mut d: &[u8]) -> HashMap<String, String> {
 /// socket this test reads.
 #[test]
 fn under_systemd_refusals_go_to_the_journal_with_fields() {
-    if !can_run_privileged("under_systemd_refusals_go_to_the_journal_with_fields") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(3);
