@@ -10,6 +10,7 @@ use std::{
 };
 
 use limiter_tests::{
+    cli::{Scratch, path_str},
     netns::{Daemon, Pair, limiter_bin, streams, tally},
     privileged, require,
 };
@@ -262,9 +263,9 @@ fn map_sizes_come_from_the_config() {
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
-    let config = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-maps-")).with_extension("toml");
-    let write = |text: &str| std::fs::write(&config, text).expect("write config");
-    write("[maps]\nconnections = 2048\npending_slots = 1024\n");
+    let scratch = Scratch::new();
+    let write = |text: &str| scratch.write("limiter.toml", text);
+    let config = write("[maps]\nconnections = 2048\npending_slots = 1024\n");
     let args = [
         "--iface",
         pair.server_if.as_str(),
@@ -273,7 +274,7 @@ fn map_sizes_come_from_the_config() {
         "--max-conn-per-source",
         "8",
         "--config",
-        config.to_str().expect("utf-8 path"),
+        path_str(&config),
     ];
     let mut d = Daemon::start(&pair.server, &args);
     let pins = d.pin_dir.clone();
@@ -302,7 +303,6 @@ fn map_sizes_come_from_the_config() {
     );
     assert_eq!(tally(&pair.connect_parallel(src, PORT, 5, WAIT)).connected, 0);
     drop(held);
-    let _ = std::fs::remove_file(&config);
 }
 
 #[test]

@@ -14,7 +14,8 @@ use std::{
 };
 
 use limiter_tests::{
-    netns::{Daemon, Pair, limiter_bin, unique},
+    cli::{Scratch, path_str},
+    netns::{Daemon, Pair, limiter_bin},
     privileged, require,
 };
 
@@ -78,8 +79,7 @@ fn two_hundred_concurrent_changes_all_succeed() {
 fn large_lists_take_changes_quickly() {
     require!(privileged());
     let pair = Pair::new();
-    let dir = std::env::temp_dir().join(unique("limiter-control-"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = Scratch::new();
     let mut text = format!(
         "interfaces = [\"{}\"]\n\n[[service]]\nname = \"smtp\"\nports = [2525]\nmax_conn_per_source = 4\n",
         pair.server_if
@@ -88,9 +88,8 @@ fn large_lists_take_changes_quickly() {
         // 2001:db8:fXXX:YYYY::/64, far from every test pair's own /48s.
         let _ = write!(text, "\n[[deny]]\nprefix = \"2001:db8:{:x}:{:x}::/64\"\n", 0xf000 + i / 60_000, i % 60_000);
     }
-    let config = dir.join("limiter.toml");
-    std::fs::write(&config, &text).expect("write config");
-    let config_s = config.to_str().expect("utf-8");
+    let config = scratch.write("limiter.toml", &text);
+    let config_s = path_str(&config);
     let d = Daemon::start(&pair.server, &["--config", config_s]);
     assert_eq!(d.status_json().expect("status")["lists"]["deny"], 60_000);
 
@@ -124,5 +123,4 @@ fn large_lists_take_changes_quickly() {
     let allow = d.client_json(&["allow", "list", "--json"]);
     assert_eq!(allow["entries"].as_array().map_or(0, Vec::len), 19, "{allow}");
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -63,7 +63,7 @@ fn lists(d: &Daemon) -> [Value; 3] {
 }
 
 fn state_file(d: &Daemon) -> PathBuf {
-    d.dir.join("state").join("lists.json")
+    d.state_dir().join("lists.json")
 }
 
 fn state_bytes(d: &Daemon) -> Option<Vec<u8>> {
@@ -266,7 +266,7 @@ fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
                 .arg("--pin-dir")
                 .arg(&d.pin_dir)
                 .arg("--state-dir")
-                .arg(d.dir.join("state"))
+                .arg(d.state_dir())
                 .env("RUST_LOG", "off")
                 .output()
                 .expect("limiter run"),
@@ -287,7 +287,7 @@ fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
 
     let bad = std::fs::read(&file).expect("bad");
     d.restart(&pair.server, &[&args[..], &["--discard-runtime-lists"]].concat());
-    let backups: Vec<PathBuf> = std::fs::read_dir(d.dir.join("state"))
+    let backups: Vec<PathBuf> = std::fs::read_dir(d.state_dir())
         .expect("state dir")
         .filter_map(Result::ok)
         .map(|e| e.path())

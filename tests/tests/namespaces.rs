@@ -12,6 +12,7 @@ use std::{
 };
 
 use limiter_tests::{
+    cli::Scratch,
     netns::{Attempt, Daemon, Netns, Pair, connect, enter, limiter_bin, tally},
     privileged, require,
 };
@@ -196,11 +197,9 @@ fn limiter(args: &[&str]) -> (i32, String) {
 #[test]
 fn bad_input_exits_2_with_one_line() {
     require!(privileged());
-    let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-bad-"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let broken = dir.join("broken.toml");
-    std::fs::write(&broken, "interfaces = [\"lo\"]\n[[service]]\nname = \"smtp\"\nports = [25, 0]\n").expect("write");
-    let sock = dir.join("none.sock");
+    let scratch = Scratch::new();
+    let broken = scratch.write("broken.toml", "interfaces = [\"lo\"]\n[[service]]\nname = \"smtp\"\nports = [25, 0]\n");
+    let sock = scratch.0.join("none.sock");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["run", "--iface", "nosuchif0", "--port", "2525"], "unknown interface 'nosuchif0'"),
         (vec!["run", "--iface", "lo", "--rate", "5/hour"], "bad rate"),
@@ -220,7 +219,6 @@ fn bad_input_exits_2_with_one_line() {
         assert!(err.contains(want), "{args:?}: {err:?} does not name {want:?}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -239,7 +237,8 @@ fn status_honours_limiter_socket_and_prints_a_table() {
 fn failed_start_leaves_nothing_behind() {
     require!(privileged());
     let pair = Pair::new();
-    let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-fail-"));
+    let scratch = Scratch::new();
+    let dir = &scratch.0;
     std::fs::create_dir_all(dir.join("not-a-cgroup")).expect("dir");
     let sock = dir.join("limiter.sock");
     let pin_dir = std::path::PathBuf::from("/sys/fs/bpf").join(limiter_tests::netns::unique("limiter-fail-"));
@@ -271,7 +270,6 @@ fn failed_start_leaves_nothing_behind() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not on bpffs"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

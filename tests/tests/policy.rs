@@ -538,7 +538,7 @@ fn bad_list_input_exits_2_and_changes_nothing() {
 
 /// Names and contents of the files in the daemon's state dir.
 fn state_files(d: &Daemon) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(d.dir.join("state"))
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(d.state_dir())
         .map(|rd| {
             rd.filter_map(Result::ok)
                 .filter(|e| e.path().is_file())

@@ -8,13 +8,14 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, TcpStream},
     os::unix::{fs::MetadataExt as _, net::UnixDatagram},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
-    netns::{Attempt, Daemon, Pair, Spawn, tally, unique},
+    cli::Scratch,
+    netns::{Attempt, Daemon, Pair, Spawn, tally},
     privileged, require,
 };
 
@@ -185,9 +186,8 @@ fn notifications(sock: &UnixDatagram, until: impl Fn(&[String]) -> bool, limit: 
 fn systemd_is_told_ready_watchdog_reload_and_stop() {
     require!(privileged());
     let pair = Pair::new();
-    let dir = std::env::temp_dir().join(unique("limiter-notify-"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("notify");
+    let scratch = Scratch::new();
+    let path = scratch.0.join("notify");
     let sock = UnixDatagram::bind(&path).expect("bind notify socket");
     let path_s = path.display().to_string();
     let mut d = Daemon::start_with(
@@ -230,7 +230,6 @@ fn systemd_is_told_ready_watchdog_reload_and_stop() {
     assert!(status.success(), "{status}");
     let got = notifications(&sock, |g| g.iter().any(|m| m.contains("STOPPING=1")), Duration::from_secs(2));
     assert!(got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Parses a journal native-protocol datagram: `KEY=value\n`, or
@@ -268,8 +267,8 @@ fn under_systemd_refusals_go_to_the_journal_with_fields() {
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(3);
-    let dir = std::env::temp_dir().join(unique("limiter-journal-"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = Scratch::new();
+    let dir = &scratch.0;
     let journal = UnixDatagram::bind(dir.join("socket")).expect("bind journal socket");
     journal.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
     // The daemon's stderr is its log file: JOURNAL_STREAM names that file,
@@ -339,5 +338,4 @@ fn under_systemd_refusals_go_to_the_journal_with_fields() {
     // Start-up lines went to the journal too, not to stderr.
     assert!(seen.iter().any(|m| m.starts_with("attached to")), "{seen:?}");
     assert!(!d.log_text().contains("refused "), "the refusal went to stderr too:\n{}", d.log_text());
-    let _ = std::fs::remove_dir_all(PathBuf::from(&dir));
 }
