@@ -4,14 +4,13 @@
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
-    cli::{Scratch, path_str},
-    netns::{Daemon, Pair, limiter_bin, streams, tally},
+    cli::{Scratch, limiter, path_str},
+    netns::{Daemon, Pair, streams, tally},
     privileged, require,
 };
 
@@ -46,13 +45,9 @@ fn fifty_simultaneous_attempts_give_exactly_eight() {
     assert_eq!(rows[0]["source"], src.to_string());
     assert_eq!((rows[0]["connections"].as_u64(), rows[0]["limit"].as_u64()), (Some(8), Some(8)), "{top}");
     assert_eq!(rows[0]["service"], "default");
-    let out = Command::new(limiter_bin())
-        .args(["top", "--service", "nope"])
-        .env("LIMITER_SOCKET", &d.socket)
-        .output()
-        .expect("top");
-    assert_eq!(out.status.code(), Some(2), "unknown service is bad input");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service 'nope'"));
+    let out = limiter(&d, &["top", "--service", "nope"]);
+    assert_eq!(out.code, Some(2), "unknown service is bad input");
+    assert!(out.stderr.contains("unknown service 'nope'"));
 
     // Close 3: their slots come back within a second, and exactly 3 get in.
     held.truncate(5);

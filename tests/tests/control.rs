@@ -7,33 +7,18 @@
 
 use std::{
     fmt::Write as _,
-    path::Path,
-    process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
-    cli::{Scratch, path_str},
-    netns::{Daemon, Pair, limiter_bin},
+    cli::{Output, Scratch, limiter, limiter_at, path_str},
+    netns::{Daemon, Pair},
     privileged, require,
 };
 
-fn limiter(socket: &Path, args: &[&str]) -> Output {
-    Command::new(limiter_bin())
-        .args(args)
-        .env("LIMITER_SOCKET", socket)
-        .output()
-        .unwrap_or_else(|e| panic!("limiter {args:?}: {e}"))
-}
-
 fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}, stderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.code, Some(0), "{what}: exit {:?}, stderr: {}", out.code, out.stderr);
 }
 
 /// 200 `limiter allow add` started at once: every one exits 0 and every
@@ -50,7 +35,7 @@ fn two_hundred_concurrent_changes_all_succeed() {
             let socket = d.socket.clone();
             thread::spawn(move || {
                 let prefix = format!("198.19.{}.{}", i / 200, i % 200 + 1);
-                let out = limiter(&socket, &["allow", "add", &prefix, "--comment", "load test"]);
+                let out = limiter_at(&socket, &["allow", "add", &prefix, "--comment", "load test"]);
                 (prefix, out)
             })
         })
@@ -58,8 +43,8 @@ fn two_hundred_concurrent_changes_all_succeed() {
     let mut failed = Vec::new();
     for c in clients {
         let (prefix, out) = c.join().expect("client thread");
-        if !out.status.success() {
-            failed.push(format!("{prefix}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        if out.code != Some(0) {
+            failed.push(format!("{prefix}: {}", out.stderr.trim()));
         }
     }
     let took = start.elapsed();
@@ -97,11 +82,11 @@ fn large_lists_take_changes_quickly() {
     for i in 0..20u32 {
         let prefix = format!("198.19.7.{}", i + 1);
         let t = Instant::now();
-        assert_ok(&limiter(&d.socket, &["allow", "add", &prefix]), "allow add with 60,000 deny entries");
+        assert_ok(&limiter(&d, &["allow", "add", &prefix]), "allow add with 60,000 deny entries");
         times.push(t.elapsed());
     }
     let t = Instant::now();
-    assert_ok(&limiter(&d.socket, &["allow", "del", "198.19.7.1"]), "allow del");
+    assert_ok(&limiter(&d, &["allow", "del", "198.19.7.1"]), "allow del");
     times.push(t.elapsed());
     times.sort();
     eprintln!("allow add/del with 60,000 deny entries: median {:?}, max {:?}", times[times.len() / 2], times[20]);
@@ -112,10 +97,10 @@ fn large_lists_take_changes_quickly() {
     let socket = d.socket.clone();
     let reload = thread::spawn(move || {
         let t = Instant::now();
-        let out = limiter(&socket, &["reload"]);
+        let out = limiter_at(&socket, &["reload"]);
         (out, t.elapsed())
     });
-    let status = limiter(&d.socket, &["status", "--json"]);
+    let status = limiter(&d, &["status", "--json"]);
     let (out, took) = reload.join().expect("reload thread");
     assert_ok(&out, "reload with 60,000 deny entries");
     assert_ok(&status, "status during a reload");

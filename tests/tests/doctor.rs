@@ -11,6 +11,7 @@ use std::{
 };
 
 use limiter_tests::{
+    cli::{ok, unload},
     netns::{Attempt, Daemon, Netns, Pair, limiter_bin},
     privileged, require,
 };
@@ -129,14 +130,7 @@ fn doctor_with_the_daemon_running_then_stopped() {
     assert!(line.contains("pinned link"), "{line}");
 
     // Clean up as an admin would; doctor then finds nothing loaded.
-    let out = Command::new(limiter_bin())
-        .args(["unload", "--pin-dir"])
-        .arg(&d.pin_dir)
-        .arg("--socket")
-        .arg(&d.socket)
-        .output()
-        .expect("limiter unload");
-    assert!(out.status.success(), "unload: {out:?}");
+    unload(&d);
     let run = doctor(Some(&pair.server), &[], &strs(&flags));
     let (line, _) = run.line("ok", "pins");
     assert!(line.contains("not loaded"), "{line}");
@@ -253,8 +247,7 @@ fn json_outputs_match_their_schemas() {
         vec!["deny".into(), "add".into(), "2001:db8:f066::/48".into()],
         vec!["reserve".into(), "add".into(), format!("198.18.{net}.9"), "--service".into(), "default".into()],
     ] {
-        let out = Command::new(limiter_bin()).args(&args).env("LIMITER_SOCKET", &d.socket).output().expect("limiter");
-        assert!(out.status.success(), "{args:?}: {out:?}");
+        ok(&d, &strs(&args));
     }
     // Two connections held, so `top` has a row; a third and a fourth
     // attempt: one more accepted, one refused at the limit.

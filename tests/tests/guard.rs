@@ -17,7 +17,7 @@ use std::{
 };
 
 use limiter_tests::{
-    cli::{Output, Scratch, limiter_at, path_str},
+    cli::{Output, Scratch, limiter, ok, path_str},
     netns::{Attempt, Daemon, Pair, limiter_bin, tally},
     privileged, require,
 };
@@ -26,19 +26,8 @@ use serde_json::Value;
 const PORT: u16 = 2525;
 const WAIT: Duration = Duration::from_secs(2);
 
-/// `limiter ARGS` against the daemon's socket.
-fn limiter(d: &Daemon, args: &[&str]) -> Output {
-    limiter_at(&d.socket, args)
-}
-
 fn output(out: &std::process::Output) -> Output {
     Output::from(out)
-}
-
-fn ok(d: &Daemon, args: &[&str]) -> Output {
-    let out = limiter(d, args);
-    assert_eq!(out.code, Some(0), "limiter {args:?} must succeed: {out:?}");
-    out
 }
 
 /// Exit 2 and exactly one `limiter: ` line on stderr naming every `want`.

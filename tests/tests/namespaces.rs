@@ -12,7 +12,7 @@ use std::{
 };
 
 use limiter_tests::{
-    cli::Scratch,
+    cli::{Scratch, limiter_at, unload},
     netns::{Attempt, Daemon, Netns, Pair, connect, enter, limiter_bin, tally},
     privileged, require,
 };
@@ -175,13 +175,7 @@ fn stop_keeps_enforcement_and_unload_removes_it() {
     assert_eq!(tally(&pair.connect_many(a, PORT, 3, QUICK)).connected, 0, "the limit still holds");
 
     // unload removes everything: no program, no pins, no enforcement.
-    let out = Command::new(limiter_bin())
-        .args(["unload", "--pin-dir"])
-        .arg(&d.pin_dir)
-        .env("LIMITER_SOCKET", &d.socket)
-        .output()
-        .expect("unload");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    unload(&d);
     assert!(!d.pin_dir.exists(), "pins removed");
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
     assert!(!link.contains("xdp"), "XDP detached by unload: {link}");
@@ -226,9 +220,9 @@ fn status_honours_limiter_socket_and_prints_a_table() {
     require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--port", "2526"]);
-    let out = Command::new(limiter_bin()).arg("status").env("LIMITER_SOCKET", &d.socket).output().expect("status");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = limiter_at(&d.socket, &["status"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let text = &out.stdout;
     assert!(text.contains(&pair.server_if) && text.contains("2525,2526") && text.contains("30/m"), "{text}");
     let _: IpAddr = pair.server_v4();
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use limiter_tests::{
-    cli::{Output, Scratch, limiter_at, path_str},
+    cli::{Output, Scratch, limiter, limiter_at, ok, path_str},
     netns::{Attempt, Daemon, Pair, tally},
     privileged, require,
 };
@@ -32,17 +32,6 @@ const FOREIGN_V6: &str = "2001:db8:f066";
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-fn limiter(d: &Daemon, args: &[&str]) -> Output {
-    limiter_at(&d.socket, args)
-}
-
-/// Runs a command that must succeed.
-fn ok(d: &Daemon, args: &[&str]) -> Output {
-    let out = limiter(d, args);
-    assert_eq!(out.code, Some(0), "limiter {args:?} must succeed: {out:?}");
-    out
-}
 
 /// Checks the contract for bad input: exit 2, exactly one line on stderr
 /// that starts with `limiter: ` and names `want`, no panic.

@@ -9,7 +9,6 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, TcpStream},
     os::unix::process::ExitStatusExt as _,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -17,8 +16,8 @@ use std::{
 use aya::maps::{Array, MapData};
 use limiter_common::maps::{MAX_SERVICES, ServiceRecord, names, service_state};
 use limiter_tests::{
-    cli::{Scratch, path_str},
-    netns::{Daemon, Pair, Spawn, limiter_bin, streams, tally},
+    cli::{Scratch, ok, path_str, unload},
+    netns::{Daemon, Pair, Spawn, streams, tally},
     privileged, require,
 };
 use serde_json::Value;
@@ -98,15 +97,6 @@ fn service(d: &Daemon, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no service {name} in {s}"))
 }
 
-/// `limiter unload` for the daemon's pin dir (the daemon must be stopped).
-fn unload(d: &Daemon) {
-    let out = Command::new(limiter_bin())
-        .args(["unload", "--pin-dir", path_str(&d.pin_dir), "--socket", path_str(&d.socket)])
-        .output()
-        .expect("limiter unload");
-    assert!(out.status.success(), "limiter unload: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// The pinned service id table: `(state, name)` by id.
 fn id_table(d: &Daemon) -> Vec<(u8, String)> {
     let map = MapData::from_pin(d.pin_dir.join(names::SERVICES)).expect("pinned SERVICES");
@@ -176,8 +166,7 @@ fn a_removed_service_keeps_its_id_until_its_connections_close() {
 
     // imap is dropped by reload while it holds 3: its id is retired.
     scratch.write("limiter.toml", &config(&pair.server_if, std::slice::from_ref(&smtp)));
-    let out = Command::new(limiter_bin()).arg("reload").env("LIMITER_SOCKET", &d.socket).output().expect("reload");
-    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    ok(&d, &["reload"]);
     wait_top_hidden(&d, &[(&s, "smtp", 2)], 3, "after the reload: imap's 3 stay under its retired id");
 
     // Restart with that file plus a new service: it must not get imap's id

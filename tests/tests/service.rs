@@ -14,7 +14,7 @@ use std::{
 };
 
 use limiter_tests::{
-    cli::Scratch,
+    cli::{Scratch, ok},
     netns::{Attempt, Daemon, Pair, Spawn, tally},
     privileged, require,
 };
@@ -211,12 +211,7 @@ fn systemd_is_told_ready_watchdog_reload_and_stop() {
 
     // A reload is announced and closed.
     let _ = d.client_json(&["status", "--json"]);
-    let out = Command::new(limiter_tests::netns::limiter_bin())
-        .arg("reload")
-        .env("LIMITER_SOCKET", &d.socket)
-        .output()
-        .expect("reload");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&d, &["reload"]);
     let got = notifications(&sock, |g| g.iter().any(|m| m.contains("RELOADING=1")), Duration::from_secs(3));
     let at = got.iter().position(|m| m.contains("RELOADING=1")).unwrap_or_else(|| panic!("no RELOADING=1: {got:?}"));
     assert!(got[at].contains("MONOTONIC_USEC="), "{got:?}");
