@@ -18,7 +18,7 @@ use std::{
 
 use limiter_tests::{
     cli::{Output, Scratch, limiter, ok, path_str},
-    netns::{Attempt, Daemon, Pair, limiter_bin, tally},
+    netns::{Daemon, Pair, limiter_bin, streams, tally},
     privileged, require,
 };
 use serde_json::Value;
@@ -70,14 +70,7 @@ fn connected(pair: &Pair, src: IpAddr, n: usize) -> (usize, Vec<TcpStream>) {
     let attempts = pair.connect_parallel(src, PORT, n, WAIT);
     let t = tally(&attempts);
     assert_eq!(t.connected + t.refused, n, "{attempts:?}");
-    let held = attempts
-        .into_iter()
-        .filter_map(|a| match a {
-            Attempt::Connected(s) => Some(s),
-            _ => None,
-        })
-        .collect();
-    (t.connected, held)
+    (t.connected, streams(attempts))
 }
 
 fn pid(d: &Daemon) -> u32 {

@@ -15,7 +15,7 @@ use std::{
 
 use limiter_tests::{
     cli::{Output, Scratch, limiter, limiter_at, ok, path_str},
-    netns::{Attempt, Daemon, Pair, tally},
+    netns::{Attempt, Daemon, Pair, streams, tally},
     privileged, require,
 };
 use serde_json::{Value, json};
@@ -111,13 +111,7 @@ fn attempt(pair: &Pair, src: IpAddr, n: usize, want: usize, what: &str) -> Vec<T
             assert!(*took < Duration::from_millis(500), "{what}: a refusal took {took:?}");
         }
     }
-    attempts
-        .into_iter()
-        .filter_map(|a| match a {
-            Attempt::Connected(s) => Some(s),
-            _ => None,
-        })
-        .collect()
+    streams(attempts)
 }
 
 /// Every stream is still open end to end: a line sent on it comes back
