@@ -1,13 +1,15 @@
 //! Helpers for limiter's privileged tests: crafted frames, the one
 //! skip-or-fail guard ([`require!`]), guards that own namespaces, veths and
-//! daemons and clean them up, a private Postfix to put behind the limiter,
-//! and nftables `ct count` as the reference the limiter is compared with.
+//! daemons and clean them up, what the policy tests share, a private
+//! Postfix to put behind the limiter, and nftables `ct count` as the
+//! reference the limiter is compared with.
 
 pub mod cli;
 pub mod frames;
 pub mod kernel;
 pub mod netns;
 pub mod nft;
+pub mod policy;
 pub mod postfix;
 
 // The schema tests' dev-dependency, unused by the library's own unit tests.
