@@ -74,9 +74,15 @@ pub fn install(ns: &Netns, ruleset: &str) {
 /// Deletes [`TABLE`] from `ns` again; for `Drop` guards, so it never panics
 /// (conntrack entries stay until they time out, but nothing counts them).
 pub fn uninstall(ns: &Netns) {
+    delete_table(ns, TABLE);
+}
+
+/// Deletes the `inet` table `table` from `ns`; for `Drop` guards, so it
+/// never panics.
+pub fn delete_table(ns: &Netns, table: &str) {
     let _ = Command::new("nsenter")
         .arg(format!("--net={}", ns.path().display()))
-        .args([nft_bin().as_str(), "delete", "table", "inet", TABLE])
+        .args([nft_bin().as_str(), "delete", "table", "inet", table])
         .output();
 }
 

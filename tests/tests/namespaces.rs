@@ -14,7 +14,7 @@ use std::{
 use limiter_tests::{
     cli::{Scratch, limiter_at, unload},
     netns::{Attempt, Daemon, Netns, Pair, connect, enter, limiter_bin, tally},
-    privileged, require,
+    nft, privileged, require,
 };
 
 const PORT: u16 = 2525;
@@ -316,29 +316,19 @@ impl<'a> SynAckLoss<'a> {
              flags & (syn | ack) == (syn | ack) counter drop\n }}\n}}\n",
             Self::TABLE
         );
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .args([limiter_tests::nft::nft_bin().as_str(), "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn nft");
-        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), rules.as_bytes()).expect("write rules");
-        assert!(child.wait().expect("nft").success(), "nft -f {rules}");
+        nft::install(ns, &rules);
         Self { ns }
     }
 
     /// SYN-ACKs dropped so far.
     fn dropped(&self) -> u64 {
-        limiter_tests::nft::counted(self.ns, Self::TABLE)
+        nft::counted(self.ns, Self::TABLE)
     }
 }
 
 impl Drop for SynAckLoss<'_> {
     fn drop(&mut self) {
-        let _ = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns.path().display()))
-            .args([limiter_tests::nft::nft_bin().as_str(), "delete", "table", "inet", Self::TABLE])
-            .status();
+        nft::delete_table(self.ns, Self::TABLE);
     }
 }
 
@@ -349,7 +339,7 @@ impl Drop for SynAckLoss<'_> {
 /// completed handshake is forgotten by `sock_ops` (`HANDSHAKES` ends empty).
 #[test]
 fn a_lost_syn_ack_does_not_cost_the_last_slot() {
-    require!(privileged(), limiter_tests::nft::available());
+    require!(privileged(), nft::available());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
