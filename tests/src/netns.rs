@@ -239,6 +239,15 @@ impl Pair {
         let dst = if src.is_ipv4() { self.server_v4() } else { self.server_v6() };
         self.client.run(move || (0..n).map(|_| connect(src, SocketAddr::new(dst, port), timeout)).collect())
     }
+
+    /// [`Self::connect_many`], and every one must get in: `n` connections
+    /// from `src` to `port` to hold.
+    #[must_use]
+    pub fn hold(&self, src: IpAddr, port: u16, n: usize, timeout: Duration) -> Vec<Attempt> {
+        let a = self.connect_many(src, port, n, timeout);
+        assert_eq!(tally(&a).connected, n, "holding {n} from {src}: {a:?}");
+        a
+    }
 }
 
 impl Pair {

@@ -15,7 +15,7 @@ use std::{
 
 use limiter_tests::{
     cli::{Scratch, ok},
-    netns::{Attempt, Daemon, Pair, Spawn, tally},
+    netns::{Daemon, Pair, Spawn, tally},
     privileged, require,
 };
 
@@ -24,13 +24,6 @@ const WAIT: Duration = Duration::from_secs(2);
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
-
-/// Holds `n` connections from `src`; panics unless all get in.
-fn hold(pair: &Pair, src: IpAddr, n: usize) -> Vec<Attempt> {
-    let a = pair.connect_many(src, PORT, n, WAIT);
-    assert_eq!(tally(&a).connected, n, "holding {n} from {src}: {a:?}");
-    a
 }
 
 /// `n` more attempts from `src`, one after the other; returns how many were refused.
@@ -80,7 +73,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
         Spawn { env: env(&[("LIMITER_EVENT_WINDOW_MS", "1000")]), ..Spawn::default() },
     );
 
-    let _held = hold(&pair, src, 3);
+    let _held = pair.hold(src, PORT, 3, WAIT);
     d.wait_connections(3, WAIT);
     assert_eq!(refused(&pair, src, 3), 3, "3 more from a source holding 3");
 
@@ -140,7 +133,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
     assert_eq!((s["refusal_lines"]["logged"].as_u64(), s["refusal_lines"]["suppressed"].as_u64()), (Some(1), Some(2)));
 
     // An IPv6 source over its limit too, for the filter's <HOST>.
-    let _held6 = hold(&pair, src6, 3);
+    let _held6 = pair.hold(src6, PORT, 3, WAIT);
     d.wait_connections(6, WAIT);
     assert_eq!(refused(&pair, src6, 1), 1);
     let line6 = format!("refused {src6} default:2525 too many connections (3 established, limit 3)");
@@ -298,7 +291,7 @@ fn under_systemd_refusals_go_to_the_journal_with_fields() {
         &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "1", "--action", "reset"],
     );
 
-    let _held = hold(&pair, src, 1);
+    let _held = pair.hold(src, PORT, 1, WAIT);
     d.wait_connections(1, WAIT);
     assert_eq!(refused(&pair, src, 1), 1);
 
