@@ -17,7 +17,7 @@ use aya::maps::{Array, MapData};
 use limiter_common::maps::{MAX_SERVICES, ServiceRecord, names, service_state};
 use limiter_tests::{
     cli::{Scratch, ok, path_str, unload},
-    netns::{Daemon, Pair, Spawn, streams, tally},
+    netns::{Daemon, Listener, Pair, Spawn, streams, tally},
     privileged, require,
 };
 use serde_json::Value;
@@ -235,15 +235,27 @@ fn old_seeded_file(src: IpAddr) -> String {
     text
 }
 
+/// Where the two failpoint tests start: a pair with a listener on SMTP and
+/// one client address.
+fn one_source() -> (Pair, Listener, IpAddr) {
+    let pair = Pair::new();
+    let listener = pair.listen(SMTP);
+    let src = pair.add_client_v4(2);
+    (pair, listener, src)
+}
+
+/// The daemon arguments of the failpoint tests: the default service on
+/// `port`, 8 per source, refused with a reset.
+fn limit_8<'a>(iface: &'a str, port: &'a str) -> [&'a str; 8] {
+    ["--iface", iface, "--port", port, "--max-conn-per-source", "8", "--action", "reset"]
+}
+
 #[test]
 fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
     require!(privileged());
-    let pair = Pair::new();
-    let _l = pair.listen(SMTP);
-    let src = pair.add_client_v4(2);
-    let s = src.to_string();
-    let port = SMTP.to_string();
-    let args = ["--iface", pair.server_if.as_str(), "--port", &port, "--max-conn-per-source", "8", "--action", "reset"];
+    let (pair, _l, src) = one_source();
+    let (s, port) = (src.to_string(), SMTP.to_string());
+    let args = limit_8(&pair.server_if, &port);
     // (failpoint of the first start, what an older version left in `seeded`)
     // Without a failpoint, the file is written between a clean stop and the
     // restart (an older version's file, trusted, lost or doubled counts).
@@ -301,12 +313,9 @@ fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
 #[test]
 fn a_crash_while_releasing_a_connection_made_before_start_loses_nothing() {
     require!(privileged());
-    let pair = Pair::new();
-    let _l = pair.listen(SMTP);
-    let src = pair.add_client_v4(2);
-    let s = src.to_string();
-    let port = SMTP.to_string();
-    let args = ["--iface", pair.server_if.as_str(), "--port", &port, "--max-conn-per-source", "8", "--action", "reset"];
+    let (pair, _l, src) = one_source();
+    let (s, port) = (src.to_string(), SMTP.to_string());
+    let args = limit_8(&pair.server_if, &port);
     let mut before = admit(&pair, src, SMTP, 5, 5, "no limiter yet");
     let spawn = Spawn { env: vec![("LIMITER_FAILPOINT".into(), "reconcile".into())], ..Spawn::default() };
     let mut d = Daemon::start_with(&pair.server, &args, spawn);
