@@ -25,6 +25,15 @@ fn counter(status: &serde_json::Value, name: &str) -> u64 {
     status["services"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {status}"))
 }
 
+/// `limiter run` in the pair's server namespace, rate-limiting [`PORT`]:
+/// `--rate RATE --burst BURST --action ACTION`.
+fn rate_limited(pair: &Pair, rate: &str, burst: &str, action: &str) -> Daemon {
+    Daemon::start(
+        &pair.server,
+        &["--iface", &pair.server_if, "--port", "2525", "--rate", rate, "--burst", burst, "--action", action],
+    )
+}
+
 /// Every refused attempt was answered by an RST well before the client's
 /// SYN retransmission (1 s): the client saw "connection refused" at once.
 fn assert_refused_at_once(attempts: &[Attempt]) {
@@ -45,10 +54,7 @@ fn rate_limit_per_source_with_reset_v4() {
     let a = pair.add_client_v4(2);
     let b = pair.add_client_v4(3);
     // 5 per minute: no token refills during the test, so counts are exact.
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--rate", "5/m", "--burst", "5", "--action", "reset"],
-    );
+    let d = rate_limited(&pair, "5/m", "5", "reset");
 
     let first = pair.connect_many(a, PORT, 9, QUICK);
     let t = tally(&first);
@@ -82,10 +88,7 @@ fn rate_limit_v6_aggregates_a_64() {
     let h1 = pair.add_client_v6(1, 0x10);
     let h2 = pair.add_client_v6(1, 0x20); // same /64 as h1
     let other = pair.add_client_v6(2, 0x10); // another /64
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--rate", "4/m", "--burst", "4", "--action", "reset"],
-    );
+    let d = rate_limited(&pair, "4/m", "4", "reset");
 
     let t = tally(&pair.connect_many(h1, PORT, 3, QUICK));
     assert_eq!((t.connected, t.refused), (3, 0));
@@ -107,10 +110,7 @@ fn acceptance_5_per_second_refills() {
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
     let a6 = pair.add_client_v6(3, 1);
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--rate", "5/s", "--burst", "5", "--action", "reset"],
-    );
+    let d = rate_limited(&pair, "5/s", "5", "reset");
 
     for src in [a, a6] {
         let start = Instant::now();
@@ -140,10 +140,7 @@ fn drop_action_makes_clients_time_out() {
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--rate", "2/m", "--burst", "2", "--action", "drop"],
-    );
+    let d = rate_limited(&pair, "2/m", "2", "drop");
     let r = pair.connect_many(a, PORT, 4, Duration::from_millis(400));
     let t = tally(&r);
     assert_eq!((t.connected, t.refused, t.timed_out), (2, 0, 2), "{r:?}");
