@@ -587,7 +587,10 @@ impl Daemon {
         }
     }
 
-    fn command(&self, ns: &Netns, args: &[&str]) -> Command {
+    /// The command that runs `limiter run ARGS` in `ns` as this daemon (its
+    /// socket, pins and state dir), for a test that runs it its own way.
+    #[must_use]
+    pub fn command(&self, ns: &Netns, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", ns.path().display()))
             .args(&self.spawn.wrap)

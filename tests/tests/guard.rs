@@ -236,23 +236,8 @@ fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
     d.stop();
 
     let run = |extra: &[&str]| {
-        output(
-            &Command::new("nsenter")
-                .arg(format!("--net={}", pair.server.path().display()))
-                .arg(limiter_bin())
-                .arg("run")
-                .args(args)
-                .args(extra)
-                .arg("--socket")
-                .arg(&d.socket)
-                .arg("--pin-dir")
-                .arg(&d.pin_dir)
-                .arg("--state-dir")
-                .arg(d.state_dir())
-                .env("RUST_LOG", "off")
-                .output()
-                .expect("limiter run"),
-        )
+        let mut cmd = d.command(&pair.server, &[&args[..], extra].concat());
+        output(&cmd.env("RUST_LOG", "off").output().expect("limiter run"))
     };
     let file = state_file(&d);
     let f = path_str(&file).to_owned();
