@@ -19,6 +19,7 @@ use std::{
 use limiter_tests::{
     cli::{Output, Scratch, limiter, ok, path_str},
     netns::{Daemon, Pair, limiter_bin, streams, tally},
+    policy::counter,
     privileged, require,
 };
 use serde_json::Value;
@@ -57,11 +58,6 @@ fn state_file(d: &Daemon) -> PathBuf {
 
 fn state_bytes(d: &Daemon) -> Option<Vec<u8>> {
     std::fs::read(state_file(d)).ok()
-}
-
-fn counter(d: &Daemon, name: &str) -> u64 {
-    let s = d.status_json().expect("status");
-    s["services"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {s}"))
 }
 
 /// `n` attempts from `src`; returns how many connected (the rest must be
