@@ -33,7 +33,7 @@ use socket2 as _;
 use crate::{
     abuser::Abuser,
     report::{check, detail_header, detail_line, header, line, percentile},
-    trafgen::{CLIENT_QDISC, FloodFrames, TempDir, Trafgen, check_frames, is_spoofed},
+    trafgen::{CLIENT_QDISC, FloodFrames, Trafgen, check_frames, is_spoofed},
 };
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
@@ -362,7 +362,8 @@ struct Bench {
     abuser: IpAddr,
     abuser_cfg: PathBuf,
     spoofed_cfg: PathBuf,
-    dir: TempDir,
+    /// trafgen's configs and output.
+    dir: limiter_tests::cli::Scratch,
     seconds: u32,
     pps: u32,
 }
@@ -503,8 +504,7 @@ impl Bench {
         pair.server.exec(&["ip", "-6", "route", "add", SPOOFED_V6, "via", &gw6.to_string(), "dev", &pair.server_if]);
         pair.client.exec(&[&["tc", "qdisc", "replace", "dev", &pair.client_if, "root"][..], &CLIENT_QDISC].concat());
 
-        let dir = TempDir(std::env::temp_dir().join(unique("limiter-flood-")));
-        std::fs::create_dir_all(&dir.0)?;
+        let dir = limiter_tests::cli::Scratch::new();
         let (IpAddr::V4(server_v4), IpAddr::V6(server_v6), IpAddr::V4(abuser_v4)) =
             (pair.server_v4(), pair.server_v6(), abuser)
         else {

@@ -14,15 +14,6 @@ use limiter_tests::netns::Netns;
 
 use crate::{PORT, Result, SEED, SPOOFED_V4, SPOOFED_V6};
 
-/// A temp dir for trafgen's configs and output, removed on drop.
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The frames of a flood, as trafgen configuration: every byte is fixed except the ones `drnd`/`dinc` vary at run
 /// time (source address bits below the allowed prefix, source port, IP id, sequence number), and trafgen
 /// recomputes the checksums of every packet.
