@@ -1,13 +1,14 @@
 //! Driving `limiter` as an admin does: a scratch directory for config and
 //! state files, and client commands run against a daemon's socket, with
-//! what they printed and their exit code.
+//! what they printed and their exit code. Every client command of the
+//! tests goes through [`limiter_at`].
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use crate::netns::{limiter_bin, unique};
+use crate::netns::{Daemon, limiter_bin, unique};
 
 /// A private directory for config files, removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -73,4 +74,24 @@ pub fn limiter_at(socket: &Path, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("limiter {args:?}: {e}"));
     Output::from(&out)
+}
+
+/// Runs `limiter ARGS` against `d`'s socket.
+#[must_use]
+pub fn limiter(d: &Daemon, args: &[&str]) -> Output {
+    limiter_at(&d.socket, args)
+}
+
+/// Runs `limiter ARGS` against `d`'s socket; panics unless it succeeds.
+pub fn ok(d: &Daemon, args: &[&str]) -> Output {
+    let out = limiter(d, args);
+    assert_eq!(out.code, Some(0), "limiter {args:?} must succeed: {out:?}");
+    out
+}
+
+/// `limiter unload` of `d`'s pins, as an admin cleans up after a stopped
+/// daemon; panics unless it succeeds.
+pub fn unload(d: &Daemon) {
+    let out = limiter(d, &["unload", "--pin-dir", path_str(&d.pin_dir)]);
+    assert_eq!(out.code, Some(0), "limiter unload: {out:?}");
 }

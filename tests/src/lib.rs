@@ -1,6 +1,7 @@
-//! Helpers for limiter's privileged tests: crafted frames, the skip policy,
-//! guards that own namespaces, veths and daemons and clean them up, a
-//! private Postfix to put behind the limiter, and nftables `ct count` as the
+//! Helpers for limiter's privileged tests: crafted frames, the one
+//! skip-or-fail guard ([`require!`]), guards that own namespaces, veths and
+//! daemons and clean them up, what the policy tests share, a private
+//! Postfix to put behind the limiter, and nftables `ct count` as the
 //! reference the limiter is compared with.
 
 pub mod cli;
@@ -9,11 +10,16 @@ pub mod kernel;
 pub mod modules;
 pub mod netns;
 pub mod nft;
+pub mod policy;
 pub mod postfix;
 
 // The schema tests' dev-dependency, unused by the library's own unit tests.
 #[cfg(test)]
 use jsonschema as _;
+
+/// What a test needs of the host: `Ok` with what was found, or why the
+/// test cannot run here. Checked by [`require!`].
+pub type Need<T = ()> = Result<T, String>;
 
 /// Whether the environment demands that privileged tests run (CI sets it).
 #[must_use]
@@ -21,26 +27,62 @@ pub fn privileged_required() -> bool {
     std::env::var("LIMITER_REQUIRE_PRIVILEGED_TESTS").is_ok_and(|v| v == "1")
 }
 
-/// Returns true if the test may run. Otherwise prints why it is skipped,
-/// and panics instead when `LIMITER_REQUIRE_PRIVILEGED_TESTS=1`.
-#[must_use]
-pub fn can_run_privileged(test: &str) -> bool {
+/// Root: what a test that changes the host needs.
+pub fn root() -> Need {
     // SAFETY: geteuid has no preconditions.
-    let reason = if unsafe { libc::geteuid() } != 0 {
-        Some("not root")
-    } else if limiter_user::EBPF_OBJECT.is_empty() {
-        Some("built without the kernel object (AYA_BUILD_SKIP)")
-    } else {
-        None
-    };
-    reason.is_none_or(|r| skip(test, r))
+    if unsafe { libc::geteuid() } == 0 { Ok(()) } else { Err("not root".into()) }
 }
 
-/// Prints why `test` is skipped and returns false, or panics instead when
-/// `LIMITER_REQUIRE_PRIVILEGED_TESTS=1`.
-#[must_use]
-pub fn skip(test: &str, reason: &str) -> bool {
+/// Root and a build with the kernel object: what every kernel test needs.
+pub fn privileged() -> Need {
+    root()?;
+    if limiter_user::EBPF_OBJECT.is_empty() {
+        return Err("built without the kernel object (AYA_BUILD_SKIP)".into());
+    }
+    Ok(())
+}
+
+/// Prints why `test` is skipped, or panics instead when
+/// `LIMITER_REQUIRE_PRIVILEGED_TESTS=1`. Called by [`require!`].
+pub fn skip(test: &str, reason: &str) {
     assert!(!privileged_required(), "{test}: cannot run ({reason}) and LIMITER_REQUIRE_PRIVILEGED_TESTS=1");
     eprintln!("SKIPPED {test}: {reason}");
-    false
+}
+
+/// The name of the function it is written in (the test's, in a `#[test]`
+/// function), so that no test has to spell its own name.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        let path = ::std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.rsplit("::").next().unwrap_or(path)
+    }};
+}
+
+/// The one skip-or-fail guard of a test: checks each [`Need`] in order, and
+/// at the first that does not hold returns from the test with the reason
+/// printed ([`skip`]), or fails it when `LIMITER_REQUIRE_PRIVILEGED_TESTS=1`.
+/// Evaluates to what the last need found.
+///
+/// ```text
+/// require!(privileged(), nft::available());
+/// let deb = require!(deb());
+/// ```
+#[macro_export]
+macro_rules! require {
+    ($need:expr $(,)?) => {
+        match $need {
+            Ok(found) => found,
+            Err(reason) => {
+                $crate::skip($crate::test_name!(), &reason);
+                return;
+            }
+        }
+    };
+    ($need:expr, $($rest:expr),+ $(,)?) => {{
+        $crate::require!($need);
+        $crate::require!($($rest),+)
+    }};
 }

@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::cli::Scratch;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call: `{prefix}{pid}x{n}`.
@@ -236,6 +238,15 @@ impl Pair {
     pub fn connect_many(&self, src: IpAddr, port: u16, n: usize, timeout: Duration) -> Vec<Attempt> {
         let dst = if src.is_ipv4() { self.server_v4() } else { self.server_v6() };
         self.client.run(move || (0..n).map(|_| connect(src, SocketAddr::new(dst, port), timeout)).collect())
+    }
+
+    /// [`Self::connect_many`], and every one must get in: `n` connections
+    /// from `src` to `port` to hold.
+    #[must_use]
+    pub fn hold(&self, src: IpAddr, port: u16, n: usize, timeout: Duration) -> Vec<Attempt> {
+        let a = self.connect_many(src, port, n, timeout);
+        assert_eq!(tally(&a).connected, n, "holding {n} from {src}: {a:?}");
+        a
     }
 }
 
@@ -483,9 +494,10 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
-    pub dir: PathBuf,
     pub log: PathBuf,
     pub spawn: Spawn,
+    /// Holds the socket, the log and the state dir; removed after the daemon stops.
+    dir: Scratch,
 }
 
 /// How the daemon process is started, beyond its arguments.
@@ -525,22 +537,21 @@ impl Daemon {
     /// [`Self::restart`] or [`Self::run_to_exit`]).
     #[must_use]
     pub fn unstarted(spawn: Spawn) -> Self {
-        let dir = std::env::temp_dir().join(unique("limiter-test-"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = Scratch::new();
         Self {
             child: None,
-            socket: dir.join("limiter.sock"),
+            socket: dir.0.join("limiter.sock"),
             pin_dir: PathBuf::from("/sys/fs/bpf").join(unique("limiter-test-")),
-            log: dir.join("daemon.log"),
-            dir,
+            log: dir.0.join("daemon.log"),
             spawn,
+            dir,
         }
     }
 
     /// The state dir the daemon is given.
     #[must_use]
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
+        self.dir.0.join("state")
     }
 
     /// Runs `limiter run ARGS` with the extra environment `env` and waits
@@ -576,7 +587,10 @@ impl Daemon {
         }
     }
 
-    fn command(&self, ns: &Netns, args: &[&str]) -> Command {
+    /// The command that runs `limiter run ARGS` in `ns` as this daemon (its
+    /// socket, pins and state dir), for a test that runs it its own way.
+    #[must_use]
+    pub fn command(&self, ns: &Netns, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", ns.path().display()))
             .args(&self.spawn.wrap)
@@ -714,7 +728,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
         // The programs stay attached after the daemon stops; remove them.
+        // (Its scratch dir goes after this, with the fields.)
         let _ = limiter_user::kernel::pins::unload(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

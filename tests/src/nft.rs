@@ -19,16 +19,13 @@ pub fn nft_bin() -> String {
     std::env::var("LIMITER_NFT").unwrap_or_else(|_| "nft".to_owned())
 }
 
-/// Returns true if `nft` runs here. Otherwise prints why the test is
-/// skipped, and panics instead when `LIMITER_REQUIRE_PRIVILEGED_TESTS=1`.
-#[must_use]
-pub fn can_run_nft(test: &str) -> bool {
-    let reason = match Command::new(nft_bin()).arg("--version").output() {
-        Ok(out) if out.status.success() => return true,
-        Ok(out) => format!("`{} --version` failed: {}", nft_bin(), String::from_utf8_lossy(&out.stderr).trim()),
-        Err(e) => format!("cannot run `{}`: {e}", nft_bin()),
-    };
-    crate::skip(test, &reason)
+/// Whether `nft` runs here (a need for [`crate::require!`]).
+pub fn available() -> crate::Need {
+    match Command::new(nft_bin()).arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!("`{} --version` failed: {}", nft_bin(), String::from_utf8_lossy(&out.stderr).trim())),
+        Err(e) => Err(format!("cannot run `{}`: {e}", nft_bin())),
+    }
 }
 
 /// The ruleset: new TCP connections to `port` are refused with a TCP RST
@@ -77,9 +74,15 @@ pub fn install(ns: &Netns, ruleset: &str) {
 /// Deletes [`TABLE`] from `ns` again; for `Drop` guards, so it never panics
 /// (conntrack entries stay until they time out, but nothing counts them).
 pub fn uninstall(ns: &Netns) {
+    delete_table(ns, TABLE);
+}
+
+/// Deletes the `inet` table `table` from `ns`; for `Drop` guards, so it
+/// never panics.
+pub fn delete_table(ns: &Netns, table: &str) {
     let _ = Command::new("nsenter")
         .arg(format!("--net={}", ns.path().display()))
-        .args([nft_bin().as_str(), "delete", "table", "inet", TABLE])
+        .args([nft_bin().as_str(), "delete", "table", "inet", table])
         .output();
 }
 

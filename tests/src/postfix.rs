@@ -26,19 +26,11 @@ const DIR_PREFIX: &str = "limiter-postfix-";
 /// (a file in the temp dir).
 const MAIN_CF_LOCK: &str = "limiter-postfix-main-cf.lock";
 
-/// Returns true if a Postfix test may run: privileged tests can run and
-/// Postfix is installed. Otherwise prints why it is skipped, and panics
-/// instead when `LIMITER_REQUIRE_PRIVILEGED_TESTS=1`.
-#[must_use]
-pub fn can_run_postfix(test: &str) -> bool {
-    if !crate::can_run_privileged(test) {
-        return false;
-    }
+/// Whether Postfix is installed (a need for [`crate::require!`], after
+/// [`crate::privileged`]).
+pub fn installed() -> crate::Need {
     let missing: Vec<&str> = [POSTFIX, POSTCONF, SCRIPT].into_iter().filter(|p| !Path::new(p).exists()).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    crate::skip(test, &format!("{missing:?} not installed"))
+    if missing.is_empty() { Ok(()) } else { Err(format!("{missing:?} not installed")) }
 }
 
 /// A running Postfix instance listening on `port` in a namespace.

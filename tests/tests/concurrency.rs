@@ -4,28 +4,22 @@
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
-    can_run_privileged,
-    netns::{Daemon, Pair, limiter_bin, streams, tally},
+    cli::{Scratch, limiter, path_str},
+    netns::{Daemon, Pair, streams, tally},
+    privileged, require,
 };
 
 const PORT: u16 = 2525;
 const WAIT: Duration = Duration::from_secs(2);
 
-fn wait_connections(d: &Daemon, want: u64, limit: Duration) -> Duration {
-    d.wait_connections(want, limit)
-}
-
 #[test]
 fn fifty_simultaneous_attempts_give_exactly_eight() {
-    if !can_run_privileged("fifty_simultaneous_attempts_give_exactly_eight") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -38,7 +32,7 @@ fn fifty_simultaneous_attempts_give_exactly_eight() {
     let t = tally(&first);
     assert_eq!((t.connected, t.refused, t.timed_out, t.other), (8, 42, 0, 0), "{t:?}");
     let mut held = streams(first);
-    wait_connections(&d, 8, WAIT);
+    d.wait_connections(8, WAIT);
 
     // `limiter top` shows the source with its 8 and its limit.
     let top = d.client_json(&["top", "--json"]);
@@ -47,23 +41,19 @@ fn fifty_simultaneous_attempts_give_exactly_eight() {
     assert_eq!(rows[0]["source"], src.to_string());
     assert_eq!((rows[0]["connections"].as_u64(), rows[0]["limit"].as_u64()), (Some(8), Some(8)), "{top}");
     assert_eq!(rows[0]["service"], "default");
-    let out = Command::new(limiter_bin())
-        .args(["top", "--service", "nope"])
-        .env("LIMITER_SOCKET", &d.socket)
-        .output()
-        .expect("top");
-    assert_eq!(out.status.code(), Some(2), "unknown service is bad input");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service 'nope'"));
+    let out = limiter(&d, &["top", "--service", "nope"]);
+    assert_eq!(out.code, Some(2), "unknown service is bad input");
+    assert!(out.stderr.contains("unknown service 'nope'"));
 
     // Close 3: their slots come back within a second, and exactly 3 get in.
     held.truncate(5);
-    let took = wait_connections(&d, 5, Duration::from_secs(1));
+    let took = d.wait_connections(5, Duration::from_secs(1));
     eprintln!("3 closes released in {took:?}");
     let again = pair.connect_parallel(src, PORT, 20, WAIT);
     let t = tally(&again);
     assert_eq!((t.connected, t.refused), (3, 17), "after closing 3: {t:?}");
     held.extend(streams(again));
-    wait_connections(&d, 8, WAIT);
+    d.wait_connections(8, WAIT);
 
     let s = d.status_json().expect("status");
     let c = &s["services"][0]["counters"];
@@ -73,14 +63,12 @@ fn fifty_simultaneous_attempts_give_exactly_eight() {
 
     // Everything closed: the count returns to zero.
     drop(held);
-    wait_connections(&d, 0, Duration::from_secs(1));
+    d.wait_connections(0, Duration::from_secs(1));
 }
 
 #[test]
 fn ipv6_hosts_of_one_64_share_the_limit() {
-    if !can_run_privileged("ipv6_hosts_of_one_64_share_the_limit") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let h1 = pair.add_client_v6(1, 0x10);
@@ -96,7 +84,7 @@ fn ipv6_hosts_of_one_64_share_the_limit() {
     assert_eq!(tally(&b).connected, 3, "h2 shares h1's /64");
     let c = pair.connect_parallel(other, PORT, 10, WAIT);
     assert_eq!(tally(&c).connected, 8, "another /64 has its own 8");
-    wait_connections(&d, 16, WAIT);
+    d.wait_connections(16, WAIT);
     let top = d.client_json(&["top", "--json", "-n", "1"]);
     let rows = top["sources"].as_array().expect("sources");
     assert_eq!(rows.len(), 1, "-n 1: {top}");
@@ -116,9 +104,7 @@ fn ipv6_hosts_of_one_64_share_the_limit() {
 #[test]
 fn kill_9_and_restart_keep_counts_and_connections() {
     use std::io::{ErrorKind, Read as _, Write as _};
-    if !can_run_privileged("kill_9_and_restart_keep_counts_and_connections") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -127,7 +113,7 @@ fn kill_9_and_restart_keep_counts_and_connections() {
     let mut d = Daemon::start(&pair.server, &args);
     let mut held = streams(pair.connect_parallel(src, PORT, 12, WAIT));
     assert_eq!(held.len(), 8);
-    wait_connections(&d, 8, WAIT);
+    d.wait_connections(8, WAIT);
 
     d.kill();
     // Nobody is watching, yet the limit holds and closes are counted.
@@ -136,7 +122,7 @@ fn kill_9_and_restart_keep_counts_and_connections() {
     thread::sleep(Duration::from_millis(300));
 
     d.restart(&pair.server, &args);
-    wait_connections(&d, 6, Duration::from_secs(1));
+    d.wait_connections(6, Duration::from_secs(1));
     // The held connections survived both the crash and the restart.
     for s in &mut held {
         s.write_all(b"NOOP\r\n").expect("held connection still writable");
@@ -155,9 +141,7 @@ fn kill_9_and_restart_keep_counts_and_connections() {
 
 #[test]
 fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
-    if !can_run_privileged("spoofed_flood_cannot_inflate_or_evict_real_counts") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let real = pair.add_client_v4(2);
@@ -170,7 +154,7 @@ fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
     let mut held = streams(pair.connect_parallel(real, PORT, 12, WAIT));
     held.extend(streams(pair.connect_parallel(real6, PORT, 12, WAIT)));
     assert_eq!(held.len(), 16);
-    wait_connections(&d, 16, WAIT);
+    d.wait_connections(16, WAIT);
 
     let start = Instant::now();
     pair.flood_spoofed(PORT, 300_000);
@@ -180,7 +164,7 @@ fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
     assert!(accepted >= 290_000, "the flood reached the program: {s}");
 
     // The real sources' counts are exactly what they were, and they are still capped.
-    wait_connections(&d, 16, WAIT);
+    d.wait_connections(16, WAIT);
     let top = d.client_json(&["top", "--json"]);
     let rows = top["sources"].as_array().expect("sources");
     assert_eq!(rows.len(), 2, "spoofed sources created no connection state: {top}");
@@ -194,15 +178,13 @@ fn spoofed_flood_cannot_inflate_or_evict_real_counts() {
     let _fresh = streams(attempts);
     // `held` is the 8 IPv4 connections, then the 8 IPv6 ones: close 3 IPv4.
     held.drain(..3);
-    wait_connections(&d, 5 + 8 + 8, Duration::from_secs(1));
+    d.wait_connections(5 + 8 + 8, Duration::from_secs(1));
     assert_eq!(tally(&pair.connect_parallel(real, PORT, 10, WAIT)).connected, 3);
 }
 
 #[test]
 fn connections_made_before_start_count_and_release() {
-    if !can_run_privileged("connections_made_before_start_count_and_release") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -217,7 +199,7 @@ fn connections_made_before_start_count_and_release() {
     let args =
         ["--iface", pair.server_if.as_str(), "--port", "2525", "--max-conn-per-source", "8", "--action", "reset"];
     let mut d = Daemon::start(&pair.server, &args);
-    wait_connections(&d, 8, WAIT);
+    d.wait_connections(8, WAIT);
     let a = pair.connect_parallel(src, PORT, 20, WAIT);
     let t = tally(&a);
     assert_eq!((t.connected, t.refused), (3, 17), "5 made before start count against 8: {t:?}");
@@ -226,7 +208,7 @@ fn connections_made_before_start_count_and_release() {
     assert_eq!((t6.connected, t6.refused), (5, 15), "3 made before start count against the /64's 8: {t6:?}");
     let mut held = streams(a);
     held.extend(streams(b));
-    wait_connections(&d, 16, WAIT);
+    d.wait_connections(16, WAIT);
     let top = d.client_json(&["top", "--json"]);
     let rows = top["sources"].as_array().expect("sources");
     assert!(rows.iter().all(|r| r["connections"] == 8), "{top}");
@@ -234,13 +216,13 @@ fn connections_made_before_start_count_and_release() {
     // There is no close callback for these sockets; the daemon still
     // releases them within a second.
     before.truncate(3);
-    let took = wait_connections(&d, 14, Duration::from_secs(1));
+    let took = d.wait_connections(14, Duration::from_secs(1));
     eprintln!("2 pre-existing closes released in {took:?}");
     let a = pair.connect_parallel(src, PORT, 10, WAIT);
     let t = tally(&a);
     assert_eq!(t.connected, 2, "exactly the 2 freed slots: {t:?}");
     held.extend(streams(a));
-    wait_connections(&d, 16, WAIT);
+    d.wait_connections(16, WAIT);
 
     // A crash does not lose track of them: one closes while the daemon is
     // dead, and the restarted daemon releases it.
@@ -249,34 +231,32 @@ fn connections_made_before_start_count_and_release() {
     before6.truncate(2);
     thread::sleep(Duration::from_millis(300));
     d.restart(&pair.server, &args);
-    let took = wait_connections(&d, 14, Duration::from_secs(1));
+    let took = d.wait_connections(14, Duration::from_secs(1));
     eprintln!("closes made while the daemon was down released {took:?} after restart");
     let (a, b) = (pair.connect_parallel(src, PORT, 10, WAIT), pair.connect_parallel(h1, PORT, 10, WAIT));
     assert_eq!((tally(&a).connected, tally(&b).connected), (1, 1), "one freed slot each after the restart");
     held.extend(streams(a));
     held.extend(streams(b));
-    wait_connections(&d, 16, WAIT);
+    d.wait_connections(16, WAIT);
 
     // The pre-existing ones close: only the 12 counted by the kernel remain;
     // then those close too.
     drop((before, before6));
-    wait_connections(&d, 12, Duration::from_secs(1));
+    d.wait_connections(12, Duration::from_secs(1));
     assert_eq!(held.len(), 12);
     drop(held);
-    wait_connections(&d, 0, Duration::from_secs(1));
+    d.wait_connections(0, Duration::from_secs(1));
 }
 
 #[test]
 fn map_sizes_come_from_the_config() {
-    if !can_run_privileged("map_sizes_come_from_the_config") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
-    let config = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-maps-")).with_extension("toml");
-    let write = |text: &str| std::fs::write(&config, text).expect("write config");
-    write("[maps]\nconnections = 2048\npending_slots = 1024\n");
+    let scratch = Scratch::new();
+    let write = |text: &str| scratch.write("limiter.toml", text);
+    let config = write("[maps]\nconnections = 2048\npending_slots = 1024\n");
     let args = [
         "--iface",
         pair.server_if.as_str(),
@@ -285,7 +265,7 @@ fn map_sizes_come_from_the_config() {
         "--max-conn-per-source",
         "8",
         "--config",
-        config.to_str().expect("utf-8 path"),
+        path_str(&config),
     ];
     let mut d = Daemon::start(&pair.server, &args);
     let pins = d.pin_dir.clone();
@@ -314,14 +294,11 @@ fn map_sizes_come_from_the_config() {
     );
     assert_eq!(tally(&pair.connect_parallel(src, PORT, 5, WAIT)).connected, 0);
     drop(held);
-    let _ = std::fs::remove_file(&config);
 }
 
 #[test]
 fn idle_sources_are_reclaimed_and_counting_stays_exact() {
-    if !can_run_privileged("idle_sources_are_reclaimed_and_counting_stays_exact") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let (a, b) = (pair.add_client_v4(2), pair.add_client_v4(3));
@@ -343,12 +320,12 @@ fn idle_sources_are_reclaimed_and_counting_stays_exact() {
     let held_a = streams(pair.connect_parallel(a, PORT, 3, WAIT));
     let held_b = streams(pair.connect_parallel(b, PORT, 2, WAIT));
     assert_eq!((held_a.len(), held_b.len()), (3, 2));
-    wait_connections(&d, 5, WAIT);
+    d.wait_connections(5, WAIT);
     assert_eq!(entries(), 2);
     // `a` closes everything: its entry, at zero for two passes (200 ms each
     // in tests), is deleted; `b`'s, in use, stays.
     drop(held_a);
-    wait_connections(&d, 2, Duration::from_secs(1));
+    d.wait_connections(2, Duration::from_secs(1));
     let start = Instant::now();
     while entries() != 1 {
         assert!(start.elapsed() < Duration::from_secs(3), "idle entry not reclaimed");
@@ -360,11 +337,11 @@ fn idle_sources_are_reclaimed_and_counting_stays_exact() {
     for round in 0..3 {
         let burst = pair.connect_parallel(a, PORT, 20, WAIT);
         assert_eq!(tally(&burst).connected, 8, "round {round}");
-        wait_connections(&d, 10, WAIT);
+        d.wait_connections(10, WAIT);
         drop(burst);
-        wait_connections(&d, 2, Duration::from_secs(1));
+        d.wait_connections(2, Duration::from_secs(1));
         thread::sleep(Duration::from_millis(450));
     }
     drop(held_b);
-    wait_connections(&d, 0, Duration::from_secs(1));
+    d.wait_connections(0, Duration::from_secs(1));
 }

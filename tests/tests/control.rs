@@ -7,32 +7,18 @@
 
 use std::{
     fmt::Write as _,
-    path::Path,
-    process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
-    can_run_privileged,
-    netns::{Daemon, Pair, limiter_bin, unique},
+    cli::{Output, Scratch, limiter, limiter_at, path_str},
+    netns::{Daemon, Pair},
+    privileged, require,
 };
 
-fn limiter(socket: &Path, args: &[&str]) -> Output {
-    Command::new(limiter_bin())
-        .args(args)
-        .env("LIMITER_SOCKET", socket)
-        .output()
-        .unwrap_or_else(|e| panic!("limiter {args:?}: {e}"))
-}
-
 fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}, stderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.code, Some(0), "{what}: exit {:?}, stderr: {}", out.code, out.stderr);
 }
 
 /// 200 `limiter allow add` started at once: every one exits 0 and every
@@ -40,9 +26,7 @@ fn assert_ok(out: &Output, what: &str) {
 /// for changes the daemon then applied).
 #[test]
 fn two_hundred_concurrent_changes_all_succeed() {
-    if !can_run_privileged("two_hundred_concurrent_changes_all_succeed") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "4"]);
     let start = Instant::now();
@@ -51,7 +35,7 @@ fn two_hundred_concurrent_changes_all_succeed() {
             let socket = d.socket.clone();
             thread::spawn(move || {
                 let prefix = format!("198.19.{}.{}", i / 200, i % 200 + 1);
-                let out = limiter(&socket, &["allow", "add", &prefix, "--comment", "load test"]);
+                let out = limiter_at(&socket, &["allow", "add", &prefix, "--comment", "load test"]);
                 (prefix, out)
             })
         })
@@ -59,8 +43,8 @@ fn two_hundred_concurrent_changes_all_succeed() {
     let mut failed = Vec::new();
     for c in clients {
         let (prefix, out) = c.join().expect("client thread");
-        if !out.status.success() {
-            failed.push(format!("{prefix}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        if out.code != Some(0) {
+            failed.push(format!("{prefix}: {}", out.stderr.trim()));
         }
     }
     let took = start.elapsed();
@@ -78,12 +62,9 @@ fn two_hundred_concurrent_changes_all_succeed() {
 /// the client's time-out).
 #[test]
 fn large_lists_take_changes_quickly() {
-    if !can_run_privileged("large_lists_take_changes_quickly") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
-    let dir = std::env::temp_dir().join(unique("limiter-control-"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = Scratch::new();
     let mut text = format!(
         "interfaces = [\"{}\"]\n\n[[service]]\nname = \"smtp\"\nports = [2525]\nmax_conn_per_source = 4\n",
         pair.server_if
@@ -92,9 +73,8 @@ fn large_lists_take_changes_quickly() {
         // 2001:db8:fXXX:YYYY::/64, far from every test pair's own /48s.
         let _ = write!(text, "\n[[deny]]\nprefix = \"2001:db8:{:x}:{:x}::/64\"\n", 0xf000 + i / 60_000, i % 60_000);
     }
-    let config = dir.join("limiter.toml");
-    std::fs::write(&config, &text).expect("write config");
-    let config_s = config.to_str().expect("utf-8");
+    let config = scratch.write("limiter.toml", &text);
+    let config_s = path_str(&config);
     let d = Daemon::start(&pair.server, &["--config", config_s]);
     assert_eq!(d.status_json().expect("status")["lists"]["deny"], 60_000);
 
@@ -102,11 +82,11 @@ fn large_lists_take_changes_quickly() {
     for i in 0..20u32 {
         let prefix = format!("198.19.7.{}", i + 1);
         let t = Instant::now();
-        assert_ok(&limiter(&d.socket, &["allow", "add", &prefix]), "allow add with 60,000 deny entries");
+        assert_ok(&limiter(&d, &["allow", "add", &prefix]), "allow add with 60,000 deny entries");
         times.push(t.elapsed());
     }
     let t = Instant::now();
-    assert_ok(&limiter(&d.socket, &["allow", "del", "198.19.7.1"]), "allow del");
+    assert_ok(&limiter(&d, &["allow", "del", "198.19.7.1"]), "allow del");
     times.push(t.elapsed());
     times.sort();
     eprintln!("allow add/del with 60,000 deny entries: median {:?}, max {:?}", times[times.len() / 2], times[20]);
@@ -117,10 +97,10 @@ fn large_lists_take_changes_quickly() {
     let socket = d.socket.clone();
     let reload = thread::spawn(move || {
         let t = Instant::now();
-        let out = limiter(&socket, &["reload"]);
+        let out = limiter_at(&socket, &["reload"]);
         (out, t.elapsed())
     });
-    let status = limiter(&d.socket, &["status", "--json"]);
+    let status = limiter(&d, &["status", "--json"]);
     let (out, took) = reload.join().expect("reload thread");
     assert_ok(&out, "reload with 60,000 deny entries");
     assert_ok(&status, "status during a reload");
@@ -128,5 +108,4 @@ fn large_lists_take_changes_quickly() {
     let allow = d.client_json(&["allow", "list", "--json"]);
     assert_eq!(allow["entries"].as_array().map_or(0, Vec::len), 19, "{allow}");
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,8 +11,9 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
+    cli::{ok, unload},
     netns::{Attempt, Daemon, Netns, Pair, limiter_bin},
+    privileged, require,
 };
 use serde_json::Value;
 
@@ -84,9 +85,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 
 #[test]
 fn doctor_with_the_daemon_running_then_stopped() {
-    if !can_run_privileged("doctor_with_the_daemon_running_then_stopped") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let mut d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
     let flags = at(&d, &pair.server_if);
@@ -131,14 +130,7 @@ fn doctor_with_the_daemon_running_then_stopped() {
     assert!(line.contains("pinned link"), "{line}");
 
     // Clean up as an admin would; doctor then finds nothing loaded.
-    let out = Command::new(limiter_bin())
-        .args(["unload", "--pin-dir"])
-        .arg(&d.pin_dir)
-        .arg("--socket")
-        .arg(&d.socket)
-        .output()
-        .expect("limiter unload");
-    assert!(out.status.success(), "unload: {out:?}");
+    unload(&d);
     let run = doctor(Some(&pair.server), &[], &strs(&flags));
     let (line, _) = run.line("ok", "pins");
     assert!(line.contains("not loaded"), "{line}");
@@ -146,9 +138,7 @@ fn doctor_with_the_daemon_running_then_stopped() {
 
 #[test]
 fn doctor_without_capabilities_fails_with_a_fix() {
-    if !can_run_privileged("doctor_without_capabilities_fails_with_a_fix") {
-        return;
-    }
+    require!(privileged());
     // uid/gid nobody, no groups, no capabilities at all.
     let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"];
     let run = doctor(None, &nobody, &["--iface", "lo", "--socket", "/nonexistent/limiter.sock"]);
@@ -177,9 +167,7 @@ fn doctor_without_capabilities_fails_with_a_fix() {
 
 #[test]
 fn doctor_bad_input_exits_2() {
-    if !can_run_privileged("doctor_bad_input_exits_2") {
-        return;
-    }
+    require!(privileged());
     let run = doctor(None, &[], &["--config", "/nonexistent/limiter.toml"]);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.starts_with("limiter: cannot read config /nonexistent/limiter.toml"), "{run:?}");
@@ -238,9 +226,7 @@ fn assert_required(name: &str, v: &Value, path: &[&str]) {
 
 #[test]
 fn json_outputs_match_their_schemas() {
-    if !can_run_privileged("json_outputs_match_their_schemas") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _listener = pair.listen(PORT);
     let client = pair.add_client_v4(2);
@@ -261,8 +247,7 @@ fn json_outputs_match_their_schemas() {
         vec!["deny".into(), "add".into(), "2001:db8:f066::/48".into()],
         vec!["reserve".into(), "add".into(), format!("198.18.{net}.9"), "--service".into(), "default".into()],
     ] {
-        let out = Command::new(limiter_bin()).args(&args).env("LIMITER_SOCKET", &d.socket).output().expect("limiter");
-        assert!(out.status.success(), "{args:?}: {out:?}");
+        ok(&d, &strs(&args));
     }
     // Two connections held, so `top` has a row; a third and a fourth
     // attempt: one more accepted, one refused at the limit.

@@ -17,9 +17,9 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
-    cli::Scratch,
-    netns::{Attempt, Daemon, Pair, Spawn, limiter_bin, tally},
+    cli::{Scratch, path_str},
+    netns::{Daemon, Listener, Pair, Spawn, limiter_bin, tally},
+    privileged, require,
 };
 
 /// The connection-limited service (2 per source) and the rate-limited one
@@ -36,22 +36,26 @@ fn packaging() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/fail2ban")
 }
 
-fn config(dir: &Path, iface: &str) -> PathBuf {
-    let text = format!(
+fn config(iface: &str) -> String {
+    format!(
         "interfaces = [\"{iface}\"]\n\n\
          [[service]]\nname = \"conn\"\nports = [{CONN_PORT}]\nmax_conn_per_source = 2\naction = \"reset\"\n\n\
          [[service]]\nname = \"rate\"\nports = [{RATE_PORT}]\nrate = \"6/m\"\nburst = 2\naction = \"reset\"\n"
-    );
-    let path = dir.join("limiter.toml");
-    std::fs::write(&path, text).expect("config");
-    path
+    )
 }
 
-/// A daemon with the two services and 1 s refusal bursts.
-fn start(pair: &Pair, dir: &Path) -> Daemon {
-    let cfg = config(dir, &pair.server_if);
+/// Where both tests start: a pair with a listener on each port, and a
+/// daemon with the two services and 1 s refusal bursts, its config in the
+/// scratch dir.
+fn start() -> (Pair, Listener, Listener, Scratch, Daemon) {
+    let pair = Pair::new();
+    let conn = pair.listen(CONN_PORT);
+    let rate = pair.listen(RATE_PORT);
+    let scratch = Scratch::new();
+    let cfg = scratch.write("limiter.toml", &config(&pair.server_if));
     let spawn = Spawn { env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "1000".to_owned())], ..Spawn::default() };
-    Daemon::start_with(&pair.server, &["--config", cfg.to_str().expect("utf-8")], spawn)
+    let d = Daemon::start_with(&pair.server, &["--config", path_str(&cfg)], spawn);
+    (pair, conn, rate, scratch, d)
 }
 
 /// Runs `fail2ban-regex` with the shipped filter on the daemon's log:
@@ -70,12 +74,6 @@ fn regex_matches(d: &Daemon) -> (String, String) {
     (total, hits)
 }
 
-fn hold(pair: &Pair, src: IpAddr, port: u16, n: usize) -> Vec<Attempt> {
-    let a = pair.connect_many(src, port, n, WAIT);
-    assert_eq!(tally(&a).connected, n, "holding {n} from {src}: {a:?}");
-    a
-}
-
 /// Forged SYNs from two addresses that never connected, against both
 /// limits and both families: all refused past the limits, logged as
 /// `unverified` with what the refusal was based on, and not one line the
@@ -83,15 +81,8 @@ fn hold(pair: &Pair, src: IpAddr, port: u16, n: usize) -> Vec<Attempt> {
 /// matched, so the filter is live.
 #[test]
 fn forged_floods_make_no_line_fail2ban_matches() {
-    if !can_run_privileged("forged_floods_make_no_line_fail2ban_matches") {
-        return;
-    }
-    let pair = Pair::new();
-    let _conn = pair.listen(CONN_PORT);
-    let _rate = pair.listen(RATE_PORT);
-    let scratch = Scratch::new();
-    let dir = scratch.0.clone();
-    let d = start(&pair, &dir);
+    require!(privileged());
+    let (pair, _conn, _rate, _scratch, d) = start();
     for forged in [FORGED_V4, FORGED_V6] {
         let src: IpAddr = forged.parse().expect("addr");
         // 2 handshakes in flight use up the connection limit; the rest are refused.
@@ -122,7 +113,7 @@ fn forged_floods_make_no_line_fail2ban_matches() {
 
     // A real client holding its 2 and trying a third: a proved line, matched.
     let real = pair.add_client_v4(7);
-    let _held = hold(&pair, real, CONN_PORT, 2);
+    let _held = pair.hold(real, CONN_PORT, 2, WAIT);
     assert_eq!(tally(&pair.connect_many(real, CONN_PORT, 1, WAIT)).refused, 1);
     let line = format!("refused {real} conn:{CONN_PORT} too many connections (2 established, limit 2)");
     d.wait_log("the real client's line", |log| log.contains(&line));
@@ -225,16 +216,9 @@ fn wait_until(what: &str, limit: Duration, f2b: &Fail2ban, d: &Daemon, mut f: im
 /// SYNs in the same run ban nobody.
 #[test]
 fn fail2ban_bans_verified_abusers_through_the_deny_list() {
-    if !can_run_privileged("fail2ban_bans_verified_abusers_through_the_deny_list") {
-        return;
-    }
-    let pair = Pair::new();
-    let _conn = pair.listen(CONN_PORT);
-    let _rate = pair.listen(RATE_PORT);
-    let scratch = Scratch::new();
-    let dir = scratch.0.clone();
-    let d = start(&pair, &dir);
-    let f2b = Fail2ban::start(&d, &dir);
+    require!(privileged());
+    let (pair, _conn, _rate, scratch, d) = start();
+    let f2b = Fail2ban::start(&d, &scratch.0);
     // fail2ban is up when it reads our log.
     wait_until("fail2ban started the jail", Duration::from_secs(30), &f2b, &d, || {
         f2b.log().contains("Jail 'limiter' started")
@@ -252,11 +236,11 @@ fn fail2ban_bans_verified_abusers_through_the_deny_list() {
 
     // The IPv4 abuser holds its 2 and keeps trying, one attempt per burst.
     let v4 = pair.add_client_v4(9);
-    let _held = hold(&pair, v4, CONN_PORT, 2);
+    let _held = pair.hold(v4, CONN_PORT, 2, WAIT);
     // The IPv6 abuser spends its burst of 2, then keeps trying; it holds one
     // connection, so its refusals are proved.
     let v6 = pair.add_client_v6(3, 9);
-    let _held6 = hold(&pair, v6, RATE_PORT, 1);
+    let _held6 = pair.hold(v6, RATE_PORT, 1, WAIT);
     let _spent = pair.connect_many(v6, RATE_PORT, 1, WAIT);
     let banned4 = format!("{v4}/32");
     let banned6 = "2001:db8:{net:x}:3::/64".replace("{net:x}", &format!("{:x}", pair.net));

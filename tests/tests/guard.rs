@@ -17,28 +17,18 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
-    cli::{Output, Scratch, limiter_at, path_str},
-    netns::{Attempt, Daemon, Pair, limiter_bin, tally},
+    cli::{Output, Scratch, limiter, ok, path_str},
+    netns::{Daemon, Pair, limiter_bin, streams, tally},
+    policy::counter,
+    privileged, require,
 };
 use serde_json::Value;
 
 const PORT: u16 = 2525;
 const WAIT: Duration = Duration::from_secs(2);
 
-/// `limiter ARGS` against the daemon's socket.
-fn limiter(d: &Daemon, args: &[&str]) -> Output {
-    limiter_at(&d.socket, args)
-}
-
 fn output(out: &std::process::Output) -> Output {
     Output::from(out)
-}
-
-fn ok(d: &Daemon, args: &[&str]) -> Output {
-    let out = limiter(d, args);
-    assert_eq!(out.code, Some(0), "limiter {args:?} must succeed: {out:?}");
-    out
 }
 
 /// Exit 2 and exactly one `limiter: ` line on stderr naming every `want`.
@@ -63,16 +53,11 @@ fn lists(d: &Daemon) -> [Value; 3] {
 }
 
 fn state_file(d: &Daemon) -> PathBuf {
-    d.dir.join("state").join("lists.json")
+    d.state_dir().join("lists.json")
 }
 
 fn state_bytes(d: &Daemon) -> Option<Vec<u8>> {
     std::fs::read(state_file(d)).ok()
-}
-
-fn counter(d: &Daemon, name: &str) -> u64 {
-    let s = d.status_json().expect("status");
-    s["services"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {s}"))
 }
 
 /// `n` attempts from `src`; returns how many connected (the rest must be
@@ -81,14 +66,7 @@ fn connected(pair: &Pair, src: IpAddr, n: usize) -> (usize, Vec<TcpStream>) {
     let attempts = pair.connect_parallel(src, PORT, n, WAIT);
     let t = tally(&attempts);
     assert_eq!(t.connected + t.refused, n, "{attempts:?}");
-    let held = attempts
-        .into_iter()
-        .filter_map(|a| match a {
-            Attempt::Connected(s) => Some(s),
-            _ => None,
-        })
-        .collect();
-    (t.connected, held)
+    (t.connected, streams(attempts))
 }
 
 fn pid(d: &Daemon) -> u32 {
@@ -130,9 +108,7 @@ fn deny_entries(n: u32) -> String {
 /// refused without `--force` (exit 2, nothing changed) and applied with it.
 #[test]
 fn deny_everything_and_allow_deny_overlap_warn_and_need_force() {
-    if !can_run_privileged("deny_everything_and_allow_deny_overlap_warn_and_need_force") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _server = pair.listen(PORT);
     let a = pair.add_client_v4(2);
@@ -223,9 +199,7 @@ fn deny_everything_and_allow_deny_overlap_warn_and_need_force() {
 /// Names and comments are bounded and printable at run time too.
 #[test]
 fn runtime_comments_are_bounded() {
-    if !can_run_privileged("runtime_comments_are_bounded") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
     let before = lists(&d);
@@ -248,9 +222,7 @@ fn runtime_comments_are_bounded() {
 /// aside (kept) and starts without run-time entries. The file is 0640.
 #[test]
 fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
-    if !can_run_privileged("corrupt_lists_json_exits_2_and_discard_keeps_a_backup") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let args = ["--iface", pair.server_if.as_str(), "--port", "2525"];
     let mut d = Daemon::start(&pair.server, &args);
@@ -260,23 +232,8 @@ fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
     d.stop();
 
     let run = |extra: &[&str]| {
-        output(
-            &Command::new("nsenter")
-                .arg(format!("--net={}", pair.server.path().display()))
-                .arg(limiter_bin())
-                .arg("run")
-                .args(args)
-                .args(extra)
-                .arg("--socket")
-                .arg(&d.socket)
-                .arg("--pin-dir")
-                .arg(&d.pin_dir)
-                .arg("--state-dir")
-                .arg(d.dir.join("state"))
-                .env("RUST_LOG", "off")
-                .output()
-                .expect("limiter run"),
-        )
+        let mut cmd = d.command(&pair.server, &[&args[..], extra].concat());
+        output(&cmd.env("RUST_LOG", "off").output().expect("limiter run"))
     };
     let file = state_file(&d);
     let f = path_str(&file).to_owned();
@@ -293,7 +250,7 @@ fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
 
     let bad = std::fs::read(&file).expect("bad");
     d.restart(&pair.server, &[&args[..], &["--discard-runtime-lists"]].concat());
-    let backups: Vec<PathBuf> = std::fs::read_dir(d.dir.join("state"))
+    let backups: Vec<PathBuf> = std::fs::read_dir(d.state_dir())
         .expect("state dir")
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -311,9 +268,7 @@ fn corrupt_lists_json_exits_2_and_discard_keeps_a_backup() {
 /// gives its memory back.
 #[test]
 fn refused_huge_reload_leaves_no_memory_behind() {
-    if !can_run_privileged("refused_huge_reload_leaves_no_memory_behind") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let scratch = Scratch::new();
     let config = scratch.write("limiter.toml", &smtp_config(&pair.server_if, ""));
@@ -357,9 +312,7 @@ fn refused_huge_reload_leaves_no_memory_behind() {
 /// take a descriptor; a change sent meanwhile waits and then completes.
 #[test]
 fn idle_control_clients_are_capped_and_a_queued_change_completes() {
-    if !can_run_privileged("idle_control_clients_are_capped_and_a_queued_change_completes") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
     let pid = pid(&d);

@@ -12,8 +12,9 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
+    cli::{Scratch, limiter_at, unload},
     netns::{Attempt, Daemon, Netns, Pair, connect, enter, limiter_bin, tally},
+    nft, privileged, require,
 };
 
 const PORT: u16 = 2525;
@@ -22,6 +23,15 @@ const QUICK: Duration = Duration::from_millis(800);
 
 fn counter(status: &serde_json::Value, name: &str) -> u64 {
     status["services"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {status}"))
+}
+
+/// `limiter run` in the pair's server namespace, rate-limiting [`PORT`]:
+/// `--rate RATE --burst BURST --action ACTION`.
+fn rate_limited(pair: &Pair, rate: &str, burst: &str, action: &str) -> Daemon {
+    Daemon::start(
+        &pair.server,
+        &["--iface", &pair.server_if, "--port", "2525", "--rate", rate, "--burst", burst, "--action", action],
+    )
 }
 
 /// Every refused attempt was answered by an RST well before the client's
@@ -37,19 +47,14 @@ fn assert_refused_at_once(attempts: &[Attempt]) {
 #[test]
 #[expect(clippy::many_single_char_names, reason = "a, b: the two sources; d, s, t: daemon, status, tally")]
 fn rate_limit_per_source_with_reset_v4() {
-    if !can_run_privileged("rate_limit_per_source_with_reset_v4") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let _o = pair.listen(OTHER_PORT);
     let a = pair.add_client_v4(2);
     let b = pair.add_client_v4(3);
     // 5 per minute: no token refills during the test, so counts are exact.
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--rate", "5/m", "--burst", "5", "--action", "reset"],
-    );
+    let d = rate_limited(&pair, "5/m", "5", "reset");
 
     let first = pair.connect_many(a, PORT, 9, QUICK);
     let t = tally(&first);
@@ -77,18 +82,13 @@ fn rate_limit_per_source_with_reset_v4() {
 
 #[test]
 fn rate_limit_v6_aggregates_a_64() {
-    if !can_run_privileged("rate_limit_v6_aggregates_a_64") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let h1 = pair.add_client_v6(1, 0x10);
     let h2 = pair.add_client_v6(1, 0x20); // same /64 as h1
     let other = pair.add_client_v6(2, 0x10); // another /64
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--rate", "4/m", "--burst", "4", "--action", "reset"],
-    );
+    let d = rate_limited(&pair, "4/m", "4", "reset");
 
     let t = tally(&pair.connect_many(h1, PORT, 3, QUICK));
     assert_eq!((t.connected, t.refused), (3, 0));
@@ -105,17 +105,12 @@ fn rate_limit_v6_aggregates_a_64() {
 
 #[test]
 fn acceptance_5_per_second_refills() {
-    if !can_run_privileged("acceptance_5_per_second_refills") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
     let a6 = pair.add_client_v6(3, 1);
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--rate", "5/s", "--burst", "5", "--action", "reset"],
-    );
+    let d = rate_limited(&pair, "5/s", "5", "reset");
 
     for src in [a, a6] {
         let start = Instant::now();
@@ -141,16 +136,11 @@ fn acceptance_5_per_second_refills() {
 #[test]
 #[expect(clippy::many_single_char_names, reason = "a: the source; d, r, s, t: daemon, results, status, tally")]
 fn drop_action_makes_clients_time_out() {
-    if !can_run_privileged("drop_action_makes_clients_time_out") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
-    let d = Daemon::start(
-        &pair.server,
-        &["--iface", &pair.server_if, "--port", "2525", "--rate", "2/m", "--burst", "2", "--action", "drop"],
-    );
+    let d = rate_limited(&pair, "2/m", "2", "drop");
     let r = pair.connect_many(a, PORT, 4, Duration::from_millis(400));
     let t = tally(&r);
     assert_eq!((t.connected, t.refused, t.timed_out), (2, 0, 2), "{r:?}");
@@ -160,9 +150,7 @@ fn drop_action_makes_clients_time_out() {
 
 #[test]
 fn stop_keeps_enforcement_and_unload_removes_it() {
-    if !can_run_privileged("stop_keeps_enforcement_and_unload_removes_it") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);
@@ -184,13 +172,7 @@ fn stop_keeps_enforcement_and_unload_removes_it() {
     assert_eq!(tally(&pair.connect_many(a, PORT, 3, QUICK)).connected, 0, "the limit still holds");
 
     // unload removes everything: no program, no pins, no enforcement.
-    let out = Command::new(limiter_bin())
-        .args(["unload", "--pin-dir"])
-        .arg(&d.pin_dir)
-        .env("LIMITER_SOCKET", &d.socket)
-        .output()
-        .expect("unload");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    unload(&d);
     assert!(!d.pin_dir.exists(), "pins removed");
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
     assert!(!link.contains("xdp"), "XDP detached by unload: {link}");
@@ -205,14 +187,10 @@ fn limiter(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn bad_input_exits_2_with_one_line() {
-    if !can_run_privileged("bad_input_exits_2_with_one_line") {
-        return;
-    }
-    let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-bad-"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let broken = dir.join("broken.toml");
-    std::fs::write(&broken, "interfaces = [\"lo\"]\n[[service]]\nname = \"smtp\"\nports = [25, 0]\n").expect("write");
-    let sock = dir.join("none.sock");
+    require!(privileged());
+    let scratch = Scratch::new();
+    let broken = scratch.write("broken.toml", "interfaces = [\"lo\"]\n[[service]]\nname = \"smtp\"\nports = [25, 0]\n");
+    let sock = scratch.0.join("none.sock");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["run", "--iface", "nosuchif0", "--port", "2525"], "unknown interface 'nosuchif0'"),
         (vec!["run", "--iface", "lo", "--rate", "5/hour"], "bad rate"),
@@ -232,30 +210,26 @@ fn bad_input_exits_2_with_one_line() {
         assert!(err.contains(want), "{args:?}: {err:?} does not name {want:?}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn status_honours_limiter_socket_and_prints_a_table() {
-    if !can_run_privileged("status_honours_limiter_socket_and_prints_a_table") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--port", "2526"]);
-    let out = Command::new(limiter_bin()).arg("status").env("LIMITER_SOCKET", &d.socket).output().expect("status");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = limiter_at(&d.socket, &["status"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let text = &out.stdout;
     assert!(text.contains(&pair.server_if) && text.contains("2525,2526") && text.contains("30/m"), "{text}");
     let _: IpAddr = pair.server_v4();
 }
 
 #[test]
 fn failed_start_leaves_nothing_behind() {
-    if !can_run_privileged("failed_start_leaves_nothing_behind") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
-    let dir = std::env::temp_dir().join(limiter_tests::netns::unique("limiter-fail-"));
+    let scratch = Scratch::new();
+    let dir = &scratch.0;
     std::fs::create_dir_all(dir.join("not-a-cgroup")).expect("dir");
     let sock = dir.join("limiter.sock");
     let pin_dir = std::path::PathBuf::from("/sys/fs/bpf").join(limiter_tests::netns::unique("limiter-fail-"));
@@ -287,7 +261,6 @@ fn failed_start_leaves_nothing_behind() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not on bpffs"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -296,9 +269,7 @@ fn control_socket_survives_garbage() {
         io::{BufRead as _, BufReader, Write as _},
         os::unix::net::UnixStream,
     };
-    if !can_run_privileged("control_socket_survives_garbage") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
     let ask = |bytes: &[u8]| -> String {
@@ -342,29 +313,19 @@ impl<'a> SynAckLoss<'a> {
              flags & (syn | ack) == (syn | ack) counter drop\n }}\n}}\n",
             Self::TABLE
         );
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .args([limiter_tests::nft::nft_bin().as_str(), "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn nft");
-        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), rules.as_bytes()).expect("write rules");
-        assert!(child.wait().expect("nft").success(), "nft -f {rules}");
+        nft::install(ns, &rules);
         Self { ns }
     }
 
     /// SYN-ACKs dropped so far.
     fn dropped(&self) -> u64 {
-        limiter_tests::nft::counted(self.ns, Self::TABLE)
+        nft::counted(self.ns, Self::TABLE)
     }
 }
 
 impl Drop for SynAckLoss<'_> {
     fn drop(&mut self) {
-        let _ = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns.path().display()))
-            .args([limiter_tests::nft::nft_bin().as_str(), "delete", "table", "inet", Self::TABLE])
-            .status();
+        nft::delete_table(self.ns, Self::TABLE);
     }
 }
 
@@ -375,11 +336,7 @@ impl Drop for SynAckLoss<'_> {
 /// completed handshake is forgotten by `sock_ops` (`HANDSHAKES` ends empty).
 #[test]
 fn a_lost_syn_ack_does_not_cost_the_last_slot() {
-    if !can_run_privileged("a_lost_syn_ack_does_not_cost_the_last_slot")
-        || !limiter_tests::nft::can_run_nft("a_lost_syn_ack_does_not_cost_the_last_slot")
-    {
-        return;
-    }
+    require!(privileged(), nft::available());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let a = pair.add_client_v4(2);

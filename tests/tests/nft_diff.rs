@@ -45,9 +45,8 @@ use std::{
 };
 
 use limiter_tests::{
-    can_run_privileged,
     netns::{Attempt, Daemon, Pair, connect},
-    nft,
+    nft, privileged, require,
 };
 
 const TEST: &str = "nftables_ct_count_and_limiter_agree_step_by_step";
@@ -489,9 +488,7 @@ fn print_table(nft_run: &Run, lim: &Run, want: &[Row]) {
 
 #[test]
 fn nftables_ct_count_and_limiter_agree_step_by_step() {
-    if !can_run_privileged(TEST) || !nft::can_run_nft(TEST) {
-        return;
-    }
+    require!(privileged(), nft::available());
     let want = model();
     let nft_run = run(Kind::Nftables);
     let lim = run(Kind::Limiter);

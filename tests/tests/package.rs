@@ -12,7 +12,7 @@ use std::{
     process::{Command, Output},
 };
 
-use limiter_tests::skip;
+use limiter_tests::{Need, require, root};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const UNIT: &str = "/lib/systemd/system/limiter.service";
@@ -35,15 +35,14 @@ const FILES: &[&str] = &[
     "/usr/share/doc/limiter/README.md.gz",
 ];
 
-/// The .deb under test, or None (skipped) without `LIMITER_DEB`.
-fn deb(test: &str) -> Option<PathBuf> {
+/// The .deb under test (`LIMITER_DEB`), a need for [`require!`].
+fn deb() -> Need<PathBuf> {
     let Some(path) = std::env::var_os("LIMITER_DEB") else {
-        let _ = skip(test, "LIMITER_DEB is not set (`cargo xtask test` builds the package and sets it)");
-        return None;
+        return Err("LIMITER_DEB is not set (`cargo xtask test` builds the package and sets it)".into());
     };
     let path = PathBuf::from(path);
     assert!(path.is_file(), "LIMITER_DEB={} is not a file", path.display());
-    Some(path)
+    Ok(path)
 }
 
 /// Runs `cmd`; panics with its output unless it exits 0. Returns stdout.
@@ -83,7 +82,7 @@ fn fail2ban_examples() -> Vec<String> {
 
 #[test]
 fn deb_holds_the_binary_unit_conffile_docs_and_scripts() {
-    let Some(deb) = deb("deb_holds_the_binary_unit_conffile_docs_and_scripts") else { return };
+    let deb = require!(deb());
     // "-rwxr-xr-x root/root 5678 2026-01-01 00:00 ./usr/bin/limiter"
     let listing = run(Command::new("dpkg-deb").arg("--contents").arg(&deb));
     let mut paths = BTreeSet::new();
@@ -188,13 +187,8 @@ impl Drop for Installed {
 
 #[test]
 fn install_check_and_purge() {
-    let test = "install_check_and_purge";
-    let Some(deb) = deb(test) else { return };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        let _ = skip(test, "not root (dpkg --install)");
-        return;
-    }
+    let deb = require!(deb());
+    require!(root().map_err(|why| format!("{why} (dpkg --install)")));
     let mut installed = Installed::install(&deb);
 
     for f in FILES {
@@ -228,7 +222,7 @@ fn install_check_and_purge() {
         assert!(out.status.success(), "systemd-analyze verify {UNIT} failed ({}):\n{said}", out.status);
         assert!(!said.contains("limiter"), "systemd-analyze verify has something to say about the unit:\n{said}");
     } else {
-        eprintln!("{test}: no systemd-analyze, unit not verified");
+        eprintln!("{}: no systemd-analyze, unit not verified", limiter_tests::test_name!());
     }
 
     // State a daemon would have left: the purge removes it.

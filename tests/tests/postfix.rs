@@ -13,17 +13,14 @@ use std::{
 
 use limiter_tests::{
     netns::{Attempt, Daemon, Pair},
-    postfix::{Postfix, Smtp, can_run_postfix},
+    postfix::{self, Postfix, Smtp},
+    privileged, require,
 };
 
 const PORT: u16 = 2525;
 const WAIT: Duration = Duration::from_secs(2);
 /// How long Postfix's log may lag behind what smtpd did.
 const LOG_WAIT: Duration = Duration::from_secs(5);
-
-fn wait_connections(d: &Daemon, want: u64, limit: Duration) -> Duration {
-    d.wait_connections(want, limit)
-}
 
 /// smtpd's "connect from unknown[SRC]" lines (not "disconnect from").
 fn connects(log: &str, src: IpAddr) -> usize {
@@ -70,9 +67,6 @@ fn open_sessions(pair: &Pair, src: IpAddr, n: usize, mail: bool) -> (Vec<Smtp>, 
 }
 
 fn eight_sessions_ninth_refused_before_postfix(test: &str, v6: bool) {
-    if !can_run_postfix(test) {
-        return;
-    }
     let started = Instant::now();
     let pair = Pair::new();
     let src = if v6 { pair.add_client_v6(1, 0x10) } else { pair.add_client_v4(2) };
@@ -91,12 +85,12 @@ fn eight_sessions_ninth_refused_before_postfix(test: &str, v6: bool) {
         &pair.server,
         &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "8", "--action", "reset"],
     );
-    wait_connections(&d, 0, WAIT);
+    d.wait_connections(0, WAIT);
 
     // Eight concurrent sessions each deliver a message and stay open.
     let (mut sessions, mut ids) = open_sessions(&pair, src, 8, true);
     assert_eq!(ids.len(), 8);
-    wait_connections(&d, 8, WAIT);
+    d.wait_connections(8, WAIT);
     let log = postfix.wait_log(8, LOG_WAIT, |l| ids.iter().filter(|id| delivered(l, id)).count());
     for id in &ids {
         assert!(delivered(&log, id), "{id} not delivered: {log}");
@@ -113,7 +107,7 @@ fn eight_sessions_ninth_refused_before_postfix(test: &str, v6: bool) {
 
     // Closing one session frees its slot, and a new session delivers.
     sessions.pop().expect("a session").quit();
-    let took = wait_connections(&d, 7, WAIT);
+    let took = d.wait_connections(7, WAIT);
     eprintln!("QUIT released the slot in {took:?}");
     let again = pair.connect_many(src, PORT, 1, WAIT);
     let [Attempt::Connected(stream)] = <[Attempt; 1]>::try_from(again).expect("one attempt") else {
@@ -122,7 +116,7 @@ fn eight_sessions_ninth_refused_before_postfix(test: &str, v6: bool) {
     let mut next = Smtp::greet(stream);
     ids.push(next.send_mail("s8"));
     sessions.push(next);
-    wait_connections(&d, 8, WAIT);
+    d.wait_connections(8, WAIT);
 
     // Postfix saw exactly the nine sessions the limiter let in.
     let log = postfix.wait_log(9, LOG_WAIT, |l| ids.iter().filter(|id| delivered(l, id)).count());
@@ -132,7 +126,7 @@ fn eight_sessions_ninth_refused_before_postfix(test: &str, v6: bool) {
     }
 
     sessions.into_iter().for_each(Smtp::quit);
-    wait_connections(&d, 0, WAIT);
+    d.wait_connections(0, WAIT);
     let s = d.status_json().expect("status");
     let c = &s["services"][0]["counters"];
     assert_eq!((c["accepted"].as_u64(), c["refused_concurrency"].as_u64()), (Some(9), Some(1)), "{s}");
@@ -141,10 +135,12 @@ fn eight_sessions_ninth_refused_before_postfix(test: &str, v6: bool) {
 
 #[test]
 fn postfix_eight_sessions_ninth_refused_ipv4() {
-    eight_sessions_ninth_refused_before_postfix("postfix_eight_sessions_ninth_refused_ipv4", false);
+    require!(privileged(), postfix::installed());
+    eight_sessions_ninth_refused_before_postfix(limiter_tests::test_name!(), false);
 }
 
 #[test]
 fn postfix_eight_sessions_ninth_refused_ipv6() {
-    eight_sessions_ninth_refused_before_postfix("postfix_eight_sessions_ninth_refused_ipv6", true);
+    require!(privileged(), postfix::installed());
+    eight_sessions_ninth_refused_before_postfix(limiter_tests::test_name!(), true);
 }

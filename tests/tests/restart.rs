@@ -9,7 +9,6 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, TcpStream},
     os::unix::process::ExitStatusExt as _,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -17,9 +16,9 @@ use std::{
 use aya::maps::{Array, MapData};
 use limiter_common::maps::{MAX_SERVICES, ServiceRecord, names, service_state};
 use limiter_tests::{
-    can_run_privileged,
-    cli::{Scratch, path_str},
-    netns::{Daemon, Pair, Spawn, limiter_bin, streams, tally},
+    cli::{Scratch, ok, path_str, unload},
+    netns::{Daemon, Listener, Pair, Spawn, streams, tally},
+    privileged, require,
 };
 use serde_json::Value;
 
@@ -98,15 +97,6 @@ fn service(d: &Daemon, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no service {name} in {s}"))
 }
 
-/// `limiter unload` for the daemon's pin dir (the daemon must be stopped).
-fn unload(d: &Daemon) {
-    let out = Command::new(limiter_bin())
-        .args(["unload", "--pin-dir", path_str(&d.pin_dir), "--socket", path_str(&d.socket)])
-        .output()
-        .expect("limiter unload");
-    assert!(out.status.success(), "limiter unload: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// The pinned service id table: `(state, name)` by id.
 fn id_table(d: &Daemon) -> Vec<(u8, String)> {
     let map = MapData::from_pin(d.pin_dir.join(names::SERVICES)).expect("pinned SERVICES");
@@ -129,9 +119,7 @@ fn config(iface: &str, blocks: &[String]) -> String {
 
 #[test]
 fn service_counts_follow_their_name_across_a_reorder_and_restart() {
-    if !can_run_privileged("service_counts_follow_their_name_across_a_reorder_and_restart") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let (_smtp, _imap) = (pair.listen(SMTP), pair.listen(IMAP));
     let src = pair.add_client_v4(2);
@@ -161,9 +149,7 @@ fn service_counts_follow_their_name_across_a_reorder_and_restart() {
 
 #[test]
 fn a_removed_service_keeps_its_id_until_its_connections_close() {
-    if !can_run_privileged("a_removed_service_keeps_its_id_until_its_connections_close") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let (_smtp, _imap, _pop3) = (pair.listen(SMTP), pair.listen(IMAP), pair.listen(POP3));
     let src = pair.add_client_v4(2);
@@ -180,8 +166,7 @@ fn a_removed_service_keeps_its_id_until_its_connections_close() {
 
     // imap is dropped by reload while it holds 3: its id is retired.
     scratch.write("limiter.toml", &config(&pair.server_if, std::slice::from_ref(&smtp)));
-    let out = Command::new(limiter_bin()).arg("reload").env("LIMITER_SOCKET", &d.socket).output().expect("reload");
-    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    ok(&d, &["reload"]);
     wait_top_hidden(&d, &[(&s, "smtp", 2)], 3, "after the reload: imap's 3 stay under its retired id");
 
     // Restart with that file plus a new service: it must not get imap's id
@@ -250,17 +235,27 @@ fn old_seeded_file(src: IpAddr) -> String {
     text
 }
 
+/// Where the two failpoint tests start: a pair with a listener on SMTP and
+/// one client address.
+fn one_source() -> (Pair, Listener, IpAddr) {
+    let pair = Pair::new();
+    let listener = pair.listen(SMTP);
+    let src = pair.add_client_v4(2);
+    (pair, listener, src)
+}
+
+/// The daemon arguments of the failpoint tests: the default service on
+/// `port`, 8 per source, refused with a reset.
+fn limit_8<'a>(iface: &'a str, port: &'a str) -> [&'a str; 8] {
+    ["--iface", iface, "--port", port, "--max-conn-per-source", "8", "--action", "reset"]
+}
+
 #[test]
 fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
-    if !can_run_privileged("connections_before_the_first_start_count_once_whatever_step_it_dies_at") {
-        return;
-    }
-    let pair = Pair::new();
-    let _l = pair.listen(SMTP);
-    let src = pair.add_client_v4(2);
-    let s = src.to_string();
-    let port = SMTP.to_string();
-    let args = ["--iface", pair.server_if.as_str(), "--port", &port, "--max-conn-per-source", "8", "--action", "reset"];
+    require!(privileged());
+    let (pair, _l, src) = one_source();
+    let (s, port) = (src.to_string(), SMTP.to_string());
+    let args = limit_8(&pair.server_if, &port);
     // (failpoint of the first start, what an older version left in `seeded`)
     // Without a failpoint, the file is written between a clean stop and the
     // restart (an older version's file, trusted, lost or doubled counts).
@@ -317,15 +312,10 @@ fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
 
 #[test]
 fn a_crash_while_releasing_a_connection_made_before_start_loses_nothing() {
-    if !can_run_privileged("a_crash_while_releasing_a_connection_made_before_start_loses_nothing") {
-        return;
-    }
-    let pair = Pair::new();
-    let _l = pair.listen(SMTP);
-    let src = pair.add_client_v4(2);
-    let s = src.to_string();
-    let port = SMTP.to_string();
-    let args = ["--iface", pair.server_if.as_str(), "--port", &port, "--max-conn-per-source", "8", "--action", "reset"];
+    require!(privileged());
+    let (pair, _l, src) = one_source();
+    let (s, port) = (src.to_string(), SMTP.to_string());
+    let args = limit_8(&pair.server_if, &port);
     let mut before = admit(&pair, src, SMTP, 5, 5, "no limiter yet");
     let spawn = Spawn { env: vec![("LIMITER_FAILPOINT".into(), "reconcile".into())], ..Spawn::default() };
     let mut d = Daemon::start_with(&pair.server, &args, spawn);
@@ -344,9 +334,7 @@ fn a_crash_while_releasing_a_connection_made_before_start_loses_nothing() {
 
 #[test]
 fn pins_of_a_version_without_the_id_table_keep_their_counts() {
-    if !can_run_privileged("pins_of_a_version_without_the_id_table_keep_their_counts") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let (_smtp, _imap) = (pair.listen(SMTP), pair.listen(IMAP));
     let src = pair.add_client_v4(2);

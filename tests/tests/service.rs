@@ -8,14 +8,15 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, TcpStream},
     os::unix::{fs::MetadataExt as _, net::UnixDatagram},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
-    can_run_privileged,
-    netns::{Attempt, Daemon, Pair, Spawn, tally, unique},
+    cli::{Scratch, ok},
+    netns::{Daemon, Pair, Spawn, tally},
+    privileged, require,
 };
 
 const PORT: u16 = 2525;
@@ -23,13 +24,6 @@ const WAIT: Duration = Duration::from_secs(2);
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
-
-/// Holds `n` connections from `src`; panics unless all get in.
-fn hold(pair: &Pair, src: IpAddr, n: usize) -> Vec<Attempt> {
-    let a = pair.connect_many(src, PORT, n, WAIT);
-    assert_eq!(tally(&a).connected, n, "holding {n} from {src}: {a:?}");
-    a
 }
 
 /// `n` more attempts from `src`, one after the other; returns how many were refused.
@@ -57,9 +51,7 @@ fn http_get(pair: &Pair, addr: &'static str, path: &'static str) -> (String, Str
 /// summaries.
 #[test]
 fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
-    if !can_run_privileged("refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(2);
@@ -81,7 +73,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
         Spawn { env: env(&[("LIMITER_EVENT_WINDOW_MS", "1000")]), ..Spawn::default() },
     );
 
-    let _held = hold(&pair, src, 3);
+    let _held = pair.hold(src, PORT, 3, WAIT);
     d.wait_connections(3, WAIT);
     assert_eq!(refused(&pair, src, 3), 3, "3 more from a source holding 3");
 
@@ -141,7 +133,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
     assert_eq!((s["refusal_lines"]["logged"].as_u64(), s["refusal_lines"]["suppressed"].as_u64()), (Some(1), Some(2)));
 
     // An IPv6 source over its limit too, for the filter's <HOST>.
-    let _held6 = hold(&pair, src6, 3);
+    let _held6 = pair.hold(src6, PORT, 3, WAIT);
     d.wait_connections(6, WAIT);
     assert_eq!(refused(&pair, src6, 1), 1);
     let line6 = format!("refused {src6} default:2525 too many connections (3 established, limit 3)");
@@ -185,13 +177,10 @@ fn notifications(sock: &UnixDatagram, until: impl Fn(&[String]) -> bool, limit: 
 /// is RELOADING=1 then READY=1; SIGTERM sends STOPPING=1.
 #[test]
 fn systemd_is_told_ready_watchdog_reload_and_stop() {
-    if !can_run_privileged("systemd_is_told_ready_watchdog_reload_and_stop") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
-    let dir = std::env::temp_dir().join(unique("limiter-notify-"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("notify");
+    let scratch = Scratch::new();
+    let path = scratch.0.join("notify");
     let sock = UnixDatagram::bind(&path).expect("bind notify socket");
     let path_s = path.display().to_string();
     let mut d = Daemon::start_with(
@@ -215,12 +204,7 @@ fn systemd_is_told_ready_watchdog_reload_and_stop() {
 
     // A reload is announced and closed.
     let _ = d.client_json(&["status", "--json"]);
-    let out = Command::new(limiter_tests::netns::limiter_bin())
-        .arg("reload")
-        .env("LIMITER_SOCKET", &d.socket)
-        .output()
-        .expect("reload");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&d, &["reload"]);
     let got = notifications(&sock, |g| g.iter().any(|m| m.contains("RELOADING=1")), Duration::from_secs(3));
     let at = got.iter().position(|m| m.contains("RELOADING=1")).unwrap_or_else(|| panic!("no RELOADING=1: {got:?}"));
     assert!(got[at].contains("MONOTONIC_USEC="), "{got:?}");
@@ -234,7 +218,6 @@ fn systemd_is_told_ready_watchdog_reload_and_stop() {
     assert!(status.success(), "{status}");
     let got = notifications(&sock, |g| g.iter().any(|m| m.contains("STOPPING=1")), Duration::from_secs(2));
     assert!(got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Parses a journal native-protocol datagram: `KEY=value\n`, or
@@ -268,14 +251,12 @@ fn journal_fields(mut d: &[u8]) -> HashMap<String, String> {
 /// socket this test reads.
 #[test]
 fn under_systemd_refusals_go_to_the_journal_with_fields() {
-    if !can_run_privileged("under_systemd_refusals_go_to_the_journal_with_fields") {
-        return;
-    }
+    require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let src = pair.add_client_v4(3);
-    let dir = std::env::temp_dir().join(unique("limiter-journal-"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = Scratch::new();
+    let dir = &scratch.0;
     let journal = UnixDatagram::bind(dir.join("socket")).expect("bind journal socket");
     journal.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
     // The daemon's stderr is its log file: JOURNAL_STREAM names that file,
@@ -310,7 +291,7 @@ fn under_systemd_refusals_go_to_the_journal_with_fields() {
         &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "1", "--action", "reset"],
     );
 
-    let _held = hold(&pair, src, 1);
+    let _held = pair.hold(src, PORT, 1, WAIT);
     d.wait_connections(1, WAIT);
     assert_eq!(refused(&pair, src, 1), 1);
 
@@ -345,5 +326,4 @@ fn under_systemd_refusals_go_to_the_journal_with_fields() {
     // Start-up lines went to the journal too, not to stderr.
     assert!(seen.iter().any(|m| m.starts_with("attached to")), "{seen:?}");
     assert!(!d.log_text().contains("refused "), "the refusal went to stderr too:\n{}", d.log_text());
-    let _ = std::fs::remove_dir_all(PathBuf::from(&dir));
 }

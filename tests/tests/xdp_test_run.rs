@@ -12,8 +12,8 @@ use aya::{
 };
 use limiter_common::{Verdict, maps::names};
 use limiter_tests::{
-    can_run_privileged,
     frames::{self, ACK, CLIENT_MAC, RST, SERVER_MAC, SYN, Shape, Tcp, checksums_ok, v4, v6},
+    privileged, require,
 };
 use limiter_user::{
     kernel::{counters, loader, writer},
@@ -153,9 +153,7 @@ fn assert_rst(out: &[u8], syn: &Tcp, shape: &Shape) {
 
 #[test]
 fn ipv4_burst_then_exact_rst() {
-    if !can_run_privileged("ipv4_burst_then_exact_rst") {
-        return;
-    }
+    require!(privileged());
     let mut h = Harness::reset(3);
     let syn = Tcp::syn(v4(10), server4(), PORT);
     let f = frames::frame(&syn, &Shape::default());
@@ -171,9 +169,7 @@ fn ipv4_burst_then_exact_rst() {
 
 #[test]
 fn ipv6_burst_then_exact_rst() {
-    if !can_run_privileged("ipv6_burst_then_exact_rst") {
-        return;
-    }
+    require!(privileged());
     let mut h = Harness::reset(2);
     let syn = Tcp::syn(v6(5, 7), server6(), 465);
     let f = frames::frame(&syn, &Shape::default());
@@ -185,9 +181,7 @@ fn ipv6_burst_then_exact_rst() {
 
 #[test]
 fn drop_action_drops() {
-    if !can_run_privileged("drop_action_drops") {
-        return;
-    }
+    require!(privileged());
     let mut h = Harness::new(&policy(Action::Drop, 1, 32, 64));
     let f = frames::syn(v4(10), server4(), PORT);
     h.exhaust(&f, 1);
@@ -197,9 +191,7 @@ fn drop_action_drops() {
 
 #[test]
 fn vlan_tags_are_parsed_and_kept_in_the_reply() {
-    if !can_run_privileged("vlan_tags_are_parsed_and_kept_in_the_reply") {
-        return;
-    }
+    require!(privileged());
     for vlans in [vec![(0x8100, 10)], vec![(0x88a8, 100), (0x8100, 20)], vec![(0x8100, 5), (0x8100, 6)]] {
         let mut h = Harness::reset(1);
         let shape = Shape { vlans, ..Shape::default() };
@@ -222,9 +214,7 @@ fn vlan_tags_are_parsed_and_kept_in_the_reply() {
 
 #[test]
 fn ipv4_options_any_ihl() {
-    if !can_run_privileged("ipv4_options_any_ihl") {
-        return;
-    }
+    require!(privileged());
     let mut h = Harness::reset(1);
     for (i, words) in (1u8..=10).enumerate() {
         // NOPs then end-of-list: 4 * words bytes of options, IHL 5 + words.
@@ -243,9 +233,7 @@ fn ipv4_options_any_ihl() {
 
 #[test]
 fn syn_with_data_is_acked_past_the_data() {
-    if !can_run_privileged("syn_with_data_is_acked_past_the_data") {
-        return;
-    }
+    require!(privileged());
     let mut h = Harness::reset(1);
     let mut syn = Tcp::syn(v4(40), server4(), PORT);
     syn.payload = b"EHLO fast.open".to_vec();
@@ -259,9 +247,7 @@ fn syn_with_data_is_acked_past_the_data() {
 
 #[test]
 fn ipv6_extension_headers() {
-    if !can_run_privileged("ipv6_extension_headers") {
-        return;
-    }
+    require!(privileged());
     // Hop-by-hop, routing, destination options and AH are skipped.
     let mut h = Harness::reset(1);
     let shapes = [
@@ -291,9 +277,7 @@ fn ipv6_extension_headers() {
 
 #[test]
 fn everything_but_a_syn_to_a_service_port_passes() {
-    if !can_run_privileged("everything_but_a_syn_to_a_service_port_passes") {
-        return;
-    }
+    require!(privileged());
     let mut h = Harness::reset(1);
     let src = v4(50);
     let base = Tcp::syn(src, server4(), PORT);
@@ -332,9 +316,7 @@ fn everything_but_a_syn_to_a_service_port_passes() {
 
 #[test]
 fn truncated_and_malformed_frames_pass() {
-    if !can_run_privileged("truncated_and_malformed_frames_pass") {
-        return;
-    }
+    require!(privileged());
     let mut h = Harness::reset(1);
     let shapes =
         [Shape::default(), Shape { vlans: vec![(0x8100, 7)], ip_options: vec![1, 1, 1, 0], ..Shape::default() }];
@@ -378,9 +360,7 @@ fn truncated_and_malformed_frames_pass() {
 
 #[test]
 fn prefix_aggregation_shares_a_bucket() {
-    if !can_run_privileged("prefix_aggregation_shares_a_bucket") {
-        return;
-    }
+    require!(privileged());
     let mut h = Harness::new(&policy(Action::Drop, 2, 24, 48));
     // 198.18.0.10 and .11 share a /24.
     assert_eq!(h.action(&frames::syn(v4(10), server4(), PORT)), PASS);
@@ -407,9 +387,7 @@ fn pin_to_cpu(cpu: usize) {
 #[test]
 fn bucket_is_exact_across_cpus() {
     const BURST: u64 = 500;
-    if !can_run_privileged("bucket_is_exact_across_cpus") {
-        return;
-    }
+    require!(privileged());
     // SAFETY: sysconf has no preconditions.
     let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1);
     assert!(cpus >= 2 || !limiter_tests::privileged_required(), "needs two CPUs to race");
@@ -465,9 +443,7 @@ fn set_count(h: &mut Harness, map: &str, src: [u8; 4], service: u8, n: u64) {
 
 #[test]
 fn concurrency_counts_established_and_pending() {
-    if !can_run_privileged("concurrency_counts_established_and_pending") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(3);
@@ -498,9 +474,7 @@ fn concurrency_counts_established_and_pending() {
 
 #[test]
 fn rate_refusal_gives_the_reservation_back() {
-    if !can_run_privileged("rate_refusal_gives_the_reservation_back") {
-        return;
-    }
+    require!(privileged());
     // Limit 2 connections, burst 1: the second SYN is refused by the rate,
     // and must not keep a reservation that would refuse a third by concurrency.
     let mut p = policy(Action::Drop, 1, 32, 64);
@@ -517,9 +491,7 @@ fn rate_refusal_gives_the_reservation_back() {
 
 #[test]
 fn seeded_connections_count_while_the_flag_is_set() {
-    if !can_run_privileged("seeded_connections_count_while_the_flag_is_set") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(4);
@@ -552,9 +524,7 @@ fn hinted_full(h: &mut Harness, src: [u8; 4]) -> bool {
 
 #[test]
 fn a_source_at_its_limit_is_hinted_until_a_new_policy() {
-    if !can_run_privileged("a_source_at_its_limit_is_hinted_until_a_new_policy") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Drop, 1, 32, 64);
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(2);
@@ -580,9 +550,7 @@ fn a_source_at_its_limit_is_hinted_until_a_new_policy() {
 
 #[test]
 fn hints_are_not_used_while_seeded_counts_are_in_play() {
-    if !can_run_privileged("hints_are_not_used_while_seeded_counts_are_in_play") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Drop, 1, 32, 64);
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(2);
@@ -604,9 +572,7 @@ fn hints_are_not_used_while_seeded_counts_are_in_play() {
 /// well clear of that.
 #[test]
 fn the_verifier_has_headroom() {
-    if !can_run_privileged("the_verifier_has_headroom") {
-        return;
-    }
+    require!(privileged());
     let h = Harness::reset(1);
     for name in [names::XDP_PROGRAM, names::SOCK_OPS_PROGRAM] {
         let prog = h.ebpf.program(name).expect("program");
@@ -657,9 +623,7 @@ fn passed(h: &mut Harness, src: IpAddr, n: usize) -> usize {
 /// prefixes match; a new policy write applies at once and removes entries.
 #[test]
 fn deny_and_allow_lists_decide_first() {
-    if !can_run_privileged("deny_and_allow_lists_decide_first") {
-        return;
-    }
+    require!(privileged());
     let p = listed(1, &[("198.18.0.*", None), ("198.18.0.32/28", Some(3))], &["198.18.0.66", "2001:db8:66::/48"], &[]);
     let mut h = Harness::new(&p);
     assert_eq!(passed(&mut h, v4(66), 3), 0, "denied host inside an exempt /24");
@@ -688,9 +652,7 @@ fn deny_and_allow_lists_decide_first() {
 /// counted and not refused.
 #[test]
 fn sessions_and_reserved_sessions_are_exact() {
-    if !can_run_privileged("sessions_and_reserved_sessions_are_exact") {
-        return;
-    }
+    require!(privileged());
     let mut p = listed(100, &[("198.18.0.200", None)], &[], &["198.18.0.128/25"]);
     p.services[0].max_sessions = Some(5);
     p.services[0].reserved_sessions = 3;
@@ -731,9 +693,7 @@ fn in_flight(h: &Harness, src: [u8; 4]) -> u16 {
 /// copy's reservation, and takes no second one.
 #[test]
 fn a_retransmitted_syn_rides_on_its_reservation() {
-    if !can_run_privileged("a_retransmitted_syn_rides_on_its_reservation") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(8);
@@ -763,9 +723,7 @@ fn a_retransmitted_syn_rides_on_its_reservation() {
 /// `a_first_contact_is_not_remembered`).
 #[test]
 fn a_retransmitted_syn_spends_no_token() {
-    if !can_run_privileged("a_retransmitted_syn_spends_no_token") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Drop, 2, 32, 64);
     p.services[0].max_conn_per_source = Some(8);
     let mut h = Harness::new(&p);
@@ -783,9 +741,7 @@ fn a_retransmitted_syn_spends_no_token() {
 /// A retransmission takes no second session (the sessions rule) either.
 #[test]
 fn a_retransmitted_syn_takes_no_second_session() {
-    if !can_run_privileged("a_retransmitted_syn_takes_no_second_session") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(8);
@@ -807,9 +763,7 @@ fn a_retransmitted_syn_takes_no_second_session() {
 #[test]
 fn refusal_events_say_what_they_were_based_on() {
     use limiter_common::events::{Refusal, basis};
-    if !can_run_privileged("refusal_events_say_what_they_were_based_on") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].max_conn_per_source = Some(2);
     let mut h = Harness::new(&p);
@@ -854,9 +808,7 @@ fn refusal_events_say_what_they_were_based_on() {
 /// limit of 1 there is none, so there it is remembered.
 #[test]
 fn a_first_contact_is_not_remembered_unless_at_its_limit() {
-    if !can_run_privileged("a_first_contact_is_not_remembered_unless_at_its_limit") {
-        return;
-    }
+    require!(privileged());
     let mut p = policy(Action::Reset, 1, 32, 64);
     p.services[0].rate = None;
     p.services[0].max_conn_per_source = Some(8);

@@ -4,17 +4,15 @@
 //! while one abusive source holds connections and floods SYNs, then while `trafgen` sends SYNs from spoofed
 //! sources. Every flood is bounded by a rate and a duration and never leaves the two namespaces.
 
+mod abuser;
+mod report;
+mod trafgen;
+
 use std::{
     error::Error,
-    io::Read as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::unix::process::CommandExt as _,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    process::{Child, Command, ExitCode},
     thread,
     time::{Duration, Instant},
 };
@@ -31,6 +29,12 @@ use limiter_tests::{
 use limiter_user::EBPF_OBJECT;
 use serde_json::{Value, json};
 use socket2 as _;
+
+use crate::{
+    abuser::Abuser,
+    report::{check, detail_header, detail_line, header, line, percentile},
+    trafgen::{CLIENT_QDISC, FloodFrames, Trafgen, check_frames, is_spoofed},
+};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
@@ -307,291 +311,6 @@ fn start_legit(pair: &Pair, sources: &[IpAddr], deadline: Instant) -> Vec<thread
         .collect()
 }
 
-#[derive(Default)]
-struct AbuserStats {
-    attempts: AtomicU64,
-    connected: AtomicU64,
-    refused: AtomicU64,
-    timed_out: AtomicU64,
-    held: AtomicU64,
-    max_held: AtomicU64,
-}
-
-/// One abusive source: `ABUSER_SLOTS` threads, each connecting and holding the connection without a word (the way
-/// a spam bot or a broken client ties up the server's processes) until the server closes it or the phase ends, then
-/// connecting again.
-struct Abuser {
-    stop: Arc<AtomicBool>,
-    stats: Arc<AbuserStats>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Abuser {
-    fn start(pair: &Pair, src: IpAddr) -> Self {
-        let (stop, stats) = (Arc::new(AtomicBool::new(false)), Arc::new(AbuserStats::default()));
-        let dst = SocketAddr::new(pair.server_v4(), PORT);
-        let threads = (0..ABUSER_SLOTS)
-            .map(|_| {
-                let (stop, stats, path) = (Arc::clone(&stop), Arc::clone(&stats), pair.client.path());
-                thread::spawn(move || {
-                    netns::enter(&path);
-                    while !stop.load(Ordering::Relaxed) {
-                        stats.attempts.fetch_add(1, Ordering::Relaxed);
-                        match netns::connect(src, dst, Duration::from_secs(1)) {
-                            Attempt::Connected(mut s) => {
-                                stats.connected.fetch_add(1, Ordering::Relaxed);
-                                let held = stats.held.fetch_add(1, Ordering::Relaxed) + 1;
-                                stats.max_held.fetch_max(held, Ordering::Relaxed);
-                                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                                let mut buf = [0u8; 512];
-                                while !stop.load(Ordering::Relaxed) {
-                                    match s.read(&mut buf) {
-                                        Ok(0) => break,
-                                        Ok(_) => {}
-                                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {}
-                                        Err(_) => break,
-                                    }
-                                }
-                                stats.held.fetch_sub(1, Ordering::Relaxed);
-                            }
-                            // Refused, or failed in another way (counted alike): wait a little, like a client that
-                            // got "connection refused".
-                            Attempt::Refused(_) | Attempt::Other(_) => {
-                                stats.refused.fetch_add(1, Ordering::Relaxed);
-                                thread::sleep(ABUSER_RETRY);
-                            }
-                            Attempt::TimedOut => {
-                                stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self { stop, stats, threads }
-    }
-
-    /// Closes every connection and returns the totals.
-    fn stop(self) -> Value {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("abuser thread");
-        }
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let s = &self.stats;
-        json!({
-            "attempts": n(&s.attempts), "connected": n(&s.connected), "refused": n(&s.refused),
-            "timed_out": n(&s.timed_out), "max_held": n(&s.max_held),
-        })
-    }
-}
-
-/// A temp dir for trafgen's configs and output, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The frames of a flood, as trafgen configuration: every byte is fixed except the ones `drnd`/`dinc` vary at run
-/// time (source address bits below the allowed prefix, source port, IP id, sequence number), and trafgen
-/// recomputes the checksums of every packet.
-struct FloodFrames {
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    server_v4: Ipv4Addr,
-    server_v6: Ipv6Addr,
-}
-
-impl FloodFrames {
-    fn bytes(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:#04x}")).collect::<Vec<_>>().join(", ")
-    }
-
-    fn eth(&self, ethertype: u16) -> String {
-        format!("{}, {}, c16({ethertype:#06x})", Self::bytes(&self.dst_mac), Self::bytes(&self.src_mac))
-    }
-
-    /// A TCP SYN with an MSS option (as real clients send), after an IP header starting at `ip`.
-    fn syn(csum: &str) -> String {
-        format!(
-            "drnd(2), c16({PORT}), drnd(4), c32(0), c16((6 << 12) | 0x02), c16(64240), {csum}, c16(0), 2, 4, c16(1400)"
-        )
-    }
-
-    /// IPv4 SYNs; `src` is four trafgen byte expressions.
-    fn v4(&self, src: &str) -> String {
-        format!(
-            "{{\n  {},\n  0x45, 0, c16(44), drnd(2), 0x40, 0, 64, 6, csumip(14, 33),\n  {src},\n  {},\n  {}\n}}\n",
-            self.eth(0x0800),
-            Self::bytes(&self.server_v4.octets()),
-            Self::syn("csumtcp(14, 34)")
-        )
-    }
-
-    /// IPv6 SYNs; `src` is sixteen trafgen byte expressions.
-    fn v6(&self, src: &str) -> String {
-        format!(
-            "{{\n  {},\n  0x60, 0, 0, 0, c16(24), 6, 64,\n  {src},\n  {},\n  {}\n}}\n",
-            self.eth(0x86dd),
-            Self::bytes(&self.server_v6.octets()),
-            Self::syn("csumtcp6(14, 54)")
-        )
-    }
-
-    /// SYNs from the abusive source's own address.
-    fn abuser(&self, src: Ipv4Addr) -> String {
-        format!("# SYNs from one abusive source\n{}", self.v4(&Self::bytes(&src.octets())))
-    }
-
-    /// SYNs from 198.19.0.0/16 and `2001:db8:8000::/33`, alternating: the first 16 (33) bits are constants.
-    fn spoofed(&self) -> String {
-        format!(
-            "# SYNs from {SPOOFED_V4}\n{}# SYNs from {SPOOFED_V6}\n{}",
-            self.v4("198, 19, drnd(2)"),
-            self.v6("0x20, 0x01, 0x0d, 0xb8, dinc(0x80, 0xff), drnd(11)")
-        )
-    }
-}
-
-/// Common trafgen arguments: one process (the other CPU stays for the server), no changes to the host's socket
-/// memory sysctls or IRQ affinities, a fixed seed.
-fn trafgen_args(cfg: &Path) -> Vec<String> {
-    ["--in", &cfg.display().to_string(), "--cpus", "1", "--no-sock-mem", "--notouch-irq", "--seed", &SEED.to_string()]
-        .map(String::from)
-        .to_vec()
-}
-
-/// The client veth's queue. A veth whose peer runs XDP in native mode hands it frames through a 256-slot ring;
-/// with the veth's default `noqueue` a full ring drops the frame, so a flood sent from the same CPU that drains
-/// the ring loses legitimate frames too, an effect of the test rig that a NIC does not have (without XDP the peer
-/// takes frames into the 1000-frame backlog instead). With a queue on the sending side, recent kernels (6.18 here)
-/// hold the frames back while the ring is full instead of dropping them, and trafgen sends through that queue
-/// (`--qdisc-path`): every configuration then gets every frame, behind the same depth of queue. On a kernel that
-/// still drops, the "lost frames" column shows it.
-const CLIENT_QDISC: [&str; 3] = ["pfifo", "limit", "1000"];
-
-/// Runs trafgen on `cfg` into a pcap file (no network) and checks every frame it made: a TCP SYN to the server's
-/// `PORT` from an allowed source. This is the proof that the flood only uses the test ranges.
-fn check_frames(dir: &Path, name: &str, cfg: &Path, server: &[IpAddr], allowed: &dyn Fn(IpAddr) -> bool) -> Result<()> {
-    const FRAMES: usize = 4096;
-    let pcap = dir.join(format!("{name}.pcap"));
-    let out = Command::new("trafgen")
-        .args(trafgen_args(cfg))
-        .arg("--out")
-        .arg(&pcap)
-        .args(["--num", &FRAMES.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run trafgen: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("trafgen rejected the {name} flood: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    let data = std::fs::read(&pcap).map_err(|e| format!("{}: {e}", pcap.display()))?;
-    let mut at = 24; // the pcap file header
-    let mut seen = 0;
-    while at + 16 <= data.len() {
-        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into()?) as usize;
-        let f = data.get(at + 16..at + 16 + len).ok_or("truncated pcap record")?;
-        at += 16 + len;
-        let (src, dst, ip_end) = match u16::from_be_bytes([f[12], f[13]]) {
-            0x0800 if f[23] == 6 => {
-                (IpAddr::from(<[u8; 4]>::try_from(&f[26..30])?), IpAddr::from(<[u8; 4]>::try_from(&f[30..34])?), 34)
-            }
-            0x86dd if f[20] == 6 => {
-                (IpAddr::from(<[u8; 16]>::try_from(&f[22..38])?), IpAddr::from(<[u8; 16]>::try_from(&f[38..54])?), 54)
-            }
-            t => return Err(format!("{name} flood: frame {seen} is not TCP over IP (ethertype {t:#06x})").into()),
-        };
-        let dport = u16::from_be_bytes([f[ip_end + 2], f[ip_end + 3]]);
-        let flags = f[ip_end + 13];
-        if !allowed(src) || !server.contains(&dst) || dport != PORT || flags != 0x02 {
-            return Err(format!("{name} flood: frame {seen} is {src} -> {dst}:{dport} flags {flags:#04x}").into());
-        }
-        seen += 1;
-    }
-    if seen != FRAMES {
-        return Err(format!("{name} flood: trafgen wrote {seen} frames, expected {FRAMES}").into());
-    }
-    Ok(())
-}
-
-/// A running trafgen in the client namespace, in a process group of its own, stopped on drop.
-struct Trafgen {
-    child: Option<Child>,
-    log: PathBuf,
-    started: Instant,
-}
-
-impl Trafgen {
-    /// Sends the frames of `cfg` on `iface` in `ns` at about `pps`, at most `count` packets.
-    fn start(ns: &Netns, iface: &str, cfg: &Path, log: PathBuf, pps: u32, count: u64) -> Result<Self> {
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .arg("trafgen")
-            .args(trafgen_args(cfg))
-            .args(["--out", iface, "--qdisc-path", "--rate", &format!("{pps}pps"), "--num", &count.to_string()])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // trafgen sends from a forked worker that ignores a SIGINT to its parent: signal the group.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start trafgen: {e}"))?;
-        Ok(Self { child: Some(child), log, started: Instant::now() })
-    }
-
-    /// Stops it; returns the packets it sent and for how long it sent them, as trafgen reports them
-    /// ("  1 sec, 496340 usec on CPU0 (100000 packets)"; the wall time since its start if it does not).
-    fn finish(mut self) -> Result<(u64, Duration)> {
-        let elapsed = self.started.elapsed();
-        self.stop();
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let sent = log
-            .lines()
-            .find_map(|l| l.trim().strip_suffix(" packets outgoing").and_then(|n| n.trim().parse::<u64>().ok()))
-            .ok_or_else(|| format!("trafgen reported no packet count: {log}"))?;
-        let took = log
-            .lines()
-            .filter_map(|l| {
-                let (secs, rest) = l.trim().split_once(" sec, ")?;
-                let (usecs, _) = rest.split_once(" usec on CPU")?;
-                Some(Duration::from_secs(secs.parse().ok()?) + Duration::from_micros(usecs.parse().ok()?))
-            })
-            .max()
-            .unwrap_or(elapsed);
-        Ok((sent, took))
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let group = libc::pid_t::try_from(child.id()).ok();
-        // SAFETY: signalling the process group of our own child (nsenter execs trafgen, which forks its worker into
-        // the same group); SIGINT makes trafgen stop and print its totals.
-        let signal = |sig| group.map(|g| unsafe { libc::kill(-g, sig) });
-        signal(libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                // The worker prints after the parent may have gone; give it a moment.
-                thread::sleep(Duration::from_millis(100));
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        signal(libc::SIGKILL);
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Trafgen {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Counters the kernel keeps, read around each phase: frames lost on the client side (the veth's or its queue's
 /// drops), SYN cookies the server sent, and SYNs or handshakes its listener dropped.
 fn kernel_counters(pair: &Pair) -> [u64; 3] {
@@ -643,20 +362,10 @@ struct Bench {
     abuser: IpAddr,
     abuser_cfg: PathBuf,
     spoofed_cfg: PathBuf,
-    dir: TempDir,
+    /// trafgen's configs and output.
+    dir: limiter_tests::cli::Scratch,
     seconds: u32,
     pps: u32,
-}
-
-/// The `p`-th percentile (nearest rank) in ms; `None` (a session that never got there) ranks above every time.
-fn percentile(times: &[Option<Duration>], p: f64) -> Option<f64> {
-    let mut v: Vec<Duration> = times.iter().flatten().copied().collect();
-    v.sort();
-    #[expect(clippy::cast_precision_loss, reason = "counts of sessions are small")]
-    let rank = (p / 100.0 * times.len() as f64).ceil();
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a rank within the slice")]
-    let rank = (rank as usize).max(1);
-    v.get(rank - 1).map(|d| d.as_secs_f64() * 1000.0)
 }
 
 impl Bench {
@@ -723,106 +432,6 @@ impl Bench {
     }
 }
 
-fn ms(v: &Value) -> String {
-    match v.as_f64() {
-        None => "fail".into(),
-        Some(x) if x < 10.0 => format!("{x:.2}"),
-        Some(x) if x < 100.0 => format!("{x:.1}"),
-        Some(x) => format!("{x:.0}"),
-    }
-}
-
-fn header() -> String {
-    format!(
-        "{:<13} {:<13} {:>8} {:>6} {:>17} {:>17} {:>7} {:>18} {:>8}",
-        "config",
-        "phase",
-        "sessions",
-        "ok %",
-        "connect p50/p99",
-        "banner p50/p99",
-        "abuser",
-        "flood SYNs (pps)",
-        "refused"
-    )
-}
-
-fn line(r: &Value) -> String {
-    let sessions = r["sessions"].as_u64().unwrap_or(0);
-    #[expect(clippy::cast_precision_loss, reason = "counts of sessions are small")]
-    let ok = if sessions == 0 {
-        "-".into()
-    } else {
-        format!("{:.1}", r["ok"].as_f64().unwrap_or(0.0) * 100.0 / sessions as f64)
-    };
-    let pair = |k: &str| format!("{}/{}", ms(&r[k]["p50"]), ms(&r[k]["p99"]));
-    let abuser = r["abuser"]["max_held"].as_u64().map_or_else(|| "-".into(), |n| n.to_string());
-    let flood = r["flood"]["packets"]
-        .as_u64()
-        .map_or_else(|| "-".into(), |p| format!("{p} ({:.0}k)", r["flood"]["pps"].as_f64().unwrap_or(0.0) / 1000.0));
-    let refused = r["refused"].as_u64().map_or_else(|| "-".into(), |n| n.to_string());
-    format!(
-        "{:<13} {:<13} {sessions:>8} {ok:>6} {:>17} {:>17} {abuser:>7} {flood:>18} {refused:>8}",
-        r["config"].as_str().unwrap_or("?"),
-        r["phase"].as_str().unwrap_or("?"),
-        pair("connect_ms"),
-        pair("banner_ms"),
-    )
-}
-
-/// The second table: why sessions failed, and what the kernel counted meanwhile.
-fn detail_header() -> String {
-    format!(
-        "{:<13} {:<13} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>12}",
-        "config", "phase", "refused", "no conn", "no banner", "smtp err", "lost frames", "syncookies", "listen drops"
-    )
-}
-
-fn detail_line(r: &Value) -> String {
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let (f, k) = (&r["failures"], &r["kernel"]);
-    format!(
-        "{:<13} {:<13} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>12}",
-        r["config"].as_str().unwrap_or("?"),
-        r["phase"].as_str().unwrap_or("?"),
-        n(&f["refused"]),
-        n(&f["connect_timeout"]) + n(&f["connect_error"]),
-        n(&f["no_banner"]),
-        n(&f["smtp_error"]),
-        n(&k["client_drops"]),
-        n(&k["syncookies_sent"]),
-        n(&k["listen_drops"]),
-    )
-}
-
-/// What must hold in every run, whatever the timings: otherwise the harness measured nothing.
-fn check(rows: &[Value]) -> Result<()> {
-    let mut problems = Vec::new();
-    for r in rows {
-        let what = format!("{} / {}", r["config"].as_str().unwrap_or("?"), r["phase"].as_str().unwrap_or("?"));
-        let phase = r["phase"].as_str().unwrap_or("");
-        if phase == Phase::Baseline.name() {
-            if r["ok"].as_u64() == Some(0) {
-                problems.push(format!("{what}: no legitimate session succeeded without any flood"));
-            }
-            if r["failures"]["refused"].as_u64() != Some(0) {
-                problems.push(format!("{what}: the legitimate client was refused though under the limit"));
-            }
-        } else if r["flood"]["packets"].as_u64().unwrap_or(0) == 0 {
-            problems.push(format!("{what}: trafgen sent nothing"));
-        }
-        if phase == Phase::Abuser.name() {
-            if r["abuser"]["connected"].as_u64().unwrap_or(0) == 0 {
-                problems.push(format!("{what}: the abuser never connected"));
-            }
-            if r["refused"].as_u64() == Some(0) {
-                problems.push(format!("{what}: the enforcer refused nothing of {ABUSER_SLOTS} parallel attempts"));
-            }
-        }
-    }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n").into()) }
-}
-
 fn preflight() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -881,14 +490,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Source checks for the flood frames (see [`check_frames`]).
-fn is_spoofed(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => a.octets()[..2] == [198, 19],
-        IpAddr::V6(a) => a.segments()[..2] == [0x2001, 0xdb8] && a.segments()[2] & 0x8000 != 0,
-    }
-}
-
 impl Bench {
     /// The namespaces, addresses, routes and client queue, and the two flood configurations, checked offline.
     fn new(args: &Args) -> Result<Self> {
@@ -903,8 +504,7 @@ impl Bench {
         pair.server.exec(&["ip", "-6", "route", "add", SPOOFED_V6, "via", &gw6.to_string(), "dev", &pair.server_if]);
         pair.client.exec(&[&["tc", "qdisc", "replace", "dev", &pair.client_if, "root"][..], &CLIENT_QDISC].concat());
 
-        let dir = TempDir(std::env::temp_dir().join(unique("limiter-flood-")));
-        std::fs::create_dir_all(&dir.0)?;
+        let dir = limiter_tests::cli::Scratch::new();
         let (IpAddr::V4(server_v4), IpAddr::V6(server_v6), IpAddr::V4(abuser_v4)) =
             (pair.server_v4(), pair.server_v6(), abuser)
         else {
@@ -1028,57 +628,6 @@ fn flood() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_rank_sessions_that_never_got_there_last() {
-        let ms = |n| Some(Duration::from_millis(n));
-        let times = [ms(3), None, ms(1), ms(2)];
-        assert_eq!(percentile(&times, 50.0), Some(2.0));
-        assert_eq!(percentile(&times, 75.0), Some(3.0));
-        // The slowest 25% never connected: p99 is a failure, not the slowest success.
-        assert_eq!(percentile(&times, 99.0), None);
-        assert_eq!(percentile(&[], 50.0), None);
-    }
-
-    #[test]
-    fn spoofed_sources_stay_in_their_ranges() {
-        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
-        for yes in ["198.19.0.0", "198.19.255.255", "2001:db8:8000::", "2001:db8:ffff:ffff::1"] {
-            assert!(is_spoofed(ip(yes)), "{yes}");
-        }
-        for no in ["198.18.3.10", "198.20.0.1", "2001:db8:7fff::1", "2001:db8:3:1::a", "2001:db9:8000::1"] {
-            assert!(!is_spoofed(ip(no)), "{no}");
-        }
-    }
-
-    fn row(config: Config, phase: Phase, ok: u64, packets: u64, refused: Option<u64>) -> Value {
-        json!({
-            "config": config.name(), "phase": phase.name(), "sessions": 10, "ok": ok,
-            "failures": { "refused": 0 },
-            "flood": (phase != Phase::Baseline).then(|| json!({ "packets": packets })),
-            "abuser": (phase == Phase::Abuser).then(|| json!({ "connected": 3 })),
-            "refused": refused,
-        })
-    }
-
-    #[test]
-    fn check_fails_a_run_that_measured_nothing_but_not_a_bad_flood_result() {
-        let good = [
-            row(Config::Limiter, Phase::Baseline, 10, 0, Some(0)),
-            row(Config::Limiter, Phase::Abuser, 0, 5, Some(7)),
-            row(Config::Limiter, Phase::Spoofed, 0, 5, Some(0)),
-            row(Config::None, Phase::Abuser, 0, 5, None),
-        ];
-        assert!(check(&good).is_ok(), "no success under a flood is a result, not a failure");
-        for (bad, why) in [
-            (row(Config::None, Phase::Baseline, 0, 0, None), "no legitimate session"),
-            (row(Config::Nft, Phase::Spoofed, 10, 0, Some(0)), "trafgen sent nothing"),
-            (row(Config::Nft, Phase::Abuser, 10, 5, Some(0)), "refused nothing"),
-        ] {
-            let err = check(&[bad]).expect_err(why).to_string();
-            assert!(err.contains(why), "{err}");
-        }
-    }
 
     #[test]
     fn configs_and_phases_parse_by_key() {
