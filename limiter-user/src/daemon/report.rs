@@ -1,0 +1,218 @@
+//! What the daemon reports: `status`, `top` and the metrics snapshot, read
+//! from the kernel's counters (`kernel::counters`) into the protocol's types.
+
+use limiter_common::{
+    SourceKey, Verdict,
+    lists::{LIST_ENTRIES, ListEntry, entry},
+    maps::{MAX_SERVICES, SockRecord, family, names},
+    pool,
+    prefix::Prefix,
+};
+
+use crate::{
+    daemon::{
+        metrics::{ServiceSnapshot, Snapshot},
+        state::{Daemon, in_force},
+    },
+    kernel::{counters, maps},
+    policy::model::Policy,
+    protocol::{Counters, Interface, ListCounts, RefusalLines, ServiceStatus, StatusReply, TopReply, TopRow, Totals},
+};
+
+/// A service's row of `COUNTERS` (or the sum of them), without
+/// `passed_other`, which only row 0 counts.
+pub(crate) fn counters(row: &[u64]) -> Counters {
+    let at = |v: Verdict| Some(row[v as usize]);
+    Counters {
+        accepted: at(Verdict::Accepted),
+        refused_deny: at(Verdict::RefusedDeny),
+        refused_sessions: at(Verdict::RefusedSessions),
+        refused_reserve: at(Verdict::RefusedReserve),
+        refused_concurrency: at(Verdict::RefusedConcurrency),
+        refused_rate: at(Verdict::RefusedRate),
+        passed_non_syn: at(Verdict::PassedNonSyn),
+    }
+}
+
+/// The `top` response: sources with connections, most first (docs/status.md).
+pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<TopReply, String> {
+    let policy = &d.policy;
+    let wanted = match service {
+        Some(name) => Some(
+            policy
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.id)
+                .ok_or_else(|| format!("unknown service {}", crate::policy::lists::shown(name)))?,
+        ),
+        None => None,
+    };
+    let mut rows = counters::sources(&d.loaded.ebpf).map_err(|e| e.to_string())?;
+    rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
+    let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
+    let merged = in_force(policy, &d.runtime.lists).lists.merge(&policy.services);
+    let sources = rows
+        .iter()
+        .take(limit)
+        .filter_map(|(key, count)| {
+            let s = policy.services.iter().find(|s| s.id == u32::from(key.service))?;
+            Some(TopRow {
+                source: counters::source_string(key, policy),
+                service: s.name.clone(),
+                connections: *count,
+                limit: source_limit(&merged, key, policy, s),
+            })
+        })
+        .collect();
+    Ok(TopReply { sources, total_sources: Some(rows.len()), total_connections: Some(total_connections) })
+}
+
+/// The per-source connection limit that applies to `key`: a covering allow
+/// entry's own (none for an exempt source), else the service's.
+pub(crate) fn source_limit(
+    merged: &std::collections::BTreeMap<Prefix, ListEntry>,
+    key: &SourceKey,
+    policy: &Policy,
+    service: &crate::policy::service::Service,
+) -> Option<u32> {
+    let len = if key.family == family::V4 { policy.ipv4_prefix } else { policy.ipv6_prefix };
+    let source = Prefix { family: key.family, addr: key.addr, len };
+    match crate::policy::lists::longest_match(merged, &source) {
+        Some(e) if e.flags & entry::EXEMPT != 0 => None,
+        Some(e) if e.flags & entry::ALLOW != 0 => (e.max_conn_per_source != 0).then_some(e.max_conn_per_source),
+        _ => service.max_conn_per_source,
+    }
+}
+
+/// Sessions of service `id` in use (established and seeded; handshakes in
+/// flight are not shown), from `SESSIONS` as `read_sessions` returns it.
+pub(crate) fn sessions_in_use(sessions: &[u64], id: u32) -> u64 {
+    let at = |kind| sessions.get(pool::index(id, kind) as usize).copied().unwrap_or(0);
+    at(pool::ESTABLISHED) + at(pool::SEEDED)
+}
+
+/// What a metrics scrape reports, read from the kernel now.
+pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
+    let ebpf = &d.loaded.ebpf;
+    let rows = counters::read_counters(ebpf).map_err(|e| e.to_string())?;
+    let sessions = counters::read_sessions(ebpf).map_err(|e| e.to_string())?;
+    let sources = counters::sources(ebpf).map_err(|e| e.to_string())?;
+    let mut conns = vec![0u64; MAX_SERVICES as usize + 1];
+    for (key, n) in &sources {
+        if let Some(c) = conns.get_mut(usize::from(key.service)) {
+            *c += n;
+        }
+    }
+    let services = d
+        .policy
+        .services
+        .iter()
+        .map(|s| ServiceSnapshot {
+            name: s.name.clone(),
+            counters: rows[s.id as usize],
+            connections: conns[s.id as usize],
+            sessions: sessions_in_use(&sessions, s.id),
+            max_sessions: s.max_sessions,
+            max_conn_per_source: s.max_conn_per_source,
+        })
+        .collect();
+    let mut maps = Vec::new();
+    for name in [names::CONNS, names::SEEDED, names::SOCKS] {
+        let used = if name == names::SOCKS {
+            maps::map_entries::<u64, SockRecord>(ebpf, name)
+        } else {
+            maps::map_entries::<SourceKey, u64>(ebpf, name)
+        };
+        let max = maps::map_size(ebpf, name).map_err(|e| e.to_string())?;
+        maps.push((name, used.map_err(|e| e.to_string())?, u64::from(max)));
+    }
+    let lists = in_force(&d.policy, &d.runtime.lists).lists.merge(&d.policy.services).len();
+    maps.push((names::LISTS, lists as u64, u64::from(LIST_ENTRIES)));
+    Ok(Snapshot {
+        version: env!("CARGO_PKG_VERSION"),
+        services,
+        passed_other: rows[0][Verdict::PassedOther as usize],
+        sources_tracked: maps[0].1,
+        sources_connected: sources.iter().filter(|(_, n)| *n > 0).count() as u64,
+        maps,
+        attachments: d.loaded.attachments.iter().map(|a| (a.name.clone(), a.xdp_mode)).collect(),
+        events_unreported: d.budget.unreported().map_err(|e| e.to_string())?,
+        log_suppressed: d.bursts.suppressed_total,
+        log_lines: d.bursts.logged_total,
+    })
+}
+
+/// The `status` response (documented in docs/status.md).
+pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
+    let (loaded, policy) = (&d.loaded, &d.policy);
+    let rows = counters::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let conns = counters::connections_by_service(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let sessions = counters::read_sessions(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let mut totals = [0u64; Verdict::COUNT as usize];
+    let services = policy
+        .services
+        .iter()
+        .map(|s| {
+            let id = s.id as usize;
+            let row = &rows[id];
+            for (t, c) in totals.iter_mut().zip(row) {
+                *t += c;
+            }
+            ServiceStatus {
+                name: s.name.clone(),
+                ports: s.ports.clone(),
+                rate: s.rate,
+                burst: s.burst,
+                action: s.action.as_str().to_owned(),
+                max_conn_per_source: s.max_conn_per_source,
+                max_sessions: s.max_sessions,
+                reserved_sessions: s.reserved_sessions,
+                sessions: Some(sessions_in_use(&sessions, s.id)),
+                connections: conns[id],
+                counters: counters(row),
+            }
+        })
+        .collect();
+    let totals = Totals { counters: counters(&totals), passed_other: rows[0][Verdict::PassedOther as usize] };
+    let lists = in_force(policy, &d.runtime.lists).lists;
+    let interfaces = loaded
+        .attachments
+        .iter()
+        .map(|a| Interface { name: a.name.clone(), ifindex: a.ifindex, xdp_mode: a.xdp_mode.to_owned() })
+        .collect();
+    Ok(StatusReply {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pin_dir: Some(d.pin_dir.clone()),
+        interfaces,
+        ipv4_prefix: policy.ipv4_prefix,
+        ipv6_prefix: policy.ipv6_prefix,
+        services,
+        lists: Some(ListCounts { allow: lists.allow.len(), deny: lists.deny.len(), reserve: lists.reserve.len() }),
+        totals,
+        metrics_listen: policy.metrics_listen.map(|a| a.to_string()),
+        refusal_lines: Some(RefusalLines {
+            logged: d.bursts.logged_total,
+            suppressed: d.bursts.suppressed_total,
+            unreported: d.budget.unreported().map_err(|e| e.to_string())?,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_counter_is_read_from_its_verdicts_row_index() {
+        // Row index i holds i + 100: each field must show its verdict's.
+        let row: Vec<u64> = (0..u64::from(Verdict::COUNT)).map(|i| i + 100).collect();
+        let shown = serde_json::to_value(counters(&row)).expect("json");
+        let Some(fields) = shown.as_object() else { panic!("{shown}") };
+        for v in Verdict::ALL.into_iter().filter(|v| *v != Verdict::PassedOther) {
+            assert_eq!(fields.get(v.name()), Some(&serde_json::Value::from(v as u64 + 100)), "{}", v.name());
+        }
+        assert_eq!(fields.len(), Verdict::ALL.len() - 1, "{shown}");
+    }
+}

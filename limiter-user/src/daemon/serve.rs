@@ -1,0 +1,207 @@
+//! The main loop: control requests, refusal events, timers (event tokens,
+//! burst flushes, reclaim, seeded connections' release, the watchdog) and
+//! signals, until SIGINT or SIGTERM.
+
+use std::{cell::RefCell, rc::Rc};
+
+use aya::maps::{MapData, RingBuf};
+use log::{debug, info, warn};
+use sd_notify::NotifyState;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    daemon::{
+        metrics,
+        notify::notify,
+        refusals,
+        report::{sessions_in_use, snapshot, status, top},
+        start::Started,
+        state::{Daemon, Paths, in_force},
+    },
+    kernel::{counters, events::Event},
+    protocol::{self, Reply, Request},
+};
+
+/// How often the seeded connections are looked up in the socket table
+/// (a release is seen within this, well inside the one-second promise).
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How often idle `CONNS` entries are looked for; an entry is deleted when
+/// it was at zero in two passes in a row. `LIMITER_RECLAIM_MS` overrides it
+/// (the tests use it).
+fn reclaim_every() -> std::time::Duration {
+    let ms = std::env::var("LIMITER_RECLAIM_MS").ok().and_then(|v| v.parse().ok()).filter(|&ms: &u64| ms >= 10);
+    std::time::Duration::from_millis(ms.unwrap_or(30_000))
+}
+
+/// The one-line status `systemctl status` shows.
+fn ready_status(d: &Daemon) -> String {
+    let ifaces: Vec<String> = d.loaded.attachments.iter().map(|a| format!("{} ({})", a.name, a.xdp_mode)).collect();
+    format!("enforcing {} services on {}", d.policy.services.len(), ifaces.join(", "))
+}
+
+/// Serves until SIGINT or SIGTERM, then shuts down: the pins stay, so
+/// counting and enforcement continue.
+pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
+    let Started { daemon, listener, ring, metrics, socket_file } = started;
+    let state = Rc::new(RefCell::new(daemon));
+    let handler = {
+        let state = Rc::clone(&state);
+        move |req: Request| handle(&mut state.borrow_mut(), req)
+    };
+    let server = tokio::task::spawn_local(protocol::serve(listener, handler));
+    let metrics_server = metrics.map(|l| {
+        let state = Rc::clone(&state);
+        tokio::task::spawn_local(metrics::serve(l, move || snapshot(&state.borrow()).map(|s| metrics::render(&s))))
+    });
+    // Programs attached, control socket listening: tell systemd (Type=notify).
+    crate::failpoint::hit("ready");
+    notify(&[NotifyState::Ready, NotifyState::Status(&ready_status(&state.borrow()))]);
+    main_loop(&state, ring).await?;
+    notify(&[NotifyState::Stopping]);
+    server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
+    for out in state.borrow_mut().bursts.flush(std::time::Instant::now() + refusals::window()) {
+        refusals::log(&out);
+    }
+    drop(socket_file);
+    info!(
+        "daemon stopped; counting and enforcement continue from {} (`limiter unload` removes them)",
+        paths.pin_dir.display()
+    );
+    Ok(())
+}
+
+/// Answers one control request.
+fn handle(d: &mut Daemon, req: Request) -> Result<Reply, String> {
+    match req {
+        Request::Status => status(d).map(|s| Reply::Status(Box::new(s))),
+        Request::Top { service, limit } => top(d, service.as_deref(), limit).map(Reply::Top),
+        Request::ListShow { list, service } => Ok(Reply::List(d.list_show(list, service.as_deref()))),
+        Request::ListAdd { list, prefix, service, max_conn_per_source, rate, burst, comment, source_prefix, force } => {
+            let prefix = d.widen(&prefix, source_prefix)?;
+            d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate, burst, comment)
+                .and_then(|(new, entry)| d.commit_added(list, &new, entry, force))
+                .map(Reply::Added)
+        }
+        Request::ListDel { list, prefix, service, source_prefix, missing_ok } => {
+            let prefix = d.widen(&prefix, source_prefix)?;
+            d.list_del(list, &prefix, service.as_deref(), missing_ok).map(Reply::Removed)
+        }
+        Request::Reload => d.reload().map(Reply::Reloaded),
+    }
+}
+
+/// A timer that skips the ticks it missed rather than bursting.
+fn every(period: std::time::Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Runs until SIGINT or SIGTERM.
+async fn main_loop(state: &Rc<RefCell<Daemon>>, mut ring: AsyncFd<RingBuf<MapData>>) -> anyhow::Result<()> {
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut watchdog_tick = tokio::time::interval(watchdog.map_or(std::time::Duration::from_hours(1), |d| d / 2));
+    let mut refill = every(std::time::Duration::from_millis(limiter_common::events::REFILL_MS));
+    let mut flush = every(std::time::Duration::from_millis(250));
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    // Connections that predate the programs have no close callback: look
+    // for them in the socket table until they are all gone.
+    let mut reconcile = every(RECONCILE_EVERY);
+    // Entries of sources that no longer hold connections are reclaimed.
+    let mut reclaim = every(reclaim_every());
+    loop {
+        tokio::select! {
+            _ = reclaim.tick() => reclaim_pass(&mut state.borrow_mut()),
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
+            _ = hup.recv() => {
+                match state.borrow_mut().reload() {
+                    Ok(_) => info!("SIGHUP: config reloaded"),
+                    Err(e) => warn!("SIGHUP: {e}"),
+                }
+            }
+            guard = ring.readable_mut() => {
+                let Ok(mut guard) = guard else { continue };
+                let d = &mut *state.borrow_mut();
+                let now = std::time::Instant::now();
+                while let Some(item) = guard.get_inner_mut().next() {
+                    if let Some(e) = Event::decode(&item) {
+                        for out in d.refusal(&e, now) {
+                            refusals::log(&out);
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = refill.tick() => {
+                if let Err(e) = state.borrow_mut().budget.refill() {
+                    warn!("{:#}", anyhow::Error::from(e));
+                }
+            }
+            _ = flush.tick() => {
+                for out in state.borrow_mut().bursts.flush(std::time::Instant::now()) {
+                    refusals::log(&out);
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+            _ = reconcile.tick(), if !state.borrow().loaded.seeded.is_empty() => release_seeded(&mut state.borrow_mut()),
+        }
+    }
+}
+
+/// Deletes idle `CONNS` entries and frees the ids of removed services once
+/// nothing is counted under them; warns when the table nears full.
+fn reclaim_pass(d: &mut Daemon) {
+    match d.loaded.reclaimer.pass() {
+        Ok(p) => {
+            if p.deleted > 0 {
+                debug!("reclaimed {} idle source entries; {} in use of {}", p.deleted, p.entries, p.capacity);
+            }
+            if p.entries * 10 > p.capacity as usize * 9 {
+                warn!(
+                    "the connection table holds {} sources of {}: when it is full, new sources go uncounted; raise \
+                     [maps] connections",
+                    p.entries, p.capacity
+                );
+            }
+        }
+        Err(e) => warn!("{:#}", anyhow::Error::from(e)),
+    }
+    let loaded = &mut d.loaded;
+    if let Err(e) = loaded.services.reclaim(&loaded.ebpf) {
+        warn!("{:#}", anyhow::Error::from(e));
+    }
+}
+
+/// Releases the seeded connections that have closed.
+fn release_seeded(d: &mut Daemon) {
+    let loaded = &mut d.loaded;
+    match loaded.seeded.reconcile(&mut loaded.writer) {
+        Ok(0) => {}
+        Ok(n) => info!("{n} connections open before start have closed; {} remain", loaded.seeded.len()),
+        Err(e) => warn!("{:#}", anyhow::Error::from(e)),
+    }
+}
+
+impl Daemon {
+    /// A refusal the kernel reported: what to log of it.
+    fn refusal(&mut self, e: &Event, now: std::time::Instant) -> Vec<refusals::Emit> {
+        let (loaded, policy, runtime) = (&self.loaded, &self.policy, &self.runtime);
+        self.bursts.event(e, now, || {
+            let force = in_force(policy, &runtime.lists);
+            let sessions = counters::read_sessions(&loaded.ebpf).unwrap_or_default();
+            let cx = refusals::Context {
+                policy: &force,
+                connections: &|key| counters::connections_of(&loaded.ebpf, key),
+                sessions: &|id| sessions_in_use(&sessions, id),
+            };
+            refusals::describe(e, &cx)
+        })
+    }
+}

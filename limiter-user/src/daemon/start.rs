@@ -1,0 +1,145 @@
+//! Start-up, in the order that keeps a crash or a failure safe: the state
+//! dir and run-time lists, the control socket (removed by a guard on every
+//! way out), the programs loaded and attached (a failed first start leaves
+//! nothing behind), the event ring and the metrics port.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use log::{info, warn};
+use tokio::{
+    io::unix::AsyncFd,
+    net::{TcpListener, UnixListener},
+};
+
+use crate::{
+    daemon::{
+        metrics, refusals,
+        refusals::Bursts,
+        state::{Daemon, Paths, Source, copy_ids, in_force, log_policy},
+    },
+    kernel::{
+        error::LoadError,
+        events::{self, Budget},
+        loader::{self, Loaded},
+        pins,
+    },
+    policy::{model::Policy, state::RuntimeLists},
+};
+
+/// What start-up hands the main loop.
+pub struct Started {
+    pub daemon: Daemon,
+    pub listener: UnixListener,
+    pub ring: AsyncFd<RingBuf<MapData>>,
+    pub metrics: Option<TcpListener>,
+    /// Removes the control socket's file when dropped.
+    pub socket_file: SocketFile,
+}
+
+/// The control socket's file: removed when dropped, so a failed start-up
+/// and a stop leave no stale socket behind, whichever way they return.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Starts everything but the main loop.
+pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Result<Started> {
+    fs::create_dir_all(&paths.state_dir)
+        .with_context(|| format!("cannot create state dir {}", paths.state_dir.display()))?;
+    let runtime = RuntimeLists::load(&paths.state_dir)?;
+    for r in &runtime.lists.reserve {
+        if !policy.services.iter().any(|s| s.name == r.service) {
+            warn!(
+                "run-time reserve entry {} names service '{}', which the config does not define: ignored",
+                r.prefix, r.service
+            );
+        }
+    }
+    let listener = bind_socket(&paths.socket)?;
+    // From here on every way out, a failed start included, removes the socket.
+    let socket_file = SocketFile(paths.socket.clone());
+    let mut effective = in_force(&policy, &runtime.lists);
+    let loaded = load(&mut effective, paths)?;
+    // The ids the pinned table gave (stable by name), for the config layer too.
+    let mut policy = policy;
+    copy_ids(&mut policy, &effective);
+    for a in &loaded.attachments {
+        info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
+    }
+    let (ring, budget) = take_events(&loaded)?;
+    let metrics = match policy.metrics_listen {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => bail!("cannot serve metrics on {addr}: {e} (metrics_listen / --metrics-listen)"),
+        },
+        None => None,
+    };
+    log_policy(&effective);
+    for (_, w) in effective.lists.footguns() {
+        warn!("{w}");
+    }
+    info!("control socket {}", paths.socket.display());
+    let daemon = Daemon {
+        loaded,
+        policy,
+        runtime,
+        source,
+        budget,
+        bursts: Bursts::new(refusals::window()),
+        pin_dir: paths.pin_dir.clone(),
+    };
+    Ok(Started { daemon, listener, ring, metrics, socket_file })
+}
+
+/// Loads and attaches the programs with `effective` (the policy in force).
+/// A failed first start leaves nothing behind; a failed restart leaves
+/// the running enforcement of the previous start alone.
+fn load(effective: &mut Policy, paths: &Paths) -> anyhow::Result<Loaded> {
+    let fresh = fs::read_dir(&paths.pin_dir).map_or(true, |mut d| d.next().is_none());
+    loader::load_and_attach(effective, &paths.cgroup, &paths.pin_dir, &paths.state_dir).map_err(|e| {
+        if fresh && pins::on_bpffs(&paths.pin_dir) {
+            let _ = pins::unload(&paths.pin_dir);
+        }
+        e.into()
+    })
+}
+
+/// Takes the refusal ring buffer and the event budget out of the object
+/// (the daemon reads them outside the shared state).
+fn take_events(loaded: &Loaded) -> Result<(AsyncFd<RingBuf<MapData>>, Budget), LoadError> {
+    let ring = events::ring(&loaded.ebpf)?;
+    // SAFETY: the ring buffer owns its descriptor and keeps it open while the
+    // `AsyncFd` holds it.
+    let ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| LoadError::Seed { what: "watch the refusal ring buffer".into(), source: e.into() })?;
+    let mut budget = Budget::new(&loaded.ebpf)?;
+    budget.refill()?;
+    Ok((ring, budget))
+}
+
+/// Binds the control socket (mode 0660), refusing to steal it from a live daemon.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create socket dir {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another limiter daemon is already listening on {}", path.display());
+        }
+        fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}

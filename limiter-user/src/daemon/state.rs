@@ -1,0 +1,114 @@
+//! The running daemon's state, shared by the control handlers and the main
+//! loop, and the one way a policy reaches the kernel: [`Daemon::apply`].
+use std::path::PathBuf;
+
+use log::info;
+
+use crate::{
+    daemon::refusals::Bursts,
+    kernel::{events::Budget, loader::Loaded},
+    policy::{
+        lists::Lists,
+        model::{Overrides, Policy},
+        state::RuntimeLists,
+    },
+};
+
+/// Paths the daemon owns.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// cgroup v2 directory the `sock_ops` program is attached to.
+    pub cgroup: PathBuf,
+}
+
+/// Where the policy comes from, so `reload` can read it again.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The config file, if one was read at the start.
+    pub config: Option<PathBuf>,
+    /// The `run` flags, which override the file at every reload too.
+    pub overrides: Overrides,
+}
+
+/// The running daemon's state, shared by the control handlers and the loop.
+pub struct Daemon {
+    pub loaded: Loaded,
+    /// The config layer (its `lists` are the config file's).
+    pub policy: Policy,
+    /// Entries added at run time.
+    pub runtime: RuntimeLists,
+    pub source: Source,
+    /// The kernel's event tokens and its count of unreported refusals.
+    pub budget: Budget,
+    /// Refusal log lines, rate-limited per source and reason burst.
+    pub bursts: Bursts,
+    /// Where the programs, links and maps are pinned (reported by `status`).
+    pub pin_dir: PathBuf,
+}
+
+/// The policy in force: the config's, with the run-time entries layered on
+/// (run-time reserve entries of services the config lacks are left out).
+pub(crate) fn in_force(policy: &Policy, runtime: &Lists) -> Policy {
+    let mut runtime = runtime.clone();
+    runtime.reserve.retain(|r| policy.services.iter().any(|s| s.name == r.service));
+    let mut p = policy.clone();
+    p.lists = policy.lists.layered(&runtime);
+    p
+}
+
+/// Gives `to`'s services the ids `from` gives services of the same name
+/// (the same services, one layer with the ids the pinned table gave).
+pub(crate) fn copy_ids(to: &mut Policy, from: &Policy) {
+    for s in &mut to.services {
+        if let Some(f) = from.services.iter().find(|f| f.name == s.name) {
+            s.id = f.id;
+        }
+    }
+}
+
+impl Daemon {
+    /// Writes `policy` with `runtime` layered on into the kernel.
+    pub(crate) fn apply(&mut self, policy: &Policy, runtime: &Lists) -> Result<(), String> {
+        let effective = in_force(policy, runtime);
+        let loaded = &mut self.loaded;
+        loaded.writer.write(&effective).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
+
+    /// Makes `new` the run-time entries: persisted first, then applied; a
+    /// failure to apply puts the old file back.
+    pub(crate) fn commit(&mut self, new: &Lists) -> Result<(), String> {
+        let old = self.runtime.lists.clone();
+        self.runtime.store(new.clone()).map_err(|e| e.to_string())?;
+        let policy = self.policy.clone();
+        if let Err(e) = self.apply(&policy, new) {
+            // The flip is the last step of a policy write: the old bank is
+            // still in force. Put the old entries back on disk.
+            let _ = self.runtime.store(old);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn log_policy(policy: &Policy) {
+    for s in &policy.services {
+        let rate = s.rate.map_or_else(|| "unlimited".to_owned(), |r| r.to_string());
+        let sessions = s
+            .max_sessions
+            .map_or_else(|| "unlimited".to_owned(), |m| format!("{m} ({} reserved)", s.reserved_sessions));
+        info!(
+            "service {} ports {:?}: rate {rate} burst {} action {} sessions {sessions}",
+            s.name,
+            s.ports,
+            s.burst,
+            s.action.as_str()
+        );
+    }
+    let l = &policy.lists;
+    if !l.is_empty() {
+        info!("lists: {} allow, {} deny, {} reserve entries", l.allow.len(), l.deny.len(), l.reserve.len());
+    }
+}
