@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::xdp::{limiter_xdp_inner, ptr_at};
+use crate::{frame::ptr_at, xdp};
 
 /// Spoofed sources handed out so far (one entry, per CPU). Only ever
 /// incremented, so a source is never repeated within a run, across runs, or
@@ -83,7 +83,7 @@ pub(crate) fn bench_flood(ctx: XdpContext) -> u32 {
     if next_source(&ctx).is_err() {
         return xdp_action::XDP_ABORTED;
     }
-    match limiter_xdp_inner(&ctx) {
+    match xdp::run(&ctx) {
         xdp_action::XDP_PASS => xdp_action::XDP_DROP,
         action => action,
     }

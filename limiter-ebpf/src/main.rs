@@ -1,13 +1,19 @@
-//! limiter's kernel programs. The packet path lives in `xdp.rs`; the RST
-//! reply it builds in `reply.rs`; maps in `maps.rs`.
+//! limiter's kernel programs. The XDP packet path is `xdp.rs`: parse ->
+//! classify -> decide -> act, sibling modules over `frame.rs` (bounds-checked
+//! frame access and the types the stages share); `sock_ops` is `sockops.rs`;
+//! the maps are `maps.rs`.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core::intrinsics atomics: see maps::fetch_add")]
 
+mod act;
+mod classify;
+mod decide;
 mod floors;
+mod frame;
 mod maps;
-mod reply;
+mod parse;
 mod sockops;
 mod xdp;
 
