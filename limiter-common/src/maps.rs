@@ -48,6 +48,9 @@ pub mod names {
     pub const REFUSAL_BASIS: &str = "REFUSAL_BASIS";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
+    /// An XDP program that passes every frame: `limiter doctor --probe-xdp`
+    /// attaches it to find out whether an interface has native XDP.
+    pub const PROBE_PROGRAM: &str = "limiter_probe";
     /// Empty programs used as benchmark floors.
     pub const FLOOR_PASS: &str = "floor_pass";
     pub const FLOOR_DROP: &str = "floor_drop";

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::{frame::ptr_at, xdp};
+use crate::{frame::ptr_at, xdp::run};
 
 /// Spoofed sources handed out so far (one entry, per CPU). Only ever
 /// incremented, so a source is never repeated within a run, across runs, or
@@ -83,7 +83,7 @@ pub(crate) fn bench_flood(ctx: XdpContext) -> u32 {
     if next_source(&ctx).is_err() {
         return xdp_action::XDP_ABORTED;
     }
-    match xdp::run(&ctx) {
+    match run(&ctx) {
         xdp_action::XDP_PASS => xdp_action::XDP_DROP,
         action => action,
     }

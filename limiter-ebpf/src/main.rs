@@ -1,7 +1,7 @@
 //! limiter's kernel programs. The XDP packet path is `xdp.rs`: parse ->
 //! classify -> decide -> act, sibling modules over `frame.rs` (bounds-checked
 //! frame access and the types the stages share); `sock_ops` is `sockops.rs`;
-//! the maps are `maps.rs`.
+//! the maps are `maps.rs`. `limiter_probe` below is for `limiter doctor`.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -16,6 +16,16 @@ mod maps;
 mod parse;
 mod sockops;
 mod xdp;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// Passes every frame. `limiter doctor --probe-xdp` attaches it in native
+/// mode to find out whether an interface's driver has XDP, without the real
+/// program touching its traffic.
+#[xdp]
+fn limiter_probe(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
 
 #[cfg(not(test))]
 #[panic_handler]
