@@ -51,7 +51,8 @@ pub mod names {
     /// An XDP program that passes every frame: `limiter doctor --probe-xdp`
     /// attaches it to find out whether an interface has native XDP.
     pub const PROBE_PROGRAM: &str = "limiter_probe";
-    /// Empty programs used as benchmark floors.
+    /// The bench object's programs (`limiter-ebpf/src/bench.rs`), never in
+    /// the one the daemon embeds. Empty programs used as benchmark floors:
     pub const FLOOR_PASS: &str = "floor_pass";
     pub const FLOOR_DROP: &str = "floor_drop";
     /// Bench only: a new source on every packet, then the real program / a drop.

@@ -1,9 +1,9 @@
-//! The XDP program `limiter_xdp`: parse -> classify -> decide -> act, each a
-//! sibling module over `frame.rs`. Only a TCP SYN (SYN set, ACK clear) to a
+//! The packet path of `limiter_xdp` (and of the bench's `bench_flood`):
+//! parse -> classify -> decide -> act, each a sibling module over `frame.rs`. Only a TCP SYN (SYN set, ACK clear) to a
 //! service port is ever refused; every other frame, and every frame the
 //! parser does not understand, passes (fail open).
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use limiter_common::{Verdict, maps::action};
 
 use crate::{
@@ -13,12 +13,6 @@ use crate::{
     maps::{GLOBALS, count, policy},
     parse::parse,
 };
-
-#[xdp]
-#[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro hands the context over by value")]
-pub(crate) fn limiter_xdp(ctx: XdpContext) -> u32 {
-    run(&ctx)
-}
 
 /// The packet path, inlined into each program that runs it.
 #[inline(always)]
