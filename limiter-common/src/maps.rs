@@ -64,6 +64,70 @@ pub mod names {
     pub const BENCH_SINK: &str = "bench_sink";
 }
 
+/// What writes a map: creates, updates or deletes its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// The XDP program (`limiter_xdp`).
+    Xdp,
+    /// The `sock_ops` program (`limiter_sock_ops`).
+    SockOps,
+    /// The daemon module of this path in `limiter-user` (e.g. `kernel::writer`).
+    Daemon(&'static str),
+}
+
+/// A map of the production object, as [`MAPS`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    /// Pinned by name under the pin dir, so it outlives the daemon; the
+    /// others are made afresh at every start.
+    pub pinned: bool,
+    /// Everything that writes it, in the kernel and in the daemon.
+    pub writers: &'static [Writer],
+}
+
+const fn spec(name: &'static str, pinned: bool, writers: &'static [Writer]) -> MapSpec {
+    MapSpec { name, pinned, writers }
+}
+
+/// The policy writer: the banks, then the flip, then the ports.
+const WRITER: Writer = Writer::Daemon("kernel::writer");
+/// Counts of connections that predate the programs, and the seeding flags.
+const SEED: Writer = Writer::Daemon("kernel::seed");
+
+/// Every map of the production object, once: the kernel crate's
+/// `#[map(name = ...)]` definitions must be exactly these (a test loads the
+/// object and compares), and the daemon pins the ones marked `pinned`.
+pub const MAPS: &[MapSpec] = &[
+    spec(names::GLOBALS, true, &[WRITER, SEED]),
+    spec(names::PORTS, true, &[WRITER]),
+    spec(names::POLICY, true, &[WRITER]),
+    spec(names::LISTS, true, &[WRITER]),
+    // XDP reserves handshakes, `sock_ops` counts established connections,
+    // the daemon writes the seeded ones.
+    spec(names::SESSIONS, true, &[Writer::Xdp, Writer::SockOps, SEED]),
+    spec(names::SOCKS, true, &[Writer::SockOps]),
+    spec(names::COUNTERS, true, &[Writer::Xdp]),
+    // The daemon only deletes entries that stayed at zero.
+    spec(names::CONNS, true, &[Writer::SockOps, Writer::Daemon("kernel::reclaim")]),
+    spec(names::PENDING, true, &[Writer::Xdp, Writer::SockOps]),
+    spec(names::HANDSHAKES, true, &[Writer::Xdp, Writer::SockOps]),
+    spec(names::SEEDED, true, &[SEED]),
+    // `sock_ops` adds while the daemon seeds, which clears it after.
+    spec(names::SEED_SKIP, true, &[Writer::SockOps, SEED]),
+    spec(names::SERVICES, true, &[Writer::Daemon("kernel::ids")]),
+    spec(names::SEED_STATE, true, &[SEED]),
+    spec(names::EVENTS, false, &[Writer::Xdp]),
+    // XDP spends tokens and counts what it did not report; the daemon refills.
+    spec(names::EVENT_BUDGET, false, &[Writer::Xdp, Writer::Daemon("kernel::events")]),
+    spec(names::REFUSAL_BASIS, false, &[Writer::Xdp]),
+];
+
+/// The maps of the bench's object (`limiter-ebpf/src/bench.rs`) that are
+/// not in [`MAPS`]: the bench loads that object on the production object's
+/// maps, so these are the only ones it creates.
+pub const BENCH_MAPS: &[&str] = &[names::BENCH_SEQ];
+
 /// Over-limit actions (`ServicePolicy::action`).
 pub mod action {
     /// `XDP_DROP`: the client retransmits and times out.
@@ -348,5 +412,14 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn each_map_is_listed_once_with_a_writer() {
+        for (i, m) in MAPS.iter().enumerate() {
+            assert!(!m.writers.is_empty(), "{} has no writer", m.name);
+            assert!(MAPS[..i].iter().all(|o| o.name != m.name), "{} is listed twice", m.name);
+            assert!(!BENCH_MAPS.contains(&m.name), "{} is listed as a bench map too", m.name);
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The maps of the kernel programs, and which side writes each:
+//! The maps of the kernel programs. `limiter_common::maps::MAPS` lists them
+//! with the daemon module that writes each; by side:
 //! - the daemon alone: `GLOBALS`, `PORTS`, `POLICY` and `LISTS` (the policy;
 //!   `POLICY` and `LISTS` in two banks), `SERVICES`, `SEEDED` and `SEED_STATE`;
 //! - XDP alone: `COUNTERS`, `EVENTS` and `REFUSAL_BASIS`;

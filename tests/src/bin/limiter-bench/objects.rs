@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
-use limiter_common::maps::names;
+use limiter_common::maps::{BENCH_MAPS, names};
 use limiter_user::{BENCH_OBJECT, EBPF_OBJECT};
 
 use crate::Result;
@@ -53,7 +53,7 @@ impl Objects {
         }
         let bench = loader.load(BENCH_OBJECT)?;
         if let Some((name, _)) =
-            bench.maps().find(|(n, _)| *n != names::BENCH_SEQ && !shared.iter().any(|(s, _)| s == n))
+            bench.maps().find(|(n, _)| !BENCH_MAPS.contains(n) && !shared.iter().any(|(s, _)| s == n))
         {
             return Err(format!("the bench object's map {name} is not in the production object").into());
         }
