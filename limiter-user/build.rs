@@ -1,5 +1,7 @@
-//! Builds the kernel crate for the BPF target and leaves the object in
-//! `OUT_DIR` for `include_bytes_aligned!`.
+//! Builds the kernel crate for the BPF target and leaves its two objects in
+//! `OUT_DIR` for `include_bytes_aligned!`: `limiter` (the programs the daemon
+//! runs) and `limiter-bench` (the bench's floors and flood programs, which
+//! only the bench and the tests embed).
 //!
 //! This is aya-build's `build_ebpf` with one difference: the kernel crate
 //! needs `-C target-cpu=v3` (it uses the old value of atomic fetch-add and
@@ -7,21 +9,27 @@
 //! and aya-build replaces `RUSTFLAGS` wholesale.
 //!
 //! `AYA_BUILD_SKIP=1` skips the build (clippy/check without bpf-linker); the
-//! binary then embeds an empty object and says so when asked to run.
+//! binary then embeds empty objects and says so when asked to run.
 use std::{env, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, anyhow, bail};
+
+/// The kernel crate's binaries: each is one object, copied under its name.
+const OBJECTS: [&str; 2] = ["limiter", "limiter-bench"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=LIMITER_BPF_TOOLCHAIN");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     let out = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-    let object = out.join("limiter");
     // A stale object must not survive a skipped or failed build.
-    let _ = fs::remove_file(&object);
+    for name in OBJECTS {
+        let _ = fs::remove_file(out.join(name));
+    }
     if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
-        println!("cargo:warning=AYA_BUILD_SKIP set: embedding an empty kernel object");
-        fs::write(&object, b"")?;
+        println!("cargo:warning=AYA_BUILD_SKIP set: embedding empty kernel objects");
+        for name in OBJECTS {
+            fs::write(out.join(name), b"")?;
+        }
         return Ok(());
     }
 
@@ -48,7 +56,9 @@ fn main() -> anyhow::Result<()> {
     if !status.success() {
         bail!("building the kernel crate failed ({status}); run `cargo xtask setup` for bpf-linker and rust-src");
     }
-    let built = target_dir.join("bpfel-unknown-none/release/limiter");
-    fs::copy(&built, &object).map_err(|e| anyhow!("copying {}: {e}", built.display()))?;
+    for name in OBJECTS {
+        let built = target_dir.join("bpfel-unknown-none/release").join(name);
+        fs::copy(&built, out.join(name)).map_err(|e| anyhow!("copying {}: {e}", built.display()))?;
+    }
     Ok(())
 }

@@ -48,7 +48,11 @@ pub mod names {
     pub const REFUSAL_BASIS: &str = "REFUSAL_BASIS";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
-    /// Empty programs used as benchmark floors.
+    /// An XDP program that passes every frame: `limiter doctor --probe-xdp`
+    /// attaches it to find out whether an interface has native XDP.
+    pub const PROBE_PROGRAM: &str = "limiter_probe";
+    /// The bench object's programs (`limiter-ebpf/src/bench.rs`), never in
+    /// the one the daemon embeds. Empty programs used as benchmark floors:
     pub const FLOOR_PASS: &str = "floor_pass";
     pub const FLOOR_DROP: &str = "floor_drop";
     /// Bench only: a new source on every packet, then the real program / a drop.
@@ -59,6 +63,71 @@ pub mod names {
     /// Bench only: on the bench client's veth, drops what the server sends to the injected SYNs' ports.
     pub const BENCH_SINK: &str = "bench_sink";
 }
+
+/// What writes a map: creates, updates or deletes its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// The XDP program (`limiter_xdp`).
+    Xdp,
+    /// The `sock_ops` program (`limiter_sock_ops`).
+    SockOps,
+    /// The daemon module of this path in `limiter-user` (e.g. `kernel::writer`).
+    Daemon(&'static str),
+}
+
+/// A map of the production object, as [`MAPS`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    /// Pinned by name under the pin dir, so it outlives the daemon; the
+    /// others are made afresh at every start.
+    pub pinned: bool,
+    /// Everything that writes it, in the kernel and in the daemon.
+    pub writers: &'static [Writer],
+}
+
+const fn spec(name: &'static str, pinned: bool, writers: &'static [Writer]) -> MapSpec {
+    MapSpec { name, pinned, writers }
+}
+
+/// The policy writer: the banks, then the flip, then the ports.
+const WRITER: Writer = Writer::Daemon("kernel::writer");
+/// Counts of connections that predate the programs (its flags in
+/// `GLOBALS` it asks the policy writer to write).
+const SEED: Writer = Writer::Daemon("kernel::seed");
+
+/// Every map of the production object, once: the kernel crate's
+/// `#[map(name = ...)]` definitions must be exactly these (a test loads the
+/// object and compares), and the daemon pins the ones marked `pinned`.
+pub const MAPS: &[MapSpec] = &[
+    spec(names::GLOBALS, true, &[WRITER]),
+    spec(names::PORTS, true, &[WRITER]),
+    spec(names::POLICY, true, &[WRITER]),
+    spec(names::LISTS, true, &[WRITER]),
+    // XDP reserves handshakes, `sock_ops` counts established connections,
+    // the daemon writes the seeded ones.
+    spec(names::SESSIONS, true, &[Writer::Xdp, Writer::SockOps, SEED]),
+    spec(names::SOCKS, true, &[Writer::SockOps]),
+    spec(names::COUNTERS, true, &[Writer::Xdp]),
+    // The daemon only deletes entries that stayed at zero.
+    spec(names::CONNS, true, &[Writer::SockOps, Writer::Daemon("kernel::reclaim")]),
+    spec(names::PENDING, true, &[Writer::Xdp, Writer::SockOps]),
+    spec(names::HANDSHAKES, true, &[Writer::Xdp, Writer::SockOps]),
+    spec(names::SEEDED, true, &[SEED]),
+    // `sock_ops` adds while the daemon seeds, which clears it after.
+    spec(names::SEED_SKIP, true, &[Writer::SockOps, SEED]),
+    spec(names::SERVICES, true, &[Writer::Daemon("kernel::ids")]),
+    spec(names::SEED_STATE, true, &[SEED]),
+    spec(names::EVENTS, false, &[Writer::Xdp]),
+    // XDP spends tokens and counts what it did not report; the daemon refills.
+    spec(names::EVENT_BUDGET, false, &[Writer::Xdp, Writer::Daemon("kernel::events")]),
+    spec(names::REFUSAL_BASIS, false, &[Writer::Xdp]),
+];
+
+/// The maps of the bench's object (`limiter-ebpf/src/bench.rs`) that are
+/// not in [`MAPS`]: the bench loads that object on the production object's
+/// maps, so these are the only ones it creates.
+pub const BENCH_MAPS: &[&str] = &[names::BENCH_SEQ];
 
 /// Over-limit actions (`ServicePolicy::action`).
 pub mod action {
@@ -344,5 +413,14 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn each_map_is_listed_once_with_a_writer() {
+        for (i, m) in MAPS.iter().enumerate() {
+            assert!(!m.writers.is_empty(), "{} has no writer", m.name);
+            assert!(MAPS[..i].iter().all(|o| o.name != m.name), "{} is listed twice", m.name);
+            assert!(!BENCH_MAPS.contains(&m.name), "{} is listed as a bench map too", m.name);
+        }
     }
 }

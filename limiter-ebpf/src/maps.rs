@@ -1,10 +1,21 @@
-//! The maps of the kernel programs. The daemon writes `GLOBALS`, `PORTS`,
-//! `POLICY` and `LISTS` (policy, in two banks). XDP owns `PENDING` (per-slot handshakes in flight,
-//! "at its limit" hints, token buckets; `sock_ops` releases handshakes,
-//! clears hints and keeps the slot's connection sum), `HANDSHAKES` (the
-//! identities of reserved handshakes; `sock_ops` forgets completed ones) and `COUNTERS`; `sock_ops` owns
-//! `CONNS` (established connections per source, created only by completed
-//! handshakes, so a SYN flood cannot create, inflate or evict them).
+//! The maps of the kernel programs. `limiter_common::maps::MAPS` lists them
+//! with the daemon module that writes each; by side:
+//! - the daemon alone: `GLOBALS`, `PORTS`, `POLICY` and `LISTS` (the policy;
+//!   `POLICY` and `LISTS` in two banks), `SERVICES`, `SEEDED` and `SEED_STATE`;
+//! - XDP alone: `COUNTERS`, `EVENTS` and `REFUSAL_BASIS`;
+//! - XDP and `sock_ops`: `PENDING` (XDP reserves handshakes, marks sources
+//!   at their limit and spends tokens; `sock_ops` releases handshakes, keeps
+//!   the slot's connection sum and clears the marks) and `HANDSHAKES` (XDP
+//!   remembers reserved handshakes, `sock_ops` forgets completed ones);
+//! - `sock_ops` alone: `SOCKS`, and `CONNS` (established connections per
+//!   source, created only by completed handshakes, so a SYN flood cannot
+//!   create, inflate or evict them) but for the daemon deleting entries that
+//!   stayed at zero;
+//! - shared three ways or in turns: `SESSIONS` (XDP reserves, `sock_ops`
+//!   counts established connections, the daemon writes the seeded ones),
+//!   `SEED_SKIP` (`sock_ops` adds while seeding, the daemon clears it) and
+//!   `EVENT_BUDGET` (XDP spends tokens and counts what it did not report,
+//!   the daemon refills the tokens).
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 

@@ -14,3 +14,8 @@ pub mod protocol;
 
 /// The compiled kernel object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));
+
+/// The bench's kernel object: the floors and flood programs of `cargo xtask
+/// bench` (`limiter-ebpf/src/bench.rs`). Only the bench and the tests use
+/// it; the daemon binary does not reference it, so it is not linked in.
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter-bench"));

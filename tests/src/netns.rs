@@ -117,7 +117,7 @@ pub fn enter(path: &Path) {
     assert_eq!(rc, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
 }
 
-/// Attaches the object's empty XDP program (`floor_pass`: every frame
+/// Attaches the object's empty XDP program (`limiter_probe`: every frame
 /// passes) to `iface` in `ns`, in native mode; it stays attached until the
 /// returned handle is dropped.
 #[must_use]
@@ -126,13 +126,13 @@ pub fn attach_pass(ns: &Netns, iface: &str) -> aya::Ebpf {
     ns.run(move || {
         let mut ebpf = aya::Ebpf::load(limiter_user::EBPF_OBJECT).expect("load object");
         let prog: &mut aya::programs::Xdp = ebpf
-            .program_mut(limiter_common::maps::names::FLOOR_PASS)
-            .expect("floor_pass program")
+            .program_mut(limiter_common::maps::names::PROBE_PROGRAM)
+            .expect("limiter_probe program")
             .try_into()
             .expect("xdp program");
-        prog.load().expect("load floor_pass");
+        prog.load().expect("load limiter_probe");
         prog.attach(&iface, aya::programs::XdpMode::Driver)
-            .unwrap_or_else(|e| panic!("attach floor_pass to {iface}: {e}"));
+            .unwrap_or_else(|e| panic!("attach limiter_probe to {iface}: {e}"));
         ebpf
     })
 }

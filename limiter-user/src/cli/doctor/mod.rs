@@ -958,7 +958,7 @@ const NATIVE_XDP_DRIVERS: &[&str] = &[
 /// Attaches the object's pass-all program to `ifindex` in driver mode and
 /// detaches it: `Ok(true)` native works, `Ok(false)` the driver has none.
 fn probe_native(ebpf: &mut Ebpf, ifindex: u32) -> Result<bool, String> {
-    let p = ebpf.program_mut(names::FLOOR_PASS).ok_or("the object has no pass-all program")?;
+    let p = ebpf.program_mut(names::PROBE_PROGRAM).ok_or("the object has no pass-all program")?;
     let prog: &mut Xdp = p.try_into().map_err(|e: ProgramError| e.to_string())?;
     if prog.fd().is_err() {
         prog.load().map_err(|e| e.to_string())?;

@@ -17,6 +17,7 @@
 //! fail the run.
 
 mod events;
+mod objects;
 mod peers;
 mod testbed;
 
@@ -31,9 +32,8 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions},
 };
 // The schema tests' dev-dependency, unused here.
 #[cfg(test)]
@@ -46,7 +46,6 @@ use limiter_common::{
 };
 use limiter_tests::{frames, netns};
 use limiter_user::{
-    EBPF_OBJECT,
     kernel::{counters::read_counters, writer::write_policy},
     policy::{
         lists::{AllowEntry, Cidr, DenyEntry, Lists},
@@ -56,6 +55,7 @@ use limiter_user::{
 };
 
 use crate::{
+    objects::Objects,
     peers::{LIMIT, Peer},
     testbed::{CLIENT, Testbed},
 };
@@ -264,8 +264,8 @@ fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
     let (open, strict, conc, conc_open, builtin) =
         (service_id(0), service_id(1), service_id(2), service_id(3), service_id(4));
     let refuse = bed.syn(INJECT_SPORT, REFUSE_PORT);
-    // Spoofed sources: the program writes a new /64 of 2001:db8:8000::/33 into every packet (see floors.rs); the
-    // template's own is the last one it would write.
+    // Spoofed sources: the program writes a new /64 of 2001:db8:8000::/33 into every packet (see
+    // limiter-ebpf/src/bench.rs); the template's own is the last one it would write.
     let flood_frame = |port| {
         let src = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0xffff, 0, 0, 0, 1));
         let dst = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
@@ -412,20 +412,15 @@ fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
     ]
 }
 
-fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} is not in the kernel object"))?;
-    Ok(prog.try_into()?)
-}
-
 /// Runs a flood program twice, the second time on the first run's output (as a recycled live-frames page would
 /// hold it), and checks that each run wrote a new source in `2001:db8:8000::/33` and left the checksum valid.
-fn check_rewrite(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
+fn check_rewrite(objs: &mut Objects, case: &Case) -> Result<()> {
     let mut frame = case.frame.clone();
     for _ in 0..2 {
         let mut out = vec![0u8; frame.len()];
         let opts =
             TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), repeat: 1, ..TestRunOptions::default() };
-        xdp(ebpf, case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
+        objs.xdp(case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
         // Untagged IPv6: the source address is bytes 22..38.
         let (old, new) = (&frame[22..38], &out[22..38]);
         if new == old || new[..4] != [0x20, 0x01, 0x0d, 0xb8] || new[4] & 0x80 == 0 || !frames::checksums_ok(&out, 14) {
@@ -451,15 +446,15 @@ fn xdp_md(frame_len: usize, ifindex: u32) -> Result<[u8; 24]> {
 }
 
 /// One plain test run of the case's frame; returns the program's XDP action.
-fn run_once(ebpf: &mut Ebpf, case: &Case) -> Result<u32> {
+fn run_once(objs: &mut Objects, case: &Case) -> Result<u32> {
     let opts = TestRunOptions { data_in: Some(&case.frame), repeat: 1, ..TestRunOptions::default() };
     let r =
-        xdp(ebpf, case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
+        objs.xdp(case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
     Ok(r.return_value)
 }
 
 /// Runs `case` on `repeat` live frames received on `ifindex`; returns the mean ns per packet.
-fn run_live(ebpf: &mut Ebpf, case: &Case, ifindex: u32, repeat: u32) -> Result<f64> {
+fn run_live(objs: &mut Objects, case: &Case, ifindex: u32, repeat: u32) -> Result<f64> {
     let md = xdp_md(case.frame.len(), ifindex)?;
     let (mut left, mut total) = (repeat, 0f64);
     while left > 0 {
@@ -469,7 +464,7 @@ fn run_live(ebpf: &mut Ebpf, case: &Case, ifindex: u32, repeat: u32) -> Result<f
         let n = if case.reset_slot.is_some() { left.min(CHUNK) } else { left };
         if let Some(slot) = case.reset_slot {
             let mut pending: Array<_, pending::Slot> =
-                Array::try_from(ebpf.map_mut(names::PENDING).ok_or("no PENDING map")?)?;
+                Array::try_from(objs.limiter.map_mut(names::PENDING).ok_or("no PENDING map")?)?;
             pending.set(slot, pending::Slot::default(), 0)?;
         }
         let opts = TestRunOptions {
@@ -479,7 +474,8 @@ fn run_live(ebpf: &mut Ebpf, case: &Case, ifindex: u32, repeat: u32) -> Result<f
             attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
             ..TestRunOptions::default()
         };
-        let r = xdp(ebpf, case.program)?
+        let r = objs
+            .xdp(case.program)?
             .test_run(opts)
             .map_err(|e| format!("{}: BPF_PROG_TEST_RUN (live frames) failed: {e}", case.name))?;
         #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet are small")]
@@ -517,7 +513,7 @@ fn delta(before: &StdHashMap<String, u64>, after: &StdHashMap<String, u64>, name
 }
 
 /// Times `case` once on `repeat` packets, with its rules in place, and checks that every packet took its path.
-fn timed_run(ebpf: &mut Ebpf, bed: &mut Testbed, case: &Case, ifindex: u32, repeat: u32) -> Result<f64> {
+fn timed_run(objs: &mut Objects, bed: &mut Testbed, case: &Case, ifindex: u32, repeat: u32) -> Result<f64> {
     // `ct count` and `connlimit` count only the connections whose SYN went through their rule: the client's are
     // closed before the rule is in place and opened again under it.
     let counts_connections = case.peer.is_some_and(Peer::counts_connections);
@@ -533,7 +529,7 @@ fn timed_run(ebpf: &mut Ebpf, bed: &mut Testbed, case: &Case, ifindex: u32, repe
         return Err(format!("the rule refused {hits} of the client's own {LIMIT} connections").into());
     }
     let before = bed.server.nstat();
-    let ns = run_live(ebpf, case, ifindex, repeat)?;
+    let ns = run_live(objs, case, ifindex, repeat)?;
     let after = bed.server.nstat();
     check_stack(case, &before, &after, repeat)?;
     if let Some(rules) = &rules {
@@ -559,7 +555,7 @@ fn check_stack(case: &Case, before: &StdHashMap<String, u64>, after: &StdHashMap
 }
 
 /// Checks `limiter_xdp`'s own counters: every packet of every case, not only the last, took the path it times.
-fn check_counters(ebpf: &Ebpf, cases: &[Case]) -> Result<()> {
+fn check_counters(objs: &Objects, cases: &[Case]) -> Result<()> {
     let mut want = vec![[0u64; Verdict::COUNT as usize]; MAX_SERVICES as usize + 1];
     for case in cases {
         if let Some((service, verdict)) = case.verdict {
@@ -570,7 +566,7 @@ fn check_counters(ebpf: &Ebpf, cases: &[Case]) -> Result<()> {
             }
         }
     }
-    let got = read_counters(ebpf)?;
+    let got = read_counters(&objs.limiter)?;
     for (service, (got, want)) in got.iter().zip(&want).enumerate() {
         for v in Verdict::ALL {
             let (g, w) = (got[v as usize], want[v as usize]);
@@ -587,8 +583,8 @@ fn check_counters(ebpf: &Ebpf, cases: &[Case]) -> Result<()> {
 }
 
 /// Checks that the flood programs gave every packet its own source: `BENCH_SEQ` counts the sources handed out.
-fn check_flood_sources(ebpf: &Ebpf, cases: &[Case]) -> Result<()> {
-    let seq: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(names::BENCH_SEQ).ok_or("no BENCH_SEQ map")?)?;
+fn check_flood_sources(objs: &Objects, cases: &[Case]) -> Result<()> {
+    let seq: PerCpuArray<_, u64> = PerCpuArray::try_from(objs.bench.map(names::BENCH_SEQ).ok_or("no BENCH_SEQ map")?)?;
     let got: u64 = seq.get(&0, 0)?.iter().sum();
     let want: u64 = cases.iter().filter(|c| c.flood).map(|c| c.sent).sum();
     if got == want {
@@ -660,9 +656,6 @@ fn main() -> ExitCode {
 
 fn bench() -> Result<()> {
     let args = parse_args()?;
-    if EBPF_OBJECT.is_empty() {
-        return Err("built without the kernel object (AYA_BUILD_SKIP): build with `cargo xtask bench`".into());
-    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (BPF programs, network namespaces, netfilter rules)".into());
@@ -673,8 +666,12 @@ fn bench() -> Result<()> {
         println!("{k:<15} {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned));
     }
 
-    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
-    write_policy(&ebpf, &policy())?;
+    let mut objs = Objects::load(|ebpf| {
+        write_policy(ebpf, &policy())?;
+        // `CLIENT` holds its connections of "conc", as sock_ops would have counted them (nothing counts them here).
+        limiter_tests::kernel::set_established(ebpf, client_key(service_id(2)), u64::from(LIMIT))?;
+        Ok(())
+    })?;
     for name in [
         names::FLOOR_DROP,
         names::FLOOR_PASS,
@@ -683,26 +680,24 @@ fn bench() -> Result<()> {
         names::FLOOR_FLOOD_DROP,
         names::BENCH_SINK,
     ] {
-        xdp(&mut ebpf, name)?.load().map_err(|e| format!("loading {name}: {e}"))?;
+        objs.xdp(name)?.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
-    // `CLIENT` holds its connections of "conc", as sock_ops would have counted them (nothing counts them here).
-    limiter_tests::kernel::set_established(&mut ebpf, client_key(service_id(2)), u64::from(LIMIT))?;
 
     let mut bed = Testbed::new(&[REFUSE_PORT, ACCEPT_PORT, RATE_OPEN_PORT]);
-    bed.attach_client(xdp(&mut ebpf, names::BENCH_SINK)?)?;
+    bed.attach_client(objs.xdp(names::BENCH_SINK)?)?;
     bed.reconnect(REFUSE_PORT, LIMIT as usize)?;
     let ack = bed.established_ack(ACCEPT_PORT)?;
     let mut cases = cases(&bed, &ack);
 
-    let ebpf = &mut ebpf;
+    let objs = &mut objs;
     let bed = &mut bed;
     let cases_ref = &mut cases;
     let cpu = std::thread::scope(|s| {
-        s.spawn(|| measure(ebpf, bed, cases_ref, &args)).join().map_err(|_| "the timing thread panicked")?
+        s.spawn(|| measure(objs, bed, cases_ref, &args)).join().map_err(|_| "the timing thread panicked")?
     })?;
 
-    check_counters(ebpf, &cases)?;
-    check_flood_sources(ebpf, &cases)?;
+    check_counters(objs, &cases)?;
+    check_flood_sources(objs, &cases)?;
     report(&cases, &args, cpu, &machine)
 }
 
@@ -710,32 +705,32 @@ fn bench() -> Result<()> {
 /// [`timed_run`] with a token for every refusal, in chunks the ring holds,
 /// drained between chunks; checks that every refusal was reported.
 fn timed_reported(
-    ebpf: &mut Ebpf,
+    objs: &mut Objects,
     bed: &mut Testbed,
     case: &Case,
     ifindex: u32,
     repeat: u32,
     ring: &mut RingBuf<MapData>,
 ) -> Result<f64> {
-    let before = events::unreported(ebpf)?;
-    events::set_tokens(ebpf, u64::MAX / 2)?;
+    let before = events::unreported(&objs.limiter)?;
+    events::set_tokens(&mut objs.limiter, u64::MAX / 2)?;
     events::drain(ring);
     let (mut left, mut total, mut read) = (repeat, 0f64, 0);
     while left > 0 {
         let n = left.min(events::CHUNK);
-        total += timed_run(ebpf, bed, case, ifindex, n)? * f64::from(n);
+        total += timed_run(objs, bed, case, ifindex, n)? * f64::from(n);
         read += events::drain(ring);
         left -= n;
     }
-    events::set_tokens(ebpf, 0)?;
-    let lost = events::unreported(ebpf)? - before;
+    events::set_tokens(&mut objs.limiter, 0)?;
+    let lost = events::unreported(&objs.limiter)? - before;
     if (read, lost) != (u64::from(repeat), 0) {
         return Err(format!("{read} events read and {lost} unreported for {repeat} refusals").into());
     }
     Ok(total / f64::from(repeat))
 }
 
-fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) -> Result<usize> {
+fn measure(objs: &mut Objects, bed: &mut Testbed, cases: &mut [Case], args: &Args) -> Result<usize> {
     netns::enter(&bed.server.path());
     let ifindex = limiter_user::kernel::host::ifindex(&bed.server_if)?;
     let cpu = pin_cpu()?;
@@ -747,7 +742,7 @@ fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) 
     // One plain run per case checks the program's action before any timing (the live mode reports none).
     for case in cases.iter_mut() {
         if let Some(first) = case.first {
-            let got = run_once(ebpf, case)?;
+            let got = run_once(objs, case)?;
             if got != XDP_PASS {
                 return Err(
                     format!("{}: the first packet ({}) got {}", case.name, first.name(), action_name(got)).into()
@@ -755,10 +750,10 @@ fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) 
             }
         }
         if case.flood {
-            check_rewrite(ebpf, case)?;
+            check_rewrite(objs, case)?;
             case.sent += 2;
         }
-        let got = run_once(ebpf, case)?;
+        let got = run_once(objs, case)?;
         if got != case.expect {
             return Err(format!(
                 "{}: expected {}, the program returned {}: the bench would time the wrong path",
@@ -772,14 +767,14 @@ fn measure(ebpf: &mut Ebpf, bed: &mut Testbed, cases: &mut [Case], args: &Args) 
     }
 
     let (server_before, client_before, resets_before) = (bed.server.nstat(), bed.client.nstat(), bed.resets_sent());
-    let mut ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).ok_or("no EVENTS map")?)?;
+    let mut ring = RingBuf::try_from(objs.limiter.take_map(names::EVENTS).ok_or("no EVENTS map")?)?;
     // One untimed round warms caches and CPU clocks; then the timed rounds, round-robin.
     for round in 0..=args.runs {
         for case in cases.iter_mut() {
             let ns = if case.events {
-                timed_reported(ebpf, bed, case, ifindex, args.repeat, &mut ring)
+                timed_reported(objs, bed, case, ifindex, args.repeat, &mut ring)
             } else {
-                timed_run(ebpf, bed, case, ifindex, args.repeat)
+                timed_run(objs, bed, case, ifindex, args.repeat)
             }
             .map_err(|e| format!("{} (round {round}): {e}", case.name))?;
             case.sent += u64::from(args.repeat);

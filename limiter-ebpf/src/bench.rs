@@ -1,7 +1,27 @@
-//! Programs for `cargo xtask bench` only, built and loaded exactly like the
-//! real one and never attached by the daemon: the empty floors the real
-//! program is measured against, the spoofed-flood pair, which give every
-//! packet a new source, and the sink that keeps the bench's client silent.
+//! The bench's object (`cargo xtask bench` only; the daemon never embeds
+//! it): the empty floors the real program is measured against, the
+//! spoofed-flood pair, which give every packet a new source, and the sink
+//! that keeps the bench's client silent.
+//!
+//! `bench_flood` runs the real packet path after its rewrite, and turns what
+//! it would pass into a drop, which a tail call into the production object's
+//! `limiter_xdp` could not do. So this object is built from the same modules
+//! (`xdp.rs` and the stages, `maps.rs`), and the bench loads it on the
+//! production object's maps (pinned, then reused by name): every case,
+//! production program or flood, counts in and decides on the same maps.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core::intrinsics atomics: see maps::fetch_add")]
+
+mod act;
+mod classify;
+mod decide;
+mod frame;
+#[expect(dead_code, reason = "the helpers only sock_ops uses")]
+mod maps;
+mod parse;
+mod xdp;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -10,7 +30,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::xdp::{limiter_xdp_inner, ptr_at};
+use crate::{frame::ptr_at, xdp::run};
 
 /// Spoofed sources handed out so far (one entry, per CPU). Only ever
 /// incremented, so a source is never repeated within a run, across runs, or
@@ -32,12 +52,12 @@ const V6_TCP_CHECKSUM: usize = 14 + 40 + 16;
 const SPOOF_NET: u32 = 0x8000_0000;
 
 #[xdp]
-pub(crate) fn floor_pass(_ctx: XdpContext) -> u32 {
+fn floor_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 #[xdp]
-pub(crate) fn floor_drop(_ctx: XdpContext) -> u32 {
+fn floor_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
@@ -79,11 +99,11 @@ fn next_source(ctx: &XdpContext) -> Result<(), ()> {
 /// (the stack's cost of a passed SYN is the bench's `listener_syncookies`).
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro hands the context over by value")]
-pub(crate) fn bench_flood(ctx: XdpContext) -> u32 {
+fn bench_flood(ctx: XdpContext) -> u32 {
     if next_source(&ctx).is_err() {
         return xdp_action::XDP_ABORTED;
     }
-    match limiter_xdp_inner(&ctx) {
+    match run(&ctx) {
         xdp_action::XDP_PASS => xdp_action::XDP_DROP,
         action => action,
     }
@@ -92,7 +112,7 @@ pub(crate) fn bench_flood(ctx: XdpContext) -> u32 {
 /// A new source, then drop: the floor of `bench_flood`.
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro hands the context over by value")]
-pub(crate) fn floor_flood_drop(ctx: XdpContext) -> u32 {
+fn floor_flood_drop(ctx: XdpContext) -> u32 {
     if next_source(&ctx).is_err() {
         return xdp_action::XDP_ABORTED;
     }
@@ -107,7 +127,7 @@ pub(crate) fn floor_flood_drop(ctx: XdpContext) -> u32 {
 /// the timed CPU but is no part of the server's cost.
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro hands the context over by value")]
-pub(crate) fn bench_sink(ctx: XdpContext) -> u32 {
+fn bench_sink(ctx: XdpContext) -> u32 {
     if to_low_port(&ctx).unwrap_or(false) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
@@ -125,3 +145,13 @@ fn to_low_port(ctx: &XdpContext) -> Result<bool, ()> {
     let dport = ptr_at::<[u8; 2]>(ctx, l4 + 2)?;
     Ok(u16::from_be_bytes(unsafe { *dport }) < 1024)
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

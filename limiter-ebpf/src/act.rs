@@ -1,22 +1,58 @@
-//! The `reset` action: turns the refused SYN into a TCP RST+ACK in place and
-//! sends it back out of the interface it came from (`XDP_TX`). The reply keeps
-//! the Ethernet/VLAN header (MACs swapped), gets a fresh option-free IP
-//! header and a bare 20-byte TCP header, and is trimmed to that length.
-//! Per RFC 9293 a RST answering a segment without ACK has SEQ 0 and
-//! ACK = SEG.SEQ + SEG.LEN (the SYN counts one).
+//! act: counts the verdict; a refused SYN is reported to the daemon
+//! (`EVENTS`) and dropped, or, under the `reset` action, turned into a TCP
+//! RST+ACK in place and sent back out of the interface it came from
+//! (`XDP_TX`). The reply keeps the Ethernet/VLAN header (MACs swapped), gets
+//! a fresh option-free IP header and a bare 20-byte TCP header, and is
+//! trimmed to that length. Per RFC 9293 a RST answering a segment without ACK
+//! has SEQ 0 and ACK = SEG.SEQ + SEG.LEN (the SYN counts one).
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use limiter_common::{checksum, maps::family};
+use limiter_common::{Verdict, checksum, events::Refusal, maps::family};
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
 };
 
-use crate::xdp::{Parsed, ptr_at};
+use crate::{
+    frame::{Parsed, Syn, ptr_at, source_addr},
+    maps::{Grounds, basis_noted, count, report},
+};
 
 const TTL: u8 = 64;
 const TCP_RST_ACK: u8 = 0x14;
 
+/// Counts the verdict and reports a refusal to the daemon (before the
+/// reply rewrites the frame); true for a refusal.
+#[inline(always)]
+pub(crate) fn refused(ctx: &XdpContext, p: &Parsed, syn: &Syn<'_>, verdict: Verdict) -> bool {
+    count(verdict.index(syn.service));
+    if verdict == Verdict::Accepted {
+        return false;
+    }
+    // What the source's counts were only for a refusal by them (the sessions
+    // rule may have decided after `per_source` had read them).
+    if let Ok(addr) = source_addr(ctx, p) {
+        #[expect(clippy::cast_possible_truncation, reason = "verdicts and service ids are < 256")]
+        report(|| {
+            let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
+            Refusal {
+                addr,
+                family: p.family,
+                verdict: verdict as u8,
+                service: syn.service as u8,
+                basis: f.basis,
+                port: syn.port,
+                pending: f.pending,
+                established: f.established,
+                pad: 0,
+            }
+        });
+    }
+    true
+}
+
+/// Rewrites the refused SYN into the RST+ACK in place; `Err` leaves a frame
+/// only fit to be dropped.
 #[inline(always)]
 pub(crate) fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
     // Everything the reply needs is read before any byte is overwritten:
