@@ -23,7 +23,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cli::Failure,
+    cli::failure::Failure,
     kernel::{host, pins},
     policy::{build, file, model::Overrides},
     protocol::{self, Request, StatusReply},
