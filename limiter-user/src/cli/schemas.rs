@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::{
-    cli::{Failure, doctor::Report},
+    cli::{doctor::Report, failure::Failure},
     protocol::{ListReply, StatusReply, TopReply, schema},
 };
 
