@@ -118,7 +118,8 @@ pub const MAPS: &[MapSpec] = &[
     spec(names::SEED_SKIP, true, &[Writer::SockOps, SEED]),
     spec(names::SERVICES, true, &[Writer::Daemon("kernel::ids")]),
     spec(names::SEED_STATE, true, &[SEED]),
-    spec(names::EVENTS, false, &[Writer::Xdp]),
+    // XDP produces; the daemon consumes (advancing the consumer position).
+    spec(names::EVENTS, false, &[Writer::Xdp, Writer::Daemon("kernel::events")]),
     // XDP spends tokens and counts what it did not report; the daemon refills.
     spec(names::EVENT_BUDGET, false, &[Writer::Xdp, Writer::Daemon("kernel::events")]),
     spec(names::REFUSAL_BASIS, false, &[Writer::Xdp]),

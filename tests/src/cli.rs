@@ -3,43 +3,10 @@
 //! what they printed and their exit code. Every client command of the
 //! tests goes through [`limiter_at`].
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
-use crate::netns::{Daemon, limiter_bin, unique};
-
-/// A private directory for config files, removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    #[must_use]
-    pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("limiter-scratch-"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-
-    /// Writes `text` to `name` in the directory (replacing it) and returns the path.
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-        p
-    }
-}
-
-impl Default for Scratch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::netns::{Daemon, limiter_bin};
+pub use crate::scratch::Scratch;
 
 /// A path as the `&str` a command line takes.
 #[must_use]

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod nft;
 pub mod policy;
 pub mod postfix;
+pub mod scratch;
 
 // The schema tests' dev-dependency, unused by the library's own unit tests.
 #[cfg(test)]

@@ -13,15 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::cli::Scratch;
+use crate::scratch::Scratch;
+pub use crate::scratch::unique;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A short name unique to this process and call: `{prefix}{pid}x{n}`.
-#[must_use]
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
-}
 
 /// Runs a command and panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use aya::Ebpf;
-use limiter_common::maps::{BENCH_MAPS, MAPS, names};
+use limiter_common::maps::{BENCH_MAPS, MAPS, Writer, names};
 use limiter_tests::{privileged, require};
 use limiter_user::{BENCH_OBJECT, EBPF_OBJECT, kernel::pins};
 
@@ -53,9 +53,51 @@ fn the_bench_object_has_only_bench_programs_and_maps() {
     );
 }
 
+/// Each map the daemon writes has one writing module, which takes its
+/// handle (`kernel::maps::own`) and is the one `maps::MAPS` names; no other
+/// module of the daemon takes a writable handle on it.
+#[test]
+fn each_map_has_the_one_daemon_writer_the_table_names() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../limiter-user/src/kernel");
+    let mut owners: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for entry in std::fs::read_dir(&src).expect("kernel dir").flatten() {
+        let text = std::fs::read_to_string(entry.path()).expect("read");
+        let module = format!("kernel::{}", entry.path().file_stem().expect("stem").to_string_lossy());
+        for (i, _) in text.match_indices("own(ebpf, names::") {
+            let name: String = text[i + 17..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
+            owners.entry(name).or_default().insert(module.clone());
+        }
+    }
+    assert!(owners.len() >= 8, "the reader found the owners of only {owners:?}");
+    for m in MAPS {
+        let listed: BTreeSet<String> = m
+            .writers
+            .iter()
+            .filter_map(|w| match w {
+                Writer::Daemon(module) => Some((*module).to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert!(listed.len() <= 1, "{} has more than one daemon writer in maps::MAPS: {listed:?}", m.name);
+        let constant = names_const(m.name);
+        let found = owners.remove(&constant).unwrap_or_default();
+        assert_eq!(
+            found, listed,
+            "{}: the modules that take a writable handle, and the writer maps::MAPS names",
+            m.name
+        );
+    }
+    assert!(owners.is_empty(), "writable handles on maps maps::MAPS does not list: {owners:?}");
+}
+
+/// The `names::` constant of a map (its name, upper case).
+fn names_const(name: &str) -> String {
+    name.to_ascii_uppercase()
+}
+
 /// What the daemon pins is what the table marks as pinned.
 #[test]
 fn the_pinned_maps_are_the_ones_the_table_marks() {
     let marked = set(MAPS.iter().filter(|m| m.pinned).map(|m| m.name));
-    assert_eq!(set(pins::MAPS), marked, "pins::MAPS and the maps maps::MAPS marks as pinned differ");
+    assert_eq!(set(pins::maps()), marked, "pins::maps() and the maps maps::MAPS marks as pinned differ");
 }

@@ -80,7 +80,7 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>) -> Result<(Ebpf, Pol
         .map_max_entries(names::SEEDED, policy.maps.connections)
         .map_max_entries(names::PENDING, policy.maps.pending_slots);
     let paths: Vec<(&str, PathBuf)> =
-        pin_dir.map(|d| pins::MAPS.iter().map(|m| (*m, d.join(m))).collect()).unwrap_or_default();
+        pin_dir.map(|d| pins::maps().map(|m| (m, d.join(m))).collect()).unwrap_or_default();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

@@ -18,28 +18,16 @@ use limiter_common::{
     Globals, ServicePolicy, SourceKey,
     handshake::{self, Handshake},
     lists::{KEY_BYTES, LIST_ENTRIES, ListEntry},
-    maps::{MAX_SERVICES, POLICY_ENTRIES, ServiceRecord, SockRecord, names, seed_state},
+    maps::{MAPS, MAX_SERVICES, POLICY_ENTRIES, ServiceRecord, SockRecord, names, seed_state},
     pending::Slot,
     pool,
 };
 
-/// Maps pinned by name: the policy, the counters and the connection state.
-pub const MAPS: [&str; 14] = [
-    names::GLOBALS,
-    names::PORTS,
-    names::POLICY,
-    names::LISTS,
-    names::SESSIONS,
-    names::SOCKS,
-    names::COUNTERS,
-    names::CONNS,
-    names::PENDING,
-    names::HANDSHAKES,
-    names::SEEDED,
-    names::SEED_SKIP,
-    names::SERVICES,
-    names::SEED_STATE,
-];
+/// Maps pinned by name (the policy, the counters and the connection
+/// state): those `limiter_common::maps::MAPS` marks as pinned.
+pub fn maps() -> impl Iterator<Item = &'static str> {
+    MAPS.iter().filter(|m| m.pinned).map(|m| m.name)
+}
 
 /// The type, key size and value size this version's programs expect of each
 /// pinned map. A pin left by a version with another layout would be reused

@@ -5,13 +5,30 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    policy::{
-        lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry},
-        service::Rate,
-    },
-    protocol::ListName,
+use crate::policy::{
+    lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry},
+    service::Rate,
 };
+
+/// The three prefix lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ListName {
+    Allow,
+    Deny,
+    Reserve,
+}
+
+impl ListName {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Reserve => "reserve",
+        }
+    }
+}
 
 /// An entry of any of the three lists, as shown and as added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

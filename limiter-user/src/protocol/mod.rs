@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::policy::service::Rate;
 pub use crate::protocol::{
-    lists::{AddedReply, Entry, ListReply, ListedEntry, Origin, ReloadReply, RemovedReply},
+    lists::{AddedReply, Entry, ListName, ListReply, ListedEntry, Origin, ReloadReply, RemovedReply},
     status::{Counters, Interface, ListCounts, RefusalLines, ServiceStatus, StatusReply, TopReply, TopRow, Totals},
 };
 
@@ -97,26 +97,6 @@ impl Request {
     #[must_use]
     pub const fn changes_policy(&self) -> bool {
         matches!(self, Self::ListAdd { .. } | Self::ListDel { .. } | Self::Reload)
-    }
-}
-
-/// The three prefix lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ListName {
-    Allow,
-    Deny,
-    Reserve,
-}
-
-impl ListName {
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-            Self::Reserve => "reserve",
-        }
     }
 }
 

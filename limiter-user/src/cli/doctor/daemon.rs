@@ -111,7 +111,7 @@ fn pins_found(dir: &Path) -> std::io::Result<Option<PinsFound>> {
     let mut found = PinsFound::default();
     for e in entries.filter_map(Result::ok) {
         let n = e.file_name().to_string_lossy().into_owned();
-        if pins::MAPS.contains(&n.as_str()) {
+        if pins::maps().any(|m| m == n.as_str()) {
             found.maps.push(n);
         }
     }
@@ -135,7 +135,7 @@ pub fn pins_from(dir: &Path, found: Option<&PinsFound>, layouts: Option<Result<(
     let Some(found) = found.filter(|f| !f.maps.is_empty() || f.sock_ops_link || !f.xdp_links.is_empty()) else {
         return Check::ok(name, format!("not loaded (nothing pinned under {shown})"));
     };
-    let mut what = format!("{} of {} maps", found.maps.len(), pins::MAPS.len());
+    let mut what = format!("{} of {} maps", found.maps.len(), pins::maps().count());
     if found.sock_ops_link {
         what.push_str(", sock_ops link");
     }
@@ -148,7 +148,7 @@ pub fn pins_from(dir: &Path, found: Option<&PinsFound>, layouts: Option<Result<(
     if let Some(Err(e)) = layouts {
         return Check::warn(name, format!("{what} under {shown} from an incompatible version: {e}"), unload);
     }
-    let missing: Vec<&str> = pins::MAPS.iter().copied().filter(|m| !found.maps.iter().any(|f| f == m)).collect();
+    let missing: Vec<&str> = pins::maps().filter(|m| !found.maps.iter().any(|f| f == m)).collect();
     if !missing.is_empty() {
         return Check::warn(
             name,
@@ -201,7 +201,7 @@ mod tests {
         assert_eq!(pins_from(dir, None, Some(Ok(())), false).status, Status::Ok);
         assert!(pins_from(dir, None, Some(Ok(())), false).finding.starts_with("not loaded"));
         let all = PinsFound {
-            maps: pins::MAPS.iter().map(|m| (*m).to_owned()).collect(),
+            maps: pins::maps().map(str::to_owned).collect(),
             sock_ops_link: true,
             xdp_links: vec!["eth0".into()],
         };
