@@ -59,7 +59,7 @@ fn the_bench_object_has_only_bench_programs_and_maps() {
 #[test]
 fn each_map_has_the_one_daemon_writer_the_table_names() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../limiter-user/src/kernel");
-    let mut owners: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    let mut owners: std::collections::BTreeMap<String, BTreeSet<String>> = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(&src).expect("kernel dir").flatten() {
         let text = std::fs::read_to_string(entry.path()).expect("read");
         let module = format!("kernel::{}", entry.path().file_stem().expect("stem").to_string_lossy());

@@ -91,19 +91,19 @@ pub struct Counters {
     /// SYNs within every limit (exempt sources included).
     #[schemars(required)]
     pub accepted: Option<u64>,
-    /// SYNs refused: the source is on the deny list (rule 1).
+    /// SYNs refused: the source is on the deny list (the deny rule).
     #[schemars(required)]
     pub refused_deny: Option<u64>,
-    /// SYNs refused: the service's `max_sessions` were in use (rule 3).
+    /// SYNs refused: the service's `max_sessions` were in use (the sessions rule).
     #[schemars(required)]
     pub refused_sessions: Option<u64>,
-    /// SYNs refused: only reserved sessions were left (rule 3).
+    /// SYNs refused: only reserved sessions were left (the sessions rule).
     #[schemars(required)]
     pub refused_reserve: Option<u64>,
-    /// SYNs refused: the source held its `max_conn_per_source` connections (rule 4).
+    /// SYNs refused: the source held its `max_conn_per_source` connections (the connections rule).
     #[schemars(required)]
     pub refused_concurrency: Option<u64>,
-    /// SYNs refused: the source's token bucket was empty (rule 5).
+    /// SYNs refused: the source's token bucket was empty (the rate rule).
     #[schemars(required)]
     pub refused_rate: Option<u64>,
     /// TCP segments to the service's ports other than a SYN.
