@@ -226,6 +226,7 @@ fn assert_required(name: &str, v: &Value, path: &[&str]) {
 
 #[test]
 fn json_outputs_match_their_schemas() {
+    // Long on purpose: every --json output against its schema, one after another.
     require!(privileged());
     let pair = Pair::new();
     let _listener = pair.listen(PORT);

@@ -108,6 +108,7 @@ fn deny_entries(n: u32) -> String {
 /// refused without `--force` (exit 2, nothing changed) and applied with it.
 #[test]
 fn deny_everything_and_allow_deny_overlap_warn_and_need_force() {
+    // Long on purpose: the same footgun through each of the admin's doors in turn.
     require!(privileged());
     let pair = Pair::new();
     let _server = pair.listen(PORT);

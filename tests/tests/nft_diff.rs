@@ -322,6 +322,7 @@ fn burst(pair: &Pair, attempts: Vec<(Src, IpAddr, SocketAddr)>) -> Vec<(Src, Att
 
 /// Runs the scenario in a fresh pair under one enforcement.
 fn run(kind: Kind) -> Run {
+    // Long on purpose: the scenario's steps in the order they run, the same for every enforcement.
     let started = Instant::now();
     let pair = Pair::new();
     let _listener = pair.listen(PORT);

@@ -93,6 +93,7 @@ fn state_files(d: &Daemon) -> Vec<(String, Vec<u8>)> {
 /// daemon keeps serving others and the policy is unchanged.
 #[test]
 fn control_socket_garbage_changes_nothing() {
+    // Long on purpose: one kind of garbage after another on the same daemon.
     require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);

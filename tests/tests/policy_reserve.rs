@@ -32,6 +32,7 @@ fn add_second_net_client(pair: &Pair, host: u8) -> IpAddr {
 /// are reserved for a gateway that is also allowed 20 per source.
 #[test]
 fn reserved_sessions_are_kept_for_the_gateway() {
+    // Long on purpose: one acceptance scenario, read top to bottom.
     require!(privileged());
     let pair = Pair::new();
     let _echo = listen_echo(&pair, PORT);

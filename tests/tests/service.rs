@@ -51,6 +51,7 @@ fn http_get(pair: &Pair, addr: &'static str, path: &'static str) -> (String, Str
 /// summaries.
 #[test]
 fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
+    // Long on purpose: one scenario from the first refusal to the ban, read top to bottom.
     require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);

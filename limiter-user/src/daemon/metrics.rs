@@ -57,11 +57,23 @@ fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The `OpenMetrics` text of a snapshot.
+/// The `OpenMetrics` text of a snapshot. Families appear in the order
+/// they are registered here.
 #[must_use]
 pub fn render(s: &Snapshot) -> String {
     let mut r = Registry::with_prefix("limiter");
+    register_packets(&mut r, s);
+    register_services(&mut r, s);
+    register_tables(&mut r, s);
+    register_events(&mut r, s);
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
 
+/// `packets`: what the XDP program saw, by service and verdict.
+fn register_packets(r: &mut Registry, s: &Snapshot) {
     let packets = Family::<Labels2, Counter>::default();
     r.register(
         "packets",
@@ -80,7 +92,10 @@ pub fn render(s: &Snapshot) -> String {
     packets
         .get_or_create(&[("service", String::new()), ("verdict", Verdict::PassedOther.name().to_owned())])
         .inc_by(s.passed_other);
+}
 
+/// The per-service gauges: connections, sessions and the limits.
+fn register_services(r: &mut Registry, s: &Snapshot) {
     let per_service = |r: &mut Registry, name: &str, help: &str, value: &dyn Fn(&ServiceSnapshot) -> Option<u64>| {
         let f = Family::<Labels1, Gauge>::default();
         r.register(name, help, f.clone());
@@ -90,17 +105,18 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     };
-    per_service(&mut r, "connections", "Established connections of the service now, all sources", &|s| {
-        Some(s.connections)
-    });
-    per_service(&mut r, "sessions", "Sessions of the service in use now (services with max_sessions)", &|s| {
+    per_service(r, "connections", "Established connections of the service now, all sources", &|s| Some(s.connections));
+    per_service(r, "sessions", "Sessions of the service in use now (services with max_sessions)", &|s| {
         s.max_sessions.map(|_| s.sessions)
     });
-    per_service(&mut r, "sessions_max", "max_sessions of the service", &|s| s.max_sessions.map(u64::from));
-    per_service(&mut r, "max_conn_per_source", "Connections a source may hold at once", &|s| {
+    per_service(r, "sessions_max", "max_sessions of the service", &|s| s.max_sessions.map(u64::from));
+    per_service(r, "max_conn_per_source", "Connections a source may hold at once", &|s| {
         s.max_conn_per_source.map(u64::from)
     });
+}
 
+/// The tables: sources tracked and connected, map fill, attachments.
+fn register_tables(r: &mut Registry, s: &Snapshot) {
     let tracked = Gauge::<i64>::default();
     tracked.set(gauge(s.sources_tracked));
     r.register("sources_tracked", "Sources with an entry in the connection table", tracked);
@@ -122,34 +138,27 @@ pub fn render(s: &Snapshot) -> String {
     for (iface, mode) in &s.attachments {
         attached.get_or_create(&[("interface", iface.clone()), ("mode", (*mode).to_owned())]).set(1);
     }
+}
 
+/// The refusal events and lines, and the build.
+fn register_events(r: &mut Registry, s: &Snapshot) {
     let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
         let c = Counter::<u64>::default();
         c.inc_by(v);
         r.register(name, help, c);
     };
     counter(
-        &mut r,
+        r,
         "refusal_events_unreported",
         "Refusals the kernel did not report to the daemon (event budget or ring full)",
         s.events_unreported,
     );
-    counter(&mut r, "refusal_lines", "Refusal lines logged (one per source, service and reason burst)", s.log_lines);
-    counter(
-        &mut r,
-        "refusal_lines_suppressed",
-        "Refusals reported but not logged on a line of their own",
-        s.log_suppressed,
-    );
+    counter(r, "refusal_lines", "Refusal lines logged (one per source, service and reason burst)", s.log_lines);
+    counter(r, "refusal_lines_suppressed", "Refusals reported but not logged on a line of their own", s.log_suppressed);
 
     let info = Family::<Labels1, Gauge>::default();
     r.register("build_info", "The running limiter's version", info.clone());
     info.get_or_create(&[("version", s.version.to_owned())]).set(1);
-
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = encode(&mut out, &r);
-    out
 }
 
 /// Binds the metrics listener; a bind failure stops the start-up.

@@ -278,6 +278,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_line() {
+        // Long on purpose: most of it is the one config with every problem in it.
         let text = r#"interfaces = ["eth0", "eth0"]
 ipv4_prefix = 33
 bogus = 1
