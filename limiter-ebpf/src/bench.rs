@@ -20,6 +20,7 @@ mod decide;
 mod frame;
 #[expect(dead_code, reason = "the helpers only sock_ops uses")]
 mod maps;
+mod object;
 mod parse;
 mod xdp;
 
@@ -145,13 +146,3 @@ fn to_low_port(ctx: &XdpContext) -> Result<bool, ()> {
     let dport = ptr_at::<[u8; 2]>(ctx, l4 + 2)?;
     Ok(u16::from_be_bytes(unsafe { *dport }) < 1024)
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

@@ -13,6 +13,7 @@ mod classify;
 mod decide;
 mod frame;
 mod maps;
+mod object;
 mod parse;
 mod sockops;
 mod xdp;
@@ -34,13 +35,3 @@ fn limiter_xdp(ctx: XdpContext) -> u32 {
 fn limiter_probe(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
