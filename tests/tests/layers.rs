@@ -1,7 +1,8 @@
 //! The code's structure stays as `docs/design.md` draws it: no module of
 //! any crate imports, directly or around a cycle, a module that imports it
 //! back, and in `limiter-user` every import points down the layers
-//! cli -> daemon -> protocol -> kernel -> policy (-> limiter-common).
+//! cli -> daemon -> protocol -> kernel -> policy (-> limiter-common), and the
+//! kernel crate's stages (parse, classify, decide, act) import no other stage.
 //! Plain source reading: no privileges, no kernel.
 
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
@@ -73,5 +74,21 @@ fn no_crate_has_an_import_cycle() {
         if let Some(cycle) = g.cycle() {
             panic!("{krate}: import cycle {}", cycle.iter().map(show).collect::<Vec<_>>().join(" -> "));
         }
+    }
+}
+
+#[test]
+fn the_packet_path_stages_import_no_other_stage() {
+    const STAGES: [&str; 4] = ["parse", "classify", "decide", "act"];
+    let g = Graph::read(&root().join("limiter-ebpf/src"));
+    let xdp: Module = vec!["xdp".to_owned()];
+    for stage in STAGES {
+        let from: Module = vec![stage.to_owned()];
+        let tos = g.edges.get(&from).unwrap_or_else(|| panic!("no module {stage} in limiter-ebpf"));
+        for to in tos {
+            assert!(!STAGES.iter().any(|s| to == &[*s]), "{stage} imports the stage {}", show(to));
+        }
+        // The reader must see the orchestrator's imports of every stage.
+        assert!(g.edges.get(&xdp).is_some_and(|t| t.contains(&from)), "xdp does not import {stage}");
     }
 }
