@@ -10,16 +10,21 @@
 //! (`SO_LINGER` 0), as the kernel resets when no responder is there.
 
 use std::{
+    cell::{Cell, RefCell},
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::AsRawFd as _,
     path::Path,
+    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+};
 use tokio_rustls::TlsAcceptor;
 
 /// The responder's bounds.
@@ -199,6 +204,78 @@ pub fn reset(stream: &TcpStream) {
     };
 }
 
+/// What the responder did, since the start (for `status` and metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Lines written (and the connection closed).
+    pub responded: u64,
+    /// Connections reset: over a budget, over the concurrency cap, or no
+    /// text for them (the fallback the kernel also takes).
+    pub reset: u64,
+    /// Clients that did not finish the TLS handshake or take the line in time.
+    pub failed: u64,
+}
+
+/// One of the connections being answered; gives its place back when dropped.
+struct Slot(Rc<Cell<usize>>);
+
+impl Slot {
+    fn take(in_flight: &Rc<Cell<usize>>, cap: usize) -> Option<Self> {
+        (in_flight.get() < cap).then(|| {
+            in_flight.set(in_flight.get() + 1);
+            Self(Rc::clone(in_flight))
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Accepts steered connections until the task is dropped. `decide` says
+/// what to answer a connection from `peer` to `local` (the client's
+/// original destination); `None` resets it.
+pub async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    decide: impl Fn(SocketAddr, SocketAddr) -> Option<Reply> + 'static,
+    stats: Rc<RefCell<Stats>>,
+) {
+    let in_flight = Rc::new(Cell::new(0usize));
+    let mut budget = Budget::new(limits, Instant::now());
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            // EMFILE and the like: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let reply = match (stream.local_addr(), Slot::take(&in_flight, limits.concurrent)) {
+            (Ok(local), Some(slot)) if budget.allow(peer.ip(), Instant::now()) => {
+                decide(peer, local).map(|r| (r, slot))
+            }
+            _ => None,
+        };
+        let Some((reply, slot)) = reply else {
+            reset(&stream);
+            stats.borrow_mut().reset += 1;
+            continue;
+        };
+        let stats = Rc::clone(&stats);
+        tokio::task::spawn_local(async move {
+            let outcome = answer(stream, reply, limits.deadline).await;
+            drop(slot);
+            let mut s = stats.borrow_mut();
+            match outcome {
+                Outcome::Responded => s.responded += 1,
+                Outcome::Reset => s.reset += 1,
+                Outcome::Failed => s.failed += 1,
+            }
+        });
+    }
+}
+
 /// Why the TLS certificate and key of a service cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -276,6 +353,18 @@ mod tests {
             assert!(!b.allow(src(2), t0), "the total is spent");
         }
         assert!(b.allow(src(2), t0 + Duration::from_secs(1)), "src 2 kept its burst while the total refused it");
+    }
+
+    #[test]
+    fn connections_in_progress_are_capped_and_give_their_place_back() {
+        let in_flight = Rc::new(Cell::new(0));
+        let a = Slot::take(&in_flight, 2).expect("first");
+        let b = Slot::take(&in_flight, 2).expect("second");
+        assert!(Slot::take(&in_flight, 2).is_none(), "the cap");
+        drop(a);
+        assert!(Slot::take(&in_flight, 2).is_some(), "a place came back");
+        drop(b);
+        assert_eq!(in_flight.get(), 0);
     }
 
     #[test]
