@@ -10,6 +10,7 @@ use crate::policy::{
     lists::Lists,
     model::{Overrides, Policy},
     report::{List, Origin, Problem, Report},
+    respond::{Protocol, Respond, TlsFiles, implicit_tls},
     service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, Service, service_id},
     validate::{Given, judge},
 };
@@ -29,6 +30,7 @@ pub fn builtin_services() -> Vec<ServiceFile> {
             max_conn_per_source: Some(DEFAULT_MAX_CONN),
             max_sessions: None,
             reserved_sessions: None,
+            ..ServiceFile::default()
         })
         .collect()
 }
@@ -69,6 +71,22 @@ impl Policy {
                 let rate = o.rate.or(s.rate).or(if max_conn_per_source.is_none() { Some(DEFAULT_RATE) } else { None });
                 let burst =
                     o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
+                let tls = match (s.tls_cert, s.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                    (None, None) => None,
+                    (cert, _) => {
+                        let (given, missing) = if cert.is_some() { ("tls_cert", "tls_key") } else { ("tls_key", "tls_cert") };
+                        r.push(
+                            format!("service[{i}].{given}"),
+                            format!(
+                                "service {}: {given} without {missing}: expected both (the PEM files the mail server uses) or neither",
+                                crate::policy::lists::shown(&s.name)
+                            ),
+                        );
+                        None
+                    }
+                };
+                let protocol = o.protocol.or(s.protocol).or_else(|| Protocol::guess(&s.name, &s.ports));
                 Service {
                     // Past MAX_SERVICES the id is meaningless; that is a problem reported below.
                     id: service_id(i.min(MAX_SERVICES as usize - 1)),
@@ -80,6 +98,7 @@ impl Policy {
                     max_conn_per_source,
                     max_sessions: s.max_sessions,
                     reserved_sessions: s.reserved_sessions.unwrap_or(0),
+                    respond: Respond { protocol, tls, texts: s.texts },
                 }
             })
             .collect::<Vec<_>>();
@@ -89,6 +108,7 @@ impl Policy {
             ipv4_prefix: o.ipv4_prefix.or(file.ipv4_prefix).unwrap_or(32),
             ipv6_prefix: o.ipv6_prefix.or(file.ipv6_prefix).unwrap_or(64),
             metrics_listen: o.metrics_listen.or(file.metrics_listen),
+            hostname: file.hostname,
             services,
             maps: file.maps,
             lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
@@ -120,6 +140,7 @@ pub fn check(
     has_interface: &dyn Fn(&str) -> bool,
 ) -> Result<Checked, Vec<Problem>> {
     let (file, mut r) = file::text(text, path).map_err(|p| vec![p])?;
+    let file_services = o.ports.is_empty() && !file.services.is_empty();
     let (policy, origin) = Policy::assemble(file, o, &mut r);
     if !r.is_empty() {
         return Err(r.problems(&origin));
@@ -136,6 +157,22 @@ pub fn check(
     }
     for (i, warning) in policy.lists.footguns() {
         w.push(format!("{}.prefix", origin.entry(List::Deny, i)), format!("warning: {warning}"));
+    }
+    for (i, s) in policy.services.iter().enumerate() {
+        if s.action != Action::Respond || s.respond.tls.is_some() {
+            continue;
+        }
+        for port in implicit_tls(&s.ports) {
+            let j = s.ports.iter().position(|&p| p == port).unwrap_or_default();
+            let place = if file_services { format!("service[{i}].ports[{j}]") } else { String::new() };
+            w.push(
+                place,
+                format!(
+                    "warning: service {}: port {port} is implicit TLS and tls_cert/tls_key are not set: refusals there fall back to reset",
+                    crate::policy::lists::shown(&s.name)
+                ),
+            );
+        }
     }
     Ok(Checked { policy, warnings: w.problems(&origin) })
 }
