@@ -187,6 +187,7 @@ mod tests {
     use crate::policy::{
         model::{MapSizes, XdpMode},
         parse::{parse_burst, parse_port},
+        respond::{Reason, default_text},
         service::Rate,
     };
 
@@ -667,6 +668,146 @@ prefix = "198.51.100.10"   # the same prefix for another service
         }
         let ok = format!("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"10.0.0.1\"\ncomment = \"{}\"\n", "z".repeat(200));
         check(&ok, "t.toml", &Overrides::default()).expect("200 bytes is fine");
+    }
+
+    #[test]
+    fn respond_services_read_their_protocol_tls_and_texts() {
+        let text = r#"interfaces = ["eth0"]
+hostname = "mx.example.org"
+[[service]]
+name = "smtp"
+ports = [25, 465, 587]
+action = "respond"
+tls_cert = "/etc/ssl/mail.pem"
+tls_key = "/etc/ssl/private/mail.key"
+[service.respond]
+connections = "421 4.7.0 {host} {source}: {count} of {limit} connections, later please"
+deny = "421 4.7.1 {host} Go away"
+[[service]]
+name = "mail-in"
+ports = [2525]
+protocol = "imap"
+action = "respond"
+respond = { rate = "* BYE [UNAVAILABLE] Slow down" }
+[[service]]
+name = "other"
+ports = [8080]
+"#;
+        let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let p = &c.policy;
+        assert_eq!(p.hostname.as_deref(), Some("mx.example.org"));
+        let smtp = &p.services[0].respond;
+        assert_eq!((p.services[0].action, smtp.protocol), (Action::Respond, Some(Protocol::Smtp)));
+        let tls = smtp.tls.as_ref().expect("tls");
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("/etc/ssl/mail.pem"), Some("/etc/ssl/private/mail.key"))
+        );
+        assert_eq!(
+            smtp.template(Reason::Connections),
+            Some("421 4.7.0 {host} {source}: {count} of {limit} connections, later please")
+        );
+        assert_eq!(smtp.template(Reason::Deny), Some("421 4.7.1 {host} Go away"));
+        assert_eq!(smtp.template(Reason::Rate), Some(default_text(Protocol::Smtp, Reason::Rate)));
+        let imap = &p.services[1].respond;
+        assert_eq!((imap.protocol, imap.tls.as_ref()), (Some(Protocol::Imap), None));
+        assert_eq!(imap.template(Reason::Rate), Some("* BYE [UNAVAILABLE] Slow down"));
+        assert_eq!(p.services[2].respond, Respond::default(), "no protocol is fine without respond");
+        // The built-in services know their protocols.
+        let b = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        let protocols: Vec<_> = b.services.iter().map(|s| s.respond.protocol).collect();
+        assert_eq!(protocols, [Protocol::Smtp, Protocol::Imap, Protocol::Pop3, Protocol::Ftp].map(Some));
+        assert_eq!(b.hostname, None, "policy looks no name up");
+    }
+
+    #[test]
+    fn respond_problems_are_reported_with_their_lines() {
+        let text = r#"interfaces = ["eth0"]
+hostname = "mx_1.example.org"
+[[service]]
+name = "web"
+ports = [8080]
+action = "respond"
+[[service]]
+name = "smtp"
+ports = [25]
+action = "respond"
+tls_cert = "/etc/ssl/mail.pem"
+[service.respond]
+connections = "550 5.7.1 no"
+rate = "421 {rates}"
+sessions_full = "421 a\r\n250 b"
+concurrency = "421 x"
+[[service]]
+name = "pop3"
+ports = [110]
+protocol = "pop"
+tls_key = "mail.key"
+[[service]]
+name = "alt"
+ports = [2121]
+respond = { deny = "421 bye" }
+"#;
+        assert_problems(
+            text,
+            &[
+                (2, "hostname = \"mx_1.example.org\": expected a host name"),
+                (6, "service 'web': action = respond needs a protocol, and none follows from its name or ports"),
+                (11, "service 'smtp': tls_cert without tls_key: expected both"),
+                (
+                    13,
+                    "service 'smtp': respond.connections does not start with '421 ': expected smtp's temporary refusal",
+                ),
+                (14, "service 'smtp': respond.rate holds an unknown placeholder '{rates}'"),
+                (15, "service 'smtp': respond.sessions_full holds a line break ('\\r'): expected one line"),
+                (
+                    16,
+                    "service 'smtp': unknown field 'respond.concurrency': expected one of connections, rate, sessions_full, sessions_reserved, deny",
+                ),
+                (20, "service 'pop3': protocol = \"pop\": expected one of smtp, imap, pop3, ftp"),
+                (21, "service 'pop3': tls_key = \"mail.key\": expected an absolute path"),
+                (25, "service 'alt': respond texts need a protocol"),
+            ],
+        );
+    }
+
+    #[test]
+    fn respond_from_flags_needs_a_protocol_and_warns_of_implicit_tls() {
+        let o = Overrides { ports: vec![2525], action: Some(Action::Respond), ..ov(&["eth0"]) };
+        let e = Policy::build(ConfigFile::default(), &o).expect_err("no protocol");
+        assert!(e.to_string().starts_with("service 'default': action = respond needs a protocol"), "{e}");
+        let p = Policy::build(ConfigFile::default(), &Overrides { protocol: Some(Protocol::Smtp), ..o.clone() })
+            .expect("--protocol");
+        assert_eq!(p.services[0].respond.protocol, Some(Protocol::Smtp));
+        let p =
+            Policy::build(ConfigFile::default(), &Overrides { ports: vec![25, 587], ..o.clone() }).expect("guessed");
+        assert_eq!(p.services[0].respond.protocol, Some(Protocol::Smtp));
+
+        // Implicit-TLS ports without TLS files fall back to reset: a warning at the port.
+        let text =
+            "interfaces = [\"eth0\"]\n[[service]]\nname = \"imap\"\nports = [143,\n  993]\naction = \"respond\"\n";
+        let c = check(text, "t.toml", &Overrides::default()).expect("a warning, not a problem");
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            [
+                "t.toml:5: warning: service 'imap': port 993 is implicit TLS and tls_cert/tls_key are not set: refusals there fall back to reset"
+            ]
+        );
+        let with_tls = text.replace("action", "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\naction");
+        assert!(check(&with_tls, "t.toml", &Overrides::default()).expect("ok").warnings.is_empty());
+        let reset = text.replace("respond", "reset");
+        assert!(check(&reset, "t.toml", &Overrides::default()).expect("ok").warnings.is_empty());
+        // The built-in services with --action respond: every implicit-TLS port, no line.
+        let c = check("interfaces = [\"lo\"]\n", "t.toml", &Overrides { action: Some(Action::Respond), ..ov(&[]) })
+            .expect("ok");
+        let ports: Vec<bool> = [465, 993, 995]
+            .iter()
+            .map(|p| c.warnings.iter().any(|w| w.message.contains(&format!("port {p} "))))
+            .collect();
+        assert_eq!((ports, c.warnings.len()), (vec![true; 3], 3), "{:?}", c.warnings);
+        assert!(c.warnings.iter().all(|w| w.line.is_none()));
     }
 
     #[test]

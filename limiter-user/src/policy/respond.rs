@@ -277,13 +277,14 @@ fn pieces(text: &str) -> Result<Vec<Piece<'_>>, String> {
             out.push(Piece::Literal(&rest[..open]));
         }
         let after = &rest[open + 1..];
-        let close =
-            after.find('}').ok_or_else(|| format!("'{{' at byte {} is not closed", text.len() - rest.len() + open))?;
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("has a '{{' at byte {} without its '}}'", text.len() - rest.len() + open))?;
         let name = &after[..close];
         if !PLACEHOLDERS.contains(&name) {
             let shown: String = name.chars().take(20).collect();
             return Err(format!(
-                "unknown placeholder '{{{shown}}}': expected {{limit}}, {{count}}, {{source}} or {{host}}"
+                "holds an unknown placeholder '{{{shown}}}': expected {{limit}}, {{count}}, {{source}} or {{host}}"
             ));
         }
         out.push(Piece::Placeholder(name));
@@ -488,9 +489,9 @@ mod tests {
             (Protocol::Smtp, "421 a\r\n250 b", "holds a line break ('\\r'): expected one line of printable ASCII"),
             (Protocol::Smtp, "421 tab\there", "a character outside printable ASCII ('\\t')"),
             (Protocol::Smtp, "421 \u{e9}t\u{e9}", "a character outside printable ASCII ('é')"),
-            (Protocol::Smtp, "421 {limits} max", "unknown placeholder '{limits}': expected {limit}, {count}"),
-            (Protocol::Smtp, "421 {host", "'{' at byte 4 is not closed"),
-            (Protocol::Smtp, "421 {}", "unknown placeholder '{}'"),
+            (Protocol::Smtp, "421 {limits} max", "holds an unknown placeholder '{limits}': expected {limit}, {count}"),
+            (Protocol::Smtp, "421 {host", "has a '{' at byte 4 without its '}'"),
+            (Protocol::Smtp, "421 {}", "holds an unknown placeholder '{}'"),
         ];
         for (protocol, text, want) in cases {
             let e = check_text(*protocol, text).expect_err(text);
