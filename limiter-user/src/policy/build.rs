@@ -774,15 +774,14 @@ respond = { deny = "421 bye" }
 
     #[test]
     fn respond_from_flags_needs_a_protocol_and_warns_of_implicit_tls() {
-        let o = Overrides { ports: vec![2525], action: Some(Action::Respond), ..ov(&["eth0"]) };
-        let e = Policy::build(ConfigFile::default(), &o).expect_err("no protocol");
-        assert!(e.to_string().starts_with("service 'default': action = respond needs a protocol"), "{e}");
-        let p = Policy::build(ConfigFile::default(), &Overrides { protocol: Some(Protocol::Smtp), ..o.clone() })
-            .expect("--protocol");
-        assert_eq!(p.services[0].respond.protocol, Some(Protocol::Smtp));
-        let p =
-            Policy::build(ConfigFile::default(), &Overrides { ports: vec![25, 587], ..o.clone() }).expect("guessed");
-        assert_eq!(p.services[0].respond.protocol, Some(Protocol::Smtp));
+        let flags = Overrides { ports: vec![2525], action: Some(Action::Respond), ..ov(&["eth0"]) };
+        let build = |o: &Overrides| Policy::build(ConfigFile::default(), o);
+        let err = build(&flags).expect_err("no protocol").to_string();
+        assert!(err.starts_with("service 'default': action = respond needs a protocol"), "{err}");
+        let with = build(&Overrides { protocol: Some(Protocol::Smtp), ..flags.clone() }).expect("--protocol");
+        assert_eq!(with.services[0].respond.protocol, Some(Protocol::Smtp));
+        let guessed = build(&Overrides { ports: vec![25, 587], ..flags.clone() }).expect("guessed");
+        assert_eq!(guessed.services[0].respond.protocol, Some(Protocol::Smtp));
 
         // Implicit-TLS ports without TLS files fall back to reset: a warning at the port.
         let text =
