@@ -39,6 +39,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
         ipv4_prefix: v4_prefix,
         ipv6_prefix: v6_prefix,
         metrics_listen: None,
+        hostname: None,
         services: vec![Service {
             id: 1,
             name: "smtp".into(),
@@ -50,6 +51,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             max_conn_per_source: None,
             max_sessions: None,
             reserved_sessions: 0,
+            respond: limiter_user::policy::respond::Respond::default(),
         }],
         maps: limiter_user::policy::model::MapSizes::default(),
         lists: limiter_user::policy::lists::Lists::default(),

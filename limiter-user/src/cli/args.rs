@@ -11,6 +11,7 @@ use crate::{
         lists::Cidr,
         model::XdpMode,
         parse::{parse_burst, parse_listen, parse_max_conn, parse_port},
+        respond::Protocol,
         service::{Action, Rate},
     },
     protocol,
@@ -289,9 +290,13 @@ pub struct RunArgs {
     /// cgroup v2 directory whose sockets are counted (default: the cgroup2 mount).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    /// What happens to a refused attempt.
+    /// What happens to a refused attempt (`respond`: the protocol's refusal line;
+    /// the kernel still resets until the responder is wired).
     #[arg(long, value_enum)]
     pub action: Option<Action>,
+    /// The protocol of the services' refusal lines (default: from the name or ports).
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
     /// IPv4 sources are aggregated to this prefix length (default 32).
     #[arg(long, value_name = "L", value_parser = clap::value_parser!(u8).range(1..=32))]
     pub ipv4_prefix: Option<u8>,

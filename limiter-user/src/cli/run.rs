@@ -44,6 +44,7 @@ pub(super) fn run(a: RunArgs) -> Result<(), Failure> {
         rate: a.rate,
         burst: a.burst,
         action: a.action,
+        protocol: a.protocol,
         max_conn_per_source: a.max_conn_per_source,
         ipv4_prefix: a.ipv4_prefix,
         ipv6_prefix: a.ipv6_prefix,

@@ -10,6 +10,7 @@ use crate::policy::{
     lists::Lists,
     model::{Overrides, Policy},
     report::{List, Origin, Problem, Report},
+    respond::{Protocol, Respond, TlsFiles, implicit_tls},
     service::{Action, DEFAULT_BURST, DEFAULT_MAX_CONN, DEFAULT_RATE, Service, service_id},
     validate::{Given, judge},
 };
@@ -29,6 +30,7 @@ pub fn builtin_services() -> Vec<ServiceFile> {
             max_conn_per_source: Some(DEFAULT_MAX_CONN),
             max_sessions: None,
             reserved_sessions: None,
+            ..ServiceFile::default()
         })
         .collect()
 }
@@ -69,6 +71,22 @@ impl Policy {
                 let rate = o.rate.or(s.rate).or(if max_conn_per_source.is_none() { Some(DEFAULT_RATE) } else { None });
                 let burst =
                     o.burst.or(s.burst).unwrap_or_else(|| rate.map_or(DEFAULT_BURST, |r| r.count.min(DEFAULT_BURST)));
+                let tls = match (s.tls_cert, s.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                    (None, None) => None,
+                    (cert, _) => {
+                        let (given, missing) = if cert.is_some() { ("tls_cert", "tls_key") } else { ("tls_key", "tls_cert") };
+                        r.push(
+                            format!("service[{i}].{given}"),
+                            format!(
+                                "service {}: {given} without {missing}: expected both (the PEM files the mail server uses) or neither",
+                                crate::policy::lists::shown(&s.name)
+                            ),
+                        );
+                        None
+                    }
+                };
+                let protocol = o.protocol.or(s.protocol).or_else(|| Protocol::guess(&s.name, &s.ports));
                 Service {
                     // Past MAX_SERVICES the id is meaningless; that is a problem reported below.
                     id: service_id(i.min(MAX_SERVICES as usize - 1)),
@@ -80,6 +98,7 @@ impl Policy {
                     max_conn_per_source,
                     max_sessions: s.max_sessions,
                     reserved_sessions: s.reserved_sessions.unwrap_or(0),
+                    respond: Respond { protocol, tls, texts: s.texts },
                 }
             })
             .collect::<Vec<_>>();
@@ -89,6 +108,7 @@ impl Policy {
             ipv4_prefix: o.ipv4_prefix.or(file.ipv4_prefix).unwrap_or(32),
             ipv6_prefix: o.ipv6_prefix.or(file.ipv6_prefix).unwrap_or(64),
             metrics_listen: o.metrics_listen.or(file.metrics_listen),
+            hostname: file.hostname,
             services,
             maps: file.maps,
             lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
@@ -120,6 +140,7 @@ pub fn check(
     has_interface: &dyn Fn(&str) -> bool,
 ) -> Result<Checked, Vec<Problem>> {
     let (file, mut r) = file::text(text, path).map_err(|p| vec![p])?;
+    let file_services = o.ports.is_empty() && !file.services.is_empty();
     let (policy, origin) = Policy::assemble(file, o, &mut r);
     if !r.is_empty() {
         return Err(r.problems(&origin));
@@ -137,6 +158,22 @@ pub fn check(
     for (i, warning) in policy.lists.footguns() {
         w.push(format!("{}.prefix", origin.entry(List::Deny, i)), format!("warning: {warning}"));
     }
+    for (i, s) in policy.services.iter().enumerate() {
+        if s.action != Action::Respond || s.respond.tls.is_some() {
+            continue;
+        }
+        for port in implicit_tls(&s.ports) {
+            let j = s.ports.iter().position(|&p| p == port).unwrap_or_default();
+            let place = if file_services { format!("service[{i}].ports[{j}]") } else { String::new() };
+            w.push(
+                place,
+                format!(
+                    "warning: service {}: port {port} is implicit TLS and tls_cert/tls_key are not set: refusals there fall back to reset",
+                    crate::policy::lists::shown(&s.name)
+                ),
+            );
+        }
+    }
     Ok(Checked { policy, warnings: w.problems(&origin) })
 }
 
@@ -150,6 +187,7 @@ mod tests {
     use crate::policy::{
         model::{MapSizes, XdpMode},
         parse::{parse_burst, parse_port},
+        respond::{Reason, default_text},
         service::Rate,
     };
 
@@ -630,6 +668,145 @@ prefix = "198.51.100.10"   # the same prefix for another service
         }
         let ok = format!("interfaces = [\"lo\"]\n[[deny]]\nprefix = \"10.0.0.1\"\ncomment = \"{}\"\n", "z".repeat(200));
         check(&ok, "t.toml", &Overrides::default()).expect("200 bytes is fine");
+    }
+
+    #[test]
+    fn respond_services_read_their_protocol_tls_and_texts() {
+        let text = r#"interfaces = ["eth0"]
+hostname = "mx.example.org"
+[[service]]
+name = "smtp"
+ports = [25, 465, 587]
+action = "respond"
+tls_cert = "/etc/ssl/mail.pem"
+tls_key = "/etc/ssl/private/mail.key"
+[service.respond]
+connections = "421 4.7.0 {host} {source}: {count} of {limit} connections, later please"
+deny = "421 4.7.1 {host} Go away"
+[[service]]
+name = "mail-in"
+ports = [2525]
+protocol = "imap"
+action = "respond"
+respond = { rate = "* BYE [UNAVAILABLE] Slow down" }
+[[service]]
+name = "other"
+ports = [8080]
+"#;
+        let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let p = &c.policy;
+        assert_eq!(p.hostname.as_deref(), Some("mx.example.org"));
+        let smtp = &p.services[0].respond;
+        assert_eq!((p.services[0].action, smtp.protocol), (Action::Respond, Some(Protocol::Smtp)));
+        let tls = smtp.tls.as_ref().expect("tls");
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("/etc/ssl/mail.pem"), Some("/etc/ssl/private/mail.key"))
+        );
+        assert_eq!(
+            smtp.template(Reason::Connections),
+            Some("421 4.7.0 {host} {source}: {count} of {limit} connections, later please")
+        );
+        assert_eq!(smtp.template(Reason::Deny), Some("421 4.7.1 {host} Go away"));
+        assert_eq!(smtp.template(Reason::Rate), Some(default_text(Protocol::Smtp, Reason::Rate)));
+        let imap = &p.services[1].respond;
+        assert_eq!((imap.protocol, imap.tls.as_ref()), (Some(Protocol::Imap), None));
+        assert_eq!(imap.template(Reason::Rate), Some("* BYE [UNAVAILABLE] Slow down"));
+        assert_eq!(p.services[2].respond, Respond::default(), "no protocol is fine without respond");
+        // The built-in services know their protocols.
+        let b = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        let protocols: Vec<_> = b.services.iter().map(|s| s.respond.protocol).collect();
+        assert_eq!(protocols, [Protocol::Smtp, Protocol::Imap, Protocol::Pop3, Protocol::Ftp].map(Some));
+        assert_eq!(b.hostname, None, "policy looks no name up");
+    }
+
+    #[test]
+    fn respond_problems_are_reported_with_their_lines() {
+        let text = r#"interfaces = ["eth0"]
+hostname = "mx_1.example.org"
+[[service]]
+name = "web"
+ports = [8080]
+action = "respond"
+[[service]]
+name = "smtp"
+ports = [25]
+action = "respond"
+tls_cert = "/etc/ssl/mail.pem"
+[service.respond]
+connections = "550 5.7.1 no"
+rate = "421 {rates}"
+sessions_full = "421 a\r\n250 b"
+concurrency = "421 x"
+[[service]]
+name = "pop3"
+ports = [110]
+protocol = "pop"
+tls_key = "mail.key"
+[[service]]
+name = "alt"
+ports = [2121]
+respond = { deny = "421 bye" }
+"#;
+        assert_problems(
+            text,
+            &[
+                (2, "hostname = \"mx_1.example.org\": expected a host name"),
+                (6, "service 'web': action = respond needs a protocol, and none follows from its name or ports"),
+                (11, "service 'smtp': tls_cert without tls_key: expected both"),
+                (
+                    13,
+                    "service 'smtp': respond.connections does not start with '421 ': expected smtp's temporary refusal",
+                ),
+                (14, "service 'smtp': respond.rate holds an unknown placeholder '{rates}'"),
+                (15, "service 'smtp': respond.sessions_full holds a line break ('\\r'): expected one line"),
+                (
+                    16,
+                    "service 'smtp': unknown field 'respond.concurrency': expected one of connections, rate, sessions_full, sessions_reserved, deny",
+                ),
+                (20, "service 'pop3': protocol = \"pop\": expected one of smtp, imap, pop3, ftp"),
+                (21, "service 'pop3': tls_key = \"mail.key\": expected an absolute path"),
+                (25, "service 'alt': respond texts need a protocol"),
+            ],
+        );
+    }
+
+    #[test]
+    fn respond_from_flags_needs_a_protocol_and_warns_of_implicit_tls() {
+        let flags = Overrides { ports: vec![2525], action: Some(Action::Respond), ..ov(&["eth0"]) };
+        let build = |o: &Overrides| Policy::build(ConfigFile::default(), o);
+        let err = build(&flags).expect_err("no protocol").to_string();
+        assert!(err.starts_with("service 'default': action = respond needs a protocol"), "{err}");
+        let with = build(&Overrides { protocol: Some(Protocol::Smtp), ..flags.clone() }).expect("--protocol");
+        assert_eq!(with.services[0].respond.protocol, Some(Protocol::Smtp));
+        let guessed = build(&Overrides { ports: vec![25, 587], ..flags.clone() }).expect("guessed");
+        assert_eq!(guessed.services[0].respond.protocol, Some(Protocol::Smtp));
+
+        // Implicit-TLS ports without TLS files fall back to reset: a warning at the port.
+        let text =
+            "interfaces = [\"eth0\"]\n[[service]]\nname = \"imap\"\nports = [143,\n  993]\naction = \"respond\"\n";
+        let c = check(text, "t.toml", &Overrides::default()).expect("a warning, not a problem");
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            [
+                "t.toml:5: warning: service 'imap': port 993 is implicit TLS and tls_cert/tls_key are not set: refusals there fall back to reset"
+            ]
+        );
+        let with_tls = text.replace("action", "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\naction");
+        assert!(check(&with_tls, "t.toml", &Overrides::default()).expect("ok").warnings.is_empty());
+        let reset = text.replace("respond", "reset");
+        assert!(check(&reset, "t.toml", &Overrides::default()).expect("ok").warnings.is_empty());
+        // The built-in services with --action respond: every implicit-TLS port, no line.
+        let c = check("interfaces = [\"lo\"]\n", "t.toml", &Overrides { action: Some(Action::Respond), ..ov(&[]) })
+            .expect("ok");
+        let ports: Vec<bool> = [465, 993, 995]
+            .iter()
+            .map(|p| c.warnings.iter().any(|w| w.message.contains(&format!("port {p} "))))
+            .collect();
+        assert_eq!((ports, c.warnings.len()), (vec![true; 3], 3), "{:?}", c.warnings);
+        assert!(c.warnings.iter().all(|w| w.line.is_none()));
     }
 
     #[test]

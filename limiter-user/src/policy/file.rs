@@ -3,7 +3,10 @@
 //! with the place of every key and value, each field converted on its own so
 //! that every value that does not read is reported, not only the first.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use limiter_common::prefix::Prefix;
 use toml_edit::{Item, TableLike, Value};
@@ -13,6 +16,7 @@ use crate::policy::{
     model::{MapSizes, XdpMode},
     parse::parse_listen,
     report::{List, Origin, Problem, Report, join},
+    respond::{Protocol, Reason, Texts, check_hostname},
     service::{Action, Rate},
 };
 
@@ -43,6 +47,8 @@ pub struct ConfigFile {
     pub ipv6_prefix: Option<u8>,
     /// Where `/metrics` is served (`metrics_listen`); none when absent.
     pub metrics_listen: Option<SocketAddr>,
+    /// The name refusal lines give as `{host}` (`hostname`); none: the caller's.
+    pub hostname: Option<String>,
     /// `[[service]]` tables.
     pub services: Vec<ServiceFile>,
     pub maps: MapSizes,
@@ -64,6 +70,12 @@ pub struct ServiceFile {
     pub max_conn_per_source: Option<u32>,
     pub max_sessions: Option<u32>,
     pub reserved_sessions: Option<u32>,
+    /// `protocol`; none: guessed from the name and ports.
+    pub protocol: Option<Protocol>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `[service.respond]`: the admin's refusal lines by reason, unchecked.
+    pub texts: Texts,
 }
 
 impl ConfigFile {
@@ -266,6 +278,20 @@ fn listen_addr(v: &Value) -> Result<std::net::SocketAddr, String> {
         .map_err(str::to_owned)
 }
 
+fn hostname(v: &Value) -> Result<String, String> {
+    let s = v.as_str().ok_or("expected a host name in quotes, e.g. \"mx.example.org\"")?;
+    check_hostname(s).map(|()| s.to_owned())
+}
+
+/// A file's path: absolute, since the daemon's working directory is no
+/// place to look for a key.
+fn absolute_path(v: &Value) -> Result<PathBuf, String> {
+    v.as_str()
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .ok_or_else(|| "expected an absolute path in quotes, e.g. \"/etc/ssl/private/mail.pem\"".to_owned())
+}
+
 fn rate(v: &Value) -> Result<Rate, String> {
     v.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| "expected N/s or N/m with N >= 1, e.g. \"30/m\"".to_owned())
 }
@@ -281,14 +307,27 @@ const TOP_FIELDS: &[&str] = &[
     "ipv4_prefix",
     "ipv6_prefix",
     "metrics_listen",
+    "hostname",
     "service",
     "maps",
     "allow",
     "deny",
     "reserve",
 ];
-const SERVICE_FIELDS: &[&str] =
-    &["name", "ports", "rate", "burst", "action", "max_conn_per_source", "max_sessions", "reserved_sessions"];
+const SERVICE_FIELDS: &[&str] = &[
+    "name",
+    "ports",
+    "rate",
+    "burst",
+    "action",
+    "max_conn_per_source",
+    "max_sessions",
+    "reserved_sessions",
+    "protocol",
+    "tls_cert",
+    "tls_key",
+    "respond",
+];
 const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
 const ALLOW_FIELDS: &[&str] = &["prefix", "max_conn_per_source", "rate", "burst", "comment"];
 const DENY_FIELDS: &[&str] = &["prefix", "comment"];
@@ -309,6 +348,7 @@ fn document(f: &Fields<'_>, r: &mut Report) -> (ConfigFile, [Vec<usize>; 3]) {
         ipv4_prefix: f.value(r, "ipv4_prefix", whole("1..=32")),
         ipv6_prefix: f.value(r, "ipv6_prefix", whole("1..=128")),
         metrics_listen: f.value(r, "metrics_listen", listen_addr),
+        hostname: f.value(r, "hostname", hostname),
         services: f.tables(r, "service").iter_mut().enumerate().map(|(i, t)| service(t, i, r)).collect(),
         maps: f.table(r, "maps").map_or_else(MapSizes::default, |t| maps(&t, r)),
         allow,
@@ -355,7 +395,26 @@ fn service(t: &mut Fields<'_>, i: usize, r: &mut Report) -> ServiceFile {
         max_conn_per_source: t.value(r, "max_conn_per_source", whole(">= 1")),
         max_sessions: t.value(r, "max_sessions", whole(">= 1")),
         reserved_sessions: t.value(r, "reserved_sessions", whole("0..=max_sessions")),
+        protocol: t.value(r, "protocol", choice),
+        tls_cert: t.value(r, "tls_cert", absolute_path),
+        tls_key: t.value(r, "tls_key", absolute_path),
+        texts: t.table(r, "respond").map_or_else(Texts::default, |mut texts| respond_texts(&mut texts, &t.who, r)),
     }
+}
+
+/// A `[service.respond]` table: a line per reason, read as strings; whether
+/// they suit the protocol is `validate`'s to judge.
+fn respond_texts(t: &mut Fields<'_>, who: &str, r: &mut Report) -> Texts {
+    who.clone_into(&mut t.who);
+    let keys: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    t.unknown(r, &keys);
+    let mut texts = Texts::default();
+    for reason in Reason::ALL {
+        if let Some(text) = t.value(r, reason.as_str(), string) {
+            texts.set(reason, text);
+        }
+    }
+    texts
 }
 
 fn maps(t: &Fields<'_>, r: &mut Report) -> MapSizes {

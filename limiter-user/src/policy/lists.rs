@@ -406,7 +406,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::service::{Action, Service};
+    use crate::policy::{
+        respond::Respond,
+        service::{Action, Service},
+    };
 
     fn service(id: u32, name: &str) -> Service {
         Service {
@@ -419,6 +422,7 @@ mod tests {
             max_conn_per_source: None,
             max_sessions: Some(10),
             reserved_sessions: 5,
+            respond: Respond::default(),
         }
     }
 

@@ -5,17 +5,19 @@
 //! Pure logic and files: nothing here touches aya or looks at the host.
 //!
 //! Each module imports only modules listed before it here:
-//! - `service`: rates, actions, one service's limits and kernel id (none);
+//! - `respond`: protocols, refusal reasons, their texts and checks (none);
+//! - `service`: rates, actions, one service's limits and kernel id
+//!   (`respond`);
 //! - `report`: where each value was written, and the problems (none);
 //! - `lists`: the allow, deny and reserve lists and their merge (`service`);
 //! - `state`: the run-time lists in `lists.json` (`lists`);
 //! - `model`: the whole `Policy`, XDP mode, map sizes, the `run` flags
-//!   (`service`, `lists`);
+//!   (`respond`, `service`, `lists`);
 //! - `parse`: the `run` flags' value parsers (`service`);
-//! - `file`: the config file as written and its TOML reader (`service`,
-//!   `report`, `lists`, `model`, `parse`);
-//! - `validate`: the rules a `Policy` must pass (`service`, `report`,
-//!   `lists`, `model`);
+//! - `file`: the config file as written and its TOML reader (`respond`,
+//!   `service`, `report`, `lists`, `model`, `parse`);
+//! - `validate`: the rules a `Policy` must pass (`respond`, `service`,
+//!   `report`, `lists`, `model`);
 //! - `build`: `Policy::build` and `check` (all but `state`).
 
 pub mod build;
@@ -24,6 +26,7 @@ pub mod lists;
 pub mod model;
 pub mod parse;
 pub mod report;
+pub mod respond;
 pub mod service;
 pub mod state;
 mod validate;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{
     lists::Lists,
+    respond::Protocol,
     service::{Action, Rate, Service},
 };
 
@@ -21,6 +22,9 @@ pub struct Policy {
     pub ipv6_prefix: u8,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The configured `{host}` of refusal lines; `None`: the daemon fills
+    /// in the host's own name (policy looks nothing up).
+    pub hostname: Option<String>,
     pub services: Vec<Service>,
     pub maps: MapSizes,
     /// The config file's lists (run-time entries are layered on by the daemon).
@@ -97,6 +101,7 @@ pub struct Overrides {
     pub rate: Option<Rate>,
     pub burst: Option<u64>,
     pub action: Option<Action>,
+    pub protocol: Option<Protocol>,
     pub max_conn_per_source: Option<u32>,
     pub ipv4_prefix: Option<u8>,
     pub ipv6_prefix: Option<u8>,

@@ -1,11 +1,13 @@
 //! One service's limits: the connection-attempt [`Rate`], what a refusal
 //! does ([`Action`]), their defaults, and the validated [`Service`] with its
-//! kernel id. The bottom of `policy/`: it imports none of its siblings.
+//! kernel id, with what it says when it responds (`respond`, below it).
 
 use std::{fmt, str::FromStr};
 
 use limiter_common::{Bucket, maps::MAX_SERVICES};
 use serde::{Deserialize, Serialize};
+
+use crate::policy::respond::Respond;
 
 /// Largest `burst`: more would let a source open that many connections at
 /// once whatever its rate.
@@ -69,9 +71,15 @@ impl<'de> Deserialize<'de> for Rate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    // Plain comments, not doc comments: those would become `--action`'s help.
+    // XDP_DROP: the client retransmits and times out.
     Drop,
+    // A TCP RST from XDP: the client sees "connection refused" at once.
     #[default]
     Reset,
+    // The protocol's refusal line (`421`, `* BYE`, `-ERR`) from the daemon's
+    // responder, the mail server never seeing the attempt.
+    Respond,
 }
 
 impl Action {
@@ -80,6 +88,7 @@ impl Action {
         match self {
             Self::Drop => "drop",
             Self::Reset => "reset",
+            Self::Respond => "respond",
         }
     }
 }
@@ -101,6 +110,9 @@ pub struct Service {
     pub max_sessions: Option<u32>,
     /// Of `max_sessions`, how many only reserve-list sources may use.
     pub reserved_sessions: u32,
+    /// Protocol, TLS files and texts for `Action::Respond` (kept whatever
+    /// the action, so that a reload to `respond` needs nothing else).
+    pub respond: Respond,
 }
 
 impl Service {

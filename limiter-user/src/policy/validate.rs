@@ -10,7 +10,8 @@ use crate::policy::{
     lists::{Cidr, Lists, check_comment, check_service_name, shown},
     model::{MapSizes, Overrides, Policy},
     report::{List, Origin, Report},
-    service::{MAX_BURST, Service},
+    respond::check_text,
+    service::{Action, MAX_BURST, Service},
 };
 
 /// Every problem of the policy, at the place in the file of the value
@@ -69,6 +70,7 @@ fn judge_services(services: &[Service], given: &Given, origin: &Origin, r: &mut 
         judge_name(s, i, &mut names, given, origin, r);
         judge_ports(services, i, &mut owners, given, origin, r);
         judge_limits(s, i, given, r);
+        judge_respond(s, i, given, r);
     }
 }
 
@@ -172,6 +174,28 @@ fn judge_limits(s: &Service, i: usize, given: &Given, r: &mut Report) {
     }
 }
 
+/// What service `i` says when it responds: a protocol to say it in, and
+/// texts that are that protocol's refusal lines.
+fn judge_respond(s: &Service, i: usize, given: &Given, r: &mut Report) {
+    let who = who(s);
+    let Some(protocol) = s.respond.protocol else {
+        let why = "none follows from its name or ports: expected protocol = \"smtp\", \"imap\", \"pop3\" or \"ftp\"";
+        if s.action == Action::Respond {
+            r.push(given.field(i, "action"), format!("{who}action = respond needs a protocol, and {why}"));
+        }
+        if !s.respond.texts.is_empty() {
+            r.push(given.field(i, "respond"), format!("{who}respond texts need a protocol, and {why}"));
+        }
+        return;
+    };
+    for (reason, text) in s.respond.texts.iter() {
+        let key = reason.as_str();
+        if let Err(e) = check_text(protocol, text) {
+            r.push(given.field(i, &format!("respond.{key}")), format!("{who}respond.{key} {e}"));
+        }
+    }
+}
+
 /// Problems of the `[maps]` sizes.
 fn judge_maps(maps: MapSizes, r: &mut Report) {
     for (name, v) in [("connections", maps.connections), ("pending_slots", maps.pending_slots)] {
@@ -225,6 +249,7 @@ impl Given<'_> {
             "rate" => self.o.rate.is_some(),
             "burst" => self.o.burst.is_some(),
             "action" => self.o.action.is_some(),
+            "protocol" => self.o.protocol.is_some(),
             "max_conn_per_source" => self.o.max_conn_per_source.is_some(),
             _ => false,
         };

@@ -196,6 +196,7 @@ fn policy() -> Policy {
         max_conn_per_source: None,
         max_sessions: None,
         reserved_sessions: 0,
+        respond: limiter_user::policy::respond::Respond::default(),
     };
     let conc =
         |name: &str, port, max| Service { rate: None, max_conn_per_source: Some(max), ..service(name, port, 1, 1, 1) };
@@ -205,6 +206,7 @@ fn policy() -> Policy {
         ipv4_prefix: 32,
         ipv6_prefix: 64,
         metrics_listen: None,
+        hostname: None,
         services: vec![
             service("open", RATE_OPEN_PORT, 1_000_000_000, 1, 1_000_000),
             service("strict", RATE_STRICT_PORT, 1, 86_400, 1),
