@@ -10,6 +10,7 @@ pub mod notify;
 pub mod refusals;
 pub mod reload;
 pub mod report;
+pub mod respond;
 pub mod responder;
 pub mod serve;
 pub mod start;
