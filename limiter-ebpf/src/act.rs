@@ -22,9 +22,7 @@ use network_types::{
 
 use crate::{
     frame::{Parsed, Syn, ptr_at, source_addr},
-    maps::{
-        Grounds, STEER, STEER_SCRATCH, basis_noted, count, count_steer, now_ns, report, take_steer_token,
-    },
+    maps::{Grounds, STEER, STEER_SCRATCH, basis_noted, count, count_steer, now_ns, report, take_steer_token},
 };
 
 const TTL: u8 = 64;

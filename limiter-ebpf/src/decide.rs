@@ -395,7 +395,12 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
                 note_basis(basis::ESTABLISHED, saturate(established), 0, saturate(limit));
                 Reserve::Full
             } else {
-                note_basis(basis::IN_FLIGHT, saturate(established), pending::live(old, place.tag, now), saturate(limit));
+                note_basis(
+                    basis::IN_FLIGHT,
+                    saturate(established),
+                    pending::live(old, place.tag, now),
+                    saturate(limit),
+                );
                 Reserve::Busy
             };
         };

@@ -229,10 +229,8 @@ fn attach_sk_lookup(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoadError> {
         return pins::update_pinned_link(&pin, fd)
             .map_err(|source| LoadError::Relink { path: pin.display().to_string(), source });
     }
-    let netns = std::fs::File::open(OWN_NETNS).map_err(|source| LoadError::SkLookup {
-        path: OWN_NETNS.to_owned(),
-        source: ProgramError::IOError(source),
-    })?;
+    let netns = std::fs::File::open(OWN_NETNS)
+        .map_err(|source| LoadError::SkLookup { path: OWN_NETNS.to_owned(), source: ProgramError::IOError(source) })?;
     let id = prog.attach(netns).map_err(|source| LoadError::SkLookup { path: OWN_NETNS.to_owned(), source })?;
     let link = prog.take_link(id).map_err(|source| LoadError::SkLookup { path: OWN_NETNS.to_owned(), source })?;
     pin_link(Ok(FdLink::from(link)), &pin)

@@ -57,7 +57,7 @@ impl Responder {
     /// Makes `listener` the responder socket: marks it
     /// (`steer::RESPONDER_MARK`, which its accepted connections inherit and
     /// `sock_ops` skips), then puts it in `RESPONDER`. The socket must live
-    /// in the network namespace the sk_lookup program is attached to; when it
+    /// in the network namespace the `sk_lookup` program is attached to; when it
     /// closes the kernel removes it, and steered SYNs are refused (RST).
     pub fn set_listener(&mut self, listener: &TcpListener) -> Result<(), LoadError> {
         let mark = steer::RESPONDER_MARK;
@@ -68,7 +68,7 @@ impl Responder {
                 libc::SOL_SOCKET,
                 libc::SO_MARK,
                 (&raw const mark).cast(),
-                size_of::<u32>() as libc::socklen_t,
+                libc::socklen_t::try_from(size_of::<u32>()).unwrap_or(4),
             )
         };
         if rc != 0 {
@@ -118,7 +118,7 @@ impl Responder {
 
 /// The `STEER` key of a connection: the client's address as the kernel
 /// keys it (an IPv4 client of a dual-stack socket, `::ffff:a.b.c.d`, as
-/// IPv4, since sk_lookup sees the IPv4 packet) and both ports.
+/// IPv4, since `sk_lookup` sees the IPv4 packet) and both ports.
 #[must_use]
 pub fn flow(peer: SocketAddr, local: SocketAddr) -> SteerKey {
     match peer.ip().to_canonical() {
