@@ -12,6 +12,7 @@ pub mod maps;
 pub mod pending;
 pub mod pool;
 pub mod prefix;
+pub mod steer;
 
 pub use bucket::Bucket;
 pub use maps::{Globals, ServicePolicy, SourceKey, Verdict};

@@ -46,6 +46,17 @@ pub mod names {
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Per-CPU scratch: what the refusal being decided rests on (not pinned).
     pub const REFUSAL_BASIS: &str = "REFUSAL_BASIS";
+    /// The `respond` action: the responder's listening socket (SOCKMAP, one
+    /// entry, not pinned: the kernel removes it when the socket closes).
+    pub const RESPONDER: &str = "RESPONDER";
+    /// Flows XDP steered to the responder, with why (`steer::SteerValue`).
+    pub const STEER: &str = "STEER";
+    /// Per-CPU steering tokens and what the steering did (`steer::budget`).
+    pub const STEER_BUDGET: &str = "STEER_BUDGET";
+    /// Per-CPU scratch: the `STEER` entry being written (not pinned).
+    pub const STEER_SCRATCH: &str = "STEER_SCRATCH";
+    /// Hands steered SYNs to the responder socket (`sk_lookup`).
+    pub const SK_LOOKUP_PROGRAM: &str = "limiter_sk_lookup";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
     pub const XDP_PROGRAM: &str = "limiter_xdp";
     /// An XDP program that passes every frame: `limiter doctor --probe-xdp`
@@ -71,6 +82,8 @@ pub enum Writer {
     Xdp,
     /// The `sock_ops` program (`limiter_sock_ops`).
     SockOps,
+    /// The `sk_lookup` program (`limiter_sk_lookup`).
+    SkLookup,
     /// The daemon module of this path in `limiter-user` (e.g. `kernel::writer`).
     Daemon(&'static str),
 }
@@ -95,6 +108,9 @@ const WRITER: Writer = Writer::Daemon("kernel::writer");
 /// Counts of connections that predate the programs (its flags in
 /// `GLOBALS` it asks the policy writer to write).
 const SEED: Writer = Writer::Daemon("kernel::seed");
+/// The kernel side of the `respond` action: the responder's socket, the
+/// steering tokens, the steered flows it has answered.
+const RESPONDER: Writer = Writer::Daemon("kernel::responder");
 
 /// Every map of the production object, once: the kernel crate's
 /// `#[map(name = ...)]` definitions must be exactly these (a test loads the
@@ -123,6 +139,15 @@ pub const MAPS: &[MapSpec] = &[
     // XDP spends tokens and counts what it did not report; the daemon refills.
     spec(names::EVENT_BUDGET, false, &[Writer::Xdp, Writer::Daemon("kernel::events")]),
     spec(names::REFUSAL_BASIS, false, &[Writer::Xdp]),
+    // The responder's socket; the kernel deletes the entry when it closes.
+    spec(names::RESPONDER, false, &[RESPONDER]),
+    // Pinned: during an upgrade the XDP and sk_lookup links move to the new
+    // programs one after the other, and a SYN the old XDP steered must find
+    // its entry in the new sk_lookup. XDP writes, the responder forgets.
+    spec(names::STEER, true, &[Writer::Xdp, RESPONDER]),
+    // XDP spends tokens and counts, sk_lookup counts, the daemon refills.
+    spec(names::STEER_BUDGET, false, &[Writer::Xdp, Writer::SkLookup, RESPONDER]),
+    spec(names::STEER_SCRATCH, false, &[Writer::Xdp]),
 ];
 
 /// The maps of the bench's object (`limiter-ebpf/src/bench.rs`) that are
@@ -136,6 +161,9 @@ pub mod action {
     pub const DROP: u8 = 0;
     /// TCP RST+ACK sent back with `XDP_TX`: the client fails at once.
     pub const RESET: u8 = 1;
+    /// Steered to the daemon's responder (`sk_lookup`), which answers with
+    /// the protocol's refusal text; `RESET` when it cannot be.
+    pub const RESPOND: u8 = 2;
 }
 
 /// Bits of [`Globals::flags`].

@@ -4,10 +4,17 @@
 //! (`XDP_TX`). The reply keeps the Ethernet/VLAN header (MACs swapped), gets
 //! a fresh option-free IP header and a bare 20-byte TCP header, and is
 //! trimmed to that length. Per RFC 9293 a RST answering a segment without ACK
-//! has SEQ 0 and ACK = SEG.SEQ + SEG.LEN (the SYN counts one).
+//! has SEQ 0 and ACK = SEG.SEQ + SEG.LEN (the SYN counts one). Under the
+//! `respond` action, with a steering token, the SYN passes instead with a
+//! `STEER` entry that `limiter_sk_lookup` hands to the responder.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use limiter_common::{Verdict, checksum, events::Refusal, maps::family};
+use limiter_common::{
+    Verdict, checksum,
+    events::Refusal,
+    maps::family,
+    steer::{SteerKey, SteerValue, budget},
+};
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
@@ -15,7 +22,7 @@ use network_types::{
 
 use crate::{
     frame::{Parsed, Syn, ptr_at, source_addr},
-    maps::{Grounds, basis_noted, count, report},
+    maps::{Grounds, STEER, STEER_SCRATCH, basis_noted, count, count_steer, now_ns, report, take_steer_token},
 };
 
 const TTL: u8 = 64;
@@ -49,6 +56,58 @@ pub(crate) fn refused(ctx: &XdpContext, p: &Parsed, syn: &Syn<'_>, verdict: Verd
         });
     }
     true
+}
+
+/// Takes one of this CPU's steering tokens; false with none left (the
+/// fallback counted: the caller resets).
+#[inline(always)]
+pub(crate) fn steer_token() -> bool {
+    if take_steer_token() {
+        return true;
+    }
+    count_steer(budget::NO_TOKEN);
+    false
+}
+
+/// Notes the refused SYN's flow and why in `STEER`, for the socket lookup
+/// and the responder. The entry is built in the per-CPU scratch
+/// (`STEER_SCRATCH`), not on the stack. `Err` only if the frame cannot be
+/// read or the map refuses the entry (counted with the fallbacks).
+#[inline(always)]
+pub(crate) fn steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32) -> Result<(), ()> {
+    let r = note_steer(ctx, p, verdict, service);
+    count_steer(if r.is_ok() { budget::STEERED } else { budget::NO_TOKEN });
+    r
+}
+
+#[inline(always)]
+fn note_steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32) -> Result<(), ()> {
+    let s = STEER_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    let ports = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l4)? };
+    let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
+    #[expect(clippy::cast_possible_truncation, reason = "verdicts and service ids are < 256")]
+    unsafe {
+        (*s).key = SteerKey {
+            addr: source_addr(ctx, p)?,
+            family: p.family,
+            pad: 0,
+            client_port: u16::from_be_bytes([ports[0], ports[1]]),
+            local_port: u16::from_be_bytes([ports[2], ports[3]]),
+            pad2: [0; 2],
+        };
+        (*s).value = SteerValue {
+            at_ns: now_ns(),
+            verdict: verdict as u8,
+            service: service as u8,
+            basis: f.basis,
+            pad: 0,
+            pending: f.pending,
+            pad2: [0; 2],
+            limit: f.limit,
+            count: f.established,
+        };
+    }
+    STEER.insert(unsafe { &(*s).key }, unsafe { &(*s).value }, 0).map_err(|_| ())
 }
 
 /// Rewrites the refused SYN into the RST+ACK in place; `Err` leaves a frame

@@ -222,7 +222,7 @@ fn first_look(a: &SourceArgs<'_>) -> Look {
     };
     let seen = unsafe { load(hint_word(slot)) };
     if g.flags & flags::SEEDED == 0 && hint::is_full(seen, place.fingerprint, g.generation) {
-        note_basis(basis::ESTABLISHED, limit, 0);
+        note_basis(basis::ESTABLISHED, limit, 0, limit);
         return Look::Full;
     }
     // Only a source with a live reservation can be retransmitting: a new
@@ -392,10 +392,15 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
         let established = established(key, g, slot);
         let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
             return if established >= limit {
-                note_basis(basis::ESTABLISHED, saturate(established), 0);
+                note_basis(basis::ESTABLISHED, saturate(established), 0, saturate(limit));
                 Reserve::Full
             } else {
-                note_basis(basis::IN_FLIGHT, saturate(established), pending::live(old, place.tag, now));
+                note_basis(
+                    basis::IN_FLIGHT,
+                    saturate(established),
+                    pending::live(old, place.tag, now),
+                    saturate(limit),
+                );
                 Reserve::Busy
             };
         };
@@ -406,7 +411,7 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
     }
     // Persistently contended: refuse (a reservation we cannot take is not
     // ours to assume), on the counts of the last try.
-    note_basis(basis::IN_FLIGHT, saturate(seen_established), seen_pending);
+    note_basis(basis::IN_FLIGHT, saturate(seen_established), seen_pending, saturate(limit));
     Reserve::Busy
 }
 

@@ -1,7 +1,8 @@
 //! limiter's kernel programs, the object the daemon embeds. The XDP packet
 //! path is `xdp.rs`: parse -> classify -> decide -> act, sibling modules over
 //! `frame.rs` (bounds-checked frame access and the types the stages share);
-//! `sock_ops` is `sockops.rs`; the maps are `maps.rs`. The bench's programs
+//! `sock_ops` is `sockops.rs`, the `respond` action's socket lookup
+//! `sklookup.rs`; the maps are `maps.rs`. The bench's programs
 //! are a second object, `bench.rs`.
 #![no_std]
 #![no_main]
@@ -15,6 +16,7 @@ mod frame;
 mod maps;
 mod object;
 mod parse;
+mod sklookup;
 mod sockops;
 mod xdp;
 

@@ -15,14 +15,18 @@
 //!   counts established connections, the daemon writes the seeded ones),
 //!   `SEED_SKIP` (`sock_ops` adds while seeding, the daemon clears it) and
 //!   `EVENT_BUDGET` (XDP spends tokens and counts what it did not report,
-//!   the daemon refills the tokens).
+//!   the daemon refills the tokens);
+//! - the `respond` action: `STEER` (XDP notes steered flows, the responder
+//!   forgets them), `STEER_BUDGET` (XDP spends tokens, XDP and sk_lookup
+//!   count, the daemon refills), `RESPONDER` (the daemon's socket, read by
+//!   sk_lookup) and XDP's scratch `STEER_SCRATCH`.
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap, lpm_trie::Key},
 };
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
@@ -35,6 +39,7 @@ use limiter_common::{
     },
     pending::{self, Slot},
     pool,
+    steer::{self, Steer, SteerKey, SteerValue},
 };
 
 #[map(name = "GLOBALS")]
@@ -135,6 +140,9 @@ pub(crate) struct Grounds {
     pub(crate) pad: u8,
     pub(crate) pending: u16,
     pub(crate) established: u32,
+    /// The source's connection limit in force (for the responder's text).
+    pub(crate) limit: u32,
+    pub(crate) pad2: u32,
 }
 
 /// Per CPU, one entry: the [`Grounds`] of the refusal being decided, noted by
@@ -147,9 +155,9 @@ pub(crate) static REFUSAL_BASIS: PerCpuArray<Grounds> = PerCpuArray::with_max_en
 
 /// Notes what the refusal being decided rests on.
 #[inline(always)]
-pub(crate) fn note_basis(basis: u8, established: u32, pending: u16) {
+pub(crate) fn note_basis(basis: u8, established: u32, pending: u16, limit: u32) {
     if let Some(b) = REFUSAL_BASIS.get_ptr_mut(0) {
-        unsafe { *b = Grounds { basis, pad: 0, pending, established } };
+        unsafe { *b = Grounds { basis, pad: 0, pending, established, limit, pad2: 0 } };
     }
 }
 
@@ -338,4 +346,50 @@ pub(crate) fn release_session(word: *mut u64, now_bucket: u32) {
             return;
         }
     }
+}
+
+/// The responder's listening socket, at index 0; the daemon puts it there,
+/// the kernel removes it when the socket closes (`limiter_sk_lookup` then
+/// refuses steered SYNs).
+#[map(name = "RESPONDER")]
+pub(crate) static RESPONDER: SockMap = SockMap::with_max_entries(1, 0);
+
+/// Flows XDP steered to the responder, and why (`limiter_common::steer`).
+/// LRU: the responder forgets an entry once it has read it; what it never
+/// reads (a client that gave up) is evicted by newer ones.
+#[map(name = "STEER")]
+pub(crate) static STEER: LruHashMap<SteerKey, SteerValue> = LruHashMap::with_max_entries(steer::ENTRIES, 0);
+
+/// Per CPU: steering tokens (the daemon refills them) and what steering did
+/// (`steer::budget`).
+#[map(name = "STEER_BUDGET")]
+pub(crate) static STEER_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(steer::budget::ENTRIES, 0);
+
+/// Per CPU, one entry: the `STEER` key and value being written, off the
+/// stack (the packet path's frame has no room for 48 bytes more).
+#[map(name = "STEER_SCRATCH")]
+pub(crate) static STEER_SCRATCH: PerCpuArray<Steer> = PerCpuArray::with_max_entries(1, 0);
+
+/// Adds one to `STEER_BUDGET[index]` of this CPU.
+#[inline(always)]
+pub(crate) fn count_steer(index: u32) {
+    if let Some(c) = STEER_BUDGET.get_ptr_mut(index) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Spends one of this CPU's steering tokens; false with none left. The
+/// daemon's refill may race with the decrement and lose it, which only
+/// grants one steering more.
+#[inline(always)]
+pub(crate) fn take_steer_token() -> bool {
+    let Some(tokens) = STEER_BUDGET.get_ptr_mut(steer::budget::TOKENS) else {
+        return false;
+    };
+    if unsafe { *tokens } == 0 {
+        return false;
+    }
+    unsafe { *tokens -= 1 };
+    true
 }

@@ -5,6 +5,8 @@
 //! timeout, takes one away. Only completed handshakes create entries. A
 //! completed handshake is also forgotten in `HANDSHAKES`, so its identity
 //! cannot be replayed as a "retransmission" once the connection is gone.
+//! Sockets of the `respond` action's responder (`steer::RESPONDER_MARK`) are
+//! skipped before anything else.
 
 use aya_ebpf::{
     bindings::{
@@ -23,6 +25,7 @@ use limiter_common::{
     pending::{self, hint},
     pool,
     prefix::{mask_v4, mask_v6},
+    steer::RESPONDER_MARK,
 };
 
 use crate::maps::{
@@ -50,6 +53,9 @@ macro_rules! field {
 }
 
 fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
+    if responder(ctx) {
+        return Ok(());
+    }
     let op = field!(ctx, op);
     if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         let (key, addr, g) = service_key(ctx)?;
@@ -94,6 +100,15 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// Whether the socket is the responder's (its listener's `SO_MARK`, which
+/// accepted connections inherit): those are never counted and release
+/// nothing. `sk` is null for callbacks on request sockets, which count nothing.
+#[inline(always)]
+fn responder(ctx: &SockOpsContext) -> bool {
+    let sk = field!(ctx, __bindgen_anon_2.sk);
+    !sk.is_null() && unsafe { core::ptr::read_volatile(&raw const (*sk).mark) } == RESPONDER_MARK
 }
 
 /// The counted source of this socket and its unmasked address, if it is a

@@ -3,7 +3,10 @@
 //! service port is ever refused; every other frame, and every frame the
 //! parser does not understand, passes (fail open).
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    programs::XdpContext,
+};
 use limiter_common::{Verdict, maps::action};
 
 use crate::{
@@ -42,8 +45,29 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
     if !act::refused(ctx, &p, &syn, verdict) {
         return Ok(xdp_action::XDP_PASS);
     }
-    if policy.action == action::RESET && act::rst(ctx, &p).is_ok() {
+    // `respond`: steered with a token, else reset like `reset`. After the
+    // token nothing of this frame's parse is needed again (a failure to
+    // steer drops), which is what keeps `steer` cheap to verify.
+    if policy.action == action::RESPOND && act::steer_token() {
+        return Ok(if steer(ctx.ctx, verdict, syn.service) { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP });
+    }
+    if (policy.action == action::RESET || policy.action == action::RESPOND) && act::rst(ctx, &p).is_ok() {
         return Ok(xdp_action::XDP_TX);
     }
     Ok(xdp_action::XDP_DROP)
+}
+
+/// Steers a refused SYN to the responder (`act::steer`): true if its
+/// `STEER` entry is written and the SYN may pass on to the socket lookup.
+///
+/// Not inlined, and handed only the context and scalars: the frame is
+/// parsed again here. The verifier walks a call once per distinct state of
+/// the caller at it, and with nothing of the caller's parse live (the
+/// caller reads nothing after it but the result) those are a handful; with
+/// the parsed frame in hand, or inlined, it was walked once per parse path
+/// and verdict path (140k instructions more, past the 600k budget).
+#[inline(never)]
+fn steer(ctx: *mut xdp_md, verdict: Verdict, service: u32) -> bool {
+    let ctx = XdpContext::new(ctx);
+    parse(&ctx).and_then(|p| act::steer(&ctx, &p, verdict, service)).is_ok()
 }

@@ -31,7 +31,7 @@ fn the_production_object_has_the_listed_maps_and_no_bench_program() {
     assert_eq!(maps(&ebpf), set(MAPS.iter().map(|m| m.name)), "the object's maps and maps::MAPS differ");
     assert_eq!(
         programs(&ebpf),
-        set([names::XDP_PROGRAM, names::SOCK_OPS_PROGRAM, names::PROBE_PROGRAM]),
+        set([names::XDP_PROGRAM, names::SOCK_OPS_PROGRAM, names::SK_LOOKUP_PROGRAM, names::PROBE_PROGRAM]),
         "the production object's programs"
     );
 }

@@ -828,3 +828,170 @@ fn a_first_contact_is_not_remembered_unless_at_its_limit() {
     assert_eq!(h.action(&syn_from(v4(191), 44_001, 2)), TX);
     assert_eq!(in_flight(&h, [198, 18, 0, 191]), 1);
 }
+
+/// Switches service 1 to the `respond` action in both policy banks (the
+/// policy layer has no `Action::Respond` yet; the kernel only reads the byte).
+fn respond(h: &mut Harness) {
+    use limiter_common::{
+        ServicePolicy,
+        maps::{action, policy_index},
+    };
+    let mut pol: aya::maps::Array<_, ServicePolicy> =
+        aya::maps::Array::try_from(h.ebpf.map_mut(names::POLICY).expect("POLICY")).expect("array");
+    for bank in 0..2 {
+        let i = policy_index(bank, 1);
+        let mut v = pol.get(&i, 0).expect("policy");
+        v.action = action::RESPOND;
+        pol.set(i, v, 0).expect("policy");
+    }
+}
+
+/// A refused SYN to a `respond` service passes (to the socket lookup) with
+/// a `STEER` entry saying why, while there is a token; without one it is
+/// reset and counted as a fallback. Counted and reported as before either way.
+#[test]
+fn a_refused_syn_to_a_respond_service_is_steered_with_a_token_else_reset() {
+    use limiter_common::{Verdict as V, events::basis};
+    use limiter_user::kernel::responder::Responder;
+    require!(privileged());
+    let mut pol = policy(Action::Reset, 1, 32, 64);
+    pol.services[0].max_conn_per_source = Some(2);
+    let mut h = Harness::new(&pol);
+    respond(&mut h);
+    let mut resp = Responder::new(&h.ebpf).expect("responder");
+    let r = &mut resp;
+
+    // No tokens yet (the daemon has not refilled): reset, counted as a fallback.
+    set_established(&mut h, [198, 18, 0, 200], 1, 2);
+    let (action, out) = h.run(&syn_from(v4(200), 45_000, 1));
+    assert_eq!(action, TX, "no token: reset");
+    assert_rst(&out, &Tcp { sport: 45_000, seq: 1, ..Tcp::syn(v4(200), server4(), PORT) }, &Shape::default());
+    let counts = r.counts().expect("counts");
+    assert_eq!((counts.steered, counts.no_token), (0, 1));
+
+    r.refill().expect("tokens");
+    // At its connection limit: steered, with the limit and the count read.
+    assert_eq!(h.action(&syn_from(v4(200), 45_001, 2)), PASS, "steered");
+    let peer = "198.18.0.200:45001".parse().expect("addr");
+    let local = std::net::SocketAddr::new(server4(), PORT);
+    let e = r.steer_entry(peer, local).expect("read").expect("a STEER entry");
+    assert_eq!(
+        (e.verdict, e.service, e.basis, e.limit, e.count, e.pending),
+        (V::RefusedConcurrency as u8, 1, basis::ESTABLISHED, 2, 2, 0)
+    );
+    assert!(e.at_ns > 0);
+    // Over the rate (burst 1): steered, no connection numbers.
+    assert_eq!(h.action(&syn_from(v6(0, 201), 45_002, 3)), PASS, "first SYN within the burst");
+    assert_eq!(h.action(&syn_from(v6(0, 201), 45_003, 4)), PASS, "rate refusal steered");
+    let peer6 = std::net::SocketAddr::new(v6(0, 201), 45_003);
+    let entry = r.steer_entry(peer6, std::net::SocketAddr::new(server6(), PORT)).expect("read").expect("entry");
+    assert_eq!((entry.verdict, entry.limit, entry.count), (V::RefusedRate as u8, 0, 0));
+    r.forget(peer6, std::net::SocketAddr::new(server6(), PORT)).expect("forget");
+    assert!(r.steer_entry(peer6, std::net::SocketAddr::new(server6(), PORT)).expect("read").is_none());
+
+    let counts = r.counts().expect("counts");
+    assert_eq!((counts.steered, counts.no_token), (2, 1));
+    assert_eq!(h.counter(1, V::RefusedConcurrency), 2, "steered refusals are counted under their verdict");
+    assert_eq!(h.counter(1, V::RefusedRate), 1);
+    assert_eq!(h.counter(1, V::Accepted), 1);
+}
+
+/// `reset` and `drop` services are untouched by steering tokens.
+#[test]
+fn reset_and_drop_services_are_not_steered() {
+    use limiter_user::kernel::responder::Responder;
+    require!(privileged());
+    for (action, want) in [(Action::Reset, TX), (Action::Drop, DROP)] {
+        let mut h = Harness::new(&policy(action, 1, 32, 64));
+        let mut r = Responder::new(&h.ebpf).expect("responder");
+        r.refill().expect("tokens");
+        let f = frames::syn(v4(210), server4(), PORT);
+        h.exhaust(&f, 1);
+        assert_eq!(h.action(&f), want);
+        assert_eq!(r.counts().expect("counts"), limiter_user::kernel::responder::SteerCounts::default());
+    }
+}
+
+/// `limiter_sk_lookup` in a namespace of its own: a flow with a fresh
+/// `STEER` entry reaches the responder socket (which carries the mark its
+/// accepted connection inherits), never the service's; with the responder
+/// socket closed the client is refused (RST: ECONNREFUSED) and the service
+/// still sees nothing; a flow without an entry reaches the service.
+#[test]
+fn sk_lookup_steers_to_the_responder_and_refuses_without_it() {
+    use std::{
+        io::ErrorKind,
+        net::{SocketAddr, TcpListener},
+        os::fd::AsRawFd as _,
+    };
+
+    use aya::programs::SkLookup;
+    use limiter_common::steer::{RESPONDER_MARK, SteerKey, SteerValue};
+    use limiter_user::kernel::responder::{Responder, flow};
+    require!(privileged());
+    let ns = limiter_tests::netns::Netns::new("lmsk");
+    let mut h = Harness::reset(1);
+    let prog: &mut SkLookup = h.ebpf.program_mut(names::SK_LOOKUP_PROGRAM).expect("program").try_into().expect("sk");
+    prog.attach(std::fs::File::open(ns.path()).expect("netns")).expect("attach sk_lookup");
+    let mut r = Responder::new(&h.ebpf).expect("responder");
+    let mut steer: aya::maps::HashMap<_, SteerKey, SteerValue> =
+        aya::maps::HashMap::try_from(h.ebpf.map_mut(names::STEER).expect("STEER")).expect("hash");
+    let path = ns.path();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&path).expect("netns");
+            // SAFETY: moves this thread only into the test's namespace.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            let service = TcpListener::bind("127.0.0.1:2525").expect("service");
+            service.set_nonblocking(true).expect("nonblocking");
+            let responder = TcpListener::bind("127.0.0.1:0").expect("responder");
+            r.set_listener(&responder).expect("responder socket");
+            let now = || {
+                let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: writes into ts; the kernel's coarse clock, as bpf_ktime_get_coarse_ns.
+                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+                u64::try_from(ts.tv_sec).expect("time") * 1_000_000_000 + u64::try_from(ts.tv_nsec).expect("time")
+            };
+            let local: SocketAddr = "127.0.0.1:2525".parse().expect("addr");
+            let connect_from = |port: u16| {
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+                sock.set_reuse_address(true).expect("reuse");
+                sock.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into()).expect("bind");
+                sock.connect(&local.into())
+            };
+            let steered = |steer: &mut aya::maps::HashMap<_, _, _>, port: u16| {
+                let v = SteerValue { at_ns: now(), verdict: 4, service: 1, ..SteerValue::default() };
+                steer.insert(flow(SocketAddr::from(([127, 0, 0, 1], port)), local), v, 0).expect("insert");
+            };
+
+            steered(&mut steer, 46_000);
+            connect_from(46_000).expect("a steered client completes its handshake with the responder");
+            let (conn, peer) = responder.accept().expect("the responder accepts it");
+            assert_eq!(peer.port(), 46_000);
+            assert_eq!(conn.local_addr().expect("local"), local, "the client sees the service's address");
+            let mark = socket2::SockRef::from(&conn).mark().expect("SO_MARK");
+            assert_eq!(mark, RESPONDER_MARK, "the accepted connection inherits the listener's mark");
+            assert_eq!(service.accept().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
+
+            // A flow without an entry, and one whose entry is stale, go to the service.
+            connect_from(46_001).expect("unsteered");
+            service.accept().expect("the service gets the unsteered client");
+            let stale = SteerValue { at_ns: now().saturating_sub(5_000_000_000), ..SteerValue::default() };
+            steer.insert(flow(SocketAddr::from(([127, 0, 0, 1], 46_002)), local), stale, 0).expect("insert");
+            connect_from(46_002).expect("a stale entry is not followed");
+            service.accept().expect("the service gets the client of the stale entry");
+
+            // The responder gone: refused, and the service sees nothing.
+            drop(conn);
+            drop(responder);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            steered(&mut steer, 46_003);
+            let err = connect_from(46_003).expect_err("no responder: refused");
+            assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "a RST: {err}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(service.accept().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
+        });
+    });
+    let c = r.counts().expect("counts");
+    assert_eq!((c.redirected, c.no_responder), (1, 1));
+}

@@ -61,6 +61,10 @@ pub enum LoadError {
     Ids(#[from] IdError),
     #[error("cannot count the possible CPUs")]
     Cpus(#[source] std::io::Error),
+    #[error("attaching sk_lookup to the network namespace {path} failed")]
+    SkLookup { path: String, source: ProgramError },
+    #[error("cannot mark the responder socket (SO_MARK)")]
+    Responder(#[source] std::io::Error),
     #[error("attaching XDP to {iface} in {mode} mode failed")]
     Attach { iface: String, mode: &'static str, source: ProgramError },
 }

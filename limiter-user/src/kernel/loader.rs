@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, ProgramError, SockOps, Xdp,
+        CgroupAttachMode, ProgramError, SkLookup, SockOps, Xdp,
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
     },
@@ -23,6 +23,7 @@ use crate::{
         ids::{self, ServiceTable},
         pins,
         reclaim::Reclaimer,
+        responder::Responder,
         seed::Seeded,
         writer::PolicyWriter,
     },
@@ -55,6 +56,8 @@ pub struct Loaded {
     pub services: ServiceTable,
     /// Deletes idle `CONNS` entries.
     pub reclaimer: Reclaimer,
+    /// The `respond` action's maps: the responder socket, the steering tokens.
+    pub responder: Responder,
 }
 
 /// Loads the object (maps and program, nothing attached yet) with the
@@ -96,12 +99,20 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>) -> Result<(Ebpf, Pol
     sock_ops_program(&mut ebpf)?
         .load()
         .map_err(|source| LoadError::Program { name: names::SOCK_OPS_PROGRAM, source })?;
+    sk_lookup_program(&mut ebpf)?
+        .load()
+        .map_err(|source| LoadError::Program { name: names::SK_LOOKUP_PROGRAM, source })?;
     Ok((ebpf, writer, services))
 }
 
 fn sock_ops_program(ebpf: &mut Ebpf) -> Result<&mut SockOps, LoadError> {
     let p = ebpf.program_mut(names::SOCK_OPS_PROGRAM).ok_or(LoadError::MissingProgram(names::SOCK_OPS_PROGRAM))?;
     p.try_into().map_err(|source| LoadError::Program { name: names::SOCK_OPS_PROGRAM, source })
+}
+
+fn sk_lookup_program(ebpf: &mut Ebpf) -> Result<&mut SkLookup, LoadError> {
+    let p = ebpf.program_mut(names::SK_LOOKUP_PROGRAM).ok_or(LoadError::MissingProgram(names::SK_LOOKUP_PROGRAM))?;
+    p.try_into().map_err(|source| LoadError::Program { name: names::SK_LOOKUP_PROGRAM, source })
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
@@ -155,6 +166,10 @@ pub fn load_and_attach(
     // previous run left, are rebuilt from the socket table.
     let mut seeded = Seeded::new(&ebpf)?;
     seeded.rebuild(&ebpf, &mut writer, policy, state_dir)?;
+    // Steering before enforcement: a SYN the new XDP program steers finds
+    // the new socket lookup (and `STEER` is pinned, so one the old program
+    // steered finds it too).
+    attach_sk_lookup(&mut ebpf, pin_dir)?;
     let mut attachments = Vec::new();
     for (name, index) in ifaces {
         let mode = attach_xdp(&mut ebpf, &name, index, policy.xdp_mode, pin_dir, state_dir)?;
@@ -167,7 +182,8 @@ pub fn load_and_attach(
         }
     }
     let reclaimer = Reclaimer::new(&ebpf)?;
-    Ok(Loaded { ebpf, _logger: logger, attachments, writer, seeded, services, reclaimer })
+    let responder = Responder::new(&ebpf)?;
+    Ok(Loaded { ebpf, _logger: logger, attachments, writer, seeded, services, reclaimer, responder })
 }
 
 /// Makes the pinned `sock_ops` link run this binary's program: the link a
@@ -196,6 +212,28 @@ fn attach_sock_ops(ebpf: &mut Ebpf, writer: &mut PolicyWriter, cgroup: &Path, pi
     pin_link(FdLink::try_from(link), &sock_pin)?;
     failpoint::hit("sock-ops-pinned");
     Ok(())
+}
+
+/// The network namespace the daemon runs in, whose socket lookups the
+/// `sk_lookup` program steers (the responder socket lives there too).
+const OWN_NETNS: &str = "/proc/self/ns/net";
+
+/// Makes the pinned `sk_lookup` link run this binary's program: the link a
+/// previous run pinned gets it atomically; otherwise it is attached to the
+/// daemon's network namespace and pinned.
+fn attach_sk_lookup(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoadError> {
+    let pin = pins::sk_lookup_link(pin_dir);
+    let prog = sk_lookup_program(ebpf)?;
+    if pin.exists() {
+        let fd = prog.fd().map_err(|source| LoadError::Program { name: names::SK_LOOKUP_PROGRAM, source })?;
+        return pins::update_pinned_link(&pin, fd)
+            .map_err(|source| LoadError::Relink { path: pin.display().to_string(), source });
+    }
+    let netns = std::fs::File::open(OWN_NETNS)
+        .map_err(|source| LoadError::SkLookup { path: OWN_NETNS.to_owned(), source: ProgramError::IOError(source) })?;
+    let id = prog.attach(netns).map_err(|source| LoadError::SkLookup { path: OWN_NETNS.to_owned(), source })?;
+    let link = prog.take_link(id).map_err(|source| LoadError::SkLookup { path: OWN_NETNS.to_owned(), source })?;
+    pin_link(Ok(FdLink::from(link)), &pin)
 }
 
 /// Makes the pinned XDP link of interface `name` run this binary's program

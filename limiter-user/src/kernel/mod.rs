@@ -1,6 +1,7 @@
 //! The only modules that touch aya maps and programs: loading the object,
 //! attaching and pinning, writing the policy (with the bank flip), seeding,
-//! reclaim, the event ring, and reading counters into typed snapshots.
+//! reclaim, the event ring, the responder's steering maps, and reading
+//! counters into typed snapshots.
 
 pub mod counters;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod loader;
 pub mod maps;
 pub mod pins;
 pub mod reclaim;
+pub mod responder;
 pub mod seed;
 pub mod sockdiag;
 pub mod writer;

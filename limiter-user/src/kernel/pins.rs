@@ -1,6 +1,7 @@
 //! What lives under `--pin-dir` on bpffs, so that enforcement and counting
 //! outlive the daemon: every map by name, one XDP link per interface
-//! (`link_xdp_IF`) and the `sock_ops` link (`link_sock_ops`). A restart reuses
+//! (`link_xdp_IF`), the `sock_ops` link (`link_sock_ops`) and the
+//! `sk_lookup` link of the daemon's network namespace (`link_sk_lookup`). A restart reuses
 //! them; `limiter unload` removes them, which detaches everything.
 
 use std::{
@@ -21,6 +22,7 @@ use limiter_common::{
     maps::{MAPS, MAX_SERVICES, POLICY_ENTRIES, ServiceRecord, SockRecord, names, seed_state},
     pending::Slot,
     pool,
+    steer::{SteerKey, SteerValue},
 };
 
 /// Maps pinned by name (the policy, the counters and the connection
@@ -33,7 +35,7 @@ pub fn maps() -> impl Iterator<Item = &'static str> {
 /// pinned map. A pin left by a version with another layout would be reused
 /// as it is and misread; [`check_layouts`] refuses it instead.
 #[expect(clippy::cast_possible_truncation, reason = "small types")]
-const LAYOUTS: [(&str, MapType, u32, u32, u32); 14] = {
+const LAYOUTS: [(&str, MapType, u32, u32, u32); 15] = {
     const fn size<T>() -> u32 {
         size_of::<T>() as u32
     }
@@ -53,6 +55,7 @@ const LAYOUTS: [(&str, MapType, u32, u32, u32); 14] = {
         (names::SEED_SKIP, MapType::Hash, 8, 1, 0),
         (names::SERVICES, MapType::Array, 4, size::<ServiceRecord>(), MAX_SERVICES + 1),
         (names::SEED_STATE, MapType::Array, 4, 8, seed_state::ENTRIES),
+        (names::STEER, MapType::LruHash, size::<SteerKey>(), size::<SteerValue>(), 0),
     ]
 };
 
@@ -83,11 +86,17 @@ pub fn check_layouts(dir: &Path) -> Result<(), String> {
 }
 
 const SOCK_OPS_LINK: &str = "link_sock_ops";
+const SK_LOOKUP_LINK: &str = "link_sk_lookup";
 const XDP_LINK_PREFIX: &str = "link_xdp_";
 
 #[must_use]
 pub fn sock_ops_link(dir: &Path) -> PathBuf {
     dir.join(SOCK_OPS_LINK)
+}
+
+#[must_use]
+pub fn sk_lookup_link(dir: &Path) -> PathBuf {
+    dir.join(SK_LOOKUP_LINK)
 }
 
 #[must_use]

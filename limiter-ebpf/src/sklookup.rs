@@ -1,0 +1,80 @@
+//! The `respond` action's socket lookup: a TCP SYN that XDP let through to
+//! be steered (a fresh `STEER` entry for its flow) goes to the responder's
+//! listening socket instead of the service's. With no responder socket (the
+//! daemon is stopped, crashed or restarting) the lookup fails, and TCP
+//! answers the SYN with a RST: an over-limit client never reaches the
+//! service because the responder is gone (docs/kernel-notes.md, "sk_lookup").
+
+use aya_ebpf::{bindings::bpf_sk_lookup, macros::sk_lookup, programs::SkLookupContext};
+use limiter_common::steer::{self, SteerKey, budget};
+
+use crate::maps::{RESPONDER, STEER, count_steer, now_ns};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const IPPROTO_TCP: u32 = 6;
+const SK_DROP: u32 = 0;
+const SK_PASS: u32 = 1;
+
+/// Volatile read of a context field (docs/kernel-notes.md, "Verifier and
+/// code generation": adjacent fields must not merge into one load).
+macro_rules! field {
+    ($ctx:expr, $($f:tt)+) => {
+        unsafe { core::ptr::read_volatile(&raw const (*$ctx.lookup).$($f)+) }
+    };
+}
+
+#[sk_lookup]
+#[expect(clippy::needless_pass_by_value, reason = "the #[sk_lookup] macro hands the context over by value")]
+pub(crate) fn limiter_sk_lookup(ctx: SkLookupContext) -> u32 {
+    if field!(ctx, protocol) != IPPROTO_TCP {
+        return SK_PASS;
+    }
+    let Some(key) = flow(&ctx) else {
+        return SK_PASS;
+    };
+    // Only an entry XDP wrote for this SYN; an old one is some earlier
+    // attempt's that the responder has not forgotten yet.
+    let Some(at) = STEER.get_ptr(&key).map(|v| unsafe { core::ptr::read_volatile(&raw const (*v).at_ns) }) else {
+        return SK_PASS;
+    };
+    if now_ns().wrapping_sub(at) > steer::FRESH_NS {
+        return SK_PASS;
+    }
+    if RESPONDER.redirect_sk_lookup(&ctx, 0, 0).is_ok() {
+        count_steer(budget::REDIRECTED);
+        SK_PASS
+    } else {
+        count_steer(budget::NO_RESPONDER);
+        SK_DROP
+    }
+}
+
+/// The `STEER` key of the looked-up flow: the remote end is the client.
+#[inline(always)]
+fn flow(ctx: &SkLookupContext) -> Option<SteerKey> {
+    let lookup: *const bpf_sk_lookup = ctx.lookup;
+    let client_port = u16::from_be(field!(ctx, remote_port));
+    #[expect(clippy::cast_possible_truncation, reason = "a 16-bit port in a 32-bit field")]
+    let local_port = field!(ctx, local_port) as u16;
+    match field!(ctx, family) {
+        AF_INET => Some(SteerKey::v4(field!(ctx, remote_ip4).to_ne_bytes(), client_port, local_port)),
+        AF_INET6 => {
+            let w = unsafe {
+                [
+                    core::ptr::read_volatile(&raw const (*lookup).remote_ip6[0]),
+                    core::ptr::read_volatile(&raw const (*lookup).remote_ip6[1]),
+                    core::ptr::read_volatile(&raw const (*lookup).remote_ip6[2]),
+                    core::ptr::read_volatile(&raw const (*lookup).remote_ip6[3]),
+                ]
+            };
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&w[0].to_ne_bytes());
+            addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
+            addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
+            addr[12..].copy_from_slice(&w[3].to_ne_bytes());
+            Some(SteerKey::v6(addr, client_port, local_port))
+        }
+        _ => None,
+    }
+}
