@@ -46,8 +46,9 @@ pub mod names {
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Per-CPU scratch: what the refusal being decided rests on (not pinned).
     pub const REFUSAL_BASIS: &str = "REFUSAL_BASIS";
-    /// The `respond` action: the responder's listening socket (SOCKMAP, one
-    /// entry, not pinned: the kernel removes it when the socket closes).
+    /// The `respond` action: the responder's listening sockets (SOCKMAP, one
+    /// per address family, not pinned: the kernel removes an entry when its
+    /// socket closes).
     pub const RESPONDER: &str = "RESPONDER";
     /// Flows XDP steered to the responder, with why (`steer::SteerValue`).
     pub const STEER: &str = "STEER";

@@ -14,6 +14,17 @@ pub const ENTRIES: u32 = 16_384;
 /// responder connection never counts toward a source or a service.
 pub const RESPONDER_MARK: u32 = 0x4c4d_5452; // "LMTR"
 
+/// Entries of `RESPONDER`: one listening socket per address family, since
+/// a socket bound to `::1` is IPv6-only and the kernel hands an IPv4 SYN
+/// only to an IPv4 (or dual-stack) socket.
+pub const RESPONDER_SLOTS: u32 = 2;
+
+/// The `RESPONDER` slot of a family ([`crate::maps::family`]).
+#[must_use]
+pub const fn responder_slot(family: u8) -> u32 {
+    if family == crate::maps::family::V6 { 1 } else { 0 }
+}
+
 /// A `STEER` entry is trusted by `limiter_sk_lookup` for this long after XDP
 /// wrote it. XDP writes it microseconds before the lookup runs; an older one
 /// was not written for this SYN (a refused SYN always rewrites it), so the

@@ -352,7 +352,7 @@ pub(crate) fn release_session(word: *mut u64, now_bucket: u32) {
 /// the kernel removes it when the socket closes (`limiter_sk_lookup` then
 /// refuses steered SYNs).
 #[map(name = "RESPONDER")]
-pub(crate) static RESPONDER: SockMap = SockMap::with_max_entries(1, 0);
+pub(crate) static RESPONDER: SockMap = SockMap::with_max_entries(limiter_common::steer::RESPONDER_SLOTS, 0);
 
 /// Flows XDP steered to the responder, and why (`limiter_common::steer`).
 /// LRU: the responder forgets an entry once it has read it; what it never

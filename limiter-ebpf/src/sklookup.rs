@@ -41,7 +41,7 @@ pub(crate) fn limiter_sk_lookup(ctx: SkLookupContext) -> u32 {
     if now_ns().wrapping_sub(at) > steer::FRESH_NS {
         return SK_PASS;
     }
-    if RESPONDER.redirect_sk_lookup(&ctx, 0, 0).is_ok() {
+    if RESPONDER.redirect_sk_lookup(&ctx, steer::responder_slot(key.family), 0).is_ok() {
         count_steer(budget::REDIRECTED);
         SK_PASS
     } else {

@@ -7,6 +7,7 @@ use sd_notify::NotifyState;
 use crate::{
     daemon::{
         notify::notify,
+        respond::Answers,
         state::{Daemon, in_force, log_policy},
     },
     policy::{file::ConfigFile, model::Policy},
@@ -74,6 +75,7 @@ impl Daemon {
             return Err(e);
         }
         self.policy = new;
+        self.answers = Answers::new(&self.policy);
         let from = self.source.config.as_ref().map_or_else(|| "the run flags".to_owned(), |p| p.display().to_string());
         info!("reloaded the policy from {from}");
         let effective = in_force(&self.policy, &self.runtime.lists);

@@ -216,6 +216,14 @@ pub struct Stats {
     pub failed: u64,
 }
 
+/// Accepts on `l`; never returns without one.
+async fn accept(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One of the connections being answered; gives its place back when dropped.
 struct Slot(Rc<Cell<usize>>);
 
@@ -234,19 +242,28 @@ impl Drop for Slot {
     }
 }
 
-/// Accepts steered connections until the task is dropped. `decide` says
+/// Accepts steered connections on `listeners` (at most two: one per
+/// address family) until the task is dropped. `decide` says
 /// what to answer a connection from `peer` to `local` (the client's
 /// original destination); `None` resets it.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     limits: Limits,
     decide: impl Fn(SocketAddr, SocketAddr) -> Option<Reply> + 'static,
     stats: Rc<RefCell<Stats>>,
 ) {
     let in_flight = Rc::new(Cell::new(0usize));
     let mut budget = Budget::new(limits, Instant::now());
+    let (first, second) = {
+        let mut l = listeners.into_iter();
+        (l.next(), l.next())
+    };
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            r = accept(first.as_ref()) => r,
+            r = accept(second.as_ref()) => r,
+        };
+        let Ok((stream, peer)) = accepted else {
             // EMFILE and the like: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;

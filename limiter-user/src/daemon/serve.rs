@@ -2,9 +2,10 @@
 //! burst flushes, reclaim, seeded connections' release, the watchdog) and
 //! signals, until SIGINT or SIGTERM.
 
-use std::{cell::RefCell, rc::Rc};
+use std::{cell::RefCell, net::SocketAddr, rc::Rc};
 
 use aya::maps::{MapData, RingBuf};
+use limiter_common::Verdict;
 use log::{debug, info, warn};
 use sd_notify::NotifyState;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
@@ -15,6 +16,8 @@ use crate::{
         notify::notify,
         refusals,
         report::{sessions_in_use, snapshot, status, top},
+        respond::Steered,
+        responder::{self, Limits},
         start::Started,
         state::{Daemon, Paths, in_force},
     },
@@ -43,8 +46,14 @@ fn ready_status(d: &Daemon) -> String {
 /// Serves until SIGINT or SIGTERM, then shuts down: the pins stay, so
 /// counting and enforcement continue.
 pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
-    let Started { daemon, listener, ring, metrics, socket_file } = started;
+    let Started { daemon, listener, ring, metrics, socket_file, responder } = started;
     let state = Rc::new(RefCell::new(daemon));
+    let responder_task = {
+        let counts = Rc::clone(&state.borrow().responder);
+        let state = Rc::clone(&state);
+        let answer = move |peer, local| steered_reply(&mut state.borrow_mut(), peer, local);
+        tokio::task::spawn_local(responder::serve(responder, Limits::default(), answer, counts))
+    };
     let handler = {
         let state = Rc::clone(&state);
         move |req: Request| handle(&mut state.borrow_mut(), req)
@@ -60,6 +69,7 @@ pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
     main_loop(&state, ring).await?;
     notify(&[NotifyState::Stopping]);
     server.abort();
+    responder_task.abort();
     if let Some(m) = metrics_server {
         m.abort();
     }
@@ -72,6 +82,19 @@ pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
         paths.pin_dir.display()
     );
     Ok(())
+}
+
+/// What the responder answers a connection the kernel steered to it: the
+/// line for the reason XDP noted (`STEER`), or a reset when the note is gone.
+fn steered_reply(d: &mut Daemon, peer: SocketAddr, local: SocketAddr) -> Option<responder::Reply> {
+    let noted = d.loaded.responder.steer_entry(peer, local);
+    if let Err(e) = d.loaded.responder.forget(peer, local) {
+        debug!("{:#}", anyhow::Error::from(e));
+    }
+    let v = noted.ok().flatten()?;
+    let verdict = *Verdict::ALL.get(usize::from(v.verdict))?;
+    let st = Steered { service: u32::from(v.service), verdict, limit: v.limit, count: v.count };
+    Some(d.answers.reply(&d.policy, &st, peer.ip(), local.port()))
 }
 
 /// Answers one control request.
@@ -140,7 +163,8 @@ async fn main_loop(state: &Rc<RefCell<Daemon>>, mut ring: AsyncFd<RingBuf<MapDat
                 guard.clear_ready();
             }
             _ = refill.tick() => {
-                if let Err(e) = state.borrow_mut().budget.refill() {
+                let d = &mut *state.borrow_mut();
+                if let Err(e) = d.budget.refill().and_then(|()| d.loaded.responder.refill()) {
                     warn!("{:#}", anyhow::Error::from(e));
                 }
             }

@@ -7,6 +7,7 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    rc::Rc,
 };
 
 use anyhow::{Context as _, bail};
@@ -21,6 +22,7 @@ use crate::{
     daemon::{
         metrics, refusals,
         refusals::Bursts,
+        respond::Answers,
         state::{Daemon, Paths, Source, copy_ids, in_force, log_policy},
     },
     kernel::{
@@ -40,6 +42,8 @@ pub struct Started {
     pub metrics: Option<TcpListener>,
     /// Removes the control socket's file when dropped.
     pub socket_file: SocketFile,
+    /// The responder's listening sockets, in `RESPONDER` already.
+    pub responder: Vec<tokio::net::TcpListener>,
 }
 
 /// The control socket's file: removed when dropped, so a failed start-up
@@ -69,7 +73,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     // From here on every way out, a failed start included, removes the socket.
     let socket_file = SocketFile(paths.socket.clone());
     let mut effective = in_force(&policy, &runtime.lists);
-    let loaded = load(&mut effective, paths)?;
+    let mut loaded = load(&mut effective, paths)?;
     // The ids the pinned table gave (stable by name), for the config layer too.
     let mut policy = policy;
     copy_ids(&mut policy, &effective);
@@ -77,6 +81,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
     let (ring, budget) = take_events(&loaded)?;
+    let responder = responder_sockets(&mut loaded)?;
     let metrics = match policy.metrics_listen {
         Some(addr) => match metrics::bind(addr).await {
             Ok(l) => Some(l),
@@ -89,6 +94,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         warn!("{w}");
     }
     info!("control socket {}", paths.socket.display());
+    let answers = Answers::new(&policy);
     let daemon = Daemon {
         loaded,
         policy,
@@ -97,8 +103,10 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         budget,
         bursts: Bursts::new(refusals::window()),
         pin_dir: paths.pin_dir.clone(),
+        answers,
+        responder: Rc::default(),
     };
-    Ok(Started { daemon, listener, ring, metrics, socket_file })
+    Ok(Started { daemon, listener, ring, metrics, socket_file, responder })
 }
 
 /// Loads and attaches the programs with `effective` (the policy in force).
@@ -142,4 +150,27 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
     Ok(listener)
+}
+
+/// The responder's listening sockets, one per family, on loopback so that
+/// nothing reaches them but what the kernel steers (`sk_lookup` hands them
+/// SYNs for any address and port): `127.0.0.1` and, where the host has
+/// IPv6, `::1`. Marked and put in `RESPONDER`, the tokens filled.
+fn responder_sockets(loaded: &mut Loaded) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let v4 = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .context("cannot open the responder's socket on 127.0.0.1")?;
+    let mut all = vec![v4];
+    match std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)) {
+        Ok(v6) => all.push(v6),
+        Err(e) => warn!("no IPv6 responder socket on ::1 ({e}): IPv6 over-limit clients are reset"),
+    }
+    let mut out = Vec::new();
+    for listener in all {
+        listener.set_nonblocking(true)?;
+        loaded.responder.set_listener(&listener)?;
+        info!("responder on {}", listener.local_addr()?);
+        out.push(tokio::net::TcpListener::from_std(listener)?);
+    }
+    loaded.responder.refill()?;
+    Ok(out)
 }

@@ -1,11 +1,11 @@
 //! The running daemon's state, shared by the control handlers and the main
 //! loop, and the one way a policy reaches the kernel: [`Daemon::apply`].
-use std::path::PathBuf;
+use std::{cell::RefCell, path::PathBuf, rc::Rc};
 
 use log::info;
 
 use crate::{
-    daemon::refusals::Bursts,
+    daemon::{refusals::Bursts, respond::Answers, responder},
     kernel::{events::Budget, loader::Loaded},
     policy::{
         lists::Lists,
@@ -47,6 +47,10 @@ pub struct Daemon {
     pub bursts: Bursts,
     /// Where the programs, links and maps are pinned (reported by `status`).
     pub pin_dir: PathBuf,
+    /// What the responder answers (`respond` services' texts and TLS).
+    pub answers: Answers,
+    /// What the responder did.
+    pub responder: Rc<RefCell<responder::Stats>>,
 }
 
 /// The policy in force: the config's, with the run-time entries layered on

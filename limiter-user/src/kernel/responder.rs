@@ -56,7 +56,8 @@ impl Responder {
 
     /// Makes `listener` the responder socket: marks it
     /// (`steer::RESPONDER_MARK`, which its accepted connections inherit and
-    /// `sock_ops` skips), then puts it in `RESPONDER`. The socket must live
+    /// `sock_ops` skips), then puts it in `RESPONDER`, in the slot of its
+    /// address family. The socket must live
     /// in the network namespace the `sk_lookup` program is attached to; when it
     /// closes the kernel removes it, and steered SYNs are refused (RST).
     pub fn set_listener(&mut self, listener: &TcpListener) -> Result<(), LoadError> {
@@ -74,7 +75,11 @@ impl Responder {
         if rc != 0 {
             return Err(LoadError::Responder(std::io::Error::last_os_error()));
         }
-        self.socket.set(0, listener, 0).map_err(map_err(names::RESPONDER))
+        let family = match listener.local_addr().map_err(LoadError::Responder)? {
+            SocketAddr::V4(_) => limiter_common::maps::family::V4,
+            SocketAddr::V6(_) => limiter_common::maps::family::V6,
+        };
+        self.socket.set(steer::responder_slot(family), listener, 0).map_err(map_err(names::RESPONDER))
     }
 
     /// Gives every CPU its steering tokens back (`steer::TOKENS_PER_REFILL`).

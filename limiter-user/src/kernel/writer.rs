@@ -248,9 +248,8 @@ fn service_policy(s: &Service) -> ServicePolicy {
         rate_tolerance_ns: b.tolerance_ns,
         action: match s.action {
             Action::Drop => action::DROP,
-            // The kernel has no respond action yet: `respond` resets, which is also
-            // its fallback; steering to the responder will replace this.
-            Action::Reset | Action::Respond => action::RESET,
+            Action::Reset => action::RESET,
+            Action::Respond => action::RESPOND,
         },
         max_conn_per_source: s.max_conn_per_source.unwrap_or(0),
         pad: [0; 3],

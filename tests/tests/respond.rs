@@ -1,0 +1,109 @@
+//! `action = "respond"` end to end in namespaces: an over-limit client gets
+//! the protocol's refusal line from the limiter's responder instead of a
+//! RST, the server behind never sees that connection, and with the daemon
+//! killed the same attempt is reset.
+#![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
+
+use std::{
+    io::Read as _,
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use limiter_tests::{
+    netns::{Attempt, Daemon, Pair, connect, streams},
+    privileged, require,
+};
+
+const PORT: u16 = 2525;
+const WAIT: Duration = Duration::from_secs(5);
+
+/// `limiter run` in the pair's server namespace: SMTP on [`PORT`], two
+/// connections per source, over-limit attempts answered.
+fn responding(pair: &Pair) -> Daemon {
+    Daemon::start(
+        &pair.server,
+        &[
+            "--iface",
+            &pair.server_if,
+            "--port",
+            "2525",
+            "--max-conn-per-source",
+            "2",
+            "--action",
+            "respond",
+            "--protocol",
+            "smtp",
+        ],
+    )
+}
+
+/// What a connection from `src` to the server's `dst` reads before the
+/// server closes it: `Ok(text)`, or the attempt that did not connect.
+fn first_words(pair: &Pair, src: IpAddr, dst: IpAddr) -> Result<String, String> {
+    pair.client.run(move || match connect(src, SocketAddr::new(dst, PORT), WAIT) {
+        Attempt::Connected(s) => {
+            let mut s: TcpStream = s;
+            s.set_read_timeout(Some(WAIT)).expect("read timeout");
+            let mut text = String::new();
+            match s.read_to_string(&mut text) {
+                Ok(_) => Ok(text),
+                Err(e) => Err(format!("read after connect: {e} (read {text:?})")),
+            }
+        }
+        other => Err(format!("{other:?}")),
+    })
+}
+
+fn over_the_limit_gets_the_line(v6: bool) {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let (src, dst) =
+        if v6 { (pair.add_client_v6(1, 7), pair.server_v6()) } else { (pair.add_client_v4(7), pair.server_v4()) };
+    let d = responding(&pair);
+    let held = streams(pair.hold(src, PORT, 2, WAIT));
+    let text = first_words(&pair, src, dst).expect("the third attempt connects to the responder");
+    assert!(
+        text.starts_with("421 4.7.0 ") && text.ends_with(" Too many connections from your IP (2), try again later\r\n"),
+        "the SMTP refusal line, CRLF, then the close: {text:?}"
+    );
+    assert_eq!(text.matches("\r\n").count(), 1, "one line: {text:?}");
+    let s = d.status_json().expect("status");
+    assert_eq!(s["services"][0]["counters"]["refused_concurrency"], 1, "{s}");
+    assert_eq!(s["services"][0]["action"], "respond", "{s}");
+    // The responder's connection is not one of the source's: closing one
+    // held connection lets exactly one in.
+    drop(held);
+    d.wait_connections(0, WAIT);
+    let again = pair.hold(src, PORT, 2, WAIT);
+    assert_eq!(again.len(), 2);
+}
+
+#[test]
+fn over_the_limit_gets_the_smtp_line_v4() {
+    over_the_limit_gets_the_line(false);
+}
+
+#[test]
+fn over_the_limit_gets_the_smtp_line_v6() {
+    over_the_limit_gets_the_line(true);
+}
+
+#[test]
+fn with_the_daemon_killed_over_the_limit_is_reset() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let src = pair.add_client_v4(8);
+    let dst = pair.server_v4();
+    let mut d = responding(&pair);
+    let _held = streams(pair.hold(src, PORT, 2, WAIT));
+    assert!(first_words(&pair, src, dst).is_ok_and(|t| t.starts_with("421 ")), "answered while the daemon runs");
+    d.kill();
+    let after = first_words(&pair, src, dst);
+    assert!(
+        after.as_ref().is_err_and(|e| e.starts_with("Refused")),
+        "with no responder the attempt is reset, not let through: {after:?}"
+    );
+}
