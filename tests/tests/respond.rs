@@ -72,6 +72,9 @@ fn over_the_limit_gets_the_line(v6: bool) {
     let s = d.status_json().expect("status");
     assert_eq!(s["services"][0]["counters"]["refused_concurrency"], 1, "{s}");
     assert_eq!(s["services"][0]["action"], "respond", "{s}");
+    let r = &s["responder"];
+    assert_eq!((&r["steered"], &r["redirected"], &r["responded"]), (&1.into(), &1.into(), &1.into()), "{s}");
+    assert_eq!((&r["reset"], &r["fallback_no_token"], &r["fallback_no_responder"]), (&0.into(), &0.into(), &0.into()));
     // The responder's connection is not one of the source's: closing one
     // held connection lets exactly one in.
     drop(held);

@@ -16,6 +16,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+use crate::protocol::ResponderStatus;
+
 /// What one scrape reports.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -37,6 +39,8 @@ pub struct Snapshot {
     pub log_suppressed: u64,
     /// Refusal lines logged.
     pub log_lines: u64,
+    /// What the `respond` action did.
+    pub responder: ResponderStatus,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -57,6 +61,28 @@ fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The `respond` action: SYNs steered, how they were answered, fallbacks.
+fn register_responder(r: &mut Registry, s: &ResponderStatus) {
+    let answers = Family::<Labels1, Counter>::default();
+    r.register(
+        "respond_answers",
+        "Over-limit SYNs of respond services, by how they were answered (responded, reset, failed, fallback_*)",
+        answers.clone(),
+    );
+    for (outcome, n) in [
+        ("responded", s.responded),
+        ("reset", s.reset),
+        ("failed", s.failed),
+        ("fallback_no_token", s.fallback_no_token),
+        ("fallback_no_responder", s.fallback_no_responder),
+    ] {
+        answers.get_or_create(&[("outcome", outcome.to_owned())]).inc_by(n);
+    }
+    let steered = Counter::<u64>::default();
+    steered.inc_by(s.steered);
+    r.register("respond_steered", "Over-limit SYNs XDP steered to the responder", steered);
+}
+
 /// The `OpenMetrics` text of a snapshot. Families appear in the order
 /// they are registered here.
 #[must_use]
@@ -66,6 +92,7 @@ pub fn render(s: &Snapshot) -> String {
     register_services(&mut r, s);
     register_tables(&mut r, s);
     register_events(&mut r, s);
+    register_responder(&mut r, &s.responder);
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &r);
@@ -245,6 +272,7 @@ mod tests {
             maps: vec![("CONNS", 2, 65_536)],
             attachments: vec![("eth0".into(), "native")],
             events_unreported: 4,
+            responder: ResponderStatus { responded: 5, fallback_no_responder: 1, ..ResponderStatus::default() },
             log_suppressed: 2,
             log_lines: 1,
         }
@@ -273,6 +301,8 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+        assert!(text.contains("limiter_respond_answers_total{outcome=\"responded\"} 5"), "{text}");
+        assert!(text.contains("limiter_respond_answers_total{outcome=\"fallback_no_responder\"} 1"), "{text}");
     }
 
     #[test]

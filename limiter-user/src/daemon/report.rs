@@ -16,7 +16,10 @@ use crate::{
     },
     kernel::{counters, maps},
     policy::model::Policy,
-    protocol::{Counters, Interface, ListCounts, RefusalLines, ServiceStatus, StatusReply, TopReply, TopRow, Totals},
+    protocol::{
+        Counters, Interface, ListCounts, RefusalLines, ResponderStatus, ServiceStatus, StatusReply, TopReply, TopRow,
+        Totals,
+    },
 };
 
 /// A service's row of `COUNTERS` (or the sum of them), without
@@ -139,6 +142,7 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         maps,
         attachments: d.loaded.attachments.iter().map(|a| (a.name.clone(), a.xdp_mode)).collect(),
         events_unreported: d.budget.unreported().map_err(|e| e.to_string())?,
+        responder: responder_status(d)?,
         log_suppressed: d.bursts.suppressed_total,
         log_lines: d.bursts.logged_total,
     })
@@ -197,6 +201,22 @@ pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
             suppressed: d.bursts.suppressed_total,
             unreported: d.budget.unreported().map_err(|e| e.to_string())?,
         }),
+        responder: Some(responder_status(d)?),
+    })
+}
+
+/// The `respond` action's counts, the kernel's and the responder's.
+pub(crate) fn responder_status(d: &Daemon) -> Result<ResponderStatus, String> {
+    let k = d.loaded.responder.counts().map_err(|e| e.to_string())?;
+    let r = *d.responder.borrow();
+    Ok(ResponderStatus {
+        steered: k.steered,
+        redirected: k.redirected,
+        responded: r.responded,
+        reset: r.reset,
+        failed: r.failed,
+        fallback_no_token: k.no_token,
+        fallback_no_responder: k.no_responder,
     })
 }
 

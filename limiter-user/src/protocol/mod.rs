@@ -18,7 +18,10 @@ use tokio::{
 use crate::policy::service::Rate;
 pub use crate::protocol::{
     lists::{AddedReply, Entry, ListName, ListReply, ListedEntry, Origin, ReloadReply, RemovedReply},
-    status::{Counters, Interface, ListCounts, RefusalLines, ServiceStatus, StatusReply, TopReply, TopRow, Totals},
+    status::{
+        Counters, Interface, ListCounts, RefusalLines, ResponderStatus, ServiceStatus, StatusReply, TopReply, TopRow,
+        Totals,
+    },
 };
 
 /// Default socket path (`LIMITER_SOCKET` overrides it for clients).

@@ -40,6 +40,31 @@ pub struct StatusReply {
     /// Refusal log lines since the daemon started.
     #[schemars(required)]
     pub refusal_lines: Option<RefusalLines>,
+    /// What the `respond` action did: steered SYNs and their answers.
+    /// Absent from a daemon older than the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
+    pub responder: Option<ResponderStatus>,
+}
+
+/// The `respond` action's counts: the kernel's since the programs were
+/// loaded, the responder's since the daemon started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ResponderStatus {
+    /// Over-limit SYNs XDP steered to the responder.
+    pub steered: u64,
+    /// Steered SYNs the socket lookup handed to the responder.
+    pub redirected: u64,
+    /// Refusal lines the responder wrote.
+    pub responded: u64,
+    /// Steered connections the responder reset (over its budget, or nothing to say).
+    pub reset: u64,
+    /// Clients that did not finish TLS or take the line in time.
+    pub failed: u64,
+    /// Fallbacks to reset in XDP: no steering token left.
+    pub fallback_no_token: u64,
+    /// Fallbacks to reset at the socket lookup: no responder socket (daemon gone).
+    pub fallback_no_responder: u64,
 }
 
 /// An interface the XDP program is attached to.

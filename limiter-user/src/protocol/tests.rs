@@ -79,6 +79,7 @@ fn imap() -> ServiceStatus {
 
 fn status() -> StatusReply {
     StatusReply {
+        responder: None,
         version: "0.1.0".into(),
         pin_dir: Some("/sys/fs/bpf/limiter".into()),
         interfaces: vec![Interface { name: "eth0".into(), ifindex: 2, xdp_mode: "native".into() }],
@@ -97,6 +98,7 @@ fn status_as_before() {
     same_pretty(&status(), include_str!("pinned/status.json"));
     same_wire(Reply::Status(Box::new(status())), &status(), include_str!("pinned/status.wire"));
     let empty = StatusReply {
+        responder: None,
         version: "0.1.0".into(),
         pin_dir: Some("/p".into()),
         interfaces: Vec::new(),
