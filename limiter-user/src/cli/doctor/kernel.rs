@@ -4,7 +4,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapType,
-    programs::{ProgramError, ProgramType, SockOps, Xdp},
+    programs::{ProgramError, ProgramType, SkLookup, SockOps, Xdp},
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
 };
 use limiter_common::maps::names;
@@ -110,6 +110,11 @@ fn probes() -> Vec<Probe> {
         ("bpf_get_netns_cookie in sock_ops", true, helper(ProgramType::SockOps, BpfHelper::BPF_FUNC_get_netns_cookie)),
         ("bpf_ktime_get_coarse_ns in XDP", true, helper(ProgramType::Xdp, BpfHelper::BPF_FUNC_ktime_get_coarse_ns)),
         ("bpf_xdp_adjust_tail", true, helper(ProgramType::Xdp, BpfHelper::BPF_FUNC_xdp_adjust_tail)),
+        // The respond action: steering to the responder's socket.
+        ("sk_lookup programs", true, prog(ProgramType::SkLookup)),
+        ("sockmap", true, map(MapType::SockMap)),
+        ("LRU hash", true, map(MapType::LruHash)),
+        ("bpf_sk_assign in sk_lookup", true, helper(ProgramType::SkLookup, BpfHelper::BPF_FUNC_sk_assign)),
     ]
 }
 
@@ -212,16 +217,21 @@ pub(super) fn programs_check(privileged: bool) -> (Check, Option<Ebpf>) {
         xdp.load().map_err(|e| (names::XDP_PROGRAM, e))?;
         let p = ebpf.program_mut(names::SOCK_OPS_PROGRAM).ok_or((names::SOCK_OPS_PROGRAM, ProgramError::NotLoaded))?;
         let sock_ops: &mut SockOps = p.try_into().map_err(|e| (names::SOCK_OPS_PROGRAM, e))?;
-        sock_ops.load().map_err(|e| (names::SOCK_OPS_PROGRAM, e))
+        sock_ops.load().map_err(|e| (names::SOCK_OPS_PROGRAM, e))?;
+        let p =
+            ebpf.program_mut(names::SK_LOOKUP_PROGRAM).ok_or((names::SK_LOOKUP_PROGRAM, ProgramError::NotLoaded))?;
+        let sk_lookup: &mut SkLookup = p.try_into().map_err(|e| (names::SK_LOOKUP_PROGRAM, e))?;
+        sk_lookup.load().map_err(|e| (names::SK_LOOKUP_PROGRAM, e))
     })();
     match loaded {
         Ok(()) => (
             Check::ok(
                 name,
                 format!(
-                    "{} and {} pass the verifier (test load, not attached)",
+                    "{}, {} and {} pass the verifier (test load, not attached)",
                     names::XDP_PROGRAM,
-                    names::SOCK_OPS_PROGRAM
+                    names::SOCK_OPS_PROGRAM,
+                    names::SK_LOOKUP_PROGRAM
                 ),
             ),
             Some(ebpf),
