@@ -11,7 +11,8 @@ use std::{
 };
 
 use limiter_tests::{
-    netns::{Attempt, Daemon, Pair, connect, streams},
+    cli::{Scratch, path_str},
+    netns::{Attempt, Daemon, Pair, connect, sh, streams},
     privileged, require,
 };
 
@@ -41,7 +42,12 @@ fn responding(pair: &Pair) -> Daemon {
 /// What a connection from `src` to the server's `dst` reads before the
 /// server closes it: `Ok(text)`, or the attempt that did not connect.
 fn first_words(pair: &Pair, src: IpAddr, dst: IpAddr) -> Result<String, String> {
-    pair.client.run(move || match connect(src, SocketAddr::new(dst, PORT), WAIT) {
+    first_words_on(pair, src, dst, PORT)
+}
+
+/// [`first_words`] on another port.
+fn first_words_on(pair: &Pair, src: IpAddr, dst: IpAddr, port: u16) -> Result<String, String> {
+    pair.client.run(move || match connect(src, SocketAddr::new(dst, port), WAIT) {
         Attempt::Connected(s) => {
             let mut s: TcpStream = s;
             s.set_read_timeout(Some(WAIT)).expect("read timeout");
@@ -109,4 +115,98 @@ fn with_the_daemon_killed_over_the_limit_is_reset() {
         after.as_ref().is_err_and(|e| e.starts_with("Refused")),
         "with no responder the attempt is reset, not let through: {after:?}"
     );
+}
+
+/// A throwaway self-signed certificate for `mx.test` and its key (PEM) in `dir`.
+fn certificate(dir: &Scratch) -> (String, String) {
+    let (cert, key) = (dir.0.join("mx.pem"), dir.0.join("mx.key"));
+    let (cert, key) = (path_str(&cert).to_owned(), path_str(&key).to_owned());
+    sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mx.test",
+        "-addext",
+        "subjectAltName=DNS:mx.test",
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+    ]);
+    (cert, key)
+}
+
+/// The first bytes an IMAPS client from `src` reads after its TLS handshake
+/// with `dst:993`, trusting `ca`: Python's `ssl`, as mail clients do it.
+fn imaps_first_words(pair: &Pair, src: IpAddr, dst: IpAddr, ca: &str) -> String {
+    let script = format!(
+        "import socket, ssl\n\
+         s = socket.create_connection(('{dst}', 993), timeout=5, source_address=('{src}', 0))\n\
+         c = ssl.create_default_context(cafile='{ca}')\n\
+         t = c.wrap_socket(s, server_hostname='mx.test')\n\
+         data = b''\n\
+         while True:\n\
+         \x20   b = t.recv(1024)\n\
+         \x20   if not b: break\n\
+         \x20   data += b\n\
+         print(repr(data.decode()))\n"
+    );
+    pair.client.exec(&["python3", "-c", &script]).trim().to_owned()
+}
+
+/// `limiter run` with IMAPS on 993 (two per source, respond), with the
+/// certificate and key if given.
+fn imaps(pair: &Pair, dir: &Scratch, tls: Option<(&str, &str)>) -> Daemon {
+    let tls = tls.map_or_else(String::new, |(cert, key)| format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"));
+    let config = dir.write(
+        "limiter.toml",
+        &format!(
+            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"imaps\"\nports = [993]\nmax_conn_per_source = 2\n\
+             action = \"respond\"\n{tls}",
+            pair.server_if
+        ),
+    );
+    Daemon::start(&pair.server, &["--config", path_str(&config)])
+}
+
+#[test]
+fn imaps_over_the_limit_reads_the_bye_inside_tls() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(993);
+    let src = pair.add_client_v4(9);
+    let dst = pair.server_v4();
+    let dir = Scratch::new();
+    let (cert, key) = certificate(&dir);
+    let _d = imaps(&pair, &dir, Some((&cert, &key)));
+    let _held = streams(pair.hold(src, 993, 2, WAIT));
+    let got = imaps_first_words(&pair, src, dst, &cert);
+    assert_eq!(got, "'* BYE [UNAVAILABLE] Too many connections from your IP (2)\\r\\n'", "inside TLS");
+}
+
+#[test]
+fn imaps_without_a_certificate_is_reset() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(993);
+    let src = pair.add_client_v4(10);
+    let dst = pair.server_v4();
+    let dir = Scratch::new();
+    let d = imaps(&pair, &dir, None);
+    let _held = streams(pair.hold(src, 993, 2, WAIT));
+    let got = first_words_on(&pair, src, dst, 993);
+    assert!(
+        got.as_ref().is_err_and(|e| e.contains("reset") || e.starts_with("Refused")),
+        "no text in the clear where the client expects TLS, a reset: {got:?}"
+    );
+    let s = d.status_json().expect("status");
+    assert_eq!(s["responder"]["responded"], 0, "{s}");
 }
