@@ -81,6 +81,8 @@ fn over_the_limit_gets_the_line(v6: bool) {
     let r = &s["responder"];
     assert_eq!((&r["steered"], &r["redirected"], &r["responded"]), (&1.into(), &1.into(), &1.into()), "{s}");
     assert_eq!((&r["reset"], &r["fallback_no_token"], &r["fallback_no_responder"]), (&0.into(), &0.into(), &0.into()));
+    let text = limiter_tests::cli::ok(&d, &["status"]).stdout;
+    assert!(text.contains("respond: 1 answered, 0 reset, 0 failed;"), "{text}");
     // The responder's connection is not one of the source's: closing one
     // held connection lets exactly one in.
     drop(held);

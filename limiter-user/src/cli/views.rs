@@ -110,6 +110,13 @@ pub fn status(v: &StatusReply) -> String {
         let _ = writeln!(out, "lists: {} allow, {} deny, {} reserve entries", l.allow, l.deny, l.reserve);
     }
     let _ = writeln!(out, "other packets passed: {}", v.totals.passed_other);
+    if let Some(r) = v.responder.filter(|_| v.services.iter().any(|s| s.action == "respond")) {
+        let _ = writeln!(
+            out,
+            "respond: {} answered, {} reset, {} failed; fell back to reset: {} out of tokens, {} no responder",
+            r.responded, r.reset, r.failed, r.fallback_no_token, r.fallback_no_responder
+        );
+    }
     out
 }
 
