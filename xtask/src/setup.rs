@@ -24,14 +24,39 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",
     "bpftool",
     "tcpdump",
+    // Real servers and clients for end-to-end tests; each test runs its own
+    // private instance in a namespace (see SERVICES below).
     "postfix",
+    "dovecot-imapd",
+    "dovecot-pop3d",
+    "vsftpd",
     "swaks",
+    // smtplib/imaplib/poplib/ftplib clients, and test certificates.
+    "python3",
+    "openssl",
     "netsniff-ng",
     "util-linux",
     "procps",
     // fail2ban-regex checks the shipped filter against real daemon output.
     "fail2ban",
 ];
+
+/// The system-wide services of the packages above, by package. The tests
+/// start private instances in their own namespaces and never need these; a
+/// system instance would hold ports 21, 25, 110, 143, 993 and 995 of the
+/// host for nothing. So they are never started on install (policy-rc.d) and
+/// are disabled afterwards, but only for packages this run installed: an
+/// admin's own Postfix or Dovecot stays as it was.
+const SERVICES: &[(&str, &[&str])] = &[
+    ("postfix", &["postfix.service"]),
+    ("dovecot-imapd", &["dovecot.service", "dovecot.socket"]),
+    ("dovecot-pop3d", &["dovecot.service", "dovecot.socket"]),
+    ("vsftpd", &["vsftpd.service"]),
+];
+
+/// Debian's hook that `invoke-rc.d` asks before it starts a service
+/// (exit 101: "not allowed").
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// The toolchain that builds the kernel crate, and how to invoke it.
 #[derive(Debug, Clone)]
@@ -168,15 +193,82 @@ pub(crate) fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
         bail!("installing {} needs root", missing.join(" "));
     }
     run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    {
+        // Installing a daemon starts it; with this hook in place none starts,
+        // so no port is taken even for a moment.
+        let _no_starts = NoServiceStarts::install()?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
     let still = missing_packages(packages);
     if !still.is_empty() {
         bail!("apt-get did not install: {}", still.join(" "));
     }
+    disable_services(&missing);
     Ok(())
+}
+
+/// A `policy-rc.d` that refuses every start, removed on drop; an existing
+/// one (a container's, or an admin's) is left alone and nothing is removed.
+struct NoServiceStarts {
+    ours: bool,
+}
+
+impl NoServiceStarts {
+    fn install() -> Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(Self { ours: false });
+        }
+        fs::write(POLICY_RC_D, "#!/bin/sh\n# Written by cargo xtask setup for one apt-get run.\nexit 101\n")
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))?;
+        Ok(Self { ours: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.ours
+            && let Err(e) = fs::remove_file(POLICY_RC_D)
+        {
+            eprintln!("xtask: could not remove {POLICY_RC_D}: {e}");
+        }
+    }
+}
+
+/// Stops and disables the system services of the `installed` packages (see
+/// [`SERVICES`]), so that they neither run now (if a policy-rc.d of someone
+/// else's let them start) nor start at the next boot. Best effort: a
+/// service manager that is missing has nothing to start them either.
+fn disable_services(installed: &[&str]) {
+    let mut units: Vec<&str> =
+        SERVICES.iter().filter(|(p, _)| installed.contains(p)).flat_map(|(_, u)| u.iter().copied()).collect();
+    units.sort_unstable();
+    units.dedup();
+    if units.is_empty() {
+        return;
+    }
+    eprintln!("xtask: disabling the system instances of {}: the tests run their own", units.join(" "));
+    let systemd_running = Path::new("/run/systemd/system").exists();
+    if Path::new("/bin/systemctl").exists() || Path::new("/usr/bin/systemctl").exists() {
+        // `disable` works without a running systemd (it removes the links);
+        // `--now` also stops a running unit.
+        let now: &[&str] = if systemd_running { &["--now"] } else { &[] };
+        if let Err(e) = run(Command::new("systemctl").arg("disable").args(now).args(&units)) {
+            eprintln!("xtask: {e}");
+        }
+    }
+    if !systemd_running {
+        // sysvinit (or none): stop a running instance and drop its rc links.
+        for unit in units.iter().filter_map(|u| u.strip_suffix(".service")) {
+            if Path::new("/etc/init.d").join(unit).exists() {
+                let _ = Command::new("/etc/init.d/".to_owned() + unit).arg("stop").output();
+                let _ = Command::new("update-rc.d").args([unit, "disable"]).output();
+            }
+        }
+    }
 }
 
 fn nix_is_root() -> bool {
