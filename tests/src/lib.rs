@@ -1,14 +1,15 @@
 //! Helpers for limiter's privileged tests: crafted frames, the one
 //! skip-or-fail guard ([`require!`]), guards that own namespaces, veths and
 //! daemons and clean them up, what the policy tests share, real servers to
-//! put behind the limiter (private Postfix and Dovecot instances, with
-//! test certificates), real clients (Python's) to assert what users
+//! put behind the limiter (private Postfix, Dovecot and vsftpd instances,
+//! with test certificates), real clients (Python's) to assert what users
 //! see, and nftables `ct count` as the reference the limiter is compared
 //! with.
 
 pub mod cli;
 pub mod dovecot;
 pub mod frames;
+pub mod ftp;
 pub mod kernel;
 pub mod modules;
 pub mod netns;

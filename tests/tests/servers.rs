@@ -1,9 +1,9 @@
 //! The real servers and clients the respond action's tests stand on
 //! (issue 15), proved without the limiter: in a fresh namespace pair, a
 //! private Dovecot greets Python's imaplib and poplib (and IMAPS/POP3S with
-//! the test CA), a private Postfix greets smtplib, each server's log counts
-//! exactly the connections made, and Python's clients report each
-//! protocol's refusal line exactly.
+//! the test CA), a private vsftpd greets ftplib, a private Postfix greets
+//! smtplib, each server's log counts exactly the connections made, and
+//! Python's clients report each protocol's refusal line exactly.
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
@@ -14,6 +14,7 @@ use std::{
 
 use limiter_tests::{
     dovecot::{self, Dovecot, Login, Ports},
+    ftp::{self, Vsftpd},
     netns::Pair,
     postfix::{self, Postfix},
     privileged,
@@ -126,6 +127,30 @@ fn dovecot_speaks_imaps_and_pop3s_with_the_test_ca() {
     // Failed handshakes are connections the server saw, too.
     exactly("imap-login over TLS", 5, |t| dovecot.wait_connections(Login::Imap, Some(src), 5, t));
     exactly("pop3-login over TLS", 1, |t| dovecot.wait_connections(Login::Pop3, Some(src), 1, t));
+}
+
+#[test]
+fn vsftpd_greets_ftp_and_logs_each_connection_at_once() {
+    require!(privileged(), ftp::installed(), pyclient::installed());
+    let pair = Pair::new();
+    let src = pair.add_client_v4(2);
+    let vsftpd = Vsftpd::start(&pair.server, 21);
+    let ftp = Client::new(Proto::Ftp, SocketAddr::new(pair.server_v4(), 21)).from(src);
+
+    assert_eq!(greet_n(&pair, &ftp, 3), vec!["220 (vsFTPd 3.0.3)"; 3]);
+    exactly("vsftpd CONNECT", 3, |t| vsftpd.wait_connections(Some(src), 3, t));
+
+    // A held session is logged when it opens, not when it ends.
+    let held = ftp.hold(&pair.client);
+    assert_eq!(held.reply.line, "220 (vsFTPd 3.0.3)");
+    exactly("vsftpd CONNECT, one held", 4, |t| vsftpd.wait_connections(Some(src), 4, t));
+    drop(held);
+
+    let src6 = pair.add_client_v6(1, 0x10);
+    let ftp6 = Client::new(Proto::Ftp, SocketAddr::new(pair.server_v6(), 21)).from(src6);
+    greet_n(&pair, &ftp6, 1);
+    exactly("vsftpd CONNECT over IPv6", 1, |t| vsftpd.wait_connections(Some(src6), 1, t));
+    assert_eq!(vsftpd.connections(), 5, "{}", vsftpd.log());
 }
 
 #[test]
