@@ -1,18 +1,24 @@
 //! Helpers for limiter's privileged tests: crafted frames, the one
 //! skip-or-fail guard ([`require!`]), guards that own namespaces, veths and
-//! daemons and clean them up, what the policy tests share, a private
-//! Postfix to put behind the limiter, and nftables `ct count` as the
-//! reference the limiter is compared with.
+//! daemons and clean them up, what the policy tests share, real servers to
+//! put behind the limiter (private Postfix, Dovecot and vsftpd instances,
+//! with test certificates), real clients (Python's) to assert what users
+//! see, and nftables `ct count` as the reference the limiter is compared
+//! with.
 
 pub mod cli;
+pub mod dovecot;
 pub mod frames;
+pub mod ftp;
 pub mod kernel;
 pub mod modules;
 pub mod netns;
 pub mod nft;
 pub mod policy;
 pub mod postfix;
+pub mod pyclient;
 pub mod scratch;
+pub mod tls;
 
 // The schema tests' dev-dependency, unused by the library's own unit tests.
 #[cfg(test)]

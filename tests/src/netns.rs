@@ -70,6 +70,23 @@ impl Netns {
         self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
     }
 
+    /// Whether something listens on TCP `port` in this namespace, waiting
+    /// up to `limit` for it (a server started in the background).
+    #[must_use]
+    pub fn wait_listening(&self, port: u16, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let filter = format!("sport = :{port}");
+        loop {
+            if !self.exec(&["ss", "-Hltn", &filter]).trim().is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The namespace's network statistics as `nstat` names them
     /// (`TcpInSegs`, `TcpExtSyncookiesSent`, `IpExtInCsumErrors`, ...):
     /// absolute values, zeros included, nstat's history left alone.
