@@ -212,3 +212,37 @@ fn imaps_without_a_certificate_is_reset() {
     let s = d.status_json().expect("status");
     assert_eq!(s["responder"]["responded"], 0, "{s}");
 }
+
+/// A flood of over-limit SYNs (forged, from one address that never
+/// completes a handshake) to a responding service: the kernel steers at most
+/// its token budget and resets the rest, nothing reaches the server's
+/// accept queue in its name, and a real client still gets in, and over its
+/// limit still gets its line.
+#[test]
+fn a_flood_of_over_limit_attempts_is_bounded_by_the_steering_budget() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let d = responding(&pair);
+    let forged: IpAddr = "198.19.77.7".parse().expect("addr");
+    pair.forge_syns(forged, PORT, 3_000);
+    let s = d.status_json().expect("status");
+    let r = &s["responder"];
+    let refused = s["services"][0]["counters"]["refused_concurrency"].as_u64().expect("refused");
+    let (steered, no_token) = (r["steered"].as_u64().expect("steered"), r["fallback_no_token"].as_u64().expect("n"));
+    assert!(refused >= 2_990, "all but the first two are over the limit: {s}");
+    assert_eq!(steered + no_token, refused, "each refusal steered or reset for want of a token: {s}");
+    assert!(no_token > 0, "the budget ran out: {s}");
+    eprintln!("flood: {refused} refused, {steered} steered, {no_token} reset for want of a token");
+    // 64 tokens per CPU per refill (100 ms); generous for a slow machine.
+    let cpus = u64::try_from(std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).expect("cpus");
+    assert!(steered <= 64 * cpus * 50, "steering stays within its budget: {s}");
+    assert_eq!(r["responded"], 0, "a forged source completes no handshake: {s}");
+    // A real client still gets in, and over its limit still gets its line
+    // (the tokens are refilled every 100 ms).
+    let src = pair.add_client_v4(11);
+    let _held = streams(pair.hold(src, PORT, 2, WAIT));
+    std::thread::sleep(Duration::from_millis(300));
+    let text = first_words(&pair, src, pair.server_v4()).expect("the responder answers after the flood");
+    assert!(text.starts_with("421 4.7.0 "), "{text:?}");
+}
