@@ -248,6 +248,9 @@ def text(x):
 def greet():
     if proto in ("smtp", "smtps"):
         c = smtplib.SMTP(timeout=timeout) if proto == "smtp" else smtplib.SMTP_SSL(timeout=timeout, context=ctx)
+        # SMTP_SSL takes the TLS server name from the host given to its
+        # constructor, which would also connect; name it for connect().
+        c._host = host
         code, msg = c.connect(host, port)
         if code != 220:  # what smtplib.SMTP(host, port) does
             c.close()

@@ -19,6 +19,7 @@ use limiter_tests::{
     privileged,
     pyclient::{self, Client, Held, Proto, Reply},
     require,
+    tls::{self, Certs},
 };
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
@@ -123,4 +124,46 @@ fn ftp_over_the_limit_gets_421_and_vsftpd_never_sees_it() {
         "{r:?}"
     );
     assert_eq!(vsftpd.wait_connections(Some(src), 2, LOG_WAIT), 2, "vsftpd saw only the held two:\n{}", vsftpd.log());
+}
+
+/// SMTPS (465) and POP3S (995) over the limit read their line inside TLS,
+/// with the service's certificate (a throwaway CA the clients trust).
+#[test]
+fn smtps_and_pop3s_over_the_limit_read_their_line_inside_tls() {
+    require!(privileged(), pyclient::installed(), tls::installed());
+    let pair = Pair::new();
+    let src: IpAddr = pair.add_client_v4(5);
+    let certs = Certs::new("mx.test");
+    let dst = pair.server_v4();
+    for (port, name, proto, error, line) in [
+        (
+            465,
+            "smtps",
+            Proto::Smtps,
+            "SMTPConnectError",
+            "421 4.7.0 mx.test Too many connections from your IP (2), try again later",
+        ),
+        (995, "pop3s", Proto::Pop3s, "error_proto", "-ERR [SYS/TEMP] Too many connections from your IP (2)"),
+    ] {
+        let _server = pair.listen(port);
+        let config = certs.dir().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "hostname = \"mx.test\"\ninterfaces = [\"{}\"]\n\n[[service]]\nname = \"{name}\"\nports = \
+                 [{port}]\nmax_conn_per_source = 2\naction = \"respond\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                pair.server_if,
+                certs.chain.display(),
+                certs.key.display()
+            ),
+        )
+        .expect("config");
+        let d = Daemon::start(&pair.server, &["--config", config.to_str().expect("utf-8")]);
+        // Two plain TCP connections hold the limit (the listener speaks no TLS).
+        let _held = limiter_tests::netns::streams(pair.hold(src, port, 2, Duration::from_secs(5)));
+        let client = Client::new(proto, SocketAddr::new(dst, port)).from(src).tls(&certs.ca, &certs.host);
+        let r = refused(&pair, &client);
+        assert_eq!((r.error.as_deref(), r.line.as_str()), (Some(error), line), "{name}: {r:?}");
+        drop(d);
+    }
 }
