@@ -12,7 +12,7 @@ use std::{
 
 use limiter_tests::{
     cli::{Scratch, path_str},
-    netns::{Attempt, Daemon, Pair, connect, sh, streams},
+    netns::{Attempt, Daemon, Pair, Spawn, connect, sh, streams},
     privileged, require,
 };
 
@@ -245,4 +245,27 @@ fn a_flood_of_over_limit_attempts_is_bounded_by_the_steering_budget() {
     std::thread::sleep(Duration::from_millis(300));
     let text = first_words(&pair, src, pair.server_v4()).expect("the responder answers after the flood");
     assert!(text.starts_with("421 4.7.0 "), "{text:?}");
+}
+
+/// A source the responder answered completed a handshake with this host,
+/// so its refusal lines are verified (`refused`, which fail2ban reads), even
+/// one that never held a connection: here a deny-listed client.
+#[test]
+fn an_answered_source_gets_verified_lines() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let src = pair.add_client_v4(12);
+    let dst = pair.server_v4();
+    // Short bursts: each attempt below starts its own line.
+    let spawn = Spawn { env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "100".to_owned())], ..Spawn::default() };
+    let args = ["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "2", "--action", "respond"];
+    let d = Daemon::start_with(&pair.server, &[&args[..], &["--protocol", "smtp"]].concat(), spawn);
+    limiter_tests::cli::ok(&d, &["deny", "add", &src.to_string()]);
+    let first = first_words(&pair, src, dst).expect("answered");
+    assert!(first.starts_with("421 4.7.0 ") && first.contains("temporarily refused"), "{first:?}");
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = first_words(&pair, src, dst).expect("answered again");
+    let want = format!("refused {src} default:2525 on the deny list");
+    d.wait_log("a verified line for the answered source", |log| log.contains(&want));
 }

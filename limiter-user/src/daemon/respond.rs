@@ -4,9 +4,13 @@
 //! when there is nothing right to say (the service no longer responds, has
 //! no protocol, or an implicit-TLS port has no certificate).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
-use limiter_common::Verdict;
+use limiter_common::{SourceKey, Verdict};
 use log::warn;
 use tokio_rustls::TlsAcceptor;
 
@@ -111,6 +115,51 @@ impl Answers {
     }
 }
 
+/// Sources the responder answered recently: each completed a TCP handshake
+/// with this host (with the responder), so its address is real, and its
+/// refusal lines are written as verified (`refused`, which fail2ban reads).
+#[derive(Debug, Default)]
+pub struct Answered {
+    at: HashMap<SourceKey, Instant>,
+}
+
+impl Answered {
+    /// How long an answer proves a source.
+    pub const FOR: Duration = Duration::from_mins(1);
+    /// Sources remembered at once; past it the expired ones are dropped,
+    /// then the oldest half.
+    const MAX: usize = 8_192;
+
+    pub fn mark(&mut self, key: SourceKey, now: Instant) {
+        if self.at.len() >= Self::MAX && !self.at.contains_key(&key) {
+            self.at.retain(|_, t| now.saturating_duration_since(*t) < Self::FOR);
+            if self.at.len() >= Self::MAX {
+                let mut ages: Vec<Instant> = self.at.values().copied().collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                self.at.retain(|_, t| *t > cut);
+            }
+        }
+        self.at.insert(key, now);
+    }
+
+    /// Whether `key` was answered within [`Self::FOR`] of `now`.
+    #[must_use]
+    pub fn contains(&self, key: &SourceKey, now: Instant) -> bool {
+        self.at.get(key).is_some_and(|t| now.saturating_duration_since(*t) < Self::FOR)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+}
+
 /// This host's name (`gethostname`), or `localhost` if it has none.
 fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -197,6 +246,25 @@ action = "reset"
         let st = steered(&p, "smtp", Verdict::RefusedConcurrency, 0, 0);
         let got = line(a.reply(&p, &st, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7)), 2525)).expect("a line");
         assert!(got.contains("(2)"), "{got}");
+    }
+
+    #[test]
+    fn an_answer_proves_a_source_for_a_minute_and_the_set_is_bounded() {
+        let t0 = Instant::now();
+        let key = |i: u32| {
+            let mut k = SourceKey { addr: [0; 16], service: 1, family: limiter_common::maps::family::V4, pad: [0; 2] };
+            k.addr[..4].copy_from_slice(&i.to_be_bytes());
+            k
+        };
+        let mut a = Answered::default();
+        a.mark(key(1), t0);
+        assert!(a.contains(&key(1), t0 + Duration::from_secs(59)));
+        assert!(!a.contains(&key(1), t0 + Answered::FOR), "expired");
+        assert!(!a.contains(&key(2), t0), "never answered");
+        for i in 0..u32::try_from(Answered::MAX + 100).expect("small") {
+            a.mark(key(i), t0 + Duration::from_micros(u64::from(i)));
+        }
+        assert!(a.len() <= Answered::MAX, "{} remembered", a.len());
     }
 
     #[test]

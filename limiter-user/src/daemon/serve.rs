@@ -94,7 +94,21 @@ fn steered_reply(d: &mut Daemon, peer: SocketAddr, local: SocketAddr) -> Option<
     let v = noted.ok().flatten()?;
     let verdict = *Verdict::ALL.get(usize::from(v.verdict))?;
     let st = Steered { service: u32::from(v.service), verdict, limit: v.limit, count: v.count };
-    Some(d.answers.reply(&d.policy, &st, peer.ip(), local.port()))
+    let reply = d.answers.reply(&d.policy, &st, peer.ip(), local.port());
+    if matches!(reply, responder::Reply::Line { .. }) {
+        // The handshake completed: the source's address is real.
+        let e = Event {
+            addr: peer.ip(),
+            service: st.service,
+            port: local.port(),
+            verdict,
+            basis: 0,
+            pending: 0,
+            established: 0,
+        };
+        d.answered.mark(e.key(&d.policy), std::time::Instant::now());
+    }
+    Some(reply)
 }
 
 /// Answers one control request.
@@ -216,13 +230,18 @@ fn release_seeded(d: &mut Daemon) {
 impl Daemon {
     /// A refusal the kernel reported: what to log of it.
     fn refusal(&mut self, e: &Event, now: std::time::Instant) -> Vec<refusals::Emit> {
-        let (loaded, policy, runtime) = (&self.loaded, &self.policy, &self.runtime);
+        let (loaded, policy, runtime, answered) = (&self.loaded, &self.policy, &self.runtime, &self.answered);
         self.bursts.event(e, now, || {
             let force = in_force(policy, &runtime.lists);
             let sessions = counters::read_sessions(&loaded.ebpf).unwrap_or_default();
+            // A source the responder answered completed a handshake with
+            // this host as surely as one in `CONNS`.
+            let held = |key: &_| {
+                counters::connections_of(&loaded.ebpf, key).or_else(|| answered.contains(key, now).then_some(0))
+            };
             let cx = refusals::Context {
                 policy: &force,
-                connections: &|key| counters::connections_of(&loaded.ebpf, key),
+                connections: &held,
                 sessions: &|id| sessions_in_use(&sessions, id),
             };
             refusals::describe(e, &cx)

@@ -22,7 +22,7 @@ use crate::{
     daemon::{
         metrics, refusals,
         refusals::Bursts,
-        respond::Answers,
+        respond::{Answered, Answers},
         state::{Daemon, Paths, Source, copy_ids, in_force, log_policy},
     },
     kernel::{
@@ -105,6 +105,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         pin_dir: paths.pin_dir.clone(),
         answers,
         responder: Rc::default(),
+        answered: Answered::default(),
     };
     Ok(Started { daemon, listener, ring, metrics, socket_file, responder })
 }

@@ -5,7 +5,11 @@ use std::{cell::RefCell, path::PathBuf, rc::Rc};
 use log::info;
 
 use crate::{
-    daemon::{refusals::Bursts, respond::Answers, responder},
+    daemon::{
+        refusals::Bursts,
+        respond::{Answered, Answers},
+        responder,
+    },
     kernel::{events::Budget, loader::Loaded},
     policy::{
         lists::Lists,
@@ -51,6 +55,8 @@ pub struct Daemon {
     pub answers: Answers,
     /// What the responder did.
     pub responder: Rc<RefCell<responder::Stats>>,
+    /// Sources the responder answered: proved, for their refusal lines.
+    pub answered: Answered,
 }
 
 /// The policy in force: the config's, with the run-time entries layered on
