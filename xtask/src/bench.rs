@@ -3,7 +3,8 @@
 //! a program passes goes through a private server namespace's real stack) on one pinned CPU, and reports
 //! ns/packet, ratios and the target ratios; with `--flood`, runs `limiter-flood` instead: a real Postfix,
 //! a legitimate SMTP client and bounded SYN floods, with no protection, with nftables `ct count` and with the
-//! limiter daemon, reported as the client's success rate and latency.
+//! limiter daemon, reported as the client's success rate and latency; with `--refusals`, `limiter-refusals`: the
+//! CPU a 421 costs the responder and Postfix.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,10 @@ pub(crate) struct BenchArgs {
     /// latency under floods, with no protection, nftables `ct count` and limiter.
     #[arg(long)]
     flood: bool,
+    /// Who pays for a refusal that says why (`limiter-refusals`, under a minute): 421s answered by limiter's
+    /// responder vs by Postfix's own `smtpd_client_connection_count_limit`, and each side's CPU per answer.
+    #[arg(long, conflicts_with_all = ["flood", "repeat", "runs", "json"])]
+    refusals: bool,
     /// Smoke test: 100000 packets per run and 3 runs; with --flood, 2-second phases (under a minute).
     #[arg(long)]
     quick: bool,
@@ -43,8 +48,16 @@ pub(crate) struct BenchArgs {
 /// configuration served legitimate sessions without a flood, that every flood sent packets and that the enforcers
 /// refused the abuser; neither checks timings or success rates under a flood.
 pub(crate) fn smoke(tc: &BpfToolchain, limiter: &Path) -> Result<()> {
-    let quick =
-        |flood| BenchArgs { flood, quick: true, repeat: None, runs: None, seconds: None, pps: None, json: None };
+    let quick = |flood| BenchArgs {
+        flood,
+        refusals: false,
+        quick: true,
+        repeat: None,
+        runs: None,
+        seconds: None,
+        pps: None,
+        json: None,
+    };
     bench(tc, &quick(false), limiter)?;
     eprintln!("xtask: flood benchmark smoke run (--flood --quick)");
     bench(tc, &quick(true), limiter)
@@ -52,9 +65,15 @@ pub(crate) fn smoke(tc: &BpfToolchain, limiter: &Path) -> Result<()> {
 
 pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs, limiter: &Path) -> Result<()> {
     let mut cmd = crate::cargo(tc);
-    let bin = if args.flood { "limiter-flood" } else { "limiter-bench" };
+    let bin = if args.flood {
+        "limiter-flood"
+    } else if args.refusals {
+        "limiter-refusals"
+    } else {
+        "limiter-bench"
+    };
     cmd.args(["run", "--release", "--quiet", "-p", "limiter-tests", "--bin", bin, "--"]);
-    // limiter-flood starts this daemon binary.
+    // limiter-flood and limiter-refusals start this daemon binary.
     cmd.env("LIMITER_BIN", limiter);
     if args.quick {
         cmd.arg("--quick");

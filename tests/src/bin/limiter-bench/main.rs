@@ -19,6 +19,7 @@
 mod events;
 mod objects;
 mod peers;
+mod steer;
 mod testbed;
 
 use std::{
@@ -57,6 +58,7 @@ use limiter_user::{
 use crate::{
     objects::Objects,
     peers::{LIMIT, Peer},
+    steer::Steering,
     testbed::{CLIENT, Testbed},
 };
 
@@ -78,6 +80,9 @@ const RATE_OPEN_PORT: u16 = 25;
 const RATE_STRICT_PORT: u16 = 587;
 /// Service "builtin": the built-in mail policy (10 connections, 30/m, burst 10, reset).
 const BUILTIN_PORT: u16 = 465;
+/// Service "respond": at most `LIMIT` connections per source, over-limit SYNs steered to the responder. `CONNS`
+/// holds `LIMIT` for the client here (no real connections: nothing else polices this port).
+const RESPOND_PORT: u16 = 2527;
 /// Source port of the injected SYNs: below 1024, where the client's sockets never are, so `bench_sink` on the
 /// client's veth drops whatever the server answers to them.
 const INJECT_SPORT: u16 = 999;
@@ -124,6 +129,7 @@ fn parse_args() -> Result<Args> {
 }
 
 /// One timed path: a program, the frame it is fed, and how to tell that every packet took the path.
+#[expect(clippy::struct_excessive_bools, reason = "independent properties of a case, set by name in the table")]
 struct Case {
     name: &'static str,
     program: &'static str,
@@ -150,6 +156,11 @@ struct Case {
     flood: bool,
     /// Every refusal has an event token and is reported through `EVENTS` (drained on another CPU).
     events: bool,
+    /// `respond`: every packet is steered (tokens topped up before each run; `STEER_BUDGET` checked after).
+    steered: bool,
+    /// Live frames (the default): what the program passes goes up the server's stack. Otherwise a plain
+    /// `BPF_PROG_TEST_RUN` on one buffer: the program alone, its action not carried out.
+    live: bool,
     /// Packets run through the program after `first`, timed or not.
     sent: u64,
     runs: Vec<f64>,
@@ -172,6 +183,8 @@ impl Case {
             reset_slot: None,
             flood: false,
             events: false,
+            steered: false,
+            live: true,
             sent: 0,
             runs: Vec::new(),
         }
@@ -217,6 +230,7 @@ fn policy() -> Policy {
                 action: Action::Reset,
                 ..service("builtin", BUILTIN_PORT, 30, 60, 10)
             },
+            Service { action: Action::Respond, ..conc("respond", RESPOND_PORT, LIMIT) },
         ],
         maps: MapSizes::default(),
         lists: bench_lists(),
@@ -263,9 +277,10 @@ fn client_key(service: u32) -> SourceKey {
 /// The cases, in the order they run in every round.
 #[expect(clippy::too_many_lines, reason = "one table of cases")]
 fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
-    let (open, strict, conc, conc_open, builtin) =
-        (service_id(0), service_id(1), service_id(2), service_id(3), service_id(4));
+    let (open, strict, conc, conc_open, builtin, respond) =
+        (service_id(0), service_id(1), service_id(2), service_id(3), service_id(4), service_id(5));
     let refuse = bed.syn(INJECT_SPORT, REFUSE_PORT);
+    let respond_syn = bed.syn(INJECT_SPORT, RESPOND_PORT);
     // Spoofed sources: the program writes a new /64 of 2001:db8:8000::/33 into every packet (see
     // limiter-ebpf/src/bench.rs); the template's own is the last one it would write.
     let flood_frame = |port| {
@@ -345,6 +360,21 @@ fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
             )
         },
         Case {
+            steered: true,
+            per_packet: cookie,
+            flat: &["TcpOutRsts"],
+            path: "steered by XDP (over the connection limit, a token spent, STEER written), passed; sk_lookup hands \
+                   it to the responder's listener, which answers with a SYN cookie",
+            ..limiter(
+                "limiter_respond",
+                respond_syn.clone(),
+                XDP_PASS,
+                respond,
+                Verdict::RefusedConcurrency,
+                "limiter_accept",
+            )
+        },
+        Case {
             flat: dropped,
             path: "dropped by XDP (deny list)",
             ..limiter(
@@ -409,7 +439,42 @@ fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
         Case {
             per_packet: cookie,
             path: "TCP: listener answers with a SYN cookie (tcp_syncookies=2)",
-            ..Case::new("listener_syncookies", names::FLOOR_PASS, refuse, XDP_PASS, "limiter_refuse")
+            ..Case::new("listener_syncookies", names::FLOOR_PASS, refuse.clone(), XDP_PASS, "limiter_refuse")
+        },
+        // The program alone (plain test runs, nothing carried out): what `limiter_respond` costs XDP, next to the
+        // drop it replaces and an empty program timed the same way.
+        Case {
+            live: false,
+            flat: dropped,
+            path: "plain test run: the empty program only",
+            ..Case::new("xdp_drop_floor_plain", names::FLOOR_DROP, refuse.clone(), XDP_DROP, "xdp_drop_floor_plain")
+        },
+        Case {
+            live: false,
+            flat: dropped,
+            path: "plain test run: the limiter's decision, drop (not carried out)",
+            ..limiter(
+                "limiter_refuse_plain",
+                refuse,
+                XDP_DROP,
+                conc,
+                Verdict::RefusedConcurrency,
+                "xdp_drop_floor_plain",
+            )
+        },
+        Case {
+            live: false,
+            steered: true,
+            flat: dropped,
+            path: "plain test run: the limiter's decision, steered (token, STEER written), XDP_PASS not carried out",
+            ..limiter(
+                "limiter_respond_plain",
+                respond_syn,
+                XDP_PASS,
+                respond,
+                Verdict::RefusedConcurrency,
+                "limiter_refuse_plain",
+            )
         },
     ]
 }
@@ -449,13 +514,17 @@ fn xdp_md(frame_len: usize, ifindex: u32) -> Result<[u8; 24]> {
 
 /// One plain test run of the case's frame; returns the program's XDP action.
 fn run_once(objs: &mut Objects, case: &Case) -> Result<u32> {
+    if case.steered {
+        steer::top_up(&mut objs.limiter)?;
+    }
     let opts = TestRunOptions { data_in: Some(&case.frame), repeat: 1, ..TestRunOptions::default() };
     let r =
         objs.xdp(case.program)?.test_run(opts).map_err(|e| format!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name))?;
     Ok(r.return_value)
 }
 
-/// Runs `case` on `repeat` live frames received on `ifindex`; returns the mean ns per packet.
+/// Runs `case` on `repeat` live frames received on `ifindex` (or, for a case that is not `live`, `repeat` times on
+/// one buffer); returns the mean ns per packet.
 fn run_live(objs: &mut Objects, case: &Case, ifindex: u32, repeat: u32) -> Result<f64> {
     let md = xdp_md(case.frame.len(), ifindex)?;
     let (mut left, mut total) = (repeat, 0f64);
@@ -469,11 +538,12 @@ fn run_live(objs: &mut Objects, case: &Case, ifindex: u32, repeat: u32) -> Resul
                 Array::try_from(objs.limiter.map_mut(names::PENDING).ok_or("no PENDING map")?)?;
             pending.set(slot, pending::Slot::default(), 0)?;
         }
+        let attrs = if case.live { TestRunAttrs::new().xdp_live_frames(BATCH) } else { TestRunAttrs::new() };
         let opts = TestRunOptions {
             data_in: Some(&case.frame),
             ctx_in: Some(&md),
             repeat: n,
-            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+            attrs,
             ..TestRunOptions::default()
         };
         let r = objs
@@ -515,7 +585,17 @@ fn delta(before: &StdHashMap<String, u64>, after: &StdHashMap<String, u64>, name
 }
 
 /// Times `case` once on `repeat` packets, with its rules in place, and checks that every packet took its path.
-fn timed_run(objs: &mut Objects, bed: &mut Testbed, case: &Case, ifindex: u32, repeat: u32) -> Result<f64> {
+fn timed_run(
+    objs: &mut Objects,
+    bed: &mut Testbed,
+    steering: &Steering,
+    case: &Case,
+    ifindex: u32,
+    repeat: u32,
+) -> Result<f64> {
+    if case.steered {
+        return timed_steered(objs, bed, steering, case, ifindex, repeat);
+    }
     // `ct count` and `connlimit` count only the connections whose SYN went through their rule: the client's are
     // closed before the rule is in place and opened again under it.
     let counts_connections = case.peer.is_some_and(Peer::counts_connections);
@@ -536,6 +616,35 @@ fn timed_run(objs: &mut Objects, bed: &mut Testbed, case: &Case, ifindex: u32, r
     check_stack(case, &before, &after, repeat)?;
     if let Some(rules) = &rules {
         check_delta("the rule counter", rules.hits(&bed.server)? - hits, u64::from(repeat), true)?;
+    }
+    Ok(ns)
+}
+
+/// [`timed_run`] of a `respond` case: tokens topped up first, so every SYN is steered; live, with the socket
+/// lookup attached for the run, so every steered SYN is handed to the responder's listener. Checks `STEER_BUDGET`
+/// exactly: `repeat` steered, as many redirected when live (none otherwise), no fallback.
+fn timed_steered(
+    objs: &mut Objects,
+    bed: &mut Testbed,
+    steering: &Steering,
+    case: &Case,
+    ifindex: u32,
+    repeat: u32,
+) -> Result<f64> {
+    steer::top_up(&mut objs.limiter)?;
+    let before = steer::counts(&objs.limiter)?;
+    let stack_before = bed.server.nstat();
+    let ns = if case.live {
+        steering.attached(objs, |objs| run_live(objs, case, ifindex, repeat))?
+    } else {
+        run_live(objs, case, ifindex, repeat)?
+    };
+    check_stack(case, &stack_before, &bed.server.nstat(), repeat)?;
+    let got = steer::counts(&objs.limiter)?.since(before);
+    let n = u64::from(repeat);
+    let want = steer::Counts { steered: n, redirected: if case.live { n } else { 0 }, ..steer::Counts::default() };
+    if got != want {
+        return Err(format!("STEER_BUDGET counted {got:?} over {n} packets, expected {want:?}").into());
     }
     Ok(ns)
 }
@@ -594,6 +703,18 @@ fn check_flood_sources(objs: &Objects, cases: &[Case]) -> Result<()> {
     } else {
         Err(format!("the flood programs wrote {got} new sources for {want} packets: some frames were not rewritten")
             .into())
+    }
+}
+
+/// Checks that every packet of the steered cases, the plain checks before timing included, was steered, and none
+/// of any other case: `STEER_BUDGET`'s count is exact.
+fn check_steered(objs: &Objects, cases: &[Case]) -> Result<()> {
+    let got = steer::counts(&objs.limiter)?;
+    let want: u64 = cases.iter().filter(|c| c.steered).map(|c| c.sent).sum();
+    if got.steered == want && got.no_token == 0 && got.no_responder == 0 {
+        Ok(())
+    } else {
+        Err(format!("STEER_BUDGET counted {got:?}, expected {want} steered and no fallback").into())
     }
 }
 
@@ -672,6 +793,8 @@ fn bench() -> Result<()> {
         write_policy(ebpf, &policy())?;
         // `CLIENT` holds its connections of "conc", as sock_ops would have counted them (nothing counts them here).
         limiter_tests::kernel::set_established(ebpf, client_key(service_id(2)), u64::from(LIMIT))?;
+        // And of "respond", which takes the same path up to the action.
+        limiter_tests::kernel::set_established(ebpf, client_key(service_id(5)), u64::from(LIMIT))?;
         Ok(())
     })?;
     for name in [
@@ -689,17 +812,19 @@ fn bench() -> Result<()> {
     bed.attach_client(objs.xdp(names::BENCH_SINK)?)?;
     bed.reconnect(REFUSE_PORT, LIMIT as usize)?;
     let ack = bed.established_ack(ACCEPT_PORT)?;
+    let steering = Steering::new(&mut objs.limiter, &bed)?;
     let mut cases = cases(&bed, &ack);
 
     let objs = &mut objs;
     let bed = &mut bed;
     let cases_ref = &mut cases;
     let cpu = std::thread::scope(|s| {
-        s.spawn(|| measure(objs, bed, cases_ref, &args)).join().map_err(|_| "the timing thread panicked")?
+        s.spawn(|| measure(objs, bed, &steering, cases_ref, &args)).join().map_err(|_| "the timing thread panicked")?
     })?;
 
     check_counters(objs, &cases)?;
     check_flood_sources(objs, &cases)?;
+    check_steered(objs, &cases)?;
     report(&cases, &args, cpu, &machine)
 }
 
@@ -709,6 +834,7 @@ fn bench() -> Result<()> {
 fn timed_reported(
     objs: &mut Objects,
     bed: &mut Testbed,
+    steering: &Steering,
     case: &Case,
     ifindex: u32,
     repeat: u32,
@@ -720,7 +846,7 @@ fn timed_reported(
     let (mut left, mut total, mut read) = (repeat, 0f64, 0);
     while left > 0 {
         let n = left.min(events::CHUNK);
-        total += timed_run(objs, bed, case, ifindex, n)? * f64::from(n);
+        total += timed_run(objs, bed, steering, case, ifindex, n)? * f64::from(n);
         read += events::drain(ring);
         left -= n;
     }
@@ -732,7 +858,13 @@ fn timed_reported(
     Ok(total / f64::from(repeat))
 }
 
-fn measure(objs: &mut Objects, bed: &mut Testbed, cases: &mut [Case], args: &Args) -> Result<usize> {
+fn measure(
+    objs: &mut Objects,
+    bed: &mut Testbed,
+    steering: &Steering,
+    cases: &mut [Case],
+    args: &Args,
+) -> Result<usize> {
     netns::enter(&bed.server.path());
     let ifindex = limiter_user::kernel::host::ifindex(&bed.server_if)?;
     let cpu = pin_cpu()?;
@@ -774,9 +906,9 @@ fn measure(objs: &mut Objects, bed: &mut Testbed, cases: &mut [Case], args: &Arg
     for round in 0..=args.runs {
         for case in cases.iter_mut() {
             let ns = if case.events {
-                timed_reported(objs, bed, case, ifindex, args.repeat, &mut ring)
+                timed_reported(objs, bed, steering, case, ifindex, args.repeat, &mut ring)
             } else {
-                timed_run(objs, bed, case, ifindex, args.repeat)
+                timed_run(objs, bed, steering, case, ifindex, args.repeat)
             }
             .map_err(|e| format!("{} (round {round}): {e}", case.name))?;
             case.sent += u64::from(args.repeat);
@@ -817,7 +949,8 @@ fn report(cases: &[Case], args: &Args, cpu: usize, machine: &serde_json::Value) 
         json.push(serde_json::json!({
             "case": case.name, "ns_per_packet": ns, "runs": case.runs, "program": case.program,
             "reference": case.reference, "vs_reference": ratio, "vs_drop_floor": vs_drop, "path": case.path,
-            "packets_per_run": args.repeat, "mode": "live_frames", "batch": BATCH, "cpu_pinned": cpu,
+            "packets_per_run": args.repeat, "mode": if case.live { "live_frames" } else { "plain" },
+            "batch": if case.live { Some(BATCH) } else { None }, "cpu_pinned": cpu,
             "machine": machine,
         }));
     }
@@ -842,6 +975,16 @@ fn report(cases: &[Case], args: &Args, cpu: usize, machine: &serde_json::Value) 
             format!("{a} / {b}"),
             if met { "met" } else { "MISSED" }
         );
+    }
+
+    println!("informational (no target): the respond action's cost, live with its stack path and as the program alone");
+    for (a, b) in [
+        ("limiter_respond", "xdp_drop_floor"),
+        ("limiter_respond", "limiter_accept"),
+        ("limiter_respond_plain", "xdp_drop_floor_plain"),
+        ("limiter_respond_plain", "limiter_refuse_plain"),
+    ] {
+        println!("  {:<48} {:>7.2}", format!("{a} / {b}"), median(a)? / median(b)?);
     }
 
     if let Some(path) = &args.json {

@@ -2,7 +2,7 @@
 //! again when it does not, with totals of what they got.
 
 use std::{
-    io::Read as _,
+    io::{ErrorKind, Read as _},
     net::{IpAddr, SocketAddr},
     sync::{
         Arc,
@@ -22,6 +22,9 @@ struct AbuserStats {
     attempts: AtomicU64,
     connected: AtomicU64,
     refused: AtomicU64,
+    /// Connected, and the first thing read was a `421` line, then the close: refused with a reason (by the
+    /// limiter's responder, under `respond`). Not counted as held.
+    answered: AtomicU64,
     timed_out: AtomicU64,
     held: AtomicU64,
     max_held: AtomicU64,
@@ -50,15 +53,30 @@ impl Abuser {
                         match netns::connect(src, dst, Duration::from_secs(1)) {
                             Attempt::Connected(mut s) => {
                                 stats.connected.fetch_add(1, Ordering::Relaxed);
-                                let held = stats.held.fetch_add(1, Ordering::Relaxed) + 1;
-                                stats.max_held.fetch_max(held, Ordering::Relaxed);
                                 let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
                                 let mut buf = [0u8; 512];
+                                // A refusal line comes at once (and the responder's reset over its budget): such
+                                // a connection was never held. Wait a little, as after a reset: an MTA defers after
+                                // a 421.
+                                let closed = match s.read(&mut buf) {
+                                    Ok(n) if buf[..n].starts_with(b"421") => Some(&stats.answered),
+                                    Ok(0) => Some(&stats.refused),
+                                    Ok(_) => None,
+                                    Err(e) => (!matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
+                                        .then_some(&stats.refused),
+                                };
+                                if let Some(counter) = closed {
+                                    counter.fetch_add(1, Ordering::Relaxed);
+                                    thread::sleep(ABUSER_RETRY);
+                                    continue;
+                                }
+                                let held = stats.held.fetch_add(1, Ordering::Relaxed) + 1;
+                                stats.max_held.fetch_max(held, Ordering::Relaxed);
                                 while !stop.load(Ordering::Relaxed) {
                                     match s.read(&mut buf) {
                                         Ok(0) => break,
                                         Ok(_) => {}
-                                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {}
+                                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock) => {}
                                         Err(_) => break,
                                     }
                                 }
@@ -90,7 +108,7 @@ impl Abuser {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let s = &self.stats;
         json!({
-            "attempts": n(&s.attempts), "connected": n(&s.connected), "refused": n(&s.refused),
+            "attempts": n(&s.attempts), "connected": n(&s.connected), "refused": n(&s.refused), "answered": n(&s.answered),
             "timed_out": n(&s.timed_out), "max_held": n(&s.max_held),
         })
     }

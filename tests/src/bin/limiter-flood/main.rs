@@ -71,7 +71,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 const SEED: u32 = 4242;
 
 const USAGE: &str = "usage: limiter-flood [--quick] [--seconds S] [--pps N] [--json FILE]
-                     [--configs none,nft,xdp-pass,limiter] [--phases baseline,abuser,spoofed]";
+                     [--configs none,nft,xdp-pass,limiter,limiter-respond] [--phases baseline,abuser,spoofed]";
 
 struct Args {
     quick: bool,
@@ -135,10 +135,13 @@ enum Config {
     /// The object's empty XDP program on the server veth: what XDP itself costs on this path, without the limiter.
     XdpPass,
     Limiter,
+    /// `limiter` with `--action respond`: over-limit attempts complete a handshake with the daemon's responder and
+    /// read its 421, within the kernel's steering budget; the rest are reset.
+    LimiterRespond,
 }
 
 impl Config {
-    const ALL: [Self; 4] = [Self::None, Self::Nft, Self::XdpPass, Self::Limiter];
+    const ALL: [Self; 5] = [Self::None, Self::Nft, Self::XdpPass, Self::Limiter, Self::LimiterRespond];
 
     const fn name(self) -> &'static str {
         match self {
@@ -146,6 +149,7 @@ impl Config {
             Self::Nft => "nft ct count",
             Self::XdpPass => "xdp pass",
             Self::Limiter => "limiter",
+            Self::LimiterRespond => "limiter respond",
         }
     }
 
@@ -161,6 +165,7 @@ impl Config {
             Self::Nft => "nft",
             Self::XdpPass => "xdp-pass",
             Self::Limiter => "limiter",
+            Self::LimiterRespond => "limiter-respond",
         }
     }
 }
@@ -224,10 +229,15 @@ impl<'a> Enforcer<'a> {
                 nft::install(&pair.server, &nft::ct_count_ruleset(PORT, LIMIT));
                 Self::Nft(NftTable(&pair.server))
             }
-            Config::Limiter => {
+            Config::Limiter | Config::LimiterRespond => {
                 let (port, limit) = (PORT.to_string(), LIMIT.to_string());
                 let args = ["--iface", &pair.server_if, "--port", &port, "--max-conn-per-source", &limit];
-                Self::Limiter(Daemon::start(&pair.server, &[&args[..], &["--action", "reset"]].concat()))
+                let action: &[&str] = if config == Config::Limiter {
+                    &["--action", "reset"]
+                } else {
+                    &["--action", "respond", "--protocol", "smtp"]
+                };
+                Self::Limiter(Daemon::start(&pair.server, &[&args[..], action].concat()))
             }
         }
     }
@@ -248,6 +258,27 @@ impl<'a> Enforcer<'a> {
             }
         }
     }
+
+    /// The daemon's `respond` counts (`status`'s `responder`), for a limiter that responds.
+    fn responder(&mut self, config: Config) -> Result<Option<Value>> {
+        match self {
+            Self::Limiter(d) if config == Config::LimiterRespond => {
+                let s = d.status_json().ok_or_else(|| format!("limiter status failed: {}", d.log_text()))?;
+                Ok(Some(s["responder"].clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// `after - before` for every counter of the two `responder` objects.
+fn counts_since(before: Option<Value>, after: Option<Value>) -> Option<Value> {
+    let (before, after) = (before?, after?);
+    let fields = after
+        .as_object()?
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v.as_u64().unwrap_or(0).saturating_sub(before[k].as_u64().unwrap_or(0)))));
+    Some(Value::Object(fields.collect()))
 }
 
 /// How one legitimate session ended.
@@ -371,6 +402,7 @@ struct Bench {
 impl Bench {
     fn run_phase(&self, config: Config, phase: Phase, enforcer: &mut Enforcer<'_>) -> Result<Value> {
         let refused_before = enforcer.refused()?;
+        let responder_before = enforcer.responder(config)?;
         let kernel_before = kernel_counters(&self.pair);
         let flood_secs = WARMUP.as_secs() + u64::from(self.seconds);
         // A bound in case the phase never stops it; trafgen's rate may overshoot, hence twice the nominal count.
@@ -400,6 +432,7 @@ impl Bench {
         let measured = started.elapsed();
         let abuser = abuser.map(Abuser::stop);
         let refused_after = enforcer.refused()?;
+        let responder = counts_since(responder_before, enforcer.responder(config)?);
         let kernel: Vec<u64> = kernel_counters(&self.pair).iter().zip(kernel_before).map(|(a, b)| a - b).collect();
         settle(&self.pair.server);
 
@@ -427,6 +460,7 @@ impl Bench {
             "abuser": abuser,
             "flood": flood,
             "refused": refused_before.zip(refused_after).map(|(b, a)| a - b),
+            "responder": responder,
             "kernel": { "client_drops": kernel[0], "syncookies_sent": kernel[1], "listen_drops": kernel[2] },
         }))
     }
@@ -559,7 +593,8 @@ impl Bench {
             "configs   none; nftables `ct count over {LIMIT}` per IPv4 address and IPv6 /64, reject with tcp reset; \
              xdp pass: an empty XDP program on the server veth (the control for what XDP itself costs here); \
              limiter: `limiter run --max-conn-per-source {LIMIT} --action reset` (no rate), XDP native on the \
-             server veth\n"
+             server veth; limiter respond: the same with `--action respond --protocol smtp` (the daemon's \
+             responder answers over-limit attempts with a 421 within its budgets; beyond them, resets)\n"
         );
     }
 

@@ -29,7 +29,7 @@ fn ms(v: &Value) -> String {
 
 pub(crate) fn header() -> String {
     format!(
-        "{:<13} {:<13} {:>8} {:>6} {:>17} {:>17} {:>7} {:>18} {:>8}",
+        "{:<15} {:<13} {:>8} {:>6} {:>17} {:>17} {:>7} {:>18} {:>8}",
         "config",
         "phase",
         "sessions",
@@ -57,7 +57,7 @@ pub(crate) fn line(r: &Value) -> String {
         .map_or_else(|| "-".into(), |p| format!("{p} ({:.0}k)", r["flood"]["pps"].as_f64().unwrap_or(0.0) / 1000.0));
     let refused = r["refused"].as_u64().map_or_else(|| "-".into(), |n| n.to_string());
     format!(
-        "{:<13} {:<13} {sessions:>8} {ok:>6} {:>17} {:>17} {abuser:>7} {flood:>18} {refused:>8}",
+        "{:<15} {:<13} {sessions:>8} {ok:>6} {:>17} {:>17} {abuser:>7} {flood:>18} {refused:>8}",
         r["config"].as_str().unwrap_or("?"),
         r["phase"].as_str().unwrap_or("?"),
         pair("connect_ms"),
@@ -68,16 +68,31 @@ pub(crate) fn line(r: &Value) -> String {
 /// The second table: why sessions failed, and what the kernel counted meanwhile.
 pub(crate) fn detail_header() -> String {
     format!(
-        "{:<13} {:<13} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>12}",
-        "config", "phase", "refused", "no conn", "no banner", "smtp err", "lost frames", "syncookies", "listen drops"
+        "{:<15} {:<13} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>12} {:>9} {:>9} {:>9}",
+        "config",
+        "phase",
+        "refused",
+        "no conn",
+        "no banner",
+        "smtp err",
+        "lost frames",
+        "syncookies",
+        "listen drops",
+        "421 read",
+        "responded",
+        "fallbacks"
     )
 }
 
 pub(crate) fn detail_line(r: &Value) -> String {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let (f, k) = (&r["failures"], &r["kernel"]);
+    let (f, k, resp) = (&r["failures"], &r["kernel"], &r["responder"]);
+    let or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let fallbacks = resp.as_object().map(|_| {
+        n(&resp["reset"]) + n(&resp["failed"]) + n(&resp["fallback_no_token"]) + n(&resp["fallback_no_responder"])
+    });
     format!(
-        "{:<13} {:<13} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>12}",
+        "{:<15} {:<13} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>12} {:>9} {:>9} {:>9}",
         r["config"].as_str().unwrap_or("?"),
         r["phase"].as_str().unwrap_or("?"),
         n(&f["refused"]),
@@ -87,6 +102,9 @@ pub(crate) fn detail_line(r: &Value) -> String {
         n(&k["client_drops"]),
         n(&k["syncookies_sent"]),
         n(&k["listen_drops"]),
+        or_dash(r["abuser"]["answered"].as_u64()),
+        or_dash(resp["responded"].as_u64()),
+        or_dash(fallbacks),
     )
 }
 
@@ -112,6 +130,9 @@ pub(crate) fn check(rows: &[Value]) -> Result<()> {
             }
             if r["refused"].as_u64() == Some(0) {
                 problems.push(format!("{what}: the enforcer refused nothing of {ABUSER_SLOTS} parallel attempts"));
+            }
+            if r["responder"].is_object() && r["responder"]["responded"].as_u64().unwrap_or(0) == 0 {
+                problems.push(format!("{what}: the responder answered none of the abuser's attempts"));
             }
         }
     }
