@@ -183,16 +183,7 @@ impl Drop for Dovecot {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // SAFETY: signal 0 only probes the process.
-        let alive = || unsafe { libc::kill(pid, 0) } == 0;
-        while alive() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        if alive() {
-            // SAFETY: the master of our own instance, stuck.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        crate::scratch::reap(pid, Duration::from_secs(5));
     }
 }
 

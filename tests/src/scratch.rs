@@ -44,3 +44,19 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Waits up to `grace` for the server master `pid` (of an instance a test
+/// started and has asked to stop) to exit, then kills it: a stuck server
+/// must not outlive its test.
+pub fn reap(pid: libc::pid_t, grace: std::time::Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    // SAFETY: signal 0 only probes the process.
+    let alive = || unsafe { libc::kill(pid, 0) } == 0;
+    while alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if alive() {
+        // SAFETY: the master of the test's own instance, stuck.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
