@@ -40,6 +40,23 @@ pub mod basis {
     pub const IN_FLIGHT: u8 = 2;
 }
 
+/// What answered a refused SYN ([`Refusal::answer`]), as the refusal
+/// lines, `status` and the metrics name it.
+pub mod answer {
+    /// Not known (a program older than the field).
+    pub const UNKNOWN: u8 = 0;
+    /// A TCP RST from XDP (`action = "reset"`).
+    pub const RESET: u8 = 1;
+    /// Dropped in XDP (`action = "drop"`, or a reset that could not be built).
+    pub const DROPPED: u8 = 2;
+    /// Steered to the daemon's responder (`action = "respond"`); the
+    /// responder's own outcome tells what the client got.
+    pub const STEERED: u8 = 3;
+    /// `action = "respond"`, reset in XDP instead: no steering token left,
+    /// or the source is over its share of them.
+    pub const FALLBACK: u8 = 4;
+}
+
 /// One refused SYN.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +80,11 @@ pub struct Refusal {
     /// (`CONNS` + `SEEDED`); on the "at its limit" hint path, which reads no
     /// count, the limit (a lower bound).
     pub established: u32,
-    pub pad: u32,
+    /// [`answer`]: what the client got.
+    pub answer: u8,
+    pub pad: u8,
+    /// The client's port, host order (under `respond`, to match the event
+    /// with the responder's connection; 0 otherwise).
+    pub client_port: u16,
 }
 const _: () = assert!(core::mem::size_of::<Refusal>() == 32);

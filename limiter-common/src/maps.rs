@@ -56,6 +56,10 @@ pub mod names {
     pub const STEER_BUDGET: &str = "STEER_BUDGET";
     /// Per-CPU scratch: the `STEER` entry being written (not pinned).
     pub const STEER_SCRATCH: &str = "STEER_SCRATCH";
+    /// Each source's share of the steering (`steer::admit`; LRU, not pinned).
+    pub const STEER_SOURCES: &str = "STEER_SOURCES";
+    /// Steered flows the socket lookup reset, and why (`steer::fate`; LRU, not pinned).
+    pub const STEER_FATES: &str = "STEER_FATES";
     /// Hands steered SYNs to the responder socket (`sk_lookup`).
     pub const SK_LOOKUP_PROGRAM: &str = "limiter_sk_lookup";
     pub const SOCK_OPS_PROGRAM: &str = "limiter_sock_ops";
@@ -145,10 +149,14 @@ pub const MAPS: &[MapSpec] = &[
     // Pinned: during an upgrade the XDP and sk_lookup links move to the new
     // programs one after the other, and a SYN the old XDP steered must find
     // its entry in the new sk_lookup. XDP writes, the responder forgets.
-    spec(names::STEER, true, &[Writer::Xdp, RESPONDER]),
+    spec(names::STEER, true, &[Writer::Xdp, Writer::SkLookup, RESPONDER]),
     // XDP spends tokens and counts, sk_lookup counts, the daemon refills.
     spec(names::STEER_BUDGET, false, &[Writer::Xdp, Writer::SkLookup, RESPONDER]),
     spec(names::STEER_SCRATCH, false, &[Writer::Xdp]),
+    // The socket lookup keeps each source's pace; the daemon sets the pace
+    // in `STEER_BUDGET`.
+    spec(names::STEER_SOURCES, false, &[Writer::SkLookup]),
+    spec(names::STEER_FATES, false, &[Writer::SkLookup]),
 ];
 
 /// The maps of the bench's object (`limiter-ebpf/src/bench.rs`) that are

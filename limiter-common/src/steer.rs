@@ -45,8 +45,63 @@ pub mod budget {
     /// socket (the daemon is stopped, crashed or restarting); the lookup
     /// fails (`SK_DROP`) and the client gets a RST.
     pub const NO_RESPONDER: u32 = 4;
+    /// Fallback in `limiter_sk_lookup`: the source is over its share of
+    /// the steering ([`admit`](super::admit)); the lookup fails (RST) and
+    /// the token XDP spent goes back.
+    pub const OVER_SHARE: u32 = 5;
+    /// A source's share, set by the daemon ([`share`](super::share)): ns
+    /// between steered SYNs of one source ...
+    pub const SHARE_INTERVAL_NS: u32 = 6;
+    /// ... and how far ahead of that pace a source may run (its burst).
+    pub const SHARE_TOLERANCE_NS: u32 = 7;
     /// Entries of `STEER_BUDGET`.
-    pub const ENTRIES: u32 = 5;
+    pub const ENTRIES: u32 = 8;
+}
+
+/// What `limiter_sk_lookup` did with a steered SYN ([`SteerValue::fate`]).
+pub mod fate {
+    /// Not looked up yet (or the entry is not fresh any more).
+    pub const NONE: u8 = 0;
+    /// Handed to the responder socket: the responder's listener answers the
+    /// SYN, and accepts the connection if the client completes it.
+    pub const REDIRECTED: u8 = 1;
+    /// No responder socket: reset (noted in `STEER_FATES`).
+    pub const NO_RESPONDER: u8 = 2;
+    /// The source is over its share of the steering: reset (noted in `STEER_FATES`).
+    pub const OVER_SHARE: u8 = 3;
+}
+
+/// Entries of the `STEER_SOURCES` LRU hash: sources with a share in use
+/// (a source idle for longer than its burst takes to refill is the same as
+/// a new one, so the LRU may forget it).
+pub const SOURCES: u32 = 16_384;
+
+/// Entries of the `STEER_FATES` LRU hash: the reported flows the socket
+/// lookup reset, for the daemon's lines. The event budget bounds its
+/// inserts (640 a second per CPU): this holds the second the daemon waits
+/// with up to 25 CPUs flooded at once.
+pub const FATES: u32 = 16_384;
+
+/// A source's share of the steering as the kernel holds it: one steered
+/// SYN per `interval` ns, running at most `tolerance` ns ahead (a burst of
+/// `tolerance / interval + 1`). Both zero: no share limit.
+#[must_use]
+pub const fn share(per_second: u32, burst: u32) -> (u64, u64) {
+    if per_second == 0 {
+        return (0, 0);
+    }
+    let interval = 1_000_000_000 / per_second as u64;
+    let burst = if burst == 0 { 1 } else { burst as u64 };
+    (interval, (burst - 1) * interval)
+}
+
+/// The per-source share (GCRA, one word per source): `tat` is when the
+/// source's pace lets its next SYN be steered with no burst left (0 for a
+/// new source). `Some(new tat)` if a SYN at `now` may be steered.
+#[must_use]
+pub const fn admit(tat: u64, now: u64, interval: u64, tolerance: u64) -> Option<u64> {
+    let base = if tat > now { tat } else { now };
+    if base - now > tolerance { None } else { Some(base + interval) }
 }
 
 /// Tokens per CPU after each refill by the daemon.
@@ -102,10 +157,15 @@ pub struct SteerValue {
     pub service: u8,
     /// [`crate::events::basis`] of a connection-limit refusal.
     pub basis: u8,
-    pub pad: u8,
+    /// [`fate`]: what `limiter_sk_lookup` did with the SYN (0 until it ran).
+    pub fate: u8,
     /// Handshakes in flight the decision counted (connection limit only).
     pub pending: u16,
-    pub pad2: [u8; 2],
+    /// 1 if XDP reported the refusal to the daemon (`EVENTS`): only then is
+    /// a reset's fate noted in `STEER_FATES`, whose inserts the event budget
+    /// bounds, so a flood cannot evict the fates the daemon will look for.
+    pub reported: u8,
+    pub pad2: u8,
     /// The source's connection limit in force (the service's, or an allow
     /// entry's); 0 when the refusal was not by the connection limit: the
     /// responder then takes its numbers from the policy.
@@ -136,7 +196,9 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use core::mem::offset_of;
+    use std::vec::Vec;
 
     use super::*;
     use crate::maps::family;
@@ -168,10 +230,57 @@ mod tests {
 
     #[test]
     fn budget_indices_are_distinct() {
-        let all = [budget::TOKENS, budget::STEERED, budget::NO_TOKEN, budget::REDIRECTED, budget::NO_RESPONDER];
+        let all = [
+            budget::TOKENS,
+            budget::STEERED,
+            budget::NO_TOKEN,
+            budget::REDIRECTED,
+            budget::NO_RESPONDER,
+            budget::OVER_SHARE,
+            budget::SHARE_INTERVAL_NS,
+            budget::SHARE_TOLERANCE_NS,
+        ];
         for (i, a) in all.iter().enumerate() {
             assert!(*a < budget::ENTRIES);
             assert!(all[..i].iter().all(|b| b != a));
+        }
+    }
+
+    /// Steered SYNs of one source admitted by [`admit`] at the times given.
+    fn steered(times: &[u64], per_second: u32, burst: u32) -> usize {
+        let (interval, tolerance) = share(per_second, burst);
+        let mut tat = 0;
+        times.iter().filter(|&&t| admit(tat, t, interval, tolerance).map(|n| tat = n).is_some()).count()
+    }
+
+    #[test]
+    fn a_source_gets_its_burst_then_its_pace() {
+        const S: u64 = 1_000_000_000;
+        let t0 = 5 * S;
+        assert_eq!(steered(&[t0; 10], 2, 4), 4, "the burst at once");
+        // 10 s of a SYN every millisecond: the burst, then 2 a second.
+        let times: Vec<u64> = (0..10_000).map(|i| t0 + i * 1_000_000).collect();
+        let got = steered(&times, 2, 4);
+        assert!((4 + 19..=4 + 20).contains(&got), "{got}");
+        assert_eq!(steered(&[t0; 10], 0, 0), 10, "no share set: no limit");
+        assert_eq!(steered(&[t0; 10], 5, 0), 1, "a burst of 0 is read as 1");
+    }
+
+    proptest::proptest! {
+        /// Over any window, a source never gets more than its burst plus
+        /// its pace, whatever the times of its SYNs.
+        #[test]
+        fn the_share_is_never_exceeded(
+            mut gaps in proptest::collection::vec(0u64..50_000_000, 1..400),
+            per_second in 1u32..100,
+            burst in 1u32..20,
+        ) {
+            let mut t = 1_000_000_000u64;
+            let times: Vec<u64> = gaps.drain(..).map(|g| { t += g; t }).collect();
+            let span = times[times.len() - 1] - times[0];
+            let got = steered(&times, per_second, burst) as u64;
+            let (interval, _) = share(per_second, burst);
+            proptest::prop_assert!(got <= u64::from(burst) + span / interval, "{} steered", got);
         }
     }
 }

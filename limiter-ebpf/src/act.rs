@@ -1,5 +1,5 @@
 //! act: counts the verdict; a refused SYN is reported to the daemon
-//! (`EVENTS`) and dropped, or, under the `reset` action, turned into a TCP
+//! (`EVENTS`, with what answered it) and dropped, or, under the `reset` action, turned into a TCP
 //! RST+ACK in place and sent back out of the interface it came from
 //! (`XDP_TX`). The reply keeps the Ethernet/VLAN header (MACs swapped), gets
 //! a fresh option-free IP header and a bare 20-byte TCP header, and is
@@ -13,7 +13,7 @@ use limiter_common::{
     Verdict, checksum,
     events::Refusal,
     maps::family,
-    steer::{SteerKey, SteerValue, budget},
+    steer::{self, SteerKey, SteerValue, budget},
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -28,34 +28,44 @@ use crate::{
 const TTL: u8 = 64;
 const TCP_RST_ACK: u8 = 0x14;
 
-/// Counts the verdict and reports a refusal to the daemon (before the
-/// reply rewrites the frame); true for a refusal.
+/// Counts the verdict; true for a refusal.
 #[inline(always)]
-pub(crate) fn refused(ctx: &XdpContext, p: &Parsed, syn: &Syn<'_>, verdict: Verdict) -> bool {
-    count(verdict.index(syn.service));
-    if verdict == Verdict::Accepted {
-        return false;
-    }
-    // What the source's counts were only for a refusal by them (the sessions
-    // rule may have decided after `per_source` had read them).
-    if let Ok(addr) = source_addr(ctx, p) {
-        #[expect(clippy::cast_possible_truncation, reason = "verdicts and service ids are < 256")]
-        report(|| {
-            let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
-            Refusal {
-                addr,
-                family: p.family,
-                verdict: verdict as u8,
-                service: syn.service as u8,
-                basis: f.basis,
-                port: syn.port,
-                pending: f.pending,
-                established: f.established,
-                pad: 0,
-            }
-        });
-    }
-    true
+pub(crate) fn refused(verdict: Verdict, service: u32) -> bool {
+    count(verdict.index(service));
+    verdict != Verdict::Accepted
+}
+
+/// Reports a refusal to the daemon (true if it was), with what answered it
+/// (`events::answer`), before the reply rewrites the frame. What the
+/// source's counts were is sent only for a refusal by them (the sessions
+/// rule may have decided after `per_source` had read them).
+#[inline(always)]
+pub(crate) fn report_refusal(
+    ctx: &XdpContext,
+    p: &Parsed,
+    verdict: Verdict,
+    service: u32,
+    ports: [u8; 4],
+    answer: u8,
+) -> bool {
+    let Ok(addr) = source_addr(ctx, p) else { return false };
+    #[expect(clippy::cast_possible_truncation, reason = "verdicts and service ids are < 256")]
+    report(|| {
+        let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
+        Refusal {
+            addr,
+            family: p.family,
+            verdict: verdict as u8,
+            service: service as u8,
+            basis: f.basis,
+            port: u16::from_be_bytes([ports[2], ports[3]]),
+            pending: f.pending,
+            established: f.established,
+            answer,
+            pad: 0,
+            client_port: u16::from_be_bytes([ports[0], ports[1]]),
+        }
+    })
 }
 
 /// Takes one of this CPU's steering tokens; false with none left (the
@@ -74,14 +84,14 @@ pub(crate) fn steer_token() -> bool {
 /// (`STEER_SCRATCH`), not on the stack. `Err` only if the frame cannot be
 /// read or the map refuses the entry (counted with the fallbacks).
 #[inline(always)]
-pub(crate) fn steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32) -> Result<(), ()> {
-    let r = note_steer(ctx, p, verdict, service);
+pub(crate) fn steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32, reported: bool) -> Result<(), ()> {
+    let r = note_steer(ctx, p, verdict, service, reported);
     count_steer(if r.is_ok() { budget::STEERED } else { budget::NO_TOKEN });
     r
 }
 
 #[inline(always)]
-fn note_steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32) -> Result<(), ()> {
+fn note_steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32, reported: bool) -> Result<(), ()> {
     let s = STEER_SCRATCH.get_ptr_mut(0).ok_or(())?;
     let ports = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l4)? };
     let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
@@ -100,9 +110,10 @@ fn note_steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32) -> R
             verdict: verdict as u8,
             service: service as u8,
             basis: f.basis,
-            pad: 0,
+            fate: steer::fate::NONE,
             pending: f.pending,
-            pad2: [0; 2],
+            reported: u8::from(reported),
+            pad2: 0,
             limit: f.limit,
             count: f.established,
         };

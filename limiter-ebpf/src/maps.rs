@@ -168,20 +168,23 @@ pub(crate) fn basis_noted() -> Grounds {
 }
 
 /// Reports a refusal to the daemon if this CPU has a token left and the
-/// ring has room; else counts it as unreported. Per-CPU cells: no other CPU
+/// ring has room (true), else counts it as unreported (false). Per-CPU cells: no other CPU
 /// writes them (the daemon's refill may race with a decrement and lose it,
 /// which only grants one event more). The event is only built with a token
 /// in hand: a flood past its budget pays for none of it.
 #[inline(always)]
-pub(crate) fn report(event: impl FnOnce() -> Refusal) {
+pub(crate) fn report(event: impl FnOnce() -> Refusal) -> bool {
     let Some(tokens) = EVENT_BUDGET.get_ptr_mut(events::TOKENS) else {
-        return;
+        return false;
     };
     if unsafe { *tokens } > 0 && EVENTS.output::<Refusal>(&event(), 0).is_ok() {
         unsafe { *tokens -= 1 };
-    } else if let Some(n) = EVENT_BUDGET.get_ptr_mut(events::UNREPORTED) {
+        return true;
+    }
+    if let Some(n) = EVENT_BUDGET.get_ptr_mut(events::UNREPORTED) {
         unsafe { *n += 1 };
     }
+    false
 }
 
 #[inline(always)]
@@ -369,6 +372,50 @@ pub(crate) static STEER_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries
 /// stack (the packet path's frame has no room for 48 bytes more).
 #[map(name = "STEER_SCRATCH")]
 pub(crate) static STEER_SCRATCH: PerCpuArray<Steer> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each source's pace of steered SYNs (`steer::admit`), keyed like `STEER`
+/// with both ports 0. LRU: a source idle long enough to have its burst back
+/// is the same as a new one.
+#[map(name = "STEER_SOURCES")]
+pub(crate) static STEER_SOURCES: LruHashMap<SteerKey, u64> = LruHashMap::with_max_entries(steer::SOURCES, 0);
+
+/// What became of steered SYNs the socket lookup reset (`steer::fate`),
+/// by flow: their `STEER` entries are deleted at once, so a flood of them
+/// cannot evict the entries of SYNs on their way to the responder; the
+/// daemon reads this to say what answered them.
+#[map(name = "STEER_FATES")]
+pub(crate) static STEER_FATES: LruHashMap<SteerKey, u8> = LruHashMap::with_max_entries(steer::FATES, 0);
+
+/// Whether the source `key` (ports 0) is within its share of the steering
+/// at `now`; records the SYN if so. Not atomic: SYNs of one source on two
+/// CPUs at once may both pass (the responder's own per-source budget is the
+/// exact bound); this share only keeps one source from spending every
+/// CPU's tokens.
+#[inline(always)]
+pub(crate) fn within_share(key: &SteerKey, now: u64) -> bool {
+    let read = |i: u32| STEER_BUDGET.get(i).copied().unwrap_or(0);
+    let (interval, tolerance) = (read(steer::budget::SHARE_INTERVAL_NS), read(steer::budget::SHARE_TOLERANCE_NS));
+    if interval == 0 {
+        return true;
+    }
+    let tat = STEER_SOURCES.get_ptr(key).map_or(0, |p| unsafe { *p });
+    match steer::admit(tat, now, interval, tolerance) {
+        // With no room to note it the source is not held to its share.
+        Some(next) => {
+            let _ = STEER_SOURCES.insert(key, &next, 0);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Gives back a steering token taken by [`take_steer_token`].
+#[inline(always)]
+pub(crate) fn return_steer_token() {
+    if let Some(tokens) = STEER_BUDGET.get_ptr_mut(steer::budget::TOKENS) {
+        unsafe { *tokens += 1 };
+    }
+}
 
 /// Adds one to `STEER_BUDGET[index]` of this CPU.
 #[inline(always)]

@@ -1,14 +1,17 @@
 //! The `respond` action's socket lookup: a TCP SYN that XDP let through to
 //! be steered (a fresh `STEER` entry for its flow) goes to the responder's
 //! listening socket instead of the service's. With no responder socket (the
-//! daemon is stopped, crashed or restarting) the lookup fails, and TCP
+//! daemon is stopped, crashed or restarting), or when the source is past
+//! its share of the steering (`steer::admit`), the lookup fails, and TCP
 //! answers the SYN with a RST: an over-limit client never reaches the
 //! service because the responder is gone (docs/kernel-notes.md, "sk_lookup").
+//! What became of the SYN is noted in its entry, or for a reset one, which
+//! loses its entry, in `STEER_FATES` (`steer::fate`).
 
 use aya_ebpf::{bindings::bpf_sk_lookup, macros::sk_lookup, programs::SkLookupContext};
 use limiter_common::steer::{self, SteerKey, budget};
 
-use crate::maps::{RESPONDER, STEER, count_steer, now_ns};
+use crate::maps::{RESPONDER, STEER, STEER_FATES, count_steer, now_ns, return_steer_token, within_share};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -35,19 +38,40 @@ pub(crate) fn limiter_sk_lookup(ctx: SkLookupContext) -> u32 {
     };
     // Only an entry XDP wrote for this SYN; an old one is some earlier
     // attempt's that the responder has not forgotten yet.
-    let Some(at) = STEER.get_ptr(&key).map(|v| unsafe { core::ptr::read_volatile(&raw const (*v).at_ns) }) else {
+    let Some(v) = STEER.get_ptr_mut(&key) else {
         return SK_PASS;
     };
-    if now_ns().wrapping_sub(at) > steer::FRESH_NS {
+    let now = now_ns();
+    if now.wrapping_sub(unsafe { core::ptr::read_volatile(&raw const (*v).at_ns) }) > steer::FRESH_NS {
         return SK_PASS;
     }
-    if RESPONDER.redirect_sk_lookup(&ctx, steer::responder_slot(key.family), 0).is_ok() {
+    // A source past its share of the steering is reset, and the token XDP
+    // spent on it goes back: one source cannot spend every CPU's tokens
+    // and leave the others to the fallback.
+    let source = SteerKey { client_port: 0, local_port: 0, ..key };
+    let fate = if !within_share(&source, now) {
+        return_steer_token();
+        count_steer(budget::OVER_SHARE);
+        steer::fate::OVER_SHARE
+    } else if RESPONDER.redirect_sk_lookup(&ctx, steer::responder_slot(key.family), 0).is_ok() {
         count_steer(budget::REDIRECTED);
-        SK_PASS
+        // Noted for the daemon: if the responder never accepts it, the
+        // client did not complete the handshake.
+        unsafe { core::ptr::write_volatile(&raw mut (*v).fate, steer::fate::REDIRECTED) };
+        return SK_PASS;
     } else {
         count_steer(budget::NO_RESPONDER);
-        SK_DROP
+        steer::fate::NO_RESPONDER
+    };
+    // Reset: the entry goes at once (a flood of these must not evict the
+    // entries of SYNs on their way to the responder); what became of a
+    // reported SYN is noted for the daemon's line.
+    let reported = unsafe { core::ptr::read_volatile(&raw const (*v).reported) } != 0;
+    let _ = STEER.remove(&key);
+    if reported {
+        let _ = STEER_FATES.insert(&key, &fate, 0);
     }
+    SK_DROP
 }
 
 /// The `STEER` key of the looked-up flow: the remote end is the client.

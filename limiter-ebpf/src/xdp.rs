@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
     programs::XdpContext,
 };
-use limiter_common::{Verdict, maps::action};
+use limiter_common::{Verdict, events::answer, maps::action};
 
 use crate::{
     act,
@@ -37,21 +37,34 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
     let g = GLOBALS.get(0).ok_or(())?;
     let policy = policy(g, syn.service).ok_or(())?;
     let verdict = decide(ctx, &p, &syn, g, policy)?;
-    // act: the verdict counted (a refusal reported), then the frame's fate.
-    // The reset-or-drop choice is made here, not inside `act`: with `rst`
-    // inlined into a second inlined function the compiler keeps one more
-    // value on the stack, and this frame plus `per_source`'s already fill the
-    // 512 bytes (docs/kernel-notes.md, "Verifier and code generation").
-    if !act::refused(ctx, &p, &syn, verdict) {
+    // act: the verdict counted, a refusal reported with what answered it,
+    // then the frame's fate. The reset-or-drop choice is made here, not
+    // inside `act`: with `rst` inlined into a second inlined function the
+    // compiler keeps one more value on the stack, and this frame plus
+    // `per_source`'s already fill the 512 bytes (docs/kernel-notes.md,
+    // "Verifier and code generation").
+    if !act::refused(verdict, syn.service) {
         return Ok(xdp_action::XDP_PASS);
     }
     // `respond`: steered with a token, else reset like `reset`. After the
     // token nothing of this frame's parse is needed again (a failure to
     // steer drops), which is what keeps `steer` cheap to verify.
+    let ports = [syn.tcp[0], syn.tcp[1], syn.tcp[2], syn.tcp[3]];
     if policy.action == action::RESPOND && act::steer_token() {
-        return Ok(if steer(ctx.ctx, verdict, syn.service) { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP });
+        let reported = act::report_refusal(ctx, &p, verdict, syn.service, ports, answer::STEERED);
+        return Ok(if steer(ctx.ctx, verdict, syn.service, reported) {
+            xdp_action::XDP_PASS
+        } else {
+            xdp_action::XDP_DROP
+        });
     }
-    if (policy.action == action::RESET || policy.action == action::RESPOND) && act::rst(ctx, &p).is_ok() {
+    let answer = match policy.action {
+        action::RESET => answer::RESET,
+        action::RESPOND => answer::FALLBACK,
+        _ => answer::DROPPED,
+    };
+    let _ = act::report_refusal(ctx, &p, verdict, syn.service, ports, answer);
+    if answer != answer::DROPPED && act::rst(ctx, &p).is_ok() {
         return Ok(xdp_action::XDP_TX);
     }
     Ok(xdp_action::XDP_DROP)
@@ -67,7 +80,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
 /// the parsed frame in hand, or inlined, it was walked once per parse path
 /// and verdict path (140k instructions more, past the 600k budget).
 #[inline(never)]
-fn steer(ctx: *mut xdp_md, verdict: Verdict, service: u32) -> bool {
+fn steer(ctx: *mut xdp_md, verdict: Verdict, service: u32, reported: bool) -> bool {
     let ctx = XdpContext::new(ctx);
-    parse(&ctx).and_then(|p| act::steer(&ctx, &p, verdict, service)).is_ok()
+    parse(&ctx).and_then(|p| act::steer(&ctx, &p, verdict, service, reported)).is_ok()
 }

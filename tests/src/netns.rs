@@ -310,6 +310,18 @@ impl Pair {
         self.send_syns(port, syns);
     }
 
+    /// Sends `each` SYNs from every forged address of `srcs`, round-robin
+    /// (one SYN of each source in turn), each from its own source port.
+    pub fn forge_syns_from(&self, srcs: &[IpAddr], port: u16, each: u16) {
+        let mut syns = Vec::with_capacity(srcs.len() * usize::from(each));
+        for i in 0..each {
+            for src in srcs {
+                syns.push(Syn { src: *src, sport: 40_000 + i, seq: 0x1000_0000 + u32::from(i) });
+            }
+        }
+        self.send_syns(port, syns);
+    }
+
     /// Sends each SYN (from its own spoofed source) to `port` through an
     /// `AF_PACKET` socket on the client veth, with valid checksums. Bounded:
     /// returns when all are sent.

@@ -127,7 +127,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
     assert_eq!(check(&format!("xdp {}", pair.server_if))["status"], "ok", "{report}");
 
     // One line for the burst, then after the 1 s window the 2 not logged.
-    let line = format!("refused {src} default:2525 too many connections (3 established, limit 3)");
+    let line = format!("refused {src} default:2525 too many connections (3 established, limit 3), reset");
     let log = d.wait_log("burst summary", |l| l.contains(&format!("{line}: 2 more in 1s")));
     assert_eq!(log.matches(&line).count(), 2, "one line and one summary:\n{log}");
     let s = d.status_json().expect("status");
@@ -137,7 +137,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
     let _held6 = pair.hold(src6, PORT, 3, WAIT);
     d.wait_connections(6, WAIT);
     assert_eq!(refused(&pair, src6, 1), 1);
-    let line6 = format!("refused {src6} default:2525 too many connections (3 established, limit 3)");
+    let line6 = format!("refused {src6} default:2525 too many connections (3 established, limit 3), reset");
     d.wait_log("IPv6 refusal", |l| l.contains(&line6));
 
     // The shipped filter, run by fail2ban itself on the daemon's output:
@@ -309,7 +309,7 @@ fn under_systemd_refusals_go_to_the_journal_with_fields() {
         seen.push(f.get("MESSAGE").cloned().unwrap_or_default());
     };
     let want = [
-        ("MESSAGE", format!("refused {src} default:2525 too many connections (1 established, limit 1)")),
+        ("MESSAGE", format!("refused {src} default:2525 too many connections (1 established, limit 1), reset")),
         ("SOURCE", src.to_string()),
         ("SERVICE", "default".to_owned()),
         ("PORT", "2525".to_owned()),
@@ -317,6 +317,7 @@ fn under_systemd_refusals_go_to_the_journal_with_fields() {
         ("LIMIT", "1".to_owned()),
         ("COUNT", "1".to_owned()),
         ("VERIFIED", "true".to_owned()),
+        ("ANSWER", "reset".to_owned()),
         // log's Info is the journal's "notice" in systemd-journal-logger.
         ("PRIORITY", "5".to_owned()),
         ("SYSLOG_IDENTIFIER", "limiter".to_owned()),

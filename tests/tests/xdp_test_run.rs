@@ -995,3 +995,61 @@ fn sk_lookup_steers_to_the_responder_and_refuses_without_it() {
     let c = r.counts().expect("counts");
     assert_eq!((c.redirected, c.no_responder), (1, 1));
 }
+
+/// Each refusal's event says what answered it (`events::answer`) and the
+/// client's port: a reset, a drop, a SYN steered to the responder, and the
+/// fallback reset for want of a steering token. A steered SYN's `STEER`
+/// entry says whether its event was reported (only those get a fate the
+/// socket lookup notes for the daemon).
+#[test]
+fn refusal_events_say_what_answered_them() {
+    use limiter_common::events::{Refusal, answer};
+    use limiter_user::kernel::responder::Responder;
+    require!(privileged());
+    for (action, steer_tokens, want_action, want_answer) in [
+        (Action::Reset, false, TX, answer::RESET),
+        (Action::Drop, false, DROP, answer::DROPPED),
+        (Action::Reset, true, PASS, answer::STEERED),
+        (Action::Reset, false, TX, answer::FALLBACK),
+    ] {
+        let responding = want_answer == answer::STEERED || want_answer == answer::FALLBACK;
+        let mut pol = policy(action, 1, 32, 64);
+        pol.services[0].max_conn_per_source = Some(1);
+        let mut harness = Harness::new(&pol);
+        if responding {
+            respond(&mut harness);
+        }
+        let mut r = Responder::new(&harness.ebpf).expect("responder");
+        if steer_tokens {
+            r.refill().expect("steering tokens");
+        }
+        let mut budget = limiter_user::kernel::events::Budget::new(&harness.ebpf).expect("budget");
+        budget.refill().expect("event tokens");
+        let mut ring =
+            aya::maps::RingBuf::try_from(harness.ebpf.take_map(names::EVENTS).expect("EVENTS")).expect("ring");
+        set_established(&mut harness, [198, 18, 0, 220], 1, 1);
+        assert_eq!(harness.action(&syn_from(v4(220), 46_000, 1)), want_action, "{want_answer}");
+        let item = ring.next().expect("an event");
+        // SAFETY: the kernel wrote a whole `Refusal`; read unaligned.
+        let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Refusal>()) };
+        assert_eq!((e.answer, e.client_port, e.port), (want_answer, 46_000, PORT), "{e:?}");
+        drop(item);
+        if want_answer == answer::STEERED {
+            let peer = "198.18.0.220:46000".parse().expect("addr");
+            let local = std::net::SocketAddr::new(server4(), PORT);
+            let v = r.steer_entry(peer, local).expect("read").expect("entry");
+            assert_eq!(v.reported, 1, "its event was reported");
+            // With the event budget spent, a steered SYN's entry says so.
+            let cpus = aya::util::nr_cpus().expect("cpus");
+            let spent = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]).expect("values");
+            let mut b: aya::maps::PerCpuArray<_, u64> =
+                aya::maps::PerCpuArray::try_from(harness.ebpf.map_mut(names::EVENT_BUDGET).expect("budget"))
+                    .expect("a");
+            b.set(limiter_common::events::TOKENS, spent, 0).expect("spend");
+            assert_eq!(harness.action(&syn_from(v4(220), 46_001, 2)), PASS);
+            let peer = "198.18.0.220:46001".parse().expect("addr");
+            let v = r.steer_entry(peer, local).expect("read").expect("entry");
+            assert_eq!(v.reported, 0, "not reported");
+        }
+    }
+}

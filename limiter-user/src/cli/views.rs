@@ -110,14 +110,36 @@ pub fn status(v: &StatusReply) -> String {
         let _ = writeln!(out, "lists: {} allow, {} deny, {} reserve entries", l.allow, l.deny, l.reserve);
     }
     let _ = writeln!(out, "other packets passed: {}", v.totals.passed_other);
+    let answered: Vec<String> = v
+        .services
+        .iter()
+        .filter(|s| !s.answers.is_empty())
+        .map(|s| {
+            let parts: Vec<String> = s.answers.iter().map(|(a, n)| format!("{n} {}", answer_words(a))).collect();
+            format!("{} {}", s.name, parts.join(", "))
+        })
+        .collect();
+    if !answered.is_empty() {
+        let _ = writeln!(out, "refusals answered (reported since start): {}", answered.join("; "));
+    }
     if let Some(r) = v.responder.filter(|_| v.services.iter().any(|s| s.action == "respond")) {
         let _ = writeln!(
             out,
-            "respond: {} answered, {} reset, {} failed; fell back to reset: {} out of tokens, {} no responder",
-            r.responded, r.reset, r.failed, r.fallback_no_token, r.fallback_no_responder
+            "respond: {} answered, {} reset, {} failed; fell back to reset: {} out of tokens, {} over their share, {} \
+             no responder",
+            r.responded, r.reset, r.failed, r.fallback_no_token, r.fallback_over_share, r.fallback_no_responder
         );
     }
     out
+}
+
+/// An answer's name in `status --json` as the refusal lines word it.
+fn answer_words(name: &str) -> &str {
+    match name {
+        "fallback" => "fallback reset",
+        "no_handshake" => "no handshake",
+        other => other,
+    }
 }
 
 /// One row per service: its policy, what is in use now, verdict counters.
@@ -195,14 +217,28 @@ pub fn top(v: &TopReply, now: &str) -> String {
         let _ = writeln!(out, "no source holds a connection");
         return out;
     }
-    let mut t = Table::new(&[("SOURCE", Left), ("SERVICE", Left), ("CONN/LIMIT", Right), ("", Left)]);
+    // REFUSED: the source's refusals in the last 10 s, and what answered the last.
+    let refused = rows.iter().any(|r| r.refused.is_some());
+    let mut columns = vec![("SOURCE", Left), ("SERVICE", Left), ("CONN/LIMIT", Right), ("", Left)];
+    if refused {
+        columns.push(("REFUSED (10s)", Left));
+    }
+    let mut t = Table::new(&columns);
     for r in rows {
-        t.rows.push(vec![
+        let mut row = vec![
             r.source.clone(),
             r.service.clone(),
             of(Some(r.connections), r.limit),
             if r.is_full() { "FULL".to_owned() } else { String::new() },
-        ]);
+        ];
+        if refused {
+            row.push(
+                r.refused
+                    .as_ref()
+                    .map_or_else(String::new, |x| format!("{}, last {}", x.count, answer_words(&x.last_answer))),
+            );
+        }
+        t.rows.push(row);
     }
     t.render(&mut out);
     out
@@ -248,7 +284,8 @@ mod tests {
                     "connections": 14,
                     "counters": { "accepted": 1234, "refused_deny": 3, "refused_sessions": 0, "refused_reserve": 2,
                                   "refused_concurrency": 41, "refused_rate": 7, "passed_non_syn": 99_999,
-                                  "refused_new_reason": 1 }
+                                  "refused_new_reason": 1 },
+                    "answers": { "reset": 50, "fallback": 1 }
                 },
                 {
                     "name": "imap", "ports": [143, 993], "rate": null, "burst": 10, "action": "drop",
@@ -305,6 +342,7 @@ mod tests {
         );
         assert_eq!(lines[8], "lists: 2 allow, 1 deny, 0 reserve entries");
         assert_eq!(lines[9], "other packets passed: 5120");
+        assert_eq!(lines[10], "refusals answered (reported since start): smtp 1 fallback reset, 50 reset");
         for l in &lines {
             assert!(l.len() <= 120, "{} columns: {l}\n{text}", l.len());
         }
@@ -356,6 +394,25 @@ mod tests {
         assert_eq!(lines[3], "2001:db8:1:2::/64  imap           3/10");
         assert_eq!(lines[4], "198.18.0.9         ftp             2/-");
         assert_eq!(lines.len(), 5);
+    }
+
+    #[test]
+    fn top_says_what_answered_the_sources_refusals() {
+        let v = json!({
+            "sources": [
+                { "source": "198.51.100.7", "service": "smtp", "connections": 2, "limit": 2,
+                  "refused": { "count": 5, "last_answer": "responded" } },
+                { "source": "198.51.100.8", "service": "smtp", "connections": 2, "limit": 2,
+                  "refused": { "count": 1, "last_answer": "fallback" } },
+                { "source": "198.18.0.9", "service": "smtp", "connections": 1, "limit": 2 }
+            ]
+        });
+        let text = top(&read(v), "12:34:56");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "SOURCE        SERVICE  CONN/LIMIT        REFUSED (10s)");
+        assert_eq!(lines[2], "198.51.100.7  smtp            2/2  FULL  5, last responded");
+        assert_eq!(lines[3], "198.51.100.8  smtp            2/2  FULL  1, last fallback reset");
+        assert_eq!(lines[4].trim_end(), "198.18.0.9    smtp            1/2");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct ServiceSnapshot {
     pub sessions: u64,
     pub max_sessions: Option<u32>,
     pub max_conn_per_source: Option<u32>,
+    /// Refusals reported, by what answered them (`refusals::Answer::name`).
+    pub answers: Vec<(&'static str, u64)>,
 }
 
 type Labels2 = [(&'static str, String); 2];
@@ -75,6 +77,7 @@ fn register_responder(r: &mut Registry, s: &ResponderStatus) {
         ("failed", s.failed),
         ("fallback_no_token", s.fallback_no_token),
         ("fallback_no_responder", s.fallback_no_responder),
+        ("fallback_over_share", s.fallback_over_share),
     ] {
         answers.get_or_create(&[("outcome", outcome.to_owned())]).inc_by(n);
     }
@@ -182,6 +185,18 @@ fn register_events(r: &mut Registry, s: &Snapshot) {
     );
     counter(r, "refusal_lines", "Refusal lines logged (one per source, service and reason burst)", s.log_lines);
     counter(r, "refusal_lines_suppressed", "Refusals reported but not logged on a line of their own", s.log_suppressed);
+    let answers = Family::<Labels2, Counter>::default();
+    r.register(
+        "refusal_answers",
+        "Refusals reported to the daemon, by service and what answered them (reset, dropped, responded, fallback, \
+         no_handshake, steered)",
+        answers.clone(),
+    );
+    for svc in &s.services {
+        for (answer, n) in &svc.answers {
+            answers.get_or_create(&[("service", svc.name.clone()), ("answer", (*answer).to_owned())]).inc_by(*n);
+        }
+    }
 
     let info = Family::<Labels1, Gauge>::default();
     r.register("build_info", "The running limiter's version", info.clone());
@@ -265,6 +280,7 @@ mod tests {
                 sessions: 3,
                 max_sessions: Some(50),
                 max_conn_per_source: Some(3),
+                answers: vec![("responded", 4), ("fallback", 2)],
             }],
             passed_other: 99,
             sources_tracked: 2,
@@ -302,6 +318,7 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
         assert!(text.contains("limiter_respond_answers_total{outcome=\"responded\"} 5"), "{text}");
+        assert!(text.contains("limiter_refusal_answers_total{service=\"smtp\",answer=\"fallback\"} 2"), "{text}");
         assert!(text.contains("limiter_respond_answers_total{outcome=\"fallback_no_responder\"} 1"), "{text}");
     }
 

@@ -15,6 +15,7 @@ pub mod responder;
 pub mod serve;
 pub mod start;
 pub mod state;
+pub mod steered;
 
 pub use state::{Paths, Source};
 

@@ -4,10 +4,17 @@
 //! line with the count of what it did not log:
 //!
 //! ```text
-//! refused 198.51.100.7 smtp:25 too many connections (8 established, limit 8)
-//! refused 198.51.100.7 smtp:25 too many connections (8 established, limit 8): 41 more in 10s
-//! unverified 198.18.0.99 smtp:25 too many connections (0 established + 8 in handshake, limit 8)
+//! refused 198.51.100.7 smtp:25 too many connections (8 established, limit 8), reset
+//! refused 198.51.100.7 smtp:25 too many connections (8 established, limit 8), reset: 41 more in 10s
+//! unverified 198.18.0.99 smtp:25 too many connections (0 established + 8 in handshake, limit 8), reset
+//! refused 198.51.100.7 smtp:25 too many connections (8 established, limit 8), responded: 9 more in 10s (2 responded, 7 fallback reset)
 //! ```
+//!
+//! The last word says what answered the client ([`Answer`]). Under
+//! `respond`, a steered SYN's line waits for the responder
+//! (`daemon::steered`), so it says whether the text went out, and a source
+//! that completed the handshake with the responder is verified on its first
+//! line.
 //!
 //! A line starts with `refused` only when the source proved its address:
 //! its established connections were at the limit (connections exist only
@@ -21,12 +28,16 @@
 
 use std::{
     collections::HashMap,
-    fmt,
+    fmt::{self, Write as _},
     net::IpAddr,
     time::{Duration, Instant},
 };
 
-use limiter_common::{SourceKey, Verdict, events::basis, prefix::Prefix};
+use limiter_common::{
+    SourceKey, Verdict,
+    events::{answer, basis},
+    prefix::Prefix,
+};
 use log::info;
 
 use crate::{
@@ -55,7 +66,135 @@ pub const LINES_PER_SECOND: u32 = 50;
 /// Bursts tracked at once; refusals of sources beyond are summed up too.
 pub const MAX_BURSTS: usize = 8_192;
 
-/// A refusal line: `refused SOURCE SERVICE:PORT REASON (DETAIL)`.
+/// What answered a refused SYN, as the line's last words say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Answer {
+    /// A TCP RST from XDP (`action = "reset"`).
+    Reset,
+    /// Dropped (`action = "drop"`).
+    Dropped,
+    /// The responder wrote the service's refusal text (`action = "respond"`).
+    Responded,
+    /// `respond`, reset instead: no steering token, the source over its
+    /// share, no responder socket, or over the responder's budget.
+    Fallback,
+    /// Steered to the responder, whose listener answered the SYN, but the
+    /// client never completed the handshake (a forged source, or one gone).
+    NoHandshake,
+    /// Steered, and nothing more is known (its note was gone).
+    Steered,
+    /// Not said (a kernel program older than the field).
+    Unknown,
+}
+
+impl Answer {
+    pub const ALL: [Self; 7] =
+        [Self::Reset, Self::Dropped, Self::Responded, Self::Fallback, Self::NoHandshake, Self::Steered, Self::Unknown];
+
+    /// What the kernel's event says; a steered one is resolved later.
+    #[must_use]
+    pub const fn of_event(a: u8) -> Self {
+        match a {
+            answer::RESET => Self::Reset,
+            answer::DROPPED => Self::Dropped,
+            answer::STEERED => Self::Steered,
+            answer::FALLBACK => Self::Fallback,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The words at the end of a line.
+    #[must_use]
+    pub const fn words(self) -> &'static str {
+        match self {
+            Self::Reset => "reset",
+            Self::Dropped => "dropped",
+            Self::Responded => "responded",
+            Self::Fallback => "fallback reset",
+            Self::NoHandshake => "no handshake",
+            Self::Steered => "steered",
+            Self::Unknown => "answer unknown",
+        }
+    }
+
+    /// The name in the journal field `ANSWER`, `status --json` and metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Reset => "reset",
+            Self::Dropped => "dropped",
+            Self::Responded => "responded",
+            Self::Fallback => "fallback",
+            Self::NoHandshake => "no_handshake",
+            Self::Steered => "steered",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Refusals reported by the kernel, by service name and what answered them,
+/// since the daemon started (for `status` and the metrics).
+#[derive(Debug, Default, Clone)]
+pub struct AnswerCounts {
+    by_service: HashMap<String, [u64; Answer::ALL.len()]>,
+}
+
+impl AnswerCounts {
+    /// One refusal of service `id` in `policy`, answered by `a`.
+    pub fn count(&mut self, policy: &Policy, id: u32, a: Answer) {
+        let name =
+            policy.services.iter().find(|s| s.id == id).map_or_else(|| format!("service{id}"), |s| s.name.clone());
+        self.by_service.entry(name).or_default()[slot(a)] += 1;
+    }
+
+    /// A service's counts, non-zero ones only, in [`Answer::ALL`] order.
+    #[must_use]
+    pub fn of(&self, service: &str) -> Vec<(Answer, u64)> {
+        self.by_service.get(service).map_or_else(Vec::new, |c| {
+            Answer::ALL.iter().zip(c).filter(|(_, n)| **n > 0).map(|(a, n)| (*a, *n)).collect()
+        })
+    }
+}
+
+/// Each source's refusals of the last [`window`], and what answered the
+/// last one (for `limiter top`). Bounded like the bursts.
+#[derive(Debug, Default)]
+pub struct Recent {
+    by_source: HashMap<SourceKey, (Instant, u64, Answer)>,
+}
+
+impl Recent {
+    /// One refusal of the source `key` at `now`, answered by `a`.
+    pub fn note(&mut self, key: SourceKey, a: Answer, now: Instant, window: Duration) {
+        if self.by_source.len() >= MAX_BURSTS && !self.by_source.contains_key(&key) {
+            self.by_source.retain(|_, (at, _, _)| now.saturating_duration_since(*at) < window);
+            if self.by_source.len() >= MAX_BURSTS {
+                let mut ages: Vec<Instant> = self.by_source.values().map(|(at, _, _)| *at).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                self.by_source.retain(|_, (at, _, _)| *at > cut);
+            }
+        }
+        let e = self.by_source.entry(key).or_insert((now, 0, a));
+        if now.saturating_duration_since(e.0) >= window {
+            *e = (now, 0, a);
+        }
+        e.1 += 1;
+        e.2 = a;
+    }
+
+    /// The source's refusals since its window started (if within `window`
+    /// of `now`) and the last one's answer.
+    #[must_use]
+    pub fn of(&self, key: &SourceKey, now: Instant, window: Duration) -> Option<(u64, Answer)> {
+        self.by_source
+            .get(key)
+            .filter(|(at, _, _)| now.saturating_duration_since(*at) < window)
+            .map(|(_, n, a)| (*n, *a))
+    }
+}
+
+/// A refusal line: `refused SOURCE SERVICE:PORT REASON (DETAIL), ANSWER`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
     pub source: IpAddr,
@@ -72,12 +211,14 @@ pub struct Line {
     /// The source proved its address (see the module header): only then
     /// does the line start with `refused`, the word fail2ban looks for.
     pub verified: bool,
+    /// What answered the client.
+    pub answer: Answer,
 }
 
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let word = if self.verified { "refused" } else { "unverified" };
-        write!(f, "{word} {} {}:{} {}", self.source, self.service, self.port, self.reason)
+        write!(f, "{word} {} {}:{} {}, {}", self.source, self.service, self.port, self.reason, self.answer.words())
     }
 }
 
@@ -93,10 +234,26 @@ pub struct Context<'a> {
     pub sessions: &'a dyn Fn(u32) -> u64,
 }
 
-/// Builds the line for `e`, naming the limit that refused it and what the
-/// refusal was based on.
+/// What the daemon learnt of a refusal after the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub answer: Answer,
+    /// The client completed a TCP handshake for it (with the responder).
+    pub handshake: bool,
+}
+
+impl Resolved {
+    /// As the kernel reported it, nothing learnt since.
+    #[must_use]
+    pub const fn reported(e: &Event) -> Self {
+        Self { answer: Answer::of_event(e.answer), handshake: false }
+    }
+}
+
+/// Builds the line for `e`, answered as `r` says, naming the limit that
+/// refused it and what the refusal was based on.
 #[must_use]
-pub fn describe(e: &Event, cx: &Context<'_>) -> Line {
+pub fn describe(e: &Event, r: Resolved, cx: &Context<'_>) -> Line {
     let service = cx.policy.services.iter().find(|s| s.id == e.service);
     let name = service.map_or_else(|| format!("service{}", e.service), |s| s.name.clone());
     let host = Prefix::new(e.addr, if e.addr.is_ipv4() { 32 } else { 128 });
@@ -146,7 +303,20 @@ pub fn describe(e: &Event, cx: &Context<'_>) -> Line {
         }
         _ => reason,
     };
-    Line { source: e.addr, service: name, port: e.port, verdict: e.verdict, limit, count, reason, verified }
+    // A connection the responder accepted (whether it wrote the text or
+    // reset it, over its budget) completed a handshake: the address is real.
+    let verified = verified || r.handshake;
+    Line {
+        source: e.addr,
+        service: name,
+        port: e.port,
+        verdict: e.verdict,
+        limit,
+        count,
+        reason,
+        verified,
+        answer: r.answer,
+    }
 }
 
 fn sessions_reason(
@@ -179,8 +349,9 @@ fn longest<'a, T>(list: &'a [T], host: &Prefix, prefix: impl Fn(&T) -> Prefix) -
 pub enum Emit {
     /// The first refusal of a burst.
     Refused(Line),
-    /// The end of a burst with refusals not logged.
-    Repeated { line: Line, more: u64, window: Duration },
+    /// The end of a burst with refusals not logged, and what answered
+    /// them (non-zero counts, in [`Answer::ALL`] order).
+    Repeated { line: Line, more: u64, window: Duration, answers: Vec<(Answer, u64)> },
     /// Refusals of bursts not logged at all (the line rate or the burst
     /// table was at its limit): how many, from how many sources at least.
     Unlogged { refusals: u64, sources: u64, window: Duration },
@@ -195,6 +366,9 @@ struct Key {
     /// separate bursts, so forged SYNs in a source's name can neither hide
     /// its proved refusals nor ride on their line.
     basis: u8,
+    /// Likewise refusals the client completed a handshake for (with the
+    /// responder) and those it did not.
+    handshake: bool,
 }
 
 struct Burst {
@@ -202,6 +376,18 @@ struct Burst {
     /// The line logged for it; `None` when it was not logged.
     line: Option<Line>,
     suppressed: u64,
+    /// What answered the suppressed ones, by [`Answer::ALL`] index.
+    answers: [u64; Answer::ALL.len()],
+}
+
+impl Burst {
+    fn answers(&self) -> Vec<(Answer, u64)> {
+        Answer::ALL.iter().zip(self.answers).filter(|(_, n)| *n > 0).map(|(a, n)| (*a, n)).collect()
+    }
+}
+
+fn slot(a: Answer) -> usize {
+    Answer::ALL.iter().position(|x| *x == a).unwrap_or(0)
 }
 
 /// Turns refusals into log lines: one per burst, rate-limited, with the
@@ -233,14 +419,16 @@ impl Bursts {
         }
     }
 
-    /// One refusal at `now`; `line` describes it if it is to be logged.
-    pub fn event(&mut self, e: &Event, now: Instant, line: impl FnOnce() -> Line) -> Vec<Emit> {
-        let key = Key { addr: e.addr, service: e.service, verdict: e.verdict, basis: e.basis };
+    /// One refusal at `now`, answered as `r` says; `line` describes it if
+    /// it is to be logged.
+    pub fn event(&mut self, e: &Event, r: Resolved, now: Instant, line: impl FnOnce() -> Line) -> Vec<Emit> {
+        let key = Key { addr: e.addr, service: e.service, verdict: e.verdict, basis: e.basis, handshake: r.handshake };
         let mut out = Vec::new();
         let full = self.open.len() >= MAX_BURSTS;
         match self.open.get_mut(&key) {
             Some(b) if now.duration_since(b.started) < self.window => {
                 b.suppressed += 1;
+                b.answers[slot(r.answer)] += 1;
                 self.suppressed_total += 1;
                 return out;
             }
@@ -271,7 +459,7 @@ impl Bursts {
             self.suppressed_total += 1;
             None
         };
-        self.open.insert(key, Burst { started: now, line: logged, suppressed: 0 });
+        self.open.insert(key, Burst { started: now, line: logged, suppressed: 0, answers: [0; Answer::ALL.len()] });
         out
     }
 
@@ -295,8 +483,11 @@ impl Bursts {
 
     /// What a closed burst leaves to log; an unlogged one adds to the sums.
     fn close(&self, b: Burst, refusals: &mut u64, sources: &mut u64) -> Option<Emit> {
+        let answers = b.answers();
         match b.line {
-            Some(line) if b.suppressed > 0 => Some(Emit::Repeated { line, more: b.suppressed, window: self.window }),
+            Some(line) if b.suppressed > 0 => {
+                Some(Emit::Repeated { line, more: b.suppressed, window: self.window, answers })
+            }
             Some(_) => None,
             None => {
                 *refusals += 1 + b.suppressed;
@@ -307,22 +498,36 @@ impl Bursts {
     }
 }
 
+/// `: 41 more in 10s`, with what answered them when that is not all the
+/// line's own answer: `: 9 more in 10s (2 responded, 7 fallback reset)`.
+#[must_use]
+pub fn repeated(line: &Line, more: u64, window: Duration, answers: &[(Answer, u64)]) -> String {
+    let mut out = format!("{line}: {more} more in {}s", window.as_secs());
+    if answers.iter().any(|(a, _)| *a != line.answer) {
+        let parts: Vec<String> = answers.iter().map(|(a, n)| format!("{n} {}", a.words())).collect();
+        let _ = write!(out, " ({})", parts.join(", "));
+    }
+    out
+}
+
 /// Writes an emitted line to the log, with journal fields under systemd
 /// (`SOURCE`, `SERVICE`, `PORT`, `REASON`, `LIMIT`, `COUNT`, `SUPPRESSED`,
-/// `VERIFIED`).
+/// `VERIFIED`, `ANSWER`).
 pub fn log(e: &Emit) {
     match e {
         Emit::Refused(l) => info!(
             target: "limiter::refused",
             source = l.source.to_string().as_str(), service = l.service.as_str(), port = l.port,
-            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = 0u64, verified = l.verified;
+            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = 0u64, verified = l.verified,
+            answer = l.answer.name();
             "{l}"
         ),
-        Emit::Repeated { line: l, more, window } => info!(
+        Emit::Repeated { line: l, more, window, answers } => info!(
             target: "limiter::refused",
             source = l.source.to_string().as_str(), service = l.service.as_str(), port = l.port,
-            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = *more, verified = l.verified;
-            "{l}: {more} more in {}s", window.as_secs()
+            reason = l.verdict.name(), limit = l.limit, count = l.count, suppressed = *more, verified = l.verified,
+            answer = l.answer.name();
+            "{}", repeated(l, *more, *window, answers)
         ),
         Emit::Unlogged { refusals, sources, window } => info!(
             target: "limiter::refused", suppressed = *refusals;
@@ -347,7 +552,14 @@ mod tests {
             basis: basis::ESTABLISHED,
             pending: 0,
             established: 8,
+            answer: answer::RESET,
+            client_port: 40_000,
         }
+    }
+
+    /// As the kernel reported it.
+    fn r(e: &Event) -> Resolved {
+        Resolved::reported(e)
     }
 
     fn line(e: &Event) -> Line {
@@ -360,6 +572,7 @@ mod tests {
             count: Some(8),
             reason: "too many connections (8 established, limit 8)".into(),
             verified: true,
+            answer: Answer::Reset,
         }
     }
 
@@ -378,7 +591,7 @@ mod tests {
     fn describe_with(e: &Event, held: Option<u64>) -> Line {
         let policy = smtp_policy();
         let cx = Context { policy: &policy, connections: &|_| held, sessions: &|_| 0 };
-        describe(e, &cx)
+        describe(e, Resolved::reported(e), &cx)
     }
 
     #[test]
@@ -386,7 +599,7 @@ mod tests {
         let e = ev(7, Verdict::RefusedConcurrency);
         assert_eq!(
             describe_with(&e, Some(8)).to_string(),
-            "refused 198.18.0.7 smtp:25 too many connections (8 established, limit 8)"
+            "refused 198.18.0.7 smtp:25 too many connections (8 established, limit 8), reset"
         );
     }
 
@@ -400,7 +613,7 @@ mod tests {
         assert!(!l.verified);
         assert_eq!(
             l.to_string(),
-            "unverified 198.18.0.99 smtp:25 too many connections (0 established + 8 in handshake, limit 8)"
+            "unverified 198.18.0.99 smtp:25 too many connections (0 established + 8 in handshake, limit 8), reset"
         );
         // In flight, even for a source that holds some: unverified.
         let e = Event { basis: basis::IN_FLIGHT, established: 7, pending: 1, ..e };
@@ -410,14 +623,16 @@ mod tests {
         let e = Event { basis: basis::NONE, established: 0, pending: 0, ..ev(99, Verdict::RefusedRate) };
         assert_eq!(
             describe_with(&e, None).to_string(),
-            "unverified 198.18.0.99 smtp:25 too many attempts (rate 30/m, burst 10; no completed handshake)"
+            "unverified 198.18.0.99 smtp:25 too many attempts (rate 30/m, burst 10; no completed handshake), reset"
         );
         assert_eq!(
             describe_with(&e, Some(2)).to_string(),
-            "refused 198.18.0.99 smtp:25 too many attempts (rate 30/m, burst 10; 2 established)"
+            "refused 198.18.0.99 smtp:25 too many attempts (rate 30/m, burst 10; 2 established), reset"
         );
         assert!(
-            describe_with(&e, Some(0)).to_string().ends_with("(rate 30/m, burst 10; handshake completed recently)")
+            describe_with(&e, Some(0))
+                .to_string()
+                .ends_with("(rate 30/m, burst 10; handshake completed recently), reset")
         );
     }
 
@@ -430,8 +645,8 @@ mod tests {
         let forged =
             Event { basis: basis::IN_FLIGHT, established: 0, pending: 8, ..ev(5, Verdict::RefusedConcurrency) };
         let real = ev(5, Verdict::RefusedConcurrency);
-        assert_eq!(b.event(&forged, t0, || describe_with(&forged, None)).len(), 1);
-        let out = b.event(&real, t0, || describe_with(&real, Some(8)));
+        assert_eq!(b.event(&forged, r(&forged), t0, || describe_with(&forged, None)).len(), 1);
+        let out = b.event(&real, r(&real), t0, || describe_with(&real, Some(8)));
         assert!(matches!(&out[..], [Emit::Refused(l)] if l.verified), "{out:?}");
     }
 
@@ -441,20 +656,23 @@ mod tests {
         let mut b = Bursts::new(w);
         let t0 = Instant::now();
         let e = ev(7, Verdict::RefusedConcurrency);
-        let first = b.event(&e, t0, || line(&e));
+        let first = b.event(&e, r(&e), t0, || line(&e));
         assert_eq!(first, vec![Emit::Refused(line(&e))]);
         for i in 1..=41 {
-            assert!(b.event(&e, t0 + Duration::from_millis(i * 100), || line(&e)).is_empty());
+            assert!(b.event(&e, r(&e), t0 + Duration::from_millis(i * 100), || line(&e)).is_empty());
         }
         // Another reason of the same source is a burst of its own.
         let rate = ev(7, Verdict::RefusedRate);
-        assert_eq!(b.event(&rate, t0 + Duration::from_secs(1), || line(&rate)).len(), 1);
+        assert_eq!(b.event(&rate, r(&rate), t0 + Duration::from_secs(1), || line(&rate)).len(), 1);
         assert!(b.flush(t0 + Duration::from_secs(9)).is_empty(), "nothing ends before the window");
         let end = b.flush(t0 + w);
-        assert_eq!(end, vec![Emit::Repeated { line: line(&e), more: 41, window: w }]);
+        assert_eq!(
+            end,
+            vec![Emit::Repeated { line: line(&e), more: 41, window: w, answers: vec![(Answer::Reset, 41)] }]
+        );
         assert_eq!((b.logged_total, b.suppressed_total), (2, 41));
         // A new burst after the window logs again.
-        assert_eq!(b.event(&e, t0 + w + Duration::from_secs(1), || line(&e)).len(), 1);
+        assert_eq!(b.event(&e, r(&e), t0 + w + Duration::from_secs(1), || line(&e)).len(), 1);
     }
 
     #[test]
@@ -463,10 +681,16 @@ mod tests {
         let mut b = Bursts::new(w);
         let t0 = Instant::now();
         let e = ev(7, Verdict::RefusedConcurrency);
-        b.event(&e, t0, || line(&e));
-        b.event(&e, t0 + Duration::from_secs(1), || line(&e));
-        let out = b.event(&e, t0 + Duration::from_secs(11), || line(&e));
-        assert_eq!(out, vec![Emit::Repeated { line: line(&e), more: 1, window: w }, Emit::Refused(line(&e))]);
+        b.event(&e, r(&e), t0, || line(&e));
+        b.event(&e, r(&e), t0 + Duration::from_secs(1), || line(&e));
+        let out = b.event(&e, r(&e), t0 + Duration::from_secs(11), || line(&e));
+        assert_eq!(
+            out,
+            vec![
+                Emit::Repeated { line: line(&e), more: 1, window: w, answers: vec![(Answer::Reset, 1)] },
+                Emit::Refused(line(&e))
+            ]
+        );
     }
 
     #[test]
@@ -477,9 +701,9 @@ mod tests {
         let mut lines = 0;
         for i in 0..200u8 {
             let e = ev(i, Verdict::RefusedSessions);
-            lines += b.event(&e, t0, || line(&e)).len();
+            lines += b.event(&e, r(&e), t0, || line(&e)).len();
             // each source twice
-            assert!(b.event(&e, t0, || line(&e)).is_empty());
+            assert!(b.event(&e, r(&e), t0, || line(&e)).is_empty());
         }
         assert_eq!(lines, LINES_PER_SECOND as usize);
         let end = b.flush(t0 + w);
@@ -497,7 +721,7 @@ mod tests {
         for i in 0..(MAX_BURSTS + 100) {
             let a = u32::try_from(i).expect("small");
             let e = Event { addr: IpAddr::V4(Ipv4Addr::from(0xc612_0000 | a)), ..ev(0, Verdict::RefusedSessions) };
-            b.event(&e, t0, || line(&e));
+            b.event(&e, r(&e), t0, || line(&e));
         }
         assert_eq!(b.open.len(), MAX_BURSTS);
         let end = b.flush(t0 + Duration::from_secs(20));
@@ -505,5 +729,84 @@ mod tests {
         let unlogged = MAX_BURSTS + 100 - LINES_PER_SECOND as usize;
         assert_eq!((*refusals, *sources), (unlogged as u64, (MAX_BURSTS - LINES_PER_SECOND as usize) as u64));
         assert!(b.open.is_empty());
+    }
+
+    /// Each answer reads as documented at the end of the line, and a
+    /// responder's accept proves the address on the first line.
+    #[test]
+    fn the_line_ends_with_what_answered() {
+        let policy = smtp_policy();
+        let cx = Context { policy: &policy, connections: &|_| None, sessions: &|_| 0 };
+        let e = Event { basis: basis::IN_FLIGHT, established: 0, pending: 8, ..ev(9, Verdict::RefusedConcurrency) };
+        let head = "198.18.0.9 smtp:25 too many connections (0 established + 8 in handshake, limit 8)";
+        for (answer, handshake, want) in [
+            (Answer::Reset, false, format!("unverified {head}, reset")),
+            (Answer::Dropped, false, format!("unverified {head}, dropped")),
+            (Answer::Fallback, false, format!("unverified {head}, fallback reset")),
+            (Answer::NoHandshake, false, format!("unverified {head}, no handshake")),
+            (Answer::Responded, true, format!("refused {head}, responded")),
+            (Answer::Fallback, true, format!("refused {head}, fallback reset")),
+        ] {
+            assert_eq!(describe(&e, Resolved { answer, handshake }, &cx).to_string(), want);
+        }
+    }
+
+    /// A burst's summary says what answered the refusals it did not log
+    /// when that is not all the line's own answer.
+    #[test]
+    fn the_summary_counts_the_answers() {
+        let w = Duration::from_secs(10);
+        let mut b = Bursts::new(w);
+        let t0 = Instant::now();
+        let e = ev(7, Verdict::RefusedConcurrency);
+        let proved = |answer| Resolved { answer, handshake: true };
+        let first = Line { answer: Answer::Responded, verified: true, ..line(&e) };
+        assert_eq!(b.event(&e, proved(Answer::Responded), t0, || first.clone()).len(), 1);
+        for a in [Answer::Responded, Answer::Responded, Answer::Fallback] {
+            assert!(b.event(&e, proved(a), t0, || first.clone()).is_empty());
+        }
+        // Unproved refusals in its name are a burst of their own.
+        assert_eq!(b.event(&e, r(&e), t0, || line(&e)).len(), 1);
+        let end = b.flush(t0 + w);
+        let Some(Emit::Repeated { line: l, more, window, answers }) =
+            end.iter().find(|x| matches!(x, Emit::Repeated { line, .. } if line.answer == Answer::Responded))
+        else {
+            panic!("no summary: {end:?}");
+        };
+        assert_eq!(
+            repeated(l, *more, *window, answers),
+            "refused 198.18.0.7 smtp:25 too many connections (8 established, limit 8), responded: 3 more in 10s (2 \
+             responded, 1 fallback reset)"
+        );
+        let same = repeated(l, 2, w, &[(Answer::Responded, 2)]);
+        assert!(same.ends_with(", responded: 2 more in 10s"), "{same}");
+    }
+
+    #[test]
+    fn answers_are_counted_by_service() {
+        let policy = smtp_policy();
+        let mut c = AnswerCounts::default();
+        c.count(&policy, 1, Answer::Responded);
+        c.count(&policy, 1, Answer::Responded);
+        c.count(&policy, 1, Answer::Fallback);
+        assert_eq!(c.of("smtp"), vec![(Answer::Responded, 2), (Answer::Fallback, 1)]);
+        assert!(c.of("imap").is_empty());
+    }
+
+    #[test]
+    fn recent_refusals_are_per_source_and_window() {
+        let policy = smtp_policy();
+        let w = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut r = Recent::default();
+        let key = ev(7, Verdict::RefusedConcurrency).key(&policy);
+        r.note(key, Answer::Responded, t0, w);
+        r.note(key, Answer::Fallback, t0 + Duration::from_secs(1), w);
+        assert_eq!(r.of(&key, t0 + Duration::from_secs(2), w), Some((2, Answer::Fallback)));
+        assert_eq!(r.of(&key, t0 + w, w), None, "its window is over");
+        r.note(key, Answer::Reset, t0 + w, w);
+        assert_eq!(r.of(&key, t0 + w, w), Some((1, Answer::Reset)), "a new window");
+        let other = ev(8, Verdict::RefusedConcurrency).key(&policy);
+        assert_eq!(r.of(&other, t0, w), None);
     }
 }

@@ -12,13 +12,14 @@ use limiter_common::{
 use crate::{
     daemon::{
         metrics::{ServiceSnapshot, Snapshot},
+        refusals,
         state::{Daemon, in_force},
     },
     kernel::{counters, maps},
     policy::model::Policy,
     protocol::{
-        Counters, Interface, ListCounts, RefusalLines, ResponderStatus, ServiceStatus, StatusReply, TopReply, TopRow,
-        Totals,
+        Counters, Interface, ListCounts, RecentRefusals, RefusalLines, ResponderStatus, ServiceStatus, StatusReply,
+        TopReply, TopRow, Totals,
     },
 };
 
@@ -51,6 +52,7 @@ pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Top
         ),
         None => None,
     };
+    let now = std::time::Instant::now();
     let mut rows = counters::sources(&d.loaded.ebpf).map_err(|e| e.to_string())?;
     rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
@@ -66,6 +68,10 @@ pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Top
                 service: s.name.clone(),
                 connections: *count,
                 limit: source_limit(&merged, key, policy, s),
+                refused: d
+                    .recent
+                    .of(key, now, refusals::window())
+                    .map(|(count, a)| RecentRefusals { count, last_answer: a.name().to_owned() }),
             })
         })
         .collect();
@@ -119,6 +125,7 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
             sessions: sessions_in_use(&sessions, s.id),
             max_sessions: s.max_sessions,
             max_conn_per_source: s.max_conn_per_source,
+            answers: d.answer_counts.of(&s.name).into_iter().map(|(a, n)| (a.name(), n)).collect(),
         })
         .collect();
     let mut maps = Vec::new();
@@ -176,6 +183,7 @@ pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
                 sessions: Some(sessions_in_use(&sessions, s.id)),
                 connections: conns[id],
                 counters: counters(row),
+                answers: d.answer_counts.of(&s.name).into_iter().map(|(a, n)| (a.name().to_owned(), n)).collect(),
             }
         })
         .collect();
@@ -217,6 +225,7 @@ pub(crate) fn responder_status(d: &Daemon) -> Result<ResponderStatus, String> {
         failed: r.failed,
         fallback_no_token: k.no_token,
         fallback_no_responder: k.no_responder,
+        fallback_over_share: k.over_share,
     })
 }
 

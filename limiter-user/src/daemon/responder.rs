@@ -243,13 +243,15 @@ impl Drop for Slot {
 }
 
 /// Accepts steered connections on `listeners` (at most two: one per
-/// address family) until the task is dropped. `decide` says
-/// what to answer a connection from `peer` to `local` (the client's
-/// original destination); `None` resets it.
+/// address family) until the task is dropped. `decide` is called for every
+/// connection accepted, with whether the budgets and the cap allow an
+/// answer, and says what to answer the connection from `peer` to `local`
+/// (the client's original destination); `None`, or a connection not
+/// allowed, is reset.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     limits: Limits,
-    decide: impl Fn(SocketAddr, SocketAddr) -> Option<Reply> + 'static,
+    decide: impl Fn(SocketAddr, SocketAddr, bool) -> Option<Reply> + 'static,
     stats: Rc<RefCell<Stats>>,
 ) {
     let in_flight = Rc::new(Cell::new(0usize));
@@ -268,13 +270,10 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let reply = match (stream.local_addr(), Slot::take(&in_flight, limits.concurrent)) {
-            (Ok(local), Some(slot)) if budget.allow(peer.ip(), Instant::now()) => {
-                decide(peer, local).map(|r| (r, slot))
-            }
-            _ => None,
-        };
-        let Some((reply, slot)) = reply else {
+        let slot = Slot::take(&in_flight, limits.concurrent);
+        let allowed = slot.is_some() && budget.allow(peer.ip(), Instant::now());
+        let reply = stream.local_addr().ok().and_then(|local| decide(peer, local, allowed));
+        let (Some(reply), Some(slot), true) = (reply, slot, allowed) else {
             reset(&stream);
             stats.borrow_mut().reset += 1;
             continue;

@@ -20,8 +20,9 @@ use crate::{
         responder::{self, Limits},
         start::Started,
         state::{Daemon, Paths, in_force},
+        steered::{Accepted, Flow},
     },
-    kernel::{counters, events::Event},
+    kernel::{self, counters, events::Event},
     protocol::{self, Reply, Request},
 };
 
@@ -51,7 +52,7 @@ pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
     let responder_task = {
         let counts = Rc::clone(&state.borrow().responder);
         let state = Rc::clone(&state);
-        let answer = move |peer, local| steered_reply(&mut state.borrow_mut(), peer, local);
+        let answer = move |peer, local, allowed| steered_reply(&mut state.borrow_mut(), peer, local, allowed);
         tokio::task::spawn_local(responder::serve(responder, Limits::default(), answer, counts))
     };
     let handler = {
@@ -85,30 +86,47 @@ pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
 }
 
 /// What the responder answers a connection the kernel steered to it: the
-/// line for the reason XDP noted (`STEER`), or a reset when the note is gone.
-fn steered_reply(d: &mut Daemon, peer: SocketAddr, local: SocketAddr) -> Option<responder::Reply> {
+/// line for the reason XDP noted (`STEER`), or a reset when the note is gone
+/// or `allowed` is false (over the responder's budget or cap). The steered
+/// refusal waiting for this accept is logged with what it got.
+fn steered_reply(d: &mut Daemon, peer: SocketAddr, local: SocketAddr, allowed: bool) -> Option<responder::Reply> {
     let noted = d.loaded.responder.steer_entry(peer, local);
     if let Err(e) = d.loaded.responder.forget(peer, local) {
         debug!("{:#}", anyhow::Error::from(e));
     }
-    let v = noted.ok().flatten()?;
-    let verdict = *Verdict::ALL.get(usize::from(v.verdict))?;
-    let st = Steered { service: u32::from(v.service), verdict, limit: v.limit, count: v.count };
-    let reply = d.answers.reply(&d.policy, &st, peer.ip(), local.port());
-    if matches!(reply, responder::Reply::Line { .. }) {
+    let now = std::time::Instant::now();
+    let noted = noted.ok().flatten();
+    let steered = noted.and_then(|v| {
+        let verdict = *Verdict::ALL.get(usize::from(v.verdict))?;
+        Some(Steered { service: u32::from(v.service), verdict, limit: v.limit, count: v.count })
+    });
+    if let Some(st) = steered {
         // The handshake completed: the source's address is real.
         let e = Event {
-            addr: peer.ip(),
+            addr: peer.ip().to_canonical(),
             service: st.service,
             port: local.port(),
-            verdict,
+            verdict: st.verdict,
             basis: 0,
             pending: 0,
             established: 0,
+            answer: 0,
+            client_port: peer.port(),
         };
-        d.answered.mark(e.key(&d.policy), std::time::Instant::now());
+        d.answered.mark(e.key(&d.policy), now);
     }
-    Some(reply)
+    let reply = steered
+        .filter(|_| allowed)
+        .map(|st| d.answers.reply(&d.policy, &st, peer.ip(), local.port()))
+        .filter(|r| matches!(r, responder::Reply::Line { .. }));
+    let flow = Flow { client: peer.ip().to_canonical(), client_port: peer.port(), local_port: local.port() };
+    let accepted = if reply.is_some() { Accepted::Responding } else { Accepted::Reset };
+    if let Some((e, r)) = d.awaiting.accepted(flow, accepted, now) {
+        for out in d.refusal(&e, r, now) {
+            refusals::log(&out);
+        }
+    }
+    reply
 }
 
 /// Answers one control request.
@@ -168,8 +186,9 @@ async fn main_loop(state: &Rc<RefCell<Daemon>>, mut ring: AsyncFd<RingBuf<MapDat
                 let d = &mut *state.borrow_mut();
                 let now = std::time::Instant::now();
                 while let Some(item) = guard.get_inner_mut().next() {
-                    if let Some(e) = Event::decode(&item) {
-                        for out in d.refusal(&e, now) {
+                    // A steered refusal waits for the responder's accept.
+                    if let Some((e, r)) = Event::decode(&item).and_then(|e| d.awaiting.event(e, now)) {
+                        for out in d.refusal(&e, r, now) {
                             refusals::log(&out);
                         }
                     }
@@ -183,7 +202,19 @@ async fn main_loop(state: &Rc<RefCell<Daemon>>, mut ring: AsyncFd<RingBuf<MapDat
                 }
             }
             _ = flush.tick() => {
-                for out in state.borrow_mut().bursts.flush(std::time::Instant::now()) {
+                let d = &mut *state.borrow_mut();
+                let now = std::time::Instant::now();
+                let loaded = &d.loaded;
+                let noted = |f: &Flow| {
+                    let key = kernel::responder::steer_key(f.client, f.client_port, f.local_port);
+                    loaded.responder.fate(&loaded.ebpf, &key).ok().flatten()
+                };
+                for (e, r) in d.awaiting.expire(now, noted) {
+                    for out in d.refusal(&e, r, now) {
+                        refusals::log(&out);
+                    }
+                }
+                for out in d.bursts.flush(now) {
                     refusals::log(&out);
                 }
             }
@@ -228,10 +259,12 @@ fn release_seeded(d: &mut Daemon) {
 }
 
 impl Daemon {
-    /// A refusal the kernel reported: what to log of it.
-    fn refusal(&mut self, e: &Event, now: std::time::Instant) -> Vec<refusals::Emit> {
+    /// A refusal the kernel reported, answered as `r` says: what to log of it.
+    fn refusal(&mut self, e: &Event, r: refusals::Resolved, now: std::time::Instant) -> Vec<refusals::Emit> {
+        self.answer_counts.count(&self.policy, e.service, r.answer);
+        self.recent.note(e.key(&self.policy), r.answer, now, refusals::window());
         let (loaded, policy, runtime, answered) = (&self.loaded, &self.policy, &self.runtime, &self.answered);
-        self.bursts.event(e, now, || {
+        self.bursts.event(e, r, now, || {
             let force = in_force(policy, &runtime.lists);
             let sessions = counters::read_sessions(&loaded.ebpf).unwrap_or_default();
             // A source the responder answered completed a handshake with
@@ -244,7 +277,7 @@ impl Daemon {
                 connections: &held,
                 sessions: &|id| sessions_in_use(&sessions, id),
             };
-            refusals::describe(e, &cx)
+            refusals::describe(e, r, &cx)
         })
     }
 }

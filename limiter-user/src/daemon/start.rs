@@ -21,9 +21,10 @@ use tokio::{
 use crate::{
     daemon::{
         metrics, refusals,
-        refusals::Bursts,
+        refusals::{AnswerCounts, Bursts, Recent},
         respond::{Answered, Answers},
         state::{Daemon, Paths, Source, copy_ids, in_force, log_policy},
+        steered::Awaiting,
     },
     kernel::{
         error::LoadError,
@@ -106,6 +107,9 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         answers,
         responder: Rc::default(),
         answered: Answered::default(),
+        awaiting: Awaiting::default(),
+        answer_counts: AnswerCounts::default(),
+        recent: Recent::default(),
     };
     Ok(Started { daemon, listener, ring, metrics, socket_file, responder })
 }
@@ -173,5 +177,10 @@ fn responder_sockets(loaded: &mut Loaded) -> anyhow::Result<Vec<tokio::net::TcpL
         out.push(tokio::net::TcpListener::from_std(listener)?);
     }
     loaded.responder.refill()?;
+    // Each source's share of the steering: what the responder would answer
+    // it anyway (its per-source budget); the socket lookup resets the rest
+    // without spending the tokens every source shares.
+    let limits = crate::daemon::responder::Limits::default();
+    loaded.responder.set_share(limits.per_source, limits.per_source_burst)?;
     Ok(out)
 }

@@ -6,9 +6,10 @@ use log::info;
 
 use crate::{
     daemon::{
-        refusals::Bursts,
+        refusals::{AnswerCounts, Bursts, Recent},
         respond::{Answered, Answers},
         responder,
+        steered::Awaiting,
     },
     kernel::{events::Budget, loader::Loaded},
     policy::{
@@ -57,6 +58,12 @@ pub struct Daemon {
     pub responder: Rc<RefCell<responder::Stats>>,
     /// Sources the responder answered: proved, for their refusal lines.
     pub answered: Answered,
+    /// Steered refusals waiting for the responder's accept.
+    pub awaiting: Awaiting,
+    /// Refusals reported, by service and what answered them.
+    pub answer_counts: AnswerCounts,
+    /// Each source's recent refusals, for `top`.
+    pub recent: Recent,
 }
 
 /// The policy in force: the config's, with the run-time entries layered on

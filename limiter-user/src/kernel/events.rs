@@ -43,6 +43,10 @@ pub struct Event {
     pub pending: u16,
     /// Established connections the kernel counted for the source.
     pub established: u32,
+    /// What answered it (`events::answer`).
+    pub answer: u8,
+    /// The client's port.
+    pub client_port: u16,
 }
 
 impl Event {
@@ -68,6 +72,8 @@ impl Event {
             basis: r.basis,
             pending: r.pending,
             established: r.established,
+            answer: r.answer,
+            client_port: r.client_port,
         })
     }
 
@@ -128,13 +134,16 @@ mod tests {
             port: 587,
             pending: 0,
             established: 0,
+            answer: limiter_common::events::answer::FALLBACK,
             pad: 0,
+            client_port: 40_000,
         };
         // SAFETY: `Refusal` is plain old data.
         let bytes: [u8; size_of::<Refusal>()] = unsafe { std::mem::transmute(r) };
         let e = Event::decode(&bytes).expect("decodes");
         assert_eq!(e.addr, "2001:db8::9".parse::<IpAddr>().expect("addr"));
         assert_eq!((e.service, e.port, e.verdict), (3, 587, Verdict::RefusedRate));
+        assert_eq!((e.answer, e.client_port), (limiter_common::events::answer::FALLBACK, 40_000));
         assert_eq!(Event::decode(&bytes[..10]), None);
         let mut bad = bytes;
         bad[16] = 5;

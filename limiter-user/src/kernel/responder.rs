@@ -19,7 +19,7 @@ use limiter_common::{
 
 use crate::kernel::{
     error::LoadError,
-    maps::{map_err, own},
+    maps::{map_err, own, read},
 };
 
 /// What steering did, summed over CPUs (`steer::budget`).
@@ -33,6 +33,9 @@ pub struct SteerCounts {
     pub redirected: u64,
     /// Steered SYNs refused (RST) because no responder socket was there.
     pub no_responder: u64,
+    /// Steered SYNs refused (RST) at the socket lookup because their source
+    /// was over its share of the steering.
+    pub over_share: u64,
 }
 
 /// The responder's handles on its maps.
@@ -88,6 +91,18 @@ impl Responder {
         self.budget.set(budget::TOKENS, values, 0).map_err(map_err(names::STEER_BUDGET))
     }
 
+    /// Sets each source's share of the steering (`steer::share`): at most
+    /// `per_second` steered SYNs a second, `burst` at once; the socket
+    /// lookup resets the rest.
+    pub fn set_share(&mut self, per_second: u32, burst: u32) -> Result<(), LoadError> {
+        let (interval, tolerance) = steer::share(per_second, burst);
+        for (index, value) in [(budget::SHARE_INTERVAL_NS, interval), (budget::SHARE_TOLERANCE_NS, tolerance)] {
+            let values = PerCpuValues::try_from(vec![value; self.cpus]).map_err(LoadError::Cpus)?;
+            self.budget.set(index, values, 0).map_err(map_err(names::STEER_BUDGET))?;
+        }
+        Ok(())
+    }
+
     /// What steering did since this object was loaded.
     pub fn counts(&self) -> Result<SteerCounts, LoadError> {
         let sum = |i: u32| -> Result<u64, LoadError> {
@@ -98,16 +113,37 @@ impl Responder {
             no_token: sum(budget::NO_TOKEN)?,
             redirected: sum(budget::REDIRECTED)?,
             no_responder: sum(budget::NO_RESPONDER)?,
+            over_share: sum(budget::OVER_SHARE)?,
         })
     }
 
     /// Why the accepted connection from `peer` to `local` was steered here,
     /// if XDP noted it (`None`: evicted, or not steered).
     pub fn steer_entry(&self, peer: SocketAddr, local: SocketAddr) -> Result<Option<SteerValue>, LoadError> {
-        match self.steer.get(&flow(peer, local), 0) {
+        self.noted(&flow(peer, local))
+    }
+
+    /// The `STEER` entry of a flow, if XDP noted it and it is still there.
+    pub fn noted(&self, key: &SteerKey) -> Result<Option<SteerValue>, LoadError> {
+        match self.steer.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(names::STEER)(e)),
+        }
+    }
+
+    /// What the socket lookup did with a steered flow (`steer::fate`): from
+    /// its `STEER` entry, or for one it reset (which lost its entry) from
+    /// `STEER_FATES`; `None` if neither holds the flow any more.
+    pub fn fate(&self, ebpf: &Ebpf, key: &SteerKey) -> Result<Option<u8>, LoadError> {
+        if let Some(v) = self.noted(key)? {
+            return Ok(Some(v.fate));
+        }
+        let fates: HashMap<&MapData, SteerKey, u8> = read(ebpf, names::STEER_FATES)?;
+        match fates.get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::STEER_FATES)(e)),
         }
     }
 
@@ -126,9 +162,16 @@ impl Responder {
 /// IPv4, since `sk_lookup` sees the IPv4 packet) and both ports.
 #[must_use]
 pub fn flow(peer: SocketAddr, local: SocketAddr) -> SteerKey {
-    match peer.ip().to_canonical() {
-        IpAddr::V4(a) => SteerKey::v4(a.octets(), peer.port(), local.port()),
-        IpAddr::V6(a) => SteerKey::v6(a.octets(), peer.port(), local.port()),
+    steer_key(peer.ip(), peer.port(), local.port())
+}
+
+/// The `STEER` key of the connection from `client`:`client_port` to the
+/// local port (IPv4-mapped clients as IPv4).
+#[must_use]
+pub fn steer_key(client: IpAddr, client_port: u16, local_port: u16) -> SteerKey {
+    match client.to_canonical() {
+        IpAddr::V4(a) => SteerKey::v4(a.octets(), client_port, local_port),
+        IpAddr::V6(a) => SteerKey::v6(a.octets(), client_port, local_port),
     }
 }
 

@@ -19,8 +19,8 @@ use crate::policy::service::Rate;
 pub use crate::protocol::{
     lists::{AddedReply, Entry, ListName, ListReply, ListedEntry, Origin, ReloadReply, RemovedReply},
     status::{
-        Counters, Interface, ListCounts, RefusalLines, ResponderStatus, ServiceStatus, StatusReply, TopReply, TopRow,
-        Totals,
+        Counters, Interface, ListCounts, RecentRefusals, RefusalLines, ResponderStatus, ServiceStatus, StatusReply,
+        TopReply, TopRow, Totals,
     },
 };
 

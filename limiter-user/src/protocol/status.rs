@@ -3,7 +3,7 @@
 //! marked `#[schemars(required)]`: this daemon always sends it, a reader
 //! shows its absence as `-`.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,10 @@ pub struct ResponderStatus {
     pub fallback_no_token: u64,
     /// Fallbacks to reset at the socket lookup: no responder socket (daemon gone).
     pub fallback_no_responder: u64,
+    /// Fallbacks to reset at the socket lookup: the source was over its
+    /// share of the steering. Absent from a daemon older than it.
+    #[serde(default)]
+    pub fallback_over_share: u64,
 }
 
 /// An interface the XDP program is attached to.
@@ -107,6 +111,14 @@ pub struct ServiceStatus {
     /// Established connections of the service, all sources.
     pub connections: u64,
     pub counters: Counters,
+    /// Refusals the kernel reported since the daemon started, by what
+    /// answered them: reset, dropped, responded, fallback (reset instead of
+    /// responded), `no_handshake` (steered, the client never completed it),
+    /// steered (not known further). Only non-zero counts; absent from a
+    /// daemon older than it. In floods some refusals go unreported
+    /// (`refusal_lines.unreported`): `counters` has them all.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub answers: BTreeMap<String, u64>,
 }
 
 /// SYN verdicts and other segments to a service's ports, since the programs were first loaded.
@@ -193,6 +205,20 @@ pub struct TopRow {
     /// The per-source limit that applies to this source; null for none (or an exempt source).
     #[schemars(range(min = 1))]
     pub limit: Option<u32>,
+    /// The source's refusals in the last refusal-log window (10 s) and what
+    /// answered the last one; absent when it had none (or from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RecentRefusals>,
+}
+
+/// A source's recent refusals, as `limiter top` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RecentRefusals {
+    #[schemars(range(min = 1))]
+    pub count: u64,
+    /// reset, dropped, responded, fallback, `no_handshake` or steered.
+    // A string, not an enum: a newer daemon may add answers.
+    pub last_answer: String,
 }
 
 impl TopRow {

@@ -58,6 +58,7 @@ fn smtp() -> ServiceStatus {
         sessions: Some(12),
         connections: 14,
         counters: counters([1234, 3, 0, 2, 41, 7, 99_999]),
+        answers: std::collections::BTreeMap::new(),
     }
 }
 
@@ -74,6 +75,7 @@ fn imap() -> ServiceStatus {
         sessions: Some(0),
         connections: 0,
         counters: counters([5, 0, 1, 0, 0, 0, 6]),
+        answers: std::collections::BTreeMap::new(),
     }
 }
 
@@ -117,8 +119,20 @@ fn status_as_before() {
 fn top_as_before() {
     let top = TopReply {
         sources: vec![
-            TopRow { source: "198.51.100.7".into(), service: "smtp".into(), connections: 8, limit: Some(8) },
-            TopRow { source: "2001:db8:1:2::/64".into(), service: "imap".into(), connections: 3, limit: None },
+            TopRow {
+                source: "198.51.100.7".into(),
+                service: "smtp".into(),
+                connections: 8,
+                limit: Some(8),
+                refused: None,
+            },
+            TopRow {
+                source: "2001:db8:1:2::/64".into(),
+                service: "imap".into(),
+                connections: 3,
+                limit: None,
+                refused: None,
+            },
         ],
         total_sources: Some(5),
         total_connections: Some(17),
@@ -235,4 +249,18 @@ fn a_rate_travels_as_the_text_it_was_given() {
     let bad = wire.replace("30/m", "30/h");
     let e = serde_json::from_str::<Request>(&bad).expect_err("30/h");
     assert!(e.to_string().contains("30/h"), "{e}");
+}
+
+/// A service's answers are there when it has any, read back as written,
+/// and an older daemon's status without them reads as none.
+#[test]
+fn answers_are_written_when_there_are_some() {
+    let mut s = smtp();
+    s.answers = [("fallback".to_owned(), 2), ("responded".to_owned(), 40)].into();
+    let v = serde_json::to_value(&s).expect("json");
+    assert_eq!(v["answers"], serde_json::json!({ "fallback": 2, "responded": 40 }));
+    let back: ServiceStatus = serde_json::from_value(v).expect("reads back");
+    assert_eq!(back, s);
+    let older = serde_json::to_value(smtp()).expect("json");
+    assert!(older.get("answers").is_none(), "none: not written");
 }
