@@ -33,14 +33,22 @@ fn refused(pair: &Pair, src: IpAddr, n: usize) -> usize {
 
 /// `GET path` on `addr` from inside the server namespace: (status line, body).
 fn http_get(pair: &Pair, addr: &'static str, path: &'static str) -> (String, String) {
+    let (head, body) = http_get_with(pair, addr, path, "");
+    (head.lines().next().unwrap_or("").to_owned(), body)
+}
+
+/// `GET path` with `headers` (CRLF-terminated lines): the whole response
+/// head and the body.
+fn http_get_with(pair: &Pair, addr: &'static str, path: &'static str, headers: &str) -> (String, String) {
+    let headers = headers.to_owned();
     pair.server.run(move || {
         let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("request");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n").expect("request");
         let mut text = String::new();
         s.read_to_string(&mut text).expect("response");
         let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-        (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+        (head.to_owned(), body.to_owned())
     })
 }
 
@@ -87,7 +95,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
     let (status, body) = http_get(&pair, "127.0.0.1:19464", "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     for want in [
-        "# TYPE limiter_packets counter",
+        "# TYPE limiter_packets_total counter",
         "limiter_packets_total{service=\"default\",verdict=\"refused_concurrency\"} 3",
         "limiter_packets_total{service=\"default\",verdict=\"accepted\"} 3",
         "limiter_connections{service=\"default\"} 3",
@@ -101,6 +109,31 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
         body.contains(&format!("limiter_xdp_attached{{interface=\"{}\",mode=\"native\"}} 1", pair.server_if)),
         "{body}"
     );
+    // The classic text format to whoever does not ask for OpenMetrics, as
+    // Prometheus's own checker reads it; OpenMetrics to whoever does.
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("stdin").write_all(body.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("promtool (cargo xtask setup installs it)");
+    assert!(
+        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        "promtool check metrics: {check:?}\n{body}"
+    );
+    let (head, om) = http_get_with(
+        &pair,
+        "127.0.0.1:19464",
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert!(head.contains("Content-Type: application/openmetrics-text; version=1.0.0"), "{head}");
+    assert!(om.contains("# TYPE limiter_packets counter\n") && om.ends_with("# EOF\n"), "{om}");
     let s = d.status_json().expect("status");
     assert_eq!(s["metrics_listen"], "127.0.0.1:19464", "{s}");
     assert_eq!(s["refusal_lines"]["unreported"], 0, "{s}");

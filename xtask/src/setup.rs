@@ -39,6 +39,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // fail2ban-regex checks the shipped filter against real daemon output.
     "fail2ban",
+    // promtool checks /metrics as Prometheus reads it.
+    "prometheus",
 ];
 
 /// The system-wide services of the packages above, by package. The tests
@@ -52,6 +54,7 @@ const SERVICES: &[(&str, &[&str])] = &[
     ("dovecot-imapd", &["dovecot.service", "dovecot.socket"]),
     ("dovecot-pop3d", &["dovecot.service", "dovecot.socket"]),
     ("vsftpd", &["vsftpd.service"]),
+    ("prometheus", &["prometheus.service"]),
 ];
 
 /// Debian's hook that `invoke-rc.d` asks before it starts a service

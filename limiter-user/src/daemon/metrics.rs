@@ -2,7 +2,7 @@
 //! `/metrics`, encoded by the `prometheus-client` crate from a snapshot of
 //! the kernel's counters taken at each scrape.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
 use limiter_common::Verdict;
 use log::{debug, info};
@@ -224,6 +224,75 @@ pub async fn serve(listener: TcpListener, scrape: impl Fn() -> Result<String, St
     }
 }
 
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format (0.0.4), for every client that does
+/// not ask for OpenMetrics: `curl`, `promtool`, older scrapers.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether the request's `Accept` header prefers OpenMetrics to the
+/// classic text format (Prometheus itself asks for OpenMetrics first);
+/// with no `Accept`, or `*/*` alone, the classic format.
+fn wants_openmetrics(head: &str) -> bool {
+    let Some(accept) = head.lines().skip(1).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("accept").then_some(value)
+    }) else {
+        return false;
+    };
+    let (mut om, mut text) = (None::<f32>, None::<f32>);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts.filter_map(|p| p.strip_prefix("q=").and_then(|v| v.parse::<f32>().ok())).next().unwrap_or(1.0);
+        let best = |b: &mut Option<f32>| *b = Some(b.map_or(q, |x| x.max(q)));
+        match media.as_str() {
+            "application/openmetrics-text" => best(&mut om),
+            "text/plain" => best(&mut text),
+            _ => {}
+        }
+    }
+    om.is_some_and(|o| o > 0.0 && text.is_none_or(|t| o >= t))
+}
+
+/// The classic text format of an `OpenMetrics` exposition: a counter
+/// family takes its samples' `_total` name in `# HELP` and `# TYPE`, an
+/// info family becomes a gauge named `_info`, and `# UNIT` and `# EOF`
+/// go (the classic format has neither).
+#[must_use]
+pub fn classic(openmetrics: &str) -> String {
+    let mut kinds = std::collections::HashMap::new();
+    for l in openmetrics.lines() {
+        if let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            kinds.insert(name, kind);
+        }
+    }
+    let renamed = |name: &str| match kinds.get(name) {
+        Some(&"counter") => format!("{name}_total"),
+        Some(&"info") => format!("{name}_info"),
+        _ => name.to_owned(),
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for l in openmetrics.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some((name, help)) = l.strip_prefix("# HELP ").and_then(|r| r.split_once(' ')) {
+            let _ = writeln!(out, "# HELP {} {help}", renamed(name));
+        } else if let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            let kind = match kind {
+                "counter" | "gauge" | "histogram" | "summary" => kind,
+                "info" => "gauge",
+                _ => "untyped",
+            };
+            let _ = writeln!(out, "# TYPE {} {kind}", renamed(name));
+        } else {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// One request, one response, then the connection closes.
 async fn answer(mut stream: TcpStream, scrape: &dyn Fn() -> Result<String, String>) {
     let mut buf = vec![0u8; 8192];
@@ -244,7 +313,8 @@ async fn answer(mut stream: TcpStream, scrape: &dyn Fn() -> Result<String, Strin
     let path = path.split('?').next().unwrap_or("");
     let (status, kind, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => match scrape() {
-            Ok(text) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
+            Ok(text) if wants_openmetrics(&head) => ("200 OK", OPENMETRICS, text),
+            Ok(text) => ("200 OK", PROMETHEUS_TEXT, classic(&text)),
             Err(e) => ("500 Internal Server Error", "text/plain; charset=utf-8", format!("{e}\n")),
         },
         ("GET" | "HEAD", "/") => ("200 OK", "text/plain; charset=utf-8", "limiter: metrics at /metrics\n".to_owned()),
@@ -329,5 +399,37 @@ mod tests {
         let text = render(&s);
         assert!(!text.contains("limiter_sessions{"), "{text}");
         assert!(text.contains("limiter_connections{service=\"smtp\"} 3"));
+    }
+
+    #[test]
+    fn the_classic_format_unless_openmetrics_is_asked_for() {
+        let req = |accept: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n\r\n");
+        assert!(!wants_openmetrics(&req("")), "no Accept");
+        assert!(!wants_openmetrics(&req("Accept: */*")), "curl");
+        assert!(!wants_openmetrics(&req("accept: text/plain;version=0.0.4")));
+        // What Prometheus sends.
+        assert!(wants_openmetrics(&req(
+            "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+             text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(!wants_openmetrics(&req("Accept: application/openmetrics-text;q=0.2, text/plain;q=0.9")));
+        assert!(!wants_openmetrics(&req("Accept: application/openmetrics-text;q=0")));
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples() {
+        let om = render(&snapshot());
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        let text = classic(&om);
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        assert!(text.contains("# TYPE limiter_packets_total counter\n"), "{text}");
+        assert!(text.contains("# HELP limiter_packets_total Packets the XDP program saw"), "{text}");
+        assert!(text.contains("limiter_packets_total{service=\"smtp\",verdict=\"accepted\"} 12\n"), "{text}");
+        assert!(text.contains("# TYPE limiter_connections gauge\n"), "{text}");
+        // Every sample line is the same in both.
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(samples(&om), samples(&text));
+        let info = classic("# HELP x_build Build.\n# TYPE x_build info\nx_build_info{v=\"1\"} 1\n# EOF\n");
+        assert_eq!(info, "# HELP x_build_info Build.\n# TYPE x_build_info gauge\nx_build_info{v=\"1\"} 1\n");
     }
 }
