@@ -52,6 +52,36 @@ fn http_get_with(pair: &Pair, addr: &'static str, path: &'static str, headers: &
     })
 }
 
+/// The classic text format to whoever does not ask for `OpenMetrics` (`body`,
+/// as fetched), as Prometheus's own checker reads it; `OpenMetrics` to whoever does.
+fn both_metrics_formats(pair: &Pair, body: &str) {
+    // The classic text format to whoever does not ask for OpenMetrics, as
+    // Prometheus's own checker reads it; OpenMetrics to whoever does.
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("stdin").write_all(body.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("promtool (cargo xtask setup installs it)");
+    assert!(
+        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        "promtool check metrics: {check:?}\n{body}"
+    );
+    let (head, om) = http_get_with(
+        pair,
+        "127.0.0.1:19464",
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert!(head.contains("Content-Type: application/openmetrics-text; version=1.0.0"), "{head}");
+    assert!(om.contains("# TYPE limiter_packets counter\n") && om.ends_with("# EOF\n"), "{om}");
+}
+
 /// The acceptance scenario: a source holding 3 with a limit of 3
 /// tries 3 more. `top` shows it with 3, `/metrics` counts the 3 refusals,
 /// the log names it once for the burst and then counts the rest, and the
@@ -109,31 +139,7 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
         body.contains(&format!("limiter_xdp_attached{{interface=\"{}\",mode=\"native\"}} 1", pair.server_if)),
         "{body}"
     );
-    // The classic text format to whoever does not ask for OpenMetrics, as
-    // Prometheus's own checker reads it; OpenMetrics to whoever does.
-    let check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().expect("stdin").write_all(body.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("promtool (cargo xtask setup installs it)");
-    assert!(
-        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
-        "promtool check metrics: {check:?}\n{body}"
-    );
-    let (head, om) = http_get_with(
-        &pair,
-        "127.0.0.1:19464",
-        "/metrics",
-        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
-    );
-    assert!(head.contains("Content-Type: application/openmetrics-text; version=1.0.0"), "{head}");
-    assert!(om.contains("# TYPE limiter_packets counter\n") && om.ends_with("# EOF\n"), "{om}");
+    both_metrics_formats(&pair, &body);
     let s = d.status_json().expect("status");
     assert_eq!(s["metrics_listen"], "127.0.0.1:19464", "{s}");
     assert_eq!(s["refusal_lines"]["unreported"], 0, "{s}");

@@ -226,11 +226,11 @@ pub async fn serve(listener: TcpListener, scrape: impl Fn() -> Result<String, St
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The classic Prometheus text format (0.0.4), for every client that does
-/// not ask for OpenMetrics: `curl`, `promtool`, older scrapers.
+/// not ask for `OpenMetrics`: `curl`, `promtool`, older scrapers.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Whether the request's `Accept` header prefers OpenMetrics to the
-/// classic text format (Prometheus itself asks for OpenMetrics first);
+/// Whether the request's `Accept` header prefers `OpenMetrics` to the
+/// classic text format (Prometheus itself asks for `OpenMetrics` first);
 /// with no `Accept`, or `*/*` alone, the classic format.
 fn wants_openmetrics(head: &str) -> bool {
     let Some(accept) = head.lines().skip(1).find_map(|l| {
@@ -243,7 +243,7 @@ fn wants_openmetrics(head: &str) -> bool {
     for range in accept.split(',') {
         let mut parts = range.split(';').map(str::trim);
         let media = parts.next().unwrap_or("").to_ascii_lowercase();
-        let q = parts.filter_map(|p| p.strip_prefix("q=").and_then(|v| v.parse::<f32>().ok())).next().unwrap_or(1.0);
+        let q = parts.find_map(|p| p.strip_prefix("q=").and_then(|v| v.parse::<f32>().ok())).unwrap_or(1.0);
         let best = |b: &mut Option<f32>| *b = Some(b.map_or(q, |x| x.max(q)));
         match media.as_str() {
             "application/openmetrics-text" => best(&mut om),
