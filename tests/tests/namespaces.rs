@@ -185,6 +185,26 @@ fn limiter(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A user who is not root asking the running daemon: "not permitted", exit
+/// 4, not "is it running?".
+#[test]
+fn a_non_root_client_is_told_it_is_not_permitted() {
+    require!(privileged());
+    let pair = Pair::new();
+    let d = Daemon::start(&pair.server, &["--iface", &pair.server_if, "--port", "2525"]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(limiter_bin())
+        .arg("status")
+        .arg("--socket")
+        .arg(&d.socket)
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.code(), err.lines().count()), (Some(4), 1), "{err}");
+    assert!(err.contains("not permitted") && err.contains("run this as root"), "{err}");
+}
+
 #[test]
 fn bad_input_exits_2_with_one_line() {
     require!(privileged());
@@ -201,8 +221,11 @@ fn bad_input_exits_2_with_one_line() {
             "cannot read config /nonexistent/limiter.toml",
         ),
         (vec!["run", "--config", broken.to_str().expect("utf8")], "port 0"),
-        (vec!["status", "--socket", sock.to_str().expect("utf8")], "cannot reach the limiter daemon"),
     ];
+    // No daemon: its own exit code, as `systemctl status` has for a stopped unit.
+    let (code, err) = limiter(&["status", "--socket", sock.to_str().expect("utf8")]);
+    assert_eq!((code, err.lines().count()), (3, 1), "{err}");
+    assert!(err.contains("the limiter daemon is not running") && err.contains("systemctl start limiter"), "{err}");
     for (args, want) in cases {
         let (code, err) = limiter(&args);
         assert_eq!(code, 2, "{args:?}: exit {code}, stderr {err}");

@@ -29,6 +29,8 @@ pub(super) fn print_warnings(warnings: &[String]) {
 pub(super) fn client<R: DeserializeOwned>(socket: &Path, req: &Request) -> Result<R, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Failure::system)?;
     rt.block_on(protocol::request(socket, req)).map_err(|e| match e {
+        protocol::ClientError::NotRunning { .. } => Failure::not_running(e),
+        protocol::ClientError::NotPermitted { .. } => Failure::not_permitted(e),
         protocol::ClientError::Connect { .. } | protocol::ClientError::Refused(_) => Failure::bad_input(e),
         _ => Failure::system(e),
     })

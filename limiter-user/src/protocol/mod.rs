@@ -135,8 +135,13 @@ pub fn json_text<T: Serialize>(v: &T, pretty: bool) -> serde_json::Result<String
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach the limiter daemon at {path}: {source} (is `limiter run` running? set LIMITER_SOCKET or --socket)"
+        "the limiter daemon is not running: nothing listens on {path} ({source}); start it with `systemctl start \
+         limiter` or `limiter run`, or point LIMITER_SOCKET or --socket at its socket"
     )]
+    NotRunning { path: String, source: std::io::Error },
+    #[error("not permitted to talk to the limiter daemon at {path}: its control socket is root's; run this as root")]
+    NotPermitted { path: String },
+    #[error("cannot reach the limiter daemon at {path}: {source} (set LIMITER_SOCKET or --socket)")]
     Connect { path: String, source: std::io::Error },
     #[error("talking to the daemon at {path}: {source}")]
     Io { path: String, source: std::io::Error },
@@ -159,8 +164,13 @@ pub async fn request<R: DeserializeOwned>(path: &Path, req: &Request) -> Result<
     let p = path.display().to_string();
     let io = |source| ClientError::Io { path: p.clone(), source };
     let fut = async {
-        let mut s =
-            UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: p.clone(), source })?;
+        let mut s = UnixStream::connect(path).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning { path: p.clone(), source }
+            }
+            std::io::ErrorKind::PermissionDenied => ClientError::NotPermitted { path: p.clone() },
+            _ => ClientError::Connect { path: p.clone(), source },
+        })?;
         let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Malformed(e.to_string()))?;
         line.push(b'\n');
         s.write_all(&line).await.map_err(io)?;
