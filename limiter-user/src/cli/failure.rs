@@ -6,9 +6,9 @@
 use crate::policy::file::ConfigError;
 
 /// Exit code: the daemon is not running (no socket, or nothing listening).
-pub const NOT_RUNNING: u8 = 3;
+pub(super) const NOT_RUNNING: u8 = 3;
 /// Exit code: not permitted to use the control socket.
-pub const NOT_PERMITTED: u8 = 4;
+pub(super) const NOT_PERMITTED: u8 = 4;
 
 /// A one-line error and the exit code it maps to.
 #[derive(Debug)]
