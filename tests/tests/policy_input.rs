@@ -57,9 +57,10 @@ fn bad_list_input_exits_2_and_changes_nothing() {
         assert_bad_input(&out, &format!("limiter {args:?}"), want);
         assert_eq!(all_lists(&d), before, "limiter {args:?} changed the lists");
     }
-    // No daemon at the socket: bad input too.
+    // No daemon at the socket: exit 3 ("not running"), one line, nothing changed.
     let out = limiter_at(&scratch.0.join("none.sock"), &["allow", "add", "198.18.1.0/24"]);
-    assert_bad_input(&out, "unreachable socket", "cannot reach");
+    assert_eq!(out.code, Some(3), "unreachable socket: {out:?}");
+    assert!(out.stderr.contains("daemon is not running") && out.stderr.lines().count() == 1, "{out:?}");
     assert_eq!(all_lists(&d), before);
     assert_eq!(state_files(&d), state_before, "the state dir was not rewritten");
 
