@@ -40,7 +40,7 @@ pub fn netns_cookie() -> Result<u64, LoadError> {
 /// The cgroup v2 mount point (`/sys/fs/cgroup` on a pure v2 host,
 /// `/sys/fs/cgroup/unified` on a hybrid one).
 pub fn cgroup2_mount() -> Result<std::path::PathBuf, LoadError> {
-    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|_| LoadError::NoCgroup2)?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|_| LoadError::NoCgroup2)?;
     mounts
         .lines()
         .find_map(|l| {
