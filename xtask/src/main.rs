@@ -46,7 +46,12 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Build the release binary and the Debian package around it (systemd unit, default config as a
     /// conffile, man pages, completions, docs): `target/debian/limiter_VERSION_ARCH.deb`, path on stdout.
-    Package,
+    Package {
+        /// The package's version instead of the changelog's, for a newer build to upgrade to in a test
+        /// (e.g. `0.1.0+test2`); it must sort after the changelog's version.
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+    },
     /// Write docs/schemas/*.schema.json from the types that print the `--json` outputs (`limiter
     /// generate-schemas`); with `--check`, write nothing and fail if a committed schema differs.
     Schemas {
@@ -105,7 +110,7 @@ fn main() -> Result<()> {
             let tc = setup::setup(true)?;
             let bin = build(&tc)?;
             // tests/tests/package.rs installs and purges it.
-            let deb = package::deb(&bin)?;
+            let deb = package::deb(&bin, None)?;
             eprintln!("xtask: built {}", deb.display());
             // Privileged tests share kernel state (namespaces, bpffs), so
             // every test binary runs its tests one at a time.
@@ -141,10 +146,10 @@ fn main() -> Result<()> {
                 eprintln!("xtask: wrote {}", out.display());
             }
         }
-        Cmd::Package => {
+        Cmd::Package { version } => {
             let tc = setup::setup(false)?;
             let bin = build(&tc)?;
-            let deb = package::deb(&bin)?;
+            let deb = package::deb(&bin, version.as_deref())?;
             println!("{}", deb.display());
         }
     }

@@ -55,12 +55,18 @@ const DH_STEPS: &[&[&str]] = &[
 ];
 
 /// Builds the .deb from the release binary `bin` (as `crate::build` leaves it) and
-/// returns its path.
-pub(crate) fn deb(bin: &Path) -> Result<PathBuf> {
+/// returns its path. `version` replaces the changelog's (a newer build to upgrade to).
+pub(crate) fn deb(bin: &Path, version: Option<&str>) -> Result<PathBuf> {
     setup::ensure_debian_packages(TOOLS)?;
     let src = workspace_root().join(PACKAGING);
     let debian_src = src.join("debian");
     check_changelog_version(&debian_src.join("changelog"))?;
+    if let Some(v) = version {
+        let newer = Command::new("dpkg").args(["--compare-versions", v, "gt", VERSION]).status()?;
+        if !newer.success() {
+            bail!("--version {v} does not sort after {VERSION} (dpkg --compare-versions)");
+        }
+    }
     let arch = output(Command::new("dpkg").arg("--print-architecture"))?.trim().to_owned();
     let out_dir = workspace_root().join("target/debian");
     let build = out_dir.join("build");
@@ -104,13 +110,17 @@ pub(crate) fn deb(bin: &Path) -> Result<PathBuf> {
     docs(&tree)?;
 
     for step in DH_STEPS {
-        run(&mut dh(&build, step))?;
+        let mut cmd = dh(&build, step);
+        if let (Some(v), ["dh_gencontrol"]) = (version, step) {
+            cmd.args(["--", &format!("-v{v}")]);
+        }
+        run(&mut cmd)?;
     }
     // Its "building package" line goes to stderr: stdout is for the path alone.
     let mut builddeb = dh(&build, &["dh_builddeb"]);
     builddeb.arg("--destdir").arg(&out_dir).stdout(Stdio::from(std::io::stderr()));
     run(&mut builddeb)?;
-    let deb = out_dir.join(format!("limiter_{VERSION}_{arch}.deb"));
+    let deb = out_dir.join(format!("limiter_{}_{arch}.deb", version.unwrap_or(VERSION)));
     deb.canonicalize().with_context(|| format!("dh_builddeb wrote no {}", deb.display()))
 }
 
