@@ -705,3 +705,106 @@ fn an_upgrade_keeps_the_pins_and_is_refused_when_they_do_not_fit() {
     let out = dpkg(&["--install", &deb_arg]);
     assert!(out.status.success(), "the upgrade failed after the unload:\n{}", said(&out));
 }
+
+/// A cgroup of its own under the cgroup2 mount, for a daemon, with a `cgroup_skb`
+/// ingress program that drops every packet once [`Self::filter`] attached it: what
+/// systemd's `IPAddressDeny=any` does to a remote client's packets. Removed on drop.
+struct FilteredCgroup {
+    dir: PathBuf,
+    prog: Option<std::os::fd::OwnedFd>,
+}
+
+impl FilteredCgroup {
+    fn new() -> Self {
+        let mount = limiter_user::kernel::host::cgroup2_mount().expect("a cgroup2 mount");
+        let dir = mount.join(format!("limiter-test-ipfilter-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self { dir, prog: None }
+    }
+
+    /// `sh -c` that moves itself into the cgroup, then runs the daemon.
+    fn spawn(&self) -> Spawn {
+        let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.dir.display());
+        Spawn { env: Vec::new(), wrap: vec!["sh".into(), "-c".into(), script, "sh".into()] }
+    }
+
+    /// Loads `r0 = 0; exit` as a `cgroup_skb` program and attaches it to the
+    /// cgroup's ingress (raw bpf(2): no object file needed).
+    fn filter(&mut self) {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        #[repr(C, align(8))]
+        struct Attr([u8; 128]);
+        fn bpf(cmd: libc::c_long, attr: &mut Attr) -> libc::c_long {
+            // SAFETY: a zero-padded bpf_attr of the size given.
+            unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), size_of::<Attr>()) }
+        }
+        // mov64 r0, 0 (drop); exit
+        let insns: [u64; 2] = [0xb7, 0x95];
+        let license = c"GPL";
+        let mut attr = Attr([0; 128]);
+        attr.0[..4].copy_from_slice(&8u32.to_ne_bytes()); // BPF_PROG_TYPE_CGROUP_SKB
+        attr.0[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        attr.0[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr.0[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        let fd = bpf(5, &mut attr); // BPF_PROG_LOAD
+        assert!(fd >= 0, "loading a cgroup_skb program: {}", std::io::Error::last_os_error());
+        // SAFETY: a new descriptor the kernel gave us.
+        let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).expect("an fd")) };
+        let cg = fs::File::open(&self.dir).expect("the cgroup");
+        let mut attr = Attr([0; 128]);
+        let (target, prog_fd) = (cg.as_raw_fd().cast_unsigned(), prog.as_raw_fd().cast_unsigned());
+        attr.0[..4].copy_from_slice(&target.to_ne_bytes());
+        attr.0[4..8].copy_from_slice(&prog_fd.to_ne_bytes());
+        // attach type BPF_CGROUP_INET_INGRESS (0), no flags
+        assert_eq!(bpf(8, &mut attr), 0, "attaching to {}: {}", self.dir.display(), std::io::Error::last_os_error());
+        self.prog = Some(prog);
+    }
+}
+
+impl Drop for FilteredCgroup {
+    fn drop(&mut self) {
+        // Empty once its daemon is gone; removing it detaches the program.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn respond_under_an_ip_filter_is_warned_about() {
+    require!(privileged());
+    let mut cgroup = FilteredCgroup::new();
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let src = pair.add_client_v4(7);
+    let dst = std::net::SocketAddr::new(pair.server_v4(), PORT);
+    let dir = Scratch::new();
+    let cfg = config(&dir, &pair, "respond");
+    let args = ["--config", cfg.to_str().expect("utf-8 path")];
+    let over_the_limit = || {
+        let _held = streams(pair.hold(src, PORT, 1, WAIT));
+        let got = pair.client.run(move || match limiter_tests::netns::connect(src, dst, WAIT) {
+            limiter_tests::netns::Attempt::Connected(mut s) => {
+                s.set_read_timeout(Some(WAIT)).expect("read timeout");
+                let mut line = String::new();
+                let _ = s.read_to_string(&mut line);
+                line
+            }
+            other => format!("{other:?}"),
+        });
+        println!("over the limit: {got:?}");
+        got
+    };
+
+    // No filter: the responder answers, and nothing is said.
+    {
+        let d = Daemon::start_with(&pair.server, &args, cgroup.spawn());
+        assert!(over_the_limit().starts_with("421 "), "the responder did not answer: {}", d.log_text());
+        assert!(!d.log_text().contains("IPAddressDeny"), "a warning with no filter: {}", d.log_text());
+    }
+    // A filter that drops what remote addresses send (IPAddressDeny=any): the
+    // responder's clients time out, and the daemon says so at start.
+    cgroup.filter();
+    let d = Daemon::start_with(&pair.server, &args, cgroup.spawn());
+    let log = d.wait_log("the filter warning", |l| l.contains("IPAddressAllow=any"));
+    assert!(log.contains("service smtp answers with respond"), "{log}");
+    assert_eq!(over_the_limit(), "TimedOut", "a client got through the filter: {}", d.log_text());
+}

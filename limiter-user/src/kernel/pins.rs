@@ -271,6 +271,25 @@ pub fn update_pinned_link(path: &Path, prog: impl AsFd) -> io::Result<()> {
     link_update(link.as_fd(), prog.as_fd())
 }
 
+/// `BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE`: the ids of the programs that run
+/// for `attach_type` on the cgroup `target` (its own and those inherited), at most 64.
+pub fn effective_prog_ids(target: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+    let mut ids = [0u32; 64];
+    let mut attr = Attr([0; 128]);
+    let fd = u32::try_from(target.as_raw_fd()).map_err(|_| io::Error::other("bad fd"))?;
+    attr.0[..4].copy_from_slice(&fd.to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&attach_type.to_ne_bytes());
+    attr.0[8..12].copy_from_slice(&BPF_F_QUERY_EFFECTIVE.to_ne_bytes());
+    attr.0[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+    #[expect(clippy::cast_possible_truncation, reason = "64")]
+    attr.0[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let count = u32::from_ne_bytes([attr.0[24], attr.0[25], attr.0[26], attr.0[27]]) as usize;
+    Ok(ids[..count.min(ids.len())].to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
