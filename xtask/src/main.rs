@@ -35,7 +35,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests, and
-    /// the Debian package's install and purge (built first, as `package` does).
+    /// the Debian package's (built first, as `package` does): lintian, its life from install to purge, the
+    /// unit's hardening.
     Test {
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
