@@ -35,7 +35,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests, and
-    /// the Debian package's install and purge (built first, as `package` does).
+    /// the Debian package's (built first, as `package` does): lintian, its life from install to purge, the
+    /// unit's hardening.
     Test {
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -46,7 +47,12 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Build the release binary and the Debian package around it (systemd unit, default config as a
     /// conffile, man pages, completions, docs): `target/debian/limiter_VERSION_ARCH.deb`, path on stdout.
-    Package,
+    Package {
+        /// The package's version instead of the changelog's, for a newer build to upgrade to in a test
+        /// (e.g. `0.1.0+test2`); it must sort after the changelog's version.
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+    },
     /// Write docs/schemas/*.schema.json from the types that print the `--json` outputs (`limiter
     /// generate-schemas`); with `--check`, write nothing and fail if a committed schema differs.
     Schemas {
@@ -105,7 +111,7 @@ fn main() -> Result<()> {
             let tc = setup::setup(true)?;
             let bin = build(&tc)?;
             // tests/tests/package.rs installs and purges it.
-            let deb = package::deb(&bin)?;
+            let deb = package::deb(&bin, None)?;
             eprintln!("xtask: built {}", deb.display());
             // Privileged tests share kernel state (namespaces, bpffs), so
             // every test binary runs its tests one at a time.
@@ -141,10 +147,10 @@ fn main() -> Result<()> {
                 eprintln!("xtask: wrote {}", out.display());
             }
         }
-        Cmd::Package => {
+        Cmd::Package { version } => {
             let tc = setup::setup(false)?;
             let bin = build(&tc)?;
-            let deb = package::deb(&bin)?;
+            let deb = package::deb(&bin, version.as_deref())?;
             println!("{}", deb.display());
         }
     }

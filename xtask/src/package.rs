@@ -1,11 +1,13 @@
-//! `cargo xtask package`: the Debian package, built the way cargo-deb would with
-//! `dpkg-deb` alone. It lays out the installed tree (the release binary, the systemd
-//! unit, the conffile, man pages and completions the binary generates from its own
-//! clap definitions, docs, fail2ban examples) and writes
+//! `cargo xtask package`: the Debian package. It lays out the installed tree (the
+//! release binary, the systemd unit, the conffile, man pages and completions the binary
+//! generates from its own clap definitions, docs, fail2ban examples) under a scratch
+//! `debian/limiter`, then lets debhelper do what it does for every Debian package: the
+//! systemd maintainer-script snippets (`dh_installsystemd`), the changelog, conffiles,
+//! shared-library dependencies, control, md5sums and the .deb itself, written to
 //! `target/debian/limiter_VERSION_ARCH.deb`.
 
 use std::{
-    env, fs,
+    fs,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -23,26 +25,73 @@ use crate::{
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const LICENSE: &str = env!("CARGO_PKG_LICENSE");
 
-/// What the packaging steps run: `dpkg-deb`, `dpkg-shlibdeps` (dpkg-dev), `strip`
-/// (binutils), `gzip`.
-const TOOLS: &[&str] = &["dpkg-dev", "binutils", "gzip"];
+/// What the packaging steps run: debhelper (the dh_* tools, with dpkg-dev under
+/// them), `strip` (binutils), `gzip`.
+const TOOLS: &[&str] = &["debhelper", "dpkg-dev", "binutils", "gzip"];
 
-/// Where the unit, the conffile and the maintainer scripts live in the repository.
+/// Where the unit, the conffile and the Debian files (control, changelog, maintainer
+/// scripts, lintian overrides) live in the repository.
 const PACKAGING: &str = "packaging";
 
+/// The maintainer scripts, with debhelper's `#DEBHELPER#` where its snippets go.
+const SCRIPTS: &[&str] = &["preinst", "postinst", "prerm", "postrm"];
+
+/// The line of `limiter.preinst` that becomes the new binary's map layout.
+const LAYOUT_TOKEN: &str = "@LAYOUT@";
+
+/// The debhelper steps after the tree is laid out, in `dh`'s order for a binary
+/// package. The unit is neither enabled nor started on install (the admin picks the
+/// interfaces first); an upgrade try-restarts it when it runs.
+const DH_STEPS: &[&[&str]] = &[
+    &["dh_installsystemd", "--no-enable", "--no-start", "--restart-after-upgrade"],
+    &["dh_installchangelogs"],
+    &["dh_lintian"],
+    &["dh_compress"],
+    &["dh_fixperms"],
+    &["dh_installdeb"],
+    &["dh_shlibdeps"],
+    &["dh_gencontrol"],
+    &["dh_md5sums"],
+];
+
 /// Builds the .deb from the release binary `bin` (as `crate::build` leaves it) and
-/// returns its path.
-pub(crate) fn deb(bin: &Path) -> Result<PathBuf> {
+/// returns its path. `version` replaces the changelog's (a newer build to upgrade to).
+pub(crate) fn deb(bin: &Path, version: Option<&str>) -> Result<PathBuf> {
     setup::ensure_debian_packages(TOOLS)?;
     let src = workspace_root().join(PACKAGING);
+    let debian_src = src.join("debian");
+    check_changelog_version(&debian_src.join("changelog"))?;
+    if let Some(v) = version {
+        let newer = Command::new("dpkg").args(["--compare-versions", v, "gt", VERSION]).status()?;
+        if !newer.success() {
+            bail!("--version {v} does not sort after {VERSION} (dpkg --compare-versions)");
+        }
+    }
     let arch = output(Command::new("dpkg").arg("--print-architecture"))?.trim().to_owned();
     let out_dir = workspace_root().join("target/debian");
-    let name = format!("limiter_{VERSION}_{arch}");
-    let tree = Tree(out_dir.join(&name));
-    if tree.0.exists() {
-        fs::remove_dir_all(&tree.0).with_context(|| format!("removing {}", tree.0.display()))?;
+    let build = out_dir.join("build");
+    if build.exists() {
+        fs::remove_dir_all(&build).with_context(|| format!("removing {}", build.display()))?;
     }
+    let debian = build.join("debian");
+    fs::create_dir_all(&debian)?;
+    for file in ["control", "changelog"] {
+        fs::copy(debian_src.join(file), debian.join(file)).with_context(|| format!("copying debian/{file}"))?;
+    }
+    fs::write(debian.join("copyright"), copyright())?;
+    for script in SCRIPTS {
+        let mut text = fs::read_to_string(debian_src.join(format!("limiter.{script}")))
+            .with_context(|| format!("reading limiter.{script}"))?;
+        if text.contains(LAYOUT_TOKEN) {
+            let layout = output(Command::new(bin).args(["check-pins", "--print-layout"]))?;
+            text = text.replace(LAYOUT_TOKEN, layout.trim_end());
+        }
+        fs::write(debian.join(format!("limiter.{script}")), text)?;
+    }
+    fs::copy(debian_src.join("limiter.lintian-overrides"), debian.join("limiter.lintian-overrides"))
+        .context("copying limiter.lintian-overrides")?;
 
+    let tree = Tree(debian.join("limiter"));
     let installed_bin = tree.copy(bin, "usr/bin/limiter", 0o755)?;
     run(Command::new("strip")
         .args(["--strip-unneeded", "--remove-section=.comment", "--remove-section=.note"])
@@ -60,22 +109,43 @@ pub(crate) fn deb(bin: &Path) -> Result<PathBuf> {
     }
     docs(&tree)?;
 
-    for script in ["postinst", "prerm", "postrm"] {
-        tree.copy(&src.join("debian").join(script), &format!("DEBIAN/{script}"), 0o755)?;
+    for step in DH_STEPS {
+        let mut cmd = dh(&build, step);
+        if let (Some(v), ["dh_gencontrol"]) = (version, step) {
+            cmd.args(["--", &format!("-v{v}")]);
+        }
+        run(&mut cmd)?;
     }
-    tree.write("DEBIAN/conffiles", 0o644, b"/etc/limiter/limiter.toml\n")?;
-    let control = control(&arch, &depends(&installed_bin, &out_dir)?, tree.installed_size_kib()?);
-    tree.write("DEBIAN/control", 0o644, control.as_bytes())?;
-    tree.fix_dir_modes()?;
-
-    let deb = out_dir.join(format!("{name}.deb"));
     // Its "building package" line goes to stderr: stdout is for the path alone.
-    run(Command::new("dpkg-deb")
-        .args(["--build", "--root-owner-group"])
-        .arg(&tree.0)
-        .arg(&deb)
-        .stdout(Stdio::from(std::io::stderr())))?;
-    deb.canonicalize().with_context(|| format!("dpkg-deb wrote no {}", deb.display()))
+    let mut builddeb = dh(&build, &["dh_builddeb"]);
+    builddeb.arg("--destdir").arg(&out_dir).stdout(Stdio::from(std::io::stderr()));
+    run(&mut builddeb)?;
+    let deb = out_dir.join(format!("limiter_{}_{arch}.deb", version.unwrap_or(VERSION)));
+    deb.canonicalize().with_context(|| format!("dh_builddeb wrote no {}", deb.display()))
+}
+
+/// A debhelper tool run in the scratch source tree `build` (debhelper reads
+/// `debian/` from its working directory). `DEB_BUILD_OPTIONS` from the caller's
+/// shell (nostrip, nocheck, ...) is not for this build.
+fn dh(build: &Path, step: &[&str]) -> Command {
+    let mut cmd = Command::new(step[0]);
+    cmd.args(&step[1..]).current_dir(build).env_remove("DEB_BUILD_OPTIONS");
+    cmd
+}
+
+/// The changelog's newest entry must be the workspace's version: dpkg-gencontrol
+/// takes the package's version from it.
+fn check_changelog_version(changelog: &Path) -> Result<()> {
+    let text = fs::read_to_string(changelog).with_context(|| format!("reading {}", changelog.display()))?;
+    let first = text.lines().next().unwrap_or_default();
+    let want = format!("limiter ({VERSION})");
+    if !first.starts_with(&want) {
+        bail!(
+            "{} starts with '{first}', not '{want} ...': add an entry for {VERSION} (dch -v {VERSION})",
+            changelog.display()
+        );
+    }
+    Ok(())
 }
 
 /// `limiter.1` and a page per subcommand, gzipped as Debian wants them.
@@ -112,48 +182,6 @@ fn docs(tree: &Tree) -> Result<()> {
     Ok(())
 }
 
-/// The shared libraries the binary needs, as package relations (`libc6 (>= 2.34),
-/// libgcc-s1 (>= 4.2)`), from the symbol versions it uses (dpkg-shlibdeps).
-fn depends(bin: &Path, scratch: &Path) -> Result<String> {
-    // dpkg-shlibdeps insists on a debian/control in its working directory.
-    let dir = scratch.join("shlibdeps");
-    fs::create_dir_all(dir.join("debian"))?;
-    fs::write(dir.join("debian/control"), "Source: limiter\n\nPackage: limiter\nArchitecture: any\n")?;
-    let out = output(Command::new("dpkg-shlibdeps").arg("-O").arg(bin).current_dir(&dir))?;
-    let deps = out
-        .lines()
-        .find_map(|l| l.strip_prefix("shlibs:Depends="))
-        .with_context(|| format!("dpkg-shlibdeps printed no shlibs:Depends for {}: {out}", bin.display()))?;
-    Ok(deps.trim().to_owned())
-}
-
-fn control(arch: &str, depends: &str, installed_kib: u64) -> String {
-    // The Debian tools' own variables for who builds a package.
-    let name = env::var("DEBFULLNAME").unwrap_or_else(|_| "limiter maintainers".into());
-    let email = env::var("DEBEMAIL").unwrap_or_else(|_| "root@localhost".into());
-    format!(
-        "Package: limiter\n\
-         Version: {VERSION}\n\
-         Architecture: {arch}\n\
-         Maintainer: {name} <{email}>\n\
-         Installed-Size: {installed_kib}\n\
-         Depends: {depends}\n\
-         Section: net\n\
-         Priority: optional\n\
-         Description: per-source connection limits for mail hosts, enforced in XDP\n \
-         limiter refuses abusive connection attempts to a mail host (SMTP, IMAP,\n \
-         POP3, FTP) in the kernel, before a socket, a fork or a TLS handshake is\n \
-         spent on them. An XDP program counts SYNs per client source and answers\n \
-         over-limit attempts at the NIC with an RST or a drop; sock_ops counts each\n \
-         source's established connections exactly. A small daemon loads the\n \
-         programs, holds the policy (/etc/limiter/limiter.toml, allow, deny and\n \
-         reserve lists) and reports counters.\n \
-         .\n \
-         The service is not enabled on installation: set the interfaces in\n \
-         /etc/limiter/limiter.toml, then systemctl enable --now limiter.\n"
-    )
-}
-
 /// A machine-readable debian/copyright for the workspace's license.
 fn copyright() -> String {
     let license = LICENSE.replace(" OR ", " or ");
@@ -161,7 +189,7 @@ fn copyright() -> String {
         "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
          Upstream-Name: limiter\n\n\
          Files: *\n\
-         Copyright: the limiter contributors\n\
+         Copyright: 2026 the limiter contributors\n\
          License: {license}\n"
     );
     for name in LICENSE.split(" OR ") {
@@ -235,31 +263,5 @@ impl Tree {
     fn copy(&self, from: &Path, rel: &str, mode: u32) -> Result<PathBuf> {
         let data = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
         self.write(rel, mode, &data)
-    }
-
-    /// Installed-Size: the files outside DEBIAN, in KiB rounded up per file.
-    fn installed_size_kib(&self) -> Result<u64> {
-        let mut kib = 0;
-        for file in files_under(&self.0)? {
-            if !file.strip_prefix(&self.0)?.starts_with("DEBIAN") {
-                kib += fs::metadata(&file)?.len().div_ceil(1024);
-            }
-        }
-        Ok(kib)
-    }
-
-    /// Directories 0755 whatever the umask was.
-    fn fix_dir_modes(&self) -> Result<()> {
-        fn walk(dir: &Path) -> Result<()> {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
-            for entry in fs::read_dir(dir)? {
-                let path = entry?.path();
-                if path.is_dir() {
-                    walk(&path)?;
-                }
-            }
-            Ok(())
-        }
-        walk(&self.0)
     }
 }

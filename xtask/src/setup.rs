@@ -41,6 +41,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fail2ban",
     // promtool checks /metrics as Prometheus reads it.
     "prometheus",
+    // The package's tests: lintian checks the .deb; systemd-analyze (in systemd)
+    // scores the unit's hardening offline, with no systemd running; strace lists the
+    // system calls the daemon makes, which the unit's filter must allow.
+    "lintian",
+    "systemd",
+    "strace",
 ];
 
 /// The system-wide services of the packages above, by package. The tests

@@ -114,6 +114,23 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Check that the maps pinned under DIR fit a version's programs: this
+    /// binary's, or those of the layout read from FILE (`-`: stdin), which
+    /// the Debian package's preinst passes for the version it is about to
+    /// unpack. Exit 0: they fit (or nothing is pinned); 1: they do not; 2:
+    /// a malformed layout. `--print-layout` prints this binary's.
+    #[command(hide = true)]
+    CheckPins {
+        /// Where `run` pinned them.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/limiter")]
+        pin_dir: PathBuf,
+        /// The layout to check against, one map a line: NAME TYPE KEY VALUE ENTRIES.
+        #[arg(long, value_name = "FILE", conflicts_with = "print_layout")]
+        layout: Option<PathBuf>,
+        /// Print this binary's layout and exit.
+        #[arg(long)]
+        print_layout: bool,
+    },
     /// Write the JSON Schemas of the `--json` outputs into DIR
     /// (docs/schemas), generated from the types that print them.
     #[command(hide = true)]

@@ -4,6 +4,7 @@
 
 mod args;
 mod check_config;
+mod check_pins;
 mod client;
 pub mod doctor;
 mod failure;
@@ -42,6 +43,9 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::GenerateMan { out } => generate::generate_man(&out),
         Cmd::GenerateSchemas { out, check } => schemas::main(&out, check),
+        Cmd::CheckPins { pin_dir, layout, print_layout } => {
+            check_pins::check_pins(&pin_dir, layout.as_deref(), print_layout)
+        }
         Cmd::Doctor(a) => doctor::main(&a),
         Cmd::Top { service, n, json, watch, socket } => {
             status::top(&socket, &Request::Top { service, limit: n }, json, watch)

@@ -83,6 +83,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     }
     let (ring, budget) = take_events(&loaded)?;
     let responder = responder_sockets(&mut loaded)?;
+    warn_if_responder_filtered(&effective);
     let metrics = match policy.metrics_listen {
         Some(addr) => match metrics::bind(addr).await {
             Ok(l) => Some(l),
@@ -112,6 +113,26 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         recent: Recent::default(),
     };
     Ok(Started { daemon, listener, ring, metrics, socket_file, responder })
+}
+
+/// A `respond` service's clients reach the responder's socket, which is the
+/// daemon's own: a cgroup filter on the daemon's packets (an `IPAddressDeny=`
+/// an admin added to the unit) drops them unless it lets remote addresses in, and they
+/// time out as with `drop`. Said once at start, with what to do.
+fn warn_if_responder_filtered(effective: &Policy) {
+    let Some(service) = effective.services.iter().find(|s| s.action == crate::policy::service::Action::Respond) else {
+        return;
+    };
+    match crate::kernel::host::own_packets_filtered() {
+        Ok(false) => {}
+        Ok(true) => warn!(
+            "service {} answers with respond, and a cgroup filter (an IPAddressDeny= on the unit) sees this \
+             daemon's packets: unless it lets remote addresses in, the responder's clients time out instead of \
+             reading the line; remove it, or add IPAddressAllow=any",
+            service.name
+        ),
+        Err(e) => log::debug!("cannot tell whether a cgroup filter sees the responder's clients: {e}"),
+    }
 }
 
 /// Loads and attaches the programs with `effective` (the policy in force).

@@ -1,5 +1,6 @@
 //! What the kernel layer looks up on the host: interfaces, the network
-//! namespace's cookie and the cgroup v2 mount.
+//! namespace's cookie, the cgroup v2 mount, and whether a cgroup filter sees
+//! what the daemon's own sockets receive.
 
 use std::ffi::CString;
 
@@ -40,7 +41,7 @@ pub fn netns_cookie() -> Result<u64, LoadError> {
 /// The cgroup v2 mount point (`/sys/fs/cgroup` on a pure v2 host,
 /// `/sys/fs/cgroup/unified` on a hybrid one).
 pub fn cgroup2_mount() -> Result<std::path::PathBuf, LoadError> {
-    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|_| LoadError::NoCgroup2)?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|_| LoadError::NoCgroup2)?;
     mounts
         .lines()
         .find_map(|l| {
@@ -49,4 +50,21 @@ pub fn cgroup2_mount() -> Result<std::path::PathBuf, LoadError> {
             (kind == "cgroup2").then(|| std::path::PathBuf::from(dir))
         })
         .ok_or(LoadError::NoCgroup2)
+}
+
+/// Whether a cgroup BPF program filters the packets the daemon's own sockets
+/// receive (`BPF_CGROUP_INET_INGRESS` on its cgroup, inherited ones too):
+/// systemd's `IPAddressDeny=`/`IPAddressAllow=` attach one. What it lets in
+/// cannot be read without `CAP_SYS_ADMIN`, only that it is there.
+pub fn own_packets_filtered() -> std::io::Result<bool> {
+    use std::os::fd::AsFd as _;
+    const BPF_CGROUP_INET_INGRESS: u32 = 0;
+    let mount = cgroup2_mount().map_err(std::io::Error::other)?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| std::io::Error::other("no cgroup v2 line in /proc/self/cgroup"))?;
+    let dir = std::fs::File::open(mount.join(rel.trim_start_matches('/')))?;
+    Ok(!crate::kernel::pins::effective_prog_ids(dir.as_fd(), BPF_CGROUP_INET_INGRESS)?.is_empty())
 }

@@ -59,30 +59,111 @@ const LAYOUTS: [(&str, MapType, u32, u32, u32); 15] = {
     ]
 };
 
+/// What a pinned map must be for a version's programs to reuse it: its
+/// kernel map type (`bpf_map_type`), key and value sizes, and entries (0: any,
+/// the size comes from the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapLayout {
+    pub name: String,
+    pub kind: u32,
+    pub key: u32,
+    pub value: u32,
+    pub entries: u32,
+}
+
+/// This version's layout of every pinned map.
+#[must_use]
+pub fn layouts() -> Vec<MapLayout> {
+    LAYOUTS
+        .iter()
+        .map(|&(name, kind, key, value, entries)| MapLayout {
+            name: name.to_owned(),
+            kind: kind as u32,
+            key,
+            value,
+            entries,
+        })
+        .collect()
+}
+
+/// `layouts` as text, one map a line: `NAME TYPE KEY VALUE ENTRIES` (numbers
+/// in decimal, TYPE the kernel's). The package's preinst carries the new
+/// version's text, so that the installed binary can tell, before anything is
+/// unpacked, whether the new programs could reuse the pins (`check-pins`).
+#[must_use]
+pub fn layout_text(layouts: &[MapLayout]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for l in layouts {
+        let _ = writeln!(text, "{} {} {} {} {}", l.name, l.kind, l.key, l.value, l.entries);
+    }
+    text
+}
+
+/// Reads what [`layout_text`] writes; blank lines and `#` comments are skipped.
+pub fn parse_layout(text: &str) -> Result<Vec<MapLayout>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let bad = || format!("layout line {}: expected NAME TYPE KEY VALUE ENTRIES, got '{line}'", i + 1);
+        let [name, rest @ ..] = fields.as_slice() else { return Err(bad()) };
+        let nums: Vec<u32> = rest.iter().map(|f| f.parse::<u32>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+        let [kind, key, value, entries] = nums.as_slice() else { return Err(bad()) };
+        if name.contains(['/', '.']) {
+            return Err(bad());
+        }
+        out.push(MapLayout { name: (*name).to_owned(), kind: *kind, key: *key, value: *value, entries: *entries });
+    }
+    Ok(out)
+}
+
 /// Checks every map pinned in `dir` against the layout this version uses.
 /// `Err` names the first that differs.
 pub fn check_layouts(dir: &Path) -> Result<(), String> {
-    for (name, kind, key, value, entries) in LAYOUTS {
-        let path = dir.join(name);
+    check_against(dir, &layouts())
+}
+
+/// Checks every map pinned in `dir` against `layouts` (a map that is not
+/// pinned is fine: it is created). `Err` names the first that differs.
+pub fn check_against(dir: &Path, layouts: &[MapLayout]) -> Result<(), String> {
+    for want in layouts {
+        let path = dir.join(&want.name);
         if !path.exists() {
             continue;
         }
         let info = MapData::from_pin(&path)
             .and_then(|m| m.info())
             .map_err(|e| format!("cannot read pinned map {}: {e}", path.display()))?;
-        let have = (info.map_type().ok(), info.key_size(), info.value_size());
-        if have != (Some(kind), key, value) || (entries != 0 && info.max_entries() != entries) {
+        let kind = info.map_type().ok().map(|t| t as u32);
+        let have = (kind, info.key_size(), info.value_size());
+        if have != (Some(want.kind), want.key, want.value) || (want.entries != 0 && info.max_entries() != want.entries)
+        {
             return Err(format!(
-                "pinned map {} is {:?} with {}-byte keys and {}-byte values, this version needs {kind:?} with {key} and \
-                 {value}",
+                "pinned map {} is {} with {}-byte keys, {}-byte values and {} entries; the programs need {} with \
+                 {}-byte keys, {}-byte values{}",
                 path.display(),
-                have.0,
+                type_name(kind),
                 have.1,
-                have.2
+                have.2,
+                info.max_entries(),
+                type_name(Some(want.kind)),
+                want.key,
+                want.value,
+                if want.entries == 0 { String::new() } else { format!(" and {} entries", want.entries) },
             ));
         }
     }
     Ok(())
+}
+
+/// A kernel map type by the name aya gives it, or its number.
+fn type_name(kind: Option<u32>) -> String {
+    let Some(kind) = kind else { return "of an unknown type".to_owned() };
+    LAYOUTS.iter().find(|l| l.1 as u32 == kind).map_or_else(|| format!("map type {kind}"), |l| format!("{:?}", l.1))
 }
 
 const SOCK_OPS_LINK: &str = "link_sock_ops";
@@ -188,4 +269,44 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
 pub fn update_pinned_link(path: &Path, prog: impl AsFd) -> io::Result<()> {
     let link = obj_get(path)?;
     link_update(link.as_fd(), prog.as_fd())
+}
+
+/// `BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE`: the ids of the programs that run
+/// for `attach_type` on the cgroup `target` (its own and those inherited), at most 64.
+pub fn effective_prog_ids(target: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+    let mut ids = [0u32; 64];
+    let mut attr = Attr([0; 128]);
+    let fd = u32::try_from(target.as_raw_fd()).map_err(|_| io::Error::other("bad fd"))?;
+    attr.0[..4].copy_from_slice(&fd.to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&attach_type.to_ne_bytes());
+    attr.0[8..12].copy_from_slice(&BPF_F_QUERY_EFFECTIVE.to_ne_bytes());
+    attr.0[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+    #[expect(clippy::cast_possible_truncation, reason = "64")]
+    attr.0[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let count = u32::from_ne_bytes([attr.0[24], attr.0[25], attr.0[26], attr.0[27]]) as usize;
+    Ok(ids[..count.min(ids.len())].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_text_reads_back() {
+        let text = layout_text(&layouts());
+        assert_eq!(text.lines().count(), LAYOUTS.len());
+        assert_eq!(parse_layout(&text).expect("parses"), layouts());
+        assert_eq!(parse_layout("# comment\n\nCONNS 1 20 8 0\n").expect("parses").len(), 1);
+    }
+
+    #[test]
+    fn malformed_layouts_are_refused() {
+        for bad in ["CONNS 1 20 8", "CONNS 1 20 8 0 9", "CONNS one 20 8 0", "../x 1 4 4 0", "CONNS -1 4 4 0"] {
+            let e = parse_layout(bad).expect_err(bad);
+            assert!(e.contains("line 1"), "{bad}: {e}");
+        }
+    }
 }
