@@ -79,19 +79,29 @@ pub(crate) fn steer_token() -> bool {
     false
 }
 
+/// Notes in the scratch whether the refusal about to be steered was
+/// reported: handed over this way, not as an argument of the steering call,
+/// whose frame would grow past what the caller's leaves of the 512 bytes.
+#[inline(always)]
+pub(crate) fn note_reported(reported: bool) {
+    if let Some(s) = STEER_SCRATCH.get_ptr_mut(0) {
+        unsafe { (*s).value.reported = u8::from(reported) };
+    }
+}
+
 /// Notes the refused SYN's flow and why in `STEER`, for the socket lookup
 /// and the responder. The entry is built in the per-CPU scratch
 /// (`STEER_SCRATCH`), not on the stack. `Err` only if the frame cannot be
 /// read or the map refuses the entry (counted with the fallbacks).
 #[inline(always)]
-pub(crate) fn steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32, reported: bool) -> Result<(), ()> {
-    let r = note_steer(ctx, p, verdict, service, reported);
+pub(crate) fn steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32) -> Result<(), ()> {
+    let r = note_steer(ctx, p, verdict, service);
     count_steer(if r.is_ok() { budget::STEERED } else { budget::NO_TOKEN });
     r
 }
 
 #[inline(always)]
-fn note_steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32, reported: bool) -> Result<(), ()> {
+fn note_steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32) -> Result<(), ()> {
     let s = STEER_SCRATCH.get_ptr_mut(0).ok_or(())?;
     let ports = unsafe { *ptr_at::<[u8; 4]>(ctx, p.l4)? };
     let f = if verdict == Verdict::RefusedConcurrency { basis_noted() } else { Grounds::default() };
@@ -112,7 +122,8 @@ fn note_steer(ctx: &XdpContext, p: &Parsed, verdict: Verdict, service: u32, repo
             basis: f.basis,
             fate: steer::fate::NONE,
             pending: f.pending,
-            reported: u8::from(reported),
+            // Set by the caller before the steering call ([`note_reported`]).
+            reported: (*s).value.reported,
             pad2: 0,
             limit: f.limit,
             count: f.established,

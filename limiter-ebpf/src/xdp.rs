@@ -51,12 +51,8 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
     // steer drops), which is what keeps `steer` cheap to verify.
     let ports = [syn.tcp[0], syn.tcp[1], syn.tcp[2], syn.tcp[3]];
     if policy.action == action::RESPOND && act::steer_token() {
-        let reported = act::report_refusal(ctx, &p, verdict, syn.service, ports, answer::STEERED);
-        return Ok(if steer(ctx.ctx, verdict, syn.service, reported) {
-            xdp_action::XDP_PASS
-        } else {
-            xdp_action::XDP_DROP
-        });
+        act::note_reported(act::report_refusal(ctx, &p, verdict, syn.service, ports, answer::STEERED));
+        return Ok(if steer(ctx.ctx, verdict, syn.service) { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP });
     }
     let answer = match policy.action {
         action::RESET => answer::RESET,
@@ -80,7 +76,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
 /// the parsed frame in hand, or inlined, it was walked once per parse path
 /// and verdict path (140k instructions more, past the 600k budget).
 #[inline(never)]
-fn steer(ctx: *mut xdp_md, verdict: Verdict, service: u32, reported: bool) -> bool {
+fn steer(ctx: *mut xdp_md, verdict: Verdict, service: u32) -> bool {
     let ctx = XdpContext::new(ctx);
-    parse(&ctx).and_then(|p| act::steer(&ctx, &p, verdict, service, reported)).is_ok()
+    parse(&ctx).and_then(|p| act::steer(&ctx, &p, verdict, service)).is_ok()
 }

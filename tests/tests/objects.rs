@@ -53,6 +53,18 @@ fn the_bench_object_has_only_bench_programs_and_maps() {
     );
 }
 
+/// The bench's copy of the packet path passes the verifier too: it is
+/// inlined into another program, with a frame of its own, and a change that
+/// fits `limiter_xdp`'s 512 bytes of stack may not fit there.
+#[test]
+fn the_bench_packet_path_verifies() {
+    require!(privileged());
+    let mut ebpf = Ebpf::load(BENCH_OBJECT).expect("load the bench object");
+    let prog: &mut aya::programs::Xdp =
+        ebpf.program_mut(names::BENCH_FLOOD).expect("bench_flood").try_into().expect("an XDP program");
+    prog.load().unwrap_or_else(|e| panic!("bench_flood does not verify: {e:?}"));
+}
+
 /// Each map the daemon writes has one writing module, which takes its
 /// handle (`kernel::maps::own`) and is the one `maps::MAPS` names; no other
 /// module of the daemon takes a writable handle on it.
