@@ -54,6 +54,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             respond: limiter_user::policy::respond::Respond::default(),
         }],
         maps: limiter_user::policy::model::MapSizes::default(),
+        responder: limiter_user::policy::model::ResponderLimits::default(),
         lists: limiter_user::policy::lists::Lists::default(),
     }
 }

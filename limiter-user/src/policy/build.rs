@@ -52,7 +52,8 @@ impl Policy {
     /// [`Policy::build`] without the verdict: the policy and where the file
     /// was written, and its problems in `r`.
     fn assemble(file: ConfigFile, o: &Overrides, r: &mut Report) -> (Self, Origin) {
-        let given = Given { o, services: o.ports.is_empty() && !file.services.is_empty() };
+        let responder = file.responder;
+        let given = Given { o, services: o.ports.is_empty() && !file.services.is_empty(), responder: &responder };
         let interfaces = if o.interfaces.is_empty() { file.interfaces } else { o.interfaces.clone() };
         let services_file = if !o.ports.is_empty() {
             vec![ServiceFile { name: "default".into(), ports: o.ports.clone(), ..ServiceFile::default() }]
@@ -111,6 +112,7 @@ impl Policy {
             hostname: file.hostname,
             services,
             maps: file.maps,
+            responder: responder.limits(),
             lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
         };
         judge(&policy, &given, &file.origin, r);
@@ -179,13 +181,13 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
-    use std::fmt::Write as _;
+    use std::{fmt::Write as _, time::Duration};
 
     use limiter_common::{Bucket, lists::LIST_ENTRIES};
 
     use super::*;
     use crate::policy::{
-        model::{MapSizes, XdpMode},
+        model::{MapSizes, ResponderLimits, XdpMode},
         parse::{parse_burst, parse_port},
         respond::{Reason, default_text},
         service::Rate,
@@ -261,6 +263,105 @@ mod tests {
         let f = ConfigFile::parse("interfaces = [\"eth0\"]\n[maps]\nconnections = 2048\n", "t.toml").expect("parse");
         let p = Policy::build(f, &ov(&[])).expect("valid");
         assert_eq!(p.maps, MapSizes { connections: 2048, ..MapSizes::default() }, "unnamed sizes keep their defaults");
+    }
+
+    #[test]
+    fn responder_budgets_default_read_from_the_config() {
+        let p = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        let d = p.responder;
+        assert_eq!(d, ResponderLimits::default());
+        assert_eq!(
+            (d.rate, d.burst, d.per_source_rate, d.per_source_burst, d.max_connections, d.deadline),
+            (1_000, 2_000, 2, 4, 256, Duration::from_secs(2))
+        );
+        assert_eq!(d.steer_tokens(), 100, "1,000 a second is 100 per 100 ms, on each CPU");
+        let text = "interfaces = [\"eth0\"]\n[responder]\nrate = 5001\nper_source_rate = 10\n\
+                    max_connections = 1024\ndeadline = \"500ms\"\n";
+        let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+        assert_eq!(
+            c.policy.responder,
+            ResponderLimits {
+                rate: 5_001,
+                per_source_rate: 10,
+                max_connections: 1_024,
+                deadline: Duration::from_millis(500),
+                ..ResponderLimits::default()
+            },
+            "unnamed values keep their defaults"
+        );
+        assert_eq!(c.policy.responder.steer_tokens(), 501, "rounded up");
+        let top = ResponderLimits {
+            rate: 1_000_000,
+            burst: 1_000_000,
+            per_source_rate: 1_000_000,
+            per_source_burst: 1_000_000,
+            max_connections: 65_536,
+            deadline: Duration::from_secs(30),
+        };
+        let text = "interfaces = [\"eth0\"]\nresponder = { rate = 1000000, burst = 1000000, per_source_rate = \
+                    1000000, per_source_burst = 1000000, max_connections = 65536, deadline = \"30s\" }\n";
+        assert_eq!(check(text, "t.toml", &Overrides::default()).expect("the bounds are valid").policy.responder, top);
+        assert_eq!(top.steer_tokens(), 100_000);
+    }
+
+    #[test]
+    fn responder_budgets_out_of_bounds_are_problems_at_their_line() {
+        let head = "interfaces = [\"eth0\"]\n[responder]\n";
+        assert_problems(
+            &format!(
+                "{head}rate = 0\nburst = 2000000\nmax_connections = 0\ndeadline = \"50ms\"\nper_source_rate = -1\n\
+                 size = 3\nper_source_burst = 70000\n"
+            ),
+            &[
+                (3, "responder.rate = 0 would answer nothing: expected 1..=1000000"),
+                (4, "responder.burst = 2000000 is out of range: expected 1..=1000000"),
+                (5, "responder.max_connections = 0 would answer nothing: expected 1..=65536"),
+                (6, "responder.deadline = 50ms is out of range: expected 100ms..=30s"),
+                (7, "responder.per_source_rate = -1: expected a whole number 1..=1000000"),
+                (8, "unknown field 'responder.size': expected one of rate, burst, per_source_rate"),
+            ],
+        );
+        let one = |body: &str| {
+            let got = problems(&format!("{head}{body}"));
+            assert_eq!(got.len(), 1, "{body}: {got:#?}");
+            got.into_iter().next().map(|(line, m)| (line.unwrap_or(0), m)).unwrap_or_default()
+        };
+        // A source's share above the total, at the value written.
+        assert_eq!(
+            one("per_source_rate = 5000\n"),
+            (
+                3,
+                "responder.per_source_rate = 5000 is above responder.rate = 1000 (the default): expected one source's \
+                 share at most the total"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            one("burst = 3\n"),
+            (
+                3,
+                "responder.per_source_burst = 4 (the default) is above responder.burst = 3: expected one source's \
+                 share at most the total"
+                    .to_owned()
+            )
+        );
+        assert_eq!(one("rate = 50\nper_source_rate = 60\n").0, 4, "both written: at the share");
+        assert_eq!(one("deadline = \"31s\"\n").1, "responder.deadline = 31s is out of range: expected 100ms..=30s");
+        for bad in ["deadline = 2", "deadline = \"2 min\"", "deadline = \"1.5s\""] {
+            let (line, m) = one(&format!("{bad}\n"));
+            assert_eq!(line, 3);
+            assert!(m.starts_with(&format!("responder.{bad}: expected ")), "{m}");
+            assert!(m.contains("\"2s\" or \"500ms\""), "{m}");
+        }
+        assert_eq!(
+            one("rate = 2000000000000\n").1,
+            "responder.rate = 2000000000000: expected a whole number 1..=1000000"
+        );
+        let one_line = ConfigFile::parse(&format!("{head}per_source_rate = 5000\n"), "t.toml")
+            .and_then(|f| Policy::build(f, &Overrides::default()))
+            .expect_err("refused")
+            .to_string();
+        assert!(one_line.starts_with("t.toml:3: responder.per_source_rate = 5000 is above"), "{one_line}");
     }
 
     #[test]
