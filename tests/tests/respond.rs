@@ -234,9 +234,11 @@ fn a_flood_of_over_limit_attempts_is_bounded_by_the_steering_budget() {
     assert_eq!(steered + no_token, refused, "each refusal steered or reset for want of a token: {s}");
     assert!(no_token > 0, "the budget ran out: {s}");
     eprintln!("flood: {refused} refused, {steered} steered, {no_token} reset for want of a token");
-    // 64 tokens per CPU per refill (100 ms); generous for a slow machine.
+    // 100 tokens per CPU per refill (100 ms) at the default rate (1,000 a
+    // second); generous for a slow machine.
     let cpus = u64::try_from(std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).expect("cpus");
-    assert!(steered <= 64 * cpus * 50, "steering stays within its budget: {s}");
+    let tokens = limiter_common::steer::TOKENS_PER_REFILL;
+    assert!(steered <= tokens * cpus * 50, "steering stays within its budget: {s}");
     assert_eq!(r["responded"], 0, "a forged source completes no handshake: {s}");
     // A real client still gets in, and over its limit still gets its line
     // (the tokens are refilled every 100 ms).
@@ -245,6 +247,94 @@ fn a_flood_of_over_limit_attempts_is_bounded_by_the_steering_budget() {
     std::thread::sleep(Duration::from_millis(300));
     let text = first_words(&pair, src, pair.server_v4()).expect("the responder answers after the flood");
     assert!(text.starts_with("421 4.7.0 "), "{text:?}");
+}
+
+/// `limiter run` with SMTP on [`PORT`] (two per source, respond) and the
+/// `[responder]` table `responder`, from the config file in `dir`.
+fn with_budgets(pair: &Pair, dir: &Scratch, responder: &str) -> std::path::PathBuf {
+    dir.write(
+        "limiter.toml",
+        &format!(
+            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"smtp\"\nports = [{PORT}]\nmax_conn_per_source = 2\n\
+             action = \"respond\"\n\n[responder]\n{responder}",
+            pair.server_if
+        ),
+    )
+}
+
+/// The responder's budgets are the config's `[responder]`, and a reload
+/// changes them for the next connection, keeping what each source spent:
+/// at one answer a second in all, an attempt 150 ms after an answer (a
+/// steering token is back by then) is reset by the responder; reloaded to
+/// 100 a second per source, it is answered again.
+#[test]
+fn the_responders_budgets_come_from_the_config_and_change_on_reload() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let src = pair.add_client_v4(13);
+    let dst = pair.server_v4();
+    let dir = Scratch::new();
+    let config = with_budgets(&pair, &dir, "rate = 1\nburst = 1\nper_source_rate = 1\nper_source_burst = 1\n");
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    let _held = streams(pair.hold(src, PORT, 2, WAIT));
+    let first = first_words(&pair, src, dst);
+    assert!(first.as_ref().is_ok_and(|t| t.starts_with("421 ")), "the budget's one answer: {first:?}");
+    std::thread::sleep(Duration::from_millis(150));
+    let second = first_words(&pair, src, dst);
+    assert!(second.is_err(), "over the responder's budget: reset, {second:?}");
+    let s = d.status_json().expect("status");
+    let r = &s["responder"];
+    assert_eq!((&r["responded"], &r["reset"], &r["fallback_no_token"]), (&1.into(), &1.into(), &0.into()), "{s}");
+
+    with_budgets(&pair, &dir, "per_source_rate = 100\nper_source_burst = 100\n");
+    limiter_tests::cli::ok(&d, &["reload"]);
+    // The spent buckets are kept and refill at the new rates: 20 answers in 200 ms.
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..3 {
+        let text = first_words(&pair, src, dst);
+        assert!(text.as_ref().is_ok_and(|t| t.starts_with("421 ")), "attempt {i} after the reload: {text:?}");
+    }
+    let s = d.status_json().expect("status");
+    assert_eq!((&s["responder"]["responded"], &s["responder"]["reset"]), (&4.into(), &1.into()), "{s}");
+    let log = d.log_text();
+    assert!(log.contains("responder: 1 answers/s (burst 1) in all, 1/s (burst 1) per source"), "{log}");
+    assert!(log.contains("responder: 1000 answers/s (burst 2000) in all, 100/s (burst 100) per source"), "{log}");
+}
+
+/// The kernel's steering tokens follow `[responder] rate`: at 10 a second,
+/// one per CPU per 100 ms, so a burst of over-limit SYNs is steered a
+/// handful of times and reset otherwise; reloaded to 1,000 a second, 100 per
+/// CPU per 100 ms, and the same burst is steered at least 100 times.
+#[test]
+fn the_kernels_steering_tokens_follow_the_responders_rate() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let dir = Scratch::new();
+    let config = with_budgets(&pair, &dir, "rate = 10\n");
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    let forged: IpAddr = "198.19.77.8".parse().expect("addr");
+    let steered = || {
+        let s = d.status_json().expect("status");
+        (s["responder"]["steered"].as_u64().expect("steered"), s["responder"]["fallback_no_token"].as_u64().expect("n"))
+    };
+    let cpus = u64::try_from(std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).expect("cpus");
+    let started = std::time::Instant::now();
+    pair.forge_syns(forged, PORT, 1_000);
+    let (slow, reset) = steered();
+    let refills = u64::try_from(started.elapsed().as_millis() / 100).expect("ms") + 2;
+    eprintln!("rate 10: {slow} steered, {reset} reset for want of a token, over {refills} refills");
+    assert!(slow <= cpus * refills, "one token per CPU per refill: {slow} steered over {refills} refills");
+    assert!(reset >= 900, "the rest reset: {reset}");
+
+    with_budgets(&pair, &dir, "rate = 1000\n");
+    limiter_tests::cli::ok(&d, &["reload"]);
+    std::thread::sleep(Duration::from_millis(250));
+    pair.forge_syns(forged, PORT, 1_000);
+    let (fast, _) = steered();
+    eprintln!("rate 1000: {} steered", fast - slow);
+    assert!(fast - slow >= 100, "a CPU's 100 tokens at least: {} steered", fast - slow);
 }
 
 /// A source the responder answered completed a handshake with this host,

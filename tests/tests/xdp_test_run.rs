@@ -870,7 +870,7 @@ fn a_refused_syn_to_a_respond_service_is_steered_with_a_token_else_reset() {
     let counts = r.counts().expect("counts");
     assert_eq!((counts.steered, counts.no_token), (0, 1));
 
-    r.refill().expect("tokens");
+    r.refill(limiter_common::steer::TOKENS_PER_REFILL).expect("tokens");
     // At its connection limit: steered, with the limit and the count read.
     assert_eq!(h.action(&syn_from(v4(200), 45_001, 2)), PASS, "steered");
     let peer = "198.18.0.200:45001".parse().expect("addr");
@@ -905,7 +905,7 @@ fn reset_and_drop_services_are_not_steered() {
     for (action, want) in [(Action::Reset, TX), (Action::Drop, DROP)] {
         let mut h = Harness::new(&policy(action, 1, 32, 64));
         let mut r = Responder::new(&h.ebpf).expect("responder");
-        r.refill().expect("tokens");
+        r.refill(limiter_common::steer::TOKENS_PER_REFILL).expect("tokens");
         let f = frames::syn(v4(210), server4(), PORT);
         h.exhaust(&f, 1);
         assert_eq!(h.action(&f), want);

@@ -81,7 +81,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
     let (ring, budget) = take_events(&loaded)?;
-    let responder = responder_sockets(&mut loaded)?;
+    let responder = responder_sockets(&mut loaded, policy.responder.steer_tokens())?;
     let metrics = match policy.metrics_listen {
         Some(addr) => match metrics::bind(addr).await {
             Ok(l) => Some(l),
@@ -156,8 +156,8 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 /// The responder's listening sockets, one per family, on loopback so that
 /// nothing reaches them but what the kernel steers (`sk_lookup` hands them
 /// SYNs for any address and port): `127.0.0.1` and, where the host has
-/// IPv6, `::1`. Marked and put in `RESPONDER`, the tokens filled.
-fn responder_sockets(loaded: &mut Loaded) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+/// IPv6, `::1`. Marked and put in `RESPONDER`, each CPU given `tokens`.
+fn responder_sockets(loaded: &mut Loaded, tokens: u64) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
     let v4 = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .context("cannot open the responder's socket on 127.0.0.1")?;
     let mut all = vec![v4];
@@ -172,6 +172,6 @@ fn responder_sockets(loaded: &mut Loaded) -> anyhow::Result<Vec<tokio::net::TcpL
         info!("responder on {}", listener.local_addr()?);
         out.push(tokio::net::TcpListener::from_std(listener)?);
     }
-    loaded.responder.refill()?;
+    loaded.responder.refill(tokens)?;
     Ok(out)
 }

@@ -146,6 +146,18 @@ impl ResponderLimits {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_default_tokens_are_the_default_rates() {
+        assert_eq!(ResponderLimits::default().steer_tokens(), limiter_common::steer::TOKENS_PER_REFILL);
+        let at = |rate| ResponderLimits { rate, ..ResponderLimits::default() }.steer_tokens();
+        assert_eq!((at(1), at(10), at(11), at(640), at(1_000_000)), (1, 1, 2, 64, 100_000));
+    }
+}
+
 /// `run` flags that override or replace parts of the config file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
