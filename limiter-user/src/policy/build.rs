@@ -88,6 +88,7 @@ impl Policy {
                     }
                 };
                 let protocol = o.protocol.or(s.protocol).or_else(|| Protocol::guess(&s.name, &s.ports));
+                let implicit_tls_ports = s.implicit_tls_ports.unwrap_or_else(|| implicit_tls(&s.ports).collect());
                 Service {
                     // Past MAX_SERVICES the id is meaningless; that is a problem reported below.
                     id: service_id(i.min(MAX_SERVICES as usize - 1)),
@@ -99,7 +100,7 @@ impl Policy {
                     max_conn_per_source,
                     max_sessions: s.max_sessions,
                     reserved_sessions: s.reserved_sessions.unwrap_or(0),
-                    respond: Respond { protocol, tls, texts: s.texts },
+                    respond: Respond { protocol, tls, texts: s.texts, implicit_tls_ports },
                 }
             })
             .collect::<Vec<_>>();
@@ -164,7 +165,7 @@ pub fn check(
         if s.action != Action::Respond || s.respond.tls.is_some() {
             continue;
         }
-        for port in implicit_tls(&s.ports) {
+        for &port in &s.respond.implicit_tls_ports {
             let j = s.ports.iter().position(|&p| p == port).unwrap_or_default();
             let place = if file_services { format!("service[{i}].ports[{j}]") } else { String::new() };
             w.push(
@@ -908,6 +909,62 @@ respond = { deny = "421 bye" }
             .collect();
         assert_eq!((ports, c.warnings.len()), (vec![true; 3], 3), "{:?}", c.warnings);
         assert!(c.warnings.iter().all(|w| w.line.is_none()));
+    }
+
+    #[test]
+    fn implicit_tls_ports_default_to_the_well_known_ones_and_replace_them_when_set() {
+        let service = |ports: &str, extra: &str| {
+            format!(
+                "interfaces = [\"eth0\"]\n[[service]]\nname = \"imap\"\nports = [{ports}]\naction = \"respond\"\n{extra}"
+            )
+        };
+        let implicit = |text: &str| {
+            let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+            let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+            (c.policy.services[0].respond.implicit_tls_ports.clone(), w)
+        };
+        let (ports, w) = implicit(&service("143, 993", ""));
+        assert_eq!((ports, w.len()), (vec![993], 1), "the default: the well-known port, and its warning");
+        let (ports, w) = implicit(&service("143, 10993", "implicit_tls_ports = [10993]\n"));
+        assert_eq!(ports, [10993]);
+        assert_eq!(
+            w,
+            [
+                "t.toml:4: warning: service 'imap': port 10993 is implicit TLS and tls_cert/tls_key are not set: refusals there fall back to reset"
+            ],
+            "the warning follows the setting"
+        );
+        let (ports, w) = implicit(&service("143, 993", "implicit_tls_ports = []\n"));
+        assert_eq!((ports, w), (vec![], vec![]), "an empty list: none, so no warning");
+        let (ports, w) =
+            implicit(&service("993, 10993", "implicit_tls_ports = [10993]\ntls_cert = \"/c\"\ntls_key = \"/k\"\n"));
+        assert_eq!((ports, w), (vec![10993], vec![]), "replaces the default: 993 is not implicit TLS here");
+        // --port services get the default of their ports.
+        let o = Overrides { ports: vec![993, 2525], action: Some(Action::Respond), ..ov(&["eth0"]) };
+        let p = Policy::build(ConfigFile::default(), &o).expect("valid");
+        assert_eq!(p.services[0].respond.implicit_tls_ports, [993]);
+
+        assert_problems(
+            &service("143, 993", "implicit_tls_ports = [995, 993,\n  993]\n"),
+            &[
+                (
+                    6,
+                    "service 'imap': implicit_tls_ports: port 995 is not one of its ports (143, 993): expected some of them",
+                ),
+                (7, "service 'imap': implicit_tls_ports: port 993 listed twice"),
+            ],
+        );
+        assert_problems(
+            &service("993", "implicit_tls_ports = 993\n"),
+            &[(
+                6,
+                "service 'imap': implicit_tls_ports = 993: expected a list of the service's ports, e.g. [993], or [] for none",
+            )],
+        );
+        assert_problems(
+            &service("993", "implicit_tls_ports = [0]\n"),
+            &[(6, "service 'imap': implicit_tls_ports: port 0 is not one of its ports (993)")],
+        );
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct ServiceFile {
     pub protocol: Option<Protocol>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `implicit_tls_ports`: where clients start with TLS; none: the
+    /// well-known ones among `ports`.
+    pub implicit_tls_ports: Option<Vec<u16>>,
     /// `[service.respond]`: the admin's refusal lines by reason, unchecked.
     pub texts: Texts,
 }
@@ -365,6 +368,7 @@ const SERVICE_FIELDS: &[&str] = &[
     "protocol",
     "tls_cert",
     "tls_key",
+    "implicit_tls_ports",
     "respond",
 ];
 const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
@@ -440,6 +444,13 @@ fn service(t: &mut Fields<'_>, i: usize, r: &mut Report) -> ServiceFile {
         protocol: t.value(r, "protocol", choice),
         tls_cert: t.value(r, "tls_cert", absolute_path),
         tls_key: t.value(r, "tls_key", absolute_path),
+        implicit_tls_ports: t.array(
+            r,
+            "implicit_tls_ports",
+            "port",
+            "a list of the service's ports, e.g. [993], or [] for none",
+            whole("1..=65535"),
+        ),
         texts: t.table(r, "respond").map_or_else(Texts::default, |mut texts| respond_texts(&mut texts, &t.who, r)),
     }
 }

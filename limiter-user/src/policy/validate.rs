@@ -176,10 +176,26 @@ fn judge_limits(s: &Service, i: usize, given: &Given, r: &mut Report) {
     }
 }
 
-/// What service `i` says when it responds: a protocol to say it in, and
-/// texts that are that protocol's refusal lines.
+/// What service `i` says when it responds: a protocol to say it in, texts
+/// that are that protocol's refusal lines, and implicit-TLS ports that are
+/// its own.
 fn judge_respond(s: &Service, i: usize, given: &Given, r: &mut Report) {
     let who = who(s);
+    let mut seen = BTreeSet::new();
+    for (j, &port) in s.respond.implicit_tls_ports.iter().enumerate() {
+        let at = given.field(i, &format!("implicit_tls_ports[{j}]"));
+        if !s.ports.contains(&port) {
+            let ports = s.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+            r.push(
+                at,
+                format!(
+                    "{who}implicit_tls_ports: port {port} is not one of its ports ({ports}): expected some of them"
+                ),
+            );
+        } else if !seen.insert(port) {
+            r.push(at, format!("{who}implicit_tls_ports: port {port} listed twice"));
+        }
+    }
     let Some(protocol) = s.respond.protocol else {
         let why = "none follows from its name or ports: expected protocol = \"smtp\", \"imap\", \"pop3\" or \"ftp\"";
         if s.action == Action::Respond {
