@@ -147,11 +147,11 @@ fn certificate(dir: &Scratch) -> (String, String) {
 }
 
 /// The first bytes an IMAPS client from `src` reads after its TLS handshake
-/// with `dst:993`, trusting `ca`: Python's `ssl`, as mail clients do it.
-fn imaps_first_words(pair: &Pair, src: IpAddr, dst: IpAddr, ca: &str) -> String {
+/// with `dst:port`, trusting `ca`: Python's `ssl`, as mail clients do it.
+fn tls_first_words(pair: &Pair, src: IpAddr, dst: IpAddr, port: u16, ca: &str) -> String {
     let script = format!(
         "import socket, ssl\n\
-         s = socket.create_connection(('{dst}', 993), timeout=5, source_address=('{src}', 0))\n\
+         s = socket.create_connection(('{dst}', {port}), timeout=5, source_address=('{src}', 0))\n\
          c = ssl.create_default_context(cafile='{ca}')\n\
          t = c.wrap_socket(s, server_hostname='mx.test')\n\
          data = b''\n\
@@ -167,16 +167,22 @@ fn imaps_first_words(pair: &Pair, src: IpAddr, dst: IpAddr, ca: &str) -> String 
 /// `limiter run` with IMAPS on 993 (two per source, respond), with the
 /// certificate and key if given.
 fn imaps(pair: &Pair, dir: &Scratch, tls: Option<(&str, &str)>) -> Daemon {
+    let config = imaps_config(pair, dir, 993, tls, "");
+    Daemon::start(&pair.server, &["--config", path_str(&config)])
+}
+
+/// The config of an IMAPS service on `port` (two per source, respond), with
+/// the certificate and key if given and `extra` lines, written in `dir`.
+fn imaps_config(pair: &Pair, dir: &Scratch, port: u16, tls: Option<(&str, &str)>, extra: &str) -> std::path::PathBuf {
     let tls = tls.map_or_else(String::new, |(cert, key)| format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"));
-    let config = dir.write(
+    dir.write(
         "limiter.toml",
         &format!(
-            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"imaps\"\nports = [993]\nmax_conn_per_source = 2\n\
-             action = \"respond\"\n{tls}",
+            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"imaps\"\nports = [{port}]\nmax_conn_per_source = 2\n\
+             action = \"respond\"\n{tls}{extra}",
             pair.server_if
         ),
-    );
-    Daemon::start(&pair.server, &["--config", path_str(&config)])
+    )
 }
 
 #[test]
@@ -190,8 +196,36 @@ fn imaps_over_the_limit_reads_the_bye_inside_tls() {
     let (cert, key) = certificate(&dir);
     let _d = imaps(&pair, &dir, Some((&cert, &key)));
     let _held = streams(pair.hold(src, 993, 2, WAIT));
-    let got = imaps_first_words(&pair, src, dst, &cert);
+    let got = tls_first_words(&pair, src, dst, 993, &cert);
     assert_eq!(got, "'* BYE [UNAVAILABLE] Too many connections from your IP (2)\\r\\n'", "inside TLS");
+}
+
+/// IMAPS on a port that is not a well-known one: listed in
+/// `implicit_tls_ports`, the client over the limit reads the BYE inside
+/// TLS; reloaded without the setting, the same port gets the plain line.
+#[test]
+fn implicit_tls_ports_put_a_non_standard_port_inside_tls() {
+    const ALT: u16 = 10_993;
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(ALT);
+    let src = pair.add_client_v4(14);
+    let dst = pair.server_v4();
+    let dir = Scratch::new();
+    let (cert, key) = certificate(&dir);
+    let tls = Some((cert.as_str(), key.as_str()));
+    let config = imaps_config(&pair, &dir, ALT, tls, &format!("implicit_tls_ports = [{ALT}]\n"));
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    let _held = streams(pair.hold(src, ALT, 2, WAIT));
+    let got = tls_first_words(&pair, src, dst, ALT, &cert);
+    assert_eq!(got, "'* BYE [UNAVAILABLE] Too many connections from your IP (2)\\r\\n'", "inside TLS");
+
+    imaps_config(&pair, &dir, ALT, tls, "");
+    limiter_tests::cli::ok(&d, &["reload"]);
+    let got = first_words_on(&pair, src, dst, ALT).expect("answered in the clear");
+    assert_eq!(got, "* BYE [UNAVAILABLE] Too many connections from your IP (2)\r\n", "without the setting");
+    let s = d.status_json().expect("status");
+    assert_eq!(s["responder"]["responded"], 2, "{s}");
 }
 
 #[test]
