@@ -104,8 +104,10 @@ pub const fn admit(tat: u64, now: u64, interval: u64, tolerance: u64) -> Option<
     if base - now > tolerance { None } else { Some(base + interval) }
 }
 
-/// Tokens per CPU after each refill by the daemon.
-pub const TOKENS_PER_REFILL: u64 = 64;
+/// Tokens per CPU after each refill by the daemon at the default `[responder]`
+/// rate (1,000 answers a second: 100 per 100 ms). The daemon refills with what
+/// the configured rate gives (`ResponderLimits::steer_tokens` in the user crate).
+pub const TOKENS_PER_REFILL: u64 = 100;
 
 /// The flow of a steered SYN, as XDP sees it in the frame and
 /// `limiter_sk_lookup` in its context.

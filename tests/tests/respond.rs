@@ -159,11 +159,11 @@ fn certificate(dir: &Scratch) -> (String, String) {
 }
 
 /// The first bytes an IMAPS client from `src` reads after its TLS handshake
-/// with `dst:993`, trusting `ca`: Python's `ssl`, as mail clients do it.
-fn imaps_first_words(pair: &Pair, src: IpAddr, dst: IpAddr, ca: &str) -> String {
+/// with `dst:port`, trusting `ca`: Python's `ssl`, as mail clients do it.
+fn tls_first_words(pair: &Pair, src: IpAddr, dst: IpAddr, port: u16, ca: &str) -> String {
     let script = format!(
         "import socket, ssl\n\
-         s = socket.create_connection(('{dst}', 993), timeout=5, source_address=('{src}', 0))\n\
+         s = socket.create_connection(('{dst}', {port}), timeout=5, source_address=('{src}', 0))\n\
          c = ssl.create_default_context(cafile='{ca}')\n\
          t = c.wrap_socket(s, server_hostname='mx.test')\n\
          data = b''\n\
@@ -179,16 +179,22 @@ fn imaps_first_words(pair: &Pair, src: IpAddr, dst: IpAddr, ca: &str) -> String 
 /// `limiter run` with IMAPS on 993 (two per source, respond), with the
 /// certificate and key if given.
 fn imaps(pair: &Pair, dir: &Scratch, tls: Option<(&str, &str)>) -> Daemon {
+    let config = imaps_config(pair, dir, 993, tls, "");
+    Daemon::start(&pair.server, &["--config", path_str(&config)])
+}
+
+/// The config of an IMAPS service on `port` (two per source, respond), with
+/// the certificate and key if given and `extra` lines, written in `dir`.
+fn imaps_config(pair: &Pair, dir: &Scratch, port: u16, tls: Option<(&str, &str)>, extra: &str) -> std::path::PathBuf {
     let tls = tls.map_or_else(String::new, |(cert, key)| format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"));
-    let config = dir.write(
+    dir.write(
         "limiter.toml",
         &format!(
-            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"imaps\"\nports = [993]\nmax_conn_per_source = 2\n\
-             action = \"respond\"\n{tls}",
+            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"imaps\"\nports = [{port}]\nmax_conn_per_source = 2\n\
+             action = \"respond\"\n{tls}{extra}",
             pair.server_if
         ),
-    );
-    Daemon::start(&pair.server, &["--config", path_str(&config)])
+    )
 }
 
 #[test]
@@ -202,8 +208,36 @@ fn imaps_over_the_limit_reads_the_bye_inside_tls() {
     let (cert, key) = certificate(&dir);
     let _d = imaps(&pair, &dir, Some((&cert, &key)));
     let _held = streams(pair.hold(src, 993, 2, WAIT));
-    let got = imaps_first_words(&pair, src, dst, &cert);
+    let got = tls_first_words(&pair, src, dst, 993, &cert);
     assert_eq!(got, "'* BYE [UNAVAILABLE] Too many connections from your IP (2)\\r\\n'", "inside TLS");
+}
+
+/// IMAPS on a port that is not a well-known one: listed in
+/// `implicit_tls_ports`, the client over the limit reads the BYE inside
+/// TLS; reloaded without the setting, the same port gets the plain line.
+#[test]
+fn implicit_tls_ports_put_a_non_standard_port_inside_tls() {
+    const ALT: u16 = 10_993;
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(ALT);
+    let src = pair.add_client_v4(14);
+    let dst = pair.server_v4();
+    let dir = Scratch::new();
+    let (cert, key) = certificate(&dir);
+    let tls = Some((cert.as_str(), key.as_str()));
+    let config = imaps_config(&pair, &dir, ALT, tls, &format!("implicit_tls_ports = [{ALT}]\n"));
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    let _held = streams(pair.hold(src, ALT, 2, WAIT));
+    let got = tls_first_words(&pair, src, dst, ALT, &cert);
+    assert_eq!(got, "'* BYE [UNAVAILABLE] Too many connections from your IP (2)\\r\\n'", "inside TLS");
+
+    imaps_config(&pair, &dir, ALT, tls, "");
+    limiter_tests::cli::ok(&d, &["reload"]);
+    let got = first_words_on(&pair, src, dst, ALT).expect("answered in the clear");
+    assert_eq!(got, "* BYE [UNAVAILABLE] Too many connections from your IP (2)\r\n", "without the setting");
+    let s = d.status_json().expect("status");
+    assert_eq!(s["responder"]["responded"], 2, "{s}");
 }
 
 #[test]
@@ -327,9 +361,11 @@ fn a_flood_from_many_addresses_is_bounded_by_the_steering_budget() {
     assert_eq!(n("steered") + n("fallback_no_token"), refused, "each refusal steered or reset in XDP: {s}");
     assert!(n("fallback_no_token") > 0, "the tokens ran out: {s}");
     let cpus = u64::try_from(std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).expect("cpus");
-    // 64 tokens per CPU per refill (100 ms), and each one an over-share
-    // refusal gives back may be spent again.
-    assert!(n("steered") - n("fallback_over_share") <= 64 * cpus * (tenths + 1), "within the budget: {s}");
+    // The tokens per CPU per refill (100 ms; 100 at the default rate of
+    // 1,000 a second), and each one an over-share refusal gives back may be
+    // spent again.
+    let tokens = limiter_common::steer::TOKENS_PER_REFILL;
+    assert!(n("steered") - n("fallback_over_share") <= tokens * cpus * (tenths + 1), "within the budget: {s}");
     assert_eq!(n("responded"), 0, "a forged source completes no handshake: {s}");
     // Their lines say what answered them: steered SYNs whose handshake
     // never completed (the event budget, 64 per CPU per 100 ms like the
@@ -344,6 +380,100 @@ fn a_flood_from_many_addresses_is_bounded_by_the_steering_budget() {
         n("fallback_no_token"),
         n("fallback_over_share")
     );
+}
+
+/// `limiter run` with SMTP on [`PORT`] (two per source, respond) and the
+/// `[responder]` table `responder`, from the config file in `dir`.
+fn with_budgets(pair: &Pair, dir: &Scratch, responder: &str) -> std::path::PathBuf {
+    dir.write(
+        "limiter.toml",
+        &format!(
+            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"smtp\"\nports = [{PORT}]\nmax_conn_per_source = 2\n\
+             action = \"respond\"\n\n[responder]\n{responder}",
+            pair.server_if
+        ),
+    )
+}
+
+/// The responder's budgets are the config's `[responder]`, and a reload
+/// changes them for the next connection, keeping what each source spent:
+/// at one answer a second in all, another source's attempt 150 ms after an
+/// answer (a steering token is back by then, and that source is within its
+/// own share of them) is reset by the responder; reloaded to 100 a second
+/// per source, the first source is answered again.
+#[test]
+fn the_responders_budgets_come_from_the_config_and_change_on_reload() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let (src, other) = (pair.add_client_v4(13), pair.add_client_v4(14));
+    let dst = pair.server_v4();
+    let dir = Scratch::new();
+    let config = with_budgets(&pair, &dir, "rate = 1\nburst = 1\nper_source_rate = 1\nper_source_burst = 1\n");
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    let _held = streams(pair.hold(src, PORT, 2, WAIT));
+    let _held_other = streams(pair.hold(other, PORT, 2, WAIT));
+    let first = first_words(&pair, src, dst);
+    assert!(first.as_ref().is_ok_and(|t| t.starts_with("421 ")), "the budget's one answer: {first:?}");
+    std::thread::sleep(Duration::from_millis(150));
+    let second = first_words(&pair, other, dst);
+    assert!(second.is_err(), "over the responder's budget: reset, {second:?}");
+    let s = d.status_json().expect("status");
+    let r = &s["responder"];
+    assert_eq!(
+        (&r["responded"], &r["reset"], &r["fallback_no_token"], &r["fallback_over_share"]),
+        (&1.into(), &1.into(), &0.into(), &0.into()),
+        "{s}"
+    );
+
+    with_budgets(&pair, &dir, "per_source_rate = 100\nper_source_burst = 100\n");
+    limiter_tests::cli::ok(&d, &["reload"]);
+    // The spent buckets are kept and refill at the new rates: 20 answers in 200 ms.
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..3 {
+        let text = first_words(&pair, src, dst);
+        assert!(text.as_ref().is_ok_and(|t| t.starts_with("421 ")), "attempt {i} after the reload: {text:?}");
+    }
+    let s = d.status_json().expect("status");
+    assert_eq!((&s["responder"]["responded"], &s["responder"]["reset"]), (&4.into(), &1.into()), "{s}");
+    let log = d.log_text();
+    assert!(log.contains("responder: 1 answers/s (burst 1) in all, 1/s (burst 1) per source"), "{log}");
+    assert!(log.contains("responder: 1000 answers/s (burst 2000) in all, 100/s (burst 100) per source"), "{log}");
+}
+
+/// The kernel's steering tokens follow `[responder] rate`: at 10 a second,
+/// one per CPU per 100 ms, so a burst of over-limit SYNs is steered a
+/// handful of times and reset otherwise; reloaded to 1,000 a second, 100 per
+/// CPU per 100 ms, and the same burst is steered at least 100 times.
+#[test]
+fn the_kernels_steering_tokens_follow_the_responders_rate() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _server = pair.listen(PORT);
+    let dir = Scratch::new();
+    let config = with_budgets(&pair, &dir, "rate = 10\n");
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    let forged: IpAddr = "198.19.77.8".parse().expect("addr");
+    let steered = || {
+        let s = d.status_json().expect("status");
+        (s["responder"]["steered"].as_u64().expect("steered"), s["responder"]["fallback_no_token"].as_u64().expect("n"))
+    };
+    let cpus = u64::try_from(std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).expect("cpus");
+    let started = std::time::Instant::now();
+    pair.forge_syns(forged, PORT, 1_000);
+    let (slow, reset) = steered();
+    let refills = u64::try_from(started.elapsed().as_millis() / 100).expect("ms") + 2;
+    eprintln!("rate 10: {slow} steered, {reset} reset for want of a token, over {refills} refills");
+    assert!(slow <= cpus * refills, "one token per CPU per refill: {slow} steered over {refills} refills");
+    assert!(reset >= 900, "the rest reset: {reset}");
+
+    with_budgets(&pair, &dir, "rate = 1000\n");
+    limiter_tests::cli::ok(&d, &["reload"]);
+    std::thread::sleep(Duration::from_millis(250));
+    pair.forge_syns(forged, PORT, 1_000);
+    let (fast, _) = steered();
+    eprintln!("rate 1000: {} steered", fast - slow);
+    assert!(fast - slow >= 100, "a CPU's 100 tokens at least: {} steered", fast - slow);
 }
 
 /// A source the responder answered completed a handshake with this host,

@@ -54,6 +54,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             respond: limiter_user::policy::respond::Respond::default(),
         }],
         maps: limiter_user::policy::model::MapSizes::default(),
+        responder: limiter_user::policy::model::ResponderLimits::default(),
         lists: limiter_user::policy::lists::Lists::default(),
     }
 }
@@ -869,7 +870,7 @@ fn a_refused_syn_to_a_respond_service_is_steered_with_a_token_else_reset() {
     let counts = r.counts().expect("counts");
     assert_eq!((counts.steered, counts.no_token), (0, 1));
 
-    r.refill().expect("tokens");
+    r.refill(limiter_common::steer::TOKENS_PER_REFILL).expect("tokens");
     // At its connection limit: steered, with the limit and the count read.
     assert_eq!(h.action(&syn_from(v4(200), 45_001, 2)), PASS, "steered");
     let peer = "198.18.0.200:45001".parse().expect("addr");
@@ -904,7 +905,7 @@ fn reset_and_drop_services_are_not_steered() {
     for (action, want) in [(Action::Reset, TX), (Action::Drop, DROP)] {
         let mut h = Harness::new(&policy(action, 1, 32, 64));
         let mut r = Responder::new(&h.ebpf).expect("responder");
-        r.refill().expect("tokens");
+        r.refill(limiter_common::steer::TOKENS_PER_REFILL).expect("tokens");
         let f = frames::syn(v4(210), server4(), PORT);
         h.exhaust(&f, 1);
         assert_eq!(h.action(&f), want);
@@ -1021,7 +1022,7 @@ fn refusal_events_say_what_answered_them() {
         }
         let mut r = Responder::new(&harness.ebpf).expect("responder");
         if steer_tokens {
-            r.refill().expect("steering tokens");
+            r.refill(limiter_common::steer::TOKENS_PER_REFILL).expect("steering tokens");
         }
         let mut budget = limiter_user::kernel::events::Budget::new(&harness.ebpf).expect("budget");
         budget.refill().expect("event tokens");

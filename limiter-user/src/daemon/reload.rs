@@ -76,6 +76,10 @@ impl Daemon {
         }
         self.policy = new;
         self.answers = Answers::new(&self.policy);
+        let r = self.policy.responder;
+        if let Err(e) = self.loaded.responder.set_share(r.per_source_rate, r.per_source_burst) {
+            warn!("reload: the sources' share of the steering keeps its old pace: {e}");
+        }
         let from = self.source.config.as_ref().map_or_else(|| "the run flags".to_owned(), |p| p.display().to_string());
         info!("reloaded the policy from {from}");
         let effective = in_force(&self.policy, &self.runtime.lists);

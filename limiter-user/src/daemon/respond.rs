@@ -100,7 +100,7 @@ impl Answers {
             return Reply::Reset;
         }
         let Some(template) = s.respond.template(reason) else { return Reply::Reset };
-        let tls = if respond::IMPLICIT_TLS_PORTS.contains(&local_port) {
+        let tls = if s.respond.is_implicit_tls(local_port) {
             match self.tls.get(&s.name) {
                 Some(a) => Some(a.clone()),
                 None => return Reply::Reset,
@@ -280,5 +280,22 @@ action = "reset"
         assert!(line(a.reply(&p, &gone, src, 2525)).is_none(), "a service id the policy no longer has");
         let accepted = Steered { verdict: Verdict::Accepted, ..smtp };
         assert!(line(a.reply(&p, &accepted, src, 2525)).is_none(), "not a refusal");
+    }
+
+    #[test]
+    fn implicit_tls_ports_are_the_services_own() {
+        let src = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7));
+        // 2525 said to start with TLS, 465 not: without a certificate 2525 is
+        // reset and 465 gets the line in the clear.
+        let p = policy(&CONFIG.replace("action = \"respond\"", "action = \"respond\"\nimplicit_tls_ports = [2525]"));
+        let a = Answers::new(&p);
+        let st = steered(&p, "smtp", Verdict::RefusedConcurrency, 2, 2);
+        assert!(line(a.reply(&p, &st, src, 2525)).is_none(), "implicit TLS without a certificate: reset");
+        let got = line(a.reply(&p, &st, src, 465)).expect("465 is not implicit TLS for this service");
+        assert!(got.starts_with("421 4.7.0 "), "{got}");
+        // None at all: every port answers in the clear.
+        let p = policy(&CONFIG.replace("action = \"respond\"", "action = \"respond\"\nimplicit_tls_ports = []"));
+        let a = Answers::new(&p);
+        assert!(line(a.reply(&p, &st, src, 465)).is_some(), "implicit_tls_ports = [] turns the default off");
     }
 }

@@ -27,7 +27,9 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-/// The responder's bounds.
+use crate::policy::model::ResponderLimits;
+
+/// The responder's bounds (the policy's `[responder]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Answers per second to one source (address), and its burst.
@@ -42,16 +44,22 @@ pub struct Limits {
     pub deadline: Duration,
 }
 
+impl From<ResponderLimits> for Limits {
+    fn from(l: ResponderLimits) -> Self {
+        Self {
+            per_source: l.per_source_rate,
+            per_source_burst: l.per_source_burst,
+            total: l.rate,
+            total_burst: l.burst,
+            concurrent: usize::try_from(l.max_connections).unwrap_or(usize::MAX),
+            deadline: l.deadline,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            per_source: 2,
-            per_source_burst: 4,
-            total: 1_000,
-            total_burst: 2_000,
-            concurrent: 256,
-            deadline: Duration::from_secs(2),
-        }
+        ResponderLimits::default().into()
     }
 }
 
@@ -97,6 +105,12 @@ impl Budget {
     #[must_use]
     pub fn new(limits: Limits, now: Instant) -> Self {
         Self { limits, total: Bucket::full(limits.total_burst, now), sources: HashMap::new() }
+    }
+
+    /// Takes new limits (a reload): the buckets are kept, and refill at the
+    /// new rates up to the new bursts from now on.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Whether `source` may get an answer now (taking a token from its
@@ -243,19 +257,20 @@ impl Drop for Slot {
 }
 
 /// Accepts steered connections on `listeners` (at most two: one per
-/// address family) until the task is dropped. `decide` is called for every
-/// connection accepted, with whether the budgets and the cap allow an
-/// answer, and says what to answer the connection from `peer` to `local`
-/// (the client's original destination); `None`, or a connection not
-/// allowed, is reset.
+/// address family) until the task is dropped. `limits` gives the bounds in
+/// force, read at every connection (a reload changes them). `decide` is
+/// called for every connection accepted, with whether the budgets and the
+/// cap allow an answer, and says what to answer the connection from `peer`
+/// to `local` (the client's original destination); `None`, or a connection
+/// not allowed, is reset.
 pub async fn serve(
     listeners: Vec<TcpListener>,
-    limits: Limits,
+    limits: impl Fn() -> Limits + 'static,
     decide: impl Fn(SocketAddr, SocketAddr, bool) -> Option<Reply> + 'static,
     stats: Rc<RefCell<Stats>>,
 ) {
     let in_flight = Rc::new(Cell::new(0usize));
-    let mut budget = Budget::new(limits, Instant::now());
+    let mut budget = Budget::new(limits(), Instant::now());
     let (first, second) = {
         let mut l = listeners.into_iter();
         (l.next(), l.next())
@@ -270,6 +285,8 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let limits = limits();
+        budget.set_limits(limits);
         let slot = Slot::take(&in_flight, limits.concurrent);
         let allowed = slot.is_some() && budget.allow(peer.ip(), Instant::now());
         let reply = stream.local_addr().ok().and_then(|local| decide(peer, local, allowed));
@@ -369,6 +386,48 @@ mod tests {
             assert!(!b.allow(src(2), t0), "the total is spent");
         }
         assert!(b.allow(src(2), t0 + Duration::from_secs(1)), "src 2 kept its burst while the total refused it");
+    }
+
+    #[test]
+    fn new_limits_keep_the_buckets() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(Limits::default(), t0);
+        assert_eq!((0..10).filter(|_| b.allow(src(1), t0)).count(), 4, "the default burst");
+        let more = Limits { per_source: 100, per_source_burst: 50, ..Limits::default() };
+        b.set_limits(more);
+        assert!(!b.allow(src(1), t0), "the spent bucket is kept, not refilled by the change");
+        let got = (0..10).filter(|_| b.allow(src(1), t0 + Duration::from_millis(50))).count();
+        assert_eq!(got, 5, "then it refills at the new rate: 50 ms at 100/s");
+        assert_eq!((0..60).filter(|_| b.allow(src(2), t0)).count(), 50, "a new source gets the new burst");
+        b.set_limits(Limits { per_source_burst: 1, ..more });
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!((0..10).filter(|_| b.allow(src(2), t1)).count(), 1, "a lower burst caps what was saved");
+    }
+
+    #[test]
+    fn the_policys_limits_are_the_responders() {
+        let l = Limits::from(ResponderLimits {
+            rate: 10,
+            burst: 20,
+            per_source_rate: 3,
+            per_source_burst: 5,
+            max_connections: 7,
+            deadline: Duration::from_millis(300),
+        });
+        assert_eq!(
+            l,
+            Limits {
+                per_source: 3,
+                per_source_burst: 5,
+                total: 10,
+                total_burst: 20,
+                concurrent: 7,
+                deadline: Duration::from_millis(300)
+            }
+        );
+        let d = Limits::default();
+        assert_eq!((d.per_source, d.per_source_burst, d.total, d.total_burst), (2, 4, 1_000, 2_000));
+        assert_eq!((d.concurrent, d.deadline), (256, Duration::from_secs(2)));
     }
 
     #[test]

@@ -52,8 +52,12 @@ pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
     let responder_task = {
         let counts = Rc::clone(&state.borrow().responder);
         let state = Rc::clone(&state);
+        let limits = {
+            let state = Rc::clone(&state);
+            move || Limits::from(state.borrow().policy.responder)
+        };
         let answer = move |peer, local, allowed| steered_reply(&mut state.borrow_mut(), peer, local, allowed);
-        tokio::task::spawn_local(responder::serve(responder, Limits::default(), answer, counts))
+        tokio::task::spawn_local(responder::serve(responder, limits, answer, counts))
     };
     let handler = {
         let state = Rc::clone(&state);
@@ -197,7 +201,8 @@ async fn main_loop(state: &Rc<RefCell<Daemon>>, mut ring: AsyncFd<RingBuf<MapDat
             }
             _ = refill.tick() => {
                 let d = &mut *state.borrow_mut();
-                if let Err(e) = d.budget.refill().and_then(|()| d.loaded.responder.refill()) {
+                let tokens = d.policy.responder.steer_tokens();
+                if let Err(e) = d.budget.refill().and_then(|()| d.loaded.responder.refill(tokens)) {
                     warn!("{:#}", anyhow::Error::from(e));
                 }
             }

@@ -82,7 +82,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         info!("attached to {} (ifindex {}) in {} mode", a.name, a.ifindex, a.xdp_mode);
     }
     let (ring, budget) = take_events(&loaded)?;
-    let responder = responder_sockets(&mut loaded)?;
+    let responder = responder_sockets(&mut loaded, &policy.responder)?;
     warn_if_responder_filtered(&effective);
     let metrics = match policy.metrics_listen {
         Some(addr) => match metrics::bind(addr).await {
@@ -181,8 +181,11 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 /// The responder's listening sockets, one per family, on loopback so that
 /// nothing reaches them but what the kernel steers (`sk_lookup` hands them
 /// SYNs for any address and port): `127.0.0.1` and, where the host has
-/// IPv6, `::1`. Marked and put in `RESPONDER`, the tokens filled.
-fn responder_sockets(loaded: &mut Loaded) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+/// IPv6, `::1`. Marked and put in `RESPONDER`, each CPU given `tokens`.
+fn responder_sockets(
+    loaded: &mut Loaded,
+    limits: &crate::policy::model::ResponderLimits,
+) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
     let v4 = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .context("cannot open the responder's socket on 127.0.0.1")?;
     let mut all = vec![v4];
@@ -197,11 +200,10 @@ fn responder_sockets(loaded: &mut Loaded) -> anyhow::Result<Vec<tokio::net::TcpL
         info!("responder on {}", listener.local_addr()?);
         out.push(tokio::net::TcpListener::from_std(listener)?);
     }
-    loaded.responder.refill()?;
+    loaded.responder.refill(limits.steer_tokens())?;
     // Each source's share of the steering: what the responder would answer
     // it anyway (its per-source budget); the socket lookup resets the rest
     // without spending the tokens every source shares.
-    let limits = crate::daemon::responder::Limits::default();
-    loaded.responder.set_share(limits.per_source, limits.per_source_burst)?;
+    loaded.responder.set_share(limits.per_source_rate, limits.per_source_burst)?;
     Ok(out)
 }

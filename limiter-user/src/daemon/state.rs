@@ -15,6 +15,7 @@ use crate::{
     policy::{
         lists::Lists,
         model::{Overrides, Policy},
+        service::Action,
         state::RuntimeLists,
     },
 };
@@ -122,6 +123,21 @@ pub(crate) fn log_policy(policy: &Policy) {
             s.ports,
             s.burst,
             s.action.as_str()
+        );
+    }
+    if policy.services.iter().any(|s| s.action == Action::Respond) {
+        let r = policy.responder;
+        info!(
+            "responder: {} answers/s (burst {}) in all, {}/s (burst {}) per source, {} at once, deadline {:?}; the \
+             kernel steers up to {} SYNs per CPU per {} ms",
+            r.rate,
+            r.burst,
+            r.per_source_rate,
+            r.per_source_burst,
+            r.max_connections,
+            r.deadline,
+            r.steer_tokens(),
+            limiter_common::events::REFILL_MS
         );
     }
     let l = &policy.lists;

@@ -85,9 +85,11 @@ impl Responder {
         self.socket.set(steer::responder_slot(family), listener, 0).map_err(map_err(names::RESPONDER))
     }
 
-    /// Gives every CPU its steering tokens back (`steer::TOKENS_PER_REFILL`).
-    pub fn refill(&mut self) -> Result<(), LoadError> {
-        let values = PerCpuValues::try_from(vec![steer::TOKENS_PER_REFILL; self.cpus]).map_err(LoadError::Cpus)?;
+    /// Gives every CPU `tokens` steering tokens (what the responder's rate
+    /// allows in one refill period; `steer::TOKENS_PER_REFILL` at the
+    /// default rate).
+    pub fn refill(&mut self, tokens: u64) -> Result<(), LoadError> {
+        let values = PerCpuValues::try_from(vec![tokens; self.cpus]).map_err(LoadError::Cpus)?;
         self.budget.set(budget::TOKENS, values, 0).map_err(map_err(names::STEER_BUDGET))
     }
 

@@ -52,7 +52,8 @@ impl Policy {
     /// [`Policy::build`] without the verdict: the policy and where the file
     /// was written, and its problems in `r`.
     fn assemble(file: ConfigFile, o: &Overrides, r: &mut Report) -> (Self, Origin) {
-        let given = Given { o, services: o.ports.is_empty() && !file.services.is_empty() };
+        let responder = file.responder;
+        let given = Given { o, services: o.ports.is_empty() && !file.services.is_empty(), responder: &responder };
         let interfaces = if o.interfaces.is_empty() { file.interfaces } else { o.interfaces.clone() };
         let services_file = if !o.ports.is_empty() {
             vec![ServiceFile { name: "default".into(), ports: o.ports.clone(), ..ServiceFile::default() }]
@@ -87,6 +88,7 @@ impl Policy {
                     }
                 };
                 let protocol = o.protocol.or(s.protocol).or_else(|| Protocol::guess(&s.name, &s.ports));
+                let implicit_tls_ports = s.implicit_tls_ports.unwrap_or_else(|| implicit_tls(&s.ports).collect());
                 Service {
                     // Past MAX_SERVICES the id is meaningless; that is a problem reported below.
                     id: service_id(i.min(MAX_SERVICES as usize - 1)),
@@ -98,7 +100,7 @@ impl Policy {
                     max_conn_per_source,
                     max_sessions: s.max_sessions,
                     reserved_sessions: s.reserved_sessions.unwrap_or(0),
-                    respond: Respond { protocol, tls, texts: s.texts },
+                    respond: Respond { protocol, tls, texts: s.texts, implicit_tls_ports },
                 }
             })
             .collect::<Vec<_>>();
@@ -111,6 +113,7 @@ impl Policy {
             hostname: file.hostname,
             services,
             maps: file.maps,
+            responder: responder.limits(),
             lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
         };
         judge(&policy, &given, &file.origin, r);
@@ -162,7 +165,7 @@ pub fn check(
         if s.action != Action::Respond || s.respond.tls.is_some() {
             continue;
         }
-        for port in implicit_tls(&s.ports) {
+        for &port in &s.respond.implicit_tls_ports {
             let j = s.ports.iter().position(|&p| p == port).unwrap_or_default();
             let place = if file_services { format!("service[{i}].ports[{j}]") } else { String::new() };
             w.push(
@@ -179,13 +182,13 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
-    use std::fmt::Write as _;
+    use std::{fmt::Write as _, time::Duration};
 
     use limiter_common::{Bucket, lists::LIST_ENTRIES};
 
     use super::*;
     use crate::policy::{
-        model::{MapSizes, XdpMode},
+        model::{MapSizes, ResponderLimits, XdpMode},
         parse::{parse_burst, parse_port},
         respond::{Reason, default_text},
         service::Rate,
@@ -261,6 +264,105 @@ mod tests {
         let f = ConfigFile::parse("interfaces = [\"eth0\"]\n[maps]\nconnections = 2048\n", "t.toml").expect("parse");
         let p = Policy::build(f, &ov(&[])).expect("valid");
         assert_eq!(p.maps, MapSizes { connections: 2048, ..MapSizes::default() }, "unnamed sizes keep their defaults");
+    }
+
+    #[test]
+    fn responder_budgets_default_read_from_the_config() {
+        let p = Policy::build(ConfigFile::default(), &ov(&["eth0"])).expect("valid");
+        let d = p.responder;
+        assert_eq!(d, ResponderLimits::default());
+        assert_eq!(
+            (d.rate, d.burst, d.per_source_rate, d.per_source_burst, d.max_connections, d.deadline),
+            (1_000, 2_000, 2, 4, 256, Duration::from_secs(2))
+        );
+        assert_eq!(d.steer_tokens(), 100, "1,000 a second is 100 per 100 ms, on each CPU");
+        let text = "interfaces = [\"eth0\"]\n[responder]\nrate = 5001\nper_source_rate = 10\n\
+                    max_connections = 1024\ndeadline = \"500ms\"\n";
+        let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+        assert_eq!(
+            c.policy.responder,
+            ResponderLimits {
+                rate: 5_001,
+                per_source_rate: 10,
+                max_connections: 1_024,
+                deadline: Duration::from_millis(500),
+                ..ResponderLimits::default()
+            },
+            "unnamed values keep their defaults"
+        );
+        assert_eq!(c.policy.responder.steer_tokens(), 501, "rounded up");
+        let top = ResponderLimits {
+            rate: 1_000_000,
+            burst: 1_000_000,
+            per_source_rate: 1_000_000,
+            per_source_burst: 1_000_000,
+            max_connections: 65_536,
+            deadline: Duration::from_secs(30),
+        };
+        let text = "interfaces = [\"eth0\"]\nresponder = { rate = 1000000, burst = 1000000, per_source_rate = \
+                    1000000, per_source_burst = 1000000, max_connections = 65536, deadline = \"30s\" }\n";
+        assert_eq!(check(text, "t.toml", &Overrides::default()).expect("the bounds are valid").policy.responder, top);
+        assert_eq!(top.steer_tokens(), 100_000);
+    }
+
+    #[test]
+    fn responder_budgets_out_of_bounds_are_problems_at_their_line() {
+        let head = "interfaces = [\"eth0\"]\n[responder]\n";
+        assert_problems(
+            &format!(
+                "{head}rate = 0\nburst = 2000000\nmax_connections = 0\ndeadline = \"50ms\"\nper_source_rate = -1\n\
+                 size = 3\nper_source_burst = 70000\n"
+            ),
+            &[
+                (3, "responder.rate = 0 would answer nothing: expected 1..=1000000"),
+                (4, "responder.burst = 2000000 is out of range: expected 1..=1000000"),
+                (5, "responder.max_connections = 0 would answer nothing: expected 1..=65536"),
+                (6, "responder.deadline = 50ms is out of range: expected 100ms..=30s"),
+                (7, "responder.per_source_rate = -1: expected a whole number 1..=1000000"),
+                (8, "unknown field 'responder.size': expected one of rate, burst, per_source_rate"),
+            ],
+        );
+        let one = |body: &str| {
+            let got = problems(&format!("{head}{body}"));
+            assert_eq!(got.len(), 1, "{body}: {got:#?}");
+            got.into_iter().next().map(|(line, m)| (line.unwrap_or(0), m)).unwrap_or_default()
+        };
+        // A source's share above the total, at the value written.
+        assert_eq!(
+            one("per_source_rate = 5000\n"),
+            (
+                3,
+                "responder.per_source_rate = 5000 is above responder.rate = 1000 (the default): expected one source's \
+                 share at most the total"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            one("burst = 3\n"),
+            (
+                3,
+                "responder.per_source_burst = 4 (the default) is above responder.burst = 3: expected one source's \
+                 share at most the total"
+                    .to_owned()
+            )
+        );
+        assert_eq!(one("rate = 50\nper_source_rate = 60\n").0, 4, "both written: at the share");
+        assert_eq!(one("deadline = \"31s\"\n").1, "responder.deadline = 31s is out of range: expected 100ms..=30s");
+        for bad in ["deadline = 2", "deadline = \"2 min\"", "deadline = \"1.5s\""] {
+            let (line, m) = one(&format!("{bad}\n"));
+            assert_eq!(line, 3);
+            assert!(m.starts_with(&format!("responder.{bad}: expected ")), "{m}");
+            assert!(m.contains("\"2s\" or \"500ms\""), "{m}");
+        }
+        assert_eq!(
+            one("rate = 2000000000000\n").1,
+            "responder.rate = 2000000000000: expected a whole number 1..=1000000"
+        );
+        let one_line = ConfigFile::parse(&format!("{head}per_source_rate = 5000\n"), "t.toml")
+            .and_then(|f| Policy::build(f, &Overrides::default()))
+            .expect_err("refused")
+            .to_string();
+        assert!(one_line.starts_with("t.toml:3: responder.per_source_rate = 5000 is above"), "{one_line}");
     }
 
     #[test]
@@ -807,6 +909,62 @@ respond = { deny = "421 bye" }
             .collect();
         assert_eq!((ports, c.warnings.len()), (vec![true; 3], 3), "{:?}", c.warnings);
         assert!(c.warnings.iter().all(|w| w.line.is_none()));
+    }
+
+    #[test]
+    fn implicit_tls_ports_default_to_the_well_known_ones_and_replace_them_when_set() {
+        let service = |ports: &str, extra: &str| {
+            format!(
+                "interfaces = [\"eth0\"]\n[[service]]\nname = \"imap\"\nports = [{ports}]\naction = \"respond\"\n{extra}"
+            )
+        };
+        let implicit = |text: &str| {
+            let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|ps| panic!("{ps:#?}"));
+            let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+            (c.policy.services[0].respond.implicit_tls_ports.clone(), w)
+        };
+        let (ports, w) = implicit(&service("143, 993", ""));
+        assert_eq!((ports, w.len()), (vec![993], 1), "the default: the well-known port, and its warning");
+        let (ports, w) = implicit(&service("143, 10993", "implicit_tls_ports = [10993]\n"));
+        assert_eq!(ports, [10993]);
+        assert_eq!(
+            w,
+            [
+                "t.toml:4: warning: service 'imap': port 10993 is implicit TLS and tls_cert/tls_key are not set: refusals there fall back to reset"
+            ],
+            "the warning follows the setting"
+        );
+        let (ports, w) = implicit(&service("143, 993", "implicit_tls_ports = []\n"));
+        assert_eq!((ports, w), (vec![], vec![]), "an empty list: none, so no warning");
+        let (ports, w) =
+            implicit(&service("993, 10993", "implicit_tls_ports = [10993]\ntls_cert = \"/c\"\ntls_key = \"/k\"\n"));
+        assert_eq!((ports, w), (vec![10993], vec![]), "replaces the default: 993 is not implicit TLS here");
+        // --port services get the default of their ports.
+        let o = Overrides { ports: vec![993, 2525], action: Some(Action::Respond), ..ov(&["eth0"]) };
+        let p = Policy::build(ConfigFile::default(), &o).expect("valid");
+        assert_eq!(p.services[0].respond.implicit_tls_ports, [993]);
+
+        assert_problems(
+            &service("143, 993", "implicit_tls_ports = [995, 993,\n  993]\n"),
+            &[
+                (
+                    6,
+                    "service 'imap': implicit_tls_ports: port 995 is not one of its ports (143, 993): expected some of them",
+                ),
+                (7, "service 'imap': implicit_tls_ports: port 993 listed twice"),
+            ],
+        );
+        assert_problems(
+            &service("993", "implicit_tls_ports = 993\n"),
+            &[(
+                6,
+                "service 'imap': implicit_tls_ports = 993: expected a list of the service's ports, e.g. [993], or [] for none",
+            )],
+        );
+        assert_problems(
+            &service("993", "implicit_tls_ports = [0]\n"),
+            &[(6, "service 'imap': implicit_tls_ports: port 0 is not one of its ports (993)")],
+        );
     }
 
     #[test]

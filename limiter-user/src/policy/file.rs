@@ -6,6 +6,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use limiter_common::prefix::Prefix;
@@ -13,8 +14,8 @@ use toml_edit::{Item, TableLike, Value};
 
 use crate::policy::{
     lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry},
-    model::{MapSizes, XdpMode},
-    parse::parse_listen,
+    model::{MapSizes, ResponderLimits, XdpMode},
+    parse::{parse_duration, parse_listen},
     report::{List, Origin, Problem, Report, join},
     respond::{Protocol, Reason, Texts, check_hostname},
     service::{Action, Rate},
@@ -52,6 +53,8 @@ pub struct ConfigFile {
     /// `[[service]]` tables.
     pub services: Vec<ServiceFile>,
     pub maps: MapSizes,
+    /// `[responder]`: the responder's budgets as written.
+    pub responder: ResponderFile,
     pub allow: Vec<AllowEntry>,
     pub deny: Vec<DenyEntry>,
     pub reserve: Vec<ReserveEntry>,
@@ -74,8 +77,39 @@ pub struct ServiceFile {
     pub protocol: Option<Protocol>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `implicit_tls_ports`: where clients start with TLS; none: the
+    /// well-known ones among `ports`.
+    pub implicit_tls_ports: Option<Vec<u16>>,
     /// `[service.respond]`: the admin's refusal lines by reason, unchecked.
     pub texts: Texts,
+}
+
+/// The `[responder]` table as written; a value it does not give keeps its
+/// default ([`ResponderLimits::default`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponderFile {
+    pub rate: Option<u32>,
+    pub burst: Option<u32>,
+    pub per_source_rate: Option<u32>,
+    pub per_source_burst: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub deadline: Option<Duration>,
+}
+
+impl ResponderFile {
+    /// The budgets: these values, the defaults for the rest (unchecked).
+    #[must_use]
+    pub fn limits(&self) -> ResponderLimits {
+        let d = ResponderLimits::default();
+        ResponderLimits {
+            rate: self.rate.unwrap_or(d.rate),
+            burst: self.burst.unwrap_or(d.burst),
+            per_source_rate: self.per_source_rate.unwrap_or(d.per_source_rate),
+            per_source_burst: self.per_source_burst.unwrap_or(d.per_source_burst),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            deadline: self.deadline.unwrap_or(d.deadline),
+        }
+    }
 }
 
 impl ConfigFile {
@@ -292,6 +326,13 @@ fn absolute_path(v: &Value) -> Result<PathBuf, String> {
         .ok_or_else(|| "expected an absolute path in quotes, e.g. \"/etc/ssl/private/mail.pem\"".to_owned())
 }
 
+fn duration(v: &Value) -> Result<Duration, String> {
+    v.as_str()
+        .ok_or("expected a duration in quotes, e.g. \"2s\" or \"500ms\"")
+        .and_then(|s| parse_duration(s).map_err(|_| "expected a whole number of ms or s, e.g. \"2s\" or \"500ms\""))
+        .map_err(str::to_owned)
+}
+
 fn rate(v: &Value) -> Result<Rate, String> {
     v.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| "expected N/s or N/m with N >= 1, e.g. \"30/m\"".to_owned())
 }
@@ -310,6 +351,7 @@ const TOP_FIELDS: &[&str] = &[
     "hostname",
     "service",
     "maps",
+    "responder",
     "allow",
     "deny",
     "reserve",
@@ -326,9 +368,12 @@ const SERVICE_FIELDS: &[&str] = &[
     "protocol",
     "tls_cert",
     "tls_key",
+    "implicit_tls_ports",
     "respond",
 ];
 const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
+const RESPONDER_FIELDS: &[&str] =
+    &["rate", "burst", "per_source_rate", "per_source_burst", "max_connections", "deadline"];
 const ALLOW_FIELDS: &[&str] = &["prefix", "max_conn_per_source", "rate", "burst", "comment"];
 const DENY_FIELDS: &[&str] = &["prefix", "comment"];
 const RESERVE_FIELDS: &[&str] = &["service", "prefix", "comment"];
@@ -351,6 +396,7 @@ fn document(f: &Fields<'_>, r: &mut Report) -> (ConfigFile, [Vec<usize>; 3]) {
         hostname: f.value(r, "hostname", hostname),
         services: f.tables(r, "service").iter_mut().enumerate().map(|(i, t)| service(t, i, r)).collect(),
         maps: f.table(r, "maps").map_or_else(MapSizes::default, |t| maps(&t, r)),
+        responder: f.table(r, "responder").map_or_else(ResponderFile::default, |t| responder(&t, r)),
         allow,
         deny,
         reserve,
@@ -398,6 +444,13 @@ fn service(t: &mut Fields<'_>, i: usize, r: &mut Report) -> ServiceFile {
         protocol: t.value(r, "protocol", choice),
         tls_cert: t.value(r, "tls_cert", absolute_path),
         tls_key: t.value(r, "tls_key", absolute_path),
+        implicit_tls_ports: t.array(
+            r,
+            "implicit_tls_ports",
+            "port",
+            "a list of the service's ports, e.g. [993], or [] for none",
+            whole("1..=65535"),
+        ),
         texts: t.table(r, "respond").map_or_else(Texts::default, |mut texts| respond_texts(&mut texts, &t.who, r)),
     }
 }
@@ -424,6 +477,21 @@ fn maps(t: &Fields<'_>, r: &mut Report) -> MapSizes {
     MapSizes {
         connections: t.value(r, "connections", whole(range)).unwrap_or(d.connections),
         pending_slots: t.value(r, "pending_slots", whole(range)).unwrap_or(d.pending_slots),
+    }
+}
+
+/// The `[responder]` table; whether the numbers make sense is `validate`'s
+/// to judge.
+fn responder(t: &Fields<'_>, r: &mut Report) -> ResponderFile {
+    t.unknown(r, RESPONDER_FIELDS);
+    let range = "1..=1000000";
+    ResponderFile {
+        rate: t.value(r, "rate", whole(range)),
+        burst: t.value(r, "burst", whole(range)),
+        per_source_rate: t.value(r, "per_source_rate", whole(range)),
+        per_source_burst: t.value(r, "per_source_burst", whole(range)),
+        max_connections: t.value(r, "max_connections", whole("1..=65536")),
+        deadline: t.value(r, "deadline", duration),
     }
 }
 

@@ -11,13 +11,13 @@
 //! - `report`: where each value was written, and the problems (none);
 //! - `lists`: the allow, deny and reserve lists and their merge (`service`);
 //! - `state`: the run-time lists in `lists.json` (`lists`);
-//! - `model`: the whole `Policy`, XDP mode, map sizes, the `run` flags
-//!   (`respond`, `service`, `lists`);
+//! - `model`: the whole `Policy`, XDP mode, map sizes, the responder's
+//!   budgets, the `run` flags (`respond`, `service`, `lists`);
 //! - `parse`: the `run` flags' value parsers (`service`);
 //! - `file`: the config file as written and its TOML reader (`respond`,
 //!   `service`, `report`, `lists`, `model`, `parse`);
 //! - `validate`: the rules a `Policy` must pass (`respond`, `service`,
-//!   `report`, `lists`, `model`);
+//!   `report`, `lists`, `model`, `file`);
 //! - `build`: `Policy::build` and `check` (all but `state`).
 
 pub mod build;

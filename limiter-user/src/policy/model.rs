@@ -1,10 +1,10 @@
 //! The whole [`Policy`] and the settings it holds besides services and
-//! lists (XDP mode, map sizes), with the `run` flags that override the
-//! config file ([`Overrides`]).
+//! lists (XDP mode, map sizes, the responder's budgets), with the `run`
+//! flags that override the config file ([`Overrides`]).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
-use limiter_common::{maps::DEFAULT_CONN_ENTRIES, pending};
+use limiter_common::{events::REFILL_MS, maps::DEFAULT_CONN_ENTRIES, pending};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{
@@ -27,6 +27,8 @@ pub struct Policy {
     pub hostname: Option<String>,
     pub services: Vec<Service>,
     pub maps: MapSizes,
+    /// The responder's budgets (`[responder]`), for `respond` services.
+    pub responder: ResponderLimits,
     /// The config file's lists (run-time entries are layered on by the daemon).
     pub lists: Lists,
 }
@@ -90,6 +92,69 @@ impl MapSizes {
     pub fn memory_bytes(self) -> u64 {
         let hash = |n: u32| u64::from(n) * (20 + 8 + 50);
         2 * hash(self.connections) + u64::from(self.pending_slots) * 32
+    }
+}
+
+/// The responder's budgets (`[responder]` in the config): how many
+/// over-limit attempts of `respond` services it answers, in all and per
+/// source address, how many at once, and how long one may take. Past any of
+/// them an attempt is reset. They may change on reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ResponderLimits {
+    /// Answers per second in all (`rate`), and how many at once (`burst`).
+    pub rate: u32,
+    pub burst: u32,
+    /// Answers per second to one source address, and its burst.
+    pub per_source_rate: u32,
+    pub per_source_burst: u32,
+    /// Connections being answered at once (`max_connections`).
+    pub max_connections: u32,
+    /// How long the TLS handshake and the write of the line may take.
+    pub deadline: Duration,
+}
+
+impl Default for ResponderLimits {
+    fn default() -> Self {
+        Self {
+            rate: 1_000,
+            burst: 2_000,
+            per_source_rate: 2,
+            per_source_burst: 4,
+            max_connections: 256,
+            deadline: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ResponderLimits {
+    /// Most answers a second (and burst) `rate`, `burst` and the per-source
+    /// pair may give: far above what one core answers.
+    pub const MAX_RATE: u32 = 1_000_000;
+    /// Most connections answered at once (each holds a descriptor).
+    pub const MAX_CONNECTIONS: u32 = 65_536;
+    /// Bounds of `deadline`: shorter fails clients on a slow path, longer
+    /// lets a client that never reads hold a connection.
+    pub const MIN_DEADLINE: Duration = Duration::from_millis(100);
+    pub const MAX_DEADLINE: Duration = Duration::from_secs(30);
+
+    /// The kernel's steering tokens per CPU per refill (every
+    /// `events::REFILL_MS`): `rate` per second, rounded up. Each CPU may
+    /// steer up to the total; the responder's total budget caps the sum.
+    #[must_use]
+    pub fn steer_tokens(self) -> u64 {
+        (u64::from(self.rate) * REFILL_MS).div_ceil(1_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_default_tokens_are_the_default_rates() {
+        assert_eq!(ResponderLimits::default().steer_tokens(), limiter_common::steer::TOKENS_PER_REFILL);
+        let at = |rate| ResponderLimits { rate, ..ResponderLimits::default() }.steer_tokens();
+        assert_eq!((at(1), at(10), at(11), at(640), at(1_000_000)), (1, 1, 2, 64, 100_000));
     }
 }
 

@@ -19,9 +19,10 @@ pub const MAX_SOURCE: usize = 49;
 /// The placeholders a text may hold.
 pub const PLACEHOLDERS: [&str; 4] = ["limit", "count", "source", "host"];
 
-/// Ports on which a client starts TLS before the protocol speaks (SMTPS,
-/// IMAPS, POP3S, FTPS): the refusal must be sent inside TLS, so without
-/// `tls_cert` and `tls_key` such ports fall back to `reset`.
+/// The well-known ports on which a client starts TLS before the protocol
+/// speaks (SMTPS, IMAPS, POP3S, FTPS): a service's implicit-TLS ports when
+/// its `implicit_tls_ports` is not set. There the refusal must be sent
+/// inside TLS, so without `tls_cert` and `tls_key` they fall back to `reset`.
 pub const IMPLICIT_TLS_PORTS: [u16; 4] = [465, 993, 995, 990];
 
 /// The protocol a service speaks, which decides the refusal's form.
@@ -218,6 +219,9 @@ pub struct Respond {
     /// `None`: implicit-TLS ports fall back to `reset`.
     pub tls: Option<TlsFiles>,
     pub texts: Texts,
+    /// The service's ports where the client starts with TLS: its
+    /// `implicit_tls_ports`, else those of its ports in [`IMPLICIT_TLS_PORTS`].
+    pub implicit_tls_ports: Vec<u16>,
 }
 
 impl Respond {
@@ -226,9 +230,15 @@ impl Respond {
     pub fn template(&self, reason: Reason) -> Option<&str> {
         self.protocol.map(|p| self.texts.template(p, reason))
     }
+
+    /// Whether a client of `port` starts with TLS (the refusal is sent inside it).
+    #[must_use]
+    pub fn is_implicit_tls(&self, port: u16) -> bool {
+        self.implicit_tls_ports.contains(&port)
+    }
 }
 
-/// The ports of a service that are implicit TLS.
+/// The ports of a service that are implicit TLS by default: the well-known ones.
 pub fn implicit_tls(ports: &[u16]) -> impl Iterator<Item = u16> + '_ {
     ports.iter().copied().filter(|p| IMPLICIT_TLS_PORTS.contains(p))
 }
@@ -542,7 +552,7 @@ mod tests {
         assert_eq!(t.template(Protocol::Smtp, Reason::Rate), "421 slow down");
         assert_eq!(t.template(Protocol::Smtp, Reason::Deny), default_text(Protocol::Smtp, Reason::Deny));
         assert_eq!(t.iter().collect::<Vec<_>>(), [(Reason::Rate, "421 slow down")]);
-        let r = Respond { protocol: None, tls: None, texts: t };
+        let r = Respond { protocol: None, tls: None, texts: t, implicit_tls_ports: Vec::new() };
         assert_eq!(r.template(Reason::Rate), None, "no protocol, no text");
         for reason in Reason::ALL {
             assert_eq!(Reason::from_key(reason.as_str()), Some(reason));

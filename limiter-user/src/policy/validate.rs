@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use limiter_common::{lists::LIST_ENTRIES, maps::MAX_SERVICES};
 
 use crate::policy::{
+    file::ResponderFile,
     lists::{Cidr, Lists, check_comment, check_service_name, shown},
-    model::{MapSizes, Overrides, Policy},
+    model::{MapSizes, Overrides, Policy, ResponderLimits},
     report::{List, Origin, Report},
     respond::check_text,
     service::{Action, MAX_BURST, Service},
@@ -24,6 +25,7 @@ pub(super) fn judge(p: &Policy, given: &Given, origin: &Origin, r: &mut Report) 
         }
     }
     judge_maps(p.maps, r);
+    judge_responder(p.responder, given.responder, r);
     judge_services(&p.services, given, origin, r);
     judge_lists(&p.lists, &p.services, origin, r);
 }
@@ -174,10 +176,26 @@ fn judge_limits(s: &Service, i: usize, given: &Given, r: &mut Report) {
     }
 }
 
-/// What service `i` says when it responds: a protocol to say it in, and
-/// texts that are that protocol's refusal lines.
+/// What service `i` says when it responds: a protocol to say it in, texts
+/// that are that protocol's refusal lines, and implicit-TLS ports that are
+/// its own.
 fn judge_respond(s: &Service, i: usize, given: &Given, r: &mut Report) {
     let who = who(s);
+    let mut seen = BTreeSet::new();
+    for (j, &port) in s.respond.implicit_tls_ports.iter().enumerate() {
+        let at = given.field(i, &format!("implicit_tls_ports[{j}]"));
+        if !s.ports.contains(&port) {
+            let ports = s.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+            r.push(
+                at,
+                format!(
+                    "{who}implicit_tls_ports: port {port} is not one of its ports ({ports}): expected some of them"
+                ),
+            );
+        } else if !seen.insert(port) {
+            r.push(at, format!("{who}implicit_tls_ports: port {port} listed twice"));
+        }
+    }
     let Some(protocol) = s.respond.protocol else {
         let why = "none follows from its name or ports: expected protocol = \"smtp\", \"imap\", \"pop3\" or \"ftp\"";
         if s.action == Action::Respond {
@@ -218,12 +236,67 @@ fn judge_maps(maps: MapSizes, r: &mut Report) {
     }
 }
 
+/// Problems of the `[responder]` budgets (`file`: which ones were written):
+/// none zero or absurd, a source's share no more than the total, a deadline
+/// a client can meet that does not hold a connection for long.
+fn judge_responder(l: ResponderLimits, file: &ResponderFile, r: &mut Report) {
+    let max = ResponderLimits::MAX_RATE;
+    for (name, v, given, top) in [
+        ("rate", l.rate, file.rate.is_some(), max),
+        ("burst", l.burst, file.burst.is_some(), max),
+        ("per_source_rate", l.per_source_rate, file.per_source_rate.is_some(), max),
+        ("per_source_burst", l.per_source_burst, file.per_source_burst.is_some(), max),
+        ("max_connections", l.max_connections, file.max_connections.is_some(), ResponderLimits::MAX_CONNECTIONS),
+    ] {
+        if given && !(1..=top).contains(&v) {
+            let why = if v == 0 { " would answer nothing" } else { " is out of range" };
+            r.push(format!("responder.{name}"), format!("responder.{name} = {v}{why}: expected 1..={top}"));
+        }
+    }
+    // A source's share above the total: the place of the value written (the
+    // share's if both were).
+    for (share, share_given, total, total_given, v, t) in [
+        ("per_source_rate", file.per_source_rate.is_some(), "rate", file.rate.is_some(), l.per_source_rate, l.rate),
+        (
+            "per_source_burst",
+            file.per_source_burst.is_some(),
+            "burst",
+            file.burst.is_some(),
+            l.per_source_burst,
+            l.burst,
+        ),
+    ] {
+        if v > t && t > 0 {
+            let default = |given: bool| if given { "" } else { " (the default)" };
+            let at = if share_given || !total_given { share } else { total };
+            r.push(
+                format!("responder.{at}"),
+                format!(
+                    "responder.{share} = {v}{} is above responder.{total} = {t}{}: expected one source's share at \
+                     most the total",
+                    default(share_given),
+                    default(total_given)
+                ),
+            );
+        }
+    }
+    let (lo, hi) = (ResponderLimits::MIN_DEADLINE, ResponderLimits::MAX_DEADLINE);
+    if !(lo..=hi).contains(&l.deadline) {
+        r.push(
+            "responder.deadline",
+            format!("responder.deadline = {:?} is out of range: expected {lo:?}..={hi:?}", l.deadline),
+        );
+    }
+}
+
 /// Which values of a policy the config file gave, and so have a place in
 /// it; the others come from flags or defaults.
 pub(super) struct Given<'a> {
     pub(super) o: &'a Overrides,
     /// The services are the file's (not `--port`'s nor the built-in ones).
     pub(super) services: bool,
+    /// The `[responder]` values the file gave.
+    pub(super) responder: &'a ResponderFile,
 }
 
 impl Given<'_> {

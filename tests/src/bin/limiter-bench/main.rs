@@ -233,6 +233,7 @@ fn policy() -> Policy {
             Service { action: Action::Respond, ..conc("respond", RESPOND_PORT, LIMIT) },
         ],
         maps: MapSizes::default(),
+        responder: limiter_user::policy::model::ResponderLimits::default(),
         lists: bench_lists(),
     };
     for (i, s) in p.services.iter_mut().enumerate() {
