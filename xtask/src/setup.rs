@@ -18,7 +18,7 @@ use crate::util::{output, run};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages used by the build, the tests and the benchmarks.
-const DEBIAN_PACKAGES: &[&str] = &[
+pub(crate) const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "iptables",
