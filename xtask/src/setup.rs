@@ -39,6 +39,10 @@ pub(crate) const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // fail2ban-regex checks the shipped filter against real daemon output.
     "fail2ban",
+    // `systemd-analyze verify` of the unit (tests/tests/package.rs) runs
+    // `man` for its Documentation= pages; a minimal system (the qemu guests
+    // of `cargo xtask test --kernel`) has no man-db.
+    "man-db",
 ];
 
 /// The system-wide services of the packages above, by package. The tests
