@@ -120,7 +120,11 @@ impl Dovecot {
             d.log()
         );
         for port in [ports.imap, ports.pop3, ports.imaps, ports.pop3s].into_iter().flatten() {
-            assert!(ns.wait_listening(port, Duration::from_secs(15)), "dovecot does not listen on {port}: {}", d.log());
+            assert!(
+                ns.wait_listening(port, crate::patience(Duration::from_secs(15))),
+                "dovecot does not listen on {port}: {}",
+                d.log()
+            );
         }
         d.pid = d.master_pid();
         d

@@ -68,7 +68,7 @@ impl Vsftpd {
             .spawn()
             .expect("spawn vsftpd");
         let mut f = Self { port, child, log, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(15));
         while !ns.wait_listening(port, Duration::ZERO) {
             if let Ok(Some(status)) = f.child.try_wait() {
                 panic!("vsftpd exited ({status}): {}", f.output());

@@ -34,6 +34,22 @@ pub fn privileged_required() -> bool {
     std::env::var("LIMITER_REQUIRE_PRIVILEGED_TESTS").is_ok_and(|v| v == "1")
 }
 
+/// How much slower than this project's machine the tests run:
+/// `LIMITER_TEST_TIME_FACTOR` (the qemu guests of `cargo xtask test --kernel`
+/// set it, 10 under software emulation), 1 when unset. Waits for a condition
+/// scale their limit with it; a bound that a test asserts as a property
+/// (e.g. "a status answer within 2 s") does not.
+#[must_use]
+pub fn time_factor() -> u32 {
+    std::env::var("LIMITER_TEST_TIME_FACTOR").ok().and_then(|v| v.parse().ok()).filter(|&f| f >= 1).unwrap_or(1)
+}
+
+/// A wait limit `d`, scaled by [`time_factor`].
+#[must_use]
+pub fn patience(d: std::time::Duration) -> std::time::Duration {
+    d * time_factor()
+}
+
 /// Root: what a test that changes the host needs.
 pub fn root() -> Need {
     // SAFETY: geteuid has no preconditions.

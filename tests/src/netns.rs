@@ -644,7 +644,8 @@ impl Daemon {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = self.command(ns, args).stdout(Stdio::null()).stderr(logf).spawn().expect("spawn limiter");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let limit = crate::patience(Duration::from_secs(10));
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("limiter run exited early ({status}): {}", self.log_text());
@@ -654,7 +655,7 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        panic!("limiter run did not answer on {} within 10 s: {}", self.socket.display(), self.log_text());
+        panic!("limiter run did not answer on {} within {limit:?}: {}", self.socket.display(), self.log_text());
     }
 
     /// Established connections of the first service, as `status` reports them.
@@ -699,7 +700,10 @@ impl Daemon {
             if f(&log) {
                 return log;
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "no {what} in the daemon's log:\n{log}");
+            assert!(
+                start.elapsed() < crate::patience(Duration::from_secs(15)),
+                "no {what} in the daemon's log:\n{log}"
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -736,7 +740,7 @@ impl Daemon {
         let pid = libc::pid_t::try_from(child.id()).ok()?;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(10));
         while Instant::now() < deadline {
             if let Ok(Some(s)) = child.try_wait() {
                 return Some(s);

@@ -133,7 +133,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
     }
 
     fn wait_listening(&self, ns: &Netns) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(10));
         let filter = format!("sport = :{}", self.port);
         loop {
             if !ns.exec(&["ss", "-Hltn", &filter]).trim().is_empty() {

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use limiter_common::{Verdict, maps::names};
+use limiter_common::{Verdict, maps::names, pending};
 use limiter_tests::{
     frames::{self, ACK, CLIENT_MAC, RST, SERVER_MAC, SYN, Shape, Tcp, checksums_ok, v4, v6},
     privileged, require,
@@ -394,9 +394,19 @@ fn bucket_is_exact_across_cpus() {
     // SAFETY: sysconf has no preconditions.
     let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1);
     assert!(cpus >= 2 || !limiter_tests::privileged_required(), "needs two CPUs to race");
-    let h = Harness::new(&policy(Action::Drop, BURST, 32, 64));
+    let p = policy(Action::Drop, BURST, 32, 64);
+    let interval_ns = p.services[0].rate.as_ref().map_or(0, |r| r.per_secs * 1_000_000_000 / r.count);
+    let h = Harness::new(&p);
     let frame = frames::syn(v4(90), server4(), PORT);
     let prog: &Xdp = h.ebpf.program(names::XDP_PROGRAM).expect("program").try_into().expect("xdp");
+    // The programs' clock (bpf_ktime_get_coarse_ns).
+    let coarse_ns = || {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut t) }, 0);
+        u64::try_from(t.tv_sec).expect("positive") * 1_000_000_000 + u64::try_from(t.tv_nsec).expect("positive")
+    };
+    let (started, t0) = (std::time::Instant::now(), coarse_ns());
     // Each CPU sends 20000 SYNs of one source at once: together they may
     // spend exactly BURST tokens, never one more.
     std::thread::scope(|s| {
@@ -411,9 +421,46 @@ fn bucket_is_exact_across_cpus() {
             });
         }
     });
-    assert_eq!(h.counter(1, Verdict::Accepted), BURST, "admitted exactly the burst across CPUs");
+    let took = started.elapsed();
+    // Every admission through the compare-and-swap moved the source's TAT
+    // one interval ahead of the first SYN's time (a refill admission too);
+    // an admission that left it alone came from the fail-open after the
+    // last compare-and-swap failed. The interval (a minute) is far longer
+    // than the run, so the count of intervals is exact.
+    let key = source_key(v4(90), 1);
+    let tag = pending::slot_of(pending::hash(key.words()), 1).1;
+    let (index, _) = limiter_tests::kernel::slot_index(&h.ebpf, &key).expect("slot index");
+    let slots: aya::maps::Array<_, pending::Slot> =
+        aya::maps::Array::try_from(h.ebpf.map(names::PENDING).expect("PENDING")).expect("array");
+    let tat = [index & !1, index | 1]
+        .iter()
+        .map(|i| slots.get(i, 0).expect("slot").rate)
+        .map(|word| limiter_common::bucket::slot::tat(word, tag))
+        .max()
+        .expect("two slots");
+    let written = (tat + limiter_common::bucket::slot::UNIT_NS).saturating_sub(t0) / interval_ns;
+    let accepted = h.counter(1, Verdict::Accepted);
+    eprintln!("bucket: {accepted} admitted, {written} spent a token, in {took:?}");
+    assert!(took.as_nanos() < u128::from(interval_ns / 2), "the run took {took:?}: a token could have refilled");
+    assert_eq!(
+        accepted,
+        BURST,
+        "admitted exactly the burst across CPUs: {written} admissions spent a token, {} were admitted \
+         without one (the fail-open after failed compare-and-swaps); the run took {took:?}, a token refills \
+         in {} s",
+        accepted.saturating_sub(written),
+        interval_ns / 1_000_000_000
+    );
     let sent = u64::try_from(cpus.min(4)).expect("small") * 20_000;
     assert_eq!(h.counter(1, Verdict::RefusedRate), sent - BURST);
+}
+
+/// The kernel's key for `src` and `service` at the test policy's /32 and /64.
+fn source_key(src: IpAddr, service: u8) -> limiter_common::SourceKey {
+    let IpAddr::V4(v4) = src else { panic!("an IPv4 source") };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&v4.octets());
+    limiter_common::SourceKey { addr, service, family: limiter_common::maps::family::V4, pad: [0; 2] }
 }
 
 /// A SYN from `src` that starts a handshake of its own: a client port and

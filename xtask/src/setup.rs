@@ -18,7 +18,7 @@ use crate::util::{output, run};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages used by the build, the tests and the benchmarks.
-const DEBIAN_PACKAGES: &[&str] = &[
+pub(crate) const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "iptables",
@@ -47,6 +47,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "lintian",
     "systemd",
     "strace",
+    // `systemd-analyze verify` of the unit (tests/tests/package.rs) runs
+    // `man` for its Documentation= pages; a minimal system (the qemu guests
+    // of `cargo xtask test --kernel`) has no man-db.
+    "man-db",
 ];
 
 /// The system-wide services of the packages above, by package. The tests

@@ -3,6 +3,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -34,18 +35,9 @@ pub(crate) fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            // "ok. 16 passed; 0 failed; 0 ignored; ..."
-            for part in rest.split([';', '.']) {
-                let mut words = part.split_whitespace();
-                if let (Some(n), Some(what)) = (words.next(), words.next()) {
-                    match (n.parse::<u64>(), what) {
-                        (Ok(n), "passed") => passed += n,
-                        (Ok(n), "failed") => failed += n,
-                        _ => {}
-                    }
-                }
-            }
+        if let Some((p, f)) = test_result_counts(&line) {
+            passed += p;
+            failed += f;
         }
     }
     let status = child.wait()?;
@@ -54,4 +46,28 @@ pub(crate) fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok((passed, failed))
+}
+
+/// (passed, failed) of a libtest summary line
+/// (`test result: ok. 16 passed; 0 failed; 0 ignored; ...`).
+pub(crate) fn test_result_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let (mut passed, mut failed) = (0, 0);
+    for part in rest.split([';', '.']) {
+        let mut words = part.split_whitespace();
+        if let (Some(n), Some(what)) = (words.next(), words.next()) {
+            match (n.parse::<u64>(), what) {
+                (Ok(n), "passed") => passed += n,
+                (Ok(n), "failed") => failed += n,
+                _ => {}
+            }
+        }
+    }
+    Some((passed, failed))
+}
+
+/// A duration as `12m05s`, the way CI logs and people compare run times.
+pub(crate) fn minutes(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}m{:02}s", s / 60, s % 60)
 }
