@@ -25,6 +25,11 @@ fn responding(pair: &Pair) -> Daemon {
     responding_with(pair, Spawn::default())
 }
 
+/// Bursts of refusal lines of a second, so their summaries come within a test.
+fn short_bursts() -> Spawn {
+    Spawn { env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "1000".to_owned())], ..Spawn::default() }
+}
+
 /// [`responding`], started as `spawn` says.
 fn responding_with(pair: &Pair, spawn: Spawn) -> Daemon {
     Daemon::start_with(
@@ -183,18 +188,24 @@ fn imaps(pair: &Pair, dir: &Scratch, tls: Option<(&str, &str)>) -> Daemon {
     Daemon::start(&pair.server, &["--config", path_str(&config)])
 }
 
+/// The config of one `respond` service `name` on `port` (two per source),
+/// with `tail` after it (more of the service's keys, or tables), written in `dir`.
+fn respond_config(pair: &Pair, dir: &Scratch, name: &str, port: u16, tail: &str) -> std::path::PathBuf {
+    dir.write(
+        "limiter.toml",
+        &format!(
+            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"{name}\"\nports = [{port}]\nmax_conn_per_source = 2\n\
+             action = \"respond\"\n{tail}",
+            pair.server_if
+        ),
+    )
+}
+
 /// The config of an IMAPS service on `port` (two per source, respond), with
 /// the certificate and key if given and `extra` lines, written in `dir`.
 fn imaps_config(pair: &Pair, dir: &Scratch, port: u16, tls: Option<(&str, &str)>, extra: &str) -> std::path::PathBuf {
     let tls = tls.map_or_else(String::new, |(cert, key)| format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"));
-    dir.write(
-        "limiter.toml",
-        &format!(
-            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"imaps\"\nports = [{port}]\nmax_conn_per_source = 2\n\
-             action = \"respond\"\n{tls}{extra}",
-            pair.server_if
-        ),
-    )
+    respond_config(pair, dir, "imaps", port, &format!("{tls}{extra}"))
 }
 
 #[test]
@@ -269,11 +280,7 @@ fn a_flood_from_one_address_is_held_to_its_share() {
     require!(privileged());
     let pair = Pair::new();
     let _server = pair.listen(PORT);
-    // Bursts of a second, so their summaries come within the test.
-    let d = responding_with(
-        &pair,
-        Spawn { env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "1000".to_owned())], ..Spawn::default() },
-    );
+    let d = responding_with(&pair, short_bursts());
     let src = pair.add_client_v4(11);
     let _held = streams(pair.hold(src, PORT, 2, WAIT));
     let forged: IpAddr = "198.19.77.7".parse().expect("addr");
@@ -342,11 +349,7 @@ fn a_flood_from_many_addresses_is_bounded_by_the_steering_budget() {
     require!(privileged());
     let pair = Pair::new();
     let _server = pair.listen(PORT);
-    // Bursts of a second, so their summaries come within the test.
-    let d = responding_with(
-        &pair,
-        Spawn { env: vec![("LIMITER_EVENT_WINDOW_MS".to_owned(), "1000".to_owned())], ..Spawn::default() },
-    );
+    let d = responding_with(&pair, short_bursts());
     let forged: Vec<IpAddr> = (0..300u16)
         .map(|i| IpAddr::from([198, 19, 70 + u8::from(i >= 250), u8::try_from(i % 250).expect("< 250") + 1]))
         .collect();
@@ -382,17 +385,10 @@ fn a_flood_from_many_addresses_is_bounded_by_the_steering_budget() {
     );
 }
 
-/// `limiter run` with SMTP on [`PORT`] (two per source, respond) and the
-/// `[responder]` table `responder`, from the config file in `dir`.
+/// The config of SMTP on [`PORT`] (two per source, respond) with the
+/// `[responder]` table `responder`, written in `dir`.
 fn with_budgets(pair: &Pair, dir: &Scratch, responder: &str) -> std::path::PathBuf {
-    dir.write(
-        "limiter.toml",
-        &format!(
-            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"smtp\"\nports = [{PORT}]\nmax_conn_per_source = 2\n\
-             action = \"respond\"\n\n[responder]\n{responder}",
-            pair.server_if
-        ),
-    )
+    respond_config(pair, dir, "smtp", PORT, &format!("\n[responder]\n{responder}"))
 }
 
 /// The responder's budgets are the config's `[responder]`, and a reload
