@@ -4,7 +4,7 @@
 //! ns/packet, ratios and the target ratios; with `--flood`, runs `limiter-flood` instead: a real Postfix,
 //! a legitimate SMTP client and bounded SYN floods, with no protection, with nftables `ct count` and with the
 //! limiter daemon, reported as the client's success rate and latency; with `--refusals`, `limiter-refusals`: the
-//! CPU a 421 costs the responder and Postfix.
+//! CPU a 421 costs the responder and Postfix, and the 421s each answers per second on one pinned CPU.
 
 use std::path::{Path, PathBuf};
 
@@ -19,8 +19,9 @@ pub(crate) struct BenchArgs {
     /// latency under floods, with no protection, nftables `ct count` and limiter.
     #[arg(long)]
     flood: bool,
-    /// Who pays for a refusal that says why (`limiter-refusals`, under a minute): 421s answered by limiter's
-    /// responder vs by Postfix's own `smtpd_client_connection_count_limit`, and each side's CPU per answer.
+    /// Who pays for a refusal that says why (`limiter-refusals`, about 2 minutes): 421s answered by limiter's
+    /// responder vs by Postfix's own `smtpd_client_connection_count_limit`, each side's CPU per answer at a fixed
+    /// load, and the 421s each answers per second on one CPU (taskset) with clients driving as fast as they can.
     #[arg(long, conflicts_with_all = ["flood", "repeat", "runs", "json"])]
     refusals: bool,
     /// Smoke test: 100000 packets per run and 3 runs; with --flood, 2-second phases (under a minute).
