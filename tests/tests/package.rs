@@ -477,16 +477,8 @@ fn the_unit_filter_allows_every_system_call_the_daemon_makes() {
         env: Vec::new(),
         wrap: std::iter::once(strace.display().to_string()).chain(wrap.iter().map(|s| (*s).to_owned())).collect(),
     };
-    let mut d = Daemon::unstarted(spawn);
-    let log = fs::File::create(&d.log).expect("log file");
-    let child = d
-        .command(&pair.server, &["--config", cfg.to_str().expect("utf-8 path")])
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn strace");
-    let tracer = child.id();
-    d.child = Some(child);
+    let mut d = spawn_wrapped(&pair.server, spawn, &cfg, "strace");
+    let tracer = d.child.as_ref().expect("spawned").id();
     wait_answering(&mut d);
     exercise(&pair, &d, src);
 
@@ -551,15 +543,7 @@ fn the_daemon_enforces_under_the_units_restrictions() {
         env: Vec::new(),
         wrap: ["unshare", "--mount", "sh", "-c", &sandbox, "sh"].iter().map(|s| (*s).to_owned()).collect(),
     };
-    let mut d = Daemon::unstarted(spawn);
-    let log = fs::File::create(&d.log).expect("log file");
-    let child = d
-        .command(&pair.server, &["--config", cfg.to_str().expect("utf-8 path")])
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn the sandboxed daemon");
-    d.child = Some(child);
+    let mut d = spawn_wrapped(&pair.server, spawn, &cfg, "the sandboxed daemon");
     wait_answering(&mut d);
 
     // It counts and enforces: one connection held, the next reset.
@@ -807,4 +791,20 @@ fn respond_under_an_ip_filter_is_warned_about() {
     let log = d.wait_log("the filter warning", |l| l.contains("IPAddressAllow=any"));
     assert!(log.contains("service smtp answers with respond"), "{log}");
     assert_eq!(over_the_limit(), "TimedOut", "a client got through the filter: {}", d.log_text());
+}
+
+/// The daemon with `--config cfg` in `server`, run through `spawn`'s wrapper
+/// (`what` names it in a failure), its log in the daemon's log file; not
+/// waited for.
+fn spawn_wrapped(server: &limiter_tests::netns::Netns, spawn: Spawn, cfg: &Path, what: &str) -> Daemon {
+    let mut d = Daemon::unstarted(spawn);
+    let log = fs::File::create(&d.log).expect("log file");
+    let child = d
+        .command(server, &["--config", cfg.to_str().expect("utf-8 path")])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    d.child = Some(child);
+    d
 }
