@@ -258,51 +258,45 @@ fn per_source(a: &SourceArgs<'_>) -> Outcome {
     let key = source_key(&a.id.addr_bytes(), a.id.family as u8, a.service, g);
     let place = Place::of(&key);
 
-    // The hint was checked by `first_look` (a source that became full since
-    // is refused on `CONNS` below); it is read again here for the mark.
-    // `reserved_in` is the slot a reservation is taken in, null for none: an
-    // `Option` leaves its payload undefined on the `None` path, which the
-    // compiler may spill, and the verifier refuses a read of an unset register.
-    let hints = g.flags & flags::SEEDED == 0;
-    let mut reserved_in: *mut Slot = core::ptr::null_mut();
-    let mut seen = 0;
-    if limit != 0 {
-        let Some(slot) = place.pending(g) else {
-            return Outcome::Accepted;
+    // A source with no connection limit reserves nothing: only its bucket.
+    // (A path of its own, not a null slot tested again after the bucket:
+    // the compiler turns that test into one of the spilled `limit`, and
+    // Linux 6.1's verifier, not tracking it, then sees a scalar dereferenced.)
+    if limit == 0 {
+        return if take_token(bucket, &place, g, now_ns()) == Verdict::RefusedRate {
+            Outcome::RefusedRate
+        } else {
+            Outcome::Accepted
         };
-        // Read before `CONNS`: a close after this read makes a later mark fail.
-        seen = unsafe { load(hint_word(slot)) };
-        reserved_in = slot;
     }
+    let Some(slot) = place.pending(g) else {
+        return Outcome::Accepted;
+    };
+    // The hint was checked by `first_look` (a source that became full since
+    // is refused on `CONNS` below); it is read again here for the mark,
+    // before `CONNS`: a close after this read makes a later mark fail.
+    let seen = unsafe { load(hint_word(slot)) };
     let now = now_ns();
     let ticks = pending::ticks(now);
 
     // Reserve a slot for this handshake before anything else can see it:
     // the reservation itself is the atomic step, never check-then-increment.
-    if !reserved_in.is_null() {
-        let slot = reserved_in;
-        match reserve(&key, g, &place, slot, ticks, limit) {
-            Reserve::Taken => {}
-            Reserve::Busy => return Outcome::RefusedConcurrency,
-            Reserve::Full => {
-                // `CONNS` alone is at the limit: remember it, unless a close
-                // landed since `seen` was read (then the swap fails).
-                if hints {
-                    let new = hint::mark_full(seen, place.fingerprint, g.generation);
-                    let _ = unsafe { compare_swap(hint_word(slot), seen, new) };
-                }
-                return Outcome::RefusedConcurrency;
+    match reserve(&key, g, &place, slot, ticks, limit) {
+        Reserve::Taken => {}
+        Reserve::Busy => return Outcome::RefusedConcurrency,
+        Reserve::Full => {
+            // `CONNS` alone is at the limit: remember it, unless a close
+            // landed since `seen` was read (then the swap fails).
+            if g.flags & flags::SEEDED == 0 {
+                let new = hint::mark_full(seen, place.fingerprint, g.generation);
+                let _ = unsafe { compare_swap(hint_word(slot), seen, new) };
             }
+            return Outcome::RefusedConcurrency;
         }
     }
     if !bucket.is_unlimited() && take_token(bucket, &place, g, now) == Verdict::RefusedRate {
-        if !reserved_in.is_null() {
-            release_pending(reserved(reserved_in), place.tag, ticks);
-        }
+        release_pending(reserved(slot), place.tag, ticks);
         return Outcome::RefusedRate;
-    }
-    if reserved_in.is_null() {
-        return Outcome::Accepted;
     }
     Outcome::Reserved
 }
@@ -426,20 +420,17 @@ fn take_token(bucket: &Bucket, place: &Place, g: &Globals, now: u64) -> Verdict 
 }
 
 /// Spends one token of a bucket shared by all CPUs with compare-and-swap,
-/// so two CPUs cannot both spend the last token.
+/// so two CPUs cannot both spend the last token; persistently contended, it
+/// refuses (`limiter_common::bucket::slot::spend` says why).
 #[inline(always)]
 fn spend(bucket: &Bucket, cell: *mut u64, tag: u16, now: u64) -> Verdict {
-    for _ in 0..CAS_TRIES {
-        let old = unsafe { load(cell) };
-        let Some(new) = slot::take(bucket, old, tag, now) else {
-            return Verdict::RefusedRate;
-        };
-        if unsafe { compare_swap(cell, old, new) } {
-            return Verdict::Accepted;
-        }
-    }
-    // Persistently contended: fail open rather than refuse on a race. (No
-    // log line here: its code, walked on every path that reaches it, cost
-    // the verifier more than the rest of the program.)
-    Verdict::Accepted
+    let spent = slot::spend(
+        bucket,
+        tag,
+        now,
+        CAS_TRIES,
+        || unsafe { load(cell) },
+        |old, new| unsafe { compare_swap(cell, old, new) },
+    );
+    if spent { Verdict::Accepted } else { Verdict::RefusedRate }
 }
