@@ -20,9 +20,11 @@ pub mod pyclient;
 pub mod scratch;
 pub mod tls;
 
-// The schema tests' dev-dependency, unused by the library's own unit tests.
+// The schema and object tests' dev-dependencies, unused by the library's own unit tests.
 #[cfg(test)]
 use jsonschema as _;
+#[cfg(test)]
+use object as _;
 
 /// What a test needs of the host: `Ok` with what was found, or why the
 /// test cannot run here. Checked by [`require!`].

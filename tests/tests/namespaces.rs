@@ -13,8 +13,8 @@ use std::{
 
 use limiter_tests::{
     cli::{Scratch, limiter_at, unload},
-    netns::{Attempt, Daemon, Netns, Pair, connect, enter, limiter_bin, tally},
-    nft, privileged, require,
+    netns::{Attempt, Daemon, Netns, Pair, Spawn, attach_pass, connect, enter, limiter_bin, tally},
+    nft, patience, privileged, require,
 };
 
 const PORT: u16 = 2525;
@@ -203,6 +203,60 @@ fn a_non_root_client_is_told_it_is_not_permitted() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!((out.status.code(), err.lines().count()), (Some(4), 1), "{err}");
     assert!(err.contains("not permitted") && err.contains("run this as root"), "{err}");
+}
+
+/// `run` by a user without the capabilities: one line that says what is
+/// needed, exit 4, before anything is created (not the kernel's refusal of
+/// a map's creation).
+#[test]
+fn run_without_capabilities_says_what_it_needs() {
+    require!(privileged());
+    let scratch = Scratch::new();
+    let pins = format!("/sys/fs/bpf/limiter-test-nocaps-{}", std::process::id());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(limiter_bin())
+        .args(["run", "--iface", "lo", "--port", "2525", "--pin-dir", &pins, "--socket"])
+        .arg(scratch.0.join("l.sock"))
+        .arg("--state-dir")
+        .arg(scratch.0.join("state"))
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.code(), err.lines().count()), (Some(4), 1), "{err}");
+    for part in ["needs root", "lacks CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON", "limiter doctor"] {
+        assert!(err.contains(part), "{part} missing: {err}");
+    }
+    assert!(!std::path::Path::new(&pins).exists(), "{pins} was created");
+}
+
+/// An interface another XDP program holds: `run` names that program, does
+/// not blame the driver (no "falling back to skb"), exits 1 and leaves
+/// nothing pinned.
+#[test]
+fn run_names_the_xdp_program_already_on_the_interface() {
+    require!(privileged());
+    let pair = Pair::new();
+    let other = attach_pass(&pair.server, &pair.server_if);
+    let mut d = Daemon::unstarted(Spawn::default());
+    let args = ["--iface", pair.server_if.as_str(), "--port", "2525"];
+    let status = d.run_to_exit(&pair.server, &args, &[], patience(Duration::from_secs(30)));
+    let log = d.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let want = format!("another XDP program is attached to {}: program ", pair.server_if);
+    assert!(log.contains(&want) && log.contains("'limiter_probe' (native mode)"), "{log}");
+    assert!(log.contains("ip link set dev") && !log.contains("falling back"), "{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("limiter:")).count(), 1, "one line: {log}");
+    let left = std::fs::read_dir(&d.pin_dir).map_or(0, Iterator::count);
+    assert_eq!(left, 0, "pins left under {}", d.pin_dir.display());
+    // With that program gone the same command starts (it answers status)
+    // and its own program is the one attached.
+    drop(other);
+    d.restart(&pair.server, &args);
+    let status = d.status_json().expect("status");
+    assert_eq!(status["interfaces"][0]["name"], pair.server_if.as_str(), "{status}");
+    let on_if = pair.server.exec(&["ip", "-d", "link", "show", &pair.server_if]);
+    assert!(on_if.contains("limiter_xdp"), "{on_if}");
 }
 
 #[test]

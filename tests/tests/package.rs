@@ -56,6 +56,7 @@ const FILES: &[&str] = &[
     "/usr/share/man/man1/limiter-run.1.gz",
     "/usr/share/man/man1/limiter-status.1.gz",
     "/usr/share/man/man1/limiter-allow-add.1.gz",
+    "/usr/share/man/man5/limiter.toml.5.gz",
     "/usr/share/bash-completion/completions/limiter",
     "/usr/share/zsh/vendor-completions/_limiter",
     "/usr/share/fish/vendor_completions.d/limiter.fish",
@@ -257,6 +258,29 @@ fn install_check_and_purge() {
     assert!(page.contains(".TH limiter 1"), "limiter.1 is not a man page:\n{page}");
     let page = run(Command::new("zcat").arg("/usr/share/man/man1/limiter-run.1.gz"));
     assert!(page.contains("\\-\\-iface"), "limiter-run.1 does not document --iface:\n{page}");
+    // Every page renders without a groff warning, and has the sections an
+    // admin looks for.
+    let mut pages: Vec<String> = ["/usr/share/man/man1", "/usr/share/man/man5"]
+        .iter()
+        .flat_map(|d| fs::read_dir(d).expect("man dir").map(|e| e.expect("entry").path()))
+        .map(|p| p.display().to_string())
+        .filter(|p| p.contains("/limiter"))
+        .collect();
+    pages.sort();
+    assert!(pages.len() > 20, "{pages:?}");
+    for page in &pages {
+        let out = Command::new("man").args(["--warnings", "-l", page]).env("MANWIDTH", "80").output().expect("man");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.trim().is_empty(), "man -l {page}: {stderr}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for section in ["EXIT STATUS", "FILES", "SEE ALSO"] {
+            assert!(page.ends_with(".5.gz") || text.contains(section), "{page} has no {section}:\n{text}");
+        }
+    }
+    let config = run(Command::new("man").args(["-l", "/usr/share/man/man5/limiter.toml.5.gz"]).env("MANWIDTH", "80"));
+    for part in ["max_conn_per_source", "reserved_sessions", "EXAMPLES", "per_source_rate"] {
+        assert!(config.contains(part), "limiter.toml(5) lacks {part}:\n{config}");
+    }
     run(Command::new("bash").args(["-n", "/usr/share/bash-completion/completions/limiter"]));
     let bash = fs::read_to_string("/usr/share/bash-completion/completions/limiter").expect("bash completions");
     assert!(bash.contains("check-config") && !bash.contains("generate-man"), "bash completions:\n{bash}");

@@ -159,9 +159,14 @@ fn man_pages(bin: &Path, tree: &Tree, scratch: &Path) -> Result<()> {
     if !pages.iter().any(|p| p.ends_with("limiter.1")) {
         bail!("`limiter generate-man` wrote no limiter.1 into {}", scratch.display());
     }
+    if !pages.iter().any(|p| p.ends_with("limiter.toml.5")) {
+        bail!("`limiter generate-man` wrote no limiter.toml.5 into {}", scratch.display());
+    }
     for page in pages {
         let file = page.file_name().context("a page without a name")?.to_string_lossy().into_owned();
-        gzip(&tree.copy(&page, &format!("usr/share/man/man1/{file}"), 0o644)?)?;
+        // limiter.1 into man1, limiter.toml.5 into man5.
+        let section = file.rsplit('.').next().unwrap_or("1");
+        gzip(&tree.copy(&page, &format!("usr/share/man/man{section}/{file}"), 0o644)?)?;
     }
     Ok(())
 }

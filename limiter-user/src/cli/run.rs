@@ -56,6 +56,18 @@ pub(super) fn run(a: RunArgs) -> Result<(), Failure> {
     for i in &policy.interfaces {
         crate::kernel::host::ifindex(i).map_err(Failure::bad_input)?;
     }
+    // Without the capabilities the kernel's refusal would name a map
+    // ("failed to create map `SERVICES`: Operation not permitted").
+    if let Some(mask) = super::doctor::host::own_cap_eff() {
+        let missing = super::doctor::host::missing_capabilities(mask);
+        if !missing.is_empty() {
+            return Err(Failure::not_permitted(format!(
+                "`limiter run` needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; this process lacks {} (run it as \
+                 root or as the limiter unit does; `limiter doctor` checks the rest)",
+                missing.join(", ")
+            )));
+        }
+    }
     let cgroup = match a.cgroup {
         Some(c) => c,
         None => crate::kernel::host::cgroup2_mount().map_err(Failure::bad_input)?,

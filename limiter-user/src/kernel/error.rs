@@ -50,6 +50,9 @@ pub enum LoadError {
     SockOps { path: String, source: ProgramError },
     #[error("pinned maps are incompatible with this version ({0}); run `limiter unload` first")]
     Incompatible(String),
+    /// The kernel lacks a feature: the line of `features::refusal`.
+    #[error("{0}")]
+    MissingFeature(String),
     #[error("cannot {what}")]
     Seed { what: String, source: std::io::Error },
     #[error(
@@ -65,6 +68,8 @@ pub enum LoadError {
     SkLookup { path: String, source: ProgramError },
     #[error("cannot mark the responder socket (SO_MARK)")]
     Responder(#[source] std::io::Error),
+    #[error("another XDP program is attached to {iface}: {other}; {fix}")]
+    XdpTaken { iface: String, other: String, fix: String },
     #[error("attaching XDP to {iface} in {mode} mode failed")]
     Attach { iface: String, mode: &'static str, source: ProgramError },
 }

@@ -68,3 +68,164 @@ pub fn own_packets_filtered() -> std::io::Result<bool> {
     let dir = std::fs::File::open(mount.join(rel.trim_start_matches('/')))?;
     Ok(!crate::kernel::pins::effective_prog_ids(dir.as_fd(), BPF_CGROUP_INET_INGRESS)?.is_empty())
 }
+
+/// An XDP program attached to an interface, as rtnetlink reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedXdp {
+    pub id: u32,
+    /// `native`, `skb`, `offload` or `several`.
+    pub mode: &'static str,
+    /// The program's name, where this process may look it up (listing
+    /// programs by id needs `CAP_SYS_ADMIN`).
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for AttachedXdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "program {} '{name}' ({} mode)", self.id, self.mode),
+            None => write!(f, "program {} ({} mode; `bpftool prog show id {}` names it)", self.id, self.mode, self.id),
+        }
+    }
+}
+
+/// The XDP program attached to interface `index`, if any: an `RTM_GETLINK`
+/// request and its `IFLA_XDP` attribute, as `ip link` reads it.
+pub fn xdp_attached(index: u32) -> std::io::Result<Option<AttachedXdp>> {
+    let reply = rtnl_getlink(index)?;
+    let Some((id, mode)) = parse_xdp(&reply) else {
+        return Ok(None);
+    };
+    let name = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_owned));
+    Ok(Some(AttachedXdp { id, mode, name }))
+}
+
+/// The netlink messages answering `RTM_GETLINK` for `index`.
+fn rtnl_getlink(index: u32) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // nlmsghdr (16) + ifinfomsg (16).
+    let mut req = [0u8; 32];
+    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&libc::RTM_GETLINK.to_ne_bytes());
+    #[expect(clippy::cast_possible_truncation, reason = "netlink flags are 16 bits")]
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = 0; // AF_UNSPEC
+    req[20..24].copy_from_slice(&index.to_ne_bytes());
+    // SAFETY: a socket we own (OwnedFd closes it), buffers we own with their lengths.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        if libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        buf.truncate(usize::try_from(n).unwrap_or(0));
+        Ok(buf)
+    }
+}
+
+/// The attached program's id and mode from an `RTM_NEWLINK` message:
+/// `IFLA_XDP` (43) holds `IFLA_XDP_ATTACHED` (2) and `IFLA_XDP_PROG_ID` (4).
+fn parse_xdp(msg: &[u8]) -> Option<(u32, &'static str)> {
+    // Attributes: len u16, type u16, payload, aligned to 4.
+    fn attrs(mut b: &[u8], u16_at: impl Fn(&[u8], usize) -> Option<u16>) -> Vec<(u16, &[u8])> {
+        let mut out = Vec::new();
+        while let (Some(len), Some(kind)) = (u16_at(b, 0), u16_at(b, 2)) {
+            let len = usize::from(len);
+            if len < 4 || len > b.len() {
+                break;
+            }
+            out.push((kind & 0x3fff, &b[4..len]));
+            b = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+        }
+        out
+    }
+    const IFLA_XDP: u16 = 43;
+    const ATTACHED: u16 = 2;
+    const PROG_ID: u16 = 4;
+    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
+    let kind = u16_at(msg, 4)?;
+    if kind != libc::RTM_NEWLINK {
+        return None;
+    }
+    let len = usize::try_from(u32::from_ne_bytes(msg.get(0..4)?.try_into().ok()?)).ok()?;
+    let body = msg.get(32..len.min(msg.len()))?;
+    let xdp = attrs(body, u16_at).into_iter().find(|(k, _)| *k == IFLA_XDP)?.1;
+    let nested = attrs(xdp, u16_at);
+    let attached = nested.iter().find(|(k, _)| *k == ATTACHED).and_then(|(_, v)| v.first().copied())?;
+    let mode = match attached {
+        0 => return None,
+        1 => "native",
+        2 => "skb",
+        3 => "offload",
+        _ => "several",
+    };
+    let id = nested
+        .iter()
+        .find(|(k, _)| *k == PROG_ID)
+        .and_then(|(_, v)| v.get(0..4))
+        .map(|v| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))?;
+    Some((id, mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(4 + payload.len()).expect("short");
+        let mut a = [len.to_ne_bytes(), kind.to_ne_bytes()].concat();
+        a.extend_from_slice(payload);
+        a.resize(a.len().next_multiple_of(4), 0);
+        a
+    }
+
+    fn newlink(attrs: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = attrs.concat();
+        let len = u32::try_from(32 + body.len()).expect("short");
+        let mut m = vec![0u8; 32];
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
+        m[4..6].copy_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn the_xdp_attribute_is_read() {
+        let ifname = attr(3, b"eth0\0");
+        let xdp = attr(43, &[attr(2, &[1]), attr(4, &42u32.to_ne_bytes())].concat());
+        assert_eq!(parse_xdp(&newlink(&[ifname.clone(), xdp])), Some((42, "native")));
+        let skb = attr(43, &[attr(2, &[2]), attr(4, &7u32.to_ne_bytes())].concat());
+        assert_eq!(parse_xdp(&newlink(&[skb])), Some((7, "skb")));
+        let none = attr(43, &attr(2, &[0]));
+        assert_eq!(parse_xdp(&newlink(&[ifname.clone(), none])), None);
+        assert_eq!(parse_xdp(&newlink(&[ifname])), None, "no IFLA_XDP at all");
+        // A truncated message or an error reply is no program, not a panic.
+        let whole = newlink(&[attr(43, &[attr(2, &[1]), attr(4, &9u32.to_ne_bytes())].concat())]);
+        for cut in 0..whole.len() {
+            let _ = parse_xdp(&whole[..cut]);
+        }
+        let mut error = whole.clone();
+        error[4..6].copy_from_slice(&2u16.to_ne_bytes());
+        assert_eq!(parse_xdp(&error), None);
+    }
+
+    #[test]
+    fn an_attached_program_is_named() {
+        let named = AttachedXdp { id: 42, mode: "native", name: Some("xdp_fw".into()) };
+        assert_eq!(named.to_string(), "program 42 'xdp_fw' (native mode)");
+        let anon = AttachedXdp { id: 7, mode: "skb", name: None };
+        assert!(anon.to_string().contains("bpftool prog show id 7"));
+    }
+}

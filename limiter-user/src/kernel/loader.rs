@@ -19,6 +19,7 @@ use crate::{
     failpoint,
     kernel::{
         error::LoadError,
+        features,
         host::ifindex,
         ids::{self, ServiceTable},
         pins,
@@ -145,6 +146,11 @@ pub fn load_and_attach(
     let ifaces =
         policy.interfaces.iter().map(|name| ifindex(name).map(|i| (name.clone(), i))).collect::<Result<Vec<_>, _>>()?;
     ids::check_names(policy.services.iter().map(|s| s.name.as_str()))?;
+    // A kernel without a feature is named before anything is created: the
+    // verifier's refusal would be a page of assembly.
+    if let Some(feature) = features::first_missing() {
+        return Err(LoadError::MissingFeature(features::refusal(feature, &features::kernel_release())));
+    }
     let dir_str = pin_dir.display().to_string();
     std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: dir_str.clone(), source })?;
     if !pins::on_bpffs(pin_dir) {
@@ -262,6 +268,21 @@ fn attach_xdp(
         drop(prog.take_link(id));
         failpoint::hit("xdp-attached");
         return Ok(mode_label(&std::fs::read_to_string(&mode_file).unwrap_or_default()));
+    }
+    // Another program on the interface (no pin of ours says it is ours):
+    // attaching would fail with EEXIST in native mode and then in skb mode,
+    // with a warning that native mode is not supported. Name it instead.
+    if let Ok(Some(other)) = crate::kernel::host::xdp_attached(index) {
+        let fix = if other.name.as_deref() == Some(names::XDP_PROGRAM) {
+            // Pinned by another limiter (another --pin-dir): its link holds it.
+            "another limiter's, pinned under another pin dir: `limiter unload --pin-dir DIR` removes it".to_owned()
+        } else {
+            format!(
+                "detach it (`ip link set dev {name} xdp off`; `bpftool link detach id N` if a BPF link holds it) or \
+                 protect another interface"
+            )
+        };
+        return Err(LoadError::XdpTaken { iface: name.to_owned(), other: other.to_string(), fix });
     }
     let (id, mode) = attach(prog, name, index, mode)?;
     failpoint::hit("xdp-attached");

@@ -6,6 +6,7 @@
 pub mod counters;
 pub mod error;
 pub mod events;
+pub mod features;
 pub mod host;
 pub mod ids;
 pub mod loader;

@@ -342,7 +342,7 @@ fn prefix(v: &Value) -> Result<Cidr, String> {
     Prefix::parse(s).map(Cidr).map_err(|e| format!("{e}"))
 }
 
-const TOP_FIELDS: &[&str] = &[
+pub(crate) const TOP_FIELDS: &[&str] = &[
     "interfaces",
     "xdp_mode",
     "ipv4_prefix",
@@ -356,7 +356,7 @@ const TOP_FIELDS: &[&str] = &[
     "deny",
     "reserve",
 ];
-const SERVICE_FIELDS: &[&str] = &[
+pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "name",
     "ports",
     "rate",
@@ -371,12 +371,12 @@ const SERVICE_FIELDS: &[&str] = &[
     "implicit_tls_ports",
     "respond",
 ];
-const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
-const RESPONDER_FIELDS: &[&str] =
+pub(crate) const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
+pub(crate) const RESPONDER_FIELDS: &[&str] =
     &["rate", "burst", "per_source_rate", "per_source_burst", "max_connections", "deadline"];
-const ALLOW_FIELDS: &[&str] = &["prefix", "max_conn_per_source", "rate", "burst", "comment"];
-const DENY_FIELDS: &[&str] = &["prefix", "comment"];
-const RESERVE_FIELDS: &[&str] = &["service", "prefix", "comment"];
+pub(crate) const ALLOW_FIELDS: &[&str] = &["prefix", "max_conn_per_source", "rate", "burst", "comment"];
+pub(crate) const DENY_FIELDS: &[&str] = &["prefix", "comment"];
+pub(crate) const RESERVE_FIELDS: &[&str] = &["service", "prefix", "comment"];
 
 /// The config file as far as it reads; what did not read is in `r`.
 fn document(f: &Fields<'_>, r: &mut Report) -> (ConfigFile, [Vec<usize>; 3]) {

@@ -33,6 +33,28 @@ const fn has(mask: u64, cap: u32) -> bool {
     mask & (1 << cap) != 0
 }
 
+/// The capabilities `run` needs that `mask` lacks: `CAP_BPF` and
+/// `CAP_PERFMON` (or `CAP_SYS_ADMIN`, which implies both), `CAP_NET_ADMIN`.
+#[must_use]
+pub fn missing_capabilities(mask: u64) -> Vec<&'static str> {
+    let admin = has(mask, cap::SYS_ADMIN);
+    [
+        ("CAP_BPF", has(mask, cap::BPF) || admin),
+        ("CAP_NET_ADMIN", has(mask, cap::NET_ADMIN)),
+        ("CAP_PERFMON", has(mask, cap::PERFMON) || admin),
+    ]
+    .iter()
+    .filter(|(_, held)| !held)
+    .map(|(name, _)| *name)
+    .collect()
+}
+
+/// This process's effective capabilities, if `/proc/self/status` says.
+#[must_use]
+pub fn own_cap_eff() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(parse_cap_eff)
+}
+
 /// What `run` needs: `CAP_BPF` and `CAP_PERFMON` to load the programs
 /// (`CAP_SYS_ADMIN` implies both), `CAP_NET_ADMIN` to attach them.
 /// `CAP_SYS_RESOURCE` only raises `RLIMIT_MEMLOCK`, which kernels since
@@ -46,16 +68,7 @@ pub fn privileges_check(cap_eff: Option<u64>) -> Check {
             "run as root, or with CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_RESOURCE",
         );
     };
-    let admin = has(mask, cap::SYS_ADMIN);
-    let missing: Vec<&str> = [
-        ("CAP_BPF", has(mask, cap::BPF) || admin),
-        ("CAP_NET_ADMIN", has(mask, cap::NET_ADMIN)),
-        ("CAP_PERFMON", has(mask, cap::PERFMON) || admin),
-    ]
-    .iter()
-    .filter(|(_, held)| !held)
-    .map(|(name, _)| *name)
-    .collect();
+    let missing = missing_capabilities(mask);
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     let who = if uid == 0 { "root".to_owned() } else { format!("uid {uid}") };

@@ -3,42 +3,14 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapType,
-    programs::{ProgramError, ProgramType, SkLookup, SockOps, Xdp},
-    sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+    programs::{ProgramError, SkLookup, SockOps, Xdp},
 };
 use limiter_common::maps::names;
 
 use super::report::Check;
-
-/// The oldest kernel the programs and the daemon work on, 5.15, set by the
-/// newest feature they use:
-/// - 5.15: `bpf_get_netns_cookie` from `sock_ops` (only the daemon's network
-///   namespace is counted);
-/// - 5.14: `SO_NETNS_COOKIE`, the daemon's side of the same comparison;
-/// - 5.12: atomic fetch-add and compare-and-exchange instructions (`-C
-///   target-cpu=v3`), which make the counts exact under bursts;
-/// - 5.11: `bpf_ktime_get_coarse_ns` (token buckets, handshake ages), and BPF
-///   memory charged to the cgroup instead of `RLIMIT_MEMLOCK`;
-/// - 5.9: XDP attached through a BPF link, which is what gets pinned so
-///   enforcement outlives the daemon;
-/// - below that: ring buffer (5.8), cgroup links and `BPF_LINK_UPDATE` (5.7),
-///   bounded loops (5.3), LPM trie (4.11).
-///
-/// The feature probes and the test load of the real programs below decide;
-/// the version only explains a failure in advance.
-pub const MIN_KERNEL: (u32, u32) = (5, 15);
-
-pub(super) fn kernel_release() -> String {
-    // SAFETY: uname fills the zeroed struct we own.
-    unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&raw mut u) != 0 {
-            return String::new();
-        }
-        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
-    }
-}
+pub use crate::kernel::features::MIN_KERNEL;
+pub(super) use crate::kernel::features::kernel_release;
+use crate::kernel::features::{FEATURES, OLDEST_TESTED, TESTED_KERNELS, UNPROBED};
 
 /// `major.minor.patch` from a kernel release such as `6.18.0-1-amd64` or
 /// `5.15`; a missing patch is 0.
@@ -51,26 +23,45 @@ pub fn parse_kernel_release(release: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, patch))
 }
 
-/// The kernel check for a release string.
+/// The kernel check for a release string: below the minimum fails, between
+/// the minimum and the oldest tested kernel warns (the features are there;
+/// the test load below is the evidence), else ok. Each line names the
+/// minimum, what sets it, and the tested kernels.
 #[must_use]
 pub fn kernel_check(release: &str) -> Check {
     let (min_major, min_minor) = MIN_KERNEL;
+    let tested = TESTED_KERNELS.join(", ");
     match parse_kernel_release(release) {
-        Some((major, minor, _)) if (major, minor) >= MIN_KERNEL => {
-            Check::ok("kernel", format!("{release} (the programs need {min_major}.{min_minor} or later)"))
-        }
-        Some(_) => Check::fail(
+        Some((major, minor, _)) if (major, minor) >= OLDEST_TESTED => Check::ok(
+            "kernel",
+            format!("{release} (the programs need {min_major}.{min_minor} or later; tested on {tested})"),
+        ),
+        Some((major, minor, _)) if (major, minor) >= MIN_KERNEL => Check::warn(
             "kernel",
             format!(
-                "{release} is older than {min_major}.{min_minor}: the programs use BPF features it lacks \
-                 (netns cookies in sock_ops, atomic fetch-add, BPF links for XDP)"
+                "{release} has every feature the programs need ({min_major}.{min_minor} or later) but is older than \
+                 any kernel they are tested on ({tested})"
             ),
-            format!("boot a kernel {min_major}.{min_minor} or later (Debian 12: the stock 6.1 kernel)"),
+            "the feature probes and the test load below are the evidence; a tested kernel is safer",
         ),
+        Some(_) => {
+            let lacks: Vec<String> = FEATURES
+                .iter()
+                .map(|f| (f.name, f.since))
+                .chain(UNPROBED.iter().map(|u| (u.0, u.1)))
+                .filter(|(_, since)| parse_kernel_release(release).is_some_and(|(a, b, _)| (a, b) < *since))
+                .map(|(name, (a, b))| format!("{name} ({a}.{b})"))
+                .collect();
+            Check::fail(
+                "kernel",
+                format!("{release} is older than {min_major}.{min_minor}: it lacks {}", lacks.join(", ")),
+                format!("boot a kernel {min_major}.{min_minor} or later (Debian 12: the stock 6.1 kernel)"),
+            )
+        }
         None => Check::warn(
             "kernel",
             format!("cannot read the kernel version from '{release}'"),
-            "see the feature probes below; the programs need {min_major}.{min_minor} or later",
+            format!("see the feature probes below; the programs need {min_major}.{min_minor} or later"),
         ),
     }
 }
@@ -94,28 +85,15 @@ pub(super) fn btf_check(present: bool) -> Check {
 type Probe = (&'static str, bool, Result<bool, String>);
 
 fn probes() -> Vec<Probe> {
-    let map = |t| is_map_supported(t).map_err(|e| e.to_string());
-    let prog = |t| is_program_supported(t).map_err(|e| e.to_string());
-    let helper = |t, h| is_helper_supported(t, h).map_err(|e| e.to_string());
-    vec![
-        ("XDP programs", true, prog(ProgramType::Xdp)),
-        ("sock_ops programs", true, prog(ProgramType::SockOps)),
-        ("hash map", true, map(MapType::Hash)),
-        ("array map", true, map(MapType::Array)),
-        ("per-CPU array", true, map(MapType::PerCpuArray)),
-        ("LPM trie", true, map(MapType::LpmTrie)),
-        // The refusal events (EVENTS).
-        ("ring buffer", true, map(MapType::RingBuf)),
-        ("bpf_ringbuf_output in XDP", true, helper(ProgramType::Xdp, BpfHelper::BPF_FUNC_ringbuf_output)),
-        ("bpf_get_netns_cookie in sock_ops", true, helper(ProgramType::SockOps, BpfHelper::BPF_FUNC_get_netns_cookie)),
-        ("bpf_ktime_get_coarse_ns in XDP", true, helper(ProgramType::Xdp, BpfHelper::BPF_FUNC_ktime_get_coarse_ns)),
-        ("bpf_xdp_adjust_tail", true, helper(ProgramType::Xdp, BpfHelper::BPF_FUNC_xdp_adjust_tail)),
-        // The respond action: steering to the responder's socket.
-        ("sk_lookup programs", true, prog(ProgramType::SkLookup)),
-        ("sockmap", true, map(MapType::SockMap)),
-        ("LRU hash", true, map(MapType::LruHash)),
-        ("bpf_sk_assign in sk_lookup", true, helper(ProgramType::SkLookup, BpfHelper::BPF_FUNC_sk_assign)),
-    ]
+    FEATURES.iter().map(|f| (f.name, true, f.probe())).collect()
+}
+
+/// A missing feature's name with the Linux version that added it.
+fn with_since(name: &str) -> String {
+    FEATURES.iter().find(|f| f.name == name).map_or_else(
+        || name.to_owned(),
+        |f| format!("{name} (Linux {}.{}, for {})", f.since.0, f.since.1, f.needed_for),
+    )
 }
 
 /// The feature check from probe outcomes.
@@ -123,7 +101,7 @@ fn probes() -> Vec<Probe> {
 pub fn features_from(probes: &[Probe]) -> Check {
     let name = "bpf features";
     let list = |f: &dyn Fn(&Probe) -> bool| probes.iter().filter(|p| f(p)).map(|p| p.0).collect::<Vec<_>>();
-    let missing = list(&|p| p.1 && p.2 == Ok(false));
+    let missing: Vec<String> = list(&|p| p.1 && p.2 == Ok(false)).into_iter().map(with_since).collect();
     let optional = list(&|p| !p.1 && p.2 == Ok(false));
     let errors: Vec<String> =
         probes.iter().filter_map(|p| p.2.as_ref().err().map(|e| format!("{}: {e}", p.0))).collect();
@@ -285,13 +263,23 @@ mod tests {
         assert_eq!(parse_kernel_release("6"), None);
         assert_eq!(parse_kernel_release(""), None);
         assert_eq!(kernel_check("6.18.0").status, Status::Ok);
-        assert_eq!(kernel_check("5.15.0-91-generic").status, Status::Ok);
+        assert_eq!(kernel_check("6.1.0-28-amd64").status, Status::Ok);
+        assert!(kernel_check("6.1.0-28-amd64").finding.contains("tested on 6.1 (Debian 12)"));
+        // Every feature, but no tested kernel that old.
+        let untested = kernel_check("5.15.0-91-generic");
+        assert_eq!(untested.status, Status::Warn);
+        assert!(untested.finding.contains("older than any kernel they are tested on"), "{untested:?}");
         // Compared as numbers: 5.9 < 5.15 < 6.0.
         assert_eq!(kernel_check("5.9.0").status, Status::Fail);
         assert_eq!(kernel_check("5.14.21").status, Status::Fail);
-        assert_eq!(kernel_check("6.0.0").status, Status::Ok);
+        assert_eq!(kernel_check("6.0.0").status, Status::Warn);
         let old = kernel_check("4.19.0-26-amd64");
         assert!(old.finding.contains("older than 5.15") && old.fix.is_some(), "{old:?}");
+        // It names what that kernel lacks, with the version that added each.
+        assert!(old.finding.contains("ring buffer (5.8)") && old.finding.contains("SO_NETNS_COOKIE (5.14)"), "{old:?}");
+        assert!(!old.finding.contains("LPM trie"), "4.19 has the LPM trie: {old:?}");
+        let near = kernel_check("5.14.21");
+        assert!(near.finding.contains("lacks bpf_get_netns_cookie in sock_ops (5.15)"), "{near:?}");
         assert_eq!(kernel_check("weird").status, Status::Warn);
     }
     #[test]
@@ -303,7 +291,7 @@ mod tests {
         let no_trie: Vec<Probe> = vec![("LPM trie", true, Ok(false)), ("ring buffer", false, Err("EPERM".into()))];
         let c = features_from(&no_trie);
         assert_eq!(c.status, Status::Fail);
-        assert!(c.finding.contains("lacks LPM trie"), "{c:?}");
+        assert!(c.finding.contains("lacks LPM trie (Linux 4.11, for allow and deny lists)"), "{c:?}");
         let denied: Vec<Probe> = vec![("LPM trie", true, Err("Operation not permitted".into()))];
         assert_eq!(features_from(&denied).status, Status::Warn);
     }

@@ -36,7 +36,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions},
 };
-// The schema tests' dev-dependency, unused here.
+// The schema and object tests' dev-dependencies, unused here.
 #[cfg(test)]
 use jsonschema as _;
 use limiter_common::{
@@ -54,6 +54,8 @@ use limiter_user::{
         service::{Action, Rate, Service, service_id},
     },
 };
+#[cfg(test)]
+use object as _;
 
 use crate::{
     objects::Objects,

@@ -27,6 +27,8 @@ use limiter_tests::{
     postfix::{Postfix, Smtp},
 };
 use limiter_user::EBPF_OBJECT;
+#[cfg(test)]
+use object as _;
 use serde_json::{Value, json};
 use socket2 as _;
 

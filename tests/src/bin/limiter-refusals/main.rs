@@ -38,6 +38,8 @@ use limiter_tests::{
     postfix::Postfix,
 };
 use limiter_user as _;
+#[cfg(test)]
+use object as _;
 use serde_json as _;
 use socket2 as _;
 
