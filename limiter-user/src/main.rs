@@ -29,14 +29,9 @@ fn main() -> ExitCode {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
-            // One line naming the problem, not clap's usage tip: the lines
-            // before the first blank one, joined ("the following required
-            // arguments were not provided: --service <SERVICE>").
-            let text = e.render().to_string();
-            let parts: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
-            let line = parts.join(" ");
-            let line = line.trim_start_matches("error: ");
-            eprintln!("limiter: {}", if line.is_empty() { "bad arguments" } else { line });
+            // One line naming the problem, with clap's suggestion but not
+            // its usage lines.
+            eprintln!("limiter: {}", limiter_user::cli::failure::clap_line(&e.render().to_string()));
             return ExitCode::from(2);
         }
     };

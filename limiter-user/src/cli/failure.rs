@@ -37,3 +37,47 @@ impl From<ConfigError> for Failure {
         Self::bad_input(e)
     }
 }
+
+/// clap's rendered error as one line: its first paragraph ("unrecognized
+/// subcommand 'stauts'"), with its tips kept ("a similar subcommand exists:
+/// 'status'"), without the usage lines that follow.
+#[must_use]
+pub fn clap_line(rendered: &str) -> String {
+    let first: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let line = first.join(" ");
+    let line = line.trim_start_matches("error: ");
+    let tips: Vec<&str> = rendered.lines().filter_map(|l| l.trim().strip_prefix("tip: ")).collect();
+    match (line.is_empty(), tips.is_empty()) {
+        (true, _) => "bad arguments".to_owned(),
+        (false, true) => line.to_owned(),
+        (false, false) => format!("{line} ({})", tips.join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::args::Cli;
+
+    fn line(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).err().expect("an error");
+        clap_line(&e.render().to_string())
+    }
+
+    #[test]
+    fn clap_errors_are_one_line_with_their_suggestions() {
+        assert_eq!(
+            line(&["limiter", "stauts"]),
+            "unrecognized subcommand 'stauts' (a similar subcommand exists: 'status')"
+        );
+        let flag = line(&["limiter", "run", "--ifac", "eth0"]);
+        assert!(flag.starts_with("unexpected argument '--ifac' found (") && flag.contains("'--iface'"), "{flag}");
+        let missing = line(&["limiter", "reserve", "add", "198.51.100.1"]);
+        assert!(missing.contains("--service"), "{missing}");
+        for l in [flag, missing] {
+            assert!(!l.contains('\n') && !l.contains("Usage"), "{l}");
+        }
+    }
+}

@@ -7,7 +7,7 @@ mod check_config;
 mod check_pins;
 mod client;
 pub mod doctor;
-mod failure;
+pub mod failure;
 mod generate;
 mod lists;
 mod reload;
