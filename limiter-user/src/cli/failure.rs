@@ -62,7 +62,7 @@ mod tests {
     use crate::cli::args::Cli;
 
     fn line(args: &[&str]) -> String {
-        let e = Cli::try_parse_from(args).err().expect("an error");
+        let e = Cli::try_parse_from(args).expect_err("an error");
         clap_line(&e.render().to_string())
     }
 
