@@ -18,26 +18,21 @@ use std::{
     net::TcpStream,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
-    Need,
     cli::Scratch,
     netns::{Daemon, Pair, Spawn, streams, tally},
+    package::{
+        CONFFILE, Installed, PIN_DIR, SOCKET, STATE_DIR, UNIT, deb, dpkg, dpkg_status, output, run, said, text, tool,
+    },
     privileged, require, root,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-const UNIT: &str = "/lib/systemd/system/limiter.service";
-const CONFFILE: &str = "/etc/limiter/limiter.toml";
-const STATE_DIR: &str = "/var/lib/limiter";
-/// Where a daemon with the defaults (the unit's) pins, and its socket: what the
-/// prerm unloads and the purge removes.
-const PIN_DIR: &str = "/sys/fs/bpf/limiter";
-const SOCKET: &str = "/run/limiter/limiter.sock";
 /// The unit in the repository (the package installs it as it is).
 const UNIT_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/limiter.service");
 /// The highest `systemd-analyze security` exposure the unit may have (issue 16).
@@ -65,31 +60,6 @@ const FILES: &[&str] = &[
     "/usr/share/doc/limiter/changelog.gz",
     "/usr/share/lintian/overrides/limiter",
 ];
-
-/// The .deb under test (`LIMITER_DEB`), a need for [`require!`].
-fn deb() -> Need<PathBuf> {
-    let Some(path) = std::env::var_os("LIMITER_DEB") else {
-        return Err("LIMITER_DEB is not set (`cargo xtask test` builds the package and sets it)".into());
-    };
-    let path = PathBuf::from(path);
-    assert!(path.is_file(), "LIMITER_DEB={} is not a file", path.display());
-    Ok(path)
-}
-
-/// Runs `cmd`; panics with its output unless it exits 0. Returns stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}{}", out.status, text(&out.stdout), text(&out.stderr));
-    text(&out.stdout)
-}
-
-fn output(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// The repository's fail2ban examples, relative to packaging/fail2ban (none before they land).
 fn fail2ban_examples() -> Vec<String> {
@@ -165,82 +135,6 @@ fn deb_holds_the_binary_unit_conffile_docs_and_scripts() {
     }
 }
 
-/// What dpkg says about the package `limiter`: `None` when it has never been
-/// installed (or was purged).
-fn dpkg_status() -> Option<String> {
-    let out = output(Command::new("dpkg-query").args(["--show", "--showformat=${db:Status-Abbrev}", "limiter"]));
-    let status = text(&out.stdout).trim().to_owned();
-    (out.status.success() && !status.is_empty() && !status.starts_with("un")).then_some(status)
-}
-
-/// Owns the installed package: purges it on drop (also when an assertion
-/// failed) and puts back an empty state dir if there was one before.
-struct Installed {
-    purged: bool,
-    state_dir_existed: bool,
-}
-
-impl Installed {
-    /// Installs `deb`, refusing if anything of an install it did not make is
-    /// there: the purge would delete it.
-    fn install(deb: &Path) -> Self {
-        if let Some(status) = dpkg_status() {
-            panic!(
-                "a limiter package is already installed (dpkg status '{status}'): this test installs and purges \
-                 its own and will not touch an admin's; run it on a machine without one"
-            );
-        }
-        for path in ["/usr/bin/limiter", CONFFILE] {
-            assert!(!Path::new(path).exists(), "{path} exists but no package owns it: the purge would delete it");
-        }
-        assert!(
-            !Path::new(PIN_DIR).exists(),
-            "{PIN_DIR} exists (a limiter with the default pins enforces here): the removal would unload it"
-        );
-        assert!(
-            std::os::unix::net::UnixStream::connect(SOCKET).is_err(),
-            "a limiter daemon answers on {SOCKET}: this test will not remove its package"
-        );
-        let state = Path::new(STATE_DIR);
-        let state_dir_existed = state.exists();
-        if state_dir_existed {
-            let entries = fs::read_dir(state).expect("read the state dir").count();
-            assert_eq!(
-                entries, 0,
-                "{STATE_DIR} holds state (a daemon ran with the defaults): the purge would delete it"
-            );
-        }
-        let guard = Self { purged: false, state_dir_existed };
-        let out = dpkg(&["--install", &deb.display().to_string()]);
-        assert!(out.status.success(), "dpkg --install failed:\n{}{}", text(&out.stdout), text(&out.stderr));
-        guard
-    }
-
-    fn purge(&mut self) -> Output {
-        self.purged = true;
-        dpkg(&["--purge", "limiter"])
-    }
-}
-
-/// `dpkg ARGS`, unattended.
-fn dpkg(args: &[&str]) -> Output {
-    output(Command::new("dpkg").args(args).env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        if !self.purged {
-            let out = self.purge();
-            if !out.status.success() {
-                eprintln!("dpkg --purge limiter failed: {}{}", text(&out.stdout), text(&out.stderr));
-            }
-        }
-        if self.state_dir_existed {
-            let _ = fs::create_dir_all(STATE_DIR);
-        }
-    }
-}
-
 #[test]
 fn install_check_and_purge() {
     let deb = require!(deb());
@@ -290,15 +184,6 @@ fn install_check_and_purge() {
     for f in FILES.iter().chain(&["/etc/limiter", STATE_DIR, "/usr/share/doc/limiter"]) {
         assert!(!Path::new(f).exists(), "{f} is left after the purge");
     }
-}
-
-/// A program on `PATH`, a need for [`require!`].
-fn tool(name: &str) -> Need<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| format!("no {name} on PATH (cargo xtask setup installs it)"))
 }
 
 #[test]
@@ -579,10 +464,6 @@ fn refused(pair: &Pair, src: std::net::IpAddr) -> bool {
     let t = tally(&pair.connect_many(src, PORT, 1, WAIT));
     assert_eq!(t.connected + t.refused, 1, "an attempt neither connected nor refused: {t:?}");
     t.refused == 1
-}
-
-fn said(out: &Output) -> String {
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
 }
 
 #[test]
