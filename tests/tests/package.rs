@@ -402,7 +402,14 @@ fn the_daemon_enforces_under_the_units_restrictions() {
         .split_whitespace()
         .flat_map(|c| [",+".to_owned(), c.trim_start_matches("CAP_").to_lowercase()])
         .collect();
-    for line in ["ProtectKernelTunables=yes", "ProtectProc=invisible", "ProcSubset=pid", "PrivateMounts=yes"] {
+    for line in [
+        "ProtectKernelTunables=yes",
+        "ProtectProc=invisible",
+        "ProcSubset=pid",
+        "PrivateMounts=yes",
+        "ExecStartPre=+/bin/mkdir -p /sys/fs/bpf/limiter",
+        "ReadWritePaths=-/sys/fs/bpf/limiter",
+    ] {
         assert!(unit.lines().any(|l| l == line), "no {line} in the unit: this test approximates it");
     }
 
@@ -412,15 +419,19 @@ fn the_daemon_enforces_under_the_units_restrictions() {
     let dir = Scratch::new();
     let cfg = config(&dir, &pair, "reset");
     // What systemd sets up for the unit, as far as it matters to the daemon: a mount
-    // namespace of its own (PrivateMounts) where /sys and the cgroup mounts are
-    // read-only but bpffs (ProtectKernelTunables, ProtectControlGroups,
-    // ReadWritePaths=/sys/fs/bpf), /proc shows only its own process and its files
+    // namespace of its own (PrivateMounts) where /sys, the cgroup mounts and bpffs are
+    // read-only (ProtectKernelTunables, ProtectControlGroups) but the pin directory,
+    // made first (ExecStartPre=+mkdir, ReadWritePaths=-/sys/fs/bpf/limiter; here the
+    // test's --pin-dir), /proc shows only its own process and its files
     // (ProtectProc=invisible, ProcSubset=pid); then only the unit's capabilities, no
     // new privileges.
     let sandbox = format!(
         "set -e; \
-         for m in $(awk '$2 ~ \"^/sys\" && $2 !~ \"^/sys/fs/bpf\" {{print $2}}' /proc/self/mounts | sort -u); do \
+         pin=; prev=; for a in \"$@\"; do [ \"$prev\" = --pin-dir ] && pin=$a; prev=$a; done; \
+         mkdir -p \"$pin\"; \
+         for m in $(awk '$2 ~ \"^/sys\" {{print $2}}' /proc/self/mounts | sort -u); do \
            mount -o remount,bind,ro \"$m\"; done; \
+         mount --bind \"$pin\" \"$pin\"; mount -o remount,bind,rw \"$pin\"; \
          mount -t proc -o hidepid=invisible,subset=pid proc /proc; \
          exec setpriv --bounding-set=-all{caps} --inh-caps=-all --no-new-privs \"$@\""
     );
