@@ -8,7 +8,8 @@
 //! system call the daemon makes allowed by its filter, the daemon enforcing under its
 //! file-system, /proc and capability restrictions). It refuses to touch a limiter
 //! that is already installed. The life-cycle steps that need systemd as PID 1
-//! (enable, try-restart on upgrade, stop on removal) are the guest's (issue 16).
+//! (enable, reload, try-restart on upgrade, stop on purge, the unit's sandbox for
+//! real) are tests/tests/systemd.rs's, in the guests.
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{

@@ -37,7 +37,8 @@ enum Cmd {
     },
     /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests, and
     /// the Debian package's (built first, as `package` does): lintian, its life from install to purge, the
-    /// unit's hardening.
+    /// unit's hardening; in the guests also its life under systemd (enable, reload, watchdog, restarts,
+    /// upgrade, the journal, fail2ban).
     Test {
         /// Where the suite runs, comma-separated: `host` (this machine's kernel) and Debian kernels
         /// booted under qemu (`6.1`, `6.12`; the guest image is built once and cached). Default:
