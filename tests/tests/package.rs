@@ -273,7 +273,7 @@ fn traced_syscalls(log: &str) -> BTreeSet<String> {
 /// The pid of the one child of `pid` (the daemon strace runs), waiting for it.
 fn only_child(pid: u32) -> libc::pid_t {
     let path = format!("/proc/{pid}/task/{pid}/children");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + limiter_tests::patience(Duration::from_secs(10));
     loop {
         let children = fs::read_to_string(&path).unwrap_or_default();
         if let Some(child) = children.split_whitespace().next() {
@@ -284,14 +284,16 @@ fn only_child(pid: u32) -> libc::pid_t {
     }
 }
 
-/// Waits up to a minute (a traced or sandboxed start is slower) for `d` to answer.
+/// Waits up to a minute (a traced or sandboxed start is slower), scaled by
+/// `LIMITER_TEST_TIME_FACTOR`, for `d` to answer.
 fn wait_answering(d: &mut Daemon) {
-    let deadline = Instant::now() + Duration::from_mins(1);
+    let limit = limiter_tests::patience(Duration::from_mins(1));
+    let deadline = Instant::now() + limit;
     while d.status_json().is_none() {
         if let Some(Ok(Some(status))) = d.child.as_mut().map(std::process::Child::try_wait) {
             panic!("the daemon exited ({status}): {}", d.log_text());
         }
-        assert!(Instant::now() < deadline, "the daemon did not answer within a minute: {}", d.log_text());
+        assert!(Instant::now() < deadline, "the daemon did not answer within {limit:?}: {}", d.log_text());
         thread::sleep(Duration::from_millis(100));
     }
 }
