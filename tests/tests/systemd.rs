@@ -380,10 +380,11 @@ mod systemd {
         fail2ban_bans(&link, src, abuser);
         exposure(pid);
 
-        // Purged: no unit, no pins, no binary, no enforcement.
+        // Purged: the daemon stopped (the prerm's), no unit, no pins, no binary, no enforcement.
         drop(held);
         let out = installed.purge();
         assert!(out.status.success(), "dpkg --purge failed:\n{}", said(&out));
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the daemon ({pid}) still runs after the purge");
         assert_eq!(prop("LoadState"), "not-found", "the unit is still known after the purge");
         for f in [UNIT, PIN_DIR, "/usr/bin/limiter", "/etc/systemd/system/multi-user.target.wants/limiter.service"] {
             assert!(!Path::new(f).exists(), "{f} is left after the purge");
