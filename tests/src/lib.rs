@@ -8,12 +8,14 @@
 
 pub mod cli;
 pub mod dovecot;
+pub mod fail2ban;
 pub mod frames;
 pub mod ftp;
 pub mod kernel;
 pub mod modules;
 pub mod netns;
 pub mod nft;
+pub mod package;
 pub mod policy;
 pub mod postfix;
 pub mod pyclient;

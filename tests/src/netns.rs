@@ -386,6 +386,14 @@ impl Default for Pair {
     }
 }
 
+/// A plain listener on `addr` in the calling thread's namespace (a test's own
+/// thread: the root namespace) that accepts forever and keeps every connection
+/// open, as [`Netns::listen`] does in a namespace.
+#[must_use]
+pub fn listen_here(addr: SocketAddr) -> Listener {
+    serve(TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
+}
+
 /// Keeps a listener open.
 pub struct Listener {
     _listener: TcpListener,

@@ -10,14 +10,14 @@
 
 use std::{
     net::IpAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
     cli::{Scratch, path_str},
+    fail2ban::{Fail2ban, packaging},
     netns::{Daemon, Listener, Pair, Spawn, limiter_bin, tally},
     privileged, require,
 };
@@ -31,10 +31,6 @@ const WAIT: Duration = Duration::from_secs(2);
 /// `2001:db8:N::/48`, and never used by a real client.
 const FORGED_V4: &str = "198.19.250.99";
 const FORGED_V6: &str = "2001:db8:f9f9:1::99";
-
-fn packaging() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/fail2ban")
-}
 
 fn config(iface: &str) -> String {
     format!(
@@ -123,68 +119,6 @@ fn forged_floods_make_no_line_fail2ban_matches() {
     drop(d);
 }
 
-/// A `fail2ban-server` of the test's own: private config, socket and
-/// database, the shipped filter and action, reading the daemon's log.
-struct Fail2ban {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Fail2ban {
-    fn start(d: &Daemon, dir: &Path) -> Self {
-        let conf = dir.join("f2b");
-        for sub in ["filter.d", "action.d", "jail.d"] {
-            std::fs::create_dir_all(conf.join(sub)).expect("fail2ban dirs");
-        }
-        // The filter includes Debian's common.conf.
-        std::fs::copy("/etc/fail2ban/filter.d/common.conf", conf.join("filter.d/common.conf"))
-            .expect("/etc/fail2ban/filter.d/common.conf (Debian package fail2ban)");
-        for f in ["filter.d/limiter.conf", "action.d/limiter.conf"] {
-            std::fs::copy(packaging().join(f), conf.join(f)).expect("shipped fail2ban file");
-        }
-        std::fs::write(conf.join("fail2ban.conf"), "[Definition]\nloglevel = INFO\ndbfile = :memory:\n")
-            .expect("fail2ban.conf");
-        // The shipped jail with the test's paths and times: a ban after 2
-        // proved bursts, lifted 4 s later.
-        let jail = format!(
-            "[limiter]\nenabled = true\nfilter = limiter\naction = limiter[limiter=\"{}\", socket=\"{}\"]\n\
-             backend = polling\nlogpath = {}\nmaxretry = 2\nfindtime = 60\nbantime = 4\n",
-            limiter_bin().display(),
-            d.socket.display(),
-            d.log.display()
-        );
-        std::fs::write(conf.join("jail.local"), jail).expect("jail");
-        let child = Command::new("fail2ban-server")
-            .arg("-f")
-            .arg("-x")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-s")
-            .arg(dir.join("f2b.sock"))
-            .arg("-p")
-            .arg(dir.join("f2b.pid"))
-            .arg("--logtarget")
-            .arg(dir.join("f2b.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fail2ban-server (Debian package fail2ban)");
-        Self { child, dir: dir.to_owned() }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("f2b.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Fail2ban {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The run-time deny entries: (prefix, comment).
 fn denied(d: &Daemon) -> Vec<(String, String)> {
     let v = d.client_json(&["deny", "list", "--json"]);
@@ -218,7 +152,16 @@ fn wait_until(what: &str, limit: Duration, f2b: &Fail2ban, d: &Daemon, mut f: im
 fn fail2ban_bans_verified_abusers_through_the_deny_list() {
     require!(privileged());
     let (pair, _conn, _rate, scratch, d) = start();
-    let f2b = Fail2ban::start(&d, &scratch.0);
+    // The shipped jail with the test's paths and times: a ban after 2 proved
+    // bursts, lifted 4 s later.
+    let jail = format!(
+        "[limiter]\nenabled = true\nfilter = limiter\naction = limiter[limiter=\"{}\", socket=\"{}\"]\n\
+         backend = polling\nlogpath = {}\nmaxretry = 2\nfindtime = 60\nbantime = 4\n",
+        limiter_bin().display(),
+        d.socket.display(),
+        d.log.display()
+    );
+    let f2b = Fail2ban::start(&scratch.0, &packaging(), &jail);
     // fail2ban is up when it reads our log.
     wait_until("fail2ban started the jail", Duration::from_secs(30), &f2b, &d, || {
         f2b.log().contains("Jail 'limiter' started")

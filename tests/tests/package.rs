@@ -8,7 +8,8 @@
 //! system call the daemon makes allowed by its filter, the daemon enforcing under its
 //! file-system, /proc and capability restrictions). It refuses to touch a limiter
 //! that is already installed. The life-cycle steps that need systemd as PID 1
-//! (enable, try-restart on upgrade, stop on removal) are the guest's (issue 16).
+//! (enable, reload, try-restart on upgrade, stop on purge, the unit's sandbox for
+//! real) are tests/tests/systemd.rs's, in the guests.
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
@@ -18,26 +19,21 @@ use std::{
     net::TcpStream,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
-    Need,
     cli::Scratch,
     netns::{Daemon, Pair, Spawn, streams, tally},
+    package::{
+        CONFFILE, Installed, PIN_DIR, SOCKET, STATE_DIR, UNIT, deb, dpkg, dpkg_status, output, run, said, text, tool,
+    },
     privileged, require, root,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-const UNIT: &str = "/lib/systemd/system/limiter.service";
-const CONFFILE: &str = "/etc/limiter/limiter.toml";
-const STATE_DIR: &str = "/var/lib/limiter";
-/// Where a daemon with the defaults (the unit's) pins, and its socket: what the
-/// prerm unloads and the purge removes.
-const PIN_DIR: &str = "/sys/fs/bpf/limiter";
-const SOCKET: &str = "/run/limiter/limiter.sock";
 /// The unit in the repository (the package installs it as it is).
 const UNIT_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/limiter.service");
 /// The highest `systemd-analyze security` exposure the unit may have (issue 16).
@@ -66,31 +62,6 @@ const FILES: &[&str] = &[
     "/usr/share/doc/limiter/changelog.gz",
     "/usr/share/lintian/overrides/limiter",
 ];
-
-/// The .deb under test (`LIMITER_DEB`), a need for [`require!`].
-fn deb() -> Need<PathBuf> {
-    let Some(path) = std::env::var_os("LIMITER_DEB") else {
-        return Err("LIMITER_DEB is not set (`cargo xtask test` builds the package and sets it)".into());
-    };
-    let path = PathBuf::from(path);
-    assert!(path.is_file(), "LIMITER_DEB={} is not a file", path.display());
-    Ok(path)
-}
-
-/// Runs `cmd`; panics with its output unless it exits 0. Returns stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}{}", out.status, text(&out.stdout), text(&out.stderr));
-    text(&out.stdout)
-}
-
-fn output(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// The repository's fail2ban examples, relative to packaging/fail2ban (none before they land).
 fn fail2ban_examples() -> Vec<String> {
@@ -166,82 +137,6 @@ fn deb_holds_the_binary_unit_conffile_docs_and_scripts() {
     }
 }
 
-/// What dpkg says about the package `limiter`: `None` when it has never been
-/// installed (or was purged).
-fn dpkg_status() -> Option<String> {
-    let out = output(Command::new("dpkg-query").args(["--show", "--showformat=${db:Status-Abbrev}", "limiter"]));
-    let status = text(&out.stdout).trim().to_owned();
-    (out.status.success() && !status.is_empty() && !status.starts_with("un")).then_some(status)
-}
-
-/// Owns the installed package: purges it on drop (also when an assertion
-/// failed) and puts back an empty state dir if there was one before.
-struct Installed {
-    purged: bool,
-    state_dir_existed: bool,
-}
-
-impl Installed {
-    /// Installs `deb`, refusing if anything of an install it did not make is
-    /// there: the purge would delete it.
-    fn install(deb: &Path) -> Self {
-        if let Some(status) = dpkg_status() {
-            panic!(
-                "a limiter package is already installed (dpkg status '{status}'): this test installs and purges \
-                 its own and will not touch an admin's; run it on a machine without one"
-            );
-        }
-        for path in ["/usr/bin/limiter", CONFFILE] {
-            assert!(!Path::new(path).exists(), "{path} exists but no package owns it: the purge would delete it");
-        }
-        assert!(
-            !Path::new(PIN_DIR).exists(),
-            "{PIN_DIR} exists (a limiter with the default pins enforces here): the removal would unload it"
-        );
-        assert!(
-            std::os::unix::net::UnixStream::connect(SOCKET).is_err(),
-            "a limiter daemon answers on {SOCKET}: this test will not remove its package"
-        );
-        let state = Path::new(STATE_DIR);
-        let state_dir_existed = state.exists();
-        if state_dir_existed {
-            let entries = fs::read_dir(state).expect("read the state dir").count();
-            assert_eq!(
-                entries, 0,
-                "{STATE_DIR} holds state (a daemon ran with the defaults): the purge would delete it"
-            );
-        }
-        let guard = Self { purged: false, state_dir_existed };
-        let out = dpkg(&["--install", &deb.display().to_string()]);
-        assert!(out.status.success(), "dpkg --install failed:\n{}{}", text(&out.stdout), text(&out.stderr));
-        guard
-    }
-
-    fn purge(&mut self) -> Output {
-        self.purged = true;
-        dpkg(&["--purge", "limiter"])
-    }
-}
-
-/// `dpkg ARGS`, unattended.
-fn dpkg(args: &[&str]) -> Output {
-    output(Command::new("dpkg").args(args).env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        if !self.purged {
-            let out = self.purge();
-            if !out.status.success() {
-                eprintln!("dpkg --purge limiter failed: {}{}", text(&out.stdout), text(&out.stderr));
-            }
-        }
-        if self.state_dir_existed {
-            let _ = fs::create_dir_all(STATE_DIR);
-        }
-    }
-}
-
 #[test]
 fn install_check_and_purge() {
     let deb = require!(deb());
@@ -314,15 +209,6 @@ fn install_check_and_purge() {
     for f in FILES.iter().chain(&["/etc/limiter", STATE_DIR, "/usr/share/doc/limiter"]) {
         assert!(!Path::new(f).exists(), "{f} is left after the purge");
     }
-}
-
-/// A program on `PATH`, a need for [`require!`].
-fn tool(name: &str) -> Need<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| format!("no {name} on PATH (cargo xtask setup installs it)"))
 }
 
 #[test]
@@ -422,16 +308,16 @@ fn only_child(pid: u32) -> libc::pid_t {
     }
 }
 
-/// Waits up to a minute (a traced or sandboxed start is slower; under
-/// emulation, `patience` times that: strace'd there, the verifier's pass
-/// alone took over a minute on 6.1) for `d` to answer.
+/// Waits up to a minute (a traced or sandboxed start is slower), scaled by
+/// `LIMITER_TEST_TIME_FACTOR`, for `d` to answer.
 fn wait_answering(d: &mut Daemon) {
-    let deadline = Instant::now() + limiter_tests::patience(Duration::from_mins(1));
+    let limit = limiter_tests::patience(Duration::from_mins(1));
+    let deadline = Instant::now() + limit;
     while d.status_json().is_none() {
         if let Some(Ok(Some(status))) = d.child.as_mut().map(std::process::Child::try_wait) {
             panic!("the daemon exited ({status}): {}", d.log_text());
         }
-        assert!(Instant::now() < deadline, "the daemon did not answer in time: {}", d.log_text());
+        assert!(Instant::now() < deadline, "the daemon did not answer within {limit:?}: {}", d.log_text());
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -543,7 +429,14 @@ fn the_daemon_enforces_under_the_units_restrictions() {
         .split_whitespace()
         .flat_map(|c| [",+".to_owned(), c.trim_start_matches("CAP_").to_lowercase()])
         .collect();
-    for line in ["ProtectKernelTunables=yes", "ProtectProc=invisible", "ProcSubset=pid", "PrivateMounts=yes"] {
+    for line in [
+        "ProtectKernelTunables=yes",
+        "ProtectProc=invisible",
+        "ProcSubset=pid",
+        "PrivateMounts=yes",
+        "ExecStartPre=+/bin/mkdir -p /sys/fs/bpf/limiter",
+        "ReadWritePaths=-/sys/fs/bpf/limiter",
+    ] {
         assert!(unit.lines().any(|l| l == line), "no {line} in the unit: this test approximates it");
     }
 
@@ -553,15 +446,19 @@ fn the_daemon_enforces_under_the_units_restrictions() {
     let dir = Scratch::new();
     let cfg = config(&dir, &pair, "reset");
     // What systemd sets up for the unit, as far as it matters to the daemon: a mount
-    // namespace of its own (PrivateMounts) where /sys and the cgroup mounts are
-    // read-only but bpffs (ProtectKernelTunables, ProtectControlGroups,
-    // ReadWritePaths=/sys/fs/bpf), /proc shows only its own process and its files
+    // namespace of its own (PrivateMounts) where /sys, the cgroup mounts and bpffs are
+    // read-only (ProtectKernelTunables, ProtectControlGroups) but the pin directory,
+    // made first (ExecStartPre=+mkdir, ReadWritePaths=-/sys/fs/bpf/limiter; here the
+    // test's --pin-dir), /proc shows only its own process and its files
     // (ProtectProc=invisible, ProcSubset=pid); then only the unit's capabilities, no
     // new privileges.
     let sandbox = format!(
         "set -e; \
-         for m in $(awk '$2 ~ \"^/sys\" && $2 !~ \"^/sys/fs/bpf\" {{print $2}}' /proc/self/mounts | sort -u); do \
+         pin=; prev=; for a in \"$@\"; do [ \"$prev\" = --pin-dir ] && pin=$a; prev=$a; done; \
+         mkdir -p \"$pin\"; \
+         for m in $(awk '$2 ~ \"^/sys\" {{print $2}}' /proc/self/mounts | sort -u); do \
            mount -o remount,bind,ro \"$m\"; done; \
+         mount --bind \"$pin\" \"$pin\"; mount -o remount,bind,rw \"$pin\"; \
          mount -t proc -o hidepid=invisible,subset=pid proc /proc; \
          exec setpriv --bounding-set=-all{caps} --inh-caps=-all --no-new-privs \"$@\""
     );
@@ -605,10 +502,6 @@ fn refused(pair: &Pair, src: std::net::IpAddr) -> bool {
     let t = tally(&pair.connect_many(src, PORT, 1, WAIT));
     assert_eq!(t.connected + t.refused, 1, "an attempt neither connected nor refused: {t:?}");
     t.refused == 1
-}
-
-fn said(out: &Output) -> String {
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
 }
 
 #[test]

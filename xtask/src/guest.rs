@@ -464,10 +464,10 @@ pub(crate) fn run_kernel(
     k: &Kernel,
     bins: &[TestBinary],
     args: &[String],
-    deb: &Path,
+    debs: [&Path; 2],
 ) -> Result<Report> {
     for attempt in 1..=2 {
-        match boot(image, k, bins, args, deb, attempt)? {
+        match boot(image, k, bins, args, debs, attempt)? {
             Boot::Done(r) => return Ok(r),
             Boot::Hung(console) if attempt == 1 => {
                 eprintln!(
@@ -484,14 +484,21 @@ pub(crate) fn run_kernel(
     unreachable!("two attempts")
 }
 
-fn boot(image: &Image, k: &Kernel, bins: &[TestBinary], args: &[String], deb: &Path, attempt: u32) -> Result<Boot> {
+fn boot(
+    image: &Image,
+    k: &Kernel,
+    bins: &[TestBinary],
+    args: &[String],
+    debs: [&Path; 2],
+    attempt: u32,
+) -> Result<Boot> {
     let version = image.kernel_version(k)?;
     let accel = accel();
     let share = cache_dir().join("runs").join(k.series);
     remove_tree(&share)?;
     fs::create_dir_all(&share)?;
     let console = cache_dir().join("runs").join(format!("{}.attempt{attempt}.console.log", k.series));
-    write_job(&share, bins, args, deb, accel)?;
+    write_job(&share, bins, args, debs, accel)?;
 
     let kdir = image.kernel_dir(k);
     let src = crate::workspace_root().canonicalize()?;
@@ -586,8 +593,8 @@ fn kill(child: &mut Child) {
 }
 
 /// The job's inputs in the shared directory: the script, the binaries, the
-/// environment.
-fn write_job(share: &Path, bins: &[TestBinary], args: &[String], deb: &Path, accel: &str) -> Result<()> {
+/// environment (`debs`: the package under test and a newer build of it).
+fn write_job(share: &Path, bins: &[TestBinary], args: &[String], debs: [&Path; 2], accel: &str) -> Result<()> {
     write_exec(&share.join("job.sh"), JOB_SCRIPT)?;
     let mut list = String::new();
     for b in bins {
@@ -606,10 +613,11 @@ fn write_job(share: &Path, bins: &[TestBinary], args: &[String], deb: &Path, acc
     fs::write(
         share.join("env"),
         format!(
-            "LIMITER_BIN='{}'\nLIMITER_DEB='{}'\nLIMITER_REQUIRE_PRIVILEGED_TESTS=1\n\
+            "LIMITER_BIN='{}'\nLIMITER_DEB='{}'\nLIMITER_DEB_UPGRADE='{}'\nLIMITER_REQUIRE_PRIVILEGED_TESTS=1\n\
              LIMITER_TEST_TIME_FACTOR={factor}\nPER_BINARY_TIMEOUT={}\n",
             root.join("target/release/limiter").display(),
-            deb.display(),
+            debs[0].display(),
+            debs[1].display(),
             secs_from_env("LIMITER_GUEST_BINARY_TIMEOUT", 25 * 60).as_secs(),
         ),
     )?;

@@ -37,7 +37,8 @@ enum Cmd {
     },
     /// Set up, build, then run every test: unit, property, `BPF_PROG_TEST_RUN` and namespace tests, and
     /// the Debian package's (built first, as `package` does): lintian, its life from install to purge, the
-    /// unit's hardening.
+    /// unit's hardening; in the guests also its life under systemd (enable, reload, watchdog, restarts,
+    /// upgrade, the journal, fail2ban).
     Test {
         /// Where the suite runs, comma-separated: `host` (this machine's kernel) and Debian kernels
         /// booted under qemu (`6.1`, `6.12`; the guest image is built once and cached). Default:
@@ -102,6 +103,18 @@ pub(crate) fn build(tc: &BpfToolchain) -> Result<PathBuf> {
 /// measures the emulator.)
 const HOST_ONLY: &[(&str, &str)] = &[];
 
+/// Test binaries that run only in the guests, where systemd is PID 1, with the reason printed on
+/// every host run. Their tests sit in a module named after the binary, so that the host run can
+/// skip them by that name (`--skip NAME::`) and show them as filtered out, not as passed.
+const GUEST_ONLY: &[(&str, &str)] = &[(
+    "systemd",
+    "needs systemd as PID 1 (enable, reload, the watchdog, restarts by the unit, the journal); the 6.1 guest of \
+     `cargo xtask test` runs it (and `--kernel 6.12`)",
+)];
+
+/// The newer build of the package the guests upgrade to (tests/tests/systemd.rs).
+const UPGRADE_VERSION: &str = "0.1.0+test2";
+
 /// `cargo xtask test`: the suite on the host and/or in guests, then one line per place it ran.
 fn test(mut places: Vec<String>, args: &[String]) -> Result<()> {
     // The whole suite: this machine's kernel and Debian 12's, the oldest
@@ -119,12 +132,18 @@ fn test(mut places: Vec<String>, args: &[String]) -> Result<()> {
     let mut ok = true;
     if places.iter().any(|p| p == "host") {
         let started = Instant::now();
+        let mut skip = Vec::new();
+        for (name, why) in GUEST_ONLY {
+            eprintln!("xtask: guest-only, not run on the host: {name}: {why}");
+            skip.extend(["--skip".to_owned(), format!("{name}::")]);
+        }
         // Privileged tests share kernel state (namespaces, bpffs), so
         // every test binary runs its tests one at a time.
         let host = util::run_counting_tests(
             cargo(&tc)
                 .args(["test", "--release", "--no-fail-fast", "--"])
                 .arg("--test-threads=1")
+                .args(&skip)
                 .args(args)
                 .env("LIMITER_BIN", &bin)
                 .env("LIMITER_DEB", &deb),
@@ -143,6 +162,9 @@ fn test(mut places: Vec<String>, args: &[String]) -> Result<()> {
     }
     if !kernels.is_empty() {
         let started = Instant::now();
+        // tests/tests/systemd.rs upgrades to it under systemd.
+        let upgrade = package::deb(&bin, Some(UPGRADE_VERSION))?;
+        eprintln!("xtask: built {}", upgrade.display());
         let image = guest::image()?;
         let bins = guest::test_binaries(&mut cargo(&tc))?;
         // LIMITER_GUEST_TESTS=a,b runs only the test binaries named so (e.g. `xdp_test_run`).
@@ -162,7 +184,7 @@ fn test(mut places: Vec<String>, args: &[String]) -> Result<()> {
             .collect();
         eprintln!("xtask: guest image and test binaries ready after {}", util::minutes(started.elapsed()));
         for k in kernels {
-            match guest::run_kernel(&image, k, &bins, args, &deb) {
+            match guest::run_kernel(&image, k, &bins, args, [&deb, &upgrade]) {
                 Ok(r) => {
                     ok &= r.ok();
                     let mut line = format!(

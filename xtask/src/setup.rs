@@ -37,8 +37,11 @@ pub(crate) const DEBIAN_PACKAGES: &[&str] = &[
     "netsniff-ng",
     "util-linux",
     "procps",
-    // fail2ban-regex checks the shipped filter against real daemon output.
+    // fail2ban-regex checks the shipped filter against real daemon output;
+    // python3-systemd is its `backend = systemd` (the shipped jail's), which
+    // the guest's systemd test reads the journal with.
     "fail2ban",
+    "python3-systemd",
     // promtool checks /metrics as Prometheus reads it.
     "prometheus",
     // The package's tests: lintian checks the .deb; systemd-analyze (in systemd)
