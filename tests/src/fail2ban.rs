@@ -71,3 +71,15 @@ impl Drop for Fail2ban {
         let _ = self.child.wait();
     }
 }
+
+/// The run-time deny entries of a `limiter deny list --json` answer, as
+/// (prefix, comment): what a ban added.
+#[must_use]
+pub fn denied_entries(list: &serde_json::Value) -> Vec<(String, String)> {
+    list["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| (e["prefix"].as_str().unwrap_or("").to_owned(), e["comment"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}

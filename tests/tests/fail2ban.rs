@@ -121,13 +121,7 @@ fn forged_floods_make_no_line_fail2ban_matches() {
 
 /// The run-time deny entries: (prefix, comment).
 fn denied(d: &Daemon) -> Vec<(String, String)> {
-    let v = d.client_json(&["deny", "list", "--json"]);
-    v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| (e["prefix"].as_str().unwrap_or("").to_owned(), e["comment"].as_str().unwrap_or("").to_owned()))
-        .collect()
+    limiter_tests::fail2ban::denied_entries(&d.client_json(&["deny", "list", "--json"]))
 }
 
 fn wait_until(what: &str, limit: Duration, f2b: &Fail2ban, d: &Daemon, mut f: impl FnMut() -> bool) {

@@ -180,13 +180,7 @@ mod systemd {
 
     /// The run-time deny entries: (prefix, comment).
     fn denied() -> Vec<(String, String)> {
-        let v = client_json(&["deny", "list", "--json"]);
-        v["entries"]
-            .as_array()
-            .expect("entries")
-            .iter()
-            .map(|e| (e["prefix"].as_str().unwrap_or("").to_owned(), e["comment"].as_str().unwrap_or("").to_owned()))
-            .collect()
+        limiter_tests::fail2ban::denied_entries(&client_json(&["deny", "list", "--json"]))
     }
 
     fn main_pid() -> u32 {
