@@ -138,8 +138,12 @@ fn rtnl_getlink(index: u32) -> std::io::Result<Vec<u8>> {
 /// The attached program's id and mode from an `RTM_NEWLINK` message:
 /// `IFLA_XDP` (43) holds `IFLA_XDP_ATTACHED` (2) and `IFLA_XDP_PROG_ID` (4).
 fn parse_xdp(msg: &[u8]) -> Option<(u32, &'static str)> {
-    // Attributes: len u16, type u16, payload, aligned to 4.
-    fn attrs(mut b: &[u8], u16_at: impl Fn(&[u8], usize) -> Option<u16>) -> Vec<(u16, &[u8])> {
+    /// A native-endian u16 at `at`, if `b` holds it.
+    fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+        b.get(at..at + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
+    }
+    /// Attributes: len u16, type u16, payload, aligned to 4.
+    fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
         let mut out = Vec::new();
         while let (Some(len), Some(kind)) = (u16_at(b, 0), u16_at(b, 2)) {
             let len = usize::from(len);
@@ -154,15 +158,14 @@ fn parse_xdp(msg: &[u8]) -> Option<(u32, &'static str)> {
     const IFLA_XDP: u16 = 43;
     const ATTACHED: u16 = 2;
     const PROG_ID: u16 = 4;
-    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
     let kind = u16_at(msg, 4)?;
     if kind != libc::RTM_NEWLINK {
         return None;
     }
     let len = usize::try_from(u32::from_ne_bytes(msg.get(0..4)?.try_into().ok()?)).ok()?;
     let body = msg.get(32..len.min(msg.len()))?;
-    let xdp = attrs(body, u16_at).into_iter().find(|(k, _)| *k == IFLA_XDP)?.1;
-    let nested = attrs(xdp, u16_at);
+    let xdp = attrs(body).into_iter().find(|(k, _)| *k == IFLA_XDP)?.1;
+    let nested = attrs(xdp);
     let attached = nested.iter().find(|(k, _)| *k == ATTACHED).and_then(|(_, v)| v.first().copied())?;
     let mode = match attached {
         0 => return None,
