@@ -38,6 +38,11 @@ pub mod basis {
     /// Established connections plus handshakes in flight were at the limit,
     /// established alone below it: the handshakes may be forged SYNs.
     pub const IN_FLIGHT: u8 = 2;
+    /// As [`ESTABLISHED`], of the source's connections over all services
+    /// (the source-wide budget).
+    pub const ALL_ESTABLISHED: u8 = 3;
+    /// As [`IN_FLIGHT`], over all services.
+    pub const ALL_IN_FLIGHT: u8 = 4;
 }
 
 /// What answered a refused SYN ([`Refusal::answer`]), as the refusal
@@ -55,6 +60,8 @@ pub mod answer {
     /// `action = "respond"`, reset in XDP instead: no steering token left,
     /// or the source is over its share of them.
     pub const FALLBACK: u8 = 4;
+    /// Observe mode (`action = "log"`): nothing was refused, the SYN passed.
+    pub const OBSERVED: u8 = 5;
 }
 
 /// One refused SYN.

@@ -50,7 +50,11 @@ pub struct ListEntry {
     pub reserve: u32,
     /// [`entry`] bits.
     pub flags: u8,
-    pub pad: [u8; 7],
+    pub pad: [u8; 3],
+    /// The allow entry's connection limit per source over all services
+    /// together (the source-wide budget); 0 = none. Zero in the pad of
+    /// entries written by older versions, which had no such limit.
+    pub max_conn_all: u32,
 }
 const _: () = assert!(core::mem::size_of::<ListEntry>() == 32);
 
@@ -85,6 +89,8 @@ pub enum Admission {
     Limits {
         /// Connections per source; 0 = no limit.
         max_conn: u32,
+        /// Connections per source over all services together; 0 = no limit.
+        max_conn_all: u32,
         bucket: Bucket,
         /// The source is on the service's reserve list.
         reserved: bool,
@@ -92,13 +98,15 @@ pub enum Admission {
 }
 
 /// The deny and exempt rules of the decision order: the deny list, then the allow list
-/// (exempt, or its own per-source limits instead of the service's).
-/// `entry` is the longest match of the source address, if any.
+/// (exempt, or its own per-source limits instead of the service's and the
+/// source-wide one). `entry` is the longest match of the source address, if
+/// any; `all` is the source-wide limit of the policy in force (0 = none).
 #[inline(always)]
 #[must_use]
-pub const fn admission(entry: Option<&ListEntry>, service: u32, policy: &ServicePolicy) -> Admission {
+pub const fn admission(entry: Option<&ListEntry>, service: u32, policy: &ServicePolicy, all: u32) -> Admission {
     let service_limits = Admission::Limits {
         max_conn: policy.max_conn_per_source,
+        max_conn_all: all,
         bucket: Bucket { interval_ns: policy.rate_interval_ns, tolerance_ns: policy.rate_tolerance_ns },
         reserved: false,
     };
@@ -110,16 +118,17 @@ pub const fn admission(entry: Option<&ListEntry>, service: u32, policy: &Service
     }
     let reserved = service < 32 && e.reserve & (1 << service) != 0;
     if e.flags & entry::ALLOW == 0 {
-        let Admission::Limits { max_conn, bucket, .. } = service_limits else {
+        let Admission::Limits { max_conn, max_conn_all, bucket, .. } = service_limits else {
             return service_limits;
         };
-        return Admission::Limits { max_conn, bucket, reserved };
+        return Admission::Limits { max_conn, max_conn_all, bucket, reserved };
     }
     if e.flags & entry::EXEMPT != 0 {
         return Admission::Decided(Verdict::Accepted);
     }
     Admission::Limits {
         max_conn: e.max_conn_per_source,
+        max_conn_all: e.max_conn_all,
         bucket: Bucket { interval_ns: e.rate_interval_ns, tolerance_ns: e.rate_tolerance_ns },
         reserved,
     }
@@ -146,20 +155,35 @@ mod tests {
     #[test]
     fn no_entry_gets_the_service_limits() {
         assert_eq!(
-            admission(None, 1, &service()),
-            Admission::Limits { max_conn: 2, bucket: Bucket { interval_ns: 100, tolerance_ns: 900 }, reserved: false }
+            admission(None, 1, &service(), 7),
+            Admission::Limits {
+                max_conn: 2,
+                max_conn_all: 7,
+                bucket: Bucket { interval_ns: 100, tolerance_ns: 900 },
+                reserved: false
+            }
         );
     }
 
     #[test]
     fn allow_with_limits_replaces_both_per_source_limits() {
-        let e = ListEntry { max_conn_per_source: 20, flags: entry::ALLOW, reserve: 1 << 3, ..ListEntry::default() };
+        let e = ListEntry {
+            max_conn_per_source: 20,
+            max_conn_all: 30,
+            flags: entry::ALLOW,
+            reserve: 1 << 3,
+            ..ListEntry::default()
+        };
         assert_eq!(
-            admission(Some(&e), 3, &service()),
-            Admission::Limits { max_conn: 20, bucket: Bucket::UNLIMITED, reserved: true }
+            admission(Some(&e), 3, &service(), 7),
+            Admission::Limits { max_conn: 20, max_conn_all: 30, bucket: Bucket::UNLIMITED, reserved: true }
         );
         // The reserve bit is per service.
-        assert!(matches!(admission(Some(&e), 2, &service()), Admission::Limits { reserved: false, .. }));
+        assert!(matches!(admission(Some(&e), 2, &service(), 7), Admission::Limits { reserved: false, .. }));
+        // Without a source-wide limit of its own, an allow entry with limits
+        // has none: its limits replace the policy's as a set.
+        let e = ListEntry { max_conn_all: 0, ..e };
+        assert!(matches!(admission(Some(&e), 3, &service(), 7), Admission::Limits { max_conn_all: 0, .. }));
     }
 
     #[test]
@@ -176,19 +200,22 @@ mod tests {
         /// Rule order: deny beats everything; exempt accepts whatever the
         /// service says; an entry with neither keeps the service's limits.
         #[test]
-        fn deny_first_then_allow(flags in 0u8..8, max in 0u32..50, reserve: u32, svc in 1u32..17) {
-            let e = ListEntry { max_conn_per_source: max, reserve, flags, ..ListEntry::default() };
-            let got = admission(Some(&e), svc, &service());
+        fn deny_first_then_allow(
+            flags in 0u8..8, max in 0u32..50, all in 0u32..50, global in 0u32..50, reserve: u32, svc in 1u32..17,
+        ) {
+            let e = ListEntry { max_conn_per_source: max, max_conn_all: all, reserve, flags, ..ListEntry::default() };
+            let got = admission(Some(&e), svc, &service(), global);
             let reserved = reserve & (1 << svc) != 0;
             if flags & entry::DENY != 0 {
                 prop_assert_eq!(got, Admission::Decided(Verdict::RefusedDeny));
             } else if flags & entry::ALLOW != 0 && flags & entry::EXEMPT != 0 {
                 prop_assert_eq!(got, Admission::Decided(Verdict::Accepted));
             } else if flags & entry::ALLOW != 0 {
-                prop_assert_eq!(got, Admission::Limits { max_conn: max, bucket: Bucket::UNLIMITED, reserved });
+                prop_assert_eq!(got, Admission::Limits {
+                    max_conn: max, max_conn_all: all, bucket: Bucket::UNLIMITED, reserved });
             } else {
                 prop_assert_eq!(got, Admission::Limits {
-                    max_conn: 2, bucket: Bucket { interval_ns: 100, tolerance_ns: 900 }, reserved });
+                    max_conn: 2, max_conn_all: global, bucket: Bucket { interval_ns: 100, tolerance_ns: 900 }, reserved });
             }
         }
     }

@@ -22,6 +22,9 @@ pub mod names {
     /// Service policies, both banks (`policy_index`).
     pub const POLICY: &str = "POLICY";
     pub const COUNTERS: &str = "COUNTERS";
+    /// What services in observe mode (`action = "log"`) would have refused:
+    /// laid out like `COUNTERS`, apart from real refusals.
+    pub const OBSERVED: &str = "OBSERVED";
     pub const CONNS: &str = "CONNS";
     pub const PENDING: &str = "PENDING";
     /// Handshakes let through on a reservation, so a retransmitted SYN is
@@ -130,6 +133,7 @@ pub const MAPS: &[MapSpec] = &[
     spec(names::SESSIONS, true, &[Writer::Xdp, Writer::SockOps, SEED]),
     spec(names::SOCKS, true, &[Writer::SockOps]),
     spec(names::COUNTERS, true, &[Writer::Xdp]),
+    spec(names::OBSERVED, true, &[Writer::Xdp]),
     // The daemon only deletes entries that stayed at zero.
     spec(names::CONNS, true, &[Writer::SockOps, Writer::Daemon("kernel::reclaim")]),
     spec(names::PENDING, true, &[Writer::Xdp, Writer::SockOps]),
@@ -173,6 +177,9 @@ pub mod action {
     /// Steered to the daemon's responder (`sk_lookup`), which answers with
     /// the protocol's refusal text; `RESET` when it cannot be.
     pub const RESPOND: u8 = 2;
+    /// Observe mode: the decision runs and is counted (`OBSERVED`) and
+    /// reported as what would have been refused, and the SYN passes.
+    pub const LOG: u8 = 3;
 }
 
 /// Bits of [`Globals::flags`].
@@ -228,7 +235,10 @@ pub struct SockRecord {
     pub counted: u8,
     /// 1 if counted in the service's `SESSIONS` (not exempt).
     pub pooled: u8,
-    pub pad: [u8; 2],
+    /// 1 if counted in `CONNS` under the source-wide key too
+    /// ([`ALL_SERVICES`]); 0 in records of older versions, which did not.
+    pub counted_all: u8,
+    pub pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 24);
 
@@ -327,8 +337,13 @@ pub struct ServicePolicy {
 }
 const _: () = assert!(core::mem::size_of::<ServicePolicy>() == 32);
 
+/// The service byte of a [`SourceKey`] that counts a source over all
+/// services together (the source-wide budget): no service has id 0.
+pub const ALL_SERVICES: u8 = 0;
+
 /// A source of one service: the client address masked to the configured
 /// prefix. IPv4 addresses sit in the first four bytes, the rest zero.
+/// With service [`ALL_SERVICES`], the source over every service.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SourceKey {

@@ -22,15 +22,25 @@ use network_types::{
 
 use crate::{
     frame::{Parsed, Syn, ptr_at, source_addr},
-    maps::{Grounds, STEER, STEER_SCRATCH, basis_noted, count, count_steer, now_ns, report, take_steer_token},
+    maps::{
+        Grounds, STEER, STEER_SCRATCH, basis_noted, count, count_observed, count_steer, now_ns, report,
+        take_steer_token,
+    },
 };
 
 const TTL: u8 = 64;
 const TCP_RST_ACK: u8 = 0x14;
 
-/// Counts the verdict; true for a refusal.
+/// Counts the verdict; true for a refusal. In observe mode (`observe`) a
+/// refusal is counted apart, in `OBSERVED`, and the SYN counted as accepted
+/// (it is).
 #[inline(always)]
-pub(crate) fn refused(verdict: Verdict, service: u32) -> bool {
+pub(crate) fn refused(verdict: Verdict, service: u32, observe: bool) -> bool {
+    if observe && verdict != Verdict::Accepted {
+        count_observed(verdict.index(service));
+        count(Verdict::Accepted.index(service));
+        return true;
+    }
     count(verdict.index(service));
     verdict != Verdict::Accepted
 }

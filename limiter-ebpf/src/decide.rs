@@ -10,7 +10,7 @@ use limiter_common::{
     events::basis,
     handshake::{self, Handshake},
     lists::{Admission, admission},
-    maps::{family, flags},
+    maps::{ALL_SERVICES, family, flags},
     pending::{self, Slot, hint},
     pool,
     prefix::{mask_v4, mask_v6},
@@ -19,8 +19,9 @@ use limiter_common::{
 use crate::{
     frame::{Parsed, Syn, source_addr},
     maps::{
-        Place, compare_swap, established, handshake_entry, hint as hint_word, list_entry, load, note_basis, now_ns,
-        release_pending, reserved, seeded_sessions, sessions, slot_conns,
+        CONNS, Place, SEEDED, compare_swap, established, handshake_entry, hint as hint_word, list_entry, load,
+        note_basis, now_ns, policy as policy_of, release_pending, release_session, reserved, seeded_sessions, sessions,
+        slot_conns,
     },
 };
 
@@ -100,11 +101,15 @@ pub(crate) fn decide(
     g: &Globals,
     policy: &ServicePolicy,
 ) -> Result<Verdict, ()> {
-    let (tcp, service) = (syn.tcp, syn.service);
+    let (tcp, service, fam) = (syn.tcp, syn.service, p.family);
     let addr = source_addr(ctx, p)?;
-    let (limit, bucket, on_reserve) = match admission(list_entry(g, p.family, &addr), service, policy) {
+    // The source-wide budget is the policy entry of no service (id 0). The
+    // entry always exists: `?` rather than a default, whose constant 0 on
+    // the other path would have the verifier walk all that follows twice.
+    let all = policy_of(g, 0).ok_or(())?.max_conn_per_source;
+    let (limit, all, bucket, on_reserve) = match admission(list_entry(g, fam, &addr), service, policy, all) {
         Admission::Decided(v) => return Ok(v),
-        Admission::Limits { max_conn, bucket, reserved } => (max_conn, bucket, reserved),
+        Admission::Limits { max_conn, max_conn_all, bucket, reserved } => (max_conn, max_conn_all, bucket, reserved),
     };
 
     // The sessions rule is decided after the connections and rate rules (the verifier walks the
@@ -115,11 +120,12 @@ pub(crate) fn decide(
         service,
         g,
         limit,
+        all,
         bucket,
         // The handshake's identity: client address, ports, ISN.
         id: Handshake::new(
             &addr,
-            p.family,
+            fam,
             u16::from_be_bytes([tcp[0], tcp[1]]),
             u16::from_be_bytes([tcp[2], tcp[3]]),
             u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
@@ -134,30 +140,47 @@ pub(crate) fn decide(
     };
     // Only a handshake worth remembering (see `Look::FirstContact`).
     let outcome = if look == Look::FirstContact && outcome == Outcome::Reserved { Outcome::Accepted } else { outcome };
-    let verdict = outcome.verdict();
-    if policy.max_sessions == 0 {
-        if outcome == Outcome::Reserved {
-            remember(&args.id);
+    let mut verdict = outcome.verdict();
+    if policy.max_sessions != 0 {
+        let now = now_ns();
+        let bucket_now = pool::bucket(pending::ticks(now));
+        if verdict != Verdict::Accepted {
+            return Ok(sessions_full(service, policy, on_reserve, bucket_now).unwrap_or(verdict));
         }
+        verdict = reserve_session(service, policy, on_reserve, bucket_now);
+        if verdict != Verdict::Accepted {
+            // No session left: give the source's reservation back (its
+            // token, if it took one, stays spent).
+            if limit != 0 {
+                release(&source_key(&addr, fam, service, g), g, now);
+            }
+            return Ok(verdict);
+        }
+    }
+    if verdict != Verdict::Accepted {
         return Ok(verdict);
     }
-    let now = now_ns();
-    let bucket_now = pool::bucket(pending::ticks(now));
-    if verdict != Verdict::Accepted {
-        return Ok(sessions_full(service, policy, on_reserve, bucket_now).unwrap_or(verdict));
+    // The source-wide budget, last: a SYN every other rule lets through
+    // takes its reservation, or gives back what it took. Last, so that the
+    // verifier walks it once per way of getting here that differs in what
+    // is still live (a handful), not once per path of the rules above.
+    if !all_services(&args) {
+        undo(&args, policy.max_sessions != 0);
+        return Ok(Verdict::RefusedConcurrency);
     }
-    let verdict = reserve_session(service, policy, on_reserve, bucket_now);
-    if verdict != Verdict::Accepted && limit != 0 {
-        // No session left: give the source's reservation back (its token,
-        // if it took one, stays spent).
-        let place = Place::of(&source_key(&addr, p.family, service, g));
-        if let Some(slot) = place.pending(g) {
-            release_pending(reserved(slot), place.tag, pending::ticks(now));
-        }
-    } else if outcome == Outcome::Reserved {
+    if outcome == Outcome::Reserved {
         remember(&args.id);
     }
-    Ok(verdict)
+    Ok(Verdict::Accepted)
+}
+
+/// Gives one of `key`'s reservations back.
+#[inline(always)]
+fn release(key: &SourceKey, g: &Globals, now: u64) {
+    let place = Place::of(key);
+    if let Some(slot) = place.pending(g) {
+        release_pending(reserved(slot), place.tag, pending::ticks(now));
+    }
 }
 
 /// Remembers the handshake of a SYN let through on a new reservation, so
@@ -191,6 +214,8 @@ struct SourceArgs<'a> {
     /// Beside `service`: the two share 8 bytes of the caller's stack frame,
     /// which has none to spare.
     limit: u32,
+    /// The source-wide connection limit (over all services); 0 = none.
+    all: u32,
     g: &'a Globals,
     bucket: Bucket,
     /// The SYN's handshake: client address and family, ports, ISN (no epoch).
@@ -236,9 +261,33 @@ fn first_look(a: &SourceArgs<'_>) -> Look {
         return if holds || limit == 1 { Look::Reserve } else { Look::FirstContact };
     }
     if retransmission(&a.id, &place, slot, now) {
+        if a.all != 0 {
+            // Its source-wide reservation, taken with it, lasts as long.
+            let mut all = key;
+            all.service = ALL_SERVICES;
+            let place = Place::of(&all);
+            if let Some(slot) = place.pending(g) {
+                refresh(reserved(slot), place.tag, now);
+            }
+        }
         return Look::Retransmission;
     }
     Look::Reserve
+}
+
+/// Keeps `tag`'s reservations in `cell` live from `now` (best effort: a
+/// contended or expired word is left alone).
+#[inline(always)]
+fn refresh(cell: *mut u64, tag: u16, now: u32) {
+    for _ in 0..CAS_TRIES {
+        let old = unsafe { load(cell) };
+        let Some(new) = pending::refresh(old, tag, now) else {
+            return;
+        };
+        if unsafe { compare_swap(cell, old, new) } {
+            return;
+        }
+    }
 }
 
 /// The connections and rate rules with the limits the deny and exempt rules chose.
@@ -299,6 +348,72 @@ fn per_source(a: &SourceArgs<'_>) -> Outcome {
         return Outcome::RefusedRate;
     }
     Outcome::Reserved
+}
+
+/// Takes a reservation of the source-wide budget (the source's key over
+/// all services): true if taken or no budget applies. Every SYN that counts
+/// against the budget reserves it with a compare-and-swap of the one word
+/// of that key, whatever its service, so parallel SYNs to different
+/// services cannot overshoot it. Taken after every other rule let the SYN
+/// through, which then gives back what it took ([`undo`]) if this refuses:
+/// a SYN that passes holds both counts. No "at its limit" hint is set for
+/// it: a service's hint is cleared only by closes of that service.
+///
+/// Not inlined: a BPF-to-BPF call whose exits collapse to its result.
+#[inline(never)]
+fn all_services(a: &SourceArgs<'_>) -> bool {
+    let g = a.g;
+    if a.all == 0 {
+        return true;
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "a family number")]
+    let key = source_key(&a.id.addr_bytes(), a.id.family as u8, u32::from(ALL_SERVICES), g);
+    let place = Place::of(&key);
+    let Some(slot) = place.pending(g) else {
+        return true;
+    };
+    let (cell, limit, now) = (reserved(slot), u64::from(a.all), pending::ticks(now_ns()));
+    for _ in 0..CAS_TRIES {
+        // The word first, then the count, as in `reserve`. The count is
+        // looked up whatever the slot's sum says: one path fewer per try
+        // for the verifier, on a path taken only with a budget set.
+        let old = unsafe { load(cell) };
+        let mut established = CONNS.get_ptr(&key).map_or(0, |p| unsafe { load(p) });
+        if g.flags & flags::SEEDED != 0 {
+            established += SEEDED.get_ptr(&key).map_or(0, |p| unsafe { load(p) });
+        }
+        let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
+            let (basis, live) = if established >= limit {
+                (basis::ALL_ESTABLISHED, 0)
+            } else {
+                (basis::ALL_IN_FLIGHT, pending::live(old, place.tag, now))
+            };
+            note_basis(basis, saturate(established), live, a.all);
+            return false;
+        };
+        if unsafe { compare_swap(cell, old, new) } {
+            return true;
+        }
+    }
+    // Persistently contended: refuse, as `reserve` does.
+    false
+}
+
+/// Gives back what a SYN the source-wide budget refused took under the
+/// service's rules: its reservation of the source's count (with a
+/// connection limit) and its session (with `max_sessions`). Its token, if
+/// it took one, stays spent: the budget is checked last.
+#[inline(never)]
+fn undo(a: &SourceArgs<'_>, session: bool) {
+    let now = now_ns();
+    if a.limit != 0 {
+        #[expect(clippy::cast_possible_truncation, reason = "a family number")]
+        let key = source_key(&a.id.addr_bytes(), a.id.family as u8, a.service, a.g);
+        release(&key, a.g, now);
+    }
+    if session && let Some((word, _)) = sessions(a.service) {
+        release_session(word, pool::bucket(pending::ticks(now)));
+    }
 }
 
 #[inline(always)]

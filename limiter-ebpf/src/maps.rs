@@ -2,7 +2,7 @@
 //! with the daemon module that writes each; by side:
 //! - the daemon alone: `GLOBALS`, `PORTS`, `POLICY` and `LISTS` (the policy;
 //!   `POLICY` and `LISTS` in two banks), `SERVICES`, `SEEDED` and `SEED_STATE`;
-//! - XDP alone: `COUNTERS`, `EVENTS` and `REFUSAL_BASIS`;
+//! - XDP alone: `COUNTERS`, `OBSERVED`, `EVENTS` and `REFUSAL_BASIS`;
 //! - XDP and `sock_ops`: `PENDING` (XDP reserves handshakes, marks sources
 //!   at their limit and spends tokens; `sock_ops` releases handshakes, keeps
 //!   the slot's connection sum and clears the marks) and `HANDSHAKES` (XDP
@@ -122,6 +122,12 @@ pub(crate) static SEED_STATE: Array<u64> = Array::with_max_entries(seed_state::E
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 
+/// What observe mode (`action::LOG`) would have refused, laid out like
+/// `COUNTERS`: a map of its own, so a real refusal and a would-be one are
+/// never added up, and an older version's pinned `COUNTERS` stays as it is.
+#[map(name = "OBSERVED")]
+pub(crate) static OBSERVED: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
 /// Refusal events for the daemon's log lines (`limiter_common::events`).
 #[map(name = "EVENTS")]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 0);
@@ -185,6 +191,15 @@ pub(crate) fn report(event: impl FnOnce() -> Refusal) -> bool {
         unsafe { *n += 1 };
     }
     false
+}
+
+/// Counts a verdict observe mode did not carry out.
+#[inline(always)]
+pub(crate) fn count_observed(index: u32) {
+    if let Some(c) = OBSERVED.get_ptr_mut(index) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *c += 1 };
+    }
 }
 
 #[inline(always)]

@@ -21,7 +21,7 @@ use limiter_common::{
     Globals, SourceKey,
     handshake::Handshake,
     lists::entry,
-    maps::{SockRecord, family, flags},
+    maps::{ALL_SERVICES, SockRecord, family, flags},
     pending::{self, hint},
     pool,
     prefix::{mask_v4, mask_v6},
@@ -86,6 +86,11 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
                 let _ = SOCKS.remove(cookie);
                 if rec.counted != 0 {
                     closed(&rec.key, g);
+                }
+                if rec.counted_all != 0 {
+                    let mut all = rec.key;
+                    all.service = ALL_SERVICES;
+                    closed(&all, g);
                 }
                 if rec.pooled != 0 {
                     session_closed(u32::from(rec.key.service));
@@ -187,15 +192,14 @@ fn forget(ctx: &SockOpsContext, addr: &[u8; 16], fam: u8) {
 /// unless the source is exempt. What was counted is recorded under the
 /// socket's cookie for the close.
 fn opened(key: &SourceKey, addr: &[u8; 16], g: &Globals, cookie: u64) {
-    let counted = count_open(key);
-    let place = Place::of(key);
     let now = pending::ticks(now_ns());
-    if let Some(slot) = place.pending(g) {
-        if counted {
-            unsafe { fetch_add(slot_conns(slot), 1) };
-        }
-        release_pending(reserved(slot), place.tag, now);
-    }
+    let counted = count_source(key, g, now);
+    // The source over all services (the source-wide budget), counted
+    // whether or not a budget is set, so that one set by a reload starts
+    // from the right count.
+    let mut all = *key;
+    all.service = ALL_SERVICES;
+    let counted_all = count_source(&all, g, now);
     let exempt =
         list_entry(g, key.family, addr).is_some_and(|e| e.flags & entry::DENY == 0 && e.flags & entry::EXEMPT != 0);
     let mut pooled = false;
@@ -204,11 +208,40 @@ fn opened(key: &SourceKey, addr: &[u8; 16], g: &Globals, cookie: u64) {
         release_session(word, pool::bucket(now));
         pooled = true;
     }
-    let rec = SockRecord { key: *key, counted: u8::from(counted), pooled: u8::from(pooled), pad: [0; 2] };
-    if SOCKS.insert(cookie, rec, 0).is_err() && pooled {
-        // Without a record the close cannot know it was pooled: do not count it.
-        session_closed(u32::from(key.service));
+    let rec = SockRecord {
+        key: *key,
+        counted: u8::from(counted),
+        pooled: u8::from(pooled),
+        counted_all: u8::from(counted_all),
+        pad: 0,
+    };
+    if SOCKS.insert(cookie, rec, 0).is_err() {
+        // Without a record the close cannot know it was pooled or counted
+        // over all services: do not count it there (its close takes away
+        // only the service's count, as for a connection of an older version).
+        if pooled {
+            session_closed(u32::from(key.service));
+        }
+        if counted_all {
+            closed(&all, g);
+        }
     }
+}
+
+/// One more established connection of `key` (`CONNS`, then the slot's sum),
+/// then one less reservation (in that order, so a concurrent SYN never sees
+/// too few). False if it could not be counted.
+#[inline(always)]
+fn count_source(key: &SourceKey, g: &Globals, now: u32) -> bool {
+    let counted = count_open(key);
+    let place = Place::of(key);
+    if let Some(slot) = place.pending(g) {
+        if counted {
+            unsafe { fetch_add(slot_conns(slot), 1) };
+        }
+        release_pending(reserved(slot), place.tag, now);
+    }
+    counted
 }
 
 /// A pooled connection closed: one less session in use, never below zero.

@@ -36,6 +36,13 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
     };
     let g = GLOBALS.get(0).ok_or(())?;
     let policy = policy(g, syn.service).ok_or(())?;
+    // The ports are read before the decision and the frame parsed again
+    // after a refusal: with nothing of the first parse live during `decide`,
+    // the verifier walks the decision once per address family instead of
+    // once per way of parsing a frame (VLAN tags, IP options, extension
+    // headers: the bulk of the program's verified instructions).
+    let ports = [syn.tcp[0], syn.tcp[1], syn.tcp[2], syn.tcp[3]];
+    let service = syn.service;
     let verdict = decide(ctx, &p, &syn, g, policy)?;
     // act: the verdict counted, a refusal reported with what answered it,
     // then the frame's fate. The reset-or-drop choice is made here, not
@@ -43,23 +50,29 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
     // compiler keeps one more value on the stack, and this frame plus
     // `per_source`'s already fill the 512 bytes (docs/kernel-notes.md,
     // "Verifier and code generation").
-    if !act::refused(verdict, syn.service) {
+    let observe = policy.action == action::LOG;
+    if !act::refused(verdict, service, observe) {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let p = parse(ctx)?;
+    // Observe mode: reported as what would have been refused, and passed.
+    if observe {
+        let _ = act::report_refusal(ctx, &p, verdict, service, ports, answer::OBSERVED);
         return Ok(xdp_action::XDP_PASS);
     }
     // `respond`: steered with a token, else reset like `reset`. After the
     // token nothing of this frame's parse is needed again (a failure to
     // steer drops), which is what keeps `steer` cheap to verify.
-    let ports = [syn.tcp[0], syn.tcp[1], syn.tcp[2], syn.tcp[3]];
     if policy.action == action::RESPOND && act::steer_token() {
-        act::note_reported(act::report_refusal(ctx, &p, verdict, syn.service, ports, answer::STEERED));
-        return Ok(if steer(ctx.ctx, verdict, syn.service) { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP });
+        act::note_reported(act::report_refusal(ctx, &p, verdict, service, ports, answer::STEERED));
+        return Ok(if steer(ctx.ctx, verdict, service) { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP });
     }
     let answer = match policy.action {
         action::RESET => answer::RESET,
         action::RESPOND => answer::FALLBACK,
         _ => answer::DROPPED,
     };
-    let _ = act::report_refusal(ctx, &p, verdict, syn.service, ports, answer);
+    let _ = act::report_refusal(ctx, &p, verdict, service, ports, answer);
     if answer != answer::DROPPED && act::rst(ctx, &p).is_ok() {
         return Ok(xdp_action::XDP_TX);
     }
