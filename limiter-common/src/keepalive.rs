@@ -14,8 +14,8 @@
 //! that answers the probes is never given up, however long it idles.
 
 /// Shortest and longest `dead_peer_timeout`, in seconds: a second is the
-/// kernel's unit, and past a day keepalive does not find the dead any sooner
-/// than the mail server's own time-outs.
+/// unit of the kernel's keepalive times, and a day is far past any use
+/// (Linux's own keepalive default starts probing after two hours).
 pub const MIN_SECS: u32 = 1;
 pub const MAX_SECS: u32 = 86_400;
 

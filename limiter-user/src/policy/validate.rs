@@ -184,7 +184,7 @@ fn judge_limits(s: &Service, i: usize, given: &Given, r: &mut Report) {
         let why = if d < lo {
             Some("is below 1s (keepalive counts whole seconds)")
         } else if d > hi {
-            Some("is above 1d (the mail server's own time-outs come first)")
+            Some("is above 1d")
         } else if d.subsec_nanos() != 0 {
             Some("is not a whole number of seconds (keepalive counts whole seconds)")
         } else {
