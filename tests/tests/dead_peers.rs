@@ -42,10 +42,10 @@ struct Holder {
 impl Holder {
     fn new(listener: TcpListener) -> Self {
         let accepted = Arc::new(Mutex::new(Vec::new()));
-        let (accepter, into) = (listener.try_clone().expect("clone listener"), Arc::clone(&accepted));
+        let (incoming, kept) = (listener.try_clone().expect("clone listener"), Arc::clone(&accepted));
         thread::spawn(move || {
-            while let Ok((s, _)) = accepter.accept() {
-                into.lock().expect("accepted").push(s);
+            while let Ok((s, _)) = incoming.accept() {
+                kept.lock().expect("accepted").push(s);
             }
         });
         Self { listener, accepted }

@@ -290,11 +290,11 @@ mod tests {
         let mut policy = Policy::build(file, &Overrides::default()).expect("valid");
         let s = &mut policy.services[0];
         assert_eq!(service_policy(s).dead_peer_timeout_s(), 0, "off");
-        s.dead_peer_timeout = Some(Duration::from_secs(120));
+        s.dead_peer_timeout = Some(Duration::from_mins(2));
         let sp = service_policy(s);
         assert_eq!(sp.dead_peer_timeout_s(), 120);
         assert_eq!(Keepalive::of(sp.dead_peer_timeout_s()).map(|k| (k.idle_s, k.interval_s)), Some((60, 20)));
-        s.dead_peer_timeout = Some(Duration::from_secs(86_400));
+        s.dead_peer_timeout = Some(Duration::from_hours(24));
         assert_eq!(service_policy(s).dead_peer_timeout_s(), 86_400);
     }
 }

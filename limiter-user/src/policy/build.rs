@@ -690,11 +690,11 @@ prefix = "198.51.100.10"   # the same prefix for another service
             check(&config(v), "t.toml", &Overrides::default()).expect("valid").policy.services[0].dead_peer_timeout
         };
         assert_eq!(timeout(""), None, "off unless set");
-        assert_eq!(timeout("dead_peer_timeout = \"2m\""), Some(Duration::from_secs(120)));
+        assert_eq!(timeout("dead_peer_timeout = \"2m\""), Some(Duration::from_mins(2)));
         assert_eq!(timeout("dead_peer_timeout = \"1s\""), Some(Duration::from_secs(1)));
         assert_eq!(timeout("dead_peer_timeout = \"1000ms\""), Some(Duration::from_secs(1)));
-        assert_eq!(timeout("dead_peer_timeout = \"1d\""), Some(Duration::from_secs(86_400)));
-        assert_eq!(timeout("dead_peer_timeout = \"24h\""), Some(Duration::from_secs(86_400)));
+        assert_eq!(timeout("dead_peer_timeout = \"1d\""), Some(Duration::from_hours(24)));
+        assert_eq!(timeout("dead_peer_timeout = \"24h\""), Some(Duration::from_hours(24)));
         for (v, fragment) in [
             ("\"500ms\"", "dead_peer_timeout = \"500ms\" is below 1s"),
             ("\"0s\"", "dead_peer_timeout = \"0s\" is below 1s"),

@@ -65,15 +65,15 @@ pub const DURATION_FORM: &str = "a whole number of ms, s, m, h or d, e.g. \"2m\"
 #[must_use]
 pub fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1_000 != 0 {
+    if !ms.is_multiple_of(1_000) {
         return format!("{ms}ms");
     }
     let s = ms / 1_000;
     match s {
         0 => "0s".to_owned(),
-        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        _ if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
         _ => format!("{s}s"),
     }
 }
@@ -87,9 +87,9 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration(" 30 s "), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)), "bounds are the caller's");
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_mins(2)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_hours(1)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_hours(48)), "bounds are the caller's");
         assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO), "bounds are the caller's");
         for bad in [
             "",
