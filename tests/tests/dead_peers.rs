@@ -221,6 +221,87 @@ fn a_vanished_client_is_released_within_about_the_timeout() {
     drop(held_a);
     let _again = attempt(&pair, a, 5, 4, "a back after its connections were given up");
     d.wait_connections(4, patience(WAIT));
+    // The server reads the error and closes the given-up sockets (the first
+    // four it accepted): that releases nothing a second time.
+    drop(server.accepted.lock().expect("accepted").drain(..4).collect::<Vec<_>>());
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(held(&d, "smtp", &a.to_string()), 4, "the server's close of a given-up socket releases nothing");
+    let _ = attempt(&pair, a, 2, 0, "a holds its 4 again");
+}
+
+/// A server that writes to its idle clients (Dovecot's "still here" line in
+/// IDLE) and closes a connection when a write fails: once a client vanished,
+/// the write goes unacknowledged, and the user timeout gives up on it after
+/// about 5 s (without it Linux retransmits for about 15 minutes). The count
+/// is released, and the server's close after the error releases nothing twice.
+#[test]
+fn a_server_writing_into_a_vanished_client_gives_up_after_the_user_timeout() {
+    require!(privileged(), nft::available());
+    let pair = Pair::new();
+    let listener = pair.bind_dual_stack(PORT);
+    let incoming = listener.try_clone().expect("clone listener");
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&errors);
+    thread::spawn(move || {
+        while let Ok((mut s, _)) = incoming.accept() {
+            let seen = Arc::clone(&seen);
+            thread::spawn(move || {
+                loop {
+                    if let Err(e) = std::io::Write::write_all(&mut s, b"* OK Still here\r\n") {
+                        seen.lock().expect("errors").push(e.raw_os_error());
+                        break;
+                    }
+                    thread::sleep(Duration::from_secs(1));
+                }
+                // Dropped here: the server closes after the error.
+            });
+        }
+    });
+    let _server = Holder { listener, accepted: Arc::new(Mutex::new(Vec::new())) };
+    let a = pair.add_client_v4(2);
+    let scratch = Scratch::new();
+    // Keepalive does not probe while data is unacknowledged: the user
+    // timeout alone gives up here.
+    let path = scratch.write("limiter.toml", &config(&pair, "dead_peer_timeout = \"5s\"\n", ""));
+    let d = Daemon::start(&pair.server, &["--config", path_str(&path)]);
+    let held_a = attempt(&pair, a, 5, 4, "a, limit 4");
+    d.wait_connections(4, patience(WAIT));
+    // The client reads the lines until it vanishes (a live client keeps up).
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(held(&d, "smtp", &a.to_string()), 4);
+
+    nft::install(
+        &pair.client,
+        &format!(
+            "table inet {VANISH} {{
+    chain input {{ type filter hook input priority -300; policy drop; }}
+    chain output {{ type filter hook output priority -300; policy drop; }}
+}}
+"
+        ),
+    );
+    let vanished = Instant::now();
+    while held(&d, "smtp", &a.to_string()) > 0 {
+        assert!(
+            vanished.elapsed() < patience(Duration::from_secs(10)),
+            "a's connections still counted {:?} after it vanished",
+            vanished.elapsed()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("released {:?} after a vanished", vanished.elapsed());
+    let start = Instant::now();
+    while errors.lock().expect("errors").len() < 4 {
+        assert!(start.elapsed() < patience(Duration::from_secs(5)), "the server saw {:?}", errors.lock());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(*errors.lock().expect("errors"), vec![Some(libc::ETIMEDOUT); 4], "each write failed: timed out");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.connections(), 0, "the server's closes after the error released nothing twice");
+
+    nft::delete_table(&pair.client, VANISH);
+    drop(held_a);
+    let _again = attempt(&pair, a, 5, 4, "a back after its connections were given up");
 }
 
 /// A client that is still there answers the probes and keeps its 4 idle
