@@ -7,6 +7,7 @@ pub mod bucket;
 pub mod checksum;
 pub mod events;
 pub mod handshake;
+pub mod keepalive;
 pub mod lists;
 pub mod maps;
 pub mod pending;

@@ -146,7 +146,7 @@ mod tests {
             rate_tolerance_ns: 900,
             max_conn_per_source: 2,
             action: 0,
-            pad: [0; 3],
+            dead_peer: [0; 3],
             max_sessions: 0,
             open_sessions: 0,
         }

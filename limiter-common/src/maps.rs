@@ -328,7 +328,11 @@ pub struct ServicePolicy {
     pub max_conn_per_source: u32,
     /// One of [`action`].
     pub action: u8,
-    pub pad: [u8; 3],
+    /// `dead_peer_timeout` in seconds, 0 = off: a 24-bit little-endian
+    /// number ([`ServicePolicy::dead_peer_timeout_s`]) in what was padding,
+    /// so that the layout, and the pinned `POLICY` of an older version,
+    /// stay as they were (an older version wrote zeros here: off).
+    pub dead_peer: [u8; 3],
     /// Connections the service may hold at once; 0 = no cap.
     pub max_sessions: u32,
     /// `max_sessions - reserved_sessions`: sessions in use from which only
@@ -336,6 +340,27 @@ pub struct ServicePolicy {
     pub open_sessions: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServicePolicy>() == 32);
+const _: () = assert!(core::mem::offset_of!(ServicePolicy, dead_peer) == 21);
+const _: () = assert!(crate::keepalive::MAX_SECS < 1 << 24, "dead_peer holds every timeout");
+
+impl ServicePolicy {
+    /// `dead_peer_timeout` in seconds (`keepalive::Keepalive::of`); 0 = off.
+    #[inline(always)]
+    #[must_use]
+    pub const fn dead_peer_timeout_s(&self) -> u32 {
+        let d = self.dead_peer;
+        u32::from_le_bytes([d[0], d[1], d[2], 0])
+    }
+
+    /// [`Self::dead_peer`] for a timeout of `secs` (0 = off), capped at
+    /// `keepalive::MAX_SECS`.
+    #[must_use]
+    pub const fn dead_peer_bytes(secs: u32) -> [u8; 3] {
+        let s = if secs > crate::keepalive::MAX_SECS { crate::keepalive::MAX_SECS } else { secs };
+        let b = s.to_le_bytes();
+        [b[0], b[1], b[2]]
+    }
+}
 
 /// The service byte of a [`SourceKey`] that counts a source over all
 /// services together (the source-wide budget): no service has id 0.
@@ -466,6 +491,16 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn dead_peer_timeouts_read_back() {
+        for secs in [0, 1, 5, 120, 65_535, 65_536, crate::keepalive::MAX_SECS] {
+            let p = ServicePolicy { dead_peer: ServicePolicy::dead_peer_bytes(secs), ..ServicePolicy::default() };
+            assert_eq!(p.dead_peer_timeout_s(), secs);
+        }
+        let over = ServicePolicy::dead_peer_bytes(crate::keepalive::MAX_SECS + 1);
+        assert_eq!(ServicePolicy { dead_peer: over, ..ServicePolicy::default() }.dead_peer_timeout_s(), 86_400);
     }
 
     #[test]

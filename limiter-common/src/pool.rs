@@ -152,7 +152,7 @@ mod tests {
             rate_tolerance_ns: 0,
             max_conn_per_source: 0,
             action: 0,
-            pad: [0; 3],
+            dead_peer: [0; 3],
             max_sessions,
             open_sessions,
         }

@@ -6,20 +6,23 @@
 //! completed handshake is also forgotten in `HANDSHAKES`, so its identity
 //! cannot be replayed as a "retransmission" once the connection is gone.
 //! Sockets of the `respond` action's responder (`steer::RESPONDER_MARK`) are
-//! skipped before anything else.
+//! skipped before anything else. A service with a `dead_peer_timeout` gets
+//! keepalive and a user timeout on its accepted connections ([`keepalive`]),
+//! so that a vanished client's connection reaches CLOSE and is released here.
 
 use aya_ebpf::{
     bindings::{
         BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_TCP_CLOSE, bpf_sock_ops,
     },
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use limiter_common::{
     Globals, SourceKey,
     handshake::Handshake,
+    keepalive::{Keepalive, opt},
     lists::entry,
     maps::{ALL_SERVICES, SockRecord, family, flags},
     pending::{self, hint},
@@ -30,7 +33,7 @@ use limiter_common::{
 
 use crate::maps::{
     CONNS, GLOBALS, PORTS, Place, SEED_SKIP, SOCKS, compare_swap, fetch_add, handshake_entry, list_entry, load, now_ns,
-    release_pending, release_session, reserved, sessions, slot_conns,
+    policy, release_pending, release_session, reserved, sessions, slot_conns,
 };
 
 const AF_INET: u32 = 2;
@@ -74,6 +77,11 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         let flags = field!(ctx, bpf_sock_ops_cb_flags);
         #[expect(clippy::cast_possible_wrap, reason = "small flag bits")]
         let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        if let Some(p) = policy(g, u32::from(key.service))
+            && let Some(k) = Keepalive::of(p.dead_peer_timeout_s())
+        {
+            keepalive(ctx, &k);
+        }
     } else if op == BPF_SOCK_OPS_STATE_CB {
         let new_state = field!(ctx, __bindgen_anon_1.args[1]);
         if new_state == BPF_TCP_CLOSE {
@@ -105,6 +113,45 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// Dead peers: turns on keepalive with the service's `k` on an accepted
+/// connection (a full socket here, which `bpf_setsockopt` needs), unless the
+/// server turned keepalive on itself (on the listener, which the accepted
+/// socket inherits): then the server's settings stand. A user timeout the
+/// server set stands too. Keepalive goes on last, and only if every
+/// parameter took, so that a failure leaves the socket as the server made
+/// it rather than with the kernel's two-hour default. A connection given up
+/// on goes to CLOSE through the kernel, and its state callback releases it.
+#[inline(always)]
+fn keepalive(ctx: &SockOpsContext, k: &Keepalive) {
+    if getsockopt(ctx, opt::SOL_SOCKET, opt::SO_KEEPALIVE) != Some(0) {
+        return;
+    }
+    #[expect(clippy::cast_possible_wrap, reason = "values are bounded by keepalive::MAX_SECS * 1000")]
+    let ok = setsockopt(ctx, opt::SOL_TCP, opt::TCP_KEEPIDLE, k.idle_s as i32)
+        && setsockopt(ctx, opt::SOL_TCP, opt::TCP_KEEPINTVL, k.interval_s as i32)
+        && setsockopt(ctx, opt::SOL_TCP, opt::TCP_KEEPCNT, k.probes as i32)
+        && (getsockopt(ctx, opt::SOL_TCP, opt::TCP_USER_TIMEOUT) != Some(0)
+            || setsockopt(ctx, opt::SOL_TCP, opt::TCP_USER_TIMEOUT, k.user_timeout_ms as i32));
+    if ok {
+        let _ = setsockopt(ctx, opt::SOL_SOCKET, opt::SO_KEEPALIVE, 1);
+    }
+}
+
+/// An `int` socket option of the connection; `None` if it cannot be read.
+#[inline(always)]
+fn getsockopt(ctx: &SockOpsContext, level: i32, name: i32) -> Option<i32> {
+    let mut v: i32 = 0;
+    let r = unsafe { bpf_getsockopt(ctx.ops.cast(), level, name, (&raw mut v).cast(), 4) };
+    if r == 0 { Some(v) } else { None }
+}
+
+/// Sets an `int` socket option of the connection; false if the kernel refused.
+#[inline(always)]
+fn setsockopt(ctx: &SockOpsContext, level: i32, name: i32, value: i32) -> bool {
+    let mut v = value;
+    unsafe { bpf_setsockopt(ctx.ops.cast(), level, name, (&raw mut v).cast(), 4) == 0 }
 }
 
 /// Whether the socket is the responder's (its listener's `SO_MARK`, which

@@ -51,6 +51,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             max_conn_per_source: None,
             max_sessions: None,
             reserved_sessions: 0,
+            dead_peer_timeout: None,
             respond: limiter_user::policy::respond::Respond::default(),
         }],
         maps: limiter_user::policy::model::MapSizes::default(),

@@ -16,7 +16,7 @@ use crate::{
         state::{Daemon, in_force},
     },
     kernel::{counters, maps},
-    policy::model::Policy,
+    policy::{model::Policy, parse::show_duration},
     protocol::{
         Counters, Interface, ListCounts, RecentRefusals, RefusalLines, ResponderStatus, ServiceStatus, StatusReply,
         TopReply, TopRow, Totals,
@@ -180,6 +180,7 @@ pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
                 max_conn_per_source: s.max_conn_per_source,
                 max_sessions: s.max_sessions,
                 reserved_sessions: s.reserved_sessions,
+                dead_peer_timeout: s.dead_peer_timeout.map(show_duration),
                 sessions: Some(sessions_in_use(&sessions, s.id)),
                 connections: conns[id],
                 counters: counters(row),

@@ -252,7 +252,9 @@ fn service_policy(s: &Service) -> ServicePolicy {
             Action::Respond => action::RESPOND,
         },
         max_conn_per_source: s.max_conn_per_source.unwrap_or(0),
-        pad: [0; 3],
+        dead_peer: ServicePolicy::dead_peer_bytes(
+            s.dead_peer_timeout.map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+        ),
         max_sessions,
         open_sessions: max_sessions.saturating_sub(s.reserved_sessions),
     }
@@ -268,4 +270,31 @@ pub fn port_table(policy: &Policy) -> Vec<u32> {
         }
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use limiter_common::keepalive::Keepalive;
+
+    use super::*;
+    use crate::policy::{build::builtin_services, model::Overrides};
+
+    #[test]
+    fn the_kernel_policy_carries_the_dead_peer_timeout() {
+        let mut files = builtin_services();
+        files.truncate(1);
+        let file =
+            crate::policy::file::ConfigFile { interfaces: vec!["eth0".into()], services: files, ..Default::default() };
+        let mut policy = Policy::build(file, &Overrides::default()).expect("valid");
+        let s = &mut policy.services[0];
+        assert_eq!(service_policy(s).dead_peer_timeout_s(), 0, "off");
+        s.dead_peer_timeout = Some(Duration::from_mins(2));
+        let sp = service_policy(s);
+        assert_eq!(sp.dead_peer_timeout_s(), 120);
+        assert_eq!(Keepalive::of(sp.dead_peer_timeout_s()).map(|k| (k.idle_s, k.interval_s)), Some((60, 20)));
+        s.dead_peer_timeout = Some(Duration::from_hours(24));
+        assert_eq!(service_policy(s).dead_peer_timeout_s(), 86_400);
+    }
 }

@@ -100,6 +100,7 @@ impl Policy {
                     max_conn_per_source,
                     max_sessions: s.max_sessions,
                     reserved_sessions: s.reserved_sessions.unwrap_or(0),
+                    dead_peer_timeout: s.dead_peer_timeout,
                     respond: Respond { protocol, tls, texts: s.texts, implicit_tls_ports },
                 }
             })
@@ -680,6 +681,33 @@ prefix = "198.51.100.10"   # the same prefix for another service
             "interfaces = [\"eth0\"]\n[[deny]]\nprefix = \"10.*\"\n[[deny]]\nprefix = \"10.1.2.3/8\"\n",
             &[(5, "deny 10.0.0.0/8 listed twice (first at line 3)")],
         );
+    }
+
+    #[test]
+    fn dead_peer_timeouts_read_and_are_bounded() {
+        let config = |v: &str| format!("interfaces = [\"eth0\"]\n[[service]]\nname = \"imap\"\nports = [143]\n{v}\n");
+        let timeout = |v: &str| {
+            check(&config(v), "t.toml", &Overrides::default()).expect("valid").policy.services[0].dead_peer_timeout
+        };
+        assert_eq!(timeout(""), None, "off unless set");
+        assert_eq!(timeout("dead_peer_timeout = \"2m\""), Some(Duration::from_mins(2)));
+        assert_eq!(timeout("dead_peer_timeout = \"1s\""), Some(Duration::from_secs(1)));
+        assert_eq!(timeout("dead_peer_timeout = \"1000ms\""), Some(Duration::from_secs(1)));
+        assert_eq!(timeout("dead_peer_timeout = \"1d\""), Some(Duration::from_hours(24)));
+        assert_eq!(timeout("dead_peer_timeout = \"24h\""), Some(Duration::from_hours(24)));
+        for (v, fragment) in [
+            ("\"500ms\"", "dead_peer_timeout = \"500ms\" is below 1s"),
+            ("\"0s\"", "dead_peer_timeout = \"0s\" is below 1s"),
+            ("\"2d\"", "dead_peer_timeout = \"2d\" is above 1d"),
+            ("\"86401s\"", "dead_peer_timeout = \"86401s\" is above 1d"),
+            ("\"1500ms\"", "is not a whole number of seconds"),
+            ("\"abc\"", "dead_peer_timeout = \"abc\": expected a whole number of ms, s, m, h or d"),
+            ("\"2 min\"", "expected a whole number of ms, s, m, h or d"),
+            ("120", "expected a duration in quotes"),
+        ] {
+            assert_problems(&config(&format!("dead_peer_timeout = {v}")), &[(5, fragment)]);
+            assert!(problems(&config(&format!("dead_peer_timeout = {v}")))[0].1.starts_with("service 'imap': "));
+        }
     }
 
     #[test]

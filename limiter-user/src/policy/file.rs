@@ -15,7 +15,7 @@ use toml_edit::{Item, TableLike, Value};
 use crate::policy::{
     lists::{AllowEntry, Cidr, DenyEntry, ReserveEntry},
     model::{MapSizes, ResponderLimits, XdpMode},
-    parse::{parse_duration, parse_listen},
+    parse::{DURATION_FORM, parse_duration, parse_listen},
     report::{List, Origin, Problem, Report, join},
     respond::{Protocol, Reason, Texts, check_hostname},
     service::{Action, Rate},
@@ -73,6 +73,8 @@ pub struct ServiceFile {
     pub max_conn_per_source: Option<u32>,
     pub max_sessions: Option<u32>,
     pub reserved_sessions: Option<u32>,
+    /// `dead_peer_timeout`; none: off.
+    pub dead_peer_timeout: Option<Duration>,
     /// `protocol`; none: guessed from the name and ports.
     pub protocol: Option<Protocol>,
     pub tls_cert: Option<PathBuf>,
@@ -328,9 +330,8 @@ fn absolute_path(v: &Value) -> Result<PathBuf, String> {
 
 fn duration(v: &Value) -> Result<Duration, String> {
     v.as_str()
-        .ok_or("expected a duration in quotes, e.g. \"2s\" or \"500ms\"")
-        .and_then(|s| parse_duration(s).map_err(|_| "expected a whole number of ms or s, e.g. \"2s\" or \"500ms\""))
-        .map_err(str::to_owned)
+        .ok_or_else(|| "expected a duration in quotes, e.g. \"2s\" or \"500ms\"".to_owned())
+        .and_then(|s| parse_duration(s).map_err(|_| format!("expected {DURATION_FORM}")))
 }
 
 fn rate(v: &Value) -> Result<Rate, String> {
@@ -365,6 +366,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "max_conn_per_source",
     "max_sessions",
     "reserved_sessions",
+    "dead_peer_timeout",
     "protocol",
     "tls_cert",
     "tls_key",
@@ -441,6 +443,7 @@ fn service(t: &mut Fields<'_>, i: usize, r: &mut Report) -> ServiceFile {
         max_conn_per_source: t.value(r, "max_conn_per_source", whole(">= 1")),
         max_sessions: t.value(r, "max_sessions", whole(">= 1")),
         reserved_sessions: t.value(r, "reserved_sessions", whole("0..=max_sessions")),
+        dead_peer_timeout: t.value(r, "dead_peer_timeout", duration),
         protocol: t.value(r, "protocol", choice),
         tls_cert: t.value(r, "tls_cert", absolute_path),
         tls_key: t.value(r, "tls_key", absolute_path),

@@ -422,6 +422,7 @@ mod tests {
             max_conn_per_source: None,
             max_sessions: Some(10),
             reserved_sessions: 5,
+            dead_peer_timeout: None,
             respond: Respond::default(),
         }
     }

@@ -2,7 +2,7 @@
 //! does ([`Action`]), their defaults, and the validated [`Service`] with its
 //! kernel id, with what it says when it responds (`respond`, below it).
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, time::Duration};
 
 use limiter_common::{Bucket, maps::MAX_SERVICES};
 use serde::{Deserialize, Serialize};
@@ -110,6 +110,9 @@ pub struct Service {
     pub max_sessions: Option<u32>,
     /// Of `max_sessions`, how many only reserve-list sources may use.
     pub reserved_sessions: u32,
+    /// Keepalive for the service's connections, so vanished clients are
+    /// found out within about this (`dead_peer_timeout`); `None`: off.
+    pub dead_peer_timeout: Option<Duration>,
     /// Protocol, TLS files and texts for `Action::Respond` (kept whatever
     /// the action, so that a reload to `respond` needs nothing else).
     pub respond: Respond,

@@ -2,14 +2,18 @@
 //! problem reported at the place in the file of the value it is about
 //! ([`Given`] says which values the file gave). The verdict is `build.rs`'s.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
-use limiter_common::{lists::LIST_ENTRIES, maps::MAX_SERVICES};
+use limiter_common::{keepalive, lists::LIST_ENTRIES, maps::MAX_SERVICES};
 
 use crate::policy::{
     file::ResponderFile,
     lists::{Cidr, Lists, check_comment, check_service_name, shown},
     model::{MapSizes, Overrides, Policy, ResponderLimits},
+    parse::show_duration,
     report::{List, Origin, Report},
     respond::check_text,
     service::{Action, MAX_BURST, Service},
@@ -173,6 +177,28 @@ fn judge_limits(s: &Service, i: usize, given: &Given, r: &mut Report) {
     };
     if let Some(problem) = problem {
         r.push(at("reserved_sessions"), format!("{who}reserved_sessions = {problem} reserve <= max"));
+    }
+    if let Some(d) = s.dead_peer_timeout {
+        let (lo, hi) =
+            (Duration::from_secs(keepalive::MIN_SECS.into()), Duration::from_secs(keepalive::MAX_SECS.into()));
+        let why = if d < lo {
+            Some("is below 1s (keepalive counts whole seconds)")
+        } else if d > hi {
+            Some("is above 1d")
+        } else if d.subsec_nanos() != 0 {
+            Some("is not a whole number of seconds (keepalive counts whole seconds)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            r.push(
+                at("dead_peer_timeout"),
+                format!(
+                    "{who}dead_peer_timeout = \"{}\" {why}: expected 1s..=1d, e.g. \"2m\", or omit it for off",
+                    show_duration(d)
+                ),
+            );
+        }
     }
 }
 

@@ -105,6 +105,12 @@ pub struct ServiceStatus {
     /// Of `max_sessions`, how many only the service's reserve list may use.
     #[serde(default)]
     pub reserved_sessions: u32,
+    /// `dead_peer_timeout` as the config writes it (e.g. "2m"): new
+    /// connections get keepalive, and a client that vanished is given up
+    /// within about this. Absent: off (or a daemon older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9]+(ms|s|m|h|d)$"))]
+    pub dead_peer_timeout: Option<String>,
     /// Sessions in use: connections of non-exempt sources, established or seeded.
     #[schemars(required)]
     pub sessions: Option<u64>,

@@ -211,6 +211,7 @@ fn policy() -> Policy {
         max_conn_per_source: None,
         max_sessions: None,
         reserved_sessions: 0,
+        dead_peer_timeout: None,
         respond: limiter_user::policy::respond::Respond::default(),
     };
     let conc =
