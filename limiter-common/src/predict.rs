@@ -60,9 +60,7 @@ pub struct Prediction {
 pub fn predict(r: &Reading) -> Prediction {
     let ticks = pending::ticks(r.now_ns);
     let in_flight = pending::live(r.reserved, r.tag, ticks);
-    let sessions = r.sessions_established
-        + r.sessions_seeded
-        + pool::pending(r.session_word, pool::bucket(ticks));
+    let sessions = r.sessions_established + r.sessions_seeded + pool::pending(r.session_word, pool::bucket(ticks));
     let admission = admission(r.entry.as_ref(), r.service, &r.policy);
     let (max_conn, bucket, reserved) = match admission {
         Admission::Decided(verdict) => {

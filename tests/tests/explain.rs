@@ -90,6 +90,34 @@ fn entry(list: &str, prefix: &str, origin: &str, used: bool) -> (String, String,
     (list.to_owned(), prefix.to_owned(), origin.to_owned(), used)
 }
 
+/// `limiter explain` of the office at its limit, as an admin reads it: the
+/// source, no deny entry, the deciding allow entry and the shadowed config
+/// one with its line, then the service's counts and verdict.
+fn assert_office_view(d: &Daemon, text: &str, office: IpAddr, office_net: &str, net24: &str) {
+    let out = ok(d, &["explain", &office.to_string()]);
+    let text_out = out.stdout;
+    let lines: Vec<&str> = text_out.lines().collect();
+    assert_eq!(lines[0], format!("{office} is a source of its own (ipv4_prefix 32)"), "{text_out}");
+    assert_eq!(lines[1], "  deny: none", "{text_out}");
+    assert_eq!(lines[2], format!("  allow {office_net} max_conn 2 (run time, \"office\")"), "{text_out}");
+    assert_eq!(
+        lines[3],
+        format!(
+            "  allow {net24} max_conn 5 (config line {}, \"partner\"), shadowed by a longer prefix",
+            line_of(text, &format!("prefix = \"{net24}\""))
+        ),
+        "{text_out}"
+    );
+    let smtp_line = lines.iter().find(|l| l.trim_start().starts_with("smtp:")).unwrap_or_else(|| panic!("{text_out}"));
+    assert_eq!(
+        smtp_line.split_whitespace().collect::<Vec<_>>().join(" "),
+        format!(
+            "smtp:{PORT} 2/2 connections, 0 in flight, no rate limit -> next SYN: refused (reset): at its connection limit"
+        ),
+        "{text_out}"
+    );
+}
+
 /// Nested entries, from the config and from run time, and four sources in
 /// them: the entry that decides and its limit, the counts, and for each the
 /// verdict predicted and the one the next SYN gets (accepted, refused by
@@ -197,26 +225,7 @@ fn explain_names_the_deciding_entry_and_predicts_the_next_syn() {
     assert!(predicted_then_real(&d, &pair, banned, "refused_deny").is_none());
 
     // What an admin reads.
-    let out = ok(&d, &["explain", &office.to_string()]);
-    let text_out = out.stdout;
-    let lines: Vec<&str> = text_out.lines().collect();
-    assert_eq!(lines[0], format!("{office} is a source of its own (ipv4_prefix 32)"), "{text_out}");
-    assert_eq!(lines[1], "  deny: none", "{text_out}");
-    assert_eq!(lines[2], format!("  allow {office_net} max_conn 2 (run time, \"office\")"), "{text_out}");
-    assert_eq!(
-        lines[3],
-        format!(
-            "  allow {net24} max_conn 5 (config line {}, \"partner\"), shadowed by a longer prefix",
-            line_of(&text, &format!("prefix = \"{net24}\""))
-        ),
-        "{text_out}"
-    );
-    let smtp_line = lines.iter().find(|l| l.trim_start().starts_with("smtp:")).unwrap_or_else(|| panic!("{text_out}"));
-    assert_eq!(
-        smtp_line.split_whitespace().collect::<Vec<_>>().join(" "),
-        format!("smtp:{PORT} 2/2 connections, 0 in flight, no rate limit -> next SYN: refused (at its connection limit), reset"),
-        "{text_out}"
-    );
+    assert_office_view(&d, &text, office, &office_net, &net24);
 }
 
 /// Sources are counted by prefix: two IPv6 addresses of one /64 are one

@@ -324,7 +324,8 @@ fn entry_line(e: &ExplainEntry) -> String {
     line
 }
 
-/// `4/20 connections, 0 in flight, tokens 9/10, sessions 12/50 -> next SYN: accepted`.
+/// `4/20 connections, 0 in flight, tokens 9/10, sessions 12/50 -> next SYN: accepted`,
+/// or `... -> next SYN: refused (reset): at its connection limit`.
 fn service_line(s: &ExplainService) -> String {
     let mut parts = Vec::new();
     match s.limits_from.as_str() {
@@ -364,7 +365,7 @@ fn service_line(s: &ExplainService) -> String {
                 "refused_rate" => "no token left",
                 other => other,
             };
-            format!("refused ({why}), {}", s.action)
+            format!("refused ({}): {why}", s.action)
         }
     };
     format!("{} -> next SYN: {verdict}", parts.join(", "))
@@ -553,6 +554,62 @@ mod tests {
         assert!(
             top(&read(v.clone()), "t").starts_with("t   1 of 1 sources holding connections, 1 connection\n"),
             "{v}"
+        );
+    }
+
+    #[test]
+    fn explain_lines() {
+        let v = json!({
+            "address": "198.18.0.7", "source": "198.18.0.0/24", "source_prefix": 24,
+            "kernel_entry": { "prefix": "198.18.0.0/24", "deny": false, "allow": "limits", "reserve": ["smtp"] },
+            "entries": [
+                { "list": "reserve", "prefix": "198.18.0.0/24", "service": "smtp", "origin": "runtime", "used": true },
+                { "list": "allow", "prefix": "198.18.0.0/16", "max_conn_per_source": 20, "comment": "partner",
+                  "origin": "config", "line": 14, "used": true },
+                { "list": "allow", "prefix": "198.0.0.0/8", "origin": "runtime", "comment": "all\u{1b}[2J",
+                  "used": false }
+            ],
+            "services": [
+                { "name": "smtp", "ports": [25], "action": "reset", "limits_from": "allow",
+                  "max_conn_per_source": 20, "burst": 10, "tokens": 9, "token_every_ms": 2000, "connections": 4,
+                  "seeded": 0, "in_flight": 0, "sessions": 12, "max_sessions": 50, "reserved_sessions": 0,
+                  "on_reserve_list": true, "verdict": "accepted" },
+                { "name": "imap", "ports": [143, 993], "action": "drop", "limits_from": "service",
+                  "max_conn_per_source": 4, "burst": null, "tokens": null, "token_every_ms": null,
+                  "connections": 4, "seeded": 1, "in_flight": 0, "sessions": 30, "max_sessions": 40,
+                  "reserved_sessions": 10, "on_reserve_list": false, "verdict": "refused_reserve",
+                  "new_field": 1 }
+            ],
+            "new_field": true
+        });
+        let text = explain(&read(v));
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "198.18.0.7 falls in 198.18.0.0/24 (ipv4_prefix 24)",
+                "  deny: none",
+                "  allow 198.18.0.0/16 max_conn 20 (config line 14, \"partner\")",
+                "  allow 198.0.0.0/8 exempt (run time, \"all\\u{1b}[2J\"), shadowed by a longer prefix",
+                "  reserve 198.18.0.0/24 for smtp (run time)",
+                "  smtp:25       4/20 connections, 0 in flight, tokens 9/10, sessions 12/50 -> next SYN: accepted",
+                "  imap:143,993  4/4 connections (1 from before the start), 0 in flight, no rate limit, sessions \
+                 30/40 (10 reserved, not on the reserve list) -> next SYN: refused (drop): only reserved sessions \
+                 are left",
+            ]
+        );
+        let denied = json!({
+            "address": "2001:db8::7", "source": "2001:db8::/64", "source_prefix": 64, "kernel_entry": null,
+            "entries": [ { "list": "deny", "prefix": "2001:db8::/32", "origin": "config", "used": true } ],
+            "services": [ { "name": "smtp", "ports": [25], "action": "reset", "limits_from": "deny",
+                "max_conn_per_source": null, "burst": null, "tokens": null, "token_every_ms": null,
+                "connections": 0, "seeded": 0, "in_flight": 0, "sessions": 0, "max_sessions": null,
+                "reserved_sessions": 0, "on_reserve_list": false, "verdict": "refused_deny" } ]
+        });
+        let text = explain(&read(denied));
+        assert_eq!(
+            text,
+            "2001:db8::7 falls in 2001:db8::/64 (ipv6_prefix 64)\n  deny 2001:db8::/32 (config)\n  allow: none\n  \
+             smtp:25  denied -> next SYN: refused (reset): on the deny list\n"
         );
     }
 

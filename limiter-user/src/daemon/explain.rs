@@ -49,7 +49,12 @@ pub(crate) fn explain(d: &Daemon, address: IpAddr, service: Option<&str>) -> Res
         prefix: crate::policy::lists::Cidr(covering.first().map_or(host, |(p, _)| *p)),
         deny: e.flags & entry::DENY != 0,
         allow: allow_kind(&e).to_owned(),
-        reserve: policy.services.iter().filter(|s| s.id < 32 && e.reserve & (1 << s.id) != 0).map(|s| s.name.clone()).collect(),
+        reserve: policy
+            .services
+            .iter()
+            .filter(|s| s.id < 32 && e.reserve & (1 << s.id) != 0)
+            .map(|s| s.name.clone())
+            .collect(),
     });
     let now = inspect::now_ns();
     let mut rows = Vec::new();
@@ -151,12 +156,14 @@ fn entries(policy: &crate::policy::model::Policy, runtime: &Lists, host: &Prefix
         push(ListName::Reserve, Entry::from(e), Origin::Config, lines.line("reserve", i));
     }
     let known = |name: &str| policy.services.iter().any(|s| s.name == name);
-    for e in runtime.reserve.iter().filter(|e| {
-        known(&e.service) && !config.reserve.iter().any(|c| c.prefix == e.prefix && c.service == e.service)
-    }) {
+    for e in runtime
+        .reserve
+        .iter()
+        .filter(|e| known(&e.service) && !config.reserve.iter().any(|c| c.prefix == e.prefix && c.service == e.service))
+    {
         push(ListName::Reserve, Entry::from(e), Origin::Runtime, None);
     }
-    out.sort_by(|a, b| b.entry.prefix.0.len.cmp(&a.entry.prefix.0.len));
+    out.sort_by_key(|e| std::cmp::Reverse(e.entry.prefix.0.len));
     // The longest deny and allow entries decide; every reserve entry counts.
     for list in [ListName::Deny, ListName::Allow] {
         if let Some(e) = out.iter_mut().find(|e| e.list == list) {

@@ -56,7 +56,11 @@ pub fn source_key(addr: std::net::IpAddr, id: u32, g: &Globals) -> SourceKey {
 /// first: the first is the one XDP's lookup finds. Empty when the flags say
 /// the lists in force hold nothing for the family (XDP then skips the lookup).
 /// Walks the trie's keys (one syscall each): for a command, not a hot path.
-pub fn covering_entries(ebpf: &Ebpf, g: &Globals, addr: std::net::IpAddr) -> Result<Vec<(Prefix, ListEntry)>, LoadError> {
+pub fn covering_entries(
+    ebpf: &Ebpf,
+    g: &Globals,
+    addr: std::net::IpAddr,
+) -> Result<Vec<(Prefix, ListEntry)>, LoadError> {
     let host = Prefix::new(addr.to_canonical(), 128);
     let flag = if host.family == family::V4 { flags::LISTS } else { flags::LISTS_V6 };
     if g.flags & flag == 0 {
@@ -85,7 +89,7 @@ pub fn covering_entries(ebpf: &Ebpf, g: &Globals, addr: std::net::IpAddr) -> Res
             Err(e) => return Err(map_err(names::LISTS)(e)),
         }
     }
-    out.sort_by(|a, b| b.0.len.cmp(&a.0.len));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0.len));
     Ok(out)
 }
 
