@@ -257,6 +257,45 @@ fn explain_shows_the_source_an_address_falls_in() {
     drop(held);
 }
 
+/// The rate and sessions rules: `explain` shows the tokens a source has
+/// left and the service's sessions, and predicts a refusal by each, in the
+/// spec's order (a full pool refuses before an empty bucket).
+#[test]
+fn explain_predicts_the_rate_and_sessions_rules() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _echo = listen_echo(&pair, PORT);
+    let (eager, other, late) = (pair.add_client_v4(2), pair.add_client_v4(3), pair.add_client_v4(4));
+    let scratch = Scratch::new();
+    // Two attempts a minute, both at once: nothing refills while the test runs.
+    let config = scratch
+        .write("limiter.toml", &smtp_config(&pair.server_if, "rate = \"2/m\"\nburst = 2\nmax_sessions = 3\n", ""));
+    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
+    let tokens = |src| smtp(&explain(&d, src))["tokens"].clone();
+    assert_eq!(tokens(eager), 2, "a full bucket");
+    let mut held: Vec<TcpStream> = predicted_then_real(&d, &pair, eager, "accepted").into_iter().collect();
+    assert_eq!(tokens(eager), 1);
+    held.extend(predicted_then_real(&d, &pair, eager, "accepted"));
+    let v = settled(&d, eager, 2);
+    let row = smtp(&v);
+    assert_eq!(
+        (&row["tokens"], &row["burst"], &row["token_every_ms"]),
+        (&0.into(), &2.into(), &30_000.into()),
+        "{v:#}"
+    );
+    assert_eq!((&row["sessions"], &row["max_sessions"]), (&2.into(), &3.into()), "{v:#}");
+    assert_eq!(held.len(), 2);
+    assert!(predicted_then_real(&d, &pair, eager, "refused_rate").is_none());
+    // Another source takes the third session: the pool is full for everyone
+    // now, and the eager source (its bucket empty too) meets the sessions
+    // rule first.
+    held.extend(predicted_then_real(&d, &pair, other, "accepted"));
+    settled(&d, other, 1);
+    assert_eq!(smtp(&explain(&d, late))["sessions"], 3);
+    assert!(predicted_then_real(&d, &pair, late, "refused_sessions").is_none());
+    assert!(predicted_then_real(&d, &pair, eager, "refused_sessions").is_none());
+}
+
 /// Not an address, an unknown service, no daemon: one line, exit 2, 2, 3.
 #[test]
 fn explain_refuses_bad_input_in_one_line() {
