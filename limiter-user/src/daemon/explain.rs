@@ -17,7 +17,7 @@ use limiter_common::{
 use crate::{
     daemon::state::Daemon,
     kernel::inspect,
-    policy::lists::{ListLines, Lists},
+    policy::lists::Lists,
     protocol::{Entry, ExplainEntry, ExplainReply, ExplainService, KernelEntry, ListName, Origin},
 };
 
@@ -60,7 +60,7 @@ pub(crate) fn explain(d: &Daemon, address: IpAddr, service: Option<&str>) -> Res
     let mut rows = Vec::new();
     for s in services {
         let kernel_policy = inspect::service_policy(ebpf, &g, s.id).map_err(err)?;
-        let key = inspect::source_key(address, s.id, &g);
+        let key = inspect::source_key(address, s.id, g.ipv4_prefix, g.ipv6_prefix);
         let state = inspect::source_state(ebpf, &g, &key).map_err(err)?;
         let (session_word, sessions_established, sessions_seeded) = inspect::sessions(ebpf, s.id).map_err(err)?;
         let p = predict(&Reading {
@@ -132,7 +132,8 @@ const fn allow_kind(e: &ListEntry) -> &'static str {
 /// out. Longest prefix first; `used` marks what the decision rests on.
 fn entries(policy: &crate::policy::model::Policy, runtime: &Lists, host: &Prefix) -> Vec<ExplainEntry> {
     let config = &policy.lists;
-    let lines: &ListLines = &policy.list_lines;
+    let lines = &policy.list_lines;
+    let line = |of: &[Option<usize>], i: usize| of.get(i).copied().flatten();
     let mut out: Vec<ExplainEntry> = Vec::new();
     let mut push = |list: ListName, entry: Entry, origin: Origin, line: Option<usize>| {
         if entry.prefix.0.covers(host) {
@@ -141,19 +142,19 @@ fn entries(policy: &crate::policy::model::Policy, runtime: &Lists, host: &Prefix
     };
     let replaced = |p| runtime.allow.iter().any(|a| a.prefix == p);
     for (i, a) in config.allow.iter().enumerate().filter(|(_, a)| !replaced(a.prefix)) {
-        push(ListName::Allow, Entry::from(a), Origin::Config, lines.line("allow", i));
+        push(ListName::Allow, Entry::from(a), Origin::Config, line(&lines.allow, i));
     }
     for a in &runtime.allow {
         push(ListName::Allow, Entry::from(a), Origin::Runtime, None);
     }
     for (i, e) in config.deny.iter().enumerate() {
-        push(ListName::Deny, Entry::from(e), Origin::Config, lines.line("deny", i));
+        push(ListName::Deny, Entry::from(e), Origin::Config, line(&lines.deny, i));
     }
     for e in runtime.deny.iter().filter(|e| !config.deny.iter().any(|c| c.prefix == e.prefix)) {
         push(ListName::Deny, Entry::from(e), Origin::Runtime, None);
     }
     for (i, e) in config.reserve.iter().enumerate() {
-        push(ListName::Reserve, Entry::from(e), Origin::Config, lines.line("reserve", i));
+        push(ListName::Reserve, Entry::from(e), Origin::Config, line(&lines.reserve, i));
     }
     let known = |name: &str| policy.services.iter().any(|s| s.name == name);
     for e in runtime

@@ -35,18 +35,16 @@ pub fn service_policy(ebpf: &Ebpf, g: &Globals, id: u32) -> Result<ServicePolicy
 }
 
 /// The source key of `addr` for service `id`, as XDP makes it: the address
-/// masked to `GLOBALS`' prefix length of its family.
+/// masked to the prefix length of its family (`GLOBALS`' for what is in
+/// force); an IPv4-mapped IPv6 address is IPv4.
 #[must_use]
-pub fn source_key(addr: std::net::IpAddr, id: u32, g: &Globals) -> SourceKey {
-    let mut key = SourceKey { addr: [0; 16], service: u8::try_from(id).unwrap_or(0), family: 0, pad: [0; 2] };
+pub fn source_key(addr: std::net::IpAddr, id: u32, ipv4_prefix: u8, ipv6_prefix: u8) -> SourceKey {
+    let mut key = SourceKey { addr: [0; 16], service: u8::try_from(id).unwrap_or(0), family: family::V4, pad: [0; 2] };
     match addr.to_canonical() {
-        std::net::IpAddr::V4(a) => {
-            key.family = family::V4;
-            key.addr[..4].copy_from_slice(&mask_v4(a.octets(), g.ipv4_prefix));
-        }
+        std::net::IpAddr::V4(a) => key.addr[..4].copy_from_slice(&mask_v4(a.octets(), ipv4_prefix)),
         std::net::IpAddr::V6(a) => {
             key.family = family::V6;
-            key.addr = mask_v6(a.octets(), g.ipv6_prefix);
+            key.addr = mask_v6(a.octets(), ipv6_prefix);
         }
     }
     key

@@ -216,19 +216,6 @@ pub struct ListLines {
     pub reserve: Vec<Option<usize>>,
 }
 
-impl ListLines {
-    /// The line of entry `i` of `list` (`"allow"`, `"deny"` or `"reserve"`).
-    #[must_use]
-    pub fn line(&self, list: &str, i: usize) -> Option<usize> {
-        let lines = match list {
-            "allow" => &self.allow,
-            "deny" => &self.deny,
-            _ => &self.reserve,
-        };
-        lines.get(i).copied().flatten()
-    }
-}
-
 /// Burst of an allow entry with a rate but no burst: as for services.
 fn allow_bucket(e: &AllowEntry) -> limiter_common::Bucket {
     e.rate.map_or(limiter_common::Bucket::UNLIMITED, |r| {
