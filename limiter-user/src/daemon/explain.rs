@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use limiter_common::{
     Verdict,
     lists::{Admission, ListEntry, entry},
-    maps::family,
+    maps::{action, family},
     predict::{Reading, predict},
     prefix::Prefix,
 };
@@ -88,7 +88,7 @@ pub(crate) fn explain(d: &Daemon, address: IpAddr, service: Option<&str>) -> Res
         rows.push(ExplainService {
             name: s.name.clone(),
             ports: s.ports.clone(),
-            action: s.action.as_str().to_owned(),
+            action: action_name(kernel_policy.action).unwrap_or_else(|| s.action.as_str()).to_owned(),
             limits_from: limits_from.to_owned(),
             max_conn_per_source: (max_conn != 0).then_some(max_conn),
             burst: bucket.map(|b| b.tolerance_ns / b.interval_ns + 1),
@@ -112,6 +112,16 @@ pub(crate) fn explain(d: &Daemon, address: IpAddr, service: Option<&str>) -> Res
         entries: entries(policy, &d.runtime.lists, &host),
         services: rows,
     })
+}
+
+/// The name of the action `POLICY` holds (`None` for one this build does not know).
+const fn action_name(a: u8) -> Option<&'static str> {
+    match a {
+        action::DROP => Some("drop"),
+        action::RESET => Some("reset"),
+        action::RESPOND => Some("respond"),
+        _ => None,
+    }
 }
 
 /// What a merged entry says of the allow list.
