@@ -12,6 +12,7 @@ pub mod lists;
 pub mod maps;
 pub mod pending;
 pub mod pool;
+pub mod predict;
 pub mod prefix;
 pub mod steer;
 

@@ -1,6 +1,6 @@
 //! `limiter doctor` on a host where the limiter runs, where it has stopped
 //! and for a user without privileges, and the `--json` outputs of `status`,
-//! `top`, the lists and `doctor` validated against their schemas in
+//! `top`, the lists, `explain` and `doctor` validated against their schemas in
 //! docs/schemas (a missing required field fails the test).
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
@@ -277,6 +277,18 @@ fn json_outputs_match_their_schemas() {
     assert_eq!(limit(exempt), Value::Null, "exempt: {top}");
     assert_eq!(top["total_sources"], 3, "{top}");
     assert_eq!(top["total_connections"], 5, "{top}");
+    // explain: an allow entry's limit, an exempt source, a denied one.
+    let explained: Vec<Value> = [limited.to_string(), exempt.to_string(), "2001:db8:f066::7".to_owned()]
+        .iter()
+        .map(|a| d.client_json(&["explain", a, "--json"]))
+        .collect();
+    for v in &explained {
+        validate("explain", v);
+    }
+    let row = |v: &Value, k: &str| v["services"][0][k].clone();
+    assert_eq!((row(&explained[0], "max_conn_per_source"), row(&explained[0], "connections")), (4.into(), 1.into()));
+    assert_eq!(row(&explained[1], "limits_from"), "exempt", "{}", explained[1]);
+    assert_eq!(row(&explained[2], "verdict"), "refused_deny", "{}", explained[2]);
     let lists: Vec<Value> =
         ["allow", "deny", "reserve"].iter().map(|l| d.client_json(&[l, "list", "--json"])).collect();
     for l in &lists {
@@ -298,6 +310,10 @@ fn json_outputs_match_their_schemas() {
     assert_required("status", &status, &["lists", "reserve"]);
     assert_required("top", &top, &["sources", "0", "limit"]);
     assert_required("top", &top, &["total_sources"]);
+    assert_required("explain", &explained[0], &["kernel_entry"]);
+    assert_required("explain", &explained[0], &["entries", "0", "used"]);
+    assert_required("explain", &explained[0], &["services", "0", "verdict"]);
+    assert_required("explain", &explained[0], &["services", "0", "tokens"]);
     assert_required("list", &lists[0], &["entries", "0", "origin"]);
     assert_required("list", &lists[2], &["entries", "0", "service"]);
     assert_required("doctor", &doc, &["healthy"]);

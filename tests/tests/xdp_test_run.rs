@@ -57,6 +57,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
         maps: limiter_user::policy::model::MapSizes::default(),
         responder: limiter_user::policy::model::ResponderLimits::default(),
         lists: limiter_user::policy::lists::Lists::default(),
+        list_lines: limiter_user::policy::lists::ListLines::default(),
     }
 }
 

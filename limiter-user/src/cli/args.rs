@@ -66,6 +66,22 @@ pub enum Cmd {
         #[arg(long, env = "LIMITER_SOCKET", default_value = protocol::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// How the running policy decides for one address now: the source it
+    /// counts as, the list entries covering it, and per service the limits,
+    /// what it holds, and what its next connection attempt would get.
+    Explain {
+        /// A client address (IPv4 or IPv6).
+        #[arg(value_parser = parse_address)]
+        address: std::net::IpAddr,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Machine-readable output (schema in docs/status.md).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// The allow list: sources exempt from the limits, or with their own
     /// per-source limits.
     Allow {
@@ -282,6 +298,10 @@ pub enum ReserveOp {
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
     s.parse()
+}
+
+fn parse_address(s: &str) -> Result<std::net::IpAddr, String> {
+    s.parse().map_err(|_| "expected a client address, e.g. 198.51.100.7 or 2001:db8::7".to_owned())
 }
 
 #[derive(Args, Debug)]

@@ -179,6 +179,10 @@ fn examples(sub: &str) -> Vec<(&'static str, &'static str)> {
             "The 10 busiest sources of smtp, redrawn every 2 seconds:",
             "limiter top --service smtp -n 10 --watch 2",
         )],
+        "explain" => vec![
+            ("Why is a client refused, or would it be?", "limiter explain 198.51.100.7"),
+            ("One service, for a script:", "limiter explain 2001:db8::7 --service imap --json"),
+        ],
         "allow" | "allow-add" => vec![
             ("Exempt a backup MX:", "limiter allow add 2001:db8:1::/48 --comment \"backup MX\""),
             ("Give an office its own limit:", "limiter allow add '192.168.1.*' --max-conn-per-source 100"),

@@ -7,6 +7,7 @@ mod check_config;
 mod check_pins;
 mod client;
 pub mod doctor;
+mod explain;
 pub mod failure;
 mod generate;
 mod lists;
@@ -47,6 +48,9 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             check_pins::check_pins(&pin_dir, layout.as_deref(), print_layout)
         }
         Cmd::Doctor(a) => doctor::main(&a),
+        Cmd::Explain { address, service, json, socket } => {
+            explain::explain(&socket.socket, &Request::Explain { address, service }, json)
+        }
         Cmd::Top { service, n, json, watch, socket } => {
             status::top(&socket, &Request::Top { service, limit: n }, json, watch)
         }

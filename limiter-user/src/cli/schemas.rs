@@ -6,17 +6,18 @@ use std::path::Path;
 
 use crate::{
     cli::{doctor::Report, failure::Failure},
-    protocol::{ListReply, StatusReply, TopReply, schema},
+    protocol::{ExplainReply, ListReply, StatusReply, TopReply, schema},
 };
 
 /// `(name, text)` of each schema: `docs/schemas/NAME.schema.json`.
 #[must_use]
-pub fn all() -> [(&'static str, String); 4] {
+pub fn all() -> [(&'static str, String); 5] {
     [
         ("status", schema::text::<StatusReply>()),
         ("top", schema::text::<TopReply>()),
         ("list", schema::text::<ListReply>()),
         ("doctor", schema::text::<Report>()),
+        ("explain", schema::text::<ExplainReply>()),
     ]
 }
 

@@ -5,7 +5,10 @@
 
 use std::fmt::{Display, Write as _};
 
-use crate::protocol::{StatusReply, TopReply};
+use crate::{
+    policy::lists::printable,
+    protocol::{ExplainEntry, ExplainReply, ExplainService, ListName, Origin, StatusReply, TopReply},
+};
 
 /// How a column aligns its cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +247,130 @@ pub fn top(v: &TopReply, now: &str) -> String {
     out
 }
 
+/// `limiter explain` as an admin reads it at 3 a.m.: the source the
+/// address counts as, the list entries covering it (the one each decision
+/// rests on, the shadowed ones marked), then a line per service: what it
+/// holds of its limits and what its next SYN would get.
+#[must_use]
+pub fn explain(v: &ExplainReply) -> String {
+    let mut out = String::new();
+    let setting = if v.address.contains(':') { "ipv6_prefix" } else { "ipv4_prefix" };
+    if v.source == v.address {
+        let _ = writeln!(out, "{} is a source of its own ({setting} {})", v.address, v.source_prefix);
+    } else {
+        let _ = writeln!(out, "{} falls in {} ({setting} {})", v.address, v.source, v.source_prefix);
+    }
+    for list in [ListName::Deny, ListName::Allow] {
+        let of: Vec<&ExplainEntry> = v.entries.iter().filter(|e| e.list == list).collect();
+        if of.is_empty() {
+            let _ = writeln!(out, "  {}: none", list.as_str());
+        }
+        for e in of {
+            let _ = writeln!(out, "  {}", entry_line(e));
+        }
+    }
+    for e in v.entries.iter().filter(|e| e.list == ListName::Reserve) {
+        let _ = writeln!(out, "  {}", entry_line(e));
+    }
+    let width = v.services.iter().map(|s| service_name(s).chars().count()).max().unwrap_or(0);
+    for s in &v.services {
+        let _ = writeln!(out, "  {:<width$}  {}", service_name(s), service_line(s));
+    }
+    out
+}
+
+/// `smtp:25,465,587`.
+fn service_name(s: &ExplainService) -> String {
+    let ports: Vec<String> = s.ports.iter().map(ToString::to_string).collect();
+    format!("{}:{}", s.name, ports.join(","))
+}
+
+/// `allow 198.18.0.0/16 max_conn 20 (config line 14, "partner")`.
+fn entry_line(e: &ExplainEntry) -> String {
+    let mut line = format!("{} {}", e.list.as_str(), e.entry.prefix);
+    match e.list {
+        ListName::Allow => {
+            let x = &e.entry;
+            if x.max_conn_per_source.is_none() && x.rate.is_none() {
+                line.push_str(" exempt");
+            }
+            if let Some(m) = x.max_conn_per_source {
+                let _ = write!(line, " max_conn {m}");
+            }
+            if let Some(r) = x.rate {
+                let _ = write!(line, " rate {r}");
+            }
+            if let Some(b) = x.burst {
+                let _ = write!(line, " burst {b}");
+            }
+        }
+        ListName::Reserve => {
+            let _ = write!(line, " for {}", printable(e.entry.service.as_deref().unwrap_or("-")));
+        }
+        ListName::Deny => {}
+    }
+    let mut origin = match (e.origin, e.line) {
+        (Origin::Config, Some(n)) => format!("config line {n}"),
+        (Origin::Config, None) => "config".to_owned(),
+        (Origin::Runtime, _) => "run time".to_owned(),
+    };
+    if let Some(c) = &e.entry.comment {
+        let _ = write!(origin, ", \"{}\"", printable(c));
+    }
+    let _ = write!(line, " ({origin})");
+    if !e.used {
+        line.push_str(", shadowed by a longer prefix");
+    }
+    line
+}
+
+/// `4/20 connections, 0 in flight, tokens 9/10, sessions 12/50 -> next SYN: accepted`,
+/// or `... -> next SYN: refused (reset): at its connection limit`.
+fn service_line(s: &ExplainService) -> String {
+    let mut parts = Vec::new();
+    match s.limits_from.as_str() {
+        "deny" => parts.push("denied".to_owned()),
+        "exempt" => parts.push(format!("exempt, {} connections", s.connections)),
+        _ => {
+            let limit = s.max_conn_per_source.map_or_else(|| " (no limit)".to_owned(), |m| format!("/{m}"));
+            let mut held = format!("{}{limit} connections", s.connections);
+            if s.seeded > 0 {
+                let _ = write!(held, " ({} from before the start)", s.seeded);
+            }
+            parts.push(held);
+            parts.push(format!("{} in flight", s.in_flight));
+            match (s.tokens, s.burst) {
+                (Some(t), Some(b)) => parts.push(format!("tokens {t}/{b}")),
+                _ => parts.push("no rate limit".to_owned()),
+            }
+            if let Some(max) = s.max_sessions {
+                let mut sessions = format!("sessions {}/{max}", s.sessions);
+                if s.reserved_sessions > 0 {
+                    let who = if s.on_reserve_list { "on the reserve list" } else { "not on the reserve list" };
+                    let _ = write!(sessions, " ({} reserved, {who})", s.reserved_sessions);
+                }
+                parts.push(sessions);
+            }
+        }
+    }
+    let verdict = match s.verdict.as_str() {
+        "accepted" if s.limits_from == "exempt" => "accepted (exempt)".to_owned(),
+        "accepted" => "accepted".to_owned(),
+        other => {
+            let why = match other {
+                "refused_deny" => "on the deny list",
+                "refused_sessions" => "the service's sessions are full",
+                "refused_reserve" => "only reserved sessions are left",
+                "refused_concurrency" => "at its connection limit",
+                "refused_rate" => "no token left",
+                other => other,
+            };
+            format!("refused ({}): {why}", s.action)
+        }
+    };
+    format!("{} -> next SYN: {verdict}", parts.join(", "))
+}
+
 /// The local time of day as `HH:MM:SS`.
 #[must_use]
 pub fn local_time() -> String {
@@ -427,6 +554,62 @@ mod tests {
         assert!(
             top(&read(v.clone()), "t").starts_with("t   1 of 1 sources holding connections, 1 connection\n"),
             "{v}"
+        );
+    }
+
+    #[test]
+    fn explain_lines() {
+        let v = json!({
+            "address": "198.18.0.7", "source": "198.18.0.0/24", "source_prefix": 24,
+            "kernel_entry": { "prefix": "198.18.0.0/24", "deny": false, "allow": "limits", "reserve": ["smtp"] },
+            "entries": [
+                { "list": "reserve", "prefix": "198.18.0.0/24", "service": "smtp", "origin": "runtime", "used": true },
+                { "list": "allow", "prefix": "198.18.0.0/16", "max_conn_per_source": 20, "comment": "partner",
+                  "origin": "config", "line": 14, "used": true },
+                { "list": "allow", "prefix": "198.0.0.0/8", "origin": "runtime", "comment": "all\u{1b}[2J",
+                  "used": false }
+            ],
+            "services": [
+                { "name": "smtp", "ports": [25], "action": "reset", "limits_from": "allow",
+                  "max_conn_per_source": 20, "burst": 10, "tokens": 9, "token_every_ms": 2000, "connections": 4,
+                  "seeded": 0, "in_flight": 0, "sessions": 12, "max_sessions": 50, "reserved_sessions": 0,
+                  "on_reserve_list": true, "verdict": "accepted" },
+                { "name": "imap", "ports": [143, 993], "action": "drop", "limits_from": "service",
+                  "max_conn_per_source": 4, "burst": null, "tokens": null, "token_every_ms": null,
+                  "connections": 4, "seeded": 1, "in_flight": 0, "sessions": 30, "max_sessions": 40,
+                  "reserved_sessions": 10, "on_reserve_list": false, "verdict": "refused_reserve",
+                  "new_field": 1 }
+            ],
+            "new_field": true
+        });
+        let text = explain(&read(v));
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "198.18.0.7 falls in 198.18.0.0/24 (ipv4_prefix 24)",
+                "  deny: none",
+                "  allow 198.18.0.0/16 max_conn 20 (config line 14, \"partner\")",
+                "  allow 198.0.0.0/8 exempt (run time, \"all\\u{1b}[2J\"), shadowed by a longer prefix",
+                "  reserve 198.18.0.0/24 for smtp (run time)",
+                "  smtp:25       4/20 connections, 0 in flight, tokens 9/10, sessions 12/50 -> next SYN: accepted",
+                "  imap:143,993  4/4 connections (1 from before the start), 0 in flight, no rate limit, sessions \
+                 30/40 (10 reserved, not on the reserve list) -> next SYN: refused (drop): only reserved sessions \
+                 are left",
+            ]
+        );
+        let denied = json!({
+            "address": "2001:db8::7", "source": "2001:db8::/64", "source_prefix": 64, "kernel_entry": null,
+            "entries": [ { "list": "deny", "prefix": "2001:db8::/32", "origin": "config", "used": true } ],
+            "services": [ { "name": "smtp", "ports": [25], "action": "reset", "limits_from": "deny",
+                "max_conn_per_source": null, "burst": null, "tokens": null, "token_every_ms": null,
+                "connections": 0, "seeded": 0, "in_flight": 0, "sessions": 0, "max_sessions": null,
+                "reserved_sessions": 0, "on_reserve_list": false, "verdict": "refused_deny" } ]
+        });
+        let text = explain(&read(denied));
+        assert_eq!(
+            text,
+            "2001:db8::7 falls in 2001:db8::/64 (ipv6_prefix 64)\n  deny 2001:db8::/32 (config)\n  allow: none\n  \
+             smtp:25  denied -> next SYN: refused (reset): on the deny list\n"
         );
     }
 

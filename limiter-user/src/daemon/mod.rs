@@ -1,9 +1,10 @@
 //! `limiter run`: the composition root. Start-up (`start`) loads and
 //! attaches the programs and binds the sockets; the main loop (`serve`)
-//! answers control requests (`lists`, `reload`, `report`), logs refusal lines
+//! answers control requests (`lists`, `reload`, `report`, `explain`), logs refusal lines
 //! (`refusals`) and serves metrics (`metrics`) until SIGINT or SIGTERM, then
 //! exits leaving the pins, so counting and enforcement continue.
 
+pub mod explain;
 pub mod lists;
 pub mod metrics;
 pub mod notify;

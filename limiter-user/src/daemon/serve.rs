@@ -12,7 +12,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     daemon::{
-        metrics,
+        explain, metrics,
         notify::notify,
         refusals,
         report::{sessions_in_use, snapshot, status, top},
@@ -150,6 +150,9 @@ fn handle(d: &mut Daemon, req: Request) -> Result<Reply, String> {
             d.list_del(list, &prefix, service.as_deref(), missing_ok).map(Reply::Removed)
         }
         Request::Reload => d.reload().map(Reply::Reloaded),
+        Request::Explain { address, service } => {
+            explain::explain(d, address, service.as_deref()).map(|r| Reply::Explain(Box::new(r)))
+        }
     }
 }
 

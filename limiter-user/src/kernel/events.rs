@@ -14,7 +14,6 @@ use limiter_common::{
     SourceKey, Verdict,
     events::{self, Refusal},
     maps::{family, names},
-    prefix::{mask_v4, mask_v6},
 };
 
 use crate::{
@@ -80,16 +79,7 @@ impl Event {
     /// The source key the kernel counts this client under.
     #[must_use]
     pub fn key(&self, policy: &Policy) -> SourceKey {
-        #[expect(clippy::cast_possible_truncation, reason = "service ids are < 256")]
-        let mut key = SourceKey { addr: [0; 16], service: self.service as u8, family: family::V4, pad: [0; 2] };
-        match self.addr {
-            IpAddr::V4(a) => key.addr[..4].copy_from_slice(&mask_v4(a.octets(), policy.ipv4_prefix)),
-            IpAddr::V6(a) => {
-                key.family = family::V6;
-                key.addr = mask_v6(a.octets(), policy.ipv6_prefix);
-            }
-        }
-        key
+        crate::kernel::inspect::source_key(self.addr, self.service, policy.ipv4_prefix, policy.ipv6_prefix)
     }
 }
 

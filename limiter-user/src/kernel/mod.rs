@@ -1,7 +1,7 @@
 //! The only modules that touch aya maps and programs: loading the object,
 //! attaching and pinning, writing the policy (with the bank flip), seeding,
 //! reclaim, the event ring, the responder's steering maps, and reading
-//! counters into typed snapshots.
+//! counters into typed snapshots (and one address's view, `inspect`).
 
 pub mod counters;
 pub mod error;
@@ -9,6 +9,7 @@ pub mod events;
 pub mod features;
 pub mod host;
 pub mod ids;
+pub mod inspect;
 pub mod loader;
 pub mod maps;
 pub mod pins;

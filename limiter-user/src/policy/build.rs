@@ -7,7 +7,7 @@ use limiter_common::maps::MAX_SERVICES;
 
 use crate::policy::{
     file::{self, ConfigError, ConfigFile, ServiceFile},
-    lists::Lists,
+    lists::{ListLines, Lists},
     model::{Overrides, Policy},
     report::{List, Origin, Problem, Report},
     respond::{Protocol, Respond, TlsFiles, implicit_tls},
@@ -105,7 +105,7 @@ impl Policy {
                 }
             })
             .collect::<Vec<_>>();
-        let policy = Self {
+        let mut policy = Self {
             interfaces,
             xdp_mode: o.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
             ipv4_prefix: o.ipv4_prefix.or(file.ipv4_prefix).unwrap_or(32),
@@ -116,6 +116,16 @@ impl Policy {
             maps: file.maps,
             responder: responder.limits(),
             lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },
+            list_lines: ListLines::default(),
+        };
+        // The line of each entry's `prefix`, for `limiter explain`.
+        let line = |list: List, n: usize| -> Vec<Option<usize>> {
+            (0..n).map(|i| file.origin.line(&format!("{}.prefix", file.origin.entry(list, i)))).collect()
+        };
+        policy.list_lines = ListLines {
+            allow: line(List::Allow, policy.lists.allow.len()),
+            deny: line(List::Deny, policy.lists.deny.len()),
+            reserve: line(List::Reserve, policy.lists.reserve.len()),
         };
         judge(&policy, &given, &file.origin, r);
         (policy, file.origin)

@@ -206,6 +206,16 @@ pub struct Lists {
     pub reserve: Vec<ReserveEntry>,
 }
 
+/// The config file's line of each entry of its [`Lists`], by list and
+/// index (the line of the entry's `prefix`); `None` past the end, or for an
+/// entry not read from a file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListLines {
+    pub allow: Vec<Option<usize>>,
+    pub deny: Vec<Option<usize>>,
+    pub reserve: Vec<Option<usize>>,
+}
+
 /// Burst of an allow entry with a rate but no burst: as for services.
 fn allow_bucket(e: &AllowEntry) -> limiter_common::Bucket {
     e.rate.map_or(limiter_common::Bucket::UNLIMITED, |r| {

@@ -8,7 +8,7 @@ use limiter_common::{events::REFILL_MS, maps::DEFAULT_CONN_ENTRIES, pending};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{
-    lists::Lists,
+    lists::{ListLines, Lists},
     respond::Protocol,
     service::{Action, Rate, Service},
 };
@@ -31,6 +31,10 @@ pub struct Policy {
     pub responder: ResponderLimits,
     /// The config file's lists (run-time entries are layered on by the daemon).
     pub lists: Lists,
+    /// The line of the config file each entry of `lists` was written on
+    /// (`limiter explain` names it); empty for a policy made in code.
+    #[serde(skip)]
+    pub list_lines: ListLines,
 }
 
 impl Policy {

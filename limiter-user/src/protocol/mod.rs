@@ -3,6 +3,7 @@
 //! time, so a broken or hostile client can neither crash nor block it.
 //! Each request and each reply is a type here, the one both sides use.
 
+pub mod explain;
 pub mod lists;
 pub mod schema;
 pub mod status;
@@ -17,6 +18,7 @@ use tokio::{
 
 use crate::policy::service::Rate;
 pub use crate::protocol::{
+    explain::{ExplainEntry, ExplainReply, ExplainService, KernelEntry},
     lists::{AddedReply, Entry, ListName, ListReply, ListedEntry, Origin, ReloadReply, RemovedReply},
     status::{
         Counters, Interface, ListCounts, RecentRefusals, RefusalLines, ResponderStatus, ServiceStatus, StatusReply,
@@ -93,6 +95,12 @@ pub enum Request {
     },
     /// Re-reads the config file and applies it: [`ReloadReply`].
     Reload,
+    /// How the policy in force decides for one address now: [`ExplainReply`].
+    Explain {
+        address: std::net::IpAddr,
+        #[serde(default)]
+        service: Option<String>,
+    },
 }
 
 impl Request {
@@ -113,6 +121,7 @@ pub enum Reply {
     Added(AddedReply),
     Removed(RemovedReply),
     Reloaded(ReloadReply),
+    Explain(Box<ExplainReply>),
 }
 
 /// One response line: `{"ok": REPLY}` or `{"error": "what went wrong"}`.

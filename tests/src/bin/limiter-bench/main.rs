@@ -238,6 +238,7 @@ fn policy() -> Policy {
         maps: MapSizes::default(),
         responder: limiter_user::policy::model::ResponderLimits::default(),
         lists: bench_lists(),
+        list_lines: limiter_user::policy::lists::ListLines::default(),
     };
     for (i, s) in p.services.iter_mut().enumerate() {
         s.id = service_id(i);
