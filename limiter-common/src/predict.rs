@@ -37,6 +37,13 @@ pub struct Reading {
     /// The kernel's coarse clock (`bpf_ktime_get_coarse_ns`, user space's
     /// `CLOCK_MONOTONIC_COARSE`).
     pub now_ns: u64,
+    /// The source-wide budget: `POLICY[policy_index(bank, 0)]`'s limit
+    /// (0 = none), and the source's words under its key over all services
+    /// (`maps::ALL_SERVICES`): established, reservation word and tag.
+    pub all: u32,
+    pub all_established: u64,
+    pub all_reserved: u64,
+    pub all_tag: u16,
 }
 
 /// What [`predict`] found: the limits that apply, what the source and the
@@ -61,12 +68,12 @@ pub fn predict(r: &Reading) -> Prediction {
     let ticks = pending::ticks(r.now_ns);
     let in_flight = pending::live(r.reserved, r.tag, ticks);
     let sessions = r.sessions_established + r.sessions_seeded + pool::pending(r.session_word, pool::bucket(ticks));
-    let admission = admission(r.entry.as_ref(), r.service, &r.policy);
-    let (max_conn, bucket, reserved) = match admission {
+    let admission = admission(r.entry.as_ref(), r.service, &r.policy, r.all);
+    let (max_conn, all, bucket, reserved) = match admission {
         Admission::Decided(verdict) => {
             return Prediction { admission, in_flight, tokens: u64::MAX, sessions, verdict };
         }
-        Admission::Limits { max_conn, bucket, reserved } => (max_conn, bucket, reserved),
+        Admission::Limits { max_conn, max_conn_all, bucket, reserved } => (max_conn, max_conn_all, bucket, reserved),
     };
     let tat = slot::tat(r.rate, r.tag);
     let tokens = bucket.tokens(tat, r.now_ns);
@@ -77,6 +84,15 @@ pub fn predict(r: &Reading) -> Prediction {
         per_source
     } else {
         pool::check(sessions, &r.policy, reserved).unwrap_or(per_source)
+    };
+    // The source-wide budget, last, as `decide` takes it.
+    let verdict = if verdict == Verdict::Accepted
+        && all != 0
+        && pending::reserve(r.all_reserved, r.all_tag, ticks, r.all_established, u64::from(all)).is_none()
+    {
+        Verdict::RefusedConcurrency
+    } else {
+        verdict
     };
     Prediction { admission, in_flight, tokens, sessions, verdict }
 }
@@ -109,7 +125,7 @@ mod tests {
             rate_tolerance_ns: b.tolerance_ns,
             max_conn_per_source: max_conn,
             action: 1,
-            pad: [0; 3],
+            dead_peer: [0; 3],
             max_sessions,
             open_sessions: open,
         }
@@ -128,7 +144,24 @@ mod tests {
             sessions_established: 0,
             sessions_seeded: 0,
             now_ns: NOW,
+            all: 0,
+            all_established: 0,
+            all_reserved: 0,
+            all_tag: 9,
         }
+    }
+
+    #[test]
+    fn the_source_wide_budget_refuses_what_the_service_would_let_in() {
+        let r = Reading { established: 1, all: 5, all_established: 4, ..reading() };
+        assert_eq!(verdict(&r), Verdict::Accepted, "4 of 5 over all services");
+        let r = Reading { all_established: 5, ..r };
+        assert_eq!(verdict(&r), Verdict::RefusedConcurrency, "5 of 5 over all services, 1 of 4 of the service");
+        let r = Reading { all_established: 4, all_reserved: pending::pack(9, 1, pending::ticks(NOW)), ..r };
+        assert_eq!(verdict(&r), Verdict::RefusedConcurrency, "4 + 1 in flight of 5");
+        // An allow entry with limits and no source-wide limit of its own has none.
+        let e = ListEntry { max_conn_per_source: 20, flags: entry::ALLOW, ..ListEntry::default() };
+        assert_eq!(verdict(&Reading { entry: Some(e), ..r }), Verdict::Accepted);
     }
 
     fn verdict(r: &Reading) -> Verdict {

@@ -54,6 +54,7 @@ fn policy(action: Action, burst: u64, v4_prefix: u8, v6_prefix: u8) -> Policy {
             dead_peer_timeout: None,
             respond: limiter_user::policy::respond::Respond::default(),
         }],
+        max_conn_all_services: None,
         maps: limiter_user::policy::model::MapSizes::default(),
         responder: limiter_user::policy::model::ResponderLimits::default(),
         lists: limiter_user::policy::lists::Lists::default(),
@@ -646,6 +647,7 @@ fn listed(max: u32, allow: &[(&str, Option<u32>)], deny: &[&str], reserve: &[&st
             .map(|(prefix, max)| AllowEntry {
                 prefix: prefix.parse().expect("prefix"),
                 max_conn_per_source: *max,
+                max_conn_all_services: None,
                 rate: None,
                 burst: None,
                 comment: None,

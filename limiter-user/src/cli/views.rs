@@ -272,6 +272,14 @@ pub fn explain(v: &ExplainReply) -> String {
     for e in v.entries.iter().filter(|e| e.list == ListName::Reserve) {
         let _ = writeln!(out, "  {}", entry_line(e));
     }
+    let all = &v.all_services;
+    if let Some(max) = all.max_conn_per_source {
+        let _ = writeln!(
+            out,
+            "  all services: {}/{max} connections, {} in flight (the source-wide limit)",
+            all.connections, all.in_flight
+        );
+    }
     let width = v.services.iter().map(|s| service_name(s).chars().count()).max().unwrap_or(0);
     for s in &v.services {
         let _ = writeln!(out, "  {:<width$}  {}", service_name(s), service_line(s));
@@ -361,14 +369,25 @@ fn service_line(s: &ExplainService) -> String {
                 "refused_deny" => "on the deny list",
                 "refused_sessions" => "the service's sessions are full",
                 "refused_reserve" => "only reserved sessions are left",
+                "refused_concurrency" if v_all_full(s) => "at its connection limit over all services",
                 "refused_concurrency" => "at its connection limit",
                 "refused_rate" => "no token left",
                 other => other,
             };
-            format!("refused ({}): {why}", s.action)
+            if s.action == "log" {
+                format!("would be refused (action log: let through): {why}")
+            } else {
+                format!("refused ({}): {why}", s.action)
+            }
         }
     };
     format!("{} -> next SYN: {verdict}", parts.join(", "))
+}
+
+/// A connection refusal not explained by the service's own limit: the
+/// source-wide budget's.
+fn v_all_full(s: &ExplainService) -> bool {
+    s.max_conn_per_source.is_none_or(|m| s.connections + s.in_flight < u64::from(m))
 }
 
 /// The local time of day as `HH:MM:SS`.

@@ -18,7 +18,7 @@ use crate::{
     daemon::state::Daemon,
     kernel::inspect,
     policy::lists::Lists,
-    protocol::{Entry, ExplainEntry, ExplainReply, ExplainService, KernelEntry, ListName, Origin},
+    protocol::{AllServices, Entry, ExplainEntry, ExplainReply, ExplainService, KernelEntry, ListName, Origin},
 };
 
 /// The `explain` response for `address` (docs/status.md), for every service
@@ -57,6 +57,8 @@ pub(crate) fn explain(d: &Daemon, address: IpAddr, service: Option<&str>) -> Res
             .collect(),
     });
     let now = inspect::now_ns();
+    let (all_limit, all_state, all_in_flight) = all_services(ebpf, &g, address, now).map_err(err)?;
+    let mut all_applies = None;
     let mut rows = Vec::new();
     for s in services {
         let kernel_policy = inspect::service_policy(ebpf, &g, s.id).map_err(err)?;
@@ -75,11 +77,16 @@ pub(crate) fn explain(d: &Daemon, address: IpAddr, service: Option<&str>) -> Res
             sessions_established,
             sessions_seeded,
             now_ns: now,
+            all: all_limit,
+            all_established: all_state.established(&g),
+            all_reserved: all_state.reserved,
+            all_tag: all_state.tag,
         });
         let (limits_from, max_conn, bucket, on_reserve) = match p.admission {
             Admission::Decided(Verdict::RefusedDeny) => ("deny", 0, None, false),
             Admission::Decided(_) => ("exempt", 0, None, false),
-            Admission::Limits { max_conn, bucket, reserved } => {
+            Admission::Limits { max_conn, max_conn_all, bucket, reserved } => {
+                all_applies = Some(max_conn_all);
                 let from = if found.is_some_and(|e| e.flags & entry::ALLOW != 0) { "allow" } else { "service" };
                 (from, max_conn, (!bucket.is_unlimited()).then_some(bucket), reserved)
             }
@@ -110,8 +117,29 @@ pub(crate) fn explain(d: &Daemon, address: IpAddr, service: Option<&str>) -> Res
         source_prefix,
         kernel_entry,
         entries: entries(policy, &d.runtime.lists, &host),
+        all_services: AllServices {
+            max_conn_per_source: all_applies.filter(|&n| n != 0),
+            connections: all_state.conns + all_state.seeded,
+            in_flight: u64::from(all_in_flight),
+        },
         services: rows,
     })
+}
+
+/// The source over all services (the source-wide budget, service id 0):
+/// the budget in force, the source's words under that key and its
+/// handshakes in flight at `now`.
+fn all_services(
+    ebpf: &aya::Ebpf,
+    g: &limiter_common::Globals,
+    address: IpAddr,
+    now: u64,
+) -> Result<(u32, inspect::SourceState, u16), crate::kernel::error::LoadError> {
+    let limit = inspect::service_policy(ebpf, g, 0)?.max_conn_per_source;
+    let key = inspect::source_key(address, u32::from(limiter_common::maps::ALL_SERVICES), g.ipv4_prefix, g.ipv6_prefix);
+    let state = inspect::source_state(ebpf, g, &key)?;
+    let in_flight = limiter_common::pending::live(state.reserved, state.tag, limiter_common::pending::ticks(now));
+    Ok((limit, state, in_flight))
 }
 
 /// The name of the action `POLICY` holds (`None` for one this build does not know).
@@ -120,6 +148,7 @@ const fn action_name(a: u8) -> Option<&'static str> {
         action::DROP => Some("drop"),
         action::RESET => Some("reset"),
         action::RESPOND => Some("respond"),
+        action::LOG => Some("log"),
         _ => None,
     }
 }

@@ -49,7 +49,7 @@ impl Daemon {
         let mut new = self.runtime.lists.clone();
         let entry = match list {
             ListName::Allow => {
-                let e = AllowEntry { prefix, max_conn_per_source, rate, burst, comment };
+                let e = AllowEntry { prefix, max_conn_per_source, max_conn_all_services: None, rate, burst, comment };
                 if let Some((_, problem)) = e.problems().into_iter().next() {
                     return Err(problem);
                 }

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub log_suppressed: u64,
     /// Refusal lines logged.
     pub log_lines: u64,
+    /// The source-wide budget, if one is set.
+    pub all_services: Option<crate::protocol::AllServicesStatus>,
     /// What the `respond` action did.
     pub responder: ResponderStatus,
 }
@@ -48,6 +50,8 @@ pub struct ServiceSnapshot {
     pub name: String,
     /// Packets by verdict, indexed by `Verdict as usize`.
     pub counters: [u64; Verdict::COUNT as usize],
+    /// What observe mode would have refused, by verdict.
+    pub observed: [u64; Verdict::COUNT as usize],
     pub connections: u64,
     pub sessions: u64,
     pub max_sessions: Option<u32>,
@@ -122,6 +126,21 @@ fn register_packets(r: &mut Registry, s: &Snapshot) {
     packets
         .get_or_create(&[("service", String::new()), ("verdict", Verdict::PassedOther.name().to_owned())])
         .inc_by(s.passed_other);
+    let would = Family::<Labels2, Counter>::default();
+    r.register(
+        "would_refuse",
+        "SYNs of services in observe mode (action log) that would have been refused, by verdict, and were let through",
+        would.clone(),
+    );
+    for svc in &s.services {
+        for v in Verdict::ALL {
+            if svc.observed[v as usize] > 0 {
+                would
+                    .get_or_create(&[("service", svc.name.clone()), ("verdict", v.name().to_owned())])
+                    .inc_by(svc.observed[v as usize]);
+            }
+        }
+    }
 }
 
 /// The per-service gauges: connections, sessions and the limits.
@@ -153,6 +172,14 @@ fn register_tables(r: &mut Registry, s: &Snapshot) {
     let connected = Gauge::<i64>::default();
     connected.set(gauge(s.sources_connected));
     r.register("sources_connected", "Sources holding at least one connection now", connected);
+    if let Some(a) = &s.all_services {
+        let g = Gauge::<i64>::default();
+        g.set(gauge(u64::from(a.max_conn_per_source)));
+        r.register("max_conn_all_services", "Connections a source may hold over all services together", g);
+        let g = Gauge::<i64>::default();
+        g.set(gauge(a.at_limit));
+        r.register("sources_at_all_services_limit", "Sources at their limit over all services now", g);
+    }
 
     let entries = Family::<Labels1, Gauge>::default();
     r.register("map_entries", "Entries in use in a kernel map", entries.clone());
@@ -346,6 +373,7 @@ mod tests {
             services: vec![ServiceSnapshot {
                 name: "smtp".into(),
                 counters,
+                observed: [0; Verdict::COUNT as usize],
                 connections: 3,
                 sessions: 3,
                 max_sessions: Some(50),
@@ -361,6 +389,7 @@ mod tests {
             responder: ResponderStatus { responded: 5, fallback_no_responder: 1, ..ResponderStatus::default() },
             log_suppressed: 2,
             log_lines: 1,
+            all_services: None,
         }
     }
 

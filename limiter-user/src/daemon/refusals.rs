@@ -85,11 +85,22 @@ pub enum Answer {
     Steered,
     /// Not said (a kernel program older than the field).
     Unknown,
+    /// Nothing: observe mode (`action = "log"`) let the SYN through; the
+    /// line starts with `would refuse`.
+    Observed,
 }
 
 impl Answer {
-    pub const ALL: [Self; 7] =
-        [Self::Reset, Self::Dropped, Self::Responded, Self::Fallback, Self::NoHandshake, Self::Steered, Self::Unknown];
+    pub const ALL: [Self; 8] = [
+        Self::Reset,
+        Self::Dropped,
+        Self::Responded,
+        Self::Fallback,
+        Self::NoHandshake,
+        Self::Steered,
+        Self::Unknown,
+        Self::Observed,
+    ];
 
     /// What the kernel's event says; a steered one is resolved later.
     #[must_use]
@@ -99,6 +110,7 @@ impl Answer {
             answer::DROPPED => Self::Dropped,
             answer::STEERED => Self::Steered,
             answer::FALLBACK => Self::Fallback,
+            answer::OBSERVED => Self::Observed,
             _ => Self::Unknown,
         }
     }
@@ -114,6 +126,7 @@ impl Answer {
             Self::NoHandshake => "no handshake",
             Self::Steered => "steered",
             Self::Unknown => "answer unknown",
+            Self::Observed => "let through (action log)",
         }
     }
 
@@ -128,6 +141,7 @@ impl Answer {
             Self::NoHandshake => "no_handshake",
             Self::Steered => "steered",
             Self::Unknown => "unknown",
+            Self::Observed => "observed",
         }
     }
 }
@@ -217,7 +231,15 @@ pub struct Line {
 
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let word = if self.verified { "refused" } else { "unverified" };
+        // Observe mode's lines never start with `refused`: fail2ban must not
+        // ban for what was not refused.
+        let word = if self.answer == Answer::Observed {
+            "would refuse"
+        } else if self.verified {
+            "refused"
+        } else {
+            "unverified"
+        };
         write!(f, "{word} {} {}:{} {}, {}", self.source, self.service, self.port, self.reason, self.answer.words())
     }
 }
@@ -259,7 +281,7 @@ pub fn describe(e: &Event, r: Resolved, cx: &Context<'_>) -> Line {
     let host = Prefix::new(e.addr, if e.addr.is_ipv4() { 32 } else { 128 });
     let allow = longest(&cx.policy.lists.allow, &host, |a: &AllowEntry| a.prefix.0);
     // An allow entry with limits replaces the service's per-source limits.
-    let own = allow.filter(|a| a.max_conn_per_source.is_some() || a.rate.is_some());
+    let own = allow.filter(|a| !a.is_exempt());
     // Completed a handshake recently: an entry in CONNS or SEEDED.
     let held = (cx.connections)(&e.key(cx.policy));
     let (mut limit, mut count, reason) = (None, None, String::new());
@@ -268,6 +290,25 @@ pub fn describe(e: &Event, r: Resolved, cx: &Context<'_>) -> Line {
         (Verdict::RefusedDeny, _) => {
             let deny = longest(&cx.policy.lists.deny, &host, |d: &DenyEntry| d.prefix.0);
             deny.map_or_else(|| "on the deny list".to_owned(), |d| format!("on the deny list ({})", d.prefix))
+        }
+        (Verdict::RefusedConcurrency, Some(_))
+            if e.basis == basis::ALL_ESTABLISHED || e.basis == basis::ALL_IN_FLIGHT =>
+        {
+            // The source-wide budget: an allow entry with limits replaces it too.
+            let max =
+                allow.filter(|a| !a.is_exempt()).map_or(cx.policy.max_conn_all_services, |a| a.max_conn_all_services);
+            limit = max.map(u64::from);
+            count = Some(u64::from(e.established));
+            verified = e.basis == basis::ALL_ESTABLISHED;
+            let limit = limit.map_or_else(String::new, |l| format!(", limit {l}"));
+            if verified {
+                format!("too many connections over all services ({} established{limit})", e.established)
+            } else {
+                format!(
+                    "too many connections over all services ({} established + {} in handshake{limit})",
+                    e.established, e.pending
+                )
+            }
         }
         (Verdict::RefusedConcurrency, Some(s)) => {
             let max = own.map_or(s.max_conn_per_source, |a| a.max_conn_per_source);
@@ -592,6 +633,47 @@ mod tests {
         let policy = smtp_policy();
         let cx = Context { policy: &policy, connections: &|_| held, sessions: &|_| 0 };
         describe(e, Resolved::reported(e), &cx)
+    }
+
+    /// Observe mode's lines say "would refuse", never "refused" (which the
+    /// fail2ban filter matches), whatever the reason.
+    #[test]
+    fn observed_refusals_read_would_refuse() {
+        let e = Event { answer: answer::OBSERVED, ..ev(7, Verdict::RefusedConcurrency) };
+        let text = describe_with(&e, Some(8)).to_string();
+        assert_eq!(
+            text,
+            "would refuse 198.18.0.7 smtp:25 too many connections (8 established, limit 8), let through (action log)"
+        );
+        let e = Event { answer: answer::OBSERVED, basis: basis::NONE, ..ev(7, Verdict::RefusedRate) };
+        assert!(
+            describe_with(&e, Some(2)).to_string().starts_with("would refuse 198.18.0.7 smtp:25 too many attempts")
+        );
+    }
+
+    /// A refusal by the source-wide budget names it, with the budget's limit
+    /// (not the service's), verified only on established connections.
+    #[test]
+    fn source_wide_refusals_name_the_budget() {
+        let file = crate::policy::file::ConfigFile::parse(
+            "interfaces = [\"eth0\"]\nmax_conn_per_source = 5\n[[service]]\nname = \"smtp\"\nports = [25]\n\
+             max_conn_per_source = 4\n",
+            "test.toml",
+        )
+        .expect("config");
+        let policy = Policy::build(file, &crate::policy::model::Overrides::default()).expect("policy");
+        let cx = Context { policy: &policy, connections: &|_| Some(1), sessions: &|_| 0 };
+        let e = Event { basis: basis::ALL_ESTABLISHED, established: 5, ..ev(7, Verdict::RefusedConcurrency) };
+        assert_eq!(
+            describe(&e, Resolved::reported(&e), &cx).to_string(),
+            "refused 198.18.0.7 smtp:25 too many connections over all services (5 established, limit 5), reset"
+        );
+        let e = Event { basis: basis::ALL_IN_FLIGHT, established: 3, pending: 2, ..e };
+        assert_eq!(
+            describe(&e, Resolved::reported(&e), &cx).to_string(),
+            "unverified 198.18.0.7 smtp:25 too many connections over all services (3 established + 2 in handshake, \
+             limit 5), reset"
+        );
     }
 
     #[test]

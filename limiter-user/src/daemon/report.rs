@@ -4,7 +4,7 @@
 use limiter_common::{
     SourceKey, Verdict,
     lists::{LIST_ENTRIES, ListEntry, entry},
-    maps::{MAX_SERVICES, SockRecord, family, names},
+    maps::{ALL_SERVICES, MAX_SERVICES, SockRecord, family, names},
     pool,
     prefix::Prefix,
 };
@@ -18,8 +18,8 @@ use crate::{
     kernel::{counters, maps},
     policy::{model::Policy, parse::show_duration},
     protocol::{
-        Counters, Interface, ListCounts, RecentRefusals, RefusalLines, ResponderStatus, ServiceStatus, StatusReply,
-        TopReply, TopRow, Totals,
+        AllServicesStatus, Counters, Interface, ListCounts, RecentRefusals, RefusalLines, ResponderStatus,
+        ServiceStatus, StatusReply, TopReply, TopRow, Totals,
     },
 };
 
@@ -58,12 +58,16 @@ pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Top
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
     let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
     let merged = in_force(policy, &d.runtime.lists).lists.merge(&policy.services);
+    let all = counters::sources_all(&d.loaded.ebpf).map_err(|e| e.to_string())?;
     let sources = rows
         .iter()
         .take(limit)
         .filter_map(|(key, count)| {
             let s = policy.services.iter().find(|s| s.id == u32::from(key.service))?;
+            let all_key = SourceKey { service: ALL_SERVICES, ..*key };
             Some(TopRow {
+                all_services: all.get(&all_key).copied(),
+                all_services_limit: all_services_limit(&merged, key, policy),
                 source: counters::source_string(key, policy),
                 service: s.name.clone(),
                 connections: *count,
@@ -95,6 +99,23 @@ pub(crate) fn source_limit(
     }
 }
 
+/// The source-wide limit that applies to `key`'s source: a covering allow
+/// entry's own (none for an exempt source or one whose entry sets none),
+/// else the config's.
+pub(crate) fn all_services_limit(
+    merged: &std::collections::BTreeMap<Prefix, ListEntry>,
+    key: &SourceKey,
+    policy: &Policy,
+) -> Option<u32> {
+    let len = if key.family == family::V4 { policy.ipv4_prefix } else { policy.ipv6_prefix };
+    let source = Prefix { family: key.family, addr: key.addr, len };
+    match crate::policy::lists::longest_match(merged, &source) {
+        Some(e) if e.flags & entry::EXEMPT != 0 => None,
+        Some(e) if e.flags & entry::ALLOW != 0 => (e.max_conn_all != 0).then_some(e.max_conn_all),
+        _ => policy.max_conn_all_services,
+    }
+}
+
 /// Sessions of service `id` in use (established and seeded; handshakes in
 /// flight are not shown), from `SESSIONS` as `read_sessions` returns it.
 pub(crate) fn sessions_in_use(sessions: &[u64], id: u32) -> u64 {
@@ -106,8 +127,10 @@ pub(crate) fn sessions_in_use(sessions: &[u64], id: u32) -> u64 {
 pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
     let ebpf = &d.loaded.ebpf;
     let rows = counters::read_counters(ebpf).map_err(|e| e.to_string())?;
+    let observed = counters::read_observed(ebpf).map_err(|e| e.to_string())?;
     let sessions = counters::read_sessions(ebpf).map_err(|e| e.to_string())?;
     let sources = counters::sources(ebpf).map_err(|e| e.to_string())?;
+    let all_services = all_services_status(d)?;
     let mut conns = vec![0u64; MAX_SERVICES as usize + 1];
     for (key, n) in &sources {
         if let Some(c) = conns.get_mut(usize::from(key.service)) {
@@ -121,6 +144,7 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         .map(|s| ServiceSnapshot {
             name: s.name.clone(),
             counters: rows[s.id as usize],
+            observed: observed[s.id as usize],
             connections: conns[s.id as usize],
             sessions: sessions_in_use(&sessions, s.id),
             max_sessions: s.max_sessions,
@@ -152,13 +176,30 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         responder: responder_status(d)?,
         log_suppressed: d.bursts.suppressed_total,
         log_lines: d.bursts.logged_total,
+        all_services,
     })
+}
+
+/// The source-wide budget's figures, if one is set.
+fn all_services_status(d: &Daemon) -> Result<Option<AllServicesStatus>, String> {
+    let Some(max) = d.policy.max_conn_all_services else {
+        return Ok(None);
+    };
+    let all = counters::sources_all(&d.loaded.ebpf).map_err(|e| e.to_string())?;
+    let merged = in_force(&d.policy, &d.runtime.lists).lists.merge(&d.policy.services);
+    let holding = all.iter().filter(|(_, n)| **n > 0);
+    let at_limit = holding
+        .clone()
+        .filter(|(k, n)| all_services_limit(&merged, k, &d.policy).is_some_and(|l| **n >= u64::from(l)))
+        .count();
+    Ok(Some(AllServicesStatus { max_conn_per_source: max, sources: holding.count() as u64, at_limit: at_limit as u64 }))
 }
 
 /// The `status` response (documented in docs/status.md).
 pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
     let (loaded, policy) = (&d.loaded, &d.policy);
     let rows = counters::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let observed = counters::read_observed(&loaded.ebpf).map_err(|e| e.to_string())?;
     let conns = counters::connections_by_service(&loaded.ebpf).map_err(|e| e.to_string())?;
     let sessions = counters::read_sessions(&loaded.ebpf).map_err(|e| e.to_string())?;
     let mut totals = [0u64; Verdict::COUNT as usize];
@@ -185,6 +226,11 @@ pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
                 connections: conns[id],
                 counters: counters(row),
                 answers: d.answer_counts.of(&s.name).into_iter().map(|(a, n)| (a.name().to_owned(), n)).collect(),
+                would_refuse: Verdict::ALL
+                    .iter()
+                    .filter(|v| observed[id][**v as usize] > 0)
+                    .map(|v| (v.name().to_owned(), observed[id][*v as usize]))
+                    .collect(),
             }
         })
         .collect();
@@ -211,6 +257,7 @@ pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
             unreported: d.budget.unreported().map_err(|e| e.to_string())?,
         }),
         responder: Some(responder_status(d)?),
+        all_services: all_services_status(d)?,
     })
 }
 

@@ -10,7 +10,7 @@ use aya::{
 };
 use limiter_common::{
     SourceKey, Verdict,
-    maps::{MAX_SERVICES, family, names},
+    maps::{ALL_SERVICES, MAX_SERVICES, family, names},
 };
 
 use crate::{
@@ -23,12 +23,22 @@ use crate::{
 
 /// Per-service verdict counters summed over CPUs; row 0 is "no service".
 pub fn read_counters(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>, LoadError> {
-    let counters: PerCpuArray<&MapData, u64> = read(ebpf, names::COUNTERS)?;
+    read_rows(ebpf, names::COUNTERS)
+}
+
+/// What observe mode (`action = "log"`) would have refused, laid out like
+/// [`read_counters`].
+pub fn read_observed(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>, LoadError> {
+    read_rows(ebpf, names::OBSERVED)
+}
+
+fn read_rows(ebpf: &Ebpf, name: &'static str) -> Result<Vec<[u64; Verdict::COUNT as usize]>, LoadError> {
+    let counters: PerCpuArray<&MapData, u64> = read(ebpf, name)?;
     let mut rows = vec![[0u64; Verdict::COUNT as usize]; MAX_SERVICES as usize + 1];
     for (service, row) in rows.iter_mut().enumerate() {
         for v in Verdict::ALL {
             let idx = v.index(u32::try_from(service).unwrap_or(0));
-            let per_cpu = counters.get(&idx, 0).map_err(map_err(names::COUNTERS))?;
+            let per_cpu = counters.get(&idx, 0).map_err(map_err(name))?;
             row[v as usize] = per_cpu.iter().sum();
         }
     }
@@ -52,9 +62,24 @@ pub fn connections_by_service(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
     Ok(per_service)
 }
 
-/// Every source with established connections (counted by `sock_ops` in
-/// `CONNS`, or seeded in `SEEDED`), with their number.
+/// Every source of a service with established connections (counted by
+/// `sock_ops` in `CONNS`, or seeded in `SEEDED`), with their number; the
+/// sources over all services (`ALL_SERVICES`) are [`sources_all`]'s.
 pub fn sources(ebpf: &Ebpf) -> Result<Vec<(SourceKey, u64)>, LoadError> {
+    let mut all = every_source(ebpf)?;
+    all.retain(|(k, _)| k.service != ALL_SERVICES);
+    Ok(all)
+}
+
+/// Every source's connections over all services together (the keys with
+/// service `ALL_SERVICES`, the source-wide budget's counts).
+pub fn sources_all(ebpf: &Ebpf) -> Result<StdHashMap<SourceKey, u64>, LoadError> {
+    let mut all = every_source(ebpf)?;
+    all.retain(|(k, _)| k.service == ALL_SERVICES);
+    Ok(all.into_iter().collect())
+}
+
+fn every_source(ebpf: &Ebpf) -> Result<Vec<(SourceKey, u64)>, LoadError> {
     let mut all: StdHashMap<SourceKey, u64> = StdHashMap::new();
     for name in [names::CONNS, names::SEEDED] {
         let m: HashMap<&MapData, SourceKey, u64> = read(ebpf, name)?;

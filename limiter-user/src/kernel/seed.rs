@@ -72,6 +72,11 @@ fn table_err(source: std::io::Error) -> LoadError {
     LoadError::SeedTable(source)
 }
 
+/// The same source over all services.
+fn all_services(key: &SourceKey) -> SourceKey {
+    SourceKey { service: limiter_common::maps::ALL_SERVICES, ..*key }
+}
+
 /// The counted source of a socket, if it is a service connection.
 #[must_use]
 fn key_of(s: &TcpSocket, ports: &[u32], policy: &Policy) -> Option<SourceKey> {
@@ -234,7 +239,11 @@ impl Seeded {
     fn write_seeded(&mut self) -> Result<usize, LoadError> {
         let mut counts: StdHashMap<SourceKey, u64> = StdHashMap::new();
         for key in self.sockets.values() {
-            *counts.entry(*key).or_default() += 1;
+            // Under the service's key and the source's over all services
+            // (the source-wide budget), as `sock_ops` counts.
+            for k in [*key, all_services(key)] {
+                *counts.entry(k).or_default() += 1;
+            }
         }
         let m = &mut self.counts;
         let have: StdHashMap<SourceKey, u64> = m.iter().filter_map(Result::ok).collect();
@@ -284,10 +293,12 @@ impl Seeded {
             let m = &mut self.counts;
             for c in &gone {
                 let Some(key) = self.sockets.remove(c) else { continue };
-                match m.get(&key, 0) {
-                    Ok(n) if n > 1 => m.insert(key, n - 1, 0).map_err(map_err(names::SEEDED))?,
-                    Ok(_) => m.remove(&key).map_err(map_err(names::SEEDED))?,
-                    Err(_) => {}
+                for key in [key, all_services(&key)] {
+                    match m.get(&key, 0) {
+                        Ok(n) if n > 1 => m.insert(key, n - 1, 0).map_err(map_err(names::SEEDED))?,
+                        Ok(_) => m.remove(&key).map_err(map_err(names::SEEDED))?,
+                        Err(_) => {}
+                    }
                 }
             }
         }

@@ -141,6 +141,10 @@ impl PolicyWriter {
         // reading this bank: programs run for microseconds, give them far more.
         settle_after_flip();
 
+        // Entry 0 of a bank, no service's: the source-wide budget.
+        let all =
+            ServicePolicy { max_conn_per_source: policy.max_conn_all_services.unwrap_or(0), ..Default::default() };
+        self.policy.set(policy_index(target, 0), all, 0).map_err(map_err(names::POLICY))?;
         for id in 1..=MAX_SERVICES {
             let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
             self.policy.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;
@@ -250,6 +254,7 @@ fn service_policy(s: &Service) -> ServicePolicy {
             Action::Drop => action::DROP,
             Action::Reset => action::RESET,
             Action::Respond => action::RESPOND,
+            Action::Log => action::LOG,
         },
         max_conn_per_source: s.max_conn_per_source.unwrap_or(0),
         dead_peer: ServicePolicy::dead_peer_bytes(

@@ -113,6 +113,7 @@ impl Policy {
             metrics_listen: o.metrics_listen.or(file.metrics_listen),
             hostname: file.hostname,
             services,
+            max_conn_all_services: file.max_conn_per_source,
             maps: file.maps,
             responder: responder.limits(),
             lists: Lists { allow: file.allow, deny: file.deny, reserve: file.reserve },

@@ -52,6 +52,8 @@ pub struct ConfigFile {
     pub hostname: Option<String>,
     /// `[[service]]` tables.
     pub services: Vec<ServiceFile>,
+    /// The top-level `max_conn_per_source`: over all services together.
+    pub max_conn_per_source: Option<u32>,
     pub maps: MapSizes,
     /// `[responder]`: the responder's budgets as written.
     pub responder: ResponderFile,
@@ -350,6 +352,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "ipv6_prefix",
     "metrics_listen",
     "hostname",
+    "max_conn_per_source",
     "service",
     "maps",
     "responder",
@@ -376,7 +379,8 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
 pub(crate) const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
 pub(crate) const RESPONDER_FIELDS: &[&str] =
     &["rate", "burst", "per_source_rate", "per_source_burst", "max_connections", "deadline"];
-pub(crate) const ALLOW_FIELDS: &[&str] = &["prefix", "max_conn_per_source", "rate", "burst", "comment"];
+pub(crate) const ALLOW_FIELDS: &[&str] =
+    &["prefix", "max_conn_per_source", "max_conn_all_services", "rate", "burst", "comment"];
 pub(crate) const DENY_FIELDS: &[&str] = &["prefix", "comment"];
 pub(crate) const RESERVE_FIELDS: &[&str] = &["service", "prefix", "comment"];
 
@@ -397,6 +401,7 @@ fn document(f: &Fields<'_>, r: &mut Report) -> (ConfigFile, [Vec<usize>; 3]) {
         metrics_listen: f.value(r, "metrics_listen", listen_addr),
         hostname: f.value(r, "hostname", hostname),
         services: f.tables(r, "service").iter_mut().enumerate().map(|(i, t)| service(t, i, r)).collect(),
+        max_conn_per_source: f.value(r, "max_conn_per_source", whole(">= 1")),
         maps: f.table(r, "maps").map_or_else(MapSizes::default, |t| maps(&t, r)),
         responder: f.table(r, "responder").map_or_else(ResponderFile::default, |t| responder(&t, r)),
         allow,
@@ -521,10 +526,11 @@ fn allow_entry(t: &mut Fields<'_>, r: &mut Report) -> Option<AllowEntry> {
     t.unknown(r, ALLOW_FIELDS);
     // Every field is read (and reported) before a bad prefix drops the entry.
     let max_conn_per_source = t.value(r, "max_conn_per_source", whole(">= 1"));
+    let max_conn_all_services = t.value(r, "max_conn_all_services", whole(">= 1"));
     let rate = t.value(r, "rate", rate);
     let burst = t.value(r, "burst", whole("1..=1000000"));
     let comment = t.value(r, "comment", string);
-    Some(AllowEntry { prefix: p?, max_conn_per_source, rate, burst, comment })
+    Some(AllowEntry { prefix: p?, max_conn_per_source, max_conn_all_services, rate, burst, comment })
 }
 
 fn deny_entry(t: &mut Fields<'_>, r: &mut Report) -> Option<DenyEntry> {

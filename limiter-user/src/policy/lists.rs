@@ -127,6 +127,10 @@ pub struct AllowEntry {
     pub prefix: Cidr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_conn_per_source: Option<u32>,
+    /// Connections over all services together (replaces the config's
+    /// top-level `max_conn_per_source` for the entry's sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conn_all_services: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,7 +144,7 @@ impl AllowEntry {
     /// `max_sessions`).
     #[must_use]
     pub const fn is_exempt(&self) -> bool {
-        self.max_conn_per_source.is_none() && self.rate.is_none()
+        self.max_conn_per_source.is_none() && self.max_conn_all_services.is_none() && self.rate.is_none()
     }
 }
 
@@ -157,6 +161,15 @@ impl AllowEntry {
                 format!(
                     "{who}max_conn_per_source = 0 would refuse the source: \
                      expected >= 1, or omit every limit to exempt it"
+                ),
+            ));
+        }
+        if self.max_conn_all_services == Some(0) {
+            out.push((
+                "max_conn_all_services",
+                format!(
+                    "{who}max_conn_all_services = 0 would refuse the source: \
+                     expected >= 1, or omit it for no source-wide limit"
                 ),
             ));
         }
@@ -278,6 +291,7 @@ impl Lists {
                 } else {
                     let b = allow_bucket(a);
                     e.max_conn_per_source = a.max_conn_per_source.unwrap_or(0);
+                    e.max_conn_all = a.max_conn_all_services.unwrap_or(0);
                     e.rate_interval_ns = b.interval_ns;
                     e.rate_tolerance_ns = b.tolerance_ns;
                 }
@@ -448,6 +462,7 @@ mod tests {
                 AllowEntry {
                     prefix: v4([198, 18, 0, 0], 24),
                     max_conn_per_source: None,
+                    max_conn_all_services: None,
                     rate: None,
                     burst: None,
                     comment: None,
@@ -455,6 +470,7 @@ mod tests {
                 AllowEntry {
                     prefix: v4([198, 18, 0, 32], 28),
                     max_conn_per_source: Some(3),
+                    max_conn_all_services: None,
                     rate: None,
                     burst: None,
                     comment: None,
@@ -479,6 +495,7 @@ mod tests {
         let allow = |p: &str| AllowEntry {
             prefix: p.parse().expect("cidr"),
             max_conn_per_source: None,
+            max_conn_all_services: None,
             rate: None,
             burst: None,
             comment: None,
@@ -535,7 +552,7 @@ mod tests {
             let mut allow_entries: Vec<AllowEntry> = Vec::new();
             for (p, max) in allow {
                 allow_entries.retain(|a| a.prefix.0 != p);
-                allow_entries.push(AllowEntry { prefix: Cidr(p), max_conn_per_source: max, rate: None, burst: None, comment: None });
+                allow_entries.push(AllowEntry { prefix: Cidr(p), max_conn_per_source: max, max_conn_all_services: None, rate: None, burst: None, comment: None });
             }
             let lists = Lists {
                 allow: allow_entries,

@@ -26,6 +26,9 @@ pub struct Policy {
     /// in the host's own name (policy looks nothing up).
     pub hostname: Option<String>,
     pub services: Vec<Service>,
+    /// Connections a source may hold over all services together (the
+    /// config's top-level `max_conn_per_source`); `None`: no such limit.
+    pub max_conn_all_services: Option<u32>,
     pub maps: MapSizes,
     /// The responder's budgets (`[responder]`), for `respond` services.
     pub responder: ResponderLimits,

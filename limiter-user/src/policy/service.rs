@@ -80,6 +80,9 @@ pub enum Action {
     // The protocol's refusal line (`421`, `* BYE`, `-ERR`) from the daemon's
     // responder, the mail server never seeing the attempt.
     Respond,
+    // Observe mode: nothing is refused; what would have been is counted
+    // and logged as `would refuse`.
+    Log,
 }
 
 impl Action {
@@ -89,6 +92,7 @@ impl Action {
             Self::Drop => "drop",
             Self::Reset => "reset",
             Self::Respond => "respond",
+            Self::Log => "log",
         }
     }
 }

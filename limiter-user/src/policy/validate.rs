@@ -28,6 +28,14 @@ pub(super) fn judge(p: &Policy, given: &Given, origin: &Origin, r: &mut Report) 
             r.push(given.top(name), format!("{name} = {len}: expected 1..={max}"));
         }
     }
+    if p.max_conn_all_services == Some(0) {
+        r.push(
+            given.top("max_conn_per_source"),
+            "max_conn_per_source = 0 (over all services) would refuse every source: expected >= 1, or omit it for \
+             no source-wide limit"
+                .to_owned(),
+        );
+    }
     judge_maps(p.maps, r);
     judge_responder(p.responder, given.responder, r);
     judge_services(&p.services, given, origin, r);

@@ -31,8 +31,25 @@ pub struct ExplainReply {
     pub kernel_entry: Option<KernelEntry>,
     /// The allow, deny and reserve entries covering the address, longest prefix first.
     pub entries: Vec<ExplainEntry>,
+    /// The source over all services together: the source-wide budget.
+    #[serde(default)]
+    pub all_services: AllServices,
     /// Per service (or only the one asked for): the limits, what is held of them, the verdict.
     pub services: Vec<ExplainService>,
+}
+
+/// The source's connections over all services, and the source-wide limit on them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AllServices {
+    /// The source-wide limit that applies to the address (the config's
+    /// top-level `max_conn_per_source`, or its allow entry's
+    /// `max_conn_all_services`); null: none (or the address is denied or exempt).
+    #[schemars(range(min = 1))]
+    pub max_conn_per_source: Option<u32>,
+    /// Established connections of the source on every service (`CONNS` + `SEEDED`).
+    pub connections: u64,
+    /// Its handshakes in flight counted against the budget.
+    pub in_flight: u64,
 }
 
 /// What the kernel's merged list entry says about the address.
@@ -73,7 +90,8 @@ pub struct ExplainService {
     pub name: String,
     #[schemars(inner(range(min = 1)))]
     pub ports: Vec<u16>,
-    /// What a refusal does: drop, reset or respond.
+    /// What a refusal does: drop, reset, respond, or log (observe mode:
+    /// nothing is refused, the verdict is what would be).
     // A string, not an enum: a newer daemon may add actions.
     pub action: String,
     /// Whose limits apply: `deny` (refused before any limit), `exempt`

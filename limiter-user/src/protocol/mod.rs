@@ -18,11 +18,11 @@ use tokio::{
 
 use crate::policy::service::Rate;
 pub use crate::protocol::{
-    explain::{ExplainEntry, ExplainReply, ExplainService, KernelEntry},
+    explain::{AllServices, ExplainEntry, ExplainReply, ExplainService, KernelEntry},
     lists::{AddedReply, Entry, ListName, ListReply, ListedEntry, Origin, ReloadReply, RemovedReply},
     status::{
-        Counters, Interface, ListCounts, RecentRefusals, RefusalLines, ResponderStatus, ServiceStatus, StatusReply,
-        TopReply, TopRow, Totals,
+        AllServicesStatus, Counters, Interface, ListCounts, RecentRefusals, RefusalLines, ResponderStatus,
+        ServiceStatus, StatusReply, TopReply, TopRow, Totals,
     },
 };
 

@@ -45,6 +45,22 @@ pub struct StatusReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(required)]
     pub responder: Option<ResponderStatus>,
+    /// The source-wide budget (`max_conn_per_source` at the top of the
+    /// config); absent when none is set (or from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_services: Option<AllServicesStatus>,
+}
+
+/// The source-wide budget: connections per source over all services together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AllServicesStatus {
+    #[schemars(range(min = 1))]
+    pub max_conn_per_source: u32,
+    /// Sources holding connections (on any service).
+    pub sources: u64,
+    /// Sources at the limit now (allow entries with a limit of their own
+    /// are counted against theirs).
+    pub at_limit: u64,
 }
 
 /// The `respond` action's counts: the kernel's since the programs were
@@ -125,6 +141,11 @@ pub struct ServiceStatus {
     /// (`refusal_lines.unreported`): `counters` has them all.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub answers: BTreeMap<String, u64>,
+    /// Observe mode (`action = "log"`): SYNs that would have been refused,
+    /// by verdict (`refused_concurrency`, ...), and were let through. Only
+    /// non-zero counts, kept apart from `counters` (which count what was done).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub would_refuse: BTreeMap<String, u64>,
 }
 
 /// SYN verdicts and other segments to a service's ports, since the programs were first loaded.
@@ -215,6 +236,15 @@ pub struct TopRow {
     /// answered the last one; absent when it had none (or from an older daemon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<RecentRefusals>,
+    /// The source's connections over all services together, which the
+    /// source-wide budget (`max_conn_per_source` at the top of the config)
+    /// counts; absent from an older daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_services: Option<u64>,
+    /// The source-wide limit that applies to this source; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub all_services_limit: Option<u32>,
 }
 
 /// A source's recent refusals, as `limiter top` shows them.

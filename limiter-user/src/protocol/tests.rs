@@ -60,6 +60,7 @@ fn smtp() -> ServiceStatus {
         connections: 14,
         counters: counters([1234, 3, 0, 2, 41, 7, 99_999]),
         answers: std::collections::BTreeMap::new(),
+        would_refuse: std::collections::BTreeMap::new(),
     }
 }
 
@@ -78,12 +79,14 @@ fn imap() -> ServiceStatus {
         connections: 0,
         counters: counters([5, 0, 1, 0, 0, 0, 6]),
         answers: std::collections::BTreeMap::new(),
+        would_refuse: std::collections::BTreeMap::new(),
     }
 }
 
 fn status() -> StatusReply {
     StatusReply {
         responder: None,
+        all_services: None,
         version: "0.1.0".into(),
         pin_dir: Some("/sys/fs/bpf/limiter".into()),
         interfaces: vec![Interface { name: "eth0".into(), ifindex: 2, xdp_mode: "native".into() }],
@@ -103,6 +106,7 @@ fn status_as_before() {
     same_wire(Reply::Status(Box::new(status())), &status(), include_str!("pinned/status.wire"));
     let empty = StatusReply {
         responder: None,
+        all_services: None,
         version: "0.1.0".into(),
         pin_dir: Some("/p".into()),
         interfaces: Vec::new(),
@@ -127,6 +131,8 @@ fn top_as_before() {
                 connections: 8,
                 limit: Some(8),
                 refused: None,
+                all_services: None,
+                all_services_limit: None,
             },
             TopRow {
                 source: "2001:db8:1:2::/64".into(),
@@ -134,6 +140,8 @@ fn top_as_before() {
                 connections: 3,
                 limit: None,
                 refused: None,
+                all_services: None,
+                all_services_limit: None,
             },
         ],
         total_sources: Some(5),
@@ -150,11 +158,19 @@ fn allow_entries() -> [AllowEntry; 2] {
         AllowEntry {
             prefix: cidr("198.18.0.0/24"),
             max_conn_per_source: Some(20),
+            max_conn_all_services: None,
             rate: Some(rate("5/s")),
             burst: Some(9),
             comment: Some("office".into()),
         },
-        AllowEntry { prefix: cidr("2001:db8::/32"), max_conn_per_source: None, rate: None, burst: None, comment: None },
+        AllowEntry {
+            prefix: cidr("2001:db8::/32"),
+            max_conn_per_source: None,
+            max_conn_all_services: None,
+            rate: None,
+            burst: None,
+            comment: None,
+        },
     ]
 }
 

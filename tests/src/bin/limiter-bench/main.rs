@@ -235,6 +235,7 @@ fn policy() -> Policy {
             },
             Service { action: Action::Respond, ..conc("respond", RESPOND_PORT, LIMIT) },
         ],
+        max_conn_all_services: None,
         maps: MapSizes::default(),
         responder: limiter_user::policy::model::ResponderLimits::default(),
         lists: bench_lists(),
@@ -264,6 +265,7 @@ fn bench_lists() -> Lists {
         .map(|i| AllowEntry {
             prefix: Cidr(Prefix::new(IpAddr::V4(Ipv4Addr::new(198, 19, 64 + i, 0)), 24)),
             max_conn_per_source: Some(100),
+            max_conn_all_services: None,
             rate: None,
             burst: None,
             comment: None,
