@@ -188,9 +188,20 @@ fn allow_entries_set_their_own_budget_and_exempt_sources_stay_exempt() {
         let t = tally(&only(simultaneous(&pair, src, &[(SMTP, 1), (IMAP, 1)])));
         assert_eq!(t.connected, 0, "{src} already at or over the budget: {t:?}");
     }
+    // A run-time allow entry sets its own budget too.
+    let rt = pair.add_client_v4(50);
+    let out =
+        limiter(&d, &["allow", "add", &rt.to_string(), "--max-conn-per-source", "4", "--max-conn-all-services", "6"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("max 6 over all services"), "{out:?}");
+    let rt_held = only(simultaneous(&pair, rt, &[(SMTP, 4), (IMAP, 4)]));
+    assert_eq!(tally(&rt_held).connected, 6, "the run-time entry's 6");
+    let e = d.client_json(&["explain", &rt.to_string(), "--json"]);
+    assert_eq!(e["all_services"]["max_conn_per_source"], 6, "{e}");
+    assert_eq!(limiter(&d, &["deny", "add", "198.18.0.1", "--max-conn-all-services", "3"]).code, Some(2));
     let s = d.status_json().expect("status");
-    assert_eq!(s["all_services"]["at_limit"], 3, "partner 7 of its 7, fresh 8 and other 5 of 5: {s}");
-    drop((streams(more), got, got2, got3));
+    assert_eq!(s["all_services"]["at_limit"], 4, "partner 7 of its 7, rt 6 of 6, fresh 8 and other 5 of 5: {s}");
+    drop((streams(more), got, got2, got3, rt_held));
 }
 
 #[test]

@@ -130,7 +130,9 @@ fn refusals_are_logged_counted_in_metrics_and_matched_by_fail2ban() {
         "limiter_packets_total{service=\"default\",verdict=\"accepted\"} 3",
         "limiter_connections{service=\"default\"} 3",
         "limiter_sources_connected 1",
-        "limiter_map_entries{map=\"CONNS\"} 1",
+        "limiter_sources_tracked 1",
+        // Its service's entry and its count over all services.
+        "limiter_map_entries{map=\"CONNS\"} 2",
         "limiter_refusal_events_unreported_total 0",
     ] {
         assert!(body.contains(want), "missing {want:?} in /metrics:\n{body}");

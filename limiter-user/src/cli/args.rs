@@ -187,6 +187,10 @@ pub enum AllowOp {
         prefix: Cidr,
         #[arg(long, value_name = "N", value_parser = parse_max_conn)]
         max_conn_per_source: Option<u32>,
+        /// Connections over all services together (replaces the config's
+        /// limit over all services for the entry's sources).
+        #[arg(long, value_name = "N", value_parser = parse_max_conn)]
+        max_conn_all_services: Option<u32>,
         /// New connection attempts: N/s or N/m.
         #[arg(long, value_name = "N/s|N/m")]
         rate: Option<Rate>,

@@ -16,20 +16,23 @@ use crate::{
 /// `limiter allow ...`.
 pub(super) fn allow(op: AllowOp) -> Result<(), Failure> {
     match op {
-        AllowOp::Add { prefix, max_conn_per_source, rate, burst, comment, force, socket } => change(
-            &socket.socket,
-            &Request::ListAdd {
-                list: ListName::Allow,
-                prefix: prefix.to_string(),
-                service: None,
-                max_conn_per_source,
-                rate,
-                burst,
-                comment,
-                source_prefix: false,
-                force,
-            },
-        ),
+        AllowOp::Add { prefix, max_conn_per_source, max_conn_all_services, rate, burst, comment, force, socket } => {
+            change(
+                &socket.socket,
+                &Request::ListAdd {
+                    list: ListName::Allow,
+                    prefix: prefix.to_string(),
+                    service: None,
+                    max_conn_per_source,
+                    max_conn_all_services,
+                    rate,
+                    burst,
+                    comment,
+                    source_prefix: false,
+                    force,
+                },
+            )
+        }
         AllowOp::Del { prefix, socket } => del(&socket.socket, ListName::Allow, prefix, None, Widen::default()),
         AllowOp::List { json, socket } => show(&socket.socket, ListName::Allow, None, json),
     }
@@ -45,6 +48,7 @@ pub(super) fn deny(op: DenyOp) -> Result<(), Failure> {
                 prefix: prefix.to_string(),
                 service: None,
                 max_conn_per_source: None,
+                max_conn_all_services: None,
                 rate: None,
                 burst: None,
                 comment,
@@ -69,6 +73,7 @@ pub(super) fn reserve(op: ReserveOp) -> Result<(), Failure> {
                 prefix: prefix.to_string(),
                 service: Some(service),
                 max_conn_per_source: None,
+                max_conn_all_services: None,
                 rate: None,
                 burst: None,
                 comment,
@@ -104,6 +109,9 @@ fn describe_limits(e: &Entry) -> String {
     let mut parts = Vec::new();
     if let Some(n) = e.max_conn_per_source {
         parts.push(format!("max {n} connections per source"));
+    }
+    if let Some(n) = e.max_conn_all_services {
+        parts.push(format!("max {n} over all services"));
     }
     if let Some(r) = e.rate {
         parts.push(format!("rate {r}"));

@@ -31,7 +31,7 @@ impl Daemon {
         list: ListName,
         prefix: &str,
         service: Option<&str>,
-        max_conn_per_source: Option<u32>,
+        (max_conn_per_source, max_conn_all_services): (Option<u32>, Option<u32>),
         rate: Option<Rate>,
         burst: Option<u64>,
         comment: Option<String>,
@@ -40,7 +40,8 @@ impl Daemon {
         if let Some(c) = &comment {
             crate::policy::lists::check_comment(c)?;
         }
-        if list != ListName::Allow && (max_conn_per_source.is_some() || rate.is_some() || burst.is_some()) {
+        let limited = max_conn_per_source.is_some() || max_conn_all_services.is_some();
+        if list != ListName::Allow && (limited || rate.is_some() || burst.is_some()) {
             return Err(format!("limits belong to allow entries, not {} entries", list.as_str()));
         }
         if list != ListName::Reserve && service.is_some() {
@@ -49,7 +50,7 @@ impl Daemon {
         let mut new = self.runtime.lists.clone();
         let entry = match list {
             ListName::Allow => {
-                let e = AllowEntry { prefix, max_conn_per_source, max_conn_all_services: None, rate, burst, comment };
+                let e = AllowEntry { prefix, max_conn_per_source, max_conn_all_services, rate, burst, comment };
                 if let Some((_, problem)) = e.problems().into_iter().next() {
                     return Err(problem);
                 }

@@ -168,7 +168,7 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         version: env!("CARGO_PKG_VERSION"),
         services,
         passed_other: rows[0][Verdict::PassedOther as usize],
-        sources_tracked: maps[0].1,
+        sources_tracked: counters::sources_tracked(ebpf).map_err(|e| e.to_string())?,
         sources_connected: sources.iter().filter(|(_, n)| *n > 0).count() as u64,
         maps,
         attachments: d.loaded.attachments.iter().map(|a| (a.name.clone(), a.xdp_mode)).collect(),

@@ -139,9 +139,21 @@ fn handle(d: &mut Daemon, req: Request) -> Result<Reply, String> {
         Request::Status => status(d).map(|s| Reply::Status(Box::new(s))),
         Request::Top { service, limit } => top(d, service.as_deref(), limit).map(Reply::Top),
         Request::ListShow { list, service } => Ok(Reply::List(d.list_show(list, service.as_deref()))),
-        Request::ListAdd { list, prefix, service, max_conn_per_source, rate, burst, comment, source_prefix, force } => {
+        Request::ListAdd {
+            list,
+            prefix,
+            service,
+            max_conn_per_source,
+            max_conn_all_services,
+            rate,
+            burst,
+            comment,
+            source_prefix,
+            force,
+        } => {
             let prefix = d.widen(&prefix, source_prefix)?;
-            d.list_add(list, &prefix, service.as_deref(), max_conn_per_source, rate, burst, comment)
+            let limits = (max_conn_per_source, max_conn_all_services);
+            d.list_add(list, &prefix, service.as_deref(), limits, rate, burst, comment)
                 .and_then(|(new, entry)| d.commit_added(list, &new, entry, force))
                 .map(Reply::Added)
         }

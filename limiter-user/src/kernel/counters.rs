@@ -91,6 +91,13 @@ fn every_source(ebpf: &Ebpf) -> Result<Vec<(SourceKey, u64)>, LoadError> {
     Ok(all.into_iter().collect())
 }
 
+/// Sources of a service with an entry in `CONNS` (at zero or not): the
+/// map's entries but those counting a source over all services.
+pub fn sources_tracked(ebpf: &Ebpf) -> Result<u64, LoadError> {
+    let m: HashMap<&MapData, SourceKey, u64> = read(ebpf, names::CONNS)?;
+    Ok(m.keys().flatten().filter(|k| k.service != ALL_SERVICES).count() as u64)
+}
+
 /// A source as an admin reads it: `198.51.100.7`, `2001:db8:1:2::/64`.
 pub fn source_string(key: &SourceKey, policy: &Policy) -> String {
     if key.family == family::V4 {

@@ -42,6 +42,10 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "u32", range(min = 1))]
     pub max_conn_per_source: Option<u32>,
+    /// Allow entries: own limit over all services together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u32", range(min = 1))]
+    pub max_conn_all_services: Option<u32>,
     /// Allow entries: own attempt rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Rate")]
@@ -61,6 +65,7 @@ impl From<&AllowEntry> for Entry {
             prefix: e.prefix,
             service: None,
             max_conn_per_source: e.max_conn_per_source,
+            max_conn_all_services: e.max_conn_all_services,
             rate: e.rate,
             burst: e.burst,
             comment: e.comment.clone(),
@@ -82,7 +87,15 @@ impl From<&ReserveEntry> for Entry {
 
 impl Entry {
     const fn plain(prefix: Cidr, service: Option<String>, comment: Option<String>) -> Self {
-        Self { prefix, service, max_conn_per_source: None, rate: None, burst: None, comment }
+        Self {
+            prefix,
+            service,
+            max_conn_per_source: None,
+            max_conn_all_services: None,
+            rate: None,
+            burst: None,
+            comment,
+        }
     }
 }
 

@@ -58,6 +58,9 @@ pub enum Request {
         service: Option<String>,
         #[serde(default)]
         max_conn_per_source: Option<u32>,
+        /// Allow entries: connections over all services together.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_conn_all_services: Option<u32>,
         /// As `N/s` or `N/m` on the wire, the text `Rate` displays and parses.
         #[serde(default)]
         rate: Option<Rate>,

@@ -255,6 +255,7 @@ fn a_rate_travels_as_the_text_it_was_given() {
         prefix: "198.18.0.0/24".into(),
         service: None,
         max_conn_per_source: Some(3),
+        max_conn_all_services: None,
         rate: Some(Rate { count: 30, per_secs: 60 }),
         burst: Some(4),
         comment: Some("c".into()),
