@@ -19,9 +19,8 @@ use limiter_common::{
 use crate::{
     frame::{Parsed, Syn, source_addr},
     maps::{
-        CONNS, Place, SEEDED, compare_swap, established, handshake_entry, hint as hint_word, list_entry, load,
-        note_basis, now_ns, policy as policy_of, release_pending, release_session, reserved, seeded_sessions, sessions,
-        slot_conns,
+        Place, compare_swap, established, handshake_entry, hint as hint_word, list_entry, load, note_basis, now_ns,
+        policy as policy_of, release_pending, release_session, reserved, seeded_sessions, sessions, slot_conns,
     },
 };
 
@@ -374,14 +373,11 @@ fn all_services(a: &SourceArgs<'_>) -> bool {
     };
     let (cell, limit, now) = (reserved(slot), u64::from(a.all), pending::ticks(now_ns()));
     for _ in 0..CAS_TRIES {
-        // The word first, then the count, as in `reserve`. The count is
-        // looked up whatever the slot's sum says: one path fewer per try
-        // for the verifier, on a path taken only with a budget set.
+        // The word first, then the count, as in `reserve`; `CONNS` only
+        // when the slot's connection sum says the key may hold some (not
+        // for a new source: a spoofed flood's SYN skips the hash lookup).
         let old = unsafe { load(cell) };
-        let mut established = CONNS.get_ptr(&key).map_or(0, |p| unsafe { load(p) });
-        if g.flags & flags::SEEDED != 0 {
-            established += SEEDED.get_ptr(&key).map_or(0, |p| unsafe { load(p) });
-        }
+        let established = established(&key, g, slot);
         let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
             let (basis, live) = if established >= limit {
                 (basis::ALL_ESTABLISHED, 0)
