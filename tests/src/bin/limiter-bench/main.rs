@@ -40,14 +40,17 @@ use aya::{
 #[cfg(test)]
 use jsonschema as _;
 use limiter_common::{
-    SourceKey, Verdict,
-    maps::{MAX_SERVICES, family, names},
+    Globals, ServicePolicy, SourceKey, Verdict,
+    maps::{ALL_SERVICES, MAX_SERVICES, family, flags, names, policy_index},
     pending,
     prefix::Prefix,
 };
 use limiter_tests::{frames, netns};
 use limiter_user::{
-    kernel::{counters::read_counters, writer::write_policy},
+    kernel::{
+        counters::{read_counters, read_observed},
+        writer::write_policy,
+    },
     policy::{
         lists::{AllowEntry, Cidr, DenyEntry, Lists},
         model::{MapSizes, Policy, XdpMode},
@@ -85,6 +88,16 @@ const BUILTIN_PORT: u16 = 465;
 /// Service "respond": at most `LIMIT` connections per source, over-limit SYNs steered to the responder. `CONNS`
 /// holds `LIMIT` for the client here (no real connections: nothing else polices this port).
 const RESPOND_PORT: u16 = 2527;
+/// Service "observe": at most `LIMIT` connections per source, `action = "log"`: over-limit SYNs are counted as
+/// would-be refusals and passed. `CONNS` holds `LIMIT` for the client here, as for `respond`.
+const OBSERVE_PORT: u16 = 2528;
+/// The source-wide budget of the cases that set one (`max_conn_per_source` at the top of the config): the
+/// client's `LIMIT` connections count against it, so a SYN to a service with room is refused by the budget.
+const BUDGET: u32 = LIMIT;
+/// Source port of the SYNs refused by the budget: not `INJECT_SPORT`, whose SYN to `ACCEPT_PORT`
+/// `limiter_accept` has remembered as a handshake in flight (a SYN repeating it is let through as a
+/// retransmission, on its reservation).
+const BUDGET_SPORT: u16 = 998;
 /// Source port of the injected SYNs: below 1024, where the client's sockets never are, so `bench_sink` on the
 /// client's veth drops whatever the server answers to them.
 const INJECT_SPORT: u16 = 999;
@@ -156,6 +169,10 @@ struct Case {
     reset_slot: Option<u32>,
     /// Flood cases: the program takes a new source from `BENCH_SEQ` for every packet.
     flood: bool,
+    /// The source-wide budget in force while this case runs (0: none), written to `POLICY` before it.
+    budget: u32,
+    /// `action = "log"`: every packet is also counted as a would-be refusal (`OBSERVED`) of `verdict`'s service.
+    observed: Option<Verdict>,
     /// Every refusal has an event token and is reported through `EVENTS` (drained on another CPU).
     events: bool,
     /// `respond`: every packet is steered (tokens topped up before each run; `STEER_BUDGET` checked after).
@@ -163,6 +180,8 @@ struct Case {
     /// Live frames (the default): what the program passes goes up the server's stack. Otherwise a plain
     /// `BPF_PROG_TEST_RUN` on one buffer: the program alone, its action not carried out.
     live: bool,
+    /// Not run: it needs live frames, which this machine refuses (see [`live_frames_permitted`]).
+    skipped: bool,
     /// Packets run through the program after `first`, timed or not.
     sent: u64,
     runs: Vec<f64>,
@@ -184,15 +203,22 @@ impl Case {
             reference,
             reset_slot: None,
             flood: false,
+            budget: 0,
+            observed: None,
             events: false,
             steered: false,
             live: true,
+            skipped: false,
             sent: 0,
             runs: Vec::new(),
         }
     }
 
+    /// The median of the timed runs; NaN for a case that was not run.
     fn median(&self) -> f64 {
+        if self.runs.is_empty() {
+            return f64::NAN;
+        }
         let mut v = self.runs.clone();
         v.sort_by(f64::total_cmp);
         let n = v.len();
@@ -234,6 +260,7 @@ fn policy() -> Policy {
                 ..service("builtin", BUILTIN_PORT, 30, 60, 10)
             },
             Service { action: Action::Respond, ..conc("respond", RESPOND_PORT, LIMIT) },
+            Service { action: Action::Log, ..conc("observe", OBSERVE_PORT, LIMIT) },
         ],
         max_conn_all_services: None,
         maps: MapSizes::default(),
@@ -284,8 +311,8 @@ fn client_key(service: u32) -> SourceKey {
 /// The cases, in the order they run in every round.
 #[expect(clippy::too_many_lines, reason = "one table of cases")]
 fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
-    let (open, strict, conc, conc_open, builtin, respond) =
-        (service_id(0), service_id(1), service_id(2), service_id(3), service_id(4), service_id(5));
+    let (open, strict, conc, conc_open, builtin, respond, observe) =
+        (service_id(0), service_id(1), service_id(2), service_id(3), service_id(4), service_id(5), service_id(6));
     let refuse = bed.syn(INJECT_SPORT, REFUSE_PORT);
     let respond_syn = bed.syn(INJECT_SPORT, RESPOND_PORT);
     // Spoofed sources: the program writes a new /64 of 2001:db8:8000::/33 into every packet (see
@@ -367,6 +394,48 @@ fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
             )
         },
         Case {
+            budget: BUDGET,
+            flat: dropped,
+            path: "dropped by XDP (over the service's connection limit, with a source-wide budget set)",
+            ..limiter(
+                "limiter_refuse_budget",
+                refuse.clone(),
+                XDP_DROP,
+                conc,
+                Verdict::RefusedConcurrency,
+                "limiter_refuse",
+            )
+        },
+        Case {
+            budget: BUDGET,
+            flat: dropped,
+            path: "dropped by XDP (within the service's limit, over the source-wide budget: the service's \
+                   reservation taken and given back)",
+            ..limiter(
+                "limiter_refuse_by_budget",
+                bed.syn(BUDGET_SPORT, ACCEPT_PORT),
+                XDP_DROP,
+                conc_open,
+                Verdict::RefusedConcurrency,
+                "limiter_refuse",
+            )
+        },
+        Case {
+            observed: Some(Verdict::RefusedConcurrency),
+            per_packet: cookie,
+            flat: &["TcpOutRsts"],
+            path: "over the connection limit, action log: counted as would-be refused, passed; the listener \
+                   answers with a SYN cookie",
+            ..limiter(
+                "limiter_observe",
+                bed.syn(INJECT_SPORT, OBSERVE_PORT),
+                XDP_PASS,
+                observe,
+                Verdict::Accepted,
+                "listener_syncookies",
+            )
+        },
+        Case {
             steered: true,
             per_packet: cookie,
             flat: &["TcpOutRsts"],
@@ -435,6 +504,12 @@ fn cases(bed: &Testbed, ack: &[u8]) -> Vec<Case> {
         },
         flood("limiter_spoofed_flood", BUILTIN_PORT, builtin),
         flood("limiter_spoofed_flood_conc", REFUSE_PORT, conc),
+        Case {
+            budget: BUDGET,
+            path: "dropped by XDP: the limiter's own cost per spoofed SYN, accepted on a reservation of the \
+                   service's count and of the source-wide budget",
+            ..flood("limiter_spoofed_flood_budget", REFUSE_PORT, conc)
+        },
         peer("nft_ct_count", Peer::NftCtCount, "nftables: conntrack, ct count over 8, drop"),
         peer(
             "iptables_connlimit_reset",
@@ -672,9 +747,57 @@ fn check_stack(case: &Case, before: &StdHashMap<String, u64>, after: &StdHashMap
     Ok(())
 }
 
-/// Checks `limiter_xdp`'s own counters: every packet of every case, not only the last, took the path it times.
+/// Whether this machine runs XDP test runs in live-frames mode: one empty program's run, live. Some sandboxes
+/// refuse it with EPERM (a plain test run works there); any other failure is an error.
+fn live_frames_permitted(objs: &mut Objects, ifindex: u32) -> Result<bool> {
+    let frame = vec![0u8; 60];
+    let md = xdp_md(frame.len(), ifindex)?;
+    let opts = TestRunOptions {
+        data_in: Some(&frame),
+        ctx_in: Some(&md),
+        repeat: 1,
+        attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+        ..TestRunOptions::default()
+    };
+    match objs.xdp(names::FLOOR_DROP)?.test_run(opts) {
+        Ok(_) => Ok(true),
+        Err(e) if io_error(&e).and_then(io::Error::raw_os_error) == Some(libc::EPERM) => Ok(false),
+        Err(e) => Err(format!("probing live frames: {e}").into()),
+    }
+}
+
+/// The OS error under an error's sources, if there is one.
+fn io_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Writes the source-wide budget (0: none) into the `POLICY` bank in force, entry 0, as the daemon's writer
+/// does for `max_conn_per_source` at the top of the config. No "at its limit" hint depends on it (the budget
+/// sets none), so the generation stays.
+fn set_budget(objs: &mut Objects, budget: u32) -> Result<()> {
+    let globals: Array<_, Globals> = Array::try_from(objs.limiter.map(names::GLOBALS).ok_or("no GLOBALS map")?)?;
+    let bank = u8::from(globals.get(&0, 0)?.flags & flags::BANK_B != 0);
+    let mut policy: Array<_, ServicePolicy> =
+        Array::try_from(objs.limiter.map_mut(names::POLICY).ok_or("no POLICY map")?)?;
+    let index = policy_index(bank, u32::from(ALL_SERVICES));
+    if policy.get(&index, 0)?.max_conn_per_source != budget {
+        policy.set(index, ServicePolicy { max_conn_per_source: budget, ..ServicePolicy::default() }, 0)?;
+    }
+    Ok(())
+}
+
+/// Checks `limiter_xdp`'s own counters, and what observe mode counted apart: every packet of every case, not only
+/// the last, took the path it times.
 fn check_counters(objs: &Objects, cases: &[Case]) -> Result<()> {
     let mut want = vec![[0u64; Verdict::COUNT as usize]; MAX_SERVICES as usize + 1];
+    let mut want_observed = want.clone();
     for case in cases {
         if let Some((service, verdict)) = case.verdict {
             let row = &mut want[service as usize];
@@ -682,18 +805,25 @@ fn check_counters(objs: &Objects, cases: &[Case]) -> Result<()> {
             if let Some(first) = case.first {
                 row[first as usize] += 1;
             }
+            if let Some(would) = case.observed {
+                want_observed[service as usize][would as usize] += case.sent;
+            }
         }
     }
-    let got = read_counters(&objs.limiter)?;
-    for (service, (got, want)) in got.iter().zip(&want).enumerate() {
-        for v in Verdict::ALL {
-            let (g, w) = (got[v as usize], want[v as usize]);
-            if g != w {
-                return Err(format!(
-                    "counter {} of service {service} is {g}, expected {w}: some packets took another path",
-                    v.name()
-                )
-                .into());
+    for (what, got, want) in [
+        ("counter", read_counters(&objs.limiter)?, want),
+        ("would-be counter", read_observed(&objs.limiter)?, want_observed),
+    ] {
+        for (service, (got, want)) in got.iter().zip(&want).enumerate() {
+            for v in Verdict::ALL {
+                let (g, w) = (got[v as usize], want[v as usize]);
+                if g != w {
+                    return Err(format!(
+                        "{what} {} of service {service} is {g}, expected {w}: some packets took another path",
+                        v.name()
+                    )
+                    .into());
+                }
             }
         }
     }
@@ -800,8 +930,11 @@ fn bench() -> Result<()> {
         write_policy(ebpf, &policy())?;
         // `CLIENT` holds its connections of "conc", as sock_ops would have counted them (nothing counts them here).
         limiter_tests::kernel::set_established(ebpf, client_key(service_id(2)), u64::from(LIMIT))?;
-        // And of "respond", which takes the same path up to the action.
+        // And of "respond" and "observe", which take the same path up to the action.
         limiter_tests::kernel::set_established(ebpf, client_key(service_id(5)), u64::from(LIMIT))?;
+        limiter_tests::kernel::set_established(ebpf, client_key(service_id(6)), u64::from(LIMIT))?;
+        // And under the source-wide key, which counts every connection of the source's whatever the service.
+        limiter_tests::kernel::set_established(ebpf, client_key(u32::from(ALL_SERVICES)), u64::from(LIMIT))?;
         Ok(())
     })?;
     for name in [
@@ -815,7 +948,7 @@ fn bench() -> Result<()> {
         objs.xdp(name)?.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
 
-    let mut bed = Testbed::new(&[REFUSE_PORT, ACCEPT_PORT, RATE_OPEN_PORT]);
+    let mut bed = Testbed::new(&[REFUSE_PORT, ACCEPT_PORT, RATE_OPEN_PORT, OBSERVE_PORT]);
     bed.attach_client(objs.xdp(names::BENCH_SINK)?)?;
     bed.reconnect(REFUSE_PORT, LIMIT as usize)?;
     let ack = bed.established_ack(ACCEPT_PORT)?;
@@ -880,8 +1013,26 @@ fn measure(
         "pinned", args.repeat, args.runs, bed.server_if
     );
 
+    if !live_frames_permitted(objs, ifindex)? {
+        println!(
+            "{:<15} live frames refused here (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: EPERM): every case \
+             runs as a plain test run (the program's decision, its action not carried out); the netfilter peers and \
+             the listener, which are stack paths, are not measured\n",
+            "mode"
+        );
+        for case in cases.iter_mut() {
+            if case.peer.is_some() || case.name == "listener_syncookies" {
+                case.skipped = true;
+            }
+            // Nothing reaches the stack: no server counter grows per packet.
+            case.live = false;
+            case.per_packet = &[];
+        }
+    }
+
     // One plain run per case checks the program's action before any timing (the live mode reports none).
-    for case in cases.iter_mut() {
+    for case in cases.iter_mut().filter(|c| !c.skipped) {
+        set_budget(objs, case.budget)?;
         if let Some(first) = case.first {
             let got = run_once(objs, case)?;
             if got != XDP_PASS {
@@ -911,7 +1062,8 @@ fn measure(
     let mut ring = RingBuf::try_from(objs.limiter.take_map(names::EVENTS).ok_or("no EVENTS map")?)?;
     // One untimed round warms caches and CPU clocks; then the timed rounds, round-robin.
     for round in 0..=args.runs {
-        for case in cases.iter_mut() {
+        for case in cases.iter_mut().filter(|c| !c.skipped) {
+            set_budget(objs, case.budget).map_err(|e| format!("{} (round {round}): {e}", case.name))?;
             let ns = if case.events {
                 timed_reported(objs, bed, steering, case, ifindex, args.repeat, &mut ring)
             } else {
@@ -942,20 +1094,42 @@ fn measure(
     Ok(cpu)
 }
 
+/// A ratio for the report, "-" where one side was not measured.
+fn ratio(r: f64) -> String {
+    if r.is_nan() { format!("{:>7}", "-") } else { format!("{r:>7.2}") }
+}
+
+/// Prints each ratio `a / b` of medians.
+fn informational(
+    median: &impl Fn(&'static str) -> Result<f64, String>,
+    pairs: &[(&'static str, &'static str)],
+) -> Result<()> {
+    for &(a, b) in pairs {
+        println!("  {:<56} {}", format!("{a} / {b}"), ratio(median(a)? / median(b)?));
+    }
+    Ok(())
+}
+
 fn report(cases: &[Case], args: &Args, cpu: usize, machine: &serde_json::Value) -> Result<()> {
     let median = |name| cases.iter().find(|c| c.name == name).map(Case::median).ok_or(format!("no case {name}"));
     let drop_floor = median("xdp_drop_floor")?;
-    println!("{:<27} {:>8} {:>8} {:<22} {:>8}   runs (ns)", "case", "ns/pkt", "vs ref", "ref", "vs drop");
+    let live = !cases.iter().any(|c| c.skipped);
+    println!("{:<28} {:>8} {:>8} {:<26} {:>8}   runs (ns)", "case", "ns/pkt", "vs ref", "ref", "vs drop");
     let mut json = Vec::new();
     for case in cases {
+        if case.skipped {
+            println!("{:<28} {:>8}   not measured: needs live frames", case.name, "-");
+            continue;
+        }
         let ns = case.median();
-        let ratio = ns / median(case.reference)?;
+        let vs_ref = ns / median(case.reference)?;
         let vs_drop = ns / drop_floor;
         let runs = case.runs.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
-        println!("{:<27} {ns:>8.1} {ratio:>7.2}x {:<22} {vs_drop:>7.2}x   {runs}", case.name, case.reference);
+        let vs = if vs_ref.is_nan() { "-".to_owned() } else { format!("{vs_ref:.2}x") };
+        println!("{:<28} {ns:>8.1} {vs:>8} {:<26} {vs_drop:>7.2}x   {runs}", case.name, case.reference);
         json.push(serde_json::json!({
             "case": case.name, "ns_per_packet": ns, "runs": case.runs, "program": case.program,
-            "reference": case.reference, "vs_reference": ratio, "vs_drop_floor": vs_drop, "path": case.path,
+            "reference": case.reference, "vs_reference": if vs_ref.is_nan() { None } else { Some(vs_ref) }, "vs_drop_floor": vs_drop, "path": case.path,
             "packets_per_run": args.repeat, "mode": if case.live { "live_frames" } else { "plain" },
             "batch": if case.live { Some(BATCH) } else { None }, "cpu_pinned": cpu,
             "machine": machine,
@@ -977,22 +1151,40 @@ fn report(cases: &[Case], args: &Args, cpu: usize, machine: &serde_json::Value) 
         let r = median(a)? / median(b)?;
         let met = if at_most { r <= target } else { r >= target };
         let op = if at_most { "<=" } else { ">=" };
-        println!(
-            "  {:<48} {r:>7.2}   target {op} {target:<4}  {}",
-            format!("{a} / {b}"),
-            if met { "met" } else { "MISSED" }
-        );
+        let verdict = if r.is_nan() {
+            "not measured (needs live frames)"
+        } else if !live {
+            "not judged (plain runs; the target is for live frames)"
+        } else if met {
+            "met"
+        } else {
+            "MISSED"
+        };
+        println!("  {:<56} {}   target {op} {target:<4}  {verdict}", format!("{a} / {b}"), ratio(r));
     }
 
     println!("informational (no target): the respond action's cost, live with its stack path and as the program alone");
-    for (a, b) in [
-        ("limiter_respond", "xdp_drop_floor"),
-        ("limiter_respond", "limiter_accept"),
-        ("limiter_respond_plain", "xdp_drop_floor_plain"),
-        ("limiter_respond_plain", "limiter_refuse_plain"),
-    ] {
-        println!("  {:<48} {:>7.2}", format!("{a} / {b}"), median(a)? / median(b)?);
-    }
+    informational(
+        &median,
+        &[
+            ("limiter_respond", "xdp_drop_floor"),
+            ("limiter_respond", "limiter_accept"),
+            ("limiter_respond_plain", "xdp_drop_floor_plain"),
+            ("limiter_respond_plain", "limiter_refuse_plain"),
+        ],
+    )?;
+    println!("informational (no target): a source-wide budget set, next to the same path without one; observe mode");
+    informational(
+        &median,
+        &[
+            ("limiter_refuse_budget", "limiter_refuse"),
+            ("limiter_refuse_by_budget", "limiter_refuse"),
+            ("limiter_refuse_by_budget", "xdp_drop_floor"),
+            ("limiter_spoofed_flood_budget", "limiter_spoofed_flood_conc"),
+            ("limiter_observe", "listener_syncookies"),
+            ("limiter_observe", "limiter_refuse"),
+        ],
+    )?;
 
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
