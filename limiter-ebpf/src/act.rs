@@ -23,8 +23,8 @@ use network_types::{
 use crate::{
     frame::{Parsed, Syn, ptr_at, source_addr},
     maps::{
-        Grounds, STEER, STEER_SCRATCH, basis_noted, count, count_observed, count_steer, now_ns, report,
-        take_steer_token,
+        Grounds, STEER, STEER_SCRATCH, basis_noted, count, count_observed, count_steer, event_token_left,
+        note_unreported, now_ns, report, take_steer_token,
     },
 };
 
@@ -76,6 +76,21 @@ pub(crate) fn report_refusal(
             client_port: u16::from_be_bytes([ports[0], ports[1]]),
         }
     })
+}
+
+/// A refusal that needs nothing of the frame again: a drop, or observe
+/// mode's pass, with no event token left on this CPU (every refusal of a
+/// flood once the second's tokens are spent). Counted as unreported, as
+/// `report` would; the caller skips the second parse.
+#[inline(always)]
+pub(crate) fn quiet(action: u8) -> bool {
+    if (action == limiter_common::maps::action::DROP || action == limiter_common::maps::action::LOG)
+        && !event_token_left()
+    {
+        note_unreported();
+        return true;
+    }
+    false
 }
 
 /// Takes one of this CPU's steering tokens; false with none left (the

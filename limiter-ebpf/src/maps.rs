@@ -193,6 +193,20 @@ pub(crate) fn report(event: impl FnOnce() -> Refusal) -> bool {
     false
 }
 
+/// Whether this CPU has an event token left: a refusal now would be reported.
+#[inline(always)]
+pub(crate) fn event_token_left() -> bool {
+    EVENT_BUDGET.get_ptr(events::TOKENS).is_some_and(|t| unsafe { *t } > 0)
+}
+
+/// Counts a refusal not reported (no token), as [`report`] does.
+#[inline(always)]
+pub(crate) fn note_unreported() {
+    if let Some(n) = EVENT_BUDGET.get_ptr_mut(events::UNREPORTED) {
+        unsafe { *n += 1 };
+    }
+}
+
 /// Counts a verdict observe mode did not carry out.
 #[inline(always)]
 pub(crate) fn count_observed(index: u32) {

@@ -54,6 +54,11 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
     if !act::refused(verdict, service, observe) {
         return Ok(xdp_action::XDP_PASS);
     }
+    // A drop (or observe mode's pass) that will not be reported needs
+    // nothing of the frame: no second parse (about 10 ns a refusal here).
+    if act::quiet(policy.action) {
+        return Ok(if observe { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP });
+    }
     let p = parse(ctx)?;
     // Observe mode: reported as what would have been refused, and passed.
     if observe {

@@ -1105,3 +1105,53 @@ fn refusal_events_say_what_answered_them() {
         }
     }
 }
+
+/// Sets every CPU's refusal-event tokens to `n`.
+fn set_event_tokens(h: &mut Harness, n: u64) {
+    let mut m: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(h.ebpf.map_mut(names::EVENT_BUDGET).expect("EVENT_BUDGET"))
+            .expect("per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("CPUs");
+    m.set(limiter_common::events::TOKENS, aya::maps::PerCpuValues::try_from(vec![n; cpus]).expect("values"), 0)
+        .expect("set tokens");
+}
+
+/// A refusal is reported while the CPU has an event token and counted as
+/// unreported after, under every action: a drop and observe mode's pass
+/// skip the frame's second parse then, a reset still builds its reply.
+#[test]
+fn refusals_past_the_event_tokens_are_counted_unreported() {
+    require!(privileged());
+    for (action, want) in [(Action::Drop, DROP), (Action::Log, PASS), (Action::Reset, TX)] {
+        let mut h = Harness::new(&policy(action, 1, 32, 64));
+        let f = frames::syn(v4(30), server4(), PORT);
+        h.exhaust(&f, 1);
+        set_event_tokens(&mut h, 2);
+        for i in 0..5 {
+            assert_eq!(h.action(&f), want, "{action:?}: refusal {i}");
+        }
+        let mut ring = aya::maps::RingBuf::try_from(h.ebpf.take_map(names::EVENTS).expect("EVENTS")).expect("ring");
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            assert!(item.len() >= size_of::<limiter_common::events::Refusal>(), "{action:?}: a short record");
+            // SAFETY: the ring holds `Refusal` records, checked long enough; read unaligned.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<limiter_common::events::Refusal>()) });
+        }
+        assert_eq!(events.len(), 2, "{action:?}: one event per token");
+        for e in &events {
+            assert_eq!(e.verdict, Verdict::RefusedRate as u8, "{action:?}");
+            assert_eq!(e.addr[..4], [198, 18, 0, 30], "{action:?}: the source, from the second parse");
+        }
+        let m: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(h.ebpf.map(names::EVENT_BUDGET).expect("EVENT_BUDGET")).expect("array");
+        let unreported: u64 = m.get(&limiter_common::events::UNREPORTED, 0).expect("unreported").iter().sum();
+        assert_eq!(unreported, 3, "{action:?}: the refusals past the tokens");
+        if action == Action::Log {
+            assert_eq!(h.counter(1, Verdict::Accepted), 6, "observe mode counts every SYN as accepted");
+            let observed = counters::read_observed(&h.ebpf).expect("observed")[1][Verdict::RefusedRate as usize];
+            assert_eq!(observed, 5, "and what it would have refused apart");
+        } else {
+            assert_eq!(h.counter(1, Verdict::RefusedRate), 5, "{action:?}");
+        }
+    }
+}
