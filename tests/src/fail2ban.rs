@@ -13,6 +13,26 @@ pub fn packaging() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/fail2ban")
 }
 
+/// Runs `fail2ban-regex` with the shipped filter on the log at `log`:
+/// (the "Failregex:" line with the failures counted, the matched lines).
+///
+/// # Panics
+/// If `fail2ban-regex` cannot run or fails.
+#[must_use]
+pub fn regex_matches(log: &Path) -> (String, String) {
+    let out = Command::new("fail2ban-regex")
+        .args(["--print-all-matched"])
+        .arg(log)
+        .arg(packaging().join("filter.d/limiter.conf"))
+        .output()
+        .expect("fail2ban-regex (Debian package fail2ban; cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "fail2ban-regex failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let total = text.lines().find(|l| l.starts_with("Failregex:")).unwrap_or("").to_owned();
+    let hits = text.split("|- Matched line(s):").nth(1).unwrap_or("").to_owned();
+    (total, hits)
+}
+
 /// A running `fail2ban-server -f`, killed on drop.
 pub struct Fail2ban {
     child: Child,

@@ -10,14 +10,13 @@
 
 use std::{
     net::IpAddr,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use limiter_tests::{
     cli::{Scratch, path_str},
-    fail2ban::{Fail2ban, packaging},
+    fail2ban::{Fail2ban, packaging, regex_matches},
     netns::{Daemon, Listener, Pair, Spawn, limiter_bin, tally},
     privileged, require,
 };
@@ -54,22 +53,6 @@ fn start() -> (Pair, Listener, Listener, Scratch, Daemon) {
     (pair, conn, rate, scratch, d)
 }
 
-/// Runs `fail2ban-regex` with the shipped filter on the daemon's log:
-/// (failures counted, the matched lines).
-fn regex_matches(d: &Daemon) -> (String, String) {
-    let out = Command::new("fail2ban-regex")
-        .args(["--print-all-matched"])
-        .arg(&d.log)
-        .arg(packaging().join("filter.d/limiter.conf"))
-        .output()
-        .expect("fail2ban-regex (Debian package fail2ban; cargo xtask setup installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "fail2ban-regex failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let total = text.lines().find(|l| l.starts_with("Failregex:")).unwrap_or("").to_owned();
-    let hits = text.split("|- Matched line(s):").nth(1).unwrap_or("").to_owned();
-    (total, hits)
-}
-
 /// Forged SYNs from two addresses that never connected, against both
 /// limits and both families: all refused past the limits, logged as
 /// `unverified` with what the refusal was based on, and not one line the
@@ -104,7 +87,7 @@ fn forged_floods_make_no_line_fail2ban_matches() {
     }
     let log = d.log_text();
     assert!(!log.lines().any(|l| l.contains("refused 198.19.") || l.contains("refused 2001:db8:f9f9")), "{log}");
-    let (total, hits) = regex_matches(&d);
+    let (total, hits) = regex_matches(&d.log);
     assert!(total.starts_with("Failregex: 0 total"), "forged SYNs matched the filter: {total}\n{hits}");
 
     // A real client holding its 2 and trying a third: a proved line, matched.
@@ -113,7 +96,7 @@ fn forged_floods_make_no_line_fail2ban_matches() {
     assert_eq!(tally(&pair.connect_many(real, CONN_PORT, 1, WAIT)).refused, 1);
     let line = format!("refused {real} conn:{CONN_PORT} too many connections (2 established, limit 2)");
     d.wait_log("the real client's line", |log| log.contains(&line));
-    let (total, hits) = regex_matches(&d);
+    let (total, hits) = regex_matches(&d.log);
     assert!(total.starts_with("Failregex: 1 total"), "{total}\n{hits}");
     assert!(hits.contains(&line), "{hits}");
     drop(d);

@@ -5,7 +5,7 @@
 //! `reset` enforces from the next SYN on the counts already there.
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
-use std::{net::IpAddr, path::PathBuf, process::Command, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use limiter_tests::{
     cli::{Scratch, limiter, path_str},
@@ -127,7 +127,7 @@ fn log_mode_lets_everything_in_and_counts_what_reset_refuses() {
         "{log}"
     );
     assert!(!log.lines().any(|l| l.contains(&format!("refused {src}"))), "{log}");
-    let (total, hits) = fail2ban_matches(&d.log);
+    let (total, hits) = limiter_tests::fail2ban::regex_matches(&d.log);
     assert!(total.starts_with("Failregex: 0 total"), "fail2ban must not match would-be refusals: {total}\n{hits}");
 
     // `explain` says what the next SYN would get, as would-be.
@@ -149,22 +149,6 @@ fn log_mode_lets_everything_in_and_counts_what_reset_refuses() {
     assert_eq!(after.would, before.would, "nothing more counted as would-be");
     assert_eq!(after.refused, (1, 0), "the first real refusal, by connections (4 held, limit 3): {after:?}");
     drop(held);
-}
-
-/// `fail2ban-regex` with the shipped filter over a log: (the `Failregex:` line, the matched lines).
-fn fail2ban_matches(log: &std::path::Path) -> (String, String) {
-    let filter = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/fail2ban/filter.d/limiter.conf");
-    let out = Command::new("fail2ban-regex")
-        .args(["--print-all-matched"])
-        .arg(log)
-        .arg(&filter)
-        .output()
-        .expect("fail2ban-regex (Debian package fail2ban; cargo xtask setup installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "fail2ban-regex failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let total = text.lines().find(|l| l.starts_with("Failregex:")).unwrap_or("").to_owned();
-    let hits = text.split("|- Matched line(s):").nth(1).unwrap_or("").to_owned();
-    (total, hits)
 }
 
 #[test]
