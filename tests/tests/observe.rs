@@ -134,10 +134,25 @@ fn log_mode_lets_everything_in_and_counts_what_reset_refuses() {
     let text = limiter(&d, &["explain", &src.to_string()]);
     assert!(text.stdout.contains("would be refused (action log: let through)"), "{}", text.stdout);
 
+    // `status` says it apart from refusals.
+    let text = limiter(&d, &["status"]).stdout;
+    assert!(text.contains("would have refused (action log, let through): smtp "), "{text}");
+    assert!(!text.contains("refusals answered"), "nothing was refused:\n{text}");
+
     // Four more, held: all in under log (over both limits).
     let held = pair.connect_many(src, PORT, 4, WAIT);
     assert_eq!(tally(&held).connected, 4, "{held:?}");
     d.wait_connections(4, patience(WAIT));
+    // `top`: the source's would-be refusals, not refusals.
+    let deadline = std::time::Instant::now() + patience(WAIT);
+    let top = loop {
+        let text = limiter(&d, &["top"]).stdout;
+        if text.contains("would be refused, let through (log)") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(top.contains(&format!("{src} ")) && top.contains("would be refused, let through (log)"), "{top}");
     let before = step(&d, true);
     // A reload to reset enforces from the next SYN, on the 4 held.
     scratch.write("limiter.toml", &config(&pair.server_if, "reset"));

@@ -116,14 +116,31 @@ pub fn status(v: &StatusReply) -> String {
     let answered: Vec<String> = v
         .services
         .iter()
-        .filter(|s| !s.answers.is_empty())
-        .map(|s| {
-            let parts: Vec<String> = s.answers.iter().map(|(a, n)| format!("{n} {}", answer_words(a))).collect();
-            format!("{} {}", s.name, parts.join(", "))
+        .filter_map(|s| {
+            // Observe mode's would-be refusals are not refusals: they have a line of their own.
+            let parts: Vec<String> = s
+                .answers
+                .iter()
+                .filter(|(a, _)| a.as_str() != "observed")
+                .map(|(a, n)| format!("{n} {}", answer_words(a)))
+                .collect();
+            (!parts.is_empty()).then(|| format!("{} {}", s.name, parts.join(", ")))
         })
         .collect();
     if !answered.is_empty() {
         let _ = writeln!(out, "refusals answered (reported since start): {}", answered.join("; "));
+    }
+    let would: Vec<String> = v
+        .services
+        .iter()
+        .filter(|s| !s.would_refuse.is_empty())
+        .map(|s| {
+            let parts: Vec<String> = s.would_refuse.iter().map(|(v, n)| format!("{n} {}", verdict_words(v))).collect();
+            format!("{} {}", s.name, parts.join(", "))
+        })
+        .collect();
+    if !would.is_empty() {
+        let _ = writeln!(out, "would have refused (action log, let through): {}", would.join("; "));
     }
     if let Some(r) = v.responder.filter(|_| v.services.iter().any(|s| s.action == "respond")) {
         let _ = writeln!(
@@ -141,6 +158,18 @@ fn answer_words(name: &str) -> &str {
     match name {
         "fallback" => "fallback reset",
         "no_handshake" => "no handshake",
+        other => other,
+    }
+}
+
+/// A refusal counter's name as the rule that refused.
+fn verdict_words(name: &str) -> &str {
+    match name {
+        "refused_deny" => "by the deny list",
+        "refused_sessions" => "by sessions",
+        "refused_reserve" => "by the reserve",
+        "refused_concurrency" => "by connections",
+        "refused_rate" => "by rate",
         other => other,
     }
 }
@@ -235,11 +264,11 @@ pub fn top(v: &TopReply, now: &str) -> String {
             if r.is_full() { "FULL".to_owned() } else { String::new() },
         ];
         if refused {
-            row.push(
-                r.refused
-                    .as_ref()
-                    .map_or_else(String::new, |x| format!("{}, last {}", x.count, answer_words(&x.last_answer))),
-            );
+            row.push(r.refused.as_ref().map_or_else(String::new, |x| match x.last_answer.as_str() {
+                // Observe mode: nothing was refused.
+                "observed" => format!("{} would be refused, let through (log)", x.count),
+                a => format!("{}, last {}", x.count, answer_words(a)),
+            }));
         }
         t.rows.push(row);
     }
@@ -559,6 +588,29 @@ mod tests {
         assert_eq!(lines[2], "198.51.100.7  smtp            2/2  FULL  5, last responded");
         assert_eq!(lines[3], "198.51.100.8  smtp            2/2  FULL  1, last fallback reset");
         assert_eq!(lines[4].trim_end(), "198.18.0.9    smtp            1/2");
+    }
+
+    #[test]
+    fn observe_mode_is_told_apart_from_refusals() {
+        let v = json!({
+            "version": "0.1.0", "interfaces": [], "ipv4_prefix": 32, "ipv6_prefix": 64,
+            "services": [ { "name": "smtp", "ports": [25], "rate": null, "burst": 0, "action": "log",
+                            "max_conn_per_source": 3, "connections": 3,
+                            "counters": { "accepted": 12, "passed_non_syn": 1 },
+                            "would_refuse": { "refused_concurrency": 4, "refused_rate": 2 },
+                            "answers": { "observed": 6 } } ],
+            "totals": { "passed_other": 1 }
+        });
+        let text = status(&read(v));
+        assert!(
+            text.contains("\nwould have refused (action log, let through): smtp 4 by connections, 2 by rate\n"),
+            "{text}"
+        );
+        assert!(!text.contains("refusals answered"), "observe mode answered no refusal:\n{text}");
+        let v = json!({ "sources": [ { "source": "198.51.100.7", "service": "smtp", "connections": 3, "limit": 3,
+                                       "refused": { "count": 6, "last_answer": "observed" } } ] });
+        let text = top(&read(v), "t");
+        assert!(text.lines().nth(2).expect("row").ends_with("FULL  6 would be refused, let through (log)"), "{text}");
     }
 
     #[test]

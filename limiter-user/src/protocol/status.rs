@@ -252,7 +252,8 @@ pub struct TopRow {
 pub struct RecentRefusals {
     #[schemars(range(min = 1))]
     pub count: u64,
-    /// reset, dropped, responded, fallback, `no_handshake` or steered.
+    /// reset, dropped, responded, fallback, `no_handshake` or steered; or
+    /// observed: observe mode (`action = "log"`) let them through.
     // A string, not an enum: a newer daemon may add answers.
     pub last_answer: String,
 }
