@@ -331,8 +331,9 @@ pub struct RunArgs {
     /// cgroup v2 directory whose sockets are counted (default: the cgroup2 mount).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    /// What happens to a refused attempt (`respond`: the protocol's refusal line;
-    /// the kernel still resets until the responder is wired).
+    /// What happens to a refused attempt: drop, reset (a TCP reset), respond (the
+    /// protocol's refusal line from the daemon's responder, else a reset) or log
+    /// (observe mode: counted and logged as would-be, let through).
     #[arg(long, value_enum)]
     pub action: Option<Action>,
     /// The protocol of the services' refusal lines (default: from the name or ports).
