@@ -14,7 +14,7 @@ use std::{
 use limiter_tests::{
     cli::{Output, Scratch, limiter, limiter_at, path_str},
     netns::{Daemon, Pair},
-    privileged, require,
+    patience, privileged, require,
 };
 
 fn assert_ok(out: &Output, what: &str) {
@@ -90,8 +90,10 @@ fn large_lists_take_changes_quickly() {
     times.push(t.elapsed());
     times.sort();
     eprintln!("allow add/del with 60,000 deny entries: median {:?}, max {:?}", times[times.len() / 2], times[20]);
-    // Generous for a slow (emulated) machine: the old cost was seconds.
-    assert!(times[20] < Duration::from_secs(3), "a one-entry change took {:?}", times[20]);
+    // The old cost was 6-7 s a change on this host. The bound scales with
+    // the time factor: under emulation (Debian 6.1 in the CI guest) the
+    // median was 0.98 s and one change of 21 took 4.1 s.
+    assert!(times[20] < patience(Duration::from_secs(3)), "a one-entry change took {:?}", times[20]);
 
     // A reload, with status asked while it runs: both answer.
     let socket = d.socket.clone();
