@@ -72,13 +72,7 @@ fn floor_drop(_ctx: XdpContext) -> u32 {
 /// fresh from the allocator holds the original frame again: so the new source
 /// is written from the counter, never derived from what the page holds, and
 /// the checksum is adjusted from the bytes actually there.
-///
-/// Not inlined: inlined, its values took 8 more bytes of `bench_flood`'s
-/// frame than `limiter_xdp`'s (392), and Linux 6.1, which rounds every
-/// frame of a call chain up to 32 bytes, refused the chain with
-/// `per_source` (416 + 128 = 544 > 512). A call of its own is not on
-/// the stack while the packet path runs.
-#[inline(never)]
+#[inline(always)]
 fn next_source(ctx: &XdpContext) -> Result<(), ()> {
     let eth = ptr_at::<[u8; 2]>(ctx, 12)?;
     let next = ptr_at::<u8>(ctx, V6_NEXT_HEADER)?;
