@@ -143,16 +143,10 @@ fn log_mode_lets_everything_in_and_counts_what_reset_refuses() {
     let held = pair.connect_many(src, PORT, 4, WAIT);
     assert_eq!(tally(&held).connected, 4, "{held:?}");
     d.wait_connections(4, patience(WAIT));
-    // `top`: the source's would-be refusals, not refusals.
-    let deadline = std::time::Instant::now() + patience(WAIT);
-    let top = loop {
-        let text = limiter(&d, &["top"]).stdout;
-        if text.contains("would be refused, let through (log)") || std::time::Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(top.contains(&format!("{src} ")) && top.contains("would be refused, let through (log)"), "{top}");
+    // `top`'s column of recent refusals uses the event window, 100 ms here
+    // for the lines: too short to read it back reliably under emulation, so
+    // the way `top` shows would-be refusals is tested on its view
+    // (`cli::views`, `observe_mode_is_told_apart_from_refusals`).
     let before = step(&d, true);
     // A reload to reset enforces from the next SYN, on the 4 held.
     scratch.write("limiter.toml", &config(&pair.server_if, "reset"));
