@@ -130,6 +130,25 @@ const KERNEL_SET: &[(&str, &str)] = &[
     ("systemd", "the package under systemd as PID 1"),
 ];
 
+/// The name prefixes of the test binaries the guests run (empty: all). `LIMITER_GUEST_TESTS=a,b` runs only the
+/// binaries named so (e.g. `xdp_test_run`), `all` every one; unset, the kernel set.
+fn guest_selection() -> Vec<String> {
+    match env::var("LIMITER_GUEST_TESTS") {
+        Ok(v) if v.trim() == "all" => Vec::new(),
+        Ok(v) => v.split(',').map(|s| format!("{}-", s.trim())).collect(),
+        Err(_) => {
+            for (name, why) in KERNEL_SET {
+                eprintln!("xtask: in the guests: {name}: {why}");
+            }
+            eprintln!(
+                "xtask: the other test binaries test the daemon, not the kernel, and run on the host only \
+                 (LIMITER_GUEST_TESTS=all runs every one in the guests)"
+            );
+            KERNEL_SET.iter().map(|(name, _)| format!("{name}-")).collect()
+        }
+    }
+}
+
 /// The newer build of the package the guests upgrade to (tests/tests/systemd.rs).
 const UPGRADE_VERSION: &str = "0.1.0+test2";
 
@@ -185,22 +204,7 @@ fn test(mut places: Vec<String>, args: &[String]) -> Result<()> {
         eprintln!("xtask: built {}", upgrade.display());
         let image = guest::image()?;
         let bins = guest::test_binaries(&mut cargo(&tc))?;
-        // LIMITER_GUEST_TESTS=a,b runs only the test binaries named so (e.g. `xdp_test_run`), `all`
-        // every one; unset, the kernel set.
-        let only: Vec<String> = match env::var("LIMITER_GUEST_TESTS") {
-            Ok(v) if v.trim() == "all" => Vec::new(),
-            Ok(v) => v.split(',').map(|s| format!("{}-", s.trim())).collect(),
-            Err(_) => {
-                for (name, why) in KERNEL_SET {
-                    eprintln!("xtask: in the guests: {name}: {why}");
-                }
-                eprintln!(
-                    "xtask: the other test binaries test the daemon, not the kernel, and run on the host only \
-                     (LIMITER_GUEST_TESTS=all runs every one in the guests)"
-                );
-                KERNEL_SET.iter().map(|(name, _)| format!("{name}-")).collect()
-            }
-        };
+        let only = guest_selection();
         let bins: Vec<_> = bins
             .into_iter()
             .filter(|b| only.is_empty() || only.iter().any(|o| b.name.starts_with(o)))
