@@ -262,6 +262,58 @@ fn systemd_is_told_ready_watchdog_reload_and_stop() {
     assert!(got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
 }
 
+/// `systemctl stop` as soon as `systemctl start` returned: a SIGTERM sent
+/// the moment READY=1 arrives is a clean stop (exit 0, STOPPING=1), and so is
+/// a SIGHUP then a reload, not death by the signal. Before, the handlers were
+/// installed after READY=1, and `limiter-control` (`cargo xtask bench
+/// --control`) saw every such stop end by the signal.
+#[test]
+fn a_signal_right_after_ready_is_handled() {
+    require!(privileged());
+    let pair = Pair::new();
+    let scratch = Scratch::new();
+    for (signal, name) in [(libc::SIGHUP, "SIGHUP"), (libc::SIGTERM, "SIGTERM")] {
+        let path = scratch.0.join(format!("notify-{name}"));
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let d = Daemon::unstarted(Spawn::default());
+        let log = std::fs::File::create(&d.log).expect("log");
+        let mut child = d
+            .command(&pair.server, &["--iface", &pair.server_if, "--port", "2525", "--max-conn-per-source", "3"])
+            .env("NOTIFY_SOCKET", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn limiter");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            assert!(start.elapsed() < limiter_tests::patience(Duration::from_secs(20)), "no READY=1: {}", d.log_text());
+            if let Ok(n) = sock.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
+            {
+                break;
+            }
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, signal) };
+        if signal == libc::SIGHUP {
+            // Still serving after the reload it asked for.
+            let got = notifications(&sock, |g| g.iter().any(|m| m.contains("READY=1")), Duration::from_secs(10));
+            assert!(got.iter().any(|m| m.contains("READY=1")), "{name}: no READY=1 after the reload: {got:?}");
+            assert!(child.try_wait().expect("wait").is_none(), "{name} ended the daemon: {}", d.log_text());
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "{name} right after READY=1: {status}: {}", d.log_text());
+        let got = notifications(&sock, |g| g.iter().any(|m| m.contains("STOPPING=1")), Duration::from_secs(2));
+        assert!(got.iter().any(|m| m.contains("STOPPING=1")), "{name}: no STOPPING=1: {got:?}");
+        assert!(!d.socket.exists(), "{name}: the control socket was left behind");
+    }
+}
+
 /// Parses a journal native-protocol datagram: `KEY=value\n`, or
 /// `KEY\n` + 64-bit little-endian length + value + `\n` (the form
 /// systemd-journal-logger uses for the message and for every custom field).

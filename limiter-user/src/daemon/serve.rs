@@ -48,6 +48,9 @@ fn ready_status(d: &Daemon) -> String {
 /// counting and enforcement continue.
 pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
     let Started { daemon, listener, ring, metrics, socket_file, responder } = started;
+    // Before READY: a SIGTERM (`systemctl stop`) or SIGHUP sent as soon as
+    // the start returns is handled, not fatal by default action.
+    let signals = Signals::new()?;
     let state = Rc::new(RefCell::new(daemon));
     let responder_task = {
         let counts = Rc::clone(&state.borrow().responder);
@@ -71,7 +74,7 @@ pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
     // Programs attached, control socket listening: tell systemd (Type=notify).
     crate::failpoint::hit("ready");
     notify(&[NotifyState::Ready, NotifyState::Status(&ready_status(&state.borrow()))]);
-    main_loop(&state, ring).await?;
+    main_loop(&state, ring, signals).await?;
     notify(&[NotifyState::Stopping]);
     server.abort();
     responder_task.abort();
@@ -175,15 +178,35 @@ fn every(period: std::time::Duration) -> tokio::time::Interval {
     t
 }
 
+/// The signals the daemon handles.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::signal;
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Runs until SIGINT or SIGTERM.
-async fn main_loop(state: &Rc<RefCell<Daemon>>, mut ring: AsyncFd<RingBuf<MapData>>) -> anyhow::Result<()> {
+async fn main_loop(
+    state: &Rc<RefCell<Daemon>>,
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    signals: Signals,
+) -> anyhow::Result<()> {
+    let Signals { mut term, mut int, mut hup } = signals;
     let watchdog = sd_notify::watchdog_enabled();
     let mut watchdog_tick = tokio::time::interval(watchdog.map_or(std::time::Duration::from_hours(1), |d| d / 2));
     let mut refill = every(std::time::Duration::from_millis(limiter_common::events::REFILL_MS));
     let mut flush = every(std::time::Duration::from_millis(250));
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     // Connections that predate the programs have no close callback: look
     // for them in the socket table until they are all gone.
     let mut reconcile = every(RECONCILE_EVERY);
