@@ -22,8 +22,10 @@ use crate::{Bucket, ServicePolicy, Verdict};
 /// Bytes of key data: the bank, the family and 16 address bytes.
 pub const KEY_BYTES: usize = 18;
 
-/// Most entries one bank of the merged trie holds (`LISTS` holds two banks).
-pub const LIST_ENTRIES: u32 = 65_536;
+/// Entries one bank of the merged trie holds by default (`LISTS` holds two
+/// banks; `[maps] list_entries` sets it). The trie allocates per entry, so
+/// room costs no memory until it is used.
+pub const LIST_ENTRIES: u32 = 262_144;
 
 /// Bits of [`ListEntry::flags`].
 pub mod entry {

@@ -296,11 +296,12 @@ fn refused_huge_reload_leaves_no_memory_behind() {
     eprintln!("after the oversized reload: VmRSS {} MiB, VmHWM {} MiB", rss1 >> 20, hwm1 >> 20);
     assert!(hwm1 < hwm0 + (16 << 20), "the file was not read: peak {hwm0} -> {hwm1} bytes");
 
-    // Within the cap but refused (200,000 entries, more than the lists
-    // hold): parsed, so memory grew, and given back afterwards.
-    scratch.write("limiter.toml", &smtp_config(&pair.server_if, &deny_entries(200_000)));
+    // Within the cap but refused (300,000 entries, more than the lists
+    // hold by default: 262,144): parsed, so memory grew, and given back
+    // afterwards.
+    scratch.write("limiter.toml", &smtp_config(&pair.server_if, &deny_entries(300_000)));
     let out = limiter(&d, &["reload"]);
-    assert_bad_input(&out, "reload of too many entries", &["list entries"]);
+    assert_bad_input(&out, "reload of too many entries", &["list entries", "[maps] list_entries"]);
     let (rss2, hwm2) = (proc_status(pid, "VmRSS:"), proc_status(pid, "VmHWM:"));
     eprintln!("after the refused large reload: VmRSS {} MiB, VmHWM {} MiB", rss2 >> 20, hwm2 >> 20);
     assert!(hwm2 > hwm0 + (100 << 20), "the parse did take memory (else this checks nothing): {hwm2}");

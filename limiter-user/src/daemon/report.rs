@@ -3,7 +3,7 @@
 
 use limiter_common::{
     SourceKey, Verdict,
-    lists::{LIST_ENTRIES, ListEntry, entry},
+    lists::{ListEntry, entry},
     maps::{ALL_SERVICES, MAX_SERVICES, SockRecord, family, names},
     pool,
     prefix::Prefix,
@@ -163,7 +163,8 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         maps.push((name, used.map_err(|e| e.to_string())?, u64::from(max)));
     }
     let lists = in_force(&d.policy, &d.runtime.lists).lists.merge(&d.policy.services).len();
-    maps.push((names::LISTS, lists as u64, u64::from(LIST_ENTRIES)));
+    let room = maps::map_size(ebpf, names::LISTS).map_err(|e| e.to_string())? / 2;
+    maps.push((names::LISTS, lists as u64, u64::from(room)));
     Ok(Snapshot {
         version: env!("CARGO_PKG_VERSION"),
         services,

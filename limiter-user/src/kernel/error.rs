@@ -2,7 +2,7 @@
 //! reading or writing the maps.
 
 use aya::programs::ProgramError;
-use limiter_common::{lists::LIST_ENTRIES, maps::SERVICE_NAME_BYTES};
+use limiter_common::maps::SERVICE_NAME_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -20,8 +20,11 @@ pub enum LoadError {
          with `cargo xtask build`"
     )]
     MissingProgram(&'static str),
-    #[error("the lists would need {0} entries; at most {LIST_ENTRIES} are supported")]
-    TooManyEntries(usize),
+    #[error(
+        "the lists would need {need} distinct prefixes; the kernel's list map has room for {room} (`[maps] \
+         list_entries`; a new size takes effect after `limiter unload`)"
+    )]
+    TooManyEntries { need: usize, room: u32 },
     #[error("loading the kernel object failed")]
     Ebpf(#[from] aya::EbpfError),
     #[error("map {name}")]

@@ -82,7 +82,8 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>) -> Result<(Ebpf, Pol
     loader
         .map_max_entries(names::CONNS, policy.maps.connections)
         .map_max_entries(names::SEEDED, policy.maps.connections)
-        .map_max_entries(names::PENDING, policy.maps.pending_slots);
+        .map_max_entries(names::PENDING, policy.maps.pending_slots)
+        .map_max_entries(names::LISTS, 2 * policy.maps.list_entries);
     let paths: Vec<(&str, PathBuf)> =
         pin_dir.map(|d| pins::maps().map(|m| (m, d.join(m))).collect()).unwrap_or_default();
     for (name, path) in &paths {

@@ -18,7 +18,7 @@ use aya::maps::{MapData, MapType};
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
     handshake::{self, Handshake},
-    lists::{KEY_BYTES, LIST_ENTRIES, ListEntry},
+    lists::{KEY_BYTES, ListEntry},
     maps::{MAPS, MAX_SERVICES, POLICY_ENTRIES, ServiceRecord, SockRecord, names, seed_state},
     pending::Slot,
     pool,
@@ -43,7 +43,8 @@ const LAYOUTS: [(&str, MapType, u32, u32, u32); 15] = {
         (names::GLOBALS, MapType::Array, 4, size::<Globals>(), 0),
         (names::PORTS, MapType::Array, 4, 4, 0),
         (names::POLICY, MapType::Array, 4, size::<ServicePolicy>(), POLICY_ENTRIES),
-        (names::LISTS, MapType::LpmTrie, 4 + KEY_BYTES as u32, size::<ListEntry>(), 2 * LIST_ENTRIES),
+        // Sized by `[maps] list_entries` (before it, 2 x 65536).
+        (names::LISTS, MapType::LpmTrie, 4 + KEY_BYTES as u32, size::<ListEntry>(), 0),
         (names::SESSIONS, MapType::Array, 4, 8, pool::ENTRIES),
         (names::SOCKS, MapType::Hash, 8, size::<SockRecord>(), 0),
         (names::COUNTERS, MapType::PerCpuArray, 4, 8, 0),

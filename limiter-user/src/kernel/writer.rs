@@ -13,7 +13,7 @@ use aya::{
 };
 use limiter_common::{
     Globals, ServicePolicy,
-    lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
+    lists::{KEY_BYTES, ListEntry, key_data, key_len},
     maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, names, policy_index},
     prefix::Prefix,
 };
@@ -66,6 +66,8 @@ pub struct PolicyWriter {
     /// Sizes the maps were created with (a pinned map keeps its own).
     conns_size: u32,
     pending_slots: u32,
+    /// Entries of one `LISTS` bank: half the trie's.
+    list_room: u32,
     written: Written,
 }
 
@@ -84,6 +86,7 @@ impl PolicyWriter {
             lists: own(ebpf, names::LISTS)?,
             conns_size: map_size(ebpf, names::CONNS)?,
             pending_slots,
+            list_room: map_size(ebpf, names::LISTS)? / 2,
             written: Written::default(),
         })
     }
@@ -112,8 +115,8 @@ impl PolicyWriter {
     pub fn write(&mut self, policy: &Policy) -> Result<(), LoadError> {
         // Checked before anything is written: the policy in force stays whole.
         let merged = policy.lists.merge(&policy.services);
-        if merged.len() > LIST_ENTRIES as usize {
-            return Err(LoadError::TooManyEntries(merged.len()));
+        if merged.len() > self.list_room as usize {
+            return Err(LoadError::TooManyEntries { need: merged.len(), room: self.list_room });
         }
         let r = self.write_inner(policy, &merged);
         if r.is_err() {
@@ -126,6 +129,7 @@ impl PolicyWriter {
         for (name, have, want) in [
             (names::CONNS, self.conns_size, policy.maps.connections),
             (names::PENDING, self.pending_slots, policy.maps.pending_slots),
+            (names::LISTS, self.list_room, policy.maps.list_entries),
         ] {
             if have != want {
                 warn!(

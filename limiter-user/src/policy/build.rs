@@ -596,16 +596,36 @@ burst = 5
         // The 17th service's header.
         assert_problems(&text, &[(50, "17 services: at most 16 are supported")]);
 
-        let mut text = String::from("interfaces = [\"eth0\"]\n");
-        for i in 0..=LIST_ENTRIES {
-            write!(text, "[[deny]]\nprefix = \"10.{}.{}.{}\"\n", i >> 16, (i >> 8) & 255, i & 255)
-                .expect("to a String");
-        }
-        let got = problems(&text);
+        // The room is `[maps] list_entries`: its smallest, then one entry more.
+        let lists = |n: u32, room: Option<u32>| {
+            let mut text = String::from("interfaces = [\"eth0\"]\n");
+            if let Some(room) = room {
+                write!(text, "[maps]\nlist_entries = {room}\n").expect("to a String");
+            }
+            for i in 0..n {
+                write!(text, "[[deny]]\nprefix = \"10.{}.{}.{}\"\n", i >> 16, (i >> 8) & 255, i & 255)
+                    .expect("to a String");
+            }
+            text
+        };
+        let accepted = |text: &str| {
+            let c = check(text, "t.toml", &Overrides::default()).unwrap_or_else(|e| panic!("refused: {e:?}"));
+            (c.policy.lists.deny.len(), c.policy.maps.list_entries)
+        };
+        assert_eq!(accepted(&lists(1024, Some(1024))), (1024, 1024));
         assert_eq!(
-            got,
-            [(None, "65537 list entries (0 allow, 65537 deny, 0 reserve): expected at most 65536 in all".to_owned())]
+            problems(&lists(1025, Some(1024))),
+            [(
+                None,
+                "1025 list entries (0 allow, 1025 deny, 0 reserve): expected at most 1024 in all (raise [maps] \
+                 list_entries)"
+                    .to_owned()
+            )]
         );
+        // The default room takes a large block list.
+        assert_eq!(MapSizes::default().list_entries, LIST_ENTRIES);
+        assert_eq!(accepted(&lists(100_000, None)), (100_000, LIST_ENTRIES));
+        assert_problems(&lists(8, Some(1023)), &[(3, "maps.list_entries = 1023 is out of range")]);
     }
 
     #[test]

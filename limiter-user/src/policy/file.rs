@@ -376,7 +376,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "implicit_tls_ports",
     "respond",
 ];
-pub(crate) const MAPS_FIELDS: &[&str] = &["connections", "pending_slots"];
+pub(crate) const MAPS_FIELDS: &[&str] = &["connections", "pending_slots", "list_entries"];
 pub(crate) const RESPONDER_FIELDS: &[&str] =
     &["rate", "burst", "per_source_rate", "per_source_burst", "max_connections", "deadline"];
 pub(crate) const ALLOW_FIELDS: &[&str] =
@@ -485,6 +485,7 @@ fn maps(t: &Fields<'_>, r: &mut Report) -> MapSizes {
     MapSizes {
         connections: t.value(r, "connections", whole(range)).unwrap_or(d.connections),
         pending_slots: t.value(r, "pending_slots", whole(range)).unwrap_or(d.pending_slots),
+        list_entries: t.value(r, "list_entries", whole(range)).unwrap_or(d.list_entries),
     }
 }
 

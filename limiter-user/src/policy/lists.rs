@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::service::{DEFAULT_BURST, MAX_BURST, Rate, Service};
 
+/// Most entries the lists may ever hold: the largest `[maps] list_entries`
+/// (`MapSizes::MAX`).
+pub const MAX_ENTRIES: usize = 1 << 24;
+
 /// Longest comment of a list entry, in bytes.
 pub const MAX_COMMENT: usize = 200;
 
@@ -378,8 +382,10 @@ impl Lists {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let total = self.allow.len() + self.deny.len() + self.reserve.len();
-        if total > limiter_common::lists::LIST_ENTRIES as usize {
-            out.push(format!("{total} entries: expected at most {} in all", limiter_common::lists::LIST_ENTRIES));
+        // The kernel's room (`[maps] list_entries`) is checked when the
+        // lists are written; this bounds what is read at all.
+        if total > MAX_ENTRIES {
+            out.push(format!("{total} entries: expected at most {MAX_ENTRIES} in all"));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, e) in self.allow.iter().enumerate() {

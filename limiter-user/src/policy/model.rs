@@ -78,13 +78,23 @@ pub struct MapSizes {
     /// buckets of recent sources), a power of two; direct-mapped, so a new
     /// source may take over an idle slot.
     pub pending_slots: u32,
+    /// Distinct prefixes the merged allow, deny and reserve lists may hold
+    /// (`LISTS` holds two banks of this many); allocated per entry.
+    pub list_entries: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
-        Self { connections: DEFAULT_CONN_ENTRIES, pending_slots: pending::DEFAULT_SLOTS }
+        Self {
+            connections: DEFAULT_CONN_ENTRIES,
+            pending_slots: pending::DEFAULT_SLOTS,
+            list_entries: limiter_common::lists::LIST_ENTRIES,
+        }
     }
 }
+
+// `lists.json` is read up to the largest room the lists may be given.
+const _: () = assert!(crate::policy::lists::MAX_ENTRIES == MapSizes::MAX as usize);
 
 impl MapSizes {
     /// Most entries a map may be given (16 Mi).

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use limiter_common::{keepalive, lists::LIST_ENTRIES, maps::MAX_SERVICES};
+use limiter_common::{keepalive, maps::MAX_SERVICES};
 
 use crate::policy::{
     file::ResponderFile,
@@ -39,7 +39,7 @@ pub(super) fn judge(p: &Policy, given: &Given, origin: &Origin, r: &mut Report) 
     judge_maps(p.maps, r);
     judge_responder(p.responder, given.responder, r);
     judge_services(&p.services, given, origin, r);
-    judge_lists(&p.lists, &p.services, origin, r);
+    judge_lists(&p.lists, &p.services, p.maps.list_entries, origin, r);
 }
 
 fn judge_interfaces(interfaces: &[String], given: &Given, r: &mut Report) {
@@ -250,7 +250,9 @@ fn judge_respond(s: &Service, i: usize, given: &Given, r: &mut Report) {
 
 /// Problems of the `[maps]` sizes.
 fn judge_maps(maps: MapSizes, r: &mut Report) {
-    for (name, v) in [("connections", maps.connections), ("pending_slots", maps.pending_slots)] {
+    for (name, v) in
+        [("connections", maps.connections), ("pending_slots", maps.pending_slots), ("list_entries", maps.list_entries)]
+    {
         if !(MapSizes::MIN..=MapSizes::MAX).contains(&v) {
             r.push(
                 format!("maps.{name}"),
@@ -371,13 +373,14 @@ impl Given<'_> {
 
 /// Problems of the allow, deny and reserve lists. The same prefix in allow
 /// and deny is not one: deny wins (the deny rule comes first).
-fn judge_lists(lists: &Lists, services: &[Service], origin: &Origin, r: &mut Report) {
+fn judge_lists(lists: &Lists, services: &[Service], capacity: u32, origin: &Origin, r: &mut Report) {
     let total = lists.allow.len() + lists.deny.len() + lists.reserve.len();
-    if total > LIST_ENTRIES as usize {
+    if total > capacity as usize {
         r.push(
             "",
             format!(
-                "{total} list entries ({} allow, {} deny, {} reserve): expected at most {LIST_ENTRIES} in all",
+                "{total} list entries ({} allow, {} deny, {} reserve): expected at most {capacity} in all (raise \
+                 [maps] list_entries)",
                 lists.allow.len(),
                 lists.deny.len(),
                 lists.reserve.len()
