@@ -4,7 +4,9 @@
 //! ns/packet, ratios and the target ratios; with `--flood`, runs `limiter-flood` instead: a real Postfix,
 //! a legitimate SMTP client and bounded SYN floods, with no protection, with nftables `ct count` and with the
 //! limiter daemon, reported as the client's success rate and latency; with `--refusals`, `limiter-refusals`: the
-//! CPU a 421 costs the responder and Postfix, and the 421s each answers per second on one pinned CPU.
+//! CPU a 421 costs the responder and Postfix, and the 421s each answers per second on one pinned CPU; with
+//! `--control`, `limiter-control`: start-up, list changes, reload and memory with the defaults and with 100,000
+//! list entries.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use clap::Args;
 use crate::{setup::BpfToolchain, util::run};
 
 #[derive(Args)]
+#[expect(clippy::struct_excessive_bools, reason = "one field per flag of the command line")]
 pub(crate) struct BenchArgs {
     /// The service-level figure (`limiter-flood`, about 4 minutes): a legitimate SMTP client's success rate and
     /// latency under floods, with no protection, nftables `ct count` and limiter.
@@ -24,6 +27,11 @@ pub(crate) struct BenchArgs {
     /// load, and the 421s each answers per second on one CPU (taskset) with clients driving as fast as they can.
     #[arg(long, conflicts_with_all = ["flood", "repeat", "runs", "json"])]
     refusals: bool,
+    /// The control plane (`limiter-control`, about 3 minutes): start-up to READY, `allow`/`deny` changes (p50, p99
+    /// over 200) and `reload`, with the default policy and with 100,000 list entries; the kernel maps' memory and
+    /// the daemon's RSS at the default sizes and at 1,000,000 sources.
+    #[arg(long, conflicts_with_all = ["flood", "refusals", "repeat", "runs"])]
+    control: bool,
     /// Smoke test: 100000 packets per run and 3 runs; with --flood, 2-second phases (under a minute).
     #[arg(long)]
     quick: bool,
@@ -47,11 +55,13 @@ pub(crate) struct BenchArgs {
 /// The `--quick` runs `cargo xtask test` makes so the harnesses cannot rot: the program bench fails if a case took
 /// another path (verdict, rule and stack counters) or a checksum broke, the flood bench checks that each
 /// configuration served legitimate sessions without a flood, that every flood sent packets and that the enforcers
-/// refused the abuser; neither checks timings or success rates under a flood.
+/// refused the abuser; the control-plane bench that every start, change and reload with 100,000 list entries
+/// succeeded; none checks timings or success rates under a flood.
 pub(crate) fn smoke(tc: &BpfToolchain, limiter: &Path) -> Result<()> {
-    let quick = |flood| BenchArgs {
+    let quick = |flood, control| BenchArgs {
         flood,
         refusals: false,
+        control,
         quick: true,
         repeat: None,
         runs: None,
@@ -59,9 +69,11 @@ pub(crate) fn smoke(tc: &BpfToolchain, limiter: &Path) -> Result<()> {
         pps: None,
         json: None,
     };
-    bench(tc, &quick(false), limiter)?;
+    bench(tc, &quick(false, false), limiter)?;
     eprintln!("xtask: flood benchmark smoke run (--flood --quick)");
-    bench(tc, &quick(true), limiter)
+    bench(tc, &quick(true, false), limiter)?;
+    eprintln!("xtask: control-plane benchmark smoke run (--control --quick)");
+    bench(tc, &quick(false, true), limiter)
 }
 
 pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs, limiter: &Path) -> Result<()> {
@@ -70,6 +82,8 @@ pub(crate) fn bench(tc: &BpfToolchain, args: &BenchArgs, limiter: &Path) -> Resu
         "limiter-flood"
     } else if args.refusals {
         "limiter-refusals"
+    } else if args.control {
+        "limiter-control"
     } else {
         "limiter-bench"
     };
