@@ -86,6 +86,10 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>) -> Result<(Ebpf, Pol
         .map_max_entries(names::LISTS, 2 * policy.maps.list_entries);
     let paths: Vec<(&str, PathBuf)> =
         pin_dir.map(|d| pins::maps().map(|m| (m, d.join(m))).collect()).unwrap_or_default();
+    // A map with no pin yet is created by this load, empty: the writer
+    // need not read it back (65,536 `PORTS` lookups at every fresh start).
+    let created = |name: &str| !paths.iter().any(|(m, p)| *m == name && p.exists());
+    let (ports_new, lists_new) = (created(names::PORTS), created(names::LISTS));
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -95,6 +99,7 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>) -> Result<(Ebpf, Pol
         services.apply(&ebpf, policy)?;
     }
     let mut writer = PolicyWriter::new(&ebpf)?;
+    writer.created(ports_new, lists_new);
     writer.write(policy)?;
     let prog: &mut Xdp = program(&mut ebpf)?;
     prog.load().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })?;

@@ -91,6 +91,17 @@ impl PolicyWriter {
         })
     }
 
+    /// Tells the writer which of its maps this load created, so empty: it
+    /// records them as such instead of reading them back on the first write.
+    pub fn created(&mut self, ports: bool, lists: bool) {
+        if ports {
+            self.written.ports = Some(vec![0; PORT_ENTRIES as usize]);
+        }
+        if lists {
+            self.written.banks = [Some(HashMap::new()), Some(HashMap::new())];
+        }
+    }
+
     /// `GLOBALS` as the programs read it.
     pub fn globals(&self) -> Result<Globals, LoadError> {
         self.globals.get(&0, 0).map_err(map_err(names::GLOBALS))
