@@ -2,7 +2,7 @@
 //! `LISTS` (in two banks, flipped by one `GLOBALS` write). The seeding flags
 //! in `GLOBALS` are written here too, on the seeding's behalf.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use aya::{
     Ebpf,
@@ -44,13 +44,11 @@ pub fn set_flags(ebpf: &Ebpf, set: u8, clear: u8) -> Result<(), LoadError> {
     PolicyWriter::new(ebpf)?.set_flags(set, clear)
 }
 
-type ListId = (u32, [u8; KEY_BYTES]);
-
 /// What the writer last wrote or read: `PORTS` and each `LISTS` bank.
 #[derive(Debug, Default)]
 struct Written {
     ports: Option<Vec<u32>>,
-    banks: [Option<HashMap<ListId, ListEntry>>; 2],
+    banks: [Option<BTreeMap<Prefix, ListEntry>>; 2],
 }
 
 /// The writer of the policy maps (`POLICY`, `LISTS`, `GLOBALS`, `PORTS`).
@@ -98,7 +96,7 @@ impl PolicyWriter {
             self.written.ports = Some(vec![0; PORT_ENTRIES as usize]);
         }
         if lists {
-            self.written.banks = [Some(HashMap::new()), Some(HashMap::new())];
+            self.written.banks = [Some(BTreeMap::new()), Some(BTreeMap::new())];
         }
     }
 
@@ -216,34 +214,65 @@ impl PolicyWriter {
     }
 
     /// Makes `bank` of the `LISTS` trie hold exactly `merged`, touching only
-    /// what differs. The first call for a bank reads it whole.
+    /// what differs: a walk of the two sorted maps (what the bank holds and
+    /// what it should), no hashing of every entry. The first call for a bank
+    /// reads it whole, unless this load created the trie.
     fn write_lists(&mut self, bank: u8, merged: &BTreeMap<Prefix, ListEntry>) -> Result<(), LoadError> {
         let name = names::LISTS;
         let trie = &mut self.lists;
-        let want: HashMap<ListId, ListEntry> =
-            merged.iter().map(|(p, e)| ((key_len(p.len), key_data(bank, p.family, &p.addr)), *e)).collect();
         let have = match self.written.banks[usize::from(bank)].take() {
             Some(have) => have,
             None => trie
                 .iter()
                 .filter_map(Result::ok)
-                .map(|(k, e)| ((k.prefix_len(), k.data()), e))
-                .filter(|((_, data), _)| data[0] == bank)
+                .filter(|(k, _)| k.data()[0] == bank)
+                .map(|(k, e)| (prefix_of(k.prefix_len(), &k.data()), e))
                 .collect(),
         };
-        for id in have.keys() {
-            if !want.contains_key(id) {
-                trie.remove(&Key::new(id.0, id.1)).map_err(map_err(name))?;
+        let key = |p: &Prefix| Key::new(key_len(p.len), key_data(bank, p.family, &p.addr));
+        let (mut old, mut new) = (have.iter().peekable(), merged.iter().peekable());
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some((p, _)), None) => {
+                    trie.remove(&key(p)).map_err(map_err(name))?;
+                    old.next();
+                }
+                (None, Some((p, e))) => {
+                    trie.insert(&key(p), *e, 0).map_err(map_err(name))?;
+                    new.next();
+                }
+                (Some((po, eo)), Some((pn, en))) => match po.cmp(pn) {
+                    std::cmp::Ordering::Less => {
+                        trie.remove(&key(po)).map_err(map_err(name))?;
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        trie.insert(&key(pn), *en, 0).map_err(map_err(name))?;
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if eo != en {
+                            trie.insert(&key(pn), *en, 0).map_err(map_err(name))?;
+                        }
+                        old.next();
+                        new.next();
+                    }
+                },
             }
         }
-        for (id, e) in &want {
-            if have.get(id) != Some(e) {
-                trie.insert(&Key::new(id.0, id.1), e, 0).map_err(map_err(name))?;
-            }
-        }
-        self.written.banks[usize::from(bank)] = Some(want);
+        self.written.banks[usize::from(bank)] = Some(merged.clone());
         Ok(())
     }
+}
+
+/// The prefix a `LISTS` key stands for (its bank byte aside).
+fn prefix_of(key_len: u32, data: &[u8; KEY_BYTES]) -> Prefix {
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&data[2..]);
+    #[expect(clippy::cast_possible_truncation, reason = "at most 16 + 128")]
+    let len = key_len.saturating_sub(16) as u8;
+    Prefix { family: data[1], addr, len }
 }
 
 /// When the bank bit last flipped.
