@@ -11,7 +11,7 @@ use crate::{
         responder,
         steered::Awaiting,
     },
-    kernel::{events::Budget, loader::Loaded},
+    kernel::{events::Budget, loader::Loaded, writer::PolicyWriter},
     policy::{
         lists::Lists,
         model::{Overrides, Policy},
@@ -72,9 +72,12 @@ pub struct Daemon {
 pub(crate) fn in_force(policy: &Policy, runtime: &Lists) -> Policy {
     let mut runtime = runtime.clone();
     runtime.reserve.retain(|r| policy.services.iter().any(|s| s.name == r.service));
-    let mut p = policy.clone();
-    p.lists = policy.lists.layered(&runtime);
-    p
+    policy.with_lists(policy.lists.layered(&runtime))
+}
+
+/// Writes `policy` with `runtime` layered on into the kernel.
+fn write_in_force(writer: &mut PolicyWriter, policy: &Policy, runtime: &Lists) -> Result<(), String> {
+    writer.write(&in_force(policy, runtime)).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }
 
 /// Gives `to`'s services the ids `from` gives services of the same name
@@ -90,9 +93,7 @@ pub(crate) fn copy_ids(to: &mut Policy, from: &Policy) {
 impl Daemon {
     /// Writes `policy` with `runtime` layered on into the kernel.
     pub(crate) fn apply(&mut self, policy: &Policy, runtime: &Lists) -> Result<(), String> {
-        let effective = in_force(policy, runtime);
-        let loaded = &mut self.loaded;
-        loaded.writer.write(&effective).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+        write_in_force(&mut self.loaded.writer, policy, runtime)
     }
 
     /// Makes `new` the run-time entries: persisted first, then applied; a
@@ -100,8 +101,8 @@ impl Daemon {
     pub(crate) fn commit(&mut self, new: &Lists) -> Result<(), String> {
         let old = self.runtime.lists.clone();
         self.runtime.store(new.clone()).map_err(|e| e.to_string())?;
-        let policy = self.policy.clone();
-        if let Err(e) = self.apply(&policy, new) {
+        // The writer and the policy are apart: no copy of the policy.
+        if let Err(e) = write_in_force(&mut self.loaded.writer, &self.policy, new) {
             // The flip is the last step of a policy write: the old bank is
             // still in force. Put the old entries back on disk.
             let _ = self.runtime.store(old);

@@ -41,6 +41,26 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// This policy with `lists` instead of its own, without copying its own
+    /// (100,000 entries are worth not cloning twice per change).
+    #[must_use]
+    pub fn with_lists(&self, lists: Lists) -> Self {
+        Self {
+            interfaces: self.interfaces.clone(),
+            xdp_mode: self.xdp_mode,
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
+            metrics_listen: self.metrics_listen,
+            hostname: self.hostname.clone(),
+            services: self.services.clone(),
+            max_conn_all_services: self.max_conn_all_services,
+            maps: self.maps,
+            responder: self.responder,
+            lists,
+            list_lines: self.list_lines.clone(),
+        }
+    }
+
     /// `N services, N allow, N deny, N reserve entries`, for one-line reports.
     #[must_use]
     pub fn summary(&self) -> String {
