@@ -281,8 +281,9 @@ impl Lists {
         let deny = Covering::new(&self.deny, |d| d.prefix.0);
         let allow = Covering::new(&self.allow, |a| a.prefix.0);
         let reserve = Covering::new(&self.reserve, |r| r.prefix.0);
-        let mut out = BTreeMap::new();
-        for p in prefixes {
+        // `prefixes` is sorted: the map is built from it in one pass, not
+        // by an insert per entry.
+        let entry = |p: Prefix| {
             let mut e = ListEntry::default();
             if deny.covering(&p).next().is_some() {
                 e.flags |= entry::DENY;
@@ -305,9 +306,9 @@ impl Lists {
                     e.reserve |= 1 << s.id;
                 }
             }
-            out.insert(p, e);
-        }
-        out
+            (p, e)
+        };
+        prefixes.into_iter().map(entry).collect()
     }
 }
 
