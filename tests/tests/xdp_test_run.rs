@@ -700,6 +700,125 @@ fn deny_and_allow_lists_decide_first() {
     assert_eq!(passed(&mut h, v4(11), 3), 1, "no lists: the per-source limit again");
 }
 
+/// What `bank` of the `LISTS` trie holds, read whole.
+fn bank_entries(
+    h: &Harness,
+    bank: u8,
+) -> std::collections::BTreeMap<limiter_common::prefix::Prefix, limiter_common::lists::ListEntry> {
+    use limiter_common::lists::{KEY_BYTES, ListEntry};
+    let trie: aya::maps::LpmTrie<&aya::maps::MapData, [u8; KEY_BYTES], ListEntry> =
+        h.ebpf.map(names::LISTS).expect("LISTS").try_into().expect("trie");
+    let mut out = std::collections::BTreeMap::new();
+    for item in &trie {
+        let (key, e) = item.expect("trie entry");
+        let data = key.data();
+        if data[0] != bank {
+            continue;
+        }
+        let mut addr = [0u8; 16];
+        addr.copy_from_slice(&data[2..]);
+        let len = u8::try_from(key.prefix_len() - 16).expect("a prefix length");
+        out.insert(limiter_common::prefix::Prefix { family: data[1], addr, len }, e);
+    }
+    out
+}
+
+/// List changes written one prefix at a time, as the daemon writes an
+/// `allow|deny|reserve add|del` (only the changed prefix, and what the
+/// other bank lagged), leave the bank in force holding exactly the merged
+/// lists built whole, change after change, as the two banks alternate; the
+/// family flags follow, and the program decides by the new entries.
+#[test]
+fn list_changes_written_a_prefix_at_a_time_leave_exactly_the_merged_lists() {
+    use limiter_common::maps::flags;
+    use limiter_user::policy::{
+        force::Force,
+        lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
+    };
+    require!(privileged());
+    let config =
+        listed(1, &[("198.18.0.0/24", None), ("198.18.0.32/28", Some(3))], &["198.18.0.66"], &["198.18.0.128/25"]);
+    let mut h = Harness::new(&config);
+    let mut lists_writer = writer::PolicyWriter::new(&h.ebpf).expect("writer");
+    let mut runtime = Lists::default();
+    let mut force = Force::new(&config, &runtime);
+    lists_writer.write_merged(&force.policy, &force.merged, None).expect("write");
+    let prefixes: Vec<Cidr> = [
+        "198.18.0.0/24",
+        "198.18.0.0/25",
+        "198.18.0.32/28",
+        "198.18.0.40",
+        "198.18.0.66",
+        "198.18.0.130",
+        "198.18.0.0/16",
+        "2001:db8::/32",
+        "2001:db8:66::/48",
+        "2001:db8:66::1",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("prefix"))
+    .collect();
+    // xorshift64: the same 150 changes every run.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % n as u64).expect("small")
+    };
+    let mut lists_seen = [false; 2];
+    for i in 0..150 {
+        let p = prefixes[next(prefixes.len())];
+        match next(6) {
+            0 => {
+                runtime.allow.retain(|a| a.prefix != p);
+                runtime.allow.push(AllowEntry {
+                    prefix: p,
+                    max_conn_per_source: [None, Some(2), Some(5)][next(3)],
+                    max_conn_all_services: None,
+                    rate: None,
+                    burst: None,
+                    comment: None,
+                });
+            }
+            1 => {
+                runtime.deny.retain(|d| d.prefix != p);
+                runtime.deny.push(DenyEntry { prefix: p, comment: None });
+            }
+            2 => {
+                runtime.reserve.retain(|r| r.prefix != p);
+                runtime.reserve.push(ReserveEntry { service: "smtp".into(), prefix: p, comment: None });
+            }
+            3 => runtime.allow.retain(|a| a.prefix != p),
+            4 => runtime.deny.retain(|d| d.prefix != p),
+            _ => runtime.reserve.retain(|r| r.prefix != p),
+        }
+        let change = force.change(&config, &runtime, p.0);
+        force.apply(change);
+        lists_writer.write_merged(&force.policy, &force.merged, Some(p.0)).expect("write");
+        let g = lists_writer.globals().expect("globals");
+        let bank = u8::from(g.flags & flags::BANK_B != 0);
+        assert_eq!(bank_entries(&h, bank), force.merged, "change {i} ({p}): the bank in force");
+        let whole = Force::new(&config, &runtime);
+        assert_eq!(force.merged, whole.merged, "change {i} ({p}): kept and whole merges");
+        let has = |f: u8| force.merged.keys().any(|k| k.family == f);
+        assert_eq!(g.flags & flags::LISTS != 0, has(limiter_common::maps::family::V4), "change {i}");
+        assert_eq!(g.flags & flags::LISTS_V6 != 0, has(limiter_common::maps::family::V6), "change {i}");
+        lists_seen[usize::from(bank)] = true;
+    }
+    assert_eq!(lists_seen, [true, true], "both banks were in force");
+    // The program reads what was written: deny the config's exempt /24's
+    // host 198.18.0.10 at run time, and it is refused at once.
+    let host: Cidr = "198.18.0.10".parse().expect("prefix");
+    runtime.deny.push(DenyEntry { prefix: host, comment: None });
+    let change = force.change(&config, &runtime, host.0);
+    force.apply(change);
+    lists_writer.write_merged(&force.policy, &force.merged, Some(host.0)).expect("write");
+    let before = h.counter(1, Verdict::RefusedDeny);
+    assert_eq!(passed(&mut h, v4(10), 2), 0, "denied at run time");
+    assert_eq!(h.counter(1, Verdict::RefusedDeny), before + 2);
+}
+
 /// The sessions rule on crafted SYNs (each a handshake in flight, which counts as a
 /// session): of 5 sessions with 3 reserved, ordinary sources get 2, sources
 /// on the reserve list the other 3, nobody a 6th; exempt sources are not

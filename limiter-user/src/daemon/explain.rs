@@ -165,7 +165,7 @@ const fn allow_kind(e: &ListEntry) -> &'static str {
 }
 
 /// The entries in force covering `host`, layered as the daemon layers them
-/// (`in_force`): a run-time allow entry replaces the config's for its
+/// (`policy::force::layered`): a run-time allow entry replaces the config's for its
 /// prefix, a run-time deny or reserve entry the config has already adds
 /// nothing, run-time reserve entries of services the config lacks are left
 /// out. Longest prefix first; `used` marks what the decision rests on.

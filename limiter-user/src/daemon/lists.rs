@@ -6,7 +6,7 @@ use limiter_common::maps::family;
 use log::{info, warn};
 
 use crate::{
-    daemon::state::{Daemon, in_force},
+    daemon::state::Daemon,
     policy::{
         lists::{AllowEntry, Cidr, DenyEntry, Lists, ReserveEntry},
         service::Rate,
@@ -86,25 +86,23 @@ impl Daemon {
         entry: Entry,
         force: bool,
     ) -> Result<AddedReply, String> {
-        let before = in_force(&self.policy, &self.runtime.lists).lists.footguns();
-        let after = in_force(&self.policy, new).lists.footguns();
-        let created: Vec<&String> =
-            after.iter().map(|(_, w)| w).filter(|w| !before.iter().any(|(_, b)| b == *w)).collect();
+        // A change touches one prefix: so do the footguns it can make.
+        let change = self.force.change(&self.policy, new, entry.prefix.0);
+        let before = self.force.footguns_of(&entry.prefix.0);
+        let created: Vec<String> = change.footguns.iter().filter(|w| !before.contains(w)).cloned().collect();
         let what = format!("{} add {}", list.as_str(), entry.prefix);
         if !created.is_empty() && !force {
-            let reasons: Vec<&str> = created.iter().map(|w| w.as_str()).collect();
             return Err(format!(
                 "{what} refused: {}; `--force` applies it anyway; nothing changed",
-                reasons.join("; ")
+                created.join("; ")
             ));
         }
-        self.commit(new)?;
+        self.commit(new, change)?;
         info!("{what}");
         for w in &created {
             warn!("{what} (forced): {w}");
         }
-        let warnings = after.into_iter().map(|(_, w)| w).collect();
-        Ok(AddedReply { list, added: entry, warnings })
+        Ok(AddedReply { list, added: entry, warnings: self.force.warnings() })
     }
 
     /// `prefix` widened to the source the kernel counts (`--source-prefix`):
@@ -166,7 +164,8 @@ impl Daemon {
                 format!("{prefix} is not in the {} list{what}", list.as_str())
             });
         }
-        self.commit(&new)?;
+        let change = self.force.change(&self.policy, &new, prefix.0);
+        self.commit(&new, change)?;
         info!("{} del {prefix}", list.as_str());
         Ok(RemovedReply { list, removed: Some(prefix), absent: None, still_in_config: in_config })
     }

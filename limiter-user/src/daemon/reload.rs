@@ -8,7 +8,7 @@ use crate::{
     daemon::{
         notify::notify,
         respond::Answers,
-        state::{Daemon, in_force, log_policy},
+        state::{Daemon, log_policy},
     },
     policy::{file::ConfigFile, model::Policy},
     protocol::ReloadReply,
@@ -82,9 +82,8 @@ impl Daemon {
         }
         let from = self.source.config.as_ref().map_or_else(|| "the run flags".to_owned(), |p| p.display().to_string());
         info!("reloaded the policy from {from}");
-        let effective = in_force(&self.policy, &self.runtime.lists);
-        log_policy(&effective);
-        let warnings: Vec<String> = effective.lists.footguns().into_iter().map(|(_, w)| w).collect();
+        log_policy(&self.force.policy);
+        let warnings = self.force.warnings();
         for w in &warnings {
             warn!("reload: {w}");
         }

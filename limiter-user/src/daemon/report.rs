@@ -13,7 +13,7 @@ use crate::{
     daemon::{
         metrics::{ServiceSnapshot, Snapshot},
         refusals,
-        state::{Daemon, in_force},
+        state::Daemon,
     },
     kernel::{counters, maps},
     policy::{model::Policy, parse::show_duration},
@@ -57,7 +57,7 @@ pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Top
     rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
     let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
-    let merged = in_force(policy, &d.runtime.lists).lists.merge(&policy.services);
+    let merged = &d.force.merged;
     let all = counters::sources_all(&d.loaded.ebpf).map_err(|e| e.to_string())?;
     let sources = rows
         .iter()
@@ -67,11 +67,11 @@ pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Top
             let all_key = SourceKey { service: ALL_SERVICES, ..*key };
             Some(TopRow {
                 all_services: all.get(&all_key).copied(),
-                all_services_limit: all_services_limit(&merged, key, policy),
+                all_services_limit: all_services_limit(merged, key, policy),
                 source: counters::source_string(key, policy),
                 service: s.name.clone(),
                 connections: *count,
-                limit: source_limit(&merged, key, policy, s),
+                limit: source_limit(merged, key, policy, s),
                 refused: d
                     .recent
                     .of(key, now, refusals::window())
@@ -162,7 +162,7 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         let max = maps::map_size(ebpf, name).map_err(|e| e.to_string())?;
         maps.push((name, used.map_err(|e| e.to_string())?, u64::from(max)));
     }
-    let lists = in_force(&d.policy, &d.runtime.lists).lists.merge(&d.policy.services).len();
+    let lists = d.force.merged.len();
     let room = maps::map_size(ebpf, names::LISTS).map_err(|e| e.to_string())? / 2;
     maps.push((names::LISTS, lists as u64, u64::from(room)));
     Ok(Snapshot {
@@ -187,11 +187,11 @@ fn all_services_status(d: &Daemon) -> Result<Option<AllServicesStatus>, String> 
         return Ok(None);
     };
     let all = counters::sources_all(&d.loaded.ebpf).map_err(|e| e.to_string())?;
-    let merged = in_force(&d.policy, &d.runtime.lists).lists.merge(&d.policy.services);
+    let merged = &d.force.merged;
     let holding = all.iter().filter(|(_, n)| **n > 0);
     let at_limit = holding
         .clone()
-        .filter(|(k, n)| all_services_limit(&merged, k, &d.policy).is_some_and(|l| **n >= u64::from(l)))
+        .filter(|(k, n)| all_services_limit(merged, k, &d.policy).is_some_and(|l| **n >= u64::from(l)))
         .count();
     Ok(Some(AllServicesStatus { max_conn_per_source: max, sources: holding.count() as u64, at_limit: at_limit as u64 }))
 }
@@ -236,7 +236,7 @@ pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
         })
         .collect();
     let totals = Totals { counters: counters(&totals), passed_other: rows[0][Verdict::PassedOther as usize] };
-    let lists = in_force(policy, &d.runtime.lists).lists;
+    let lists = &d.force.policy.lists;
     let interfaces = loaded
         .attachments
         .iter()

@@ -19,7 +19,7 @@ use crate::{
         respond::Steered,
         responder::{self, Limits},
         start::Started,
-        state::{Daemon, Paths, in_force},
+        state::{Daemon, Paths},
         steered::{Accepted, Flow},
     },
     kernel::{self, counters, events::Event},
@@ -306,20 +306,16 @@ impl Daemon {
     fn refusal(&mut self, e: &Event, r: refusals::Resolved, now: std::time::Instant) -> Vec<refusals::Emit> {
         self.answer_counts.count(&self.policy, e.service, r.answer);
         self.recent.note(e.key(&self.policy), r.answer, now, refusals::window());
-        let (loaded, policy, runtime, answered) = (&self.loaded, &self.policy, &self.runtime, &self.answered);
+        let (loaded, force, answered) = (&self.loaded, &self.force.policy, &self.answered);
         self.bursts.event(e, r, now, || {
-            let force = in_force(policy, &runtime.lists);
             let sessions = counters::read_sessions(&loaded.ebpf).unwrap_or_default();
             // A source the responder answered completed a handshake with
             // this host as surely as one in `CONNS`.
             let held = |key: &_| {
                 counters::connections_of(&loaded.ebpf, key).or_else(|| answered.contains(key, now).then_some(0))
             };
-            let cx = refusals::Context {
-                policy: &force,
-                connections: &held,
-                sessions: &|id| sessions_in_use(&sessions, id),
-            };
+            let cx =
+                refusals::Context { policy: force, connections: &held, sessions: &|id| sessions_in_use(&sessions, id) };
             refusals::describe(e, r, &cx)
         })
     }

@@ -23,7 +23,7 @@ use crate::{
         metrics, refusals,
         refusals::{AnswerCounts, Bursts, Recent},
         respond::{Answered, Answers},
-        state::{Daemon, Paths, Source, copy_ids, in_force, log_policy},
+        state::{Daemon, Paths, Source, copy_ids, log_policy},
         steered::Awaiting,
     },
     kernel::{
@@ -32,7 +32,11 @@ use crate::{
         loader::{self, Loaded},
         pins,
     },
-    policy::{model::Policy, state::RuntimeLists},
+    policy::{
+        force::{Force, layered},
+        model::Policy,
+        state::RuntimeLists,
+    },
 };
 
 /// What start-up hands the main loop.
@@ -73,7 +77,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
     let listener = bind_socket(&paths.socket)?;
     // From here on every way out, a failed start included, removes the socket.
     let socket_file = SocketFile(paths.socket.clone());
-    let mut effective = in_force(&policy, &runtime.lists);
+    let mut effective = layered(&policy, &runtime.lists);
     let mut loaded = load(&mut effective, paths)?;
     // The ids the pinned table gave (stable by name), for the config layer too.
     let mut policy = policy;
@@ -92,7 +96,8 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         None => None,
     };
     log_policy(&effective);
-    for (_, w) in effective.lists.footguns() {
+    let force = Force::of(effective);
+    for w in force.warnings() {
         warn!("{w}");
     }
     info!("control socket {}", paths.socket.display());
@@ -111,6 +116,7 @@ pub async fn start(policy: Policy, source: Source, paths: &Paths) -> anyhow::Res
         awaiting: Awaiting::default(),
         answer_counts: AnswerCounts::default(),
         recent: Recent::default(),
+        force,
     };
     Ok(Started { daemon, listener, ring, metrics, socket_file, responder })
 }

@@ -2,6 +2,7 @@
 //! loop, and the one way a policy reaches the kernel: [`Daemon::apply`].
 use std::{cell::RefCell, path::PathBuf, rc::Rc};
 
+use limiter_common::prefix::Prefix;
 use log::info;
 
 use crate::{
@@ -13,6 +14,7 @@ use crate::{
     },
     kernel::{events::Budget, loader::Loaded, writer::PolicyWriter},
     policy::{
+        force::{Change, Force},
         lists::Lists,
         model::{Overrides, Policy},
         service::Action,
@@ -65,19 +67,14 @@ pub struct Daemon {
     pub answer_counts: AnswerCounts,
     /// Each source's recent refusals, for `top`.
     pub recent: Recent,
+    /// The policy in force: `policy` with `runtime` layered on, merged.
+    pub force: Force,
 }
 
-/// The policy in force: the config's, with the run-time entries layered on
-/// (run-time reserve entries of services the config lacks are left out).
-pub(crate) fn in_force(policy: &Policy, runtime: &Lists) -> Policy {
-    let mut runtime = runtime.clone();
-    runtime.reserve.retain(|r| policy.services.iter().any(|s| s.name == r.service));
-    policy.with_lists(policy.lists.layered(&runtime))
-}
-
-/// Writes `policy` with `runtime` layered on into the kernel.
-fn write_in_force(writer: &mut PolicyWriter, policy: &Policy, runtime: &Lists) -> Result<(), String> {
-    writer.write(&in_force(policy, runtime)).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+/// Writes the policy in force `force` into the kernel; with a `region`,
+/// only what lies under it changed since the last write.
+fn write_force(writer: &mut PolicyWriter, force: &Force, region: Option<Prefix>) -> Result<(), String> {
+    writer.write_merged(&force.policy, &force.merged, region).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }
 
 /// Gives `to`'s services the ids `from` gives services of the same name
@@ -91,20 +88,27 @@ pub(crate) fn copy_ids(to: &mut Policy, from: &Policy) {
 }
 
 impl Daemon {
-    /// Writes `policy` with `runtime` layered on into the kernel.
+    /// Writes `policy` with `runtime` layered on into the kernel, built
+    /// whole (start and reload); on success it is the policy in force.
     pub(crate) fn apply(&mut self, policy: &Policy, runtime: &Lists) -> Result<(), String> {
-        write_in_force(&mut self.loaded.writer, policy, runtime)
+        let force = Force::new(policy, runtime);
+        write_force(&mut self.loaded.writer, &force, None)?;
+        self.force = force;
+        Ok(())
     }
 
-    /// Makes `new` the run-time entries: persisted first, then applied; a
-    /// failure to apply puts the old file back.
-    pub(crate) fn commit(&mut self, new: &Lists) -> Result<(), String> {
+    /// Makes `new` the run-time entries, which differ from those in force
+    /// only as `change` (made by `Force::change` from `new`) says: persisted
+    /// first, then applied; a failure to apply puts the old file back.
+    pub(crate) fn commit(&mut self, new: &Lists, change: Change) -> Result<(), String> {
         let old = self.runtime.lists.clone();
         self.runtime.store(new.clone()).map_err(|e| e.to_string())?;
-        // The writer and the policy are apart: no copy of the policy.
-        if let Err(e) = write_in_force(&mut self.loaded.writer, &self.policy, new) {
+        let region = change.prefix;
+        let undo = self.force.apply(change);
+        if let Err(e) = write_force(&mut self.loaded.writer, &self.force, Some(region)) {
             // The flip is the last step of a policy write: the old bank is
-            // still in force. Put the old entries back on disk.
+            // still in force. Put the old entries back, on disk too.
+            self.force.apply(undo);
             let _ = self.runtime.store(old);
             return Err(e);
         }

@@ -2,7 +2,7 @@
 //! `LISTS` (in two banks, flipped by one `GLOBALS` write). The seeding flags
 //! in `GLOBALS` are written here too, on the seeding's behalf.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     Ebpf,
@@ -26,6 +26,7 @@ use crate::{
         maps::{map_err, map_size, own},
     },
     policy::{
+        force::{has_family, under},
         model::Policy,
         service::{Action, Service},
     },
@@ -49,6 +50,9 @@ pub fn set_flags(ebpf: &Ebpf, set: u8, clear: u8) -> Result<(), LoadError> {
 struct Written {
     ports: Option<Vec<u32>>,
     banks: [Option<BTreeMap<Prefix, ListEntry>>; 2],
+    /// The prefixes whose entries differ between the two banks, when both
+    /// are known: what a bank must catch up on besides a change's own.
+    differs: Option<BTreeSet<Prefix>>,
 }
 
 /// The writer of the policy maps (`POLICY`, `LISTS`, `GLOBALS`, `PORTS`).
@@ -97,6 +101,7 @@ impl PolicyWriter {
         }
         if lists {
             self.written.banks = [Some(BTreeMap::new()), Some(BTreeMap::new())];
+            self.written.differs = Some(BTreeSet::new());
         }
     }
 
@@ -122,19 +127,37 @@ impl PolicyWriter {
     /// write fails midway the writer forgets what it knew and reads the maps
     /// again next time.
     pub fn write(&mut self, policy: &Policy) -> Result<(), LoadError> {
+        self.write_merged(policy, &policy.lists.merge(&policy.services), None)
+    }
+
+    /// [`Self::write`] with the lists already merged: `merged` is
+    /// `policy.lists.merge(..)`. With a `region`, `merged` differs from what
+    /// the writer last wrote only in prefixes the region covers (one list
+    /// change): the bank is brought up to date there and where it lagged
+    /// the other, not compared whole.
+    pub fn write_merged(
+        &mut self,
+        policy: &Policy,
+        merged: &BTreeMap<Prefix, ListEntry>,
+        region: Option<Prefix>,
+    ) -> Result<(), LoadError> {
         // Checked before anything is written: the policy in force stays whole.
-        let merged = policy.lists.merge(&policy.services);
         if merged.len() > self.list_room as usize {
             return Err(LoadError::TooManyEntries { need: merged.len(), room: self.list_room });
         }
-        let r = self.write_inner(policy, &merged);
+        let r = self.write_inner(policy, merged, region);
         if r.is_err() {
             self.written = Written::default();
         }
         r
     }
 
-    fn write_inner(&mut self, policy: &Policy, merged: &BTreeMap<Prefix, ListEntry>) -> Result<(), LoadError> {
+    fn write_inner(
+        &mut self,
+        policy: &Policy,
+        merged: &BTreeMap<Prefix, ListEntry>,
+        region: Option<Prefix>,
+    ) -> Result<(), LoadError> {
         for (name, have, want) in [
             (names::CONNS, self.conns_size, policy.maps.connections),
             (names::PENDING, self.pending_slots, policy.maps.pending_slots),
@@ -162,7 +185,10 @@ impl PolicyWriter {
             let sp = policy.services.iter().find(|s| s.id == id).map(service_policy).unwrap_or_default();
             self.policy.set(policy_index(target, id), sp, 0).map_err(map_err(names::POLICY))?;
         }
-        self.write_lists(target, merged)?;
+        match region {
+            Some(region) if self.written.differs.is_some() => self.write_region(target, merged, &region)?,
+            _ => self.write_lists(target, merged)?,
+        }
 
         // The seeding flags belong to the seeding (which may outlive a restart):
         // keep them. A new generation invalidates every "at its limit" hint.
@@ -170,10 +196,10 @@ impl PolicyWriter {
         if to_b {
             flags_new |= flags::BANK_B;
         }
-        if merged.keys().any(|p| p.family == family::V4) {
+        if has_family(merged, family::V4) {
             flags_new |= flags::LISTS;
         }
-        if merged.keys().any(|p| p.family == family::V6) {
+        if has_family(merged, family::V6) {
             flags_new |= flags::LISTS_V6;
         }
         self.globals
@@ -261,9 +287,60 @@ impl PolicyWriter {
                 },
             }
         }
-        self.written.banks[usize::from(bank)] = Some(merged.clone());
+        let b = usize::from(bank);
+        self.written.banks[b] = Some(merged.clone());
+        // The other bank is the one in force until the flip.
+        self.written.differs = self.written.banks[1 - b].as_ref().map(|other| differing(other, merged));
         Ok(())
     }
+
+    /// Makes `bank` hold `merged`, which differs from the other bank (in
+    /// force) only in prefixes `region` covers: the bank is written where
+    /// it lagged the other bank and under the region, nowhere else.
+    fn write_region(
+        &mut self,
+        bank: u8,
+        merged: &BTreeMap<Prefix, ListEntry>,
+        region: &Prefix,
+    ) -> Result<(), LoadError> {
+        let b = usize::from(bank);
+        let (Some(differs), [Some(_), Some(_)]) = (self.written.differs.take(), &self.written.banks) else {
+            return self.write_lists(bank, merged);
+        };
+        let [bank0, bank1] = &mut self.written.banks;
+        let (Some(this), Some(other)) = (if b == 0 { (bank0, bank1) } else { (bank1, bank0) }) else {
+            unreachable!("both banks are known: checked above");
+        };
+        let mut touched = differs;
+        touched.extend(under(other, region).map(|(p, _)| *p));
+        touched.extend(under(merged, region).map(|(p, _)| *p));
+        let mut differs = BTreeSet::new();
+        for p in touched {
+            let want = merged.get(&p);
+            if want != this.get(&p) {
+                let key = Key::new(key_len(p.len), key_data(bank, p.family, &p.addr));
+                if let Some(e) = want {
+                    self.lists.insert(&key, *e, 0).map_err(map_err(names::LISTS))?;
+                    this.insert(p, *e);
+                } else {
+                    self.lists.remove(&key).map_err(map_err(names::LISTS))?;
+                    this.remove(&p);
+                }
+            }
+            if want != other.get(&p) {
+                differs.insert(p);
+            }
+        }
+        self.written.differs = Some(differs);
+        Ok(())
+    }
+}
+
+/// The prefixes whose entries differ between `a` and `b`.
+fn differing(a: &BTreeMap<Prefix, ListEntry>, b: &BTreeMap<Prefix, ListEntry>) -> BTreeSet<Prefix> {
+    let mut out: BTreeSet<Prefix> = a.iter().filter(|(p, e)| b.get(p) != Some(e)).map(|(p, _)| *p).collect();
+    out.extend(b.keys().filter(|p| !a.contains_key(p)));
+    out
 }
 
 /// The prefix a `LISTS` key stands for (its bank byte aside).

@@ -13,6 +13,8 @@
 //! - `state`: the run-time lists in `lists.json` (`lists`);
 //! - `model`: the whole `Policy`, XDP mode, map sizes, the responder's
 //!   budgets, the `run` flags (`respond`, `service`, `lists`);
+//! - `force`: the policy in force (config and run-time layers) kept between
+//!   list changes (`lists`, `model`);
 //! - `parse`: the `run` flags' value parsers (`service`);
 //! - `file`: the config file as written and its TOML reader (`respond`,
 //!   `service`, `report`, `lists`, `model`, `parse`);
@@ -22,6 +24,7 @@
 
 pub mod build;
 pub mod file;
+pub mod force;
 pub mod lists;
 pub mod model;
 pub mod parse;
