@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use limiter_common::maps::{BENCH_MAPS, names};
-use limiter_user::{BENCH_OBJECT, EBPF_OBJECT};
+use limiter_user::{BENCH_OBJECT, EBPF_OBJECT, policy::model::MapSizes};
 
 use crate::Result;
 
@@ -29,11 +29,17 @@ impl Drop for PinDir {
 
 impl Objects {
     /// Loads the production object, lets `prepare` write its maps, then loads the bench object on them.
-    pub(crate) fn load(prepare: impl FnOnce(&mut Ebpf) -> Result<()>) -> Result<Self> {
+    /// The maps are sized as the daemon's loader sizes them for `sizes`.
+    pub(crate) fn load(sizes: &MapSizes, prepare: impl FnOnce(&mut Ebpf) -> Result<()>) -> Result<Self> {
         if EBPF_OBJECT.is_empty() || BENCH_OBJECT.is_empty() {
             return Err("built without the kernel objects (AYA_BUILD_SKIP): build with `cargo xtask bench`".into());
         }
-        let mut limiter = EbpfLoader::new().load(EBPF_OBJECT)?;
+        let mut limiter = EbpfLoader::new()
+            .map_max_entries(names::CONNS, sizes.connections)
+            .map_max_entries(names::SEEDED, sizes.connections)
+            .map_max_entries(names::PENDING, sizes.pending_slots)
+            .map_max_entries(names::LISTS, 2 * sizes.list_entries)
+            .load(EBPF_OBJECT)?;
         prepare(&mut limiter)?;
 
         let dir = PinDir(PathBuf::from(format!("/sys/fs/bpf/limiter-bench-{}", std::process::id())));
