@@ -25,10 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya as _;
 #[cfg(test)]
 use jsonschema as _;
-use limiter_common as _;
 use limiter_tests::{
     cli::{Scratch, limiter_at, path_str},
     netns::{Daemon, Netns, Pair, Spawn},
@@ -118,7 +116,7 @@ fn config(iface: &str, large: bool) -> String {
 
 /// What a started daemon holds.
 struct Start {
-    maps_bytes: u64,
+    maps_bytes: Vec<(String, u64)>,
     rss_bytes: u64,
 }
 
@@ -155,11 +153,12 @@ fn start(d: &Daemon, ns: &Netns, args: &[&str], scratch: &Scratch) -> Result<(Ch
     }
 }
 
-/// The kernel's memory charge for the maps `pid` holds (`memlock` of each distinct map in its fdinfo).
-fn maps_bytes(pid: u32) -> u64 {
+/// The kernel's memory charge for each map `pid` holds (`memlock` of each distinct map in its fdinfo), by name,
+/// largest first.
+fn maps_bytes(pid: u32) -> Vec<(String, u64)> {
     let mut seen = HashSet::new();
-    let mut total = 0;
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0 };
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return out };
     for e in dir.flatten() {
         let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
         let field = |name: &str| {
@@ -168,10 +167,16 @@ fn maps_bytes(pid: u32) -> u64 {
         if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:"))
             && seen.insert(id)
         {
-            total += memlock;
+            let name = u32::try_from(id)
+                .ok()
+                .and_then(|id| aya::maps::MapInfo::from_id(id).ok())
+                .and_then(|info| info.name_as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("map {id}"));
+            out.push((name, memlock));
         }
     }
-    total
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -289,8 +294,9 @@ struct World {
     change_cmd: (Duration, Duration),
     change_raw: (Duration, Duration),
     reload: (Duration, Duration),
-    maps_bytes: u64,
+    maps_bytes: Vec<(String, u64)>,
     rss_bytes: u64,
+    held: Option<Held>,
 }
 
 fn world(pair: &Pair, name: &'static str, large: bool, quick: bool) -> Result<World> {
@@ -318,6 +324,7 @@ fn world(pair: &Pair, name: &'static str, large: bool, quick: bool) -> Result<Wo
         .map(|_| request(&d.socket, r#"{"cmd":"reload"}"#))
         .collect::<Result<Vec<_>>>()?;
     let reload = percentiles(&mut reloads);
+    let held = if large { Some(held_sources(&d, child.id(), quick)?) } else { None };
     stop(child)?;
     Ok(World {
         name,
@@ -328,7 +335,44 @@ fn world(pair: &Pair, name: &'static str, large: bool, quick: bool) -> Result<Wo
         reload: (reload.0, *reloads.last().ok_or("no reload")?),
         maps_bytes: last.maps_bytes,
         rss_bytes: last.rss_bytes,
+        held,
     })
+}
+
+/// What a report costs with `SOURCES` sources holding connections, and the daemon's RSS after it.
+struct Held {
+    /// Time to put the sources into `CONNS`.
+    filled: Duration,
+    status: Duration,
+    top: Duration,
+    rss_bytes: u64,
+}
+
+/// Puts `SOURCES` sources with one connection each into the running daemon's `CONNS` (through its pin: IPv4
+/// hosts from 198.18.16.0, then IPv6 /64s of `2001:db8:4000::/34`), then times `status` and `top` (the reports
+/// that read every source) and reads the daemon's RSS. The sources hold no sockets: the daemon's reclaim, which
+/// checks counts against the sockets, removes them later; the figures are taken before.
+fn held_sources(d: &Daemon, pid: u32, quick: bool) -> Result<Held> {
+    use limiter_common::{SourceKey, maps::family};
+    let n = if quick { SOURCES / 10 } else { SOURCES };
+    let t = Instant::now();
+    let map = aya::maps::MapData::from_pin(d.pin_dir.join(limiter_common::maps::names::CONNS))?;
+    let mut conns: aya::maps::HashMap<_, SourceKey, u64> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map))?;
+    for i in 0..n {
+        let mut addr = [0u8; 16];
+        let family = if i < 65_536 {
+            addr[..4].copy_from_slice(&(u32::from(std::net::Ipv4Addr::new(198, 18, 16, 0)) + i).to_be_bytes());
+            family::V4
+        } else {
+            addr[..8].copy_from_slice(&(0x2001_0db8_4000_0000_u64 + u64::from(i - 65_536)).to_be_bytes());
+            family::V6
+        };
+        conns.insert(SourceKey { addr, service: 1, family, pad: [0; 2] }, 1, 0)?;
+    }
+    let filled = t.elapsed();
+    let status = request(&d.socket, r#"{"cmd":"status"}"#)?;
+    let top = request(&d.socket, r#"{"cmd":"top","service":null,"limit":20}"#)?;
+    Ok(Held { filled, status, top, rss_bytes: rss_bytes(pid) })
 }
 
 fn mib(b: u64) -> f64 {
@@ -370,9 +414,31 @@ fn run() -> Result<()> {
             ms(w.change_raw.1),
             ms(w.reload.0),
             ms(w.reload.1),
-            mib(w.maps_bytes),
+            mib(w.maps_bytes.iter().map(|(_, b)| b).sum()),
             mib(w.rss_bytes)
         );
+    }
+    println!("\nthe maps' memory, by map (MiB; maps under 0.1 MiB in both worlds left out):");
+    println!("{:<20} {:>10} {:>10}", "map", "default", "large");
+    let of = |w: &World, name: &str| w.maps_bytes.iter().find(|(n, _)| n == name).map_or(0, |(_, b)| *b);
+    for (name, bytes) in &worlds[1].maps_bytes {
+        if mib(*bytes) >= 0.1 || mib(of(&worlds[0], name)) >= 0.1 {
+            println!("{name:<20} {:>10.1} {:>10.1}", mib(of(&worlds[0], name)), mib(*bytes));
+        }
+    }
+    for w in &worlds {
+        if let Some(h) = &w.held {
+            println!(
+                "\n{}: with {} sources holding a connection (put into CONNS in {:.1} s): `status` {:.0} ms, `top` \
+                 {:.0} ms, the daemon's RSS then {:.1} MiB",
+                w.name,
+                if args.quick { SOURCES / 10 } else { SOURCES },
+                h.filled.as_secs_f64(),
+                ms(h.status),
+                ms(h.top),
+                mib(h.rss_bytes)
+            );
+        }
     }
     println!(
         "\n'start' is `limiter run` to READY=1 with no pins, 'restart' with the pins of the run before; 'change' an \
@@ -402,8 +468,12 @@ fn run() -> Result<()> {
                     "daemon_change_p99_ms": ms(w.change_raw.1),
                     "reload_p50_ms": ms(w.reload.0),
                     "reload_max_ms": ms(w.reload.1),
-                    "maps_bytes": w.maps_bytes,
+                    "maps_bytes": w.maps_bytes.iter().map(|(_, b)| b).sum::<u64>(),
+                    "maps": w.maps_bytes.iter().map(|(n, b)| serde_json::json!({"map": n, "bytes": b})).collect::<Vec<_>>(),
                     "rss_bytes": w.rss_bytes,
+                    "held_sources": w.held.as_ref().map(|h| serde_json::json!({
+                        "status_ms": ms(h.status), "top_ms": ms(h.top), "rss_bytes": h.rss_bytes,
+                    })),
                 })
             })
             .collect();
