@@ -1128,11 +1128,14 @@ fn report_flat(small: &[Case], sources: &[Case], lists: &[Case]) -> Result<()> {
         let m = median(sources, case)? / median(sources, floor)?;
         let l = median(lists, case)? / median(lists, floor)?;
         println!(
-            "  {:<44} small {}x  1M {}x  1M+100k {}x   1M/small {} {:<7} 1M+100k/1M {} {}",
+            "  {:<44} small {}x ({:.0} ns)  1M {}x ({:.0} ns)  1M+100k {}x ({:.0} ns)   1M/small {} {:<7} 1M+100k/1M {} {}",
             format!("{case} / {floor}"),
             ratio(s),
+            median(small, case)?,
             ratio(m),
+            median(sources, case)?,
             ratio(l),
+            median(lists, case)?,
             ratio(m / s),
             verdict(m / s),
             ratio(l / m),
