@@ -738,11 +738,16 @@ fn list_changes_written_a_prefix_at_a_time_leave_exactly_the_merged_lists() {
     require!(privileged());
     let config =
         listed(1, &[("198.18.0.0/24", None), ("198.18.0.32/28", Some(3))], &["198.18.0.66"], &["198.18.0.128/25"]);
-    let mut h = Harness::new(&config);
+    // Loaded without lists: the writer's first whole write must fill both banks.
+    let mut h = Harness::new(&listed(1, &[], &[], &[]));
     let mut lists_writer = writer::PolicyWriter::new(&h.ebpf).expect("writer");
     let mut runtime = Lists::default();
     let mut force = Force::new(&config, &runtime);
     lists_writer.write_merged(&force.policy, &force.merged, None).expect("write");
+    // A whole write leaves both banks holding the lists, so that the first
+    // change after a start writes only what it changes.
+    assert_eq!(bank_entries(&h, 0), force.merged, "bank 0 after a whole write");
+    assert_eq!(bank_entries(&h, 1), force.merged, "bank 1 after a whole write");
     let prefixes: Vec<Cidr> = [
         "198.18.0.0/24",
         "198.18.0.0/25",

@@ -219,7 +219,28 @@ impl PolicyWriter {
             )
             .map_err(map_err(names::GLOBALS))?;
         *LAST_FLIP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
-        self.write_ports(port_table(policy))
+        self.write_ports(port_table(policy))?;
+        if region.is_none() {
+            self.catch_up(1 - target, merged);
+        }
+        Ok(())
+    }
+
+    /// After a whole write (start, reload), brings the bank no longer in
+    /// force up to the one in force, so that the next list change writes only
+    /// what it changes: after a start with 100,000 entries the other bank is
+    /// empty, and the first `allow add` would otherwise write all of them
+    /// (200 ms). The policy is in force already: a failure here only makes
+    /// the writer read the maps again next time.
+    fn catch_up(&mut self, bank: u8, merged: &BTreeMap<Prefix, ListEntry>) {
+        if self.written.differs.as_ref().is_some_and(BTreeSet::is_empty) {
+            return;
+        }
+        settle_after_flip();
+        if let Err(e) = self.write_lists(bank, merged) {
+            warn!("the policy is in force; bringing the other bank up to it failed ({e}): the next change writes it");
+            self.written = Written::default();
+        }
     }
 
     /// Makes `PORTS` hold `table`. The map may be a pin from an earlier run,
