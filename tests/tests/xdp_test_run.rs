@@ -1279,3 +1279,76 @@ fn refusals_past_the_event_tokens_are_counted_unreported() {
         }
     }
 }
+
+/// `status`, `top` and the metrics read `CONNS` and `SEEDED` in batches
+/// (`BPF_MAP_LOOKUP_BATCH`): the batch read sees exactly what the walk key by
+/// key sees, over several batches and with entries deleted between them, and
+/// the report's figures (per service, source-wide, tracked) come from it.
+#[test]
+fn a_batch_read_of_the_connection_maps_sees_each_entry_once() {
+    use limiter_common::{
+        SourceKey,
+        maps::{ALL_SERVICES, family},
+    };
+    require!(privileged());
+    let mut h = Harness::reset(5);
+    let key = |i: u32, service: u8| {
+        let mut addr = [0u8; 16];
+        let family = if i.is_multiple_of(3) {
+            addr[..8].copy_from_slice(&(0x2001_0db8_4000_0000_u64 + u64::from(i)).to_be_bytes());
+            family::V6
+        } else {
+            addr[..4].copy_from_slice(&(0xc612_0000_u32 + i).to_be_bytes());
+            family::V4
+        };
+        SourceKey { addr, service, family, pad: [0; 2] }
+    };
+    let n: u32 = 20_000;
+    let expected = (n - n.div_ceil(7)) + n.div_ceil(4);
+    let mut walked: Vec<(SourceKey, u64)> = {
+        let mut conns: aya::maps::HashMap<_, SourceKey, u64> =
+            aya::maps::HashMap::try_from(h.ebpf.map_mut(names::CONNS).expect("CONNS")).expect("hash");
+        for i in 0..n {
+            // Counts 0..=4, service 1, and the source-wide key for every 4th.
+            conns.insert(key(i, 1), u64::from(i % 5), 0).expect("insert");
+            if i.is_multiple_of(4) {
+                conns.insert(key(i, ALL_SERVICES), u64::from(i % 5) + 1, 0).expect("insert");
+            }
+        }
+        for i in (0..n).step_by(7) {
+            conns.remove(&key(i, 1)).expect("remove");
+        }
+        conns.iter().map(|e| e.expect("entry")).collect()
+    };
+    {
+        let mut seeded: aya::maps::HashMap<_, SourceKey, u64> =
+            aya::maps::HashMap::try_from(h.ebpf.map_mut(names::SEEDED).expect("SEEDED")).expect("hash");
+        // A seeded source that also holds counted connections, and one that does not.
+        seeded.insert(key(1, 1), 10, 0).expect("seed");
+        seeded.insert(key(n + 1, 1), 3, 0).expect("seed");
+    }
+    let mut batched: Vec<(SourceKey, u64)> = counters::entries(&h.ebpf, names::CONNS).expect("batch read");
+    let order = |a: &(SourceKey, u64), b: &(SourceKey, u64)| (a.0.addr, a.0.service).cmp(&(b.0.addr, b.0.service));
+    walked.sort_by(order);
+    batched.sort_by(order);
+    assert_eq!(walked.len(), expected as usize, "entries put in");
+    let first_difference = batched.iter().zip(&walked).position(|(a, b)| a != b);
+    assert!(
+        batched.len() == walked.len() && first_difference.is_none(),
+        "the batch read ({} entries) and the walk ({}) differ, first at {first_difference:?}",
+        batched.len(),
+        walked.len()
+    );
+
+    let held = counters::Held::read(&h.ebpf).expect("read");
+    assert_eq!(held.entries(), (u64::from(expected), 2), "entries in CONNS and SEEDED");
+    assert_eq!(held.tracked(), u64::from(n - n.div_ceil(7)), "sources of a service in CONNS");
+    let counted: u64 = (0..n).filter(|i| i % 7 != 0).map(|i| u64::from(i % 5)).sum();
+    assert_eq!(held.by_service()[1], counted + 10 + 3, "connections of service 1, seeded ones included");
+    let sources = held.sources();
+    let of = |k: SourceKey| sources.iter().find(|(s, _)| *s == k).map(|(_, c)| *c);
+    assert_eq!(of(key(1, 1)), Some(1 + 10), "counted and seeded added up");
+    assert_eq!(of(key(n + 1, 1)), Some(3), "a seeded source alone");
+    assert_eq!(of(key(7, 1)), None, "a deleted source");
+    assert_eq!(held.sources_all().len(), n.div_ceil(4) as usize, "source-wide keys");
+}

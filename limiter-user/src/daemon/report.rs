@@ -4,7 +4,7 @@
 use limiter_common::{
     SourceKey, Verdict,
     lists::{ListEntry, entry},
-    maps::{ALL_SERVICES, MAX_SERVICES, SockRecord, family, names},
+    maps::{ALL_SERVICES, SockRecord, family, names},
     pool,
     prefix::Prefix,
 };
@@ -53,15 +53,23 @@ pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Top
         None => None,
     };
     let now = std::time::Instant::now();
-    let mut rows = counters::sources(&d.loaded.ebpf).map_err(|e| e.to_string())?;
+    let held = counters::Held::read(&d.loaded.ebpf).map_err(|e| e.to_string())?;
+    let mut rows = held.sources();
     rows.retain(|(key, count)| *count > 0 && wanted.is_none_or(|id| u32::from(key.service) == id));
-    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr)));
     let total_connections: u64 = rows.iter().map(|(_, n)| n).sum();
+    let total_sources = rows.len();
+    let most_first = |a: &(SourceKey, u64), b: &(SourceKey, u64)| b.1.cmp(&a.1).then_with(|| a.0.addr.cmp(&b.0.addr));
+    // Only the first `limit` are shown: they are picked out, and only they
+    // sorted (a million sources would otherwise be sorted for 20 rows).
+    if limit < rows.len() {
+        rows.select_nth_unstable_by(limit, most_first);
+        rows.truncate(limit);
+    }
+    rows.sort_by(most_first);
     let merged = &d.force.merged;
-    let all = counters::sources_all(&d.loaded.ebpf).map_err(|e| e.to_string())?;
+    let all = held.sources_all();
     let sources = rows
         .iter()
-        .take(limit)
         .filter_map(|(key, count)| {
             let s = policy.services.iter().find(|s| s.id == u32::from(key.service))?;
             let all_key = SourceKey { service: ALL_SERVICES, ..*key };
@@ -79,7 +87,7 @@ pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Top
             })
         })
         .collect();
-    Ok(TopReply { sources, total_sources: Some(rows.len()), total_connections: Some(total_connections) })
+    Ok(TopReply { sources, total_sources: Some(total_sources), total_connections: Some(total_connections) })
 }
 
 /// The per-source connection limit that applies to `key`: a covering allow
@@ -129,14 +137,10 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
     let rows = counters::read_counters(ebpf).map_err(|e| e.to_string())?;
     let observed = counters::read_observed(ebpf).map_err(|e| e.to_string())?;
     let sessions = counters::read_sessions(ebpf).map_err(|e| e.to_string())?;
-    let sources = counters::sources(ebpf).map_err(|e| e.to_string())?;
-    let all_services = all_services_status(d)?;
-    let mut conns = vec![0u64; MAX_SERVICES as usize + 1];
-    for (key, n) in &sources {
-        if let Some(c) = conns.get_mut(usize::from(key.service)) {
-            *c += n;
-        }
-    }
+    let held = counters::Held::read(ebpf).map_err(|e| e.to_string())?;
+    let sources = held.sources();
+    let all_services = all_services_status(d, &held);
+    let conns = held.by_service();
     let services = d
         .policy
         .services
@@ -153,14 +157,11 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         })
         .collect();
     let mut maps = Vec::new();
-    for name in [names::CONNS, names::SEEDED, names::SOCKS] {
-        let used = if name == names::SOCKS {
-            maps::map_entries::<u64, SockRecord>(ebpf, name)
-        } else {
-            maps::map_entries::<SourceKey, u64>(ebpf, name)
-        };
+    let socks = counters::entries::<u64, SockRecord>(ebpf, names::SOCKS).map_err(|e| e.to_string())?.len() as u64;
+    let (in_conns, in_seeded) = held.entries();
+    for (name, used) in [(names::CONNS, in_conns), (names::SEEDED, in_seeded), (names::SOCKS, socks)] {
         let max = maps::map_size(ebpf, name).map_err(|e| e.to_string())?;
-        maps.push((name, used.map_err(|e| e.to_string())?, u64::from(max)));
+        maps.push((name, used, u64::from(max)));
     }
     let lists = d.force.merged.len();
     let room = maps::map_size(ebpf, names::LISTS).map_err(|e| e.to_string())? / 2;
@@ -169,7 +170,7 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         version: env!("CARGO_PKG_VERSION"),
         services,
         passed_other: rows[0][Verdict::PassedOther as usize],
-        sources_tracked: counters::sources_tracked(ebpf).map_err(|e| e.to_string())?,
+        sources_tracked: held.tracked(),
         sources_connected: sources.iter().filter(|(_, n)| *n > 0).count() as u64,
         maps,
         attachments: d.loaded.attachments.iter().map(|a| (a.name.clone(), a.xdp_mode)).collect(),
@@ -182,18 +183,16 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
 }
 
 /// The source-wide budget's figures, if one is set.
-fn all_services_status(d: &Daemon) -> Result<Option<AllServicesStatus>, String> {
-    let Some(max) = d.policy.max_conn_all_services else {
-        return Ok(None);
-    };
-    let all = counters::sources_all(&d.loaded.ebpf).map_err(|e| e.to_string())?;
+fn all_services_status(d: &Daemon, held: &counters::Held) -> Option<AllServicesStatus> {
+    let max = d.policy.max_conn_all_services?;
+    let all = held.sources_all();
     let merged = &d.force.merged;
     let holding = all.iter().filter(|(_, n)| **n > 0);
     let at_limit = holding
         .clone()
         .filter(|(k, n)| all_services_limit(merged, k, &d.policy).is_some_and(|l| **n >= u64::from(l)))
         .count();
-    Ok(Some(AllServicesStatus { max_conn_per_source: max, sources: holding.count() as u64, at_limit: at_limit as u64 }))
+    Some(AllServicesStatus { max_conn_per_source: max, sources: holding.count() as u64, at_limit: at_limit as u64 })
 }
 
 /// The `status` response (documented in docs/status.md).
@@ -201,7 +200,8 @@ pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
     let (loaded, policy) = (&d.loaded, &d.policy);
     let rows = counters::read_counters(&loaded.ebpf).map_err(|e| e.to_string())?;
     let observed = counters::read_observed(&loaded.ebpf).map_err(|e| e.to_string())?;
-    let conns = counters::connections_by_service(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let held = counters::Held::read(&loaded.ebpf).map_err(|e| e.to_string())?;
+    let conns = held.by_service();
     let sessions = counters::read_sessions(&loaded.ebpf).map_err(|e| e.to_string())?;
     let mut totals = [0u64; Verdict::COUNT as usize];
     let services = policy
@@ -258,7 +258,7 @@ pub(crate) fn status(d: &Daemon) -> Result<StatusReply, String> {
             unreported: d.budget.unreported().map_err(|e| e.to_string())?,
         }),
         responder: Some(responder_status(d)?),
-        all_services: all_services_status(d)?,
+        all_services: all_services_status(d, &held),
     })
 }
 

@@ -2,7 +2,7 @@
 //! sessions, established connections per source and service. Read-only:
 //! these functions never write a map.
 
-use std::collections::HashMap as StdHashMap;
+use std::{collections::HashMap as StdHashMap, os::fd::AsFd as _};
 
 use aya::{
     Ebpf,
@@ -15,6 +15,7 @@ use limiter_common::{
 
 use crate::{
     kernel::{
+        batch,
         error::LoadError,
         maps::{map_err, read},
     },
@@ -51,51 +52,97 @@ pub fn read_sessions(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
     m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(names::SESSIONS))
 }
 
-/// Established connections per service id, summed over sources.
-pub fn connections_by_service(ebpf: &Ebpf) -> Result<Vec<u64>, LoadError> {
-    let mut per_service = vec![0u64; MAX_SERVICES as usize + 1];
-    for (key, count) in sources(ebpf)? {
-        if let Some(slot) = per_service.get_mut(usize::from(key.service)) {
-            *slot += count;
-        }
+/// Established connections per source, as `CONNS` and `SEEDED` hold them
+/// now: read once for a report (two batch reads; see `kernel::batch`), and
+/// every figure of the report taken from that one reading.
+pub struct Held {
+    conns: Vec<(SourceKey, u64)>,
+    seeded: Vec<(SourceKey, u64)>,
+}
+
+impl Held {
+    pub fn read(ebpf: &Ebpf) -> Result<Self, LoadError> {
+        Ok(Self { conns: entries(ebpf, names::CONNS)?, seeded: entries(ebpf, names::SEEDED)? })
     }
-    Ok(per_service)
-}
 
-/// Every source of a service with established connections (counted by
-/// `sock_ops` in `CONNS`, or seeded in `SEEDED`), with their number; the
-/// sources over all services (`ALL_SERVICES`) are [`sources_all`]'s.
-pub fn sources(ebpf: &Ebpf) -> Result<Vec<(SourceKey, u64)>, LoadError> {
-    let mut all = every_source(ebpf)?;
-    all.retain(|(k, _)| k.service != ALL_SERVICES);
-    Ok(all)
-}
-
-/// Every source's connections over all services together (the keys with
-/// service `ALL_SERVICES`, the source-wide budget's counts).
-pub fn sources_all(ebpf: &Ebpf) -> Result<StdHashMap<SourceKey, u64>, LoadError> {
-    let mut all = every_source(ebpf)?;
-    all.retain(|(k, _)| k.service == ALL_SERVICES);
-    Ok(all.into_iter().collect())
-}
-
-fn every_source(ebpf: &Ebpf) -> Result<Vec<(SourceKey, u64)>, LoadError> {
-    let mut all: StdHashMap<SourceKey, u64> = StdHashMap::new();
-    for name in [names::CONNS, names::SEEDED] {
-        let m: HashMap<&MapData, SourceKey, u64> = read(ebpf, name)?;
-        for e in &m {
-            let (key, n) = e.map_err(map_err(name))?;
-            *all.entry(key).or_default() += n;
+    /// The count of each source `keep` keeps, `CONNS` and `SEEDED` added up.
+    fn every(&self, keep: impl Fn(&SourceKey) -> bool) -> Vec<(SourceKey, u64)> {
+        if self.seeded.is_empty() {
+            return self.conns.iter().filter(|(k, _)| keep(k)).copied().collect();
         }
+        let mut all: StdHashMap<SourceKey, u64> = StdHashMap::with_capacity(self.conns.len());
+        for (key, n) in self.conns.iter().chain(&self.seeded).filter(|(k, _)| keep(k)) {
+            *all.entry(*key).or_default() += n;
+        }
+        all.into_iter().collect()
     }
-    Ok(all.into_iter().collect())
+
+    /// Every source of a service with established connections (counted by
+    /// `sock_ops` in `CONNS`, or seeded in `SEEDED`), with their number, zero
+    /// included; the sources over all services are [`Self::sources_all`]'s.
+    #[must_use]
+    pub fn sources(&self) -> Vec<(SourceKey, u64)> {
+        self.every(|k| k.service != ALL_SERVICES)
+    }
+
+    /// Every source's connections over all services together (the keys with
+    /// service `ALL_SERVICES`, the source-wide budget's counts).
+    #[must_use]
+    pub fn sources_all(&self) -> StdHashMap<SourceKey, u64> {
+        self.every(|k| k.service == ALL_SERVICES).into_iter().collect()
+    }
+
+    /// Established connections per service id, summed over sources.
+    #[must_use]
+    pub fn by_service(&self) -> Vec<u64> {
+        let mut per_service = vec![0u64; MAX_SERVICES as usize + 1];
+        for (key, count) in self.conns.iter().chain(&self.seeded) {
+            if key.service != ALL_SERVICES
+                && let Some(slot) = per_service.get_mut(usize::from(key.service))
+            {
+                *slot += count;
+            }
+        }
+        per_service
+    }
+
+    /// Sources of a service with an entry in `CONNS` (at zero or not): the
+    /// map's entries but those counting a source over all services.
+    #[must_use]
+    pub fn tracked(&self) -> u64 {
+        self.conns.iter().filter(|(k, _)| k.service != ALL_SERVICES).count() as u64
+    }
+
+    /// Entries in `CONNS` and in `SEEDED`.
+    #[must_use]
+    pub fn entries(&self) -> (u64, u64) {
+        (self.conns.len() as u64, self.seeded.len() as u64)
+    }
 }
 
-/// Sources of a service with an entry in `CONNS` (at zero or not): the
-/// map's entries but those counting a source over all services.
-pub fn sources_tracked(ebpf: &Ebpf) -> Result<u64, LoadError> {
-    let m: HashMap<&MapData, SourceKey, u64> = read(ebpf, names::CONNS)?;
-    Ok(m.keys().flatten().filter(|k| k.service != ALL_SERVICES).count() as u64)
+/// Every entry of the hash map `name`: in batches where the kernel can,
+/// else key by key.
+pub fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, LoadError> {
+    let m: HashMap<&MapData, K, V> = read(ebpf, name)?;
+    let syscall = |io_error| {
+        map_err(name)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error,
+        }))
+    };
+    let fd = ebpf.map(name).and_then(|map| match map {
+        aya::maps::Map::HashMap(d) => Some(d.fd().as_fd()),
+        _ => None,
+    });
+    if let Some(fd) = fd
+        && let Some(all) = batch::hash_entries(fd).map_err(syscall)?
+    {
+        return Ok(all);
+    }
+    m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(name))
 }
 
 /// A source as an admin reads it: `198.51.100.7`, `2001:db8:1:2::/64`.

@@ -11,7 +11,7 @@ use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError},
+    maps::{Map, MapData, MapError},
 };
 
 use crate::kernel::error::LoadError;
@@ -56,10 +56,4 @@ pub(crate) fn map_size(ebpf: &Ebpf, name: &'static str) -> Result<u32, LoadError
         return Err(LoadError::Incompatible(format!("{name} has an unexpected map type")));
     };
     data.info().map(|i| i.max_entries()).map_err(map_err(name))
-}
-
-/// Entries in a hash map now (one syscall per key: for metrics, not hot paths).
-pub(crate) fn map_entries<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<u64, LoadError> {
-    let m: HashMap<&MapData, K, V> = read(ebpf, name)?;
-    Ok(m.keys().flatten().count() as u64)
 }

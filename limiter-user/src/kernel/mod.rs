@@ -3,6 +3,7 @@
 //! reclaim, the event ring, the responder's steering maps, and reading
 //! counters into typed snapshots (and one address's view, `inspect`).
 
+pub mod batch;
 pub mod counters;
 pub mod error;
 pub mod events;

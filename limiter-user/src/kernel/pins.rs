@@ -235,9 +235,10 @@ pub fn unload(dir: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// `bpf(2)` attribute block, large enough for the commands used here.
 #[repr(C, align(8))]
-struct Attr([u8; 128]);
+pub(crate) struct Attr(pub(crate) [u8; 128]);
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+/// `bpf(2)` with `attr` (zero-padded), for the commands aya has no call for.
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a valid, zero-padded bpf_attr of the given size.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, (&raw mut attr.0).cast::<u8>(), size_of::<Attr>()) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
