@@ -49,3 +49,19 @@ pub fn set_established(ebpf: &mut Ebpf, key: SourceKey, n: u64) -> Result<(), Ma
     s.conns = (s.conns + n).saturating_sub(old);
     slots.set(index, s, 0)
 }
+
+/// The address of the `i`th of the sources the benches put into `CONNS` as held: the first 65,536 IPv4 hosts
+/// from 198.18.16.0 (to 198.19.15.255), then IPv6 /64s counting up from `2001:db8:4000::/64`. Map keys only,
+/// never sent, and inside the test ranges anyway. Returns the address bytes and the family.
+#[must_use]
+pub fn held_source(i: u32) -> ([u8; 16], u8) {
+    use limiter_common::maps::family;
+    let mut addr = [0u8; 16];
+    if i < 65_536 {
+        addr[..4].copy_from_slice(&(u32::from(std::net::Ipv4Addr::new(198, 18, 16, 0)) + i).to_be_bytes());
+        (addr, family::V4)
+    } else {
+        addr[..8].copy_from_slice(&(0x2001_0db8_4000_0000_u64 + u64::from(i - 65_536)).to_be_bytes());
+        (addr, family::V6)
+    }
+}

@@ -2,7 +2,7 @@
 //! client's real connections. Everything is owned here and removed on drop, also on error or panic.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
@@ -17,6 +17,11 @@ use limiter_tests::{
 use crate::Result;
 
 pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The IPv6 client of the injected IPv6 SYNs (its /64 is its source key). IPv6 is off in the namespaces: those
+/// SYNs are only ever dropped by XDP, never sent on or answered.
+pub(crate) const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x6000, 0, 0, 0, 0, 1);
+/// The address the IPv6 SYNs are sent to.
+pub(crate) const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 pub(crate) const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The client's connections count up from here (above the injected SYNs' ports, below the ephemeral range).
 const FIRST_CLIENT_PORT: u16 = 20_000;
@@ -180,6 +185,11 @@ impl Testbed {
     /// The `SYN` the injected cases send: from `CLIENT` port `sport` to the server's `port`.
     pub(crate) fn syn(&self, sport: u16, port: u16) -> Vec<u8> {
         self.frame(&Tcp { sport, ..Tcp::syn(IpAddr::V4(CLIENT), IpAddr::V4(SERVER), port) })
+    }
+
+    /// The same from `CLIENT6` to `SERVER6`.
+    pub(crate) fn syn6(&self, sport: u16, port: u16) -> Vec<u8> {
+        self.frame(&Tcp { sport, ..Tcp::syn(IpAddr::V6(CLIENT6), IpAddr::V6(SERVER6), port) })
     }
 }
 

@@ -353,20 +353,13 @@ struct Held {
 /// that read every source) and reads the daemon's RSS. The sources hold no sockets: the daemon's reclaim, which
 /// checks counts against the sockets, removes them later; the figures are taken before.
 fn held_sources(d: &Daemon, pid: u32, quick: bool) -> Result<Held> {
-    use limiter_common::{SourceKey, maps::family};
+    use limiter_common::SourceKey;
     let n = if quick { SOURCES / 10 } else { SOURCES };
     let t = Instant::now();
     let map = aya::maps::MapData::from_pin(d.pin_dir.join(limiter_common::maps::names::CONNS))?;
     let mut conns: aya::maps::HashMap<_, SourceKey, u64> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map))?;
     for i in 0..n {
-        let mut addr = [0u8; 16];
-        let family = if i < 65_536 {
-            addr[..4].copy_from_slice(&(u32::from(std::net::Ipv4Addr::new(198, 18, 16, 0)) + i).to_be_bytes());
-            family::V4
-        } else {
-            addr[..8].copy_from_slice(&(0x2001_0db8_4000_0000_u64 + u64::from(i - 65_536)).to_be_bytes());
-            family::V6
-        };
+        let (addr, family) = limiter_tests::kernel::held_source(i);
         conns.insert(SourceKey { addr, service: 1, family, pad: [0; 2] }, 1, 0)?;
     }
     let filled = t.elapsed();
