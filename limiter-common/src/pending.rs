@@ -38,9 +38,11 @@ pub struct Slot {
     pub reserved: u64,
     /// "At its limit" ([`hint`]).
     pub hint: u64,
-    /// Established connections of all the sources on this slot (`sock_ops`
-    /// adds one after `CONNS`, takes one away after `CONNS`). Never below
-    /// any one source's count: at zero, XDP skips the `CONNS` lookup.
+    /// Established connections of all the sources on this slot, and which
+    /// sources hold them ([`holders`]): `sock_ops` adds one after `CONNS`,
+    /// takes one away after `CONNS`. The count is never below any one
+    /// source's, and a source holding one is always among the holders: XDP
+    /// skips the `CONNS` lookup for a source the word says holds nothing.
     pub conns: u64,
     /// A token bucket (`crate::bucket::slot`); the two slots of an aligned
     /// pair form one two-way set.
@@ -93,6 +95,75 @@ pub mod hint {
         let version = (word + 2) & VERSION;
         let full = if (word >> 32) as u32 == fingerprint { 0 } else { word & FULL };
         (word & !(VERSION | FULL)) | version | full
+    }
+}
+
+/// Who holds the established connections a slot counts: the `conns` word.
+///
+/// Word layout: `absent:32 | count:32`. `count` is the slot's connections;
+/// `absent` is a Bloom filter of the sources holding them, stored
+/// complemented: a bit *clear* is a bit of some holder's. Each source has two
+/// bits, from its fingerprint. So:
+///
+/// - a source with a connection counted here always has both bits clear
+///   (bits are set again only when `count` drops to zero, in the same
+///   compare-and-swap), and XDP may skip `CONNS` for a source with either
+///   bit set: it holds nothing;
+/// - a word written by an earlier version (a plain sum: `absent` zero) says
+///   every source may hold: XDP looks each up, as that version did, until the
+///   count drops to zero and the word starts afresh.
+///
+/// With a million sources on a million slots, a spoofed flood's new source
+/// finds a slot with a count about 63% of the time; with two bits per
+/// holder, its own bits are both clear (a look-up for nothing) about 1% of
+/// the time instead.
+pub mod holders {
+    /// The `absent` half with no holder, count zero.
+    pub const EMPTY: u64 = 0xffff_ffff << 32;
+    const COUNT: u64 = 0xffff_ffff;
+
+    /// `fingerprint`'s two bits in the `absent` half.
+    #[inline(always)]
+    #[must_use]
+    pub const fn bits(fingerprint: u32) -> u64 {
+        (1u64 << (32 + (fingerprint & 31))) | (1u64 << (32 + ((fingerprint >> 5) & 31)))
+    }
+
+    /// Connections the slot counts.
+    #[inline(always)]
+    #[must_use]
+    pub const fn count(word: u64) -> u64 {
+        word & COUNT
+    }
+
+    /// False only if the source of `fingerprint` surely holds no connection
+    /// counted on this slot.
+    #[inline(always)]
+    #[must_use]
+    pub const fn may_hold(word: u64, fingerprint: u32) -> bool {
+        count(word) != 0 && word & bits(fingerprint) == 0
+    }
+
+    /// The word after `n` connections of `fingerprint` were counted (what
+    /// the kernel's `fetch_add` and `fetch_and` do together; for a count of
+    /// zero, the fresh word its compare-and-swap writes).
+    #[inline(always)]
+    #[must_use]
+    pub const fn add(word: u64, fingerprint: u32, n: u64) -> u64 {
+        let base = if count(word) == 0 { EMPTY } else { word };
+        (base + n) & !bits(fingerprint)
+    }
+
+    /// The word after one counted connection closed: one less, and no
+    /// holder left at zero. `None` at zero already (nothing to take).
+    #[inline(always)]
+    #[must_use]
+    pub const fn closed(word: u64) -> Option<u64> {
+        match count(word) {
+            0 => None,
+            1 => Some(EMPTY),
+            _ => Some(word - 1),
+        }
     }
 }
 
@@ -196,6 +267,8 @@ pub const fn slot_of(hash: u64, slots: u32) -> (u32, u16) {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -276,7 +349,102 @@ mod tests {
         assert_eq!(reserve(0, 1, 1, 0, 0), None);
     }
 
+    #[test]
+    fn holders_say_who_may_hold() {
+        let (a, b) = (0x0000_0021, 0x0000_0442);
+        assert_ne!(holders::bits(a) & holders::bits(b), holders::bits(a), "distinct bits for the test");
+        let w = holders::add(0, a, 1);
+        assert_eq!(holders::count(w), 1);
+        assert!(holders::may_hold(w, a));
+        assert!(!holders::may_hold(w, b), "b holds nothing here");
+        let w = holders::add(w, b, 1);
+        assert!(holders::may_hold(w, a) && holders::may_hold(w, b));
+        let w = holders::closed(w).expect("one less");
+        assert!(holders::may_hold(w, a) && holders::may_hold(w, b), "bits stay until the count is zero");
+        let w = holders::closed(w).expect("the last");
+        assert_eq!(w, holders::EMPTY, "no holder at zero");
+        assert!(!holders::may_hold(w, a) && !holders::may_hold(w, b));
+        assert_eq!(holders::closed(w), None, "never below zero");
+    }
+
+    #[test]
+    fn a_sum_written_by_an_earlier_version_means_anyone_may_hold() {
+        // The word was a plain sum: 3 connections, the high half zero.
+        for fp in [0, 1, 0x1234_5678, u32::MAX] {
+            assert!(holders::may_hold(3, fp));
+        }
+        // Counting from it keeps it so; at zero it starts afresh.
+        let w = holders::add(3, 7, 1);
+        assert!(holders::may_hold(w, 0x0000_0442));
+        let mut w = w;
+        for _ in 0..4 {
+            w = holders::closed(w).expect("counted");
+        }
+        assert_eq!(w, holders::EMPTY);
+    }
+
     proptest! {
+        /// The kernel's steps, interleaved as CPUs may interleave them: an
+        /// add is a `fetch_add` then a `fetch_and` (or, at count zero, one
+        /// compare-and-swap to a fresh word), a close one compare-and-swap.
+        /// After each step, every source with a completed add still counted
+        /// may hold, and the count is never below what they hold together.
+        #[test]
+        fn a_source_holding_a_connection_is_always_among_the_holders(
+            fingerprints in proptest::collection::vec(any::<u32>(), 1..6),
+            ops in proptest::collection::vec((0usize..6, 0u8..3), 1..400),
+            start in prop_oneof![Just(0u64), Just(holders::EMPTY), 0u64..4],
+        ) {
+            let n = fingerprints.len();
+            let mut word = start;
+            // Per source: adds completed and still counted; adds half done.
+            let mut held = std::vec![0u64; n];
+            let mut half = std::vec![0u32; n];
+            // A legacy start counts connections of no source we know.
+            let mut unknown = holders::count(start);
+            for (who, op) in ops {
+                let s = who % n;
+                let fp = fingerprints[s];
+                match op {
+                    // An add's first step: at zero the fresh word in one
+                    // swap (then done), else the count.
+                    0 => {
+                        if holders::count(word) == 0 {
+                            word = holders::add(word, fp, 1);
+                            held[s] += 1;
+                        } else {
+                            word += 1;
+                            half[s] += 1;
+                        }
+                    }
+                    // Its second step: the source's bits marked.
+                    1 if half[s] > 0 => {
+                        word &= !holders::bits(fp);
+                        half[s] -= 1;
+                        held[s] += 1;
+                    }
+                    // A close of a counted connection (`CONNS` said so).
+                    2 if held[s] > 0 => {
+                        word = holders::closed(word).expect("a counted connection is in the count");
+                        held[s] -= 1;
+                    }
+                    2 if unknown > 0 => {
+                        word = holders::closed(word).expect("counted");
+                        unknown -= 1;
+                    }
+                    _ => {}
+                }
+                let in_flight: u64 = half.iter().map(|h| u64::from(*h)).sum();
+                prop_assert!(holders::count(word) >= held.iter().sum::<u64>() + unknown);
+                prop_assert!(holders::count(word) <= held.iter().sum::<u64>() + unknown + in_flight);
+                for (i, h) in held.iter().enumerate() {
+                    if *h > 0 {
+                        prop_assert!(holders::may_hold(word, fingerprints[i]), "source {} holds {} and is not among the holders", i, h);
+                    }
+                }
+            }
+        }
+
         /// Any interleaving of reserves and releases of one source keeps
         /// established + live reservations within the limit.
         #[test]

@@ -11,7 +11,7 @@ use limiter_common::{
     handshake::{self, Handshake},
     lists::{Admission, admission},
     maps::{ALL_SERVICES, family, flags},
-    pending::{self, Slot, hint},
+    pending::{self, Slot, hint, holders},
     pool,
     prefix::{mask_v4, mask_v6},
 };
@@ -254,9 +254,9 @@ fn first_look(a: &SourceArgs<'_>) -> Look {
     // on the word read with the hint's cache line.
     let now = pending::ticks(now_ns());
     if pending::live(unsafe { load(reserved(slot)) }, place.tag, now) == 0 {
-        // The slot's connection sum is at or above this source's count:
-        // zero means it holds no connection either.
-        let holds = unsafe { load(slot_conns(slot)) } != 0;
+        // The slot's holders (`pending::holders`) include every source
+        // with a connection: not among them, it holds none.
+        let holds = holders::may_hold(unsafe { load(slot_conns(slot)) }, place.fingerprint);
         return if holds || limit == 1 { Look::Reserve } else { Look::FirstContact };
     }
     if retransmission(&a.id, &place, slot, now) {
@@ -377,7 +377,7 @@ fn all_services(a: &SourceArgs<'_>) -> bool {
         // when the slot's connection sum says the key may hold some (not
         // for a new source: a spoofed flood's SYN skips the hash lookup).
         let old = unsafe { load(cell) };
-        let established = established(&key, g, slot);
+        let established = established(&key, g, &place, slot);
         let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
             let (basis, live) = if established >= limit {
                 (basis::ALL_ESTABLISHED, 0)
@@ -494,7 +494,7 @@ fn reserve(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot, now: u3
         // in between moves one from pending to established (established
         // first), which makes the swap fail, so the sum is never read low.
         let old = unsafe { load(cell) };
-        let established = established(key, g, slot);
+        let established = established(key, g, place, slot);
         let Some(new) = pending::reserve(old, place.tag, now, established, limit) else {
             return if established >= limit {
                 note_basis(basis::ESTABLISHED, saturate(established), 0, saturate(limit));

@@ -21,7 +21,7 @@
 //!   count, the daemon refills), `RESPONDER` (the daemon's socket, read by
 //!   sk_lookup) and XDP's scratch `STEER_SCRATCH`.
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
@@ -37,7 +37,7 @@ use limiter_common::{
         COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, POLICY_ENTRIES, PORT_ENTRIES, SEED_SKIP_ENTRIES,
         SOCK_ENTRIES, ServiceRecord, SockRecord, bank, family, flags, policy_index, seed_state,
     },
-    pending::{self, Slot},
+    pending::{self, Slot, holders},
     pool,
     steer::{self, Steer, SteerKey, SteerValue},
 };
@@ -247,6 +247,12 @@ pub(crate) unsafe fn fetch_add(ptr: *mut u64, v: u64) -> u64 {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, v) }
 }
 
+/// Atomic fetch-and (`SeqCst`: see `compare_swap`).
+#[inline(always)]
+pub(crate) unsafe fn fetch_and(ptr: *mut u64, v: u64) -> u64 {
+    unsafe { atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, v) }
+}
+
 /// The kernel's clock, coarse (updated every tick): enough for 3 s handshake
 /// timeouts and per-minute rates, and far cheaper than a clocksource read.
 /// XDP and `sock_ops` must read the same clock (epochs are compared).
@@ -324,11 +330,19 @@ pub(crate) fn release_pending(slot: *mut u64, tag: u16, now_ms: u32) {
 
 /// Established connections of a source (0 when it has none), including
 /// those seeded from before the programs ran. The `CONNS` lookup is skipped
-/// when no source of the slot holds a connection (most of a spoofed flood).
+/// when the slot says the source holds no connection (`pending::holders`:
+/// nearly every SYN of a spoofed flood, however many sources hold some).
 #[inline(always)]
-pub(crate) fn established(key: &SourceKey, g: &Globals, slot: *mut Slot) -> u64 {
-    let counted =
-        if unsafe { load(slot_conns(slot)) } == 0 { 0 } else { CONNS.get_ptr(key).map_or(0, |p| unsafe { load(p) }) };
+pub(crate) fn established(key: &SourceKey, g: &Globals, place: &Place, slot: *mut Slot) -> u64 {
+    // The fingerprint read where it is used (volatile): hoisted out of the
+    // callers' unrolled retry loops, its bits took a register across them
+    // and up to 56 bytes more of their frames.
+    let fingerprint = unsafe { core::ptr::read_volatile(&raw const place.fingerprint) };
+    let counted = if holders::may_hold(unsafe { load(slot_conns(slot)) }, fingerprint) {
+        CONNS.get_ptr(key).map_or(0, |p| unsafe { load(p) })
+    } else {
+        0
+    };
     if g.flags & flags::SEEDED == 0 {
         return counted;
     }

@@ -25,15 +25,15 @@ use limiter_common::{
     keepalive::{Keepalive, opt},
     lists::entry,
     maps::{ALL_SERVICES, SockRecord, family, flags},
-    pending::{self, hint},
+    pending::{self, hint, holders},
     pool,
     prefix::{mask_v4, mask_v6},
     steer::RESPONDER_MARK,
 };
 
 use crate::maps::{
-    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, SOCKS, compare_swap, fetch_add, handshake_entry, list_entry, load, now_ns,
-    policy, release_pending, release_session, reserved, sessions, slot_conns,
+    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, SOCKS, compare_swap, fetch_add, fetch_and, handshake_entry, list_entry,
+    load, now_ns, policy, release_pending, release_session, reserved, sessions, slot_conns,
 };
 
 const AF_INET: u32 = 2;
@@ -284,11 +284,29 @@ fn count_source(key: &SourceKey, g: &Globals, now: u32) -> bool {
     let place = Place::of(key);
     if let Some(slot) = place.pending(g) {
         if counted {
-            unsafe { fetch_add(slot_conns(slot), 1) };
+            add_holder(slot_conns(slot), place.fingerprint);
         }
         release_pending(reserved(slot), place.tag, now);
     }
     counted
+}
+
+/// One more connection on the slot's `conns` word, counted for the source
+/// of `fingerprint` (`limiter_common::pending::holders`). At a count of zero
+/// the word starts afresh with this source alone; otherwise the count goes
+/// up, then the source's bits are marked, with two atomic steps that never
+/// fail (a SYN of this source reading between them still finds the
+/// reservation this connection holds until `count_source` releases it).
+#[inline(always)]
+fn add_holder(word: *mut u64, fingerprint: u32) {
+    let old = unsafe { load(word) };
+    if holders::count(old) == 0 && unsafe { compare_swap(word, old, holders::add(old, fingerprint, 1)) } {
+        return;
+    }
+    unsafe {
+        fetch_add(word, 1);
+        fetch_and(word, !holders::bits(fingerprint));
+    }
 }
 
 /// A pooled connection closed: one less session in use, never below zero.
@@ -357,7 +375,11 @@ fn closed(key: &SourceKey, g: &Globals) {
         let sum = slot_conns(slot);
         for _ in 0..8 {
             let old = unsafe { load(sum) };
-            if old == 0 || unsafe { compare_swap(sum, old, old - 1) } {
+            // At zero no holder is left: the word starts afresh. (A swap
+            // that keeps failing leaves the count high: XDP then looks
+            // `CONNS` up for nothing, never skips it for a holder.)
+            let Some(new) = holders::closed(old) else { break };
+            if unsafe { compare_swap(sum, old, new) } {
                 break;
             }
         }

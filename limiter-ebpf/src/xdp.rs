@@ -20,7 +20,17 @@ use crate::{
 /// The packet path, inlined into each program that runs it.
 #[inline(always)]
 pub(crate) fn run(ctx: &XdpContext) -> u32 {
-    if let Ok(action) = try_run(ctx) {
+    run_with::<true>(ctx)
+}
+
+/// The packet path; with `RESET` false a refusal under the `reset` action
+/// (or `respond`'s fallback) is dropped instead of answered. Only the
+/// bench's flood program runs it so: its SYNs are never refused, and
+/// without the reset's code its frame, 8 bytes over `limiter_xdp`'s, fits
+/// beside `per_source`'s within 512 bytes.
+#[inline(always)]
+pub(crate) fn run_with<const RESET: bool>(ctx: &XdpContext) -> u32 {
+    if let Ok(action) = try_run::<RESET>(ctx) {
         action
     } else {
         count(Verdict::PassedOther.index(0));
@@ -29,7 +39,7 @@ pub(crate) fn run(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
+fn try_run<const RESET: bool>(ctx: &XdpContext) -> Result<u32, ()> {
     let p = parse(ctx)?;
     let Some(syn) = classify(ctx, &p)? else {
         return Ok(xdp_action::XDP_PASS);
@@ -78,7 +88,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, ()> {
         _ => answer::DROPPED,
     };
     let _ = act::report_refusal(ctx, &p, verdict, service, ports, answer);
-    if answer != answer::DROPPED && act::rst(ctx, &p).is_ok() {
+    if RESET && answer != answer::DROPPED && act::rst(ctx, &p).is_ok() {
         return Ok(xdp_action::XDP_TX);
     }
     Ok(xdp_action::XDP_DROP)

@@ -46,7 +46,14 @@ pub fn set_established(ebpf: &mut Ebpf, key: SourceKey, n: u64) -> Result<(), Ma
     let mut slots: Array<_, pending::Slot> =
         Array::try_from(ebpf.map_mut(names::PENDING).ok_or(MapError::InvalidName { name: names::PENDING.into() })?)?;
     let mut s = slots.get(&index, 0)?;
-    s.conns = (s.conns + n).saturating_sub(old);
+    // As `sock_ops` counts and closes, one connection at a time.
+    let fingerprint = pending::fingerprint(pending::hash(key.words()));
+    for _ in old..n {
+        s.conns = pending::holders::add(s.conns, fingerprint, 1);
+    }
+    for _ in n..old {
+        s.conns = pending::holders::closed(s.conns).unwrap_or(s.conns);
+    }
     slots.set(index, s, 0)
 }
 

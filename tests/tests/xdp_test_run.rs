@@ -1352,3 +1352,64 @@ fn a_batch_read_of_the_connection_maps_sees_each_entry_once() {
     assert_eq!(of(key(7, 1)), None, "a deleted source");
     assert_eq!(held.sources_all().len(), n.div_ceil(4) as usize, "source-wide keys");
 }
+
+/// Two sources on one `PENDING` slot: the slot's `conns` word says who may
+/// hold connections (`pending::holders`), and XDP skips `CONNS` for a source
+/// it rules out. A source sharing the slot with a holder is not counted as
+/// holding (it gets its full limit), the holder is counted exactly, and a
+/// word an earlier version wrote (a plain sum) makes XDP look both up.
+#[test]
+fn a_slot_shared_with_a_holder_counts_each_source_exactly() {
+    use limiter_common::pending::{self, holders};
+    require!(privileged());
+    let mut two = policy(Action::Drop, 1, 32, 64);
+    two.services[0].rate = None;
+    two.services[0].max_conn_per_source = Some(2);
+    let mut h = Harness::new(&two);
+    // Two addresses on the same slot whose bits tell them apart.
+    let slot_of = |h: &Harness, a: [u8; 4]| {
+        let key = source_key(IpAddr::from(a), 1);
+        let (index, _) = limiter_tests::kernel::slot_index(&h.ebpf, &key).expect("slot");
+        (index, pending::fingerprint(pending::hash(key.words())))
+    };
+    let holder = [198, 18, 1, 1];
+    let (index, holder_fp) = slot_of(&h, holder);
+    let mut others = (0u32..(1 << 17))
+        .map(|i| {
+            let [_, b, c, d] = i.to_be_bytes();
+            [198, 18 + b, c, d]
+        })
+        .filter(|a| {
+            let (i, fp) = slot_of(&h, *a);
+            *a != holder && i == index && !holders::may_hold(holders::add(0, holder_fp, 1), fp)
+        });
+    let other = others.next().expect("an address on the holder's slot with other bits");
+    let third = others.next().expect("a second one");
+    let slot = |h: &Harness| limiter_tests::kernel::slot(&h.ebpf, &source_key(IpAddr::from(holder), 1)).expect("slot");
+
+    // The holder at its limit: refused, on `CONNS`.
+    set_established(&mut h, holder, 1, 2);
+    assert!(holders::may_hold(slot(&h).conns, holder_fp), "the holder is among the holders");
+    assert_eq!(holders::count(slot(&h).conns), 2);
+    assert_eq!(h.action(&attempt(IpAddr::from(holder))), DROP, "the holder at 2 of 2");
+    // The other source, on the same slot, holds nothing: two handshakes.
+    assert_eq!(h.action(&attempt(IpAddr::from(other))), PASS, "the other source's first");
+    assert_eq!(h.action(&attempt(IpAddr::from(other))), PASS, "its second");
+    assert_eq!(h.action(&attempt(IpAddr::from(other))), DROP, "its third: 2 in flight");
+
+    // A word as an earlier version left it: the sum alone. Every source is
+    // looked up: the holder is still refused, and a third source on the
+    // slot, at its limit in `CONNS` though the word's bits never saw it, is
+    // refused too (with the bits, it would have been ruled out).
+    let mut legacy = slot(&h);
+    legacy.conns = 2;
+    {
+        let mut slots: aya::maps::Array<_, pending::Slot> =
+            aya::maps::Array::try_from(h.ebpf.map_mut(names::PENDING).expect("PENDING")).expect("array");
+        slots.set(index, legacy, 0).expect("write the slot");
+    }
+    assert!(holders::may_hold(slot(&h).conns, holder_fp) && holders::may_hold(slot(&h).conns, 0x0000_0442));
+    assert_eq!(h.action(&attempt(IpAddr::from(holder))), DROP, "the holder, read from CONNS");
+    set_count(&mut h, names::CONNS, third, 1, 2);
+    assert_eq!(h.action(&attempt(IpAddr::from(third))), DROP, "a count the bits never saw, looked up");
+}

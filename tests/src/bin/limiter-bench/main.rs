@@ -291,7 +291,7 @@ fn sizes() -> MapSizes {
 fn fill_sources(ebpf: &mut aya::Ebpf, from: u32, to: u32) -> Result<()> {
     let services = [service_id(2), service_id(3), service_id(4)];
     let slots_n = sizes().pending_slots;
-    let mut sums: StdHashMap<u32, u64> = StdHashMap::new();
+    let mut sums: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
     {
         let mut conns: aya::maps::HashMap<_, SourceKey, u64> =
             aya::maps::HashMap::try_from(ebpf.map_mut(names::CONNS).ok_or("no CONNS map")?)?;
@@ -300,14 +300,18 @@ fn fill_sources(ebpf: &mut aya::Ebpf, from: u32, to: u32) -> Result<()> {
             let service = u8::try_from(services[i as usize % services.len()]).map_err(|_| "a small id")?;
             let key = SourceKey { addr, service, family, pad: [0; 2] };
             conns.insert(key, 1, 0).map_err(|e| format!("CONNS entry {i} of {to}: {e}"))?;
-            let (slot, _) = pending::slot_of(pending::hash(key.words()), slots_n);
-            *sums.entry(slot).or_default() += 1;
+            let hash = pending::hash(key.words());
+            let (slot, _) = pending::slot_of(hash, slots_n);
+            sums.entry(slot).or_default().push(pending::fingerprint(hash));
         }
     }
+    // The slots' connection words, as `sock_ops` would have left them (`pending::holders`).
     let mut slots: Array<_, pending::Slot> = Array::try_from(ebpf.map_mut(names::PENDING).ok_or("no PENDING map")?)?;
-    for (index, n) in sums {
+    for (index, holders) in sums {
         let mut slot = slots.get(&index, 0)?;
-        slot.conns += n;
+        for fingerprint in holders {
+            slot.conns = pending::holders::add(slot.conns, fingerprint, 1);
+        }
         slots.set(index, slot, 0)?;
     }
     Ok(())
