@@ -1351,6 +1351,11 @@ fn a_batch_read_of_the_connection_maps_sees_each_entry_once() {
     assert_eq!(of(key(n + 1, 1)), Some(3), "a seeded source alone");
     assert_eq!(of(key(7, 1)), None, "a deleted source");
     assert_eq!(held.sources_all().len(), n.div_ceil(4) as usize, "source-wide keys");
+    let some = held.counts_of([key(0, ALL_SERVICES), key(4, ALL_SERVICES), key(1, ALL_SERVICES)]);
+    assert_eq!(some.get(&key(0, ALL_SERVICES)), Some(&1), "a source-wide count of a shown row");
+    assert_eq!(some.get(&key(4, ALL_SERVICES)), Some(&5));
+    assert_eq!(some.get(&key(1, ALL_SERVICES)), None, "a key with no entry");
+    assert_eq!(some.len(), 2, "only the keys asked for");
 }
 
 /// Two sources on one `PENDING` slot: the slot's `conns` word says who may

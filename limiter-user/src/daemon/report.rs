@@ -67,7 +67,8 @@ pub(crate) fn top(d: &Daemon, service: Option<&str>, limit: usize) -> Result<Top
     }
     rows.sort_by(most_first);
     let merged = &d.force.merged;
-    let all = held.sources_all();
+    // The source-wide counts of the shown rows only.
+    let all = held.counts_of(rows.iter().map(|(key, _)| SourceKey { service: ALL_SERVICES, ..*key }));
     let sources = rows
         .iter()
         .filter_map(|(key, count)| {

@@ -92,6 +92,18 @@ impl Held {
         self.every(|k| k.service == ALL_SERVICES).into_iter().collect()
     }
 
+    /// The counts of `keys` alone (those with an entry), `CONNS` and
+    /// `SEEDED` added up: one pass, without a map of every source.
+    #[must_use]
+    pub fn counts_of(&self, keys: impl IntoIterator<Item = SourceKey>) -> StdHashMap<SourceKey, u64> {
+        let wanted: std::collections::HashSet<SourceKey> = keys.into_iter().collect();
+        let mut found: StdHashMap<SourceKey, u64> = StdHashMap::with_capacity(wanted.len());
+        for (key, n) in self.conns.iter().chain(&self.seeded).filter(|(k, _)| wanted.contains(k)) {
+            *found.entry(*key).or_default() += n;
+        }
+        found
+    }
+
     /// Established connections per service id, summed over sources.
     #[must_use]
     pub fn by_service(&self) -> Vec<u64> {
