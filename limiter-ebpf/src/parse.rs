@@ -12,7 +12,8 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
-/// IPv6 extension headers skipped before giving up (and passing).
+/// Headers looked at after the fixed IPv6 header: up to five extension
+/// headers are skipped, and the sixth must be TCP (else the frame passes).
 const MAX_IPV6_EXT: usize = 6;
 
 /// Ethernet, up to two VLAN tags, IPv4 (any IHL, not a fragment) or IPv6

@@ -12,6 +12,7 @@ pub mod fail2ban;
 pub mod frames;
 pub mod ftp;
 pub mod kernel;
+pub mod model;
 pub mod modules;
 pub mod netns;
 pub mod nft;

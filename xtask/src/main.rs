@@ -60,6 +60,17 @@ enum Cmd {
         #[arg(long, value_name = "VERSION")]
         version: Option<String>,
     },
+    /// Run random and mutated frames through the XDP program (`BPF_PROG_TEST_RUN`) and compare each verdict,
+    /// counter and reply with the host-side model (`tests/tests/frames_model.rs`). `cargo xtask test` runs
+    /// 1,000,000 with a fixed seed; this runs as many as asked with a new seed (printed) or the one given.
+    Frames {
+        /// The generator's seed; a new one (printed) when absent. A mismatch names the seed that finds it.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// How many frames.
+        #[arg(long, default_value_t = 10_000_000)]
+        count: u64,
+    },
     /// Write docs/schemas/*.schema.json from the types that print the `--json` outputs (`limiter
     /// generate-schemas`); with `--check`, write nothing and fail if a committed schema differs.
     Schemas {
@@ -120,6 +131,7 @@ const GUEST_ONLY: &[(&str, &str)] = &[(
 const KERNEL_SET: &[(&str, &str)] = &[
     ("objects", "every program and map loads and the verifier accepts them"),
     ("xdp_test_run", "the packet path's verdicts on crafted frames, and the verifier's headroom"),
+    ("frames_model", "random and mutated frames against the model: this kernel's verifier, helpers and test run"),
     ("namespaces", "XDP and sock_ops on real traffic"),
     ("concurrency", "exact counts under parallel SYNs with this kernel's atomics; seeding from its sockets"),
     ("budget", "the source-wide reservation by compare-and-swap across CPUs"),
@@ -277,6 +289,22 @@ fn main() -> Result<()> {
             let tc = setup::setup(true)?;
             let bin = build(&tc)?;
             bench::bench(&tc, &args, &bin)?;
+        }
+        Cmd::Frames { seed, count } => {
+            let tc = setup::setup(false)?;
+            build(&tc)?;
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 32)
+            });
+            eprintln!("xtask: {count} frames, seed {seed} (again: cargo xtask frames --seed {seed} --count {count})");
+            run(cargo(&tc)
+                .args(["test", "--release", "--package", "limiter-tests", "--test", "frames_model", "--"])
+                .args(["--nocapture", "--test-threads=1"])
+                .env("LIMITER_FRAMES", count.to_string())
+                .env("LIMITER_FRAMES_SEED", seed.to_string())
+                .env("LIMITER_REQUIRE_PRIVILEGED_TESTS", "1"))?;
         }
         Cmd::Schemas { check } => {
             let tc = setup::setup(false)?;
