@@ -5,6 +5,7 @@
 //! nothing but this repository and rustup.
 
 mod bench;
+mod fuzz;
 mod guest;
 mod package;
 mod setup;
@@ -70,6 +71,18 @@ enum Cmd {
         /// How many frames.
         #[arg(long, default_value_t = 10_000_000)]
         count: u64,
+    },
+    /// Fuzz one parser (`fuzz/`: config, request, `lists_json`, prefix) with `cargo fuzz` for `--time`, from
+    /// the committed corpus; a crash fails with the input saved under `fuzz/artifacts/`. `cargo xtask test`
+    /// runs each for 15 s.
+    Fuzz {
+        target: String,
+        /// How long: 30s, 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = fuzz::parse_time)]
+        time: std::time::Duration,
+        /// Afterwards, add what the run found that adds coverage to the committed corpus (`fuzz/corpus`).
+        #[arg(long)]
+        merge: bool,
     },
     /// Write docs/schemas/*.schema.json from the types that print the `--json` outputs (`limiter
     /// generate-schemas`); with `--check`, write nothing and fail if a committed schema differs.
@@ -198,7 +211,9 @@ fn test(mut places: Vec<String>, args: &[String]) -> Result<()> {
                 .env("LIMITER_DEB", &deb),
         );
         eprintln!("xtask: benchmark smoke run (--quick)");
-        let smoke = bench::smoke(&tc, &bin);
+        let bench = bench::smoke(&tc, &bin);
+        let fuzzed = fuzz::smoke(&tc);
+        let smoke = bench.and(fuzzed);
         let took = util::minutes(started.elapsed());
         if let (Ok((passed, failed)), Ok(())) = (&host, &smoke) {
             lines.push(format!("host: {passed} passed, {failed} failed in {took}"));
@@ -305,6 +320,10 @@ fn main() -> Result<()> {
                 .env("LIMITER_FRAMES", count.to_string())
                 .env("LIMITER_FRAMES_SEED", seed.to_string())
                 .env("LIMITER_REQUIRE_PRIVILEGED_TESTS", "1"))?;
+        }
+        Cmd::Fuzz { target, time, merge } => {
+            let tc = setup::setup(false)?;
+            fuzz::fuzz(&tc, &target, time, merge)?;
         }
         Cmd::Schemas { check } => {
             let tc = setup::setup(false)?;
