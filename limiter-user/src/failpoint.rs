@@ -1,11 +1,14 @@
 //! Crash points for tests: `LIMITER_FAILPOINT=NAME` makes the daemon kill
 //! itself with SIGKILL when it reaches the step `NAME`, so a test can prove
-//! that every step of a start (and of a seeded connection's release) is
-//! either completed or redone by the next start. Unset, a hit costs one
-//! environment look-up, at steps that run once per start or per release.
+//! that every step of a start, of a seeded connection's release, of a list
+//! change, of a reload and of a stop is either completed or redone by the
+//! next start, and that what was acknowledged stays. Unset, a hit costs one
+//! environment look-up, at steps that run once per start, release, change
+//! or stop.
 
-/// Every failpoint, in the order a first start reaches them.
-pub const ALL: [&str; 11] = [
+/// Every failpoint: a start's, in the order a first start reaches them;
+/// then a running daemon's (`tests/tests/restart.rs` kills it at each).
+pub const ALL: [&str; 17] = [
     "seeding-flags",
     "sock-ops-attached",
     "sock-ops-pinned",
@@ -17,6 +20,18 @@ pub const ALL: [&str; 11] = [
     "xdp-pinned",
     "ready",
     "reconcile",
+    // lists.json written to its temporary file, not yet renamed over the old.
+    "lists-temp-written",
+    // A list change stored in lists.json, not yet in the kernel.
+    "list-stored",
+    // A list change in the kernel, not yet acknowledged.
+    "list-applied",
+    // A reload's service id table written, its policy not yet.
+    "reload-ids-written",
+    // A reload in force, not yet acknowledged.
+    "reload-applied",
+    // SIGTERM received, the daemon on its way out.
+    "stopping",
 ];
 
 /// Dies here (SIGKILL, no clean-up at all) if `LIMITER_FAILPOINT` names `name`.

@@ -16,7 +16,7 @@ use std::{
 use aya::maps::{Array, MapData};
 use limiter_common::maps::{MAX_SERVICES, ServiceRecord, names, service_state};
 use limiter_tests::{
-    cli::{Scratch, ok, path_str, unload},
+    cli::{Scratch, limiter, ok, path_str, unload},
     netns::{Daemon, Listener, Pair, Spawn, streams, tally},
     privileged, require,
 };
@@ -273,6 +273,8 @@ fn connections_before_the_first_start_count_once_whatever_step_it_dies_at() {
         (Some("xdp-pinned"), None),
         (Some("ready"), None),
     ];
+    let steps: Vec<&str> = cases.iter().filter_map(|c| c.0).collect();
+    assert_eq!(steps, START_STEPS, "every step of a start, in order");
     for (failpoint, file) in cases {
         let what = format!("failpoint {failpoint:?}, seeded file {:?}", file.as_ref().map(String::len));
         eprintln!("{what}");
@@ -370,4 +372,108 @@ fn pins_of_a_version_without_the_id_table_keep_their_counts() {
     let imap_held = admit(&pair, src, IMAP, 6, 3, "imap: none held");
     drop((before, after, more, imap_held));
     wait_top(&d, &[], "all closed: nothing left behind");
+}
+
+/// The steps of a start a crash may hit, in the order a first start runs them.
+const START_STEPS: [&str; 10] = [
+    "seeding-flags",
+    "sock-ops-attached",
+    "sock-ops-pinned",
+    "seed-table-read",
+    "seed-partial",
+    "seed-written",
+    "seed-done",
+    "xdp-attached",
+    "xdp-pinned",
+    "ready",
+];
+
+/// Every failpoint of the daemon is one a test here kills it at: the start's,
+/// the release of a connection made before it (`reconcile`), and a running
+/// daemon's changes and stop.
+#[test]
+fn every_failpoint_has_a_crash_test() {
+    let tested: Vec<&str> = START_STEPS.iter().chain(&["reconcile"]).chain(&CHANGE_STEPS).copied().collect();
+    assert_eq!(tested, limiter_user::failpoint::ALL, "a failpoint without a crash test, or one that is gone");
+}
+
+/// The steps of a running daemon's changes and of its stop that a crash
+/// may hit, in the order they run: a list change (`lists.json` half written,
+/// stored, applied to the kernel before the reply), a reload (the id table
+/// written, the policy applied before the reply), and a stop.
+const CHANGE_STEPS: [&str; 6] =
+    ["lists-temp-written", "list-stored", "list-applied", "reload-ids-written", "reload-applied", "stopping"];
+
+/// Whether `d`'s deny list holds `addr` (as a /32), per `deny list --json`.
+fn denied(d: &Daemon, addr: IpAddr) -> bool {
+    let v = d.client_json(&["deny", "list", "--json"]);
+    let want = format!("{addr}/32");
+    v["entries"].as_array().unwrap_or_else(|| panic!("no entries in {v}")).iter().any(|e| e["prefix"] == want.as_str())
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_change_or_a_stop_leaves_the_old_policy_or_the_new() {
+    require!(privileged());
+    let pair = Pair::new();
+    let _l = pair.listen(SMTP);
+    let (src, acked, pending) = (pair.add_client_v4(2), pair.add_client_v4(3), pair.add_client_v4(4));
+    let s = src.to_string();
+    let scratch = Scratch::new();
+    for step in CHANGE_STEPS {
+        let file = scratch.write("limiter.toml", &config(&pair.server_if, &[service_block("smtp", SMTP, 8)]));
+        let args = ["--config", path_str(&file)];
+        let mut d = Daemon::start(&pair.server, &args);
+        let held = admit(&pair, src, SMTP, 3, 3, step);
+        wait_top(&d, &[(&s, "smtp", 3)], step);
+        // A change acknowledged before the crash.
+        ok(&d, &["deny", "add", &acked.to_string()]);
+        // The same daemon again, set to die at `step`.
+        d.stop();
+        d.spawn.env = vec![("LIMITER_FAILPOINT".into(), step.into())];
+        d.restart(&pair.server, &args);
+        wait_top(&d, &[(&s, "smtp", 3)], &format!("{step}: armed"));
+        let reload = step.starts_with("reload");
+        if step == "stopping" {
+            let status = d.stop().expect("a daemon to stop");
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "{step}: {}", d.log_text());
+        } else {
+            let out = if reload {
+                scratch.write("limiter.toml", &config(&pair.server_if, &[service_block("smtp", SMTP, 5)]));
+                limiter(&d, &["reload"])
+            } else {
+                limiter(&d, &["deny", "add", &pending.to_string()])
+            };
+            assert_ne!(out.code, Some(0), "{step}: the change is not acknowledged: {out:?}");
+            assert_eq!(wait_death(&mut d, step), Some(libc::SIGKILL), "{}", d.log_text());
+        }
+        assert!(
+            d.log_text().contains(&format!("failpoint {step}: killing the daemon")),
+            "{step}: the daemon died elsewhere: {}",
+            d.log_text()
+        );
+        d.spawn.env.clear();
+        d.restart(&pair.server, &args);
+        let what = format!("after a crash at {step}");
+        // Counted once: not lost, not doubled.
+        wait_top(&d, &[(&s, "smtp", 3)], &what);
+        // The acknowledged change is kept, and enforced.
+        assert!(denied(&d, acked), "{what}: the acknowledged deny entry is gone");
+        drop(admit(&pair, acked, SMTP, 1, 0, &format!("{what}: the acknowledged entry")));
+        // The unacknowledged one is all there or not at all: listed exactly
+        // when enforced. Stored before it is applied, it is there from
+        // `list-stored` on; a temporary file is not the list.
+        let listed = denied(&d, pending);
+        let stored = matches!(step, "list-stored" | "list-applied");
+        assert_eq!(listed, stored, "{what}: the change in flight is listed: {listed}");
+        drop(admit(&pair, pending, SMTP, 1, usize::from(!listed), &format!("{what}: listed {listed}")));
+        // The config file is the reload's source: the new limit (5) is in
+        // force after any crash during it, the old (8) otherwise.
+        let (limit, more) = if reload { (5, 2) } else { (8, 5) };
+        let extra = admit(&pair, src, SMTP, 6, more, &format!("{what}: limit {limit}, 3 held"));
+        wait_top(&d, &[(&s, "smtp", limit)], &what);
+        drop((held, extra));
+        wait_top(&d, &[], &format!("{what}: all closed"));
+        d.stop();
+        unload(&d);
+    }
 }

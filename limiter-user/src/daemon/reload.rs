@@ -66,6 +66,7 @@ impl Daemon {
         // Ids come from the pinned table (a removed service's id is retired,
         // not handed to a new one), recorded before the policy uses them.
         let table = self.loaded.services.apply(&self.loaded.ebpf, &mut new).map_err(|e| e.to_string())?;
+        crate::failpoint::hit("reload-ids-written");
         let runtime = self.runtime.lists.clone();
         if let Err(e) = self.apply(&new, &runtime) {
             // The old policy stays in force: so does its table.
@@ -74,6 +75,7 @@ impl Daemon {
             }
             return Err(e);
         }
+        crate::failpoint::hit("reload-applied");
         self.policy = new;
         self.answers = Answers::new(&self.policy);
         let r = self.policy.responder;

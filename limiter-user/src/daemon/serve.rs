@@ -75,6 +75,7 @@ pub async fn serve(started: Started, paths: &Paths) -> anyhow::Result<()> {
     crate::failpoint::hit("ready");
     notify(&[NotifyState::Ready, NotifyState::Status(&ready_status(&state.borrow()))]);
     main_loop(&state, ring, signals).await?;
+    crate::failpoint::hit("stopping");
     notify(&[NotifyState::Stopping]);
     server.abort();
     responder_task.abort();

@@ -103,6 +103,7 @@ impl Daemon {
     pub(crate) fn commit(&mut self, new: &Lists, change: Change) -> Result<(), String> {
         let old = self.runtime.lists.clone();
         self.runtime.store(new.clone()).map_err(|e| e.to_string())?;
+        crate::failpoint::hit("list-stored");
         let region = change.prefix;
         let undo = self.force.apply(change);
         if let Err(e) = write_force(&mut self.loaded.writer, &self.force, Some(region)) {
@@ -112,6 +113,7 @@ impl Daemon {
             let _ = self.runtime.store(old);
             return Err(e);
         }
+        crate::failpoint::hit("list-applied");
         Ok(())
     }
 }

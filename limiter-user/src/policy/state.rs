@@ -129,6 +129,7 @@ impl RuntimeLists {
             f.write_all(text.as_bytes())?;
             f.write_all(b"\n")?;
             f.sync_all()?;
+            crate::failpoint::hit("lists-temp-written");
             std::fs::rename(&tmp, &self.path)?;
             if let Some(dir) = self.path.parent() {
                 std::fs::File::open(dir)?.sync_all()?;
