@@ -37,9 +37,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// each other in the daemon; a client that gave up early would report a
 /// change as failed that the daemon then applied, so it waits long.
 const CHANGE_TIMEOUT: Duration = Duration::from_mins(5);
-/// Clients served at once; more wait in the listen backlog (not dropped),
-/// so idle or slow clients cannot take every file descriptor.
-pub const MAX_CLIENTS: usize = 64;
+/// Control clients open at once. At the cap the one that has waited longest
+/// without sending its request is closed to make room (see [`serve`]): idle
+/// connections cannot take the daemon's file descriptors or its attention.
+pub const MAX_CLIENTS: usize = 256;
 
 /// A request; each variant names the reply type the daemon answers it with.
 #[derive(Debug, Serialize, Deserialize)]
@@ -217,15 +218,24 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
 }
 
 /// Serves clients until the task is dropped; `handle` answers each request.
-/// At most [`MAX_CLIENTS`] at once: the next is accepted when one is done.
+///
+/// Every client is accepted at once and read concurrently, at most
+/// [`MAX_CLIENTS`] open. At the cap, the client that has waited longest
+/// without sending its request is closed (told why) to make room for the
+/// new one: a flood of idle connections only closes its own, and an admin's
+/// command is answered whatever it holds open. The daemon warns when it
+/// first closes one (and every minute while it goes on), with how many.
 pub async fn serve<F>(listener: UnixListener, handle: F)
 where
     F: Fn(Request) -> Result<Reply, String> + Clone + 'static,
 {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    use std::{cell::RefCell, collections::BTreeMap, rc::Rc};
+
+    // Clients still sending their request, oldest first: the sender closes one.
+    let waiting: Rc<RefCell<BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>> = Rc::default();
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    let (mut next, mut closed, mut warned) = (0u64, 0u64, None::<std::time::Instant>);
     loop {
-        // Never closed, so acquiring only waits.
-        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else { return };
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -235,22 +245,60 @@ where
                 continue;
             }
         };
-        let handle = handle.clone();
+        if open.get() >= MAX_CLIENTS {
+            let oldest = waiting.borrow_mut().pop_first();
+            if let Some((_, close)) = oldest {
+                let _ = close.send(());
+                closed += 1;
+                if warned.is_none_or(|t| t.elapsed() >= Duration::from_mins(1)) {
+                    log::warn!(
+                        "control socket: {MAX_CLIENTS} clients open at once; closing the one waiting longest without \
+                         a request to make room ({closed} closed so far: clients that connect and send nothing?)"
+                    );
+                    warned = Some(std::time::Instant::now());
+                }
+            } else {
+                // Every open client has sent its request and is being answered.
+                let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(busy_line().as_bytes())).await;
+                continue;
+            }
+        }
+        next += 1;
+        let id = next;
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+        waiting.borrow_mut().insert(id, close_tx);
+        open.set(open.get() + 1);
+        let (handle, waiting, open) = (handle.clone(), Rc::clone(&waiting), Rc::clone(&open));
         tokio::task::spawn_local(async move {
-            let _slot = slot;
-            let resp = match read_request(&mut stream).await {
-                Ok(req) => match handle(req) {
+            let read = tokio::select! {
+                r = read_request(&mut stream) => Some(r),
+                _ = close_rx => None,
+            };
+            waiting.borrow_mut().remove(&id);
+            let resp = match read {
+                Some(Ok(req)) => match handle(req) {
                     Ok(ok) => Response::Ok { ok },
                     Err(error) => Response::Err { error },
                 },
-                Err(error) => Response::Err { error },
+                Some(Err(error)) => Response::Err { error },
+                None => Response::Err {
+                    error: format!("closed: {MAX_CLIENTS} control clients at once, and this one sent no request"),
+                },
             };
             if let Ok(mut line) = json_text(&resp, false) {
                 line.push('\n');
                 let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(line.as_bytes())).await;
             }
+            open.set(open.get() - 1);
         });
     }
+}
+
+/// The answer to a client over the cap when every open one is being answered.
+fn busy_line() -> String {
+    let resp: Response<Reply> =
+        Response::Err { error: format!("busy: {MAX_CLIENTS} control clients are being answered; try again") };
+    json_text(&resp, false).map(|l| l + "\n").unwrap_or_default()
 }
 
 #[cfg(test)]
