@@ -72,6 +72,13 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000_000)]
         count: u64,
     },
+    /// The soak (`tests/tests/soak.rs`) for `--minutes`: churn in every close style, bursts, spoofed floods,
+    /// list changes, reloads, stops and `kill -9` at once; then every count back to 0, every limit exact, and
+    /// the daemon's memory and descriptors over time. `cargo xtask test` runs it for 2 minutes.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+    },
     /// Fuzz one parser (`fuzz/`: config, request, `lists_json`, prefix) with `cargo fuzz` for `--time`, from
     /// the committed corpus; a crash fails with the input saved under `fuzz/artifacts/`. `cargo xtask test`
     /// runs each for 15 s.
@@ -319,6 +326,20 @@ fn main() -> Result<()> {
                 .args(["--nocapture", "--test-threads=1"])
                 .env("LIMITER_FRAMES", count.to_string())
                 .env("LIMITER_FRAMES_SEED", seed.to_string())
+                .env("LIMITER_REQUIRE_PRIVILEGED_TESTS", "1"))?;
+        }
+        Cmd::Soak { minutes } => {
+            if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+                bail!("--minutes {minutes}: expected more than 0 and at most a day");
+            }
+            let tc = setup::setup(true)?;
+            let bin = build(&tc)?;
+            eprintln!("xtask: soak for {minutes} minutes");
+            run(cargo(&tc)
+                .args(["test", "--release", "--package", "limiter-tests", "--test", "soak", "--"])
+                .args(["--nocapture", "--test-threads=1"])
+                .env("LIMITER_SOAK_MINUTES", minutes.to_string())
+                .env("LIMITER_BIN", &bin)
                 .env("LIMITER_REQUIRE_PRIVILEGED_TESTS", "1"))?;
         }
         Cmd::Fuzz { target, time, merge } => {
