@@ -234,6 +234,8 @@ where
     // Clients still sending their request, oldest first: the sender closes one.
     let waiting: Rc<RefCell<BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>> = Rc::default();
     let open = Rc::new(std::cell::Cell::new(0usize));
+    // Told by every client's task when it has closed its connection.
+    let gone = Rc::new(tokio::sync::Notify::new());
     let (mut next, mut closed, mut warned) = (0u64, 0u64, None::<std::time::Instant>);
     loop {
         let mut stream = match listener.accept().await {
@@ -257,9 +259,14 @@ where
                     );
                     warned = Some(std::time::Instant::now());
                 }
+                // Its task writes only what goes at once and closes: wait for
+                // that, so that no more than the cap are ever open.
+                while open.get() >= MAX_CLIENTS {
+                    gone.notified().await;
+                }
             } else {
                 // Every open client has sent its request and is being answered.
-                let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(busy_line().as_bytes())).await;
+                let _ = stream.try_write(busy_line().as_bytes());
                 continue;
             }
         }
@@ -268,13 +275,14 @@ where
         let (close_tx, close_rx) = tokio::sync::oneshot::channel();
         waiting.borrow_mut().insert(id, close_tx);
         open.set(open.get() + 1);
-        let (handle, waiting, open) = (handle.clone(), Rc::clone(&waiting), Rc::clone(&open));
+        let (handle, waiting, open, gone) = (handle.clone(), Rc::clone(&waiting), Rc::clone(&open), Rc::clone(&gone));
         tokio::task::spawn_local(async move {
             let read = tokio::select! {
                 r = read_request(&mut stream) => Some(r),
                 _ = close_rx => None,
             };
             waiting.borrow_mut().remove(&id);
+            let evicted = read.is_none();
             let resp = match read {
                 Some(Ok(req)) => match handle(req) {
                     Ok(ok) => Response::Ok { ok },
@@ -287,9 +295,16 @@ where
             };
             if let Ok(mut line) = json_text(&resp, false) {
                 line.push('\n');
-                let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(line.as_bytes())).await;
+                if evicted {
+                    // Closed to make room: what the socket takes now, no wait.
+                    let _ = stream.try_write(line.as_bytes());
+                } else {
+                    let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(line.as_bytes())).await;
+                }
             }
+            drop(stream);
             open.set(open.get() - 1);
+            gone.notify_one();
         });
     }
 }
