@@ -582,4 +582,27 @@ mod tests {
         }
         assert!((text.len() as u64) < MAX_CONFIG_BYTES / 4, "100,000 entries take {} bytes", text.len());
     }
+
+    /// A config of exactly the cap is read and parsed; one byte more is
+    /// refused unread.
+    #[test]
+    fn a_config_at_the_size_cap_is_read() {
+        let dir = std::env::temp_dir().join(format!("limiter-config-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("cap.toml");
+        let head = "interfaces = [\"eth0\"]\n# ";
+        let cap = usize::try_from(MAX_CONFIG_BYTES).expect("fits");
+        let mut text = String::with_capacity(cap + 1);
+        text.push_str(head);
+        text.extend(std::iter::repeat_n('x', cap - head.len() - 1));
+        text.push('\n');
+        assert_eq!(text.len(), cap);
+        std::fs::write(&path, &text).expect("write");
+        let file = ConfigFile::read(&path).expect("a config of exactly the cap is read");
+        assert_eq!(file.interfaces, ["eth0"]);
+        text.push('\n');
+        std::fs::write(&path, &text).expect("write");
+        assert!(matches!(ConfigFile::read(&path), Err(ConfigError::TooLarge { .. })), "one byte over the cap");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
