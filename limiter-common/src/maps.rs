@@ -49,6 +49,9 @@ pub mod names {
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Per-CPU scratch: what the refusal being decided rests on (not pinned).
     pub const REFUSAL_BASIS: &str = "REFUSAL_BASIS";
+    /// Per-CPU count of established connections `sock_ops` could not count
+    /// because `CONNS` was full (not pinned: the daemon warns on its growth).
+    pub const UNCOUNTED: &str = "UNCOUNTED";
     /// The `respond` action: the responder's listening sockets (SOCKMAP, one
     /// per address family, not pinned: the kernel removes an entry when its
     /// socket closes).
@@ -148,6 +151,8 @@ pub const MAPS: &[MapSpec] = &[
     // XDP spends tokens and counts what it did not report; the daemon refills.
     spec(names::EVENT_BUDGET, false, &[Writer::Xdp, Writer::Daemon("kernel::events")]),
     spec(names::REFUSAL_BASIS, false, &[Writer::Xdp]),
+    // `sock_ops` counts; the daemon only reads it.
+    spec(names::UNCOUNTED, false, &[Writer::SockOps]),
     // The responder's socket; the kernel deletes the entry when it closes.
     spec(names::RESPONDER, false, &[RESPONDER]),
     // Pinned: during an upgrade the XDP and sk_lookup links move to the new

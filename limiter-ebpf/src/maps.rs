@@ -7,7 +7,7 @@
 //!   at their limit and spends tokens; `sock_ops` releases handshakes, keeps
 //!   the slot's connection sum and clears the marks) and `HANDSHAKES` (XDP
 //!   remembers reserved handshakes, `sock_ops` forgets completed ones);
-//! - `sock_ops` alone: `SOCKS`, and `CONNS` (established connections per
+//! - `sock_ops` alone: `SOCKS`, `UNCOUNTED`, and `CONNS` (established connections per
 //!   source, created only by completed handshakes, so a SYN flood cannot
 //!   create, inflate or evict them) but for the daemon deleting entries that
 //!   stayed at zero;
@@ -158,6 +158,12 @@ pub(crate) struct Grounds {
 /// this packet's when it is read (each refusal by connection count notes it).
 #[map(name = "REFUSAL_BASIS")]
 pub(crate) static REFUSAL_BASIS: PerCpuArray<Grounds> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, one entry: established connections `sock_ops` could not count,
+/// for their service or over all services (`CONNS` full). The daemon reads the sum every second and warns when it
+/// grows, rather than waiting for its next reclaim pass to see a full table.
+#[map(name = "UNCOUNTED")]
+pub(crate) static UNCOUNTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Notes what the refusal being decided rests on.
 #[inline(always)]

@@ -32,8 +32,8 @@ use limiter_common::{
 };
 
 use crate::maps::{
-    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, SOCKS, compare_swap, fetch_add, fetch_and, handshake_entry, list_entry,
-    load, now_ns, policy, release_pending, release_session, reserved, sessions, slot_conns,
+    CONNS, GLOBALS, PORTS, Place, SEED_SKIP, SOCKS, UNCOUNTED, compare_swap, fetch_add, fetch_and, handshake_entry,
+    list_entry, load, now_ns, policy, release_pending, release_session, reserved, sessions, slot_conns,
 };
 
 const AF_INET: u32 = 2;
@@ -247,6 +247,13 @@ fn opened(key: &SourceKey, addr: &[u8; 16], g: &Globals, cookie: u64) {
     let mut all = *key;
     all.service = ALL_SERVICES;
     let counted_all = count_source(&all, g, now);
+    if !(counted && counted_all)
+        && let Some(n) = UNCOUNTED.get_ptr_mut(0)
+    {
+        // `CONNS` is full: the daemon warns when this grows. Per CPU, and a
+        // program runs to its end on one: a plain add.
+        unsafe { *n += 1 };
+    }
     let exempt =
         list_entry(g, key.family, addr).is_some_and(|e| e.flags & entry::DENY == 0 && e.flags & entry::EXEMPT != 0);
     let mut pooled = false;
@@ -340,7 +347,7 @@ fn count_open(key: &SourceKey) -> bool {
         }
         // Another CPU created it first, or ours was deleted: look again.
         // (A full map fails every try: the connection goes uncounted,
-        // failing open.)
+        // failing open; `opened` tells the daemon.)
     }
     false
 }

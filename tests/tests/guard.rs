@@ -442,13 +442,20 @@ fn a_full_read_only_or_missing_state_dir_refuses_a_change_and_changes_nothing() 
 }
 
 /// The connection table full (`[maps] connections = 1024`, 1,050 sources
-/// holding one connection each): the sources past it go uncounted, so
+/// holding one connection each, two entries a source): the sources past
+/// the first 512 go uncounted, so
 /// their limit is not enforced (the limiter fails open, as documented) and
-/// the table's entries stay at its size; the log warns; once connections
-/// close and the reclaim frees entries, every source is counted again.
+/// the table's entries stay at its size; the log warns within seconds of the
+/// first uncounted connection (not at the next reclaim pass), and `/metrics`
+/// counts every one; once connections close and the reclaim frees entries,
+/// every source is counted again.
 #[test]
 fn a_full_connection_table_fails_open_warns_and_recovers() {
     use std::fmt::Write as _;
+    // Each counted source takes two entries: its service's count and its
+    // count over all services (README, `[maps]`).
+    const CAPACITY: usize = 1024 / 2;
+    const WARNED: &str = "went uncounted: the connection table is full (1024 entries)";
     require!(privileged());
     let pair = Pair::new();
     let _l = pair.listen(PORT);
@@ -469,32 +476,72 @@ fn a_full_connection_table_fails_open_warns_and_recovers() {
     let config = scratch.write(
         "limiter.toml",
         &format!(
-            "interfaces = [\"{}\"]\n\n[[service]]\nname = \"smtp\"\nports = [{PORT}]\nmax_conn_per_source = 1\n\
-             action = \"reset\"\n\n[maps]\nconnections = 1024\n",
+            "interfaces = [\"{}\"]\nmetrics_listen = \"127.0.0.1:9464\"\n\n[[service]]\nname = \"smtp\"\nports = \
+             [{PORT}]\nmax_conn_per_source = 1\naction = \"reset\"\n\n[maps]\nconnections = 1024\n",
             pair.server_if
         ),
     );
-    let d = Daemon::start(&pair.server, &["--config", path_str(&config)]);
-    // One connection from each, in order: the first 1,024 fill the table.
+    let args = ["--config", path_str(&config)];
+    // The reclaim pass, which warns of a nearly full table, every 10 minutes:
+    // a warning within seconds can only come from the uncounted connections.
+    let slow_reclaim = Spawn { env: vec![("LIMITER_RECLAIM_MS".into(), "600000".into())], ..Spawn::default() };
+    let mut d = Daemon::start_with(&pair.server, &args, slow_reclaim);
+    // One connection from each, in order: the first 512 fill the table.
     let mut held = Vec::new();
     for (i, src) in sources.iter().enumerate() {
         let (n, s) = connected(&pair, *src, 1);
         assert_eq!(n, 1, "source {i} ({src}) gets its first connection");
         held.extend(s);
+        if i == CAPACITY {
+            // The first connection that found the table full: warned at once.
+            let start = Instant::now();
+            while !d.log_text().contains(WARNED) {
+                assert!(
+                    start.elapsed() < limiter_tests::patience(Duration::from_secs(5)),
+                    "no warning {:?} after the first uncounted connection: {}",
+                    start.elapsed(),
+                    d.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("warned {:?} after the first uncounted connection completed", start.elapsed());
+        }
     }
     let (first, last) = (sources[0], sources[sources.len() - 1]);
     // A counted source is at its limit; an uncounted one is not (fail open:
     // a second connection, once the first has completed, gets in).
     assert_eq!(connected(&pair, first, 1).0, 0, "the first source is counted: 1 of 1");
+    assert_eq!(connected(&pair, sources[CAPACITY - 1], 1).0, 0, "the last source that fit is counted");
+    let (n, extra) = connected(&pair, sources[CAPACITY], 1);
+    assert_eq!(n, 1, "the first source past the table went uncounted: its limit is not enforced");
+    drop(extra);
     let (n, extra) = connected(&pair, last, 1);
     assert_eq!(n, 1, "the last source went uncounted: its limit is not enforced");
     drop(extra);
-    let log = d.wait_log("the warning of a full table", |l| l.contains("the connection table holds"));
-    let line = log.lines().find(|l| l.contains("the connection table holds")).unwrap_or_default();
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains(WARNED)).unwrap_or_default();
     eprintln!("warned: {line}");
-    assert!(line.contains("1024"), "the warning says the size: {line}");
-    // Everything closes; the reclaim frees the entries; the last source is counted again.
+    assert!(line.contains("[maps] connections"), "the warning says what to raise: {line}");
+    assert!(!log.contains("the connection table holds"), "the reclaim pass did not run, so it did not warn: {log}");
+    assert_eq!(log.matches(WARNED).count(), 1, "one warning a minute at most: {log}");
+    // Every connection past the table's size, and the two second ones let in.
+    let want = format!("limiter_connections_uncounted_total {}\n", sources.len() - CAPACITY + 2);
+    let metrics = pair.server.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = TcpStream::connect("127.0.0.1:9464").expect("connect to /metrics");
+        s.set_read_timeout(Some(WAIT)).expect("read timeout");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send the request");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    });
+    assert!(metrics.contains(&want), "/metrics counts them: want {want:?} in {metrics}");
+    // Everything closes; a daemon that reclaims (every 200 ms, restarted on
+    // the same pins) frees the entries; the last source is counted again.
     drop(held);
+    let _ = d.stop();
+    d.spawn = Spawn::default();
+    d.restart(&pair.server, &args);
     let start = Instant::now();
     loop {
         // One connection, then a second once it is established: counted, the

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub attachments: Vec<(String, &'static str)>,
     /// Refusals the kernel did not report for want of an event token or ring space.
     pub events_unreported: u64,
+    /// Established connections not counted because `CONNS` was full.
+    pub connections_uncounted: u64,
     /// Refusals reported but not logged on a line of their own.
     pub log_suppressed: u64,
     /// Refusal lines logged.
@@ -209,6 +211,12 @@ fn register_events(r: &mut Registry, s: &Snapshot) {
         "refusal_events_unreported",
         "Refusals the kernel did not report to the daemon (event budget or ring full)",
         s.events_unreported,
+    );
+    counter(
+        r,
+        "connections_uncounted",
+        "Established connections not counted because the connection table was full (their limits not enforced)",
+        s.connections_uncounted,
     );
     counter(r, "refusal_lines", "Refusal lines logged (one per source, service and reason burst)", s.log_lines);
     counter(r, "refusal_lines_suppressed", "Refusals reported but not logged on a line of their own", s.log_suppressed);
@@ -386,6 +394,7 @@ mod tests {
             maps: vec![("CONNS", 2, 65_536)],
             attachments: vec![("eth0".into(), "native")],
             events_unreported: 4,
+            connections_uncounted: 7,
             responder: ResponderStatus { responded: 5, fallback_no_responder: 1, ..ResponderStatus::default() },
             log_suppressed: 2,
             log_lines: 1,
@@ -411,6 +420,7 @@ mod tests {
             "limiter_map_capacity{map=\"CONNS\"} 65536",
             "limiter_xdp_attached{interface=\"eth0\",mode=\"native\"} 1",
             "limiter_refusal_events_unreported_total 4",
+            "limiter_connections_uncounted_total 7",
             "limiter_build_info{version=\"0.1.0\"} 1",
             "# EOF",
         ] {

@@ -17,6 +17,7 @@ pub mod serve;
 pub mod start;
 pub mod state;
 pub mod steered;
+pub mod uncounted;
 
 pub use state::{Paths, Source};
 

@@ -176,6 +176,7 @@ pub(crate) fn snapshot(d: &Daemon) -> Result<Snapshot, String> {
         maps,
         attachments: d.loaded.attachments.iter().map(|a| (a.name.clone(), a.xdp_mode)).collect(),
         events_unreported: d.budget.unreported().map_err(|e| e.to_string())?,
+        connections_uncounted: counters::read_uncounted(ebpf).map_err(|e| e.to_string())?,
         responder: responder_status(d)?,
         log_suppressed: d.bursts.suppressed_total,
         log_lines: d.bursts.logged_total,

@@ -21,6 +21,7 @@ use crate::{
         start::Started,
         state::{Daemon, Paths},
         steered::{Accepted, Flow},
+        uncounted,
     },
     kernel::{self, counters, events::Event},
     protocol::{self, Reply, Request},
@@ -213,9 +214,13 @@ async fn main_loop(
     let mut reconcile = every(RECONCILE_EVERY);
     // Entries of sources that no longer hold connections are reclaimed.
     let mut reclaim = every(reclaim_every());
+    // A full table is told at once, not at the next reclaim pass.
+    let mut uncounted_tick = every(uncounted::EVERY);
+    let mut uncounted = uncounted::Watch::default();
     loop {
         tokio::select! {
             _ = reclaim.tick() => reclaim_pass(&mut state.borrow_mut()),
+            _ = uncounted_tick.tick() => watch_uncounted(&state.borrow(), &mut uncounted),
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
             _ = hup.recv() => {
@@ -278,7 +283,7 @@ fn reclaim_pass(d: &mut Daemon) {
             }
             if p.entries * 10 > p.capacity as usize * 9 {
                 warn!(
-                    "the connection table holds {} sources of {}: when it is full, new sources go uncounted; raise \
+                    "the connection table holds {} entries of {}: when it is full, new sources go uncounted; raise \
                      [maps] connections",
                     p.entries, p.capacity
                 );
@@ -289,6 +294,20 @@ fn reclaim_pass(d: &mut Daemon) {
     let loaded = &mut d.loaded;
     if let Err(e) = loaded.services.reclaim(&loaded.ebpf) {
         warn!("{:#}", anyhow::Error::from(e));
+    }
+}
+
+/// Warns when `sock_ops` found the connection table full (`uncounted`).
+fn watch_uncounted(d: &Daemon, watch: &mut uncounted::Watch) {
+    let ebpf = &d.loaded.ebpf;
+    match counters::read_uncounted(ebpf) {
+        Ok(total) => {
+            let capacity = kernel::maps::map_size(ebpf, limiter_common::maps::names::CONNS).unwrap_or_default();
+            if let Some(line) = watch.observe(total, std::time::Instant::now(), capacity) {
+                warn!("{line}");
+            }
+        }
+        Err(e) => debug!("{:#}", anyhow::Error::from(e)),
     }
 }
 

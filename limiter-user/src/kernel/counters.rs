@@ -27,6 +27,13 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>,
     read_rows(ebpf, names::COUNTERS)
 }
 
+/// Established connections `sock_ops` could not count because `CONNS` was
+/// full, since the programs were loaded (summed over CPUs).
+pub fn read_uncounted(ebpf: &Ebpf) -> Result<u64, LoadError> {
+    let m: PerCpuArray<&MapData, u64> = read(ebpf, names::UNCOUNTED)?;
+    Ok(m.get(&0, 0).map_err(map_err(names::UNCOUNTED))?.iter().sum())
+}
+
 /// What observe mode (`action = "log"`) would have refused, laid out like
 /// [`read_counters`].
 pub fn read_observed(ebpf: &Ebpf) -> Result<Vec<[u64; Verdict::COUNT as usize]>, LoadError> {
