@@ -57,6 +57,14 @@ pub fn set_established(ebpf: &mut Ebpf, key: SourceKey, n: u64) -> Result<(), Ma
     slots.set(index, s, 0)
 }
 
+/// Sets service `id`'s established sessions (`SESSIONS`), as `sock_ops`
+/// would hold them with `n` connections open.
+pub fn set_sessions(ebpf: &mut Ebpf, id: u32, n: u64) -> Result<(), MapError> {
+    let mut sessions: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(names::SESSIONS).ok_or(MapError::InvalidName { name: names::SESSIONS.into() })?)?;
+    sessions.set(limiter_common::pool::index(id, limiter_common::pool::ESTABLISHED), n, 0)
+}
+
 /// The address of the `i`th of the sources the benches put into `CONNS` as held: the first 65,536 IPv4 hosts
 /// from 198.18.16.0 (to 198.19.15.255), then IPv6 /64s counting up from `2001:db8:4000::/64`. Map keys only,
 /// never sent, and inside the test ranges anyway. Returns the address bytes and the family.

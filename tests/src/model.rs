@@ -3,10 +3,16 @@
 //! VLAN tags, IPv4 without fragments, IPv6 with at most five skipped
 //! extension headers), the classification (a SYN to a service port), and the
 //! decision for one SYN in a world whose outcome does not depend on timing:
-//! services with no limits, or with a connection limit that a set of
-//! sources holds in full (`CONNS`) and the rest are far from; deny lists and
-//! exempt allow entries. The list rules are `limiter_common::lists::admission`
-//! over an entry the model builds from the lists itself.
+//! a set of sources holds a fixed count of connections (`CONNS`) in every
+//! service and over all services, every other source holds none, and every
+//! limit is either at or under the held count, or far above anything a run
+//! can reach with handshakes in flight; services' sessions (`SESSIONS`) are
+//! likewise held at a fixed count. The rules: the deny list, exempt allow
+//! entries, allow entries with limits of their own (per service and over
+//! all services), the sessions rule with reserve lists, the service's
+//! connection limit and the source-wide budget, in the spec's order, with
+//! `limiter_common::lists::admission` over an entry the model builds from
+//! the lists itself and `limiter_common::pool::check` for the sessions.
 //!
 //! `tests/tests/frames_model.rs` runs random and mutated frames through
 //! `BPF_PROG_TEST_RUN` and compares every verdict, counter and reply with
@@ -21,6 +27,7 @@ use limiter_common::{
     ServicePolicy, Verdict,
     lists::{Admission, ListEntry, admission, entry},
     maps::{action, family},
+    pool,
     prefix::{mask_v4, mask_v6},
 };
 
@@ -32,15 +39,19 @@ pub const XDP_TX: u32 = 3;
 const IPPROTO_TCP: u8 = 6;
 
 /// One service of the model's world.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ModelService {
     pub id: u32,
     /// `limiter_common::maps::action`: drop, reset or log.
     pub action: u8,
-    /// Connections per source; 0 = none. The sources in [`World::held`]
-    /// hold exactly this many; every other source holds none and never
-    /// comes near it.
+    /// Connections per source; 0 = none.
     pub limit: u32,
+    /// The sessions rule: `max_sessions` (0 = none), the part open to
+    /// sources on no reserve list, and the sessions in use (established,
+    /// as the test holds them; handshakes in flight never cross a threshold).
+    pub max_sessions: u32,
+    pub open_sessions: u32,
+    pub sessions_in_use: u64,
 }
 
 /// The state the model decides in.
@@ -50,11 +61,21 @@ pub struct World {
     pub deny: Vec<(IpAddr, u8)>,
     /// Allow entries without limits (exempt).
     pub exempt: Vec<(IpAddr, u8)>,
+    /// Allow entries with limits: (prefix, per source per service, per
+    /// source over all services), 0 = none. Disjoint from the other lists.
+    pub allow_limits: Vec<((IpAddr, u8), u32, u32)>,
+    /// Reserve entries: (prefix, service id). Disjoint from the other lists.
+    pub reserve: Vec<((IpAddr, u8), u32)>,
+    /// The source-wide budget (top-level `max_conn_per_source`); 0 = none.
+    pub all_limit: u32,
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
-    /// Source prefixes (masked to the world's prefix lengths) at their limit
-    /// in every limited service.
+    /// Source prefixes (masked to the world's prefix lengths) that hold
+    /// [`World::held_per_service`] connections in every service and
+    /// [`World::held_all`] over all services; every other source holds none.
     pub held: BTreeSet<[u8; 16]>,
+    pub held_per_service: u64,
+    pub held_all: u64,
 }
 
 /// What the program must do with one frame.
@@ -166,7 +187,9 @@ impl World {
     }
 
     /// The merged list entry the daemon would store for `addr`: deny if any
-    /// deny entry covers it, else exempt if any allow entry does.
+    /// deny entry covers it, else exempt if any allow entry does; else the
+    /// limits of the allow entry with limits, or the services of the reserve
+    /// entries, that cover it (those two are disjoint from the rest).
     fn list_entry(&self, addr: &[u8; 16], v4: bool) -> Option<ListEntry> {
         if self.deny.iter().any(|p| covers(p, addr, v4)) {
             return Some(ListEntry { flags: entry::DENY, ..ListEntry::default() });
@@ -174,7 +197,16 @@ impl World {
         if self.exempt.iter().any(|p| covers(p, addr, v4)) {
             return Some(ListEntry { flags: entry::ALLOW | entry::EXEMPT, ..ListEntry::default() });
         }
-        None
+        if let Some((_, per, all)) = self.allow_limits.iter().find(|(p, _, _)| covers(p, addr, v4)) {
+            return Some(ListEntry {
+                flags: entry::ALLOW,
+                max_conn_per_source: *per,
+                max_conn_all: *all,
+                ..ListEntry::default()
+            });
+        }
+        let reserve = self.reserve.iter().filter(|(p, _)| covers(p, addr, v4)).fold(0, |m, (_, id)| m | 1 << id);
+        (reserve != 0).then_some(ListEntry { reserve, ..ListEntry::default() })
     }
 }
 
@@ -206,12 +238,28 @@ pub fn expect(world: &World, frame: &[u8]) -> Option<Expect> {
     } else {
         addr.copy_from_slice(&frame[p.l3 + 8..p.l3 + 24]);
     }
-    let policy =
-        ServicePolicy { max_conn_per_source: service.limit, action: service.action, ..ServicePolicy::default() };
-    let verdict = match admission(world.list_entry(&addr, p.v4).as_ref(), service.id, &policy, 0) {
+    let policy = ServicePolicy {
+        max_conn_per_source: service.limit,
+        action: service.action,
+        max_sessions: service.max_sessions,
+        open_sessions: service.open_sessions,
+        ..ServicePolicy::default()
+    };
+    let entry = world.list_entry(&addr, p.v4);
+    let verdict = match admission(entry.as_ref(), service.id, &policy, world.all_limit) {
         Admission::Decided(v) => v,
-        Admission::Limits { max_conn, .. } => {
-            if max_conn != 0 && world.held.contains(&world.source_prefix(&addr, p.v4)) {
+        Admission::Limits { max_conn, max_conn_all, reserved, .. } => {
+            let held = world.held.contains(&world.source_prefix(&addr, p.v4));
+            let (count, count_all) = if held { (world.held_per_service, world.held_all) } else { (0, 0) };
+            // The sessions rule before the connections rules: a SYN both
+            // refuse is refused by sessions. The source-wide budget last.
+            let sessions =
+                (service.max_sessions != 0).then(|| pool::check(service.sessions_in_use, &policy, reserved)).flatten();
+            if let Some(v) = sessions {
+                v
+            } else if (max_conn != 0 && count >= u64::from(max_conn))
+                || (max_conn_all != 0 && count_all >= u64::from(max_conn_all))
+            {
                 Verdict::RefusedConcurrency
             } else {
                 Verdict::Accepted
@@ -295,12 +343,23 @@ mod tests {
 
     fn world() -> World {
         let mut w = World { ipv4_prefix: 24, ipv6_prefix: 56, ..World::default() };
-        w.ports.insert(25, ModelService { id: 1, action: action::RESET, limit: 4 });
-        w.ports.insert(587, ModelService { id: 2, action: action::DROP, limit: 0 });
+        let plain = ModelService { id: 1, action: action::RESET, limit: 4, ..ModelService::default() };
+        w.ports.insert(25, plain);
+        w.ports.insert(587, ModelService { id: 2, action: action::DROP, limit: 0, ..plain });
+        w.ports.insert(993, ModelService { id: 3, max_sessions: 10, open_sessions: 6, sessions_in_use: 6, ..plain });
+        w.reserve.push(((v4(30, 0), 24), 3));
+        w.allow_limits.push(((v4(10, 0), 23), 9, 0));
+        w.all_limit = 5;
+        w.held_per_service = 4;
+        w.held_all = 5;
         w.deny.push((IpAddr::V4(Ipv4Addr::new(198, 18, 200, 0)), 24));
         w.exempt.push((IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xa11, 0, 0, 0, 0, 0)), 48));
-        let held = w.source_prefix(&[198, 18, 10, 77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], true);
-        w.held.insert(held);
+        for held in [[198, 18, 10, 77], [198, 18, 20, 1], [198, 18, 30, 1]] {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&held);
+            let p = w.source_prefix(&a, true);
+            w.held.insert(p);
+        }
         w
     }
 
@@ -314,9 +373,20 @@ mod tests {
         let server = v4(0, 1);
         let at = |src, port| expect(&w, &frames::syn(src, server, port)).expect("a frame");
         assert_eq!(at(v4(1, 1), 25).counter, (1, Verdict::Accepted));
-        let held = at(v4(10, 5), 25);
+        let held = at(v4(20, 5), 25);
         assert_eq!((held.action, held.counter), (XDP_TX, (1, Verdict::RefusedConcurrency)));
-        assert_eq!(at(v4(10, 5), 587).counter, (2, Verdict::Accepted), "no limit on 587");
+        assert_eq!(at(v4(20, 5), 587).counter, (2, Verdict::RefusedConcurrency), "no limit on 587, but the budget");
+        // An allow entry's limits replace the service's and the budget.
+        assert_eq!(at(v4(10, 5), 25).counter, (1, Verdict::Accepted), "4 held, 9 allowed, no budget");
+        // Sessions: 6 of 10 in use, 6 open: only the reserve list gets in, and
+        // a source both rules refuse is refused by sessions.
+        assert_eq!(at(v4(1, 1), 993).counter, (3, Verdict::RefusedReserve));
+        assert_eq!(at(v4(20, 5), 993).counter, (3, Verdict::RefusedReserve), "sessions first");
+        assert_eq!(at(v4(30, 7), 993).counter, (3, Verdict::RefusedConcurrency), "reserved, but held");
+        let mut unheld = w.clone();
+        unheld.held.clear();
+        let at_unheld = |src| expect(&unheld, &frames::syn(src, server, 993)).expect("a frame").counter;
+        assert_eq!(at_unheld(v4(30, 7)), (3, Verdict::Accepted), "reserved");
         assert_eq!(at(v4(200, 9), 587).action, XDP_DROP, "denied");
         assert_eq!(at(v4(1, 1), 26).counter, (0, Verdict::PassedOther));
         let exempt = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xa11, 5, 0, 0, 0, 1));
@@ -327,7 +397,7 @@ mod tests {
     #[test]
     fn parses_as_the_program_does() {
         let w = world();
-        let (src, dst) = (v4(10, 5), v4(0, 1));
+        let (src, dst) = (v4(20, 5), v4(0, 1));
         let syn = Tcp::syn(src, dst, 25);
         // Three tags, a fragment, six extension headers: passed as other.
         let three = Shape { vlans: vec![(0x8100, 1); 3], ..Shape::default() };

@@ -25,17 +25,21 @@ use aya::{
     Ebpf,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use limiter_common::{SourceKey, Verdict, maps::action, prefix::Prefix};
+use limiter_common::{
+    SourceKey, Verdict,
+    maps::{ALL_SERVICES, action},
+    prefix::Prefix,
+};
 use limiter_tests::{
     frames::{self, Shape, Tcp},
-    kernel::set_established,
+    kernel::{set_established, set_sessions},
     model::{self, Expect, ModelService, World, XDP_TX},
     privileged, require,
 };
 use limiter_user::{
     kernel::{counters, loader},
     policy::{
-        lists::{AllowEntry, Cidr, DenyEntry, ListLines, Lists},
+        lists::{AllowEntry, Cidr, DenyEntry, ListLines, Lists, ReserveEntry},
         model::{MapSizes, Policy, ResponderLimits, XdpMode},
         respond::Respond,
         service::{Action, Service},
@@ -43,23 +47,38 @@ use limiter_user::{
 };
 
 /// The connection limit of the limited services: held sources hold exactly
-/// this many, and no other source comes near it within a run.
+/// this many in every service, and no other source comes near it within a run.
 const LIMIT: u32 = 50_000;
+/// The source-wide budget; held sources hold exactly this many over all services.
+const ALL_LIMIT: u32 = 100_000;
+/// An allow entry's limits far above what held sources hold, and under it.
+const LOOSE: u32 = 1_000_000;
+const TIGHT: u32 = 40_000;
+/// Sessions: a pool held full, and one held at its open part (`OPEN` in
+/// use, `RESERVED` more for the reserve list).
+const POOL: u32 = 1_000_000;
+const OPEN: u32 = 1_000;
+const RESERVED: u32 = 1_000_000;
 /// Frames between two counter comparisons.
 const BATCH: usize = 8_192;
 
 const SERVER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
-/// Service ports: (ports, action, limit).
-const SERVICES: [(&[u16], Action, u32); 4] = [
-    (&[25], Action::Reset, LIMIT),
-    (&[110, 995], Action::Drop, LIMIT),
-    (&[587], Action::Drop, 0),
-    (&[143], Action::Log, LIMIT),
+/// Service ports: (ports, action, limit, (`max_sessions`, reserved, in use)).
+type ServiceRow = (&'static [u16], Action, u32, Option<(u32, u32, u32)>);
+const SERVICES: [ServiceRow; 6] = [
+    (&[25], Action::Reset, LIMIT, None),
+    (&[110, 995], Action::Drop, LIMIT, None),
+    (&[587], Action::Drop, 0, None),
+    (&[143], Action::Log, LIMIT, None),
+    (&[465], Action::Drop, LIMIT, Some((POOL, 0, POOL))),
+    (&[993], Action::Reset, LIMIT, Some((OPEN + RESERVED, RESERVED, OPEN))),
 ];
+/// The service with the reserve list (1-based id).
+const RESERVE_SERVICE: u32 = 6;
 /// Ports frames are sent to: the services' and two of no service.
-const PORTS: [u16; 7] = [25, 110, 995, 587, 143, 2526, 80];
+const PORTS: [u16; 9] = [25, 110, 995, 587, 143, 465, 993, 2526, 80];
 
 fn v4(a: u8, b: u8, c: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(198, 18, a, b + c))
@@ -87,9 +106,29 @@ fn lists() -> (Prefixes, Prefixes) {
     (deny, exempt)
 }
 
-/// Source prefixes held at the limit: two IPv4 /24s, two IPv6 /56s.
+/// Allow entries with limits: (prefix, length, per service, over all services).
+fn allow_limits() -> Vec<(IpAddr, u8, u32, u32)> {
+    vec![
+        (v4(12, 0, 0), 23, LOOSE, LOOSE),
+        (v6(0x20, 0, 0), 48, LOOSE, LOOSE),
+        (v4(16, 0, 0), 23, TIGHT, 0),
+        (v6(0x21, 0, 0), 48, TIGHT, 0),
+    ]
+}
+
+/// The reserve list of [`RESERVE_SERVICE`].
+fn reserve() -> Prefixes {
+    vec![(v4(14, 0, 0), 23), (v6(0x30, 0, 0), 48)]
+}
+
+/// Source prefixes holding `LIMIT` in every service and `ALL_LIMIT` over
+/// all: IPv4 /24s and IPv6 /56s, two plain, one in each allow entry with
+/// limits and one on the reserve list (each of those also has unheld sources).
 fn held() -> Vec<(IpAddr, bool)> {
-    vec![(v4(10, 0, 0), true), (v4(11, 0, 0), true), (v6(0x10, 0, 0), false), (v6(0x10, 0x100, 0), false)]
+    let mut h = vec![(v4(10, 0, 0), true), (v4(11, 0, 0), true), (v6(0x10, 0, 0), false), (v6(0x10, 0x100, 0), false)];
+    h.extend([12, 16, 14].map(|a| (v4(a, 0, 0), true)));
+    h.extend([0x20, 0x21, 0x30].map(|g| (v6(g, 0, 0), false)));
+    h
 }
 
 fn policy() -> Policy {
@@ -97,7 +136,7 @@ fn policy() -> Policy {
     let services = SERVICES
         .iter()
         .enumerate()
-        .map(|(i, (ports, action, limit))| Service {
+        .map(|(i, (ports, action, limit, sessions))| Service {
             id: u32::try_from(i + 1).expect("small"),
             name: format!("s{}", i + 1),
             ports: ports.to_vec(),
@@ -105,8 +144,8 @@ fn policy() -> Policy {
             burst: 0,
             action: *action,
             max_conn_per_source: (*limit != 0).then_some(*limit),
-            max_sessions: None,
-            reserved_sessions: 0,
+            max_sessions: sessions.map(|(max, _, _)| max),
+            reserved_sessions: sessions.map_or(0, |(_, reserved, _)| reserved),
             dead_peer_timeout: None,
             respond: Respond::default(),
         })
@@ -119,16 +158,18 @@ fn policy() -> Policy {
         metrics_listen: None,
         hostname: None,
         services,
-        max_conn_all_services: None,
+        max_conn_all_services: Some(ALL_LIMIT),
         maps: MapSizes::default(),
         responder: ResponderLimits::default(),
         lists: Lists {
             allow: exempt
                 .into_iter()
-                .map(|(ip, len)| AllowEntry {
+                .map(|(ip, len)| (ip, len, 0, 0))
+                .chain(allow_limits())
+                .map(|(ip, len, per, all)| AllowEntry {
                     prefix: Cidr(Prefix::new(ip, len)),
-                    max_conn_per_source: None,
-                    max_conn_all_services: None,
+                    max_conn_per_source: (per != 0).then_some(per),
+                    max_conn_all_services: (all != 0).then_some(all),
                     rate: None,
                     burst: None,
                     comment: None,
@@ -138,7 +179,14 @@ fn policy() -> Policy {
                 .into_iter()
                 .map(|(ip, len)| DenyEntry { prefix: Cidr(Prefix::new(ip, len)), comment: None })
                 .collect(),
-            reserve: Vec::new(),
+            reserve: reserve()
+                .into_iter()
+                .map(|(ip, len)| ReserveEntry {
+                    service: format!("s{RESERVE_SERVICE}"),
+                    prefix: Cidr(Prefix::new(ip, len)),
+                    comment: None,
+                })
+                .collect(),
         },
         list_lines: ListLines::default(),
     }
@@ -146,15 +194,37 @@ fn policy() -> Policy {
 
 fn world() -> World {
     let (deny, exempt) = lists();
-    let mut w = World { deny, exempt, ipv4_prefix: 24, ipv6_prefix: 56, ..World::default() };
-    for (i, (ports, action, limit)) in SERVICES.iter().enumerate() {
+    let mut w = World {
+        deny,
+        exempt,
+        allow_limits: allow_limits().into_iter().map(|(ip, len, per, all)| ((ip, len), per, all)).collect(),
+        reserve: reserve().into_iter().map(|p| (p, RESERVE_SERVICE)).collect(),
+        all_limit: ALL_LIMIT,
+        ipv4_prefix: 24,
+        ipv6_prefix: 56,
+        held_per_service: u64::from(LIMIT),
+        held_all: u64::from(ALL_LIMIT),
+        ..World::default()
+    };
+    for (i, (ports, action, limit, sessions)) in SERVICES.iter().enumerate() {
         let action = match action {
             Action::Reset => action::RESET,
             Action::Log => action::LOG,
             _ => action::DROP,
         };
         for port in *ports {
-            w.ports.insert(*port, ModelService { id: u32::try_from(i + 1).expect("small"), action, limit: *limit });
+            let (max_sessions, reserved, in_use) = sessions.unwrap_or_default();
+            w.ports.insert(
+                *port,
+                ModelService {
+                    id: u32::try_from(i + 1).expect("small"),
+                    action,
+                    limit: *limit,
+                    max_sessions,
+                    open_sessions: max_sessions - reserved,
+                    sessions_in_use: u64::from(in_use),
+                },
+            );
         }
     }
     for (ip, is_v4) in held() {
@@ -229,14 +299,17 @@ impl Rng {
 fn source(r: &mut Rng, is_v4: bool) -> IpAddr {
     let host = r.byte();
     let low = r.next() & 0xffff;
-    match (r.below(5), is_v4) {
+    match (r.below(6), is_v4) {
         (0, true) => v4(r.pick(&[10, 11]), 0, host),
         (1, true) => v4(r.pick(&[200, 201, 202]), 0, host),
         (2, true) => v4(r.pick(&[202, 203]), r.pick(&[16, 0]), host & 0x0f),
+        // The allow entries with limits and the reserve list, held or not.
+        (3, true) => v4(r.pick(&[12, 13, 14, 15, 16, 17]), 0, host),
         (_, true) => IpAddr::V4(Ipv4Addr::from(0xc612_0000 | u32::from(r.u16()) | (u32::from(r.byte() & 1) << 16))),
         (0, false) => v6(0x10, r.pick(&[0, 0x100, 0x1ff]), low),
         (1, false) => v6(0xdead, r.small(4), low),
         (2, false) => v6(r.pick(&[0x0a11, 0xbeef]), r.small(2), r.pick(&[0, 1, low])),
+        (3, false) => v6(r.pick(&[0x20, 0x21, 0x30]), r.pick(&[0, 0x100]), low),
         (_, false) => v6(r.u16(), r.u16(), r.next()),
     }
 }
@@ -464,16 +537,19 @@ fn random_and_mutated_frames_agree_with_the_model() {
     let mut run = Run { ebpf: loader::load(&policy()).expect("load the kernel object"), seed };
     for (ip, is_v4) in held() {
         let addr = world.source_prefix(&addr16(ip), is_v4);
-        for (i, (_, _, limit)) in SERVICES.iter().enumerate() {
-            if *limit != 0 {
-                let key = SourceKey {
-                    addr,
-                    service: u8::try_from(i + 1).expect("small"),
-                    family: model::family_of(is_v4),
-                    pad: [0; 2],
-                };
-                set_established(&mut run.ebpf, key, u64::from(*limit)).expect("hold the source at its limit");
-            }
+        // Every service (an allow entry's limit applies to one without its
+        // own), and over all services.
+        for service in
+            (1..=SERVICES.len()).map(|i| (u8::try_from(i).expect("small"), LIMIT)).chain([(ALL_SERVICES, ALL_LIMIT)])
+        {
+            let key = SourceKey { addr, service: service.0, family: model::family_of(is_v4), pad: [0; 2] };
+            set_established(&mut run.ebpf, key, u64::from(service.1)).expect("hold the source");
+        }
+    }
+    for (i, (_, _, _, sessions)) in SERVICES.iter().enumerate() {
+        if let Some((_, _, in_use)) = sessions {
+            let id = u32::try_from(i + 1).expect("small");
+            set_sessions(&mut run.ebpf, id, u64::from(*in_use)).expect("hold the sessions");
         }
     }
 
@@ -535,6 +611,12 @@ fn random_and_mutated_frames_agree_with_the_model() {
         (3, Verdict::Accepted, model::XDP_PASS),
         (4, Verdict::Accepted, model::XDP_PASS),
         (4, Verdict::RefusedConcurrency, model::XDP_PASS),
+        // The budget on a service with no limit of its own.
+        (3, Verdict::RefusedConcurrency, model::XDP_DROP),
+        (5, Verdict::RefusedSessions, model::XDP_DROP),
+        (6, Verdict::RefusedReserve, XDP_TX),
+        (6, Verdict::Accepted, model::XDP_PASS),
+        (6, Verdict::RefusedConcurrency, XDP_TX),
     ] {
         let floor = (count / 20_000).max(1) as u64;
         assert!(
