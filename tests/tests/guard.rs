@@ -451,7 +451,6 @@ fn a_full_read_only_or_missing_state_dir_refuses_a_change_and_changes_nothing() 
 /// every source is counted again.
 #[test]
 fn a_full_connection_table_fails_open_warns_and_recovers() {
-    use std::fmt::Write as _;
     // Each counted source takes two entries: its service's count and its
     // count over all services (README, `[maps]`).
     const CAPACITY: usize = 1024 / 2;
@@ -460,19 +459,7 @@ fn a_full_connection_table_fails_open_warns_and_recovers() {
     let pair = Pair::new();
     let _l = pair.listen(PORT);
     let scratch = Scratch::new();
-    let mut batch = String::new();
-    let mut sources: Vec<IpAddr> = Vec::new();
-    for h in 2..252u16 {
-        let _ = writeln!(batch, "addr add 198.18.{}.{h}/24 dev {}", pair.net, pair.client_if);
-        sources.push(format!("198.18.{}.{h}", pair.net).parse().expect("v4"));
-    }
-    for s in 1..=800u16 {
-        let a = format!("2001:db8:{:x}:{s:x}::2", pair.net);
-        let _ = writeln!(batch, "addr add {a}/48 dev {} nodad", pair.client_if);
-        sources.push(a.parse().expect("v6"));
-    }
-    let batch_file = scratch.write("addrs.batch", &batch);
-    pair.client.exec(&["ip", "-batch", path_str(&batch_file)]);
+    let sources = pair.add_clients(250, 800);
     let config = scratch.write(
         "limiter.toml",
         &format!(

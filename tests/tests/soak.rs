@@ -11,7 +11,6 @@
 #![expect(unused_crate_dependencies, reason = "integration tests see all of the crate's dependencies")]
 
 use std::{
-    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{IpAddr, TcpListener, TcpStream},
     sync::{
@@ -167,20 +166,8 @@ fn soak() {
         thread::spawn(move || serve(&l, &stop))
     };
     // 250 IPv4 hosts and 1,000 IPv6 /64s, added in one batch.
+    let sources = pair.add_clients(V4_SOURCES, V6_SOURCES);
     let scratch = Scratch::new();
-    let mut batch = String::new();
-    let mut sources: Vec<IpAddr> = Vec::new();
-    for h in 2..2 + V4_SOURCES {
-        let _ = writeln!(batch, "addr add 198.18.{}.{h}/24 dev {}", pair.net, pair.client_if);
-        sources.push(format!("198.18.{}.{h}", pair.net).parse().expect("v4"));
-    }
-    for s in 1..=V6_SOURCES {
-        let a = format!("2001:db8:{:x}:{s:x}::2", pair.net);
-        let _ = writeln!(batch, "addr add {a}/48 dev {} nodad", pair.client_if);
-        sources.push(a.parse().expect("v6"));
-    }
-    let batch_file = scratch.write("addrs.batch", &batch);
-    pair.client.exec(&["ip", "-batch", path_str(&batch_file)]);
     let sources = Arc::new(sources);
 
     let file = scratch.write("limiter.toml", &config(&pair.server_if, false));
