@@ -6,6 +6,7 @@
 pub mod bucket;
 pub mod checksum;
 pub mod events;
+pub mod filter;
 pub mod handshake;
 pub mod keepalive;
 pub mod lists;

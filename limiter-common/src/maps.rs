@@ -34,6 +34,8 @@ pub mod names {
     pub const SEED_SKIP: &str = "SEED_SKIP";
     /// The merged allow/deny/reserve trie, both banks (`lists::key_data`).
     pub const LISTS: &str = "LISTS";
+    /// The filter in front of `LISTS`, both banks (`filter`).
+    pub const LIST_FILTER: &str = "LIST_FILTER";
     /// Session counts per service (`pool::index`).
     pub const SESSIONS: &str = "SESSIONS";
     /// What `sock_ops` counted for each open connection, by socket cookie.
@@ -131,6 +133,9 @@ pub const MAPS: &[MapSpec] = &[
     spec(names::PORTS, true, &[WRITER]),
     spec(names::POLICY, true, &[WRITER]),
     spec(names::LISTS, true, &[WRITER]),
+    // Pinned with `LISTS`, so that the programs before and after an upgrade
+    // read one filter, the one matching the trie.
+    spec(names::LIST_FILTER, true, &[WRITER]),
     // XDP reserves handshakes, `sock_ops` counts established connections,
     // the daemon writes the seeded ones.
     spec(names::SESSIONS, true, &[Writer::Xdp, Writer::SockOps, SEED]),

@@ -1,7 +1,7 @@
 //! The maps of the kernel programs. `limiter_common::maps::MAPS` lists them
 //! with the daemon module that writes each; by side:
-//! - the daemon alone: `GLOBALS`, `PORTS`, `POLICY` and `LISTS` (the policy;
-//!   `POLICY` and `LISTS` in two banks), `SERVICES`, `SEEDED` and `SEED_STATE`;
+//! - the daemon alone: `GLOBALS`, `PORTS`, `POLICY`, `LISTS` and
+//!   `LIST_FILTER` (the policy; the last three in two banks), `SERVICES`, `SEEDED` and `SEED_STATE`;
 //! - XDP alone: `COUNTERS`, `OBSERVED`, `EVENTS` and `REFUSAL_BASIS`;
 //! - XDP and `sock_ops`: `PENDING` (XDP reserves handshakes, marks sources
 //!   at their limit and spends tokens; `sock_ops` releases handshakes, keeps
@@ -31,6 +31,7 @@ use aya_ebpf::{
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
     events::{self, Refusal},
+    filter,
     handshake::{self, Handshake},
     lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
     maps::{
@@ -96,6 +97,11 @@ pub(crate) fn handshake_entry(id: &Handshake) -> Option<*mut Handshake> {
 /// rewrites the other and flips, so no SYN ever sees a half-written list.
 #[map(name = "LISTS")]
 pub(crate) static LISTS: LpmTrie<[u8; KEY_BYTES], ListEntry> = LpmTrie::with_max_entries(2 * LIST_ENTRIES, 0);
+
+/// The filter in front of `LISTS`, both banks (`limiter_common::filter`):
+/// most sources no entry covers skip the trie's walk.
+#[map(name = "LIST_FILTER")]
+pub(crate) static LIST_FILTER: Array<u64> = Array::with_max_entries(filter::ENTRIES, 0);
 
 /// Sessions in use per service (`pool::index`): established (`sock_ops`),
 /// handshakes in flight (XDP reserves, `sock_ops` releases), seeded (daemon).
@@ -361,8 +367,25 @@ pub(crate) fn list_entry(g: &Globals, fam: u8, addr: &[u8; 16]) -> Option<&'stat
     if g.flags & (if fam == family::V4 { flags::LISTS } else { flags::LISTS_V6 }) == 0 {
         return None;
     }
-    let key = Key::new(key_len(if fam == family::V4 { 32 } else { 128 }), key_data(bank(g.flags), fam, addr));
+    let bank = bank(g.flags);
+    if !may_be_listed(bank, fam, addr) {
+        return None;
+    }
+    let key = Key::new(key_len(if fam == family::V4 { 32 } else { 128 }), key_data(bank, fam, addr));
     LISTS.get(&key)
+}
+
+/// False when `bank`'s filter shows that no list entry covers `addr`; true
+/// when one may (or the filter is not written).
+#[inline(always)]
+fn may_be_listed(bank: u8, fam: u8, addr: &[u8; 16]) -> bool {
+    let at = filter::header_index(bank);
+    let header = LIST_FILTER.get(at).map_or(0, |h| unsafe { core::ptr::read_volatile(h) });
+    if header & filter::VALID == 0 {
+        return true;
+    }
+    let (word, bits) = filter::place(filter::hash(fam, addr, filter::level(header, fam)));
+    LIST_FILTER.get(at + 1 + word).is_none_or(|w| unsafe { core::ptr::read_volatile(w) } & bits == bits)
 }
 
 /// The policy in force of a service.

@@ -700,6 +700,43 @@ fn deny_and_allow_lists_decide_first() {
     assert_eq!(passed(&mut h, v4(11), 3), 1, "no lists: the per-source limit again");
 }
 
+/// A pinned `LIST_FILTER` another build left behind may be valid yet wrong
+/// for the trie: a source an entry covers would skip it. The writer of a
+/// starting daemon clears both banks' headers before anything else, so the
+/// trie answers until it has written a filter whole.
+#[test]
+fn a_stale_filter_is_distrusted_at_a_start() {
+    use limiter_common::{filter, maps::flags};
+    require!(privileged());
+    let p = listed(1, &[], &["198.18.0.66", "2001:db8:66::/48"], &[]);
+    let mut h = Harness::new(&p);
+    assert_eq!(passed(&mut h, v4(66), 2), 0, "denied");
+    // The bank in force's filter with every bit clear, as a stale one could be.
+    let bank = {
+        let w = writer::PolicyWriter::new(&h.ebpf).expect("writer");
+        u8::from(w.globals().expect("globals").flags & flags::BANK_B != 0)
+    };
+    {
+        let mut map: aya::maps::Array<&mut aya::maps::MapData, u64> =
+            h.ebpf.map_mut(names::LIST_FILTER).expect("LIST_FILTER").try_into().expect("an array");
+        for i in 0..filter::WORDS {
+            map.set(filter::header_index(bank) + 1 + i, 0, 0).expect("clear a word");
+        }
+    }
+    assert_eq!(passed(&mut h, v4(66), 1), 1, "a wrong filter lets the denied host skip the trie");
+    // What a start does first.
+    let mut w = writer::PolicyWriter::new(&h.ebpf).expect("writer");
+    w.start_filters(false).expect("distrust the filters");
+    assert_eq!(passed(&mut h, v4(66), 2), 0, "the trie answers again");
+    assert_eq!(bank_filter(&h, bank).0 & filter::VALID, 0, "the header cleared");
+    // The first write puts a whole filter in force.
+    w.write(&p).expect("write");
+    assert_eq!(passed(&mut h, v4(66), 2), 0, "denied, through the new filter");
+    let merged = p.lists.merge(&p.services);
+    let bank = u8::from(w.globals().expect("globals").flags & flags::BANK_B != 0);
+    check_filter(&h, bank, &merged, true, "after the first write");
+}
+
 /// What `bank` of the `LISTS` trie holds, read whole.
 fn bank_entries(
     h: &Harness,
@@ -723,10 +760,50 @@ fn bank_entries(
     out
 }
 
+/// What `bank` of `LIST_FILTER` holds: its header and words.
+fn bank_filter(h: &Harness, bank: u8) -> (u64, Vec<u64>) {
+    use limiter_common::filter;
+    let map: aya::maps::Array<&aya::maps::MapData, u64> =
+        h.ebpf.map(names::LIST_FILTER).expect("LIST_FILTER").try_into().expect("an array");
+    let at = filter::header_index(bank);
+    let words = (0..filter::WORDS).map(|i| map.get(&(at + 1 + i), 0).expect("a word")).collect();
+    (map.get(&at, 0).expect("the header"), words)
+}
+
+/// Checks `bank`'s filter against `merged`: the levels are the shortest
+/// prefix of each family (capped), every entry's bits are set (so no source
+/// an entry covers skips the trie), and, with `exact`, no other bit is.
+fn check_filter(
+    h: &Harness,
+    bank: u8,
+    merged: &std::collections::BTreeMap<limiter_common::prefix::Prefix, limiter_common::lists::ListEntry>,
+    exact: bool,
+    what: &str,
+) {
+    use limiter_common::{filter, maps::family};
+    let (header, words) = bank_filter(h, bank);
+    assert_eq!(header & filter::VALID, filter::VALID, "{what}: the filter is valid");
+    let mut want = vec![0u64; words.len()];
+    for fam in [family::V4, family::V6] {
+        if let Some(shortest) = merged.keys().filter(|p| p.family == fam).map(|p| p.len).min() {
+            assert_eq!(filter::level(header, fam), filter::level_for(fam, shortest), "{what}: level of {fam}");
+        }
+    }
+    for p in merged.keys() {
+        let (w, bits) = filter::place(filter::hash(p.family, &p.addr, filter::level(header, p.family)));
+        assert_eq!(words[w as usize] & bits, bits, "{what}: the bits of {p:?}");
+        want[w as usize] |= bits;
+    }
+    if exact {
+        assert!(words == want, "{what}: bits no entry sets");
+    }
+}
+
 /// List changes written one prefix at a time, as the daemon writes an
 /// `allow|deny|reserve add|del` (only the changed prefix, and what the
 /// other bank lagged), leave the bank in force holding exactly the merged
-/// lists built whole, change after change, as the two banks alternate; the
+/// lists built whole, change after change, as the two banks alternate, and
+/// its filter (`LIST_FILTER`) with every entry's bits and no others; the
 /// family flags follow, and the program decides by the new entries.
 #[test]
 fn list_changes_written_a_prefix_at_a_time_leave_exactly_the_merged_lists() {
@@ -748,6 +825,8 @@ fn list_changes_written_a_prefix_at_a_time_leave_exactly_the_merged_lists() {
     // change after a start writes only what it changes.
     assert_eq!(bank_entries(&h, 0), force.merged, "bank 0 after a whole write");
     assert_eq!(bank_entries(&h, 1), force.merged, "bank 1 after a whole write");
+    check_filter(&h, 0, &force.merged, true, "bank 0 after a whole write");
+    check_filter(&h, 1, &force.merged, true, "bank 1 after a whole write");
     let prefixes: Vec<Cidr> = [
         "198.18.0.0/24",
         "198.18.0.0/25",
@@ -804,6 +883,9 @@ fn list_changes_written_a_prefix_at_a_time_leave_exactly_the_merged_lists() {
         let g = lists_writer.globals().expect("globals");
         let bank = u8::from(g.flags & flags::BANK_B != 0);
         assert_eq!(bank_entries(&h, bank), force.merged, "change {i} ({p}): the bank in force");
+        if !force.merged.is_empty() {
+            check_filter(&h, bank, &force.merged, i % 50 == 49, &format!("change {i} ({p})"));
+        }
         let whole = Force::new(&config, &runtime);
         assert_eq!(force.merged, whole.merged, "change {i} ({p}): kept and whole merges");
         let has = |f: u8| force.merged.keys().any(|k| k.family == f);

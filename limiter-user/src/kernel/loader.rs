@@ -89,7 +89,8 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>) -> Result<(Ebpf, Pol
     // A map with no pin yet is created by this load, empty: the writer
     // need not read it back (65,536 `PORTS` lookups at every fresh start).
     let created = |name: &str| !paths.iter().any(|(m, p)| *m == name && p.exists());
-    let (ports_new, lists_new) = (created(names::PORTS), created(names::LISTS));
+    let (ports_new, lists_new, filter_new) =
+        (created(names::PORTS), created(names::LISTS), created(names::LIST_FILTER));
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -100,6 +101,7 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>) -> Result<(Ebpf, Pol
     }
     let mut writer = PolicyWriter::new(&ebpf)?;
     writer.created(ports_new, lists_new);
+    writer.start_filters(filter_new)?;
     writer.write(policy)?;
     let prog: &mut Xdp = program(&mut ebpf)?;
     prog.load().map_err(|source| LoadError::Program { name: names::XDP_PROGRAM, source })?;

@@ -12,7 +12,7 @@ use aya::{
     },
 };
 use limiter_common::{
-    Globals, ServicePolicy,
+    Globals, ServicePolicy, filter,
     lists::{KEY_BYTES, ListEntry, key_data, key_len},
     maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, names, policy_index},
     prefix::Prefix,
@@ -53,6 +53,8 @@ struct Written {
     /// The prefixes whose entries differ between the two banks, when both
     /// are known: what a bank must catch up on besides a change's own.
     differs: Option<BTreeSet<Prefix>>,
+    /// Each bank's `LIST_FILTER` (header, words) as last written, when known.
+    filters: [Option<(u64, Vec<u64>)>; 2],
 }
 
 /// The writer of the policy maps (`POLICY`, `LISTS`, `GLOBALS`, `PORTS`).
@@ -65,6 +67,7 @@ pub struct PolicyWriter {
     ports: Array<MapData, u32>,
     policy: Array<MapData, ServicePolicy>,
     lists: LpmTrie<MapData, [u8; KEY_BYTES], ListEntry>,
+    filter: Array<MapData, u64>,
     /// Sizes the maps were created with (a pinned map keeps its own).
     conns_size: u32,
     pending_slots: u32,
@@ -86,6 +89,7 @@ impl PolicyWriter {
             ports: own(ebpf, names::PORTS)?,
             policy: own(ebpf, names::POLICY)?,
             lists: own(ebpf, names::LISTS)?,
+            filter: own(ebpf, names::LIST_FILTER)?,
             conns_size: map_size(ebpf, names::CONNS)?,
             pending_slots,
             list_room: map_size(ebpf, names::LISTS)? / 2,
@@ -103,6 +107,24 @@ impl PolicyWriter {
             self.written.banks = [Some(BTreeMap::new()), Some(BTreeMap::new())];
             self.written.differs = Some(BTreeSet::new());
         }
+    }
+
+    /// Readies `LIST_FILTER` at a start. Created by this load, it is known
+    /// (zero, both headers invalid). Pinned, it may be a filter another
+    /// build left (a downgrade that did not know it, then an upgrade): both
+    /// headers are cleared, which sends every source to the trie (slower,
+    /// never wrong) until the writer has written a bank's filter whole.
+    pub fn start_filters(&mut self, created: bool) -> Result<(), LoadError> {
+        if created {
+            self.written.filters =
+                [Some((0, vec![0; filter::WORDS as usize])), Some((0, vec![0; filter::WORDS as usize]))];
+            return Ok(());
+        }
+        for bank in [0, 1] {
+            self.filter.set(filter::header_index(bank), 0, 0).map_err(map_err(names::LIST_FILTER))?;
+        }
+        self.written.filters = [None, None];
+        Ok(())
     }
 
     /// `GLOBALS` as the programs read it.
@@ -189,6 +211,7 @@ impl PolicyWriter {
             Some(region) if self.written.differs.is_some() => self.write_region(target, merged, &region)?,
             _ => self.write_lists(target, merged)?,
         }
+        self.write_filter(target, merged)?;
 
         // The seeding flags belong to the seeding (which may outlive a restart):
         // keep them. A new generation invalidates every "at its limit" hint.
@@ -237,10 +260,36 @@ impl PolicyWriter {
             return;
         }
         settle_after_flip();
-        if let Err(e) = self.write_lists(bank, merged) {
+        if let Err(e) = self.write_lists(bank, merged).and_then(|()| self.write_filter(bank, merged)) {
             warn!("the policy is in force; bringing the other bank up to it failed ({e}): the next change writes it");
             self.written = Written::default();
         }
+    }
+
+    /// Makes `bank`'s `LIST_FILTER` the filter of `merged` (the bank is not
+    /// in force): its words first, then its header. Only the words that
+    /// differ from what the bank holds are written; the first time a bank is
+    /// written in this run, every word (a pin may hold an older filter).
+    /// Empty lists leave the filter alone: XDP does not look them up.
+    fn write_filter(&mut self, bank: u8, merged: &BTreeMap<Prefix, ListEntry>) -> Result<(), LoadError> {
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let (header, words) = filter_of(merged);
+        let name = names::LIST_FILTER;
+        let at = filter::header_index(bank);
+        let have = self.written.filters[usize::from(bank)].take();
+        let old_words = have.as_ref().map(|(_, w)| w.as_slice());
+        for (i, &w) in (0u32..).zip(&words) {
+            if old_words.is_none_or(|old| old[i as usize] != w) {
+                self.filter.set(at + 1 + i, w, 0).map_err(map_err(name))?;
+            }
+        }
+        if have.as_ref().is_none_or(|(h, _)| *h != header) {
+            self.filter.set(at, header, 0).map_err(map_err(name))?;
+        }
+        self.written.filters[usize::from(bank)] = Some((header, words));
+        Ok(())
     }
 
     /// Makes `PORTS` hold `table`. The map may be a pin from an earlier run,
@@ -358,6 +407,21 @@ impl PolicyWriter {
 }
 
 /// The prefixes whose entries differ between `a` and `b`.
+/// The filter of `merged` (`limiter_common::filter`): its header and words.
+fn filter_of(merged: &BTreeMap<Prefix, ListEntry>) -> (u64, Vec<u64>) {
+    let shortest = |fam| merged.keys().filter(|p| p.family == fam).map(|p| p.len).min().unwrap_or(0);
+    let header = filter::header(
+        filter::level_for(family::V4, shortest(family::V4)),
+        filter::level_for(family::V6, shortest(family::V6)),
+    );
+    let mut words = vec![0u64; filter::WORDS as usize];
+    for p in merged.keys() {
+        let (w, bits) = filter::place(filter::hash(p.family, &p.addr, filter::level(header, p.family)));
+        words[w as usize] |= bits;
+    }
+    (header, words)
+}
+
 fn differing(a: &BTreeMap<Prefix, ListEntry>, b: &BTreeMap<Prefix, ListEntry>) -> BTreeSet<Prefix> {
     let mut out: BTreeSet<Prefix> = a.iter().filter(|(p, e)| b.get(p) != Some(e)).map(|(p, _)| *p).collect();
     out.extend(b.keys().filter(|p| !a.contains_key(p)));
