@@ -216,7 +216,10 @@ async fn main_loop(
     let mut reclaim = every(reclaim_every());
     // A full table is told at once, not at the next reclaim pass.
     let mut uncounted_tick = every(uncounted::EVERY);
-    let mut uncounted = uncounted::Watch::default();
+    let mut uncounted = {
+        let ebpf = &state.borrow().loaded.ebpf;
+        uncounted::Watch::new(kernel::maps::map_size(ebpf, limiter_common::maps::names::CONNS).unwrap_or_default())
+    };
     loop {
         tokio::select! {
             _ = reclaim.tick() => reclaim_pass(&mut state.borrow_mut()),
@@ -302,8 +305,7 @@ fn watch_uncounted(d: &Daemon, watch: &mut uncounted::Watch) {
     let ebpf = &d.loaded.ebpf;
     match counters::read_uncounted(ebpf) {
         Ok(total) => {
-            let capacity = kernel::maps::map_size(ebpf, limiter_common::maps::names::CONNS).unwrap_or_default();
-            if let Some(line) = watch.observe(total, std::time::Instant::now(), capacity) {
+            if let Some(line) = watch.observe(total, std::time::Instant::now()) {
                 warn!("{line}");
             }
         }

@@ -13,8 +13,10 @@ pub const EVERY: Duration = Duration::from_secs(1);
 pub const QUIET: Duration = Duration::from_mins(1);
 
 /// The count the daemon has seen, and what it has warned about.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Watch {
+    /// `CONNS`' entries (fixed while the daemon runs: a pinned map keeps its size).
+    capacity: u32,
     /// The kernel's total at the last reading.
     seen: u64,
     /// Uncounted since the last warning, not yet warned about.
@@ -23,9 +25,15 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// A watch of a table of `capacity` entries that has seen nothing yet.
+    #[must_use]
+    pub const fn new(capacity: u32) -> Self {
+        Self { capacity, seen: 0, unwarned: 0, last_warning: None }
+    }
+
     /// Takes the kernel's total now (it starts at 0 with the programs, which
     /// each start loads); returns the warning to log, if one is due.
-    pub fn observe(&mut self, total: u64, now: Instant, capacity: u32) -> Option<String> {
+    pub fn observe(&mut self, total: u64, now: Instant) -> Option<String> {
         // The count only grows; a smaller one is a new map: start from it.
         let grew = total.saturating_sub(self.seen);
         self.seen = total;
@@ -35,17 +43,12 @@ impl Watch {
         }
         let n = std::mem::take(&mut self.unwarned);
         self.last_warning = Some(now);
+        let capacity = self.capacity;
         let what = if n == 1 { "1 connection" } else { &format!("{n} connections") };
         Some(format!(
             "{what} went uncounted: the connection table is full ({capacity} entries); their sources' limits are not \
              enforced until entries free up; raise [maps] connections"
         ))
-    }
-
-    /// The kernel's total at the last reading.
-    #[must_use]
-    pub const fn total(&self) -> u64 {
-        self.seen
     }
 }
 
@@ -56,29 +59,28 @@ mod tests {
     #[test]
     fn warns_at_the_first_growth_then_once_per_quiet_period_with_the_sum() {
         let t0 = Instant::now();
-        let mut w = Watch::default();
-        assert_eq!(w.observe(0, t0, 1024), None, "nothing uncounted, nothing said");
-        let first = w.observe(1, t0 + EVERY, 1024).expect("the first uncounted connection warns at once");
+        let mut w = Watch::new(1024);
+        assert_eq!(w.observe(0, t0), None, "nothing uncounted, nothing said");
+        let first = w.observe(1, t0 + EVERY).expect("the first uncounted connection warns at once");
         assert!(first.starts_with("1 connection went uncounted"), "{first}");
         assert!(first.contains("(1024 entries)") && first.contains("[maps] connections"), "{first}");
         // More within the quiet period: held back, then summed.
-        assert_eq!(w.observe(4, t0 + 2 * EVERY, 1024), None);
-        assert_eq!(w.observe(9, t0 + QUIET, 1024), None, "the quiet period runs from the warning");
-        let second = w.observe(9, t0 + EVERY + QUIET, 1024).expect("due once the period is over");
+        assert_eq!(w.observe(4, t0 + 2 * EVERY), None);
+        assert_eq!(w.observe(9, t0 + QUIET), None, "the quiet period runs from the warning");
+        let second = w.observe(9, t0 + EVERY + QUIET).expect("due once the period is over");
         assert!(second.starts_with("8 connections went uncounted"), "{second}");
         // Nothing new: nothing said, however long it has been.
-        assert_eq!(w.observe(9, t0 + 10 * QUIET, 1024), None);
-        assert_eq!(w.total(), 9);
+        assert_eq!(w.observe(9, t0 + 10 * QUIET), None);
         // Growth after a long quiet: at once.
-        assert!(w.observe(10, t0 + 10 * QUIET + EVERY, 1024).is_some());
+        assert!(w.observe(10, t0 + 10 * QUIET + EVERY).is_some());
     }
 
     #[test]
     fn a_total_that_went_down_is_a_new_count_not_a_huge_growth() {
         let t0 = Instant::now();
-        let mut w = Watch::default();
-        let _ = w.observe(100, t0, 8);
-        assert_eq!(w.observe(3, t0 + 2 * QUIET, 8), None, "a smaller total is taken as the new base");
-        assert!(w.observe(4, t0 + 3 * QUIET, 8).expect("then growth warns").starts_with("1 connection"));
+        let mut w = Watch::new(8);
+        let _ = w.observe(100, t0);
+        assert_eq!(w.observe(3, t0 + 2 * QUIET), None, "a smaller total is taken as the new base");
+        assert!(w.observe(4, t0 + 3 * QUIET).expect("then growth warns").starts_with("1 connection"));
     }
 }
