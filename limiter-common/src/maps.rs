@@ -36,6 +36,9 @@ pub mod names {
     pub const LISTS: &str = "LISTS";
     /// The filter in front of `LISTS`, both banks (`filter`).
     pub const LIST_FILTER: &str = "LIST_FILTER";
+    /// The merged lists' host entries (IPv4 /32, IPv6 /128), both banks,
+    /// by `lists::key_data`: looked up before `LISTS`, which then holds none.
+    pub const LIST_HOSTS: &str = "LIST_HOSTS";
     /// Session counts per service (`pool::index`).
     pub const SESSIONS: &str = "SESSIONS";
     /// What `sock_ops` counted for each open connection, by socket cookie.
@@ -136,6 +139,8 @@ pub const MAPS: &[MapSpec] = &[
     // Pinned with `LISTS`, so that the programs before and after an upgrade
     // read one filter, the one matching the trie.
     spec(names::LIST_FILTER, true, &[WRITER]),
+    // Pinned with `LISTS`: the two hold one bank's entries between them.
+    spec(names::LIST_HOSTS, true, &[WRITER]),
     // XDP reserves handshakes, `sock_ops` counts established connections,
     // the daemon writes the seeded ones.
     spec(names::SESSIONS, true, &[Writer::Xdp, Writer::SockOps, SEED]),
@@ -211,6 +216,14 @@ pub mod flags {
     /// writes the other bank whole, then flips this bit: a SYN sees the old
     /// policy or the new one, never a mix.
     pub const BANK_B: u8 = 8;
+}
+
+/// Bits of [`Globals::layout`]: how the bank in force is laid out over the maps.
+pub mod layout {
+    /// The bank's host entries (IPv4 /32, IPv6 /128) are in `LIST_HOSTS`,
+    /// not in `LISTS`: a source is looked up there first. Without it (a bank
+    /// a version before `LIST_HOSTS` wrote) the trie holds every entry.
+    pub const HOSTS: u8 = 1;
 }
 
 /// Entries of `POLICY`: a bank of `MAX_SERVICES + 1` per bank.
@@ -318,7 +331,10 @@ pub struct Globals {
     pub ipv6_prefix: u8,
     /// [`flags`] bits.
     pub flags: u8,
-    pub pad: u8,
+    /// [`layout`] bits of the bank in force, written with the flip to it.
+    /// Was `pad`, which versions before it wrote as zero: a bank such a
+    /// version put in force is read the way that version wrote it.
+    pub layout: u8,
     /// Bumped by every policy write: invalidates the "at its limit" hints
     /// (`pending::hint`), which a raised limit would make stale.
     pub generation: u16,

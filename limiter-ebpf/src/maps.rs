@@ -1,7 +1,7 @@
 //! The maps of the kernel programs. `limiter_common::maps::MAPS` lists them
 //! with the daemon module that writes each; by side:
-//! - the daemon alone: `GLOBALS`, `PORTS`, `POLICY`, `LISTS` and
-//!   `LIST_FILTER` (the policy; the last three in two banks), `SERVICES`, `SEEDED` and `SEED_STATE`;
+//! - the daemon alone: `GLOBALS`, `PORTS`, `POLICY`, `LISTS`, `LIST_HOSTS`
+//!   and `LIST_FILTER` (the policy; the last four in two banks), `SERVICES`, `SEEDED` and `SEED_STATE`;
 //! - XDP alone: `COUNTERS`, `OBSERVED`, `EVENTS` and `REFUSAL_BASIS`;
 //! - XDP and `sock_ops`: `PENDING` (XDP reserves handshakes, marks sources
 //!   at their limit and spends tokens; `sock_ops` releases handshakes, keeps
@@ -36,7 +36,7 @@ use limiter_common::{
     lists::{KEY_BYTES, LIST_ENTRIES, ListEntry, key_data, key_len},
     maps::{
         COUNTER_ENTRIES, DEFAULT_CONN_ENTRIES, MAX_SERVICES, POLICY_ENTRIES, PORT_ENTRIES, SEED_SKIP_ENTRIES,
-        SOCK_ENTRIES, ServiceRecord, SockRecord, bank, family, flags, policy_index, seed_state,
+        SOCK_ENTRIES, ServiceRecord, SockRecord, bank, family, flags, layout, policy_index, seed_state,
     },
     pending::{self, Slot, holders},
     pool,
@@ -97,6 +97,14 @@ pub(crate) fn handshake_entry(id: &Handshake) -> Option<*mut Handshake> {
 /// rewrites the other and flips, so no SYN ever sees a half-written list.
 #[map(name = "LISTS")]
 pub(crate) static LISTS: LpmTrie<[u8; KEY_BYTES], ListEntry> = LpmTrie::with_max_entries(2 * LIST_ENTRIES, 0);
+
+/// The lists' host entries (IPv4 /32, IPv6 /128), both banks, keyed like
+/// `LISTS` without the length: with `layout::HOSTS` set, a source is looked
+/// up here first and `LISTS` holds none of them (`lists::host_len`).
+/// Allocated per entry, like the trie.
+#[map(name = "LIST_HOSTS")]
+pub(crate) static LIST_HOSTS: HashMap<[u8; KEY_BYTES], ListEntry> =
+    HashMap::with_max_entries(2 * LIST_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// The filter in front of `LISTS`, both banks (`limiter_common::filter`):
 /// most sources no entry covers skip the trie's walk.
@@ -367,11 +375,20 @@ pub(crate) fn list_entry(g: &Globals, fam: u8, addr: &[u8; 16]) -> Option<&'stat
     if g.flags & (if fam == family::V4 { flags::LISTS } else { flags::LISTS_V6 }) == 0 {
         return None;
     }
-    let bank = bank(g.flags);
+    // The bank and its layout in one load: both change with one flip.
+    let [fl, lay] = unsafe { core::ptr::read_volatile((&raw const g.flags).cast::<[u8; 2]>()) };
+    let bank = bank(fl);
     if !may_be_listed(bank, fam, addr) {
         return None;
     }
     let key = Key::new(key_len(if fam == family::V4 { 32 } else { 128 }), key_data(bank, fam, addr));
+    // A host entry is the longest match of its address: one exact lookup,
+    // where the trie's walk grows with the lists.
+    if lay & layout::HOSTS != 0
+        && let Some(e) = unsafe { LIST_HOSTS.get(&key.data) }
+    {
+        return Some(e);
+    }
     LISTS.get(&key)
 }
 

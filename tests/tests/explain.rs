@@ -224,6 +224,21 @@ fn explain_names_the_deciding_entry_and_predicts_the_next_syn() {
     assert_eq!(smtp(&v)["limits_from"], "deny", "{v:#}");
     assert!(predicted_then_real(&d, &pair, banned, "refused_deny").is_none());
 
+    // Denied at run time as a host, as fail2ban bans: the entry lives in
+    // `LIST_HOSTS`, not the trie, and explain reads it there; it decides,
+    // the config's /29 is shadowed.
+    let host = format!("{banned}/32");
+    ok(&d, &["deny", "add", &banned.to_string(), "--comment", "fail2ban"]);
+    let v = explain(&d, banned);
+    let denies: Vec<_> = entries(&v).into_iter().filter(|e| e.0 == "deny").collect();
+    assert_eq!(
+        denies,
+        [entry("deny", &host, "runtime", true), entry("deny", &format!("198.18.{net}.200/29"), "config", false)],
+        "{v:#}"
+    );
+    assert_eq!((&v["kernel_entry"]["prefix"], &v["kernel_entry"]["deny"]), (&host.into(), &true.into()), "{v:#}");
+    assert!(predicted_then_real(&d, &pair, banned, "refused_deny").is_none());
+
     // What an admin reads.
     assert_office_view(&d, &text, office, &office_net, &net24);
 }

@@ -737,25 +737,115 @@ fn a_stale_filter_is_distrusted_at_a_start() {
     check_filter(&h, bank, &merged, true, "after the first write");
 }
 
-/// What `bank` of the `LISTS` trie holds, read whole.
+/// Host entries live in `LIST_HOSTS`, which a version before it did not
+/// know: a bank such a version put in force (its `GLOBALS` write leaves
+/// `layout` zero) keeps them in the trie, and whatever `LIST_HOSTS` still
+/// holds for that bank from an earlier run is stale. The program reads that
+/// bank from the trie alone; the next write moves the trie's host entries
+/// out and corrects the stale ones.
+#[test]
+fn a_bank_an_older_version_wrote_is_read_from_the_trie_alone() {
+    use limiter_common::{
+        Globals,
+        lists::{KEY_BYTES, ListEntry, entry, key_data, key_len},
+        maps::{family, flags, layout},
+    };
+    require!(privileged());
+    let p = listed(1, &[], &["198.18.0.66"], &[]);
+    let mut h = Harness::new(&p);
+    // Written twice, so that both banks hold the service's policy.
+    writer::write_policy(&h.ebpf, &p).expect("write policy");
+    assert_eq!(passed(&mut h, v4(66), 2), 0, "denied, through LIST_HOSTS");
+    assert_eq!(passed(&mut h, v4(77), 2), 1, "the per-source limit");
+    let (in_force, old) = {
+        let w = writer::PolicyWriter::new(&h.ebpf).expect("writer");
+        let g = w.globals().expect("globals");
+        assert_eq!(g.layout, layout::HOSTS, "written with host entries apart");
+        (u8::from(g.flags & flags::BANK_B != 0), g)
+    };
+    let other = 1 - in_force;
+    let host = |last: u8| key_data(other, family::V4, &v4_bytes(last));
+    // What an older version leaves: the other bank's host entries in the trie
+    // (198.18.0.77 denied), then a flip to it with `layout` zero ...
+    {
+        let mut trie: aya::maps::LpmTrie<&mut aya::maps::MapData, [u8; KEY_BYTES], ListEntry> =
+            h.ebpf.map_mut(names::LISTS).expect("LISTS").try_into().expect("trie");
+        let deny = ListEntry { flags: entry::DENY, ..ListEntry::default() };
+        trie.insert(&aya::maps::lpm_trie::Key::new(key_len(32), host(77)), deny, 0).expect("trie entry");
+    }
+    // ... while LIST_HOSTS still says, from an earlier run, that .77 is exempt
+    // and .66 denied.
+    {
+        let mut hosts: aya::maps::HashMap<&mut aya::maps::MapData, [u8; KEY_BYTES], ListEntry> =
+            h.ebpf.map_mut(names::LIST_HOSTS).expect("LIST_HOSTS").try_into().expect("hash");
+        let exempt = ListEntry { flags: entry::ALLOW | entry::EXEMPT, ..ListEntry::default() };
+        hosts.insert(host(77), exempt, 0).expect("stale entry");
+        hosts.insert(host(66), ListEntry { flags: entry::DENY, ..ListEntry::default() }, 0).expect("stale entry");
+    }
+    {
+        let mut globals: aya::maps::Array<&mut aya::maps::MapData, Globals> =
+            h.ebpf.map_mut(names::GLOBALS).expect("GLOBALS").try_into().expect("array");
+        let flipped = Globals { flags: old.flags ^ flags::BANK_B, layout: 0, ..old };
+        globals.set(0, flipped, 0).expect("flip");
+    }
+    // A start distrusts the filters first (`a_stale_filter_is_distrusted_at_a_start`).
+    let mut w = writer::PolicyWriter::new(&h.ebpf).expect("writer");
+    w.start_filters(false).expect("distrust the filters");
+    assert_eq!(passed(&mut h, v4(77), 2), 0, "denied by the trie; the stale exempt entry is not read");
+    assert_eq!(passed(&mut h, v4(66), 2), 1, "not on that bank's lists; the stale entry is not read");
+    // The next write puts every host entry where this version keeps it, in
+    // both banks, and the stale ones are gone.
+    // (A limit of 2: .66 holds one handshake in flight from above.)
+    let p2 = listed(2, &[], &["198.18.0.77"], &[]);
+    w.write(&p2).expect("write");
+    let merged = p2.lists.merge(&p2.services);
+    assert_eq!(w.globals().expect("globals").layout, layout::HOSTS);
+    assert_eq!(bank_entries(&h, 0), merged, "bank 0");
+    assert_eq!(bank_entries(&h, 1), merged, "bank 1");
+    assert_eq!(passed(&mut h, v4(77), 2), 0, "denied, through LIST_HOSTS");
+    assert_eq!(passed(&mut h, v4(66), 2), 1, "no longer denied: one more, to the limit of 2");
+}
+
+fn v4_bytes(last: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[198, 18, 0, last]);
+    a
+}
+
+/// What `bank` holds, read whole: its host entries from `LIST_HOSTS`, the
+/// rest from the `LISTS` trie, which must hold no host entry.
 fn bank_entries(
     h: &Harness,
     bank: u8,
 ) -> std::collections::BTreeMap<limiter_common::prefix::Prefix, limiter_common::lists::ListEntry> {
-    use limiter_common::lists::{KEY_BYTES, ListEntry};
+    use limiter_common::{
+        lists::{KEY_BYTES, ListEntry, host_len},
+        prefix::Prefix,
+    };
     let trie: aya::maps::LpmTrie<&aya::maps::MapData, [u8; KEY_BYTES], ListEntry> =
         h.ebpf.map(names::LISTS).expect("LISTS").try_into().expect("trie");
+    let hosts: aya::maps::HashMap<&aya::maps::MapData, [u8; KEY_BYTES], ListEntry> =
+        h.ebpf.map(names::LIST_HOSTS).expect("LIST_HOSTS").try_into().expect("hash");
+    let prefix = |data: &[u8; KEY_BYTES], len| {
+        let mut addr = [0u8; 16];
+        addr.copy_from_slice(&data[2..]);
+        Prefix { family: data[1], addr, len }
+    };
     let mut out = std::collections::BTreeMap::new();
     for item in &trie {
         let (key, e) = item.expect("trie entry");
-        let data = key.data();
-        if data[0] != bank {
+        if key.data()[0] != bank {
             continue;
         }
-        let mut addr = [0u8; 16];
-        addr.copy_from_slice(&data[2..]);
-        let len = u8::try_from(key.prefix_len() - 16).expect("a prefix length");
-        out.insert(limiter_common::prefix::Prefix { family: data[1], addr, len }, e);
+        let p = prefix(&key.data(), u8::try_from(key.prefix_len() - 16).expect("a prefix length"));
+        assert_ne!(p.len, host_len(p.family), "host entry {p:?} in the trie of bank {bank}");
+        out.insert(p, e);
+    }
+    for item in &hosts {
+        let (data, e) = item.expect("host entry");
+        if data[0] == bank {
+            assert!(out.insert(prefix(&data, host_len(data[1])), e).is_none(), "twice");
+        }
     }
     out
 }

@@ -1,6 +1,6 @@
 //! Reading what the programs would read for one client address (`limiter
-//! explain`): `GLOBALS`, the `POLICY` bank in force, the `LISTS` entries
-//! covering the address, and per source key `CONNS`, `SEEDED`, its `PENDING`
+//! explain`): `GLOBALS`, the `POLICY` bank in force, the list entries
+//! covering the address (`LIST_HOSTS`, `LISTS`), and per source key `CONNS`, `SEEDED`, its `PENDING`
 //! slots and the service's `SESSIONS` words. Read-only: nothing is written.
 
 use aya::{
@@ -10,8 +10,8 @@ use aya::{
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
     bucket::slot,
-    lists::{KEY_BYTES, ListEntry, key_data, key_len},
-    maps::{bank, family, flags, names, policy_index},
+    lists::{KEY_BYTES, ListEntry, host_len, key_data, key_len},
+    maps::{bank, family, flags, layout, names, policy_index},
     pending::{self, Slot},
     pool,
     prefix::{Prefix, mask_v4, mask_v6},
@@ -67,6 +67,9 @@ pub fn covering_entries(
     let trie: LpmTrie<&MapData, [u8; KEY_BYTES], ListEntry> = read(ebpf, names::LISTS)?;
     let in_force = bank(g.flags);
     let mut out = Vec::new();
+    if let Some(e) = host_entry(ebpf, g, &host)? {
+        out.push((Prefix { len: host_len(host.family), ..host }, e));
+    }
     for key in trie.keys() {
         let key = key.map_err(map_err(names::LISTS))?;
         let data = key.data();
@@ -98,6 +101,9 @@ pub fn list_lookup(ebpf: &Ebpf, g: &Globals, addr: std::net::IpAddr) -> Result<O
     let flag = if host.family == family::V4 { flags::LISTS } else { flags::LISTS_V6 };
     if g.flags & flag == 0 {
         return Ok(None);
+    }
+    if let Some(e) = host_entry(ebpf, g, &host)? {
+        return Ok(Some(e));
     }
     let trie: LpmTrie<&MapData, [u8; KEY_BYTES], ListEntry> = read(ebpf, names::LISTS)?;
     let bits = if host.family == family::V4 { 32 } else { 128 };
@@ -173,4 +179,18 @@ pub fn now_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The host entry of `host` in the bank in force, when the bank keeps its
+/// host entries in `LIST_HOSTS` (`layout::HOSTS`; else the trie has them).
+fn host_entry(ebpf: &Ebpf, g: &Globals, host: &Prefix) -> Result<Option<ListEntry>, LoadError> {
+    if g.layout & layout::HOSTS == 0 {
+        return Ok(None);
+    }
+    let hosts: HashMap<&MapData, [u8; KEY_BYTES], ListEntry> = read(ebpf, names::LIST_HOSTS)?;
+    match hosts.get(&key_data(bank(g.flags), host.family, &host.addr), 0) {
+        Ok(e) => Ok(Some(e)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(map_err(names::LIST_HOSTS)(e)),
+    }
 }

@@ -83,14 +83,17 @@ fn load_pinned(policy: &mut Policy, pin_dir: Option<&Path>) -> Result<(Ebpf, Pol
         .map_max_entries(names::CONNS, policy.maps.connections)
         .map_max_entries(names::SEEDED, policy.maps.connections)
         .map_max_entries(names::PENDING, policy.maps.pending_slots)
-        .map_max_entries(names::LISTS, 2 * policy.maps.list_entries);
+        .map_max_entries(names::LISTS, 2 * policy.maps.list_entries)
+        .map_max_entries(names::LIST_HOSTS, 2 * policy.maps.list_entries);
     let paths: Vec<(&str, PathBuf)> =
         pin_dir.map(|d| pins::maps().map(|m| (m, d.join(m))).collect()).unwrap_or_default();
     // A map with no pin yet is created by this load, empty: the writer
     // need not read it back (65,536 `PORTS` lookups at every fresh start).
     let created = |name: &str| !paths.iter().any(|(m, p)| *m == name && p.exists());
+    // A bank's entries are split over the trie and the host hash: both new,
+    // or both read back (one pinned alone may hold entries of another run).
     let (ports_new, lists_new, filter_new) =
-        (created(names::PORTS), created(names::LISTS), created(names::LIST_FILTER));
+        (created(names::PORTS), created(names::LISTS) && created(names::LIST_HOSTS), created(names::LIST_FILTER));
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

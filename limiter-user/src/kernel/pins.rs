@@ -35,7 +35,7 @@ pub fn maps() -> impl Iterator<Item = &'static str> {
 /// pinned map. A pin left by a version with another layout would be reused
 /// as it is and misread; [`check_layouts`] refuses it instead.
 #[expect(clippy::cast_possible_truncation, reason = "small types")]
-const LAYOUTS: [(&str, MapType, u32, u32, u32); 16] = {
+const LAYOUTS: [(&str, MapType, u32, u32, u32); 17] = {
     const fn size<T>() -> u32 {
         size_of::<T>() as u32
     }
@@ -46,6 +46,8 @@ const LAYOUTS: [(&str, MapType, u32, u32, u32); 16] = {
         // Sized by `[maps] list_entries` (before it, 2 x 65536).
         (names::LISTS, MapType::LpmTrie, 4 + KEY_BYTES as u32, size::<ListEntry>(), 0),
         (names::LIST_FILTER, MapType::Array, 4, 8, filter::ENTRIES),
+        // Sized with `LISTS`.
+        (names::LIST_HOSTS, MapType::Hash, KEY_BYTES as u32, size::<ListEntry>(), 0),
         (names::SESSIONS, MapType::Array, 4, 8, pool::ENTRIES),
         (names::SOCKS, MapType::Hash, 8, size::<SockRecord>(), 0),
         (names::COUNTERS, MapType::PerCpuArray, 4, 8, 0),

@@ -1,5 +1,6 @@
-//! The one writer of the policy maps: `GLOBALS`, `PORTS`, `POLICY` and
-//! `LISTS` (in two banks, flipped by one `GLOBALS` write). The seeding flags
+//! The one writer of the policy maps: `GLOBALS`, `PORTS`, `POLICY`, `LISTS`,
+//! `LIST_HOSTS` and `LIST_FILTER` (in two banks, flipped by one `GLOBALS`
+//! write). The seeding flags
 //! in `GLOBALS` are written here too, on the seeding's behalf.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -7,14 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::{
     Ebpf,
     maps::{
-        Array, MapData,
+        Array, HashMap, MapData,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use limiter_common::{
     Globals, ServicePolicy, filter,
-    lists::{KEY_BYTES, ListEntry, key_data, key_len},
-    maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, names, policy_index},
+    lists::{KEY_BYTES, ListEntry, host_len, key_data, key_len},
+    maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, layout, names, policy_index},
     prefix::Prefix,
 };
 use log::warn;
@@ -66,7 +67,7 @@ pub struct PolicyWriter {
     globals: Array<MapData, Globals>,
     ports: Array<MapData, u32>,
     policy: Array<MapData, ServicePolicy>,
-    lists: LpmTrie<MapData, [u8; KEY_BYTES], ListEntry>,
+    lists: ListMaps,
     filter: Array<MapData, u64>,
     /// Sizes the maps were created with (a pinned map keeps its own).
     conns_size: u32,
@@ -88,7 +89,7 @@ impl PolicyWriter {
             globals: own(ebpf, names::GLOBALS)?,
             ports: own(ebpf, names::PORTS)?,
             policy: own(ebpf, names::POLICY)?,
-            lists: own(ebpf, names::LISTS)?,
+            lists: ListMaps { trie: own(ebpf, names::LISTS)?, hosts: own(ebpf, names::LIST_HOSTS)? },
             filter: own(ebpf, names::LIST_FILTER)?,
             conns_size: map_size(ebpf, names::CONNS)?,
             pending_slots,
@@ -234,7 +235,7 @@ impl PolicyWriter {
                     ipv4_prefix: policy.ipv4_prefix,
                     ipv6_prefix: policy.ipv6_prefix,
                     flags: flags_new,
-                    pad: 0,
+                    layout: layout::HOSTS,
                     generation: old.generation.wrapping_add(1),
                     pad2: [0; 2],
                 },
@@ -314,42 +315,35 @@ impl PolicyWriter {
     /// what it should), no hashing of every entry. The first call for a bank
     /// reads it whole, unless this load created the trie.
     fn write_lists(&mut self, bank: u8, merged: &BTreeMap<Prefix, ListEntry>) -> Result<(), LoadError> {
-        let name = names::LISTS;
-        let trie = &mut self.lists;
+        let maps = &mut self.lists;
         let have = match self.written.banks[usize::from(bank)].take() {
             Some(have) => have,
-            None => trie
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, _)| k.data()[0] == bank)
-                .map(|(k, e)| (prefix_of(k.prefix_len(), &k.data()), e))
-                .collect(),
+            None => maps.read(bank)?,
         };
-        let key = |p: &Prefix| Key::new(key_len(p.len), key_data(bank, p.family, &p.addr));
         let (mut old, mut new) = (have.iter().peekable(), merged.iter().peekable());
         loop {
             match (old.peek(), new.peek()) {
                 (None, None) => break,
                 (Some((p, _)), None) => {
-                    trie.remove(&key(p)).map_err(map_err(name))?;
+                    maps.put(bank, p, None)?;
                     old.next();
                 }
                 (None, Some((p, e))) => {
-                    trie.insert(&key(p), *e, 0).map_err(map_err(name))?;
+                    maps.put(bank, p, Some(e))?;
                     new.next();
                 }
                 (Some((po, eo)), Some((pn, en))) => match po.cmp(pn) {
                     std::cmp::Ordering::Less => {
-                        trie.remove(&key(po)).map_err(map_err(name))?;
+                        maps.put(bank, po, None)?;
                         old.next();
                     }
                     std::cmp::Ordering::Greater => {
-                        trie.insert(&key(pn), *en, 0).map_err(map_err(name))?;
+                        maps.put(bank, pn, Some(en))?;
                         new.next();
                     }
                     std::cmp::Ordering::Equal => {
                         if eo != en {
-                            trie.insert(&key(pn), *en, 0).map_err(map_err(name))?;
+                            maps.put(bank, pn, Some(en))?;
                         }
                         old.next();
                         new.next();
@@ -388,12 +382,10 @@ impl PolicyWriter {
         for p in touched {
             let want = merged.get(&p);
             if want != this.get(&p) {
-                let key = Key::new(key_len(p.len), key_data(bank, p.family, &p.addr));
+                self.lists.put(bank, &p, want)?;
                 if let Some(e) = want {
-                    self.lists.insert(&key, *e, 0).map_err(map_err(names::LISTS))?;
                     this.insert(p, *e);
                 } else {
-                    self.lists.remove(&key).map_err(map_err(names::LISTS))?;
                     this.remove(&p);
                 }
             }
@@ -406,7 +398,57 @@ impl PolicyWriter {
     }
 }
 
-/// The prefixes whose entries differ between `a` and `b`.
+/// The maps that hold a bank's merged lists between them: host entries in
+/// `LIST_HOSTS`, the rest in the `LISTS` trie (`lists::host_len`).
+struct ListMaps {
+    trie: LpmTrie<MapData, [u8; KEY_BYTES], ListEntry>,
+    hosts: HashMap<MapData, [u8; KEY_BYTES], ListEntry>,
+}
+
+impl ListMaps {
+    /// Writes `p`'s entry of `bank` (`None` removes it) in the map that keeps it.
+    fn put(&mut self, bank: u8, p: &Prefix, e: Option<&ListEntry>) -> Result<(), LoadError> {
+        let data = key_data(bank, p.family, &p.addr);
+        if p.len == host_len(p.family) {
+            let name = names::LIST_HOSTS;
+            match e {
+                Some(e) => self.hosts.insert(data, *e, 0).map_err(map_err(name)),
+                None => self.hosts.remove(&data).map_err(map_err(name)),
+            }
+        } else {
+            let (name, key) = (names::LISTS, Key::new(key_len(p.len), data));
+            match e {
+                Some(e) => self.trie.insert(&key, *e, 0).map_err(map_err(name)),
+                None => self.trie.remove(&key).map_err(map_err(name)),
+            }
+        }
+    }
+
+    /// What `bank` (not in force) holds, read whole. Host entries a version
+    /// before `LIST_HOSTS` left in the trie are removed from it as they are
+    /// found, and so not counted: the bank's write puts them where this
+    /// layout keeps them.
+    fn read(&mut self, bank: u8) -> Result<BTreeMap<Prefix, ListEntry>, LoadError> {
+        let mut have = BTreeMap::new();
+        let mut strays = Vec::new();
+        for (k, e) in self.trie.iter().filter_map(Result::ok).filter(|(k, _)| k.data()[0] == bank) {
+            let p = prefix_of(k.prefix_len(), &k.data());
+            if p.len == host_len(p.family) {
+                strays.push(k);
+            } else {
+                have.insert(p, e);
+            }
+        }
+        for k in &strays {
+            self.trie.remove(k).map_err(map_err(names::LISTS))?;
+        }
+        for (data, e) in self.hosts.iter().filter_map(Result::ok).filter(|(d, _)| d[0] == bank) {
+            have.insert(prefix_of(key_len(host_len(data[1])), &data), e);
+        }
+        Ok(have)
+    }
+}
+
 /// The filter of `merged` (`limiter_common::filter`): its header and words.
 fn filter_of(merged: &BTreeMap<Prefix, ListEntry>) -> (u64, Vec<u64>) {
     let shortest = |fam| merged.keys().filter(|p| p.family == fam).map(|p| p.len).min().unwrap_or(0);
@@ -422,6 +464,7 @@ fn filter_of(merged: &BTreeMap<Prefix, ListEntry>) -> (u64, Vec<u64>) {
     (header, words)
 }
 
+/// The prefixes whose entries differ between `a` and `b`.
 fn differing(a: &BTreeMap<Prefix, ListEntry>, b: &BTreeMap<Prefix, ListEntry>) -> BTreeSet<Prefix> {
     let mut out: BTreeSet<Prefix> = a.iter().filter(|(p, e)| b.get(p) != Some(e)).map(|(p, _)| *p).collect();
     out.extend(b.keys().filter(|p| !a.contains_key(p)));

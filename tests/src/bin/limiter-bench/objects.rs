@@ -39,6 +39,7 @@ impl Objects {
             .map_max_entries(names::SEEDED, sizes.connections)
             .map_max_entries(names::PENDING, sizes.pending_slots)
             .map_max_entries(names::LISTS, 2 * sizes.list_entries)
+            .map_max_entries(names::LIST_HOSTS, 2 * sizes.list_entries)
             .load(EBPF_OBJECT)?;
         prepare(&mut limiter)?;
 
