@@ -341,6 +341,9 @@ pub struct Globals {
     pub pad2: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<Globals>() == 24);
+// XDP reads `flags` and `layout` in one aligned two-byte load.
+const _: () = assert!(core::mem::offset_of!(Globals, flags) % 2 == 0);
+const _: () = assert!(core::mem::offset_of!(Globals, layout) == core::mem::offset_of!(Globals, flags) + 1);
 
 /// Policy of one service (`POLICY[policy_index(bank, id)]`).
 #[repr(C)]

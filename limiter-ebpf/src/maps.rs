@@ -375,8 +375,9 @@ pub(crate) fn list_entry(g: &Globals, fam: u8, addr: &[u8; 16]) -> Option<&'stat
     if g.flags & (if fam == family::V4 { flags::LISTS } else { flags::LISTS_V6 }) == 0 {
         return None;
     }
-    // The bank and its layout in one load: both change with one flip.
-    let [fl, lay] = unsafe { core::ptr::read_volatile((&raw const g.flags).cast::<[u8; 2]>()) };
+    // The bank and its layout in one load: both change with one flip. As a
+    // u16 (the pair is 2-aligned), not [u8; 2], which compiles to two loads.
+    let [fl, lay] = unsafe { core::ptr::read_volatile((&raw const g.flags).cast::<u16>()) }.to_le_bytes();
     let bank = bank(fl);
     if !may_be_listed(bank, fam, addr) {
         return None;
