@@ -724,17 +724,31 @@ fn a_stale_filter_is_distrusted_at_a_start() {
         }
     }
     assert_eq!(passed(&mut h, v4(66), 1), 1, "a wrong filter lets the denied host skip the trie");
+    // And bits no entry sets, in both banks: the writer reads the pinned
+    // words back at a start and writes only those that differ, so these
+    // must differ from what it wants.
+    {
+        let mut map: aya::maps::Array<&mut aya::maps::MapData, u64> =
+            h.ebpf.map_mut(names::LIST_FILTER).expect("LIST_FILTER").try_into().expect("an array");
+        for b in [0, 1] {
+            for i in [0, 1, filter::WORDS / 2, filter::WORDS - 1] {
+                map.set(filter::header_index(b) + 1 + i, u64::MAX, 0).expect("set a word");
+            }
+        }
+    }
     // What a start does first.
     let mut w = writer::PolicyWriter::new(&h.ebpf).expect("writer");
     w.start_filters(false).expect("distrust the filters");
     assert_eq!(passed(&mut h, v4(66), 2), 0, "the trie answers again");
     assert_eq!(bank_filter(&h, bank).0 & filter::VALID, 0, "the header cleared");
-    // The first write puts a whole filter in force.
+    // The first write puts a whole filter in force, and brings the other
+    // bank's up to it.
     w.write(&p).expect("write");
     assert_eq!(passed(&mut h, v4(66), 2), 0, "denied, through the new filter");
     let merged = p.lists.merge(&p.services);
     let bank = u8::from(w.globals().expect("globals").flags & flags::BANK_B != 0);
     check_filter(&h, bank, &merged, true, "after the first write");
+    check_filter(&h, 1 - bank, &merged, true, "the other bank, after the first write");
 }
 
 /// Host entries live in `LIST_HOSTS`, which a version before it did not

@@ -1,8 +1,9 @@
-//! Reading a whole hash map in a few `bpf(2)` calls (`BPF_MAP_LOOKUP_BATCH`,
-//! Linux 5.6) rather than two per entry (next key, then its value), which is
-//! what aya's iterators do. With a million sources in `CONNS` the walk took
-//! seconds of the daemon's only thread; `status`, `top` and the metrics read
-//! the maps through here.
+//! Reading a whole hash map or array in a few `bpf(2)` calls
+//! (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6) rather than one or two per entry,
+//! which is what aya's iterators and `get` do. With a million sources in
+//! `CONNS` the walk took seconds of the daemon's only thread; `status`,
+//! `top` and the metrics read the maps through here, and the policy writer
+//! reads back the pinned `LIST_HOSTS` and `LIST_FILTER` at a restart.
 
 use std::{
     io,
@@ -17,16 +18,15 @@ const ENOTSUPP: i32 = 524;
 /// Entries asked for per call: 8,192 keys and values of `CONNS` are 229 KiB.
 const CHUNK: usize = 8_192;
 
-/// Every entry of the (non-per-CPU) hash map `fd`, whose keys are `K` and
-/// values `V` exactly (their sizes are the map's). `Ok(None)` if this kernel
+/// Every entry of the (non-per-CPU) hash map or array `fd`, whose keys are
+/// `K` and values `V` exactly (their sizes are the map's; an array's keys
+/// are `u32` indices). `Ok(None)` if this kernel
 /// has no batch lookup for the map: the caller walks it key by key.
 ///
 /// Like any walk of a map that programs update, it is not a snapshot: an
 /// entry added or deleted meanwhile may be seen or not; one that stays is
 /// seen once (the kernel walks bucket by bucket, and keys do not move).
-pub(crate) fn hash_entries<K: Copy + Default, V: Copy + Default>(
-    fd: BorrowedFd<'_>,
-) -> io::Result<Option<Vec<(K, V)>>> {
+pub(crate) fn map_entries<K: Copy + Default, V: Copy + Default>(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(K, V)>>> {
     let mut chunk = CHUNK;
     let mut keys = vec![K::default(); chunk];
     let mut values = vec![V::default(); chunk];

@@ -17,7 +17,7 @@ use crate::{
     kernel::{
         batch,
         error::LoadError,
-        maps::{map_err, read},
+        maps::{batch_err, map_err, read},
     },
     policy::model::Policy,
 };
@@ -146,18 +146,13 @@ pub fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(
     name: &'static str,
 ) -> Result<Vec<(K, V)>, LoadError> {
     let m: HashMap<&MapData, K, V> = read(ebpf, name)?;
-    let syscall = |io_error| {
-        map_err(name)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_lookup_batch",
-            io_error,
-        }))
-    };
+    let syscall = batch_err(name);
     let fd = ebpf.map(name).and_then(|map| match map {
         aya::maps::Map::HashMap(d) => Some(d.fd().as_fd()),
         _ => None,
     });
     if let Some(fd) = fd
-        && let Some(all) = batch::hash_entries(fd).map_err(syscall)?
+        && let Some(all) = batch::map_entries(fd).map_err(syscall)?
     {
         return Ok(all);
     }

@@ -20,6 +20,23 @@ pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> LoadError 
     move |source| LoadError::Map { name, source }
 }
 
+/// The error of a batched lookup (`kernel::batch`) of map `name`.
+pub(crate) fn batch_err(name: &'static str) -> impl FnOnce(std::io::Error) -> LoadError {
+    move |io_error| {
+        map_err(name)(MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error }))
+    }
+}
+
+/// A descriptor of the caller's own on map `name`, for the `bpf()` calls
+/// aya does not make (`kernel::batch`).
+pub(crate) fn own_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd, LoadError> {
+    let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
+    let (Map::Array(data) | Map::HashMap(data) | Map::LruHashMap(data) | Map::LpmTrie(data)) = map else {
+        return Err(LoadError::Incompatible(format!("{name} has an unexpected map type")));
+    };
+    data.fd().as_fd().try_clone_to_owned().map_err(|source| LoadError::Handle { name, source })
+}
+
 /// A writable handle of the caller's own on map `name`, typed as `T`.
 pub(crate) fn own<T: TryFrom<Map, Error = MapError>>(ebpf: &Ebpf, name: &'static str) -> Result<T, LoadError> {
     let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;

@@ -61,7 +61,7 @@ impl Reclaimer {
     /// Deletes the entries that were at zero in this pass and the last.
     pub fn pass(&mut self) -> Result<ReclaimPass, LoadError> {
         let (conns, capacity) = (&mut self.conns, self.capacity);
-        let all: Vec<(SourceKey, u64)> = match batch::hash_entries(self.fd.as_fd()) {
+        let all: Vec<(SourceKey, u64)> = match batch::map_entries(self.fd.as_fd()) {
             Ok(Some(all)) => all,
             // A kernel without batch look-ups, or a failed read: the walk.
             Ok(None) | Err(_) => conns.iter().filter_map(Result::ok).collect(),

@@ -3,7 +3,10 @@
 //! write). The seeding flags
 //! in `GLOBALS` are written here too, on the seeding's behalf.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::{AsFd as _, OwnedFd},
+};
 
 use aya::{
     Ebpf,
@@ -22,9 +25,10 @@ use log::warn;
 
 use crate::{
     kernel::{
+        batch,
         error::LoadError,
         host::netns_cookie,
-        maps::{map_err, map_size, own},
+        maps::{batch_err, map_err, map_size, own, own_fd},
     },
     policy::{
         force::{has_family, under},
@@ -69,6 +73,8 @@ pub struct PolicyWriter {
     policy: Array<MapData, ServicePolicy>,
     lists: ListMaps,
     filter: Array<MapData, u64>,
+    /// `LIST_FILTER` again, for batched reads.
+    filter_fd: OwnedFd,
     /// Sizes the maps were created with (a pinned map keeps its own).
     conns_size: u32,
     pending_slots: u32,
@@ -89,8 +95,13 @@ impl PolicyWriter {
             globals: own(ebpf, names::GLOBALS)?,
             ports: own(ebpf, names::PORTS)?,
             policy: own(ebpf, names::POLICY)?,
-            lists: ListMaps { trie: own(ebpf, names::LISTS)?, hosts: own(ebpf, names::LIST_HOSTS)? },
+            lists: ListMaps {
+                trie: own(ebpf, names::LISTS)?,
+                hosts: own(ebpf, names::LIST_HOSTS)?,
+                hosts_fd: own_fd(ebpf, names::LIST_HOSTS)?,
+            },
             filter: own(ebpf, names::LIST_FILTER)?,
+            filter_fd: own_fd(ebpf, names::LIST_FILTER)?,
             conns_size: map_size(ebpf, names::CONNS)?,
             pending_slots,
             list_room: map_size(ebpf, names::LISTS)? / 2,
@@ -114,17 +125,42 @@ impl PolicyWriter {
     /// (zero, both headers invalid). Pinned, it may be a filter another
     /// build left (a downgrade that did not know it, then an upgrade): both
     /// headers are cleared, which sends every source to the trie (slower,
-    /// never wrong) until the writer has written a bank's filter whole.
+    /// never wrong) until the writer has written a bank's filter whole. Its
+    /// words are then read back in a few batched calls, so that writing a
+    /// bank's filter costs one `bpf()` call per word that differs, not one
+    /// per word (65,536 at a restart).
     pub fn start_filters(&mut self, created: bool) -> Result<(), LoadError> {
         if created {
             self.written.filters =
                 [Some((0, vec![0; filter::WORDS as usize])), Some((0, vec![0; filter::WORDS as usize]))];
             return Ok(());
         }
+        let name = names::LIST_FILTER;
         for bank in [0, 1] {
-            self.filter.set(filter::header_index(bank), 0, 0).map_err(map_err(names::LIST_FILTER))?;
+            self.filter.set(filter::header_index(bank), 0, 0).map_err(map_err(name))?;
         }
         self.written.filters = [None, None];
+        // Without batched lookups (before Linux 5.6) the first write of each
+        // bank writes every word.
+        let Some(all) = batch::map_entries::<u32, u64>(self.filter_fd.as_fd()).map_err(batch_err(name))? else {
+            return Ok(());
+        };
+        let mut words = [vec![0u64; filter::WORDS as usize], vec![0u64; filter::WORDS as usize]];
+        let mut seen = 0;
+        for (i, w) in all {
+            for bank in [0u8, 1] {
+                let first = filter::header_index(bank) + 1;
+                if (first..first + filter::WORDS).contains(&i) {
+                    words[usize::from(bank)][(i - first) as usize] = w;
+                    seen += 1;
+                }
+            }
+        }
+        // An array's batch lists every index; anything less is not a read to trust.
+        if seen == 2 * filter::WORDS {
+            let [w0, w1] = words;
+            self.written.filters = [Some((0, w0)), Some((0, w1))];
+        }
         Ok(())
     }
 
@@ -403,6 +439,8 @@ impl PolicyWriter {
 struct ListMaps {
     trie: LpmTrie<MapData, [u8; KEY_BYTES], ListEntry>,
     hosts: HashMap<MapData, [u8; KEY_BYTES], ListEntry>,
+    /// `LIST_HOSTS` again, for batched reads.
+    hosts_fd: OwnedFd,
 }
 
 impl ListMaps {
@@ -442,7 +480,13 @@ impl ListMaps {
         for k in &strays {
             self.trie.remove(k).map_err(map_err(names::LISTS))?;
         }
-        for (data, e) in self.hosts.iter().filter_map(Result::ok).filter(|(d, _)| d[0] == bank) {
+        let name = names::LIST_HOSTS;
+        let hosts = match batch::map_entries::<[u8; KEY_BYTES], ListEntry>(self.hosts_fd.as_fd()) {
+            Ok(Some(all)) => all,
+            Ok(None) => self.hosts.iter().collect::<Result<_, _>>().map_err(map_err(name))?,
+            Err(e) => return Err(batch_err(name)(e)),
+        };
+        for (data, e) in hosts.into_iter().filter(|(d, _)| d[0] == bank) {
             have.insert(prefix_of(key_len(host_len(data[1])), &data), e);
         }
         Ok(have)
