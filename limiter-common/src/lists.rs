@@ -12,7 +12,7 @@
 //! longest stored one).
 //!
 //! Host entries (IPv4 /32, IPv6 /128) are kept apart, in an exact-match
-//! hash looked up first ([`host_len`]).
+//! hash looked up first (`maps::host_len`).
 //!
 //! Key: `prefix_len = 16 + bits`, data = the bank byte, the family byte,
 //! then the address (IPv4 in the first four address bytes): the families
@@ -76,17 +76,6 @@ pub const fn key_data(bank: u8, family: u8, addr: &[u8; 16]) -> [u8; KEY_BYTES] 
         i += 1;
     }
     d
-}
-
-/// The length of a host entry of family `family`: 32 (IPv4) or 128 (IPv6).
-/// A bank's host entries live in `LIST_HOSTS`, keyed by [`key_data`] alone
-/// (see `maps::layout::HOSTS`): a host entry is the longest match of its
-/// address whatever else the lists hold, so one exact lookup answers for it,
-/// where the trie's walk grows with the lists. The trie holds the rest.
-#[inline(always)]
-#[must_use]
-pub const fn host_len(family: u8) -> u8 {
-    if family == crate::maps::family::V4 { 32 } else { 128 }
 }
 
 /// The trie prefix length of `bits` address bits.

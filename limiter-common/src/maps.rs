@@ -317,6 +317,17 @@ pub mod family {
     pub const V6: u8 = 6;
 }
 
+/// The length of a host entry of family `family`: 32 (IPv4) or 128 (IPv6).
+/// A bank's host entries live in `LIST_HOSTS`, keyed by `lists::key_data`
+/// alone (see [`layout::HOSTS`]): a host entry is the longest match of its
+/// address whatever else the lists hold, so one exact lookup answers for it,
+/// where the trie's walk grows with the lists. The trie holds the rest.
+#[inline(always)]
+#[must_use]
+pub const fn host_len(family: u8) -> u8 {
+    if family == family::V4 { 32 } else { 128 }
+}
+
 /// Global settings (`GLOBALS[0]`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

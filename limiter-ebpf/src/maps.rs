@@ -100,7 +100,7 @@ pub(crate) static LISTS: LpmTrie<[u8; KEY_BYTES], ListEntry> = LpmTrie::with_max
 
 /// The lists' host entries (IPv4 /32, IPv6 /128), both banks, keyed like
 /// `LISTS` without the length: with `layout::HOSTS` set, a source is looked
-/// up here first and `LISTS` holds none of them (`lists::host_len`).
+/// up here first and `LISTS` holds none of them (`maps::host_len`).
 /// Allocated per entry, like the trie.
 #[map(name = "LIST_HOSTS")]
 pub(crate) static LIST_HOSTS: HashMap<[u8; KEY_BYTES], ListEntry> =

@@ -833,7 +833,8 @@ fn bank_entries(
     bank: u8,
 ) -> std::collections::BTreeMap<limiter_common::prefix::Prefix, limiter_common::lists::ListEntry> {
     use limiter_common::{
-        lists::{KEY_BYTES, ListEntry, host_len},
+        lists::{KEY_BYTES, ListEntry},
+        maps::host_len,
         prefix::Prefix,
     };
     let trie: aya::maps::LpmTrie<&aya::maps::MapData, [u8; KEY_BYTES], ListEntry> =

@@ -10,8 +10,8 @@ use aya::{
 use limiter_common::{
     Globals, ServicePolicy, SourceKey,
     bucket::slot,
-    lists::{KEY_BYTES, ListEntry, host_len, key_data, key_len},
-    maps::{bank, family, flags, layout, names, policy_index},
+    lists::{KEY_BYTES, ListEntry, key_data, key_len},
+    maps::{bank, family, flags, host_len, layout, names, policy_index},
     pending::{self, Slot},
     pool,
     prefix::{Prefix, mask_v4, mask_v6},

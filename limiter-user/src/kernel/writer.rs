@@ -17,8 +17,8 @@ use aya::{
 };
 use limiter_common::{
     Globals, ServicePolicy, filter,
-    lists::{KEY_BYTES, ListEntry, host_len, key_data, key_len},
-    maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, layout, names, policy_index},
+    lists::{KEY_BYTES, ListEntry, key_data, key_len},
+    maps::{MAX_SERVICES, PORT_ENTRIES, action, family, flags, host_len, layout, names, policy_index},
     prefix::Prefix,
 };
 use log::warn;
@@ -435,7 +435,7 @@ impl PolicyWriter {
 }
 
 /// The maps that hold a bank's merged lists between them: host entries in
-/// `LIST_HOSTS`, the rest in the `LISTS` trie (`lists::host_len`).
+/// `LIST_HOSTS`, the rest in the `LISTS` trie (`maps::host_len`).
 struct ListMaps {
     trie: LpmTrie<MapData, [u8; KEY_BYTES], ListEntry>,
     hosts: HashMap<MapData, [u8; KEY_BYTES], ListEntry>,
