@@ -26,8 +26,11 @@ pub const WORDS: u32 = 1 << 15;
 /// Entries of the filter map: a header and the words, for each of the two banks.
 pub const ENTRIES: u32 = 2 * (WORDS + 1);
 
-/// Header bit: the bank's filter is written and may be used.
-pub const VALID: u64 = 1;
+/// Header bit: the bank's filter is written and may be used. Bit 1, not
+/// bit 0: versions before this one hashed differently and used bit 0, so
+/// neither reads the other's filter (an upgrade or a downgrade over the pins
+/// sends every source to the trie until the writer has written its own).
+pub const VALID: u64 = 2;
 /// Levels at most this long: an IPv4 /32 entry marks its /24, so that a
 /// /8 entry (marking 65,536 /24s) is not needed to make one /24 skip.
 pub const MAX_LEVEL_V4: u8 = 24;
@@ -75,26 +78,38 @@ const fn high(bits: u32) -> u32 {
     }
 }
 
+/// The high `bits` bits of a 64-bit word (0..=64).
+#[inline(always)]
+const fn high64(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else if bits == 0 {
+        0
+    } else {
+        u64::MAX << (64 - bits)
+    }
+}
+
 /// The hash of `addr` (network order; IPv4 in the first four bytes) masked
 /// to `level` bits (at most [`MAX_LEVEL_V4`] or [`MAX_LEVEL_V6`]), of family `fam`.
+///
+/// One multiplication for either family (levels are at most 32 and 64 bits,
+/// one word): it is on the path of every SYN of a family with list entries.
+/// The word's high half is folded into its low half first, which keeps every
+/// bit (the fold is invertible) and lets a short level's bits, all in the high
+/// half, reach the product's low bits, where [`place`] takes the bit positions.
 #[inline(always)]
 #[must_use]
 pub const fn hash(fam: u8, addr: &[u8; 16], level: u8) -> u64 {
-    let mut h: u64 = (fam as u64) << 8 | level as u64;
-    // Levels are at most 32 (IPv4) and 64 (IPv6) bits: the words past them
-    // are masked away, so they are not read.
-    let words = if fam == family::V4 { 1 } else { 2 };
-    let mut i = 0;
-    let mut below = 0u32;
-    while i < words {
-        let w = u32::from_be_bytes([addr[4 * i], addr[4 * i + 1], addr[4 * i + 2], addr[4 * i + 3]]);
-        let kept = (level as u32).saturating_sub(below);
-        below += 32;
-        h = (h ^ (w & high(kept)) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        h ^= h >> 29;
-        i += 1;
-    }
-    h
+    let w = if fam == family::V4 {
+        (u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]) & high(level as u32)) as u64
+    } else {
+        let w = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
+        w & high64(level as u32)
+    };
+    let h = ((fam as u64) << 8 | level as u64) ^ w ^ (w >> 32);
+    let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
 }
 
 /// Where `hash` puts its two bits: the word (0..[`WORDS`]) and the bits.
@@ -183,6 +198,40 @@ mod tests {
             .filter(|i| !may_be_listed(&f, family::V4, &v4((0x0a00_0000 | i << 8).to_be_bytes())))
             .count();
         assert!(skipped > 9_000, "{skipped} of 10,000 skipped");
+        let v6 = |i: u64| {
+            let mut a = [0u8; 16];
+            a[..8].copy_from_slice(&(0x2001_0db8_8000_0000 | i << 16).to_be_bytes());
+            a
+        };
+        let skipped = (0..10_000u64).filter(|i| !may_be_listed(&f, family::V6, &v6(*i))).count();
+        assert!(skipped > 9_000, "IPv6: {skipped} of 10,000 skipped");
+    }
+
+    #[test]
+    fn a_short_level_still_tells_sources_apart() {
+        // 200 IPv6 /16s and an IPv4 /20 put the levels at 16 and 20: every
+        // bit an IPv6 source is hashed by is in the high half of its word.
+        let mut entries: Vec<_> = (0..200u16)
+            .map(|i| {
+                let mut a = [0u8; 16];
+                a[..2].copy_from_slice(&(0x2000 + i).to_be_bytes());
+                (family::V6, a, 16)
+            })
+            .collect();
+        entries.push((family::V4, v4([198, 18, 0, 0]), 20));
+        let f = build(&entries);
+        let v6_skipped = (0..1_000u16)
+            .filter(|i| {
+                let mut s = [0u8; 16];
+                s[..2].copy_from_slice(&(0x3000 + i).to_be_bytes());
+                !may_be_listed(&f, family::V6, &s)
+            })
+            .count();
+        assert!(v6_skipped > 900, "IPv6 at /16: {v6_skipped} of 1,000 skipped");
+        let v4_skipped = (0..1_000u32)
+            .filter(|i| !may_be_listed(&f, family::V4, &v4((0x0a00_0000 | i << 12).to_be_bytes())))
+            .count();
+        assert!(v4_skipped > 900, "IPv4 at /20: {v4_skipped} of 1,000 skipped");
     }
 
     fn entry() -> impl Strategy<Value = (u8, [u8; 16], u8)> {
